@@ -1,0 +1,40 @@
+"""Paper constants shared by several modules, each defined once with its source.
+
+Constants used by a single module live in that module's own config dataclass
+(for example the CMR grid in :mod:`icl_cmr.cmr_grid`); the ones here are read
+by more than one part of the engine and must agree everywhere.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: Lags of the attention CRP stored in head-score files: -8..+7 (16 values).
+#: [LI24] authors' ``CRP_scores`` arrays have 16 entries; DESIGN.md section 2.
+ATTN_CRP_LAGS: np.ndarray = np.arange(-8, 8)
+
+#: Lags of the CMR CRP grid: -8..+8 (17 values). DESIGN.md section 3; the
+#: authors' ``cmr_crp_avg_20_11.npy`` has 17 entries on its last axis.
+CMR_CRP_LAGS: np.ndarray = np.arange(-8, 9)
+
+#: Lags used when fitting a head to CMR: -5..+5. DESIGN.md section 4
+#: ([LI24] ``fit_attn_score.py``).
+FIT_LAGS: np.ndarray = np.arange(-5, 6)
+
+#: A head is "CMR-like" when its CMR distance is below this. [LI24] Fig 5/6,
+#: DESIGN.md section 4.
+CMR_LIKE_THRESHOLD: float = 0.5
+
+#: The stricter threshold of [LI24]'s supplementary figure. DESIGN.md section 4.
+CMR_LIKE_STRICT_THRESHOLD: float = 0.1
+
+#: CMR grid axes. DESIGN.md section 3: beta_enc in {0.05, ..., 1.0} (20),
+#: beta_rec in {0, 0.05, ..., 1.0} (21), gamma_ft in {0, 0.1, ..., 1.0} (11).
+#: Rounded so that grid values print and compare exactly (0.15, not 0.15000000000000002).
+BETA_ENC_GRID: np.ndarray = np.round(np.arange(1, 21) * 0.05, 10)
+BETA_REC_GRID: np.ndarray = np.round(np.arange(0, 21) * 0.05, 10)
+GAMMA_FT_GRID: np.ndarray = np.round(np.arange(0, 11) * 0.1, 10)
+
+#: File names of the CMR CRP grid (mean and SEM over start positions), the
+#: authors' names, kept so their scripts and ours read the same files.
+CMR_GRID_MEAN_FILENAME = "cmr_crp_avg_20_11.npy"
+CMR_GRID_SEM_FILENAME = "cmr_crp_sem_20_11.npy"

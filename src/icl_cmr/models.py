@@ -1,0 +1,256 @@
+"""Loading Transformer language models through TransformerLens 4, and the model-name registry.
+
+All models load with ``TransformerBridge.boot_transformers`` from a Hugging Face id
+or a local checkpoint folder (GPT-2, GPT-NeoX/Pythia, Llama-style grouped-query
+models alike). Names used in the paper map to hub ids in :data:`MODEL_REGISTRY`.
+When the hub cannot be reached and the model is not in the local cache, loading
+fails within seconds with one :class:`~icl_cmr.errors.InputError` line saying how to
+pass a local folder instead.
+
+Hook names are data: :func:`hook_name` is the only place that spells them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+#: Paper names -> Hugging Face ids. [LI24] used GPT-2 small, the deduplicated
+#: Pythia v0 suite (70m..12b), Qwen-7B, Mistral-7B and Llama-3-8B (Fig 6).
+MODEL_REGISTRY = {
+    "gpt2-small": "gpt2",
+    **{f"pythia-{size}": f"EleutherAI/pythia-{size}-deduped-v0"
+       for size in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")},
+    "qwen-7b": "Qwen/Qwen-7B",
+    "mistral-7b": "mistralai/Mistral-7B-v0.1",
+    "llama3-8b": "meta-llama/Meta-Llama-3-8B",
+}
+
+#: Registry names whose hub code needs ``trust_remote_code=True`` (Qwen-7B ships its own modelling code).
+REMOTE_CODE_MODELS = frozenset({"qwen-7b"})
+
+#: TransformerLens 4 hook-name templates, per layer. ``pattern`` and ``attn_scores``
+#: are [batch, head, query, key]; ``q``/``z`` are [batch, pos, head, d_head];
+#: ``k``/``v`` are [batch, pos, kv_head, d_head] (kv_head < head for grouped-query models).
+HOOK_TEMPLATES = {
+    "pattern": "blocks.{layer}.attn.hook_pattern",
+    "attn_scores": "blocks.{layer}.attn.hook_attn_scores",
+    "q": "blocks.{layer}.attn.hook_q",
+    "k": "blocks.{layer}.attn.hook_k",
+    "v": "blocks.{layer}.attn.hook_v",
+    "z": "blocks.{layer}.attn.hook_z",
+    "attn_out": "blocks.{layer}.attn.hook_out",
+}
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+#: Seconds to wait for the hub before declaring it unreachable.
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hook_name(layer: int, kind: str) -> str:
+    """The TransformerLens 4 hook name for ``kind`` (a key of :data:`HOOK_TEMPLATES`) at ``layer``."""
+    try:
+        return HOOK_TEMPLATES[kind].format(layer=layer)
+    except KeyError:
+        raise InputError(f"unknown hook kind {kind!r}; accepted: {sorted(HOOK_TEMPLATES)}") from None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load and how to name its outputs.
+
+    Attributes
+    ----------
+    name : str
+        The name outputs are filed under (``saved_scores/<name>/``): the registry
+        name, a local folder's basename, or a hub id with ``/`` replaced by ``__``.
+    source : str
+        Hub id or local folder passed to ``boot_transformers``.
+    is_local : bool
+        Whether ``source`` is a local folder.
+    checkpoint_step : int or None
+        Training step of a Pythia checkpoint (None: final model).
+    checkpoint_index : int or None
+        Index of that step in TransformerLens's checkpoint list (the authors'
+        ``cp<K>`` file suffix; Pythia v0: step = 1000 (K + 1)).
+    trust_remote_code : bool
+        Whether the hub model needs its own modelling code.
+    """
+
+    name: str
+    source: str
+    is_local: bool
+    checkpoint_step: Optional[int] = None
+    checkpoint_index: Optional[int] = None
+    trust_remote_code: bool = False
+
+
+def resolve_model(model: str, checkpoint: Optional[int] = None) -> ModelSpec:
+    """Turn a user's model argument into a :class:`ModelSpec`.
+
+    Parameters
+    ----------
+    model : str
+        A registry name (``gpt2-small``, ``pythia-70m``, ...), any Hugging Face id,
+        or a local checkpoint folder.
+    checkpoint : int, optional
+        Training step of a Pythia checkpoint (e.g. 143000 for the final v0 model).
+
+    Returns
+    -------
+    ModelSpec
+
+    Raises
+    ------
+    InputError
+        If a checkpoint is asked of a local folder or of a model without
+        published training checkpoints, or the step is not one of them.
+    """
+    if not model:
+        raise InputError("--model is empty; give a registry name, a Hugging Face id or a local folder")
+    local = Path(model).expanduser()
+    if local.is_dir():
+        if checkpoint is not None:
+            raise InputError(f"--checkpoint applies to hub models with training checkpoints, not the local folder {local}")
+        if not (local / "config.json").is_file():
+            raise InputError(f"local model folder {local} has no config.json (save it with save_pretrained)")
+        return ModelSpec(name=local.resolve().name, source=str(local.resolve()), is_local=True)
+    if model.startswith((".", "/", "~")):
+        raise InputError(f"local model folder {model} does not exist")
+    source = MODEL_REGISTRY.get(model, model)
+    name = model.replace("/", "__")
+    index = None
+    if checkpoint is not None:
+        index = checkpoint_index(source, checkpoint)
+    return ModelSpec(name=name, source=source, is_local=False, checkpoint_step=checkpoint,
+                     checkpoint_index=index, trust_remote_code=model in REMOTE_CODE_MODELS)
+
+
+def checkpoint_index(source: str, step: int) -> int:
+    """Index of training ``step`` in TransformerLens's checkpoint list for hub model ``source``.
+
+    Raises
+    ------
+    InputError
+        If ``source`` has no published checkpoints or ``step`` is not among them.
+    """
+    from transformer_lens.tools.model_registry.checkpoints import get_checkpoint_labels
+
+    try:
+        labels, _ = get_checkpoint_labels(source)
+    except ValueError:
+        raise InputError(f"model {source} has no published training checkpoints; drop --checkpoint") from None
+    if step not in labels:
+        raise InputError(f"--checkpoint {step} is not a training step of {source}; "
+                         f"available: {labels[0]}, {labels[1]}, ..., {labels[-1]} ({len(labels)} steps)")
+    return labels.index(step)
+
+
+def parse_dtype(dtype: str):
+    """``"float32"`` / ``"bfloat16"`` / ``"float16"`` as a torch dtype."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype {dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parsed = urlparse(endpoint)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_snapshot(spec: ModelSpec) -> Optional[str]:
+    """The local cache folder of a hub model (and revision), or None when not cached."""
+    from huggingface_hub import snapshot_download
+
+    revision = f"step{spec.checkpoint_step}" if spec.checkpoint_step is not None else None
+    try:
+        return snapshot_download(spec.source, revision=revision, local_files_only=True)
+    except Exception:  # any failure here means "not usable from the cache"
+        return None
+
+
+def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32"):
+    """Load a model with ``TransformerBridge.boot_transformers``.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        From :func:`resolve_model`.
+    device : str
+        ``"cpu"`` or ``"cuda"`` (or ``"cuda:N"``).
+    dtype : str
+        One of :data:`DTYPES`.
+
+    Returns
+    -------
+    transformer_lens.model_bridge.TransformerBridge
+        In evaluation mode (callers wrap forward passes in ``torch.inference_mode()``).
+
+    Raises
+    ------
+    InputError
+        Hub unreachable and the model not cached; CUDA asked for but absent.
+    """
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+    torch_dtype = parse_dtype(dtype)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
+    source = spec.source
+    kwargs = {}
+    if not spec.is_local:
+        if not _hub_reachable():
+            cached = _cached_snapshot(spec)
+            if cached is None:
+                raise InputError(
+                    f"cannot download {spec.source}: the Hugging Face hub is unreachable and the model is not in "
+                    "the local cache; pass a local checkpoint folder instead (--model /path/to/dir saved with "
+                    "save_pretrained)")
+            logger.info("hub unreachable; loading %s from the local cache %s", spec.source, cached)
+            source = cached
+        elif spec.checkpoint_step is not None:
+            kwargs["checkpoint_value"] = spec.checkpoint_step
+        if spec.trust_remote_code:
+            kwargs["trust_remote_code"] = True
+    logger.info("loading %s (%s, %s)", source, device, dtype)
+    try:
+        model = TransformerBridge.boot_transformers(source, device=device, dtype=torch_dtype, **kwargs)
+    except OSError as err:
+        raise InputError(f"cannot load {spec.source}: {str(err).splitlines()[0]}") from None
+    model.eval()
+    return model
+
+
+def n_kv_heads(model) -> int:
+    """Number of key/value heads (== query heads except for grouped-query models)."""
+    value = getattr(model.cfg, "n_key_value_heads", None)
+    return int(value) if value else int(model.cfg.n_heads)
+
+
+def bos_token_id(model) -> Optional[int]:
+    """The tokenizer's BOS id, or None when the model has no tokenizer or no BOS token."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        return None
+    return getattr(tokenizer, "bos_token_id", None)
