@@ -78,6 +78,8 @@ def atomic_write(path: "str | os.PathLike[str]", write: Callable[[io.BufferedWri
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
+            # mkstemp creates the file 0600; give it the permissions a plain open() would.
+            os.fchmod(handle.fileno(), 0o666 & ~_current_umask())
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
     except BaseException:
@@ -87,6 +89,12 @@ def atomic_write(path: "str | os.PathLike[str]", write: Callable[[io.BufferedWri
             pass
         raise
     return target
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_pickle(path: "str | os.PathLike[str]", obj: Any) -> Path:
@@ -136,13 +144,23 @@ def _git_commit() -> Optional[str]:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _installed_version(distribution: str) -> Optional[str]:
+    """Installed version as a plain str (torch's own TorchVersion object would not unpickle safely)."""
+    from importlib import metadata
+
+    try:
+        return str(metadata.version(distribution.replace("_", "-")))
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def package_versions() -> Dict[str, Optional[str]]:
     """Versions of the packages that shape our numbers (None when not importable)."""
     versions: Dict[str, Optional[str]] = {"python": platform.python_version(), "icl_cmr": PACKAGE_VERSION,
                                           "numpy": np.__version__}
     for name in ("scipy", "torch", "transformer_lens", "transformers", "pandas", "psifr"):
         module = sys.modules.get(name)
-        versions[name] = getattr(module, "__version__", None) if module is not None else None
+        versions[name] = _installed_version(name) if module is not None else None
     return versions
 
 

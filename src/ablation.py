@@ -1,0 +1,430 @@
+"""Ablate the top CMR-like heads of a model and compare in-context learning ([LI24] Fig 8; DESIGN.md section 5).
+
+For every evaluation prompt (C4 English validation documents of >= 512 tokens cut to 512,
+or local text with ``--data``) the per-token loss is computed for the intact model, with the
+top ``--fraction`` CMR-like heads ablated, and with ``--n-random-sets`` seeded random sets of
+as many heads ablated. ICL score = loss at index ``--late-index`` minus loss at
+``--early-index`` (500 and 50 in the paper). Writes:
+
+* ``<out-dir>/ablation_experiment_<model>.pkl``: the authors' keys ``original_icl_score``,
+  ``ablated_icl_score``, ``ablated_rand_icl_score`` (arrays [n_eval]) plus per-set control
+  scores, mean loss by position per condition (``loss_by_position`` / ``_sem``), head lists,
+  seeds, the statistics table and ``metadata``;
+* ``<out-dir>/ablation_experiment_<model>_stats.{csv,txt}``: paired t-test, Wilcoxon,
+  bootstrap CI of the mean difference, Cohen's d_z for each pair of conditions;
+* ``<figs-dir>/ablation/<model>_icl_bars.pdf`` and ``<model>_loss_by_position.pdf``.
+
+Resumable: each batch's results go to ``<out-dir>/.ablation_experiment_<model>.partial/``
+atomically; rerunning the same command continues where it stopped (``--restart`` discards
+them) and the final file equals an uninterrupted run's. ``--from-saved FILE`` re-analyses
+and re-plots an existing result file (ours or the authors').
+
+Examples::
+
+    python src/ablation.py --model_name gpt2-small --fit-file figs/fit_attn_score/gpt2-small/fit_results.pkl
+    python src/ablation.py --model_name ./my_model --heads L1H0,L1H3 --data texts/ --seq-len 256 --late-index 246
+    python src/ablation.py --from-saved ../shared/official/saved_ablation/ablation_experiment_gpt2-small.pkl
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from icl_cmr.ablation_experiment import (ABLATED, ABLATED_RAND, ORIGINAL, AblationConfig, BatchSummary,
+                                         combine_batches, conditions, control_head_sets, evaluate_batch,
+                                         top_fraction_heads)
+from icl_cmr.cli import non_negative_int, positive_int, run_cli, setup_logging
+from icl_cmr.errors import InputError
+from icl_cmr.head_ablation import ABLATION_METHODS, format_heads, mean_head_activations, parse_heads, validate_heads
+from icl_cmr.icl_score import ICLScoreConfig
+from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_pickle, make_metadata, save_json, \
+    save_pickle, save_text, to_numpy
+from icl_cmr.models import DTYPES, bos_token_id, load_model, resolve_model
+from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table
+from icl_cmr.text_data import TextDataConfig, iter_c4_texts, iter_local_texts, iter_prompts
+
+logger = logging.getLogger("ablation")
+
+PRODUCER = "ablation.py"
+#: The authors' result keys, in their order.
+AUTHORS_KEYS = ("original_icl_score", "ablated_icl_score", "ablated_rand_icl_score")
+#: Comparisons of [LI24] ablation.py, in their order.
+PAIRS = ((ORIGINAL, ABLATED), (ORIGINAL, ABLATED_RAND), (ABLATED, ABLATED_RAND))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    config, icl, data = AblationConfig(), ICLScoreConfig(), TextDataConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-m", "--model_name", "--model-name", dest="model_name", default="gpt2-small",
+                        help="registry name (gpt2-small, pythia-70m, ..., mistral-7b, llama3-8b), Hugging Face id "
+                             "or local folder saved with save_pretrained")
+    heads = parser.add_argument_group("heads to ablate (exactly one)")
+    heads.add_argument("--heads", default=None, help="explicit labels, e.g. L5H1,L6H9")
+    heads.add_argument("--heads-file", type=Path, default=None,
+                       help="text file of labels (comma/space/newline separated; # starts a comment)")
+    heads.add_argument("--fit-file", type=Path, default=None,
+                       help="pickle with 'fitted_MSE' [L, H] (fit_attn_score.py's fit_results.pkl): the top "
+                            "--fraction heads by lowest CMR distance are ablated (NaN never picked)")
+    parser.add_argument("--fraction", type=float, default=config.fraction,
+                        help="fraction of all heads taken from --fit-file ([LI24]: top 10%%; count floor(f L H))")
+    parser.add_argument("--method", choices=ABLATION_METHODS, default=config.method,
+                        help="value: zero value vectors ([LI24]); output: zero the head output hook_z (identical "
+                             "in exact arithmetic); mean: per-position mean hook_z over the evaluation set")
+    parser.add_argument("--n-random-sets", type=positive_int, default=config.n_random_sets,
+                        help="random control sets; ablated_rand_icl_score is their per-prompt mean ([LI24]: 1)")
+    parser.add_argument("--allow-overlap", action="store_true",
+                        help="random sets may include ablated heads, as [LI24] drew them (default: excluded)")
+    parser.add_argument("--seed", type=non_negative_int, default=config.seed,
+                        help="random set k uses seed + k")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="local .txt / .jsonl file or folder (JSONL field 'text'); default: stream C4 English "
+                             "validation ([LI24])")
+    parser.add_argument("--n-eval", type=positive_int, default=config.n_eval,
+                        help="evaluation prompts ([LI24] script: 1000; their GPT-2 file: 5000)")
+    parser.add_argument("--batch-size", type=positive_int, default=config.batch_size, help="prompts per forward pass")
+    parser.add_argument("--seq-len", type=positive_int, default=data.seq_len,
+                        help="tokens per prompt, BOS included ([LI24]: 512)")
+    parser.add_argument("--min-tokens", type=positive_int, default=None,
+                        help="keep documents with at least this many tokens (default: --seq-len; [LI24]: 512)")
+    parser.add_argument("--late-index", type=non_negative_int, default=icl.late_index,
+                        help="loss index of the late token ([LI24]: 500)")
+    parser.add_argument("--early-index", type=non_negative_int, default=icl.early_index,
+                        help="loss index of the early token ([LI24]: 50)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--restart", action="store_true",
+                        help="discard saved partial results of this model and start over (default: resume)")
+    parser.add_argument("--stop-after", type=positive_int, default=None,
+                        help="evaluate at most this many new prompts (whole batches), then stop; rerun to resume")
+    parser.add_argument("--from-saved", type=Path, default=None,
+                        help="re-analyse and re-plot an existing result file instead of running a model")
+    parser.add_argument("--out-dir", type=Path, default=Path("saved_ablation"), help="result folder")
+    parser.add_argument("--figs-dir", type=Path, default=Path("figs"), help="figures go to <figs-dir>/ablation/")
+    parser.add_argument("--n-bootstrap", type=positive_int, default=PairedStatsConfig().n_bootstrap,
+                        help="bootstrap resamples for the CI of mean differences")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+# ----------------------------------------------------------------------------- heads
+
+def read_heads_file(path: Path) -> List[tuple]:
+    """Head labels from a text file (``#`` comments allowed)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--heads-file {path} does not exist")
+    text = "\n".join(line.split("#", 1)[0] for line in path.read_text(encoding="utf-8").splitlines())
+    return parse_heads(text)
+
+
+def read_fit_distances(path: Path) -> np.ndarray:
+    """``fitted_MSE`` [L, H] of a fit file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--fit-file {path} does not exist")
+    content = load_pickle(path)
+    if not isinstance(content, dict) or "fitted_MSE" not in content:
+        raise InputError(f"--fit-file {path} has no 'fitted_MSE' entry (expected fit_attn_score.py's fit_results.pkl)")
+    distance = to_numpy(content["fitted_MSE"]).astype(np.float64)
+    if distance.ndim != 2:
+        raise InputError(f"'fitted_MSE' in {path} must be [n_layers, n_heads], got shape {distance.shape}")
+    return distance
+
+
+def check_head_flags(args: argparse.Namespace) -> None:
+    """Exactly one of ``--heads``, ``--heads-file``, ``--fit-file`` (checked before the model loads)."""
+    given = [name for name in ("heads", "heads_file", "fit_file") if getattr(args, name) is not None]
+    if len(given) != 1:
+        raise InputError("give exactly one of --heads, --heads-file or --fit-file"
+                         + (f" (got {', '.join('--' + g.replace('_', '-') for g in given)})" if given else ""))
+
+
+def choose_heads(args: argparse.Namespace, n_layers: int, n_heads: int):
+    """The heads to ablate and where they came from (and their D when from a fit file)."""
+    check_head_flags(args)
+    distances = None
+    if args.heads is not None:
+        heads, source = parse_heads(args.heads), "--heads"
+    elif args.heads_file is not None:
+        heads, source = read_heads_file(args.heads_file), str(args.heads_file)
+    else:
+        distance = read_fit_distances(args.fit_file)
+        if distance.shape != (n_layers, n_heads):
+            raise InputError(f"--fit-file {args.fit_file} is for a [{distance.shape[0]}, {distance.shape[1]}] model, "
+                             f"but the model has {n_layers} layers x {n_heads} heads")
+        heads = top_fraction_heads(distance, args.fraction)
+        distances = [float(distance[layer, head]) for layer, head in heads]
+        source = str(args.fit_file)
+    validate_heads(heads, n_layers, n_heads)
+    return heads, source, distances
+
+
+# ----------------------------------------------------------------------------- prompts and partial results
+
+def load_prompts(args: argparse.Namespace, tokenizer, bos: Optional[int], data_config: TextDataConfig) -> np.ndarray:
+    """The first ``--n-eval`` prompts, [n, seq_len] int64."""
+    texts = iter_local_texts(args.data) if args.data is not None else iter_c4_texts()
+    prompts = list(islice(iter_prompts(texts, tokenizer, bos, data_config), args.n_eval))
+    if not prompts:
+        raise InputError(f"no document of the data reaches {data_config.min_tokens} tokens")
+    if len(prompts) < args.n_eval:
+        logger.warning("only %d documents reach %d tokens; evaluating %d prompts instead of --n-eval %d",
+                       len(prompts), data_config.min_tokens, len(prompts), args.n_eval)
+    return np.stack(prompts)
+
+
+def _save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
+
+
+def _load_npz(path: Path) -> Dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+class PartialResults:
+    """One folder of per-batch results, valid only for the parameters it was started with."""
+
+    STATE = "state.json"
+
+    def __init__(self, folder: Path, fingerprint: dict):
+        self.folder = folder
+        self.fingerprint = fingerprint
+
+    def open(self, restart: bool) -> int:
+        """Prepare the folder; return how many batches are already done."""
+        if restart and self.folder.exists():
+            self.discard()
+        state_path = self.folder / self.STATE
+        if state_path.is_file():
+            saved = load_json(state_path)
+            if saved != json.loads(json.dumps(self.fingerprint)):
+                changed = sorted(k for k in set(saved) | set(self.fingerprint)
+                                 if saved.get(k) != json.loads(json.dumps(self.fingerprint.get(k))))
+                raise InputError(f"partial results in {self.folder} were made with other settings ({', '.join(changed)}); "
+                                 "rerun with those settings to resume, or add --restart to discard them")
+        else:
+            ensure_writable_dir(self.folder)
+            save_json(state_path, self.fingerprint)
+        done = 0
+        while (self.folder / self._batch_name(done)).is_file():
+            done += 1
+        return done
+
+    @staticmethod
+    def _batch_name(index: int) -> str:
+        return f"batch_{index:06d}.npz"
+
+    def save_batch(self, index: int, summary: BatchSummary) -> None:
+        _save_npz(self.folder / self._batch_name(index), summary.to_arrays())
+
+    def load_batches(self, count: int) -> List[BatchSummary]:
+        return [BatchSummary.from_arrays(_load_npz(self.folder / self._batch_name(i))) for i in range(count)]
+
+    def save_means(self, means) -> None:
+        _save_npz(self.folder / "means.npz", {str(layer): to_numpy(value.float()) for layer, value in means.items()})
+
+    def load_means(self):
+        path = self.folder / "means.npz"
+        if not path.is_file():
+            return None
+        return {int(layer): value for layer, value in _load_npz(path).items()}
+
+    def discard(self) -> None:
+        """Remove this run's files (only names this class writes) and the folder."""
+        for path in self.folder.glob("*"):
+            if path.name == self.STATE or path.name == "means.npz" or (
+                    path.name.startswith("batch_") and path.suffix == ".npz"):
+                path.unlink()
+        try:
+            self.folder.rmdir()
+        except OSError:
+            logger.warning("left %s in place: it holds files this script did not write", self.folder)
+
+
+# ----------------------------------------------------------------------------- analysis and figures
+
+def condition_samples(result: dict) -> Dict[str, np.ndarray]:
+    """``{original, ablated, ablated_rand}`` per-prompt ICL scores from a result dict (ours or the authors')."""
+    missing = [key for key in AUTHORS_KEYS if key not in result]
+    if missing:
+        raise InputError(f"result file lacks {', '.join(missing)}")
+    return {ORIGINAL: to_numpy(result["original_icl_score"]).astype(np.float64),
+            ABLATED: to_numpy(result["ablated_icl_score"]).astype(np.float64),
+            ABLATED_RAND: to_numpy(result["ablated_rand_icl_score"]).astype(np.float64)}
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Save a matplotlib figure as PDF atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda handle: fig.savefig(handle, format="pdf"))
+    plt.close(fig)
+    return path
+
+
+def analyse(result: dict, stem: str, args: argparse.Namespace, title: str, marked_indices: Sequence[int] = ()):
+    """Statistics table (printed and saved) and figures of one result dict."""
+    from icl_cmr.ablation_plots import plot_icl_score_bars, plot_loss_by_position
+
+    samples = condition_samples(result)
+    table = comparison_table(samples, PAIRS, PairedStatsConfig(n_bootstrap=args.n_bootstrap, seed=args.seed))
+    text = format_table(table)
+    print(text)
+    out_dir = ensure_writable_dir(args.out_dir)
+    written = [save_text(out_dir / f"{stem}_stats.csv", table.to_csv(index=False)),
+               save_text(out_dir / f"{stem}_stats.txt", text + "\n")]
+    means = {name: float(np.nanmean(values)) for name, values in samples.items()}
+    sems = {name: float(np.nanstd(values, ddof=1) / np.sqrt(np.isfinite(values).sum())) for name, values in samples.items()}
+    brackets = [(row.a, row.b, row.stars) for row in table.itertuples()]
+    figs_dir = args.figs_dir / "ablation"
+    written.append(save_figure(plot_icl_score_bars(means, sems, brackets, title=title), figs_dir / f"{stem}_icl_bars.pdf"))
+    if "loss_by_position" in result:
+        curves = {name: np.asarray(result["loss_by_position"][name]) for name in samples}
+        bands = {name: np.asarray(result["loss_by_position_sem"][name]) for name in samples}
+        written.append(save_figure(plot_loss_by_position(curves, bands, marked_indices, title=title),
+                                   figs_dir / f"{stem}_loss_by_position.pdf"))
+    for path in written:
+        logger.info("wrote %s", path)
+    return table
+
+
+def from_saved(args: argparse.Namespace) -> None:
+    path = args.from_saved
+    if not path.is_file():
+        raise FileNotFoundError(f"--from-saved {path} does not exist")
+    result = load_pickle(path)
+    if not isinstance(result, dict):
+        raise InputError(f"{path} does not hold a result dict")
+    stem = path.stem
+    model = stem[len("ablation_experiment_"):] if stem.startswith("ablation_experiment_") else stem
+    parameters = result.get("metadata", {}).get("parameters", {}) if isinstance(result.get("metadata"), dict) else {}
+    marked = [parameters[k] for k in ("early_index", "late_index") if k in parameters]
+    n = len(to_numpy(result.get("original_icl_score", [])))
+    analyse(result, stem, args, title=f"{model} (n = {n})", marked_indices=marked)
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+def _token_hash(tokens: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(tokens, dtype=np.int64).tobytes()).hexdigest()
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+    from tqdm.auto import tqdm
+
+    config = AblationConfig(fraction=args.fraction, method=args.method, n_random_sets=args.n_random_sets,
+                            allow_overlap=args.allow_overlap, seed=args.seed, n_eval=args.n_eval,
+                            batch_size=args.batch_size)
+    data_config = TextDataConfig(min_tokens=args.min_tokens or args.seq_len, seq_len=args.seq_len)
+    icl_config = ICLScoreConfig(late_index=args.late_index, early_index=args.early_index)
+    icl_config.validate(data_config.seq_len)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    spec = resolve_model(args.model_name)
+    check_head_flags(args)
+    model = load_model(spec, device=device, dtype=args.dtype)
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    icl_config.validate(data_config.seq_len, int(model.cfg.n_ctx))
+    ablated, head_source, distances = choose_heads(args, n_layers, n_heads)
+    random_sets, seeds = control_head_sets(n_layers, n_heads, ablated, config)
+    head_sets = conditions(ablated, random_sets)
+    logger.info("ablating %d heads (%s): %s", len(ablated), head_source, format_heads(ablated))
+    for seed, heads in zip(seeds, random_sets):
+        logger.info("random control (seed %d): %s", seed, format_heads(heads))
+
+    tokens = load_prompts(args, model.tokenizer, bos_token_id(model), data_config)
+    n_prompts = tokens.shape[0]
+    parameters = {
+        "model": spec.source, "model_name": spec.name, "dtype": args.dtype, "method": config.method,
+        "ablated_heads": format_heads(ablated), "head_source": head_source, "fraction": config.fraction,
+        "random_heads": [format_heads(h) for h in random_sets], "random_seeds": seeds,
+        "allow_overlap": config.allow_overlap, "data": str(args.data) if args.data else "allenai/c4 en validation",
+        "n_eval": int(n_prompts), "seq_len": data_config.seq_len, "min_tokens": data_config.min_tokens,
+        "late_index": icl_config.late_index, "early_index": icl_config.early_index,
+        "batch_size": config.batch_size, "tokens_sha256": _token_hash(tokens),
+    }
+    out_dir = ensure_writable_dir(args.out_dir)
+    # the data path and head source are descriptive: the token hash and head lists decide whether a run matches
+    fingerprint = {key: value for key, value in parameters.items() if key not in ("data", "head_source")}
+    partial = PartialResults(out_dir / f".ablation_experiment_{spec.name}.partial", fingerprint)
+    done = partial.open(args.restart)
+    n_batches = -(-n_prompts // config.batch_size)
+    if done:
+        logger.info("resuming: %d of %d batches already done in %s", done, n_batches, partial.folder)
+
+    means = None
+    if config.method == "mean":
+        means = partial.load_means()
+        if means is None:
+            layers = sorted({layer for heads in head_sets.values() for layer, _ in heads})
+            logger.info("mean hook_z over the %d evaluation prompts (layers %s)", n_prompts, layers)
+            batches = (torch.as_tensor(tokens[i:i + config.batch_size]).to(device)
+                       for i in range(0, n_prompts, config.batch_size))
+            means = mean_head_activations(model, batches, layers=layers)
+            partial.save_means(means)
+        means = {layer: torch.as_tensor(value) for layer, value in means.items()}
+
+    started, evaluated, stopped = time.monotonic(), 0, False
+    with tqdm(total=n_batches, initial=done, desc=f"ablation {spec.name}", unit="batch",
+              disable=args.no_progress) as progress:
+        for index in range(done, n_batches):
+            if args.stop_after is not None and evaluated >= args.stop_after:
+                stopped = True
+                break
+            batch = tokens[index * config.batch_size:(index + 1) * config.batch_size]
+            summary = evaluate_batch(model, batch, head_sets, config.method, icl_config, config.batch_size, means)
+            partial.save_batch(index, summary)
+            evaluated += batch.shape[0]
+            progress.update(1)
+    if stopped:
+        logger.info("stopped after %d new prompts (--stop-after); %d of %d batches done in %s; rerun the same "
+                    "command to continue", evaluated, index, n_batches, partial.folder)
+        return
+
+    combined = combine_batches(partial.load_batches(n_batches))
+    result = {
+        "original_icl_score": combined.icl[ORIGINAL],
+        "ablated_icl_score": combined.icl[ABLATED],
+        "ablated_rand_icl_score": combined.icl[ABLATED_RAND],
+        "ablated_rand_icl_score_sets": np.stack([combined.icl[f"{ABLATED_RAND}_{k}"] for k in range(len(random_sets))]),
+        "loss_by_position": combined.loss_mean,
+        "loss_by_position_sem": combined.loss_sem,
+        "ablated_heads": [f"L{l}H{h}" for l, h in ablated],
+        "ablated_heads_cmr_distance": distances,
+        "random_heads": [[f"L{l}H{h}" for l, h in heads] for heads in random_sets],
+        "random_seeds": seeds,
+    }
+    stem = f"ablation_experiment_{spec.name}"
+    table = analyse(result, stem, args, title=f"{spec.name} (n = {n_prompts}, {config.method} ablation)",
+                    marked_indices=(icl_config.early_index, icl_config.late_index))
+    result["stats"] = table.to_dict(orient="records")
+    metadata = make_metadata(PRODUCER, parameters, seed=config.seed, device=device,
+                             wall_time_s=round(time.monotonic() - started, 1))
+    # plain JSON types only: torch.__version__ is a TorchVersion object, which load_pickle rightly refuses
+    result["metadata"] = json.loads(json.dumps(metadata, default=str))
+    path = save_pickle(out_dir / f"{stem}.pkl", result)
+    partial.discard()
+    logger.info("wrote %s", path)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Optional[int]:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.from_saved is not None:
+        from_saved(args)
+    else:
+        run(args)
+    return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
