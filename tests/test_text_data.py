@@ -77,3 +77,16 @@ def test_c4_fails_fast_with_one_line_when_offline(monkeypatch):
     with pytest.raises(InputError, match="pass --data PATH"):
         next(iter_c4_texts())
     assert time.monotonic() - start < 10
+
+
+def test_split_at_blank_lines_keeps_order_and_minimum_length():
+    from icl_cmr.text_data import split_at_blank_lines
+
+    paragraphs = [f"para {i} " + "x" * (10 * (i % 3 + 1)) for i in range(12)]
+    text = "\n\n".join(paragraphs)
+    pieces = split_at_blank_lines(text, min_chars=40)
+    assert all(len(piece) >= 40 - 2 for piece in pieces)
+    joined = "\n\n".join(pieces)
+    assert text.startswith(joined)
+    # Only a remainder shorter than the minimum is dropped.
+    assert len(text) - len(joined) < 40 + 2

@@ -173,3 +173,35 @@ def iter_prompts(texts: Iterable[str], tokenizer, bos_token_id: Optional[int],
         for ids in tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]:
             if len(prefix) + len(ids) >= config.min_tokens:
                 yield np.asarray(prefix + list(ids[: config.seq_len - len(prefix)]), dtype=np.int64)
+
+
+def split_at_blank_lines(text: str, min_chars: int) -> List[str]:
+    """Cut one long document into consecutive pieces of at least ``min_chars`` characters.
+
+    Pieces end at blank lines (paragraph or function boundaries in source code), so each
+    piece is a natural stretch of the original text; the last, shorter remainder is
+    dropped. Used to get more than one ICL prompt out of each held-out source file of the
+    bundled model, whose held-out split has only about 70 files.
+
+    Parameters
+    ----------
+    text : str
+        The document.
+    min_chars : int
+        Smallest piece length in characters (> 0).
+
+    Returns
+    -------
+    list of str
+        Pieces in document order; joined with blank lines they give a prefix of ``text``.
+    """
+    if min_chars < 1:
+        raise InputError(f"min_chars must be positive, got {min_chars}")
+    pieces, current, size = [], [], 0
+    for paragraph in text.split("\n\n"):
+        current.append(paragraph)
+        size += len(paragraph) + 2
+        if size >= min_chars:
+            pieces.append("\n\n".join(current))
+            current, size = [], 0
+    return pieces

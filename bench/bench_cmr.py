@@ -1,0 +1,103 @@
+"""Benchmark: CMR CRP grid points per second, our vectorized engine vs a plain loop, same process.
+
+The loop baseline simulates one recall at a time with the dense context vector, as
+[LI24]'s ``est_cmr_crp.py`` does (``F = M^T t``, cumulative-sum draw, update, renormalise).
+It is run on ``--ref_trials`` recalls of one start position and extrapolated to a full
+grid point (``n_start x n_trials`` recalls); our engine runs full grid points.
+CPU time (``time.process_time``) is reported beside wall time because shared machines
+make wall time noisy. The full-grid projection assumes ``--workers`` idle cores.
+
+    python bench/bench_cmr.py                 # 6 random grid points, defaults of est_cmr_crp.py
+    python bench/bench_cmr.py --points 3 --ref_trials 10
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from icl_cmr.cmr import CMRSettings, cmr_crp, encoding_matrix, exact_crp  # noqa: E402
+from icl_cmr.cmr_grid import grid_axes  # noqa: E402
+
+
+def loop_recall_draw_steps(beta_enc, beta_rec, gamma, s0, n_items, n_trials, max_draws, rng):
+    """The baseline: one recall at a time, dense context; returns the number of draws made."""
+    assoc = encoding_matrix(beta_enc, n_items)
+    identity = np.eye(n_items + 1)
+    steps = 0
+    for _ in range(n_trials):  # the baseline is deliberately the plain loop
+        context = identity[s0].copy()
+        for _ in range(max_draws):
+            strengths = assoc.T @ context
+            item = int(np.argmax(rng.random() <= np.cumsum(strengths / strengths.sum())))
+            steps += 1
+            if item == n_items:
+                break
+            inp = (1 - gamma) * identity[item] + gamma * assoc @ identity[item]
+            inp /= np.linalg.norm(inp)
+            context = (1 - beta_rec) * context + beta_rec * inp
+            context /= np.linalg.norm(context)
+    return steps
+
+
+def timed(function, *args, **kwargs):
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=6, help="random simulated grid points (default 6)")
+    parser.add_argument("--n_trials", type=int, default=1000, help="recalls per start position (default 1000)")
+    parser.add_argument("--max_draws", type=int, default=50, help="draw limit (default 50)")
+    parser.add_argument("--ref_trials", type=int, default=20, help="recalls timed for the loop baseline (default 20)")
+    parser.add_argument("--workers", type=int, default=2, help="cores assumed for the full-grid projection")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    settings = CMRSettings(n_trials=args.n_trials, max_draws=args.max_draws)
+    beta_enc, beta_rec, gamma = grid_axes()
+    rng = np.random.default_rng(args.seed)
+    simulated_rec = beta_rec[(beta_rec > 0) & (beta_rec < 1)]
+    points = [(rng.choice(beta_enc), rng.choice(simulated_rec), rng.choice(gamma)) for _ in range(args.points)]
+    recalls_per_point = settings.n_start * settings.n_trials
+
+    ours_wall, ours_cpu, loop_wall, loop_cpu = [], [], [], []
+    print(f"{'beta_enc':>8} {'beta_rec':>8} {'gamma':>6} | {'ours s/pt':>10} {'cpu':>7} | "
+          f"{'loop s/pt (extrap.)':>20} {'cpu':>8} | {'ratio (cpu)':>11}")
+    for point in points:
+        _, wall, cpu = timed(cmr_crp, *point, settings, np.random.default_rng(1), method="simulate")
+        ours_wall.append(wall)
+        ours_cpu.append(cpu)
+        _, wall_ref, cpu_ref = timed(loop_recall_draw_steps, *point, 0, settings.n_items, args.ref_trials,
+                                     settings.max_draws, np.random.default_rng(2))
+        scale = recalls_per_point / args.ref_trials
+        loop_wall.append(wall_ref * scale)
+        loop_cpu.append(cpu_ref * scale)
+        print(f"{point[0]:8.2f} {point[1]:8.2f} {point[2]:6.1f} | {ours_wall[-1]:10.3f} {ours_cpu[-1]:7.3f} | "
+              f"{loop_wall[-1]:20.1f} {loop_cpu[-1]:8.1f} | {loop_cpu[-1] / ours_cpu[-1]:11.0f}")
+
+    _, exact_wall, exact_cpu = timed(exact_crp, 0.5, 1.0, 0.5, settings)
+    n_points = len(beta_enc) * len(beta_rec) * len(gamma)
+    n_exact = len(beta_enc) * 2 * len(gamma)
+    mean_cpu = float(np.mean(ours_cpu))
+    projected = ((n_points - n_exact) * mean_cpu + n_exact * exact_cpu) / args.workers
+    print(f"\nours: {np.mean(ours_wall):.3f} s wall, {mean_cpu:.3f} s CPU per simulated grid point "
+          f"({args.n_trials} trials x {settings.n_start} starts, <= {settings.max_draws} draws); "
+          f"{1 / mean_cpu:.2f} points per CPU-second")
+    print(f"loop baseline: {np.mean(loop_wall):.1f} s wall, {np.mean(loop_cpu):.1f} s CPU per grid point "
+          f"(extrapolated from {args.ref_trials} recalls); {1 / np.mean(loop_cpu):.4f} points per CPU-second")
+    print(f"speed-up (CPU time): {np.mean(loop_cpu) / mean_cpu:.0f}x")
+    print(f"exact CRP (beta_rec in {{0, 1}}): {exact_wall:.3f} s wall, {exact_cpu:.3f} s CPU per point")
+    print(f"projected full default grid ({n_points - n_exact} simulated + {n_exact} exact points) on "
+          f"{args.workers} idle cores: {projected / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

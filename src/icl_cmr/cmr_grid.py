@@ -1,0 +1,307 @@
+"""The CMR CRP grid over beta_enc x beta_rec x gamma_ft (DESIGN.md section 3).
+
+* :class:`GridSpec` fixes the axes, the simulation settings, the base seed and
+  the method; it is everything that determines the numbers.
+* Each grid point ``(i, j, k)`` gets its own ``numpy.random.Generator`` from
+  ``SeedSequence(seed, spawn_key=(flat_index,))`` (the same stream as
+  ``SeedSequence(seed).spawn(n)[flat_index]``), ``flat_index`` being the C-order
+  index of ``(i, j, k)``. Any point can be recomputed alone, and results do not
+  depend on the number of workers or the order in which they finish.
+* Work is split into slices, one per ``(beta_enc, gamma_ft)`` pair covering every
+  ``beta_rec`` (the simulator's tables depend on ``beta_enc`` and ``gamma_ft`` only).
+  :func:`run_grid` saves each finished slice atomically, so a killed run resumes
+  where it stopped and produces bit-identical results.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .cmr import CRP_METHODS, CMRSettings, cmr_crp, mean_and_sem_over_starts
+from .config import BETA_ENC_GRID, BETA_REC_GRID, GAMMA_FT_GRID
+from .errors import InputError
+from .io import load_json, load_npy, save_json, save_npy
+
+logger = logging.getLogger(__name__)
+
+#: Folder-name prefix of the per-slice results of an unfinished run.
+PARTIAL_SUFFIX = ".partial"
+
+
+def grid_axes(n_beta: int = 20, n_gamma: int = 11) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The paper's grid axes at a given resolution.
+
+    Parameters
+    ----------
+    n_beta : int
+        ``beta_enc = 1/n_beta, ..., 1`` (``n_beta`` values) and
+        ``beta_rec = 0, 1/n_beta, ..., 1`` (``n_beta + 1`` values). [LI24]: 20.
+    n_gamma : int
+        ``gamma_ft = 0, 1/(n_gamma - 1), ..., 1`` (``n_gamma`` values, at least 2). [LI24]: 11.
+
+    Returns
+    -------
+    beta_enc : np.ndarray, shape [n_beta]
+    beta_rec : np.ndarray, shape [n_beta + 1]
+    gamma_ft : np.ndarray, shape [n_gamma]
+        Rounded to 10 decimals, as :mod:`icl_cmr.config` (defaults equal its grids).
+    """
+    if n_beta < 1:
+        raise InputError(f"n_beta must be a positive integer, got {n_beta}")
+    if n_gamma < 2:
+        raise InputError(f"n_gamma must be at least 2 (gamma_ft runs from 0 to 1), got {n_gamma}")
+    if (n_beta, n_gamma) == (len(BETA_ENC_GRID), len(GAMMA_FT_GRID)):
+        return BETA_ENC_GRID.copy(), BETA_REC_GRID.copy(), GAMMA_FT_GRID.copy()
+    beta_enc = np.round(np.arange(1, n_beta + 1) / n_beta, 10)
+    beta_rec = np.round(np.arange(0, n_beta + 1) / n_beta, 10)
+    gamma_ft = np.round(np.arange(n_gamma) / (n_gamma - 1), 10)
+    return beta_enc, beta_rec, gamma_ft
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """Everything that determines the CRP grid's numbers.
+
+    Attributes
+    ----------
+    beta_enc, beta_rec, gamma_ft : tuple of float
+        Grid axes (see :func:`grid_axes`).
+    settings : CMRSettings
+        Items, trials, draw limit, start positions, lags.
+    seed : int
+        Base seed of the per-point generators.
+    method : {"exact", "simulate", "authors"}
+        See :func:`icl_cmr.cmr.cmr_crp`. Default ``"exact"``: the proven exact CRP at
+        ``beta_rec`` in {0, 1}, simulation elsewhere.
+    """
+
+    beta_enc: Tuple[float, ...]
+    beta_rec: Tuple[float, ...]
+    gamma_ft: Tuple[float, ...]
+    settings: CMRSettings = field(default_factory=CMRSettings)
+    seed: int = 0
+    method: str = "exact"
+
+    def __post_init__(self) -> None:
+        if self.method not in CRP_METHODS:
+            raise InputError(f"method must be one of {', '.join(CRP_METHODS)}, got {self.method!r}")
+        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
+        for name in ("beta_enc", "beta_rec", "gamma_ft"):
+            values = np.asarray(getattr(self, name), dtype=float)
+            if values.ndim != 1 or values.size == 0:
+                raise InputError(f"{name} must be a non-empty list of values")
+            low_open = name == "beta_enc"
+            if np.any(values > 1) or np.any(values < 0) or (low_open and np.any(values == 0)):
+                raise InputError(f"{name} values must lie in {'(0, 1]' if low_open else '[0, 1]'}")
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+
+    @classmethod
+    def from_resolution(cls, n_beta: int = 20, n_gamma: int = 11, settings: Optional[CMRSettings] = None,
+                        seed: int = 0, method: str = "exact") -> "GridSpec":
+        """A spec on the paper's grid at resolution ``n_beta`` x ``n_gamma`` (see :func:`grid_axes`)."""
+        beta_enc, beta_rec, gamma_ft = grid_axes(n_beta, n_gamma)
+        return cls(tuple(beta_enc), tuple(beta_rec), tuple(gamma_ft),
+                   settings if settings is not None else CMRSettings(), seed, method)
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        """``(n_beta_enc, n_beta_rec, n_gamma_ft)``."""
+        return len(self.beta_enc), len(self.beta_rec), len(self.gamma_ft)
+
+    @property
+    def n_slices(self) -> int:
+        """One slice per ``(beta_enc, gamma_ft)`` pair."""
+        return len(self.beta_enc) * len(self.gamma_ft)
+
+    def slice_position(self, slice_id: int) -> Tuple[int, int]:
+        """``(beta_enc index, gamma_ft index)`` of a slice."""
+        if not 0 <= slice_id < self.n_slices:
+            raise InputError(f"slice_id must be in [0, {self.n_slices}), got {slice_id}")
+        return divmod(int(slice_id), len(self.gamma_ft))
+
+    def point_rng(self, i_enc: int, j_rec: int, k_gamma: int) -> np.random.Generator:
+        """The generator of grid point ``(i_enc, j_rec, k_gamma)``: keyed by its C-order flat index."""
+        flat_index = int(np.ravel_multi_index((i_enc, j_rec, k_gamma), self.shape))
+        return np.random.default_rng(np.random.SeedSequence(int(self.seed), spawn_key=(flat_index,)))
+
+    def to_json(self) -> Dict[str, Any]:
+        """All parameters as JSON-friendly values (stored in metadata, compared on resume)."""
+        s = self.settings
+        return {
+            "beta_enc": list(self.beta_enc), "beta_rec": list(self.beta_rec), "gamma_ft": list(self.gamma_ft),
+            "n_items": int(s.n_items), "n_trials": int(s.n_trials), "max_draws": int(s.max_draws),
+            "n_start": int(s.n_start), "max_lag": int(s.max_lag), "seed": int(self.seed), "method": self.method,
+        }
+
+
+def compute_point(spec: GridSpec, i_enc: int, j_rec: int, k_gamma: int) -> np.ndarray:
+    """Per-start CRPs of one grid point, shape [n_start, 2 * max_lag + 1]."""
+    return cmr_crp(spec.beta_enc[i_enc], spec.beta_rec[j_rec], spec.gamma_ft[k_gamma], spec.settings,
+                   rng=spec.point_rng(i_enc, j_rec, k_gamma), method=spec.method)
+
+
+def compute_slice(spec: GridSpec, slice_id: int) -> np.ndarray:
+    """Mean and SEM over start positions for every ``beta_rec`` of one slice.
+
+    Returns
+    -------
+    np.ndarray, shape [2, n_beta_rec, 2 * max_lag + 1]
+        ``[0]`` the mean CRP, ``[1]`` its SEM over start positions.
+    """
+    i_enc, k_gamma = spec.slice_position(slice_id)
+    curves = np.stack([compute_point(spec, i_enc, j_rec, k_gamma) for j_rec in range(len(spec.beta_rec))])
+    return np.stack(mean_and_sem_over_starts(curves))
+
+
+def _compute_slice_task(args: Tuple[GridSpec, int]) -> Tuple[int, np.ndarray]:
+    spec, slice_id = args
+    return slice_id, compute_slice(spec, slice_id)
+
+
+def slice_path(slice_dir: Path, slice_id: int) -> Path:
+    """File of one finished slice."""
+    return Path(slice_dir) / f"slice_{slice_id:05d}.npy"
+
+
+def _prepare_slice_dir(spec: GridSpec, slice_dir: Path, resume: bool) -> Dict[int, np.ndarray]:
+    """Create/check the folder of finished slices; return those already done (when resuming)."""
+    slice_dir.mkdir(parents=True, exist_ok=True)
+    spec_file = slice_dir / "spec.json"
+    existing = sorted(slice_dir.glob("slice_*.npy"))
+    if resume and spec_file.exists():
+        stored = load_json(spec_file)
+        if stored != spec.to_json():
+            differing = sorted(key for key in set(stored) | set(spec.to_json())
+                               if stored.get(key) != spec.to_json().get(key))
+            raise InputError(f"--resume: the unfinished run in {slice_dir} used different parameters "
+                             f"({', '.join(differing)}); rerun without --resume to start over")
+    elif existing:
+        logger.warning("discarding %d finished slices of an earlier run in %s (pass --resume to keep them)",
+                       len(existing), slice_dir)
+        for path in existing:
+            path.unlink()
+        existing = []
+    save_json(spec_file, spec.to_json())
+    done: Dict[int, np.ndarray] = {}
+    n_lags = spec.settings.n_lags
+    for path in existing:
+        slice_id = int(path.stem.split("_")[1])
+        if not 0 <= slice_id < spec.n_slices:
+            raise InputError(f"unexpected slice file {path} (grid has {spec.n_slices} slices)")
+        done[slice_id] = load_npy(path, expected_shape=(2, len(spec.beta_rec), n_lags))
+    return done
+
+
+def run_grid(spec: GridSpec, slice_dir: "str | Path", workers: int = 1, resume: bool = False,
+             on_slice_done: Optional[Callable[[int, int], None]] = None,
+             progress: bool = True) -> Tuple[np.ndarray, np.ndarray, int]:
+    """Compute the whole grid, saving each finished slice atomically under ``slice_dir``.
+
+    Parameters
+    ----------
+    spec : GridSpec
+        What to compute.
+    slice_dir : path-like
+        Folder for per-slice results (created). Left in place; the caller removes it
+        once the final files are written.
+    workers : int
+        Worker processes (1: compute in this process). Results do not depend on it.
+    resume : bool
+        Keep the slices an earlier run with the same spec finished (an earlier run
+        with a different spec is an error); otherwise start over.
+    on_slice_done : callable, optional
+        ``on_slice_done(slice_id, n_done)`` after each slice is saved (progress hooks, tests).
+    progress : bool
+        Show a tqdm bar with an ETA.
+
+    Returns
+    -------
+    mean : np.ndarray, shape [n_beta_enc, n_beta_rec, n_gamma_ft, 2 * max_lag + 1]
+    sem : np.ndarray, same shape
+        Mean CRP and its SEM over start positions.
+    n_resumed : int
+        Slices taken from an earlier run.
+    """
+    if workers < 1:
+        raise InputError(f"workers must be a positive integer, got {workers}")
+    slice_dir = Path(slice_dir)
+    done = _prepare_slice_dir(spec, slice_dir, resume)
+    n_resumed = len(done)
+    pending = [slice_id for slice_id in range(spec.n_slices) if slice_id not in done]
+    if n_resumed:
+        logger.info("resuming: %d of %d slices already done", n_resumed, spec.n_slices)
+
+    with tqdm(total=spec.n_slices, initial=n_resumed, desc="CMR grid slices", unit="slice",
+              disable=not progress, smoothing=0.05) as bar:
+        for slice_id, result in _iterate_slices(spec, pending, workers):
+            save_npy(slice_path(slice_dir, slice_id), result)
+            done[slice_id] = result
+            bar.update(1)
+            if on_slice_done is not None:
+                on_slice_done(slice_id, len(done))
+
+    n_enc, n_rec, n_gamma = spec.shape
+    stacked = np.stack([done[slice_id] for slice_id in range(spec.n_slices)])  # [slices, 2, rec, lags]
+    stacked = stacked.reshape(n_enc, n_gamma, 2, n_rec, -1).transpose(2, 0, 3, 1, 4)
+    return np.ascontiguousarray(stacked[0]), np.ascontiguousarray(stacked[1]), n_resumed
+
+
+def _iterate_slices(spec: GridSpec, pending: Iterable[int], workers: int):
+    pending = list(pending)
+    if workers == 1 or len(pending) <= 1:
+        for slice_id in pending:
+            yield slice_id, compute_slice(spec, slice_id)
+        return
+    with multiprocessing.get_context().Pool(min(workers, len(pending))) as pool:
+        # Pool.__exit__ terminates the workers if the consumer stops early (error, interrupt).
+        yield from pool.imap_unordered(_compute_slice_task, [(spec, slice_id) for slice_id in pending])
+
+
+def grid_file_names(n_beta: int, n_gamma: int) -> Tuple[str, str, str]:
+    """Names of the mean, SEM and metadata files (the authors' ``cmr_crp_avg_20_11.npy`` pattern)."""
+    return (f"cmr_crp_avg_{n_beta}_{n_gamma}.npy", f"cmr_crp_sem_{n_beta}_{n_gamma}.npy",
+            f"cmr_crp_{n_beta}_{n_gamma}.json")
+
+
+def load_cmr_grid(mean_path: "str | Path", sem_path: Optional["str | Path"] = None,
+                  expected_shape: Optional[Tuple[int, ...]] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Load a CRP grid (ours or the authors'), checking shape and values.
+
+    Parameters
+    ----------
+    mean_path, sem_path : path-like
+        ``cmr_crp_avg_*.npy`` and (optionally) ``cmr_crp_sem_*.npy``.
+    expected_shape : tuple, optional
+        E.g. ``(20, 21, 11, 17)``; any 4-d shape is accepted when omitted.
+
+    Returns
+    -------
+    mean : np.ndarray, shape [n_beta_enc, n_beta_rec, n_gamma_ft, n_lags]
+    sem : np.ndarray or None, same shape
+
+    Raises
+    ------
+    InputError
+        Truncated/corrupt file, wrong shape, non-finite or negative values, or curves
+        that do not sum to 1.
+    """
+    mean = load_npy(mean_path, expected_shape)
+    if mean.ndim != 4:
+        raise InputError(f"{mean_path} must be a 4-d grid [beta_enc, beta_rec, gamma_ft, lag], "
+                         f"got shape {mean.shape}")
+    if not np.all(np.isfinite(mean)) or np.any(mean < 0) or not np.allclose(mean.sum(axis=-1), 1.0, atol=1e-6):
+        raise InputError(f"{mean_path} is not a CRP grid: values must be finite, non-negative "
+                         "and sum to 1 over lags")
+    sem = None
+    if sem_path is not None:
+        sem = load_npy(sem_path, mean.shape)
+        if not np.all(np.isfinite(sem)) or np.any(sem < 0):
+            raise InputError(f"{sem_path} must hold finite, non-negative standard errors")
+    return mean, sem
