@@ -1,0 +1,202 @@
+"""Head scores of every attention head of a Transformer language model (DESIGN.md section 2).
+
+Loads a model through TransformerLens 4, runs seeded repeated-random-token prompts,
+and saves, per head: induction-head matching score, attention CRP at lags -8..+7
+(pre-softmax and softmax, mean and SEM across queries), copying score and [CS24]'s
+prefix-matching score, in [LI24]'s file format (plus our extra keys and metadata):
+
+    python src/compute_head_scores.py --model gpt2-small
+    python src/compute_head_scores.py --model pythia-70m --checkpoint 143000
+    python src/compute_head_scores.py --model saved_models/toy_lm --device cpu
+
+Output: ``saved_scores/<model>/all_scores_<model>[_cp<K>].pkl`` (``--out`` overrides).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from icl_cmr.cli import positive_int, non_negative_int, run_cli, setup_logging
+from icl_cmr.config import ATTN_CRP_LAGS
+from icl_cmr.copying import model_copying_scores
+from icl_cmr.errors import InputError
+from icl_cmr.head_scores import stream_attention_scores
+from icl_cmr.io import ensure_writable_dir, load_json, make_metadata, save_pickle
+from icl_cmr.models import DTYPES, bos_token_id, load_model, n_kv_heads, resolve_model
+from icl_cmr.prompts import (FREQUENT_TOKEN_FILE, PromptConfig, bpe_merge_ranks, default_token_pool,
+                             make_prompt_sets, parse_token_pool, pool_from_ids, prompt_offset, special_token_ids,
+                             tokenizer_size)
+from icl_cmr.score_format import assemble_score_dict, default_score_path
+
+logger = logging.getLogger("compute_head_scores")
+
+PRODUCER = "compute_head_scores.py"
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 0.5:
+        raise argparse.ArgumentTypeError(f"must be in [0, 0.5), got {text}")
+    return value
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    defaults = PromptConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", required=True,
+                        help="registry name (gpt2-small, pythia-70m, ..., qwen-7b, mistral-7b, llama3-8b), "
+                             "Hugging Face id, or local folder saved with save_pretrained")
+    parser.add_argument("--checkpoint", type=non_negative_int, default=None,
+                        help="training step of a Pythia checkpoint (e.g. 143000); the file gets _cp<index>")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when available, else cpu")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--n-prompts", type=positive_int, default=defaults.n_prompts,
+                        help="repeated-random-token prompts")
+    parser.add_argument("--block-len", type=positive_int, default=defaults.block_len,
+                        help="distinct random tokens per repeat (prompt = [BOS] + block + block)")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="prompts per forward pass")
+    parser.add_argument("--seed", type=non_negative_int, default=defaults.seed)
+    parser.add_argument("--token-pool", type=Path, default=None,
+                        help="JSON list of token ids (or dict with 'token_ids') to draw prompts from; default: "
+                             f"{FREQUENT_TOKEN_FILE} in a local model folder if present, else every non-special id")
+    parser.add_argument("--exclude-extreme-fraction", type=_fraction, default=defaults.exclude_extreme_fraction,
+                        help="drop this fraction of ids at each end of the BPE merge-rank order ([CS24])")
+    parser.add_argument("--no-bos", action="store_true", help="do not prepend the tokenizer's BOS token")
+    parser.add_argument("--prefix-block-len", type=positive_int, default=defaults.prefix_block_len,
+                        help="prefix-matching prompts: distinct tokens per copy ([CS24]: 50)")
+    parser.add_argument("--prefix-copies", type=positive_int, default=defaults.prefix_copies,
+                        help="prefix-matching prompts: copies of the block ([CS24]: 4)")
+    parser.add_argument("--prefix-n-prompts", type=positive_int, default=defaults.prefix_n_prompts,
+                        help="prefix-matching prompts ([CS24]: 5)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output file (default saved_scores/<model>/all_scores_<model>[_cp<K>].pkl)")
+    parser.add_argument("--no-copying", action="store_true",
+                        help="skip the copying score (saved as NaN): its weight processing briefly needs a few "
+                             "times the model's weight memory")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def _pick_device(device: Optional[str]) -> str:
+    if device is not None:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _token_pool(args: argparse.Namespace, spec, model):
+    """The pool prompts are drawn from (explicit file, model folder's frequent ids, or the tokenizer's ids)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    vocab = tokenizer_size(tokenizer, int(model.cfg.d_vocab))
+    special = special_token_ids(tokenizer)
+    pool_file = args.token_pool
+    if pool_file is None and spec.is_local and (Path(spec.source) / FREQUENT_TOKEN_FILE).is_file():
+        pool_file = Path(spec.source) / FREQUENT_TOKEN_FILE
+        logger.info("using the model folder's %s as the token pool (ids frequent in its training data)",
+                    FREQUENT_TOKEN_FILE)
+    if pool_file is not None:
+        if args.exclude_extreme_fraction > 0:
+            raise InputError("--exclude-extreme-fraction applies to the tokenizer's pool, not to --token-pool files")
+        ids = parse_token_pool(load_json(pool_file), what=str(pool_file))
+        return pool_from_ids(ids, vocab, special, source=f"file:{pool_file}")
+    ranks = None
+    if args.exclude_extreme_fraction > 0 and tokenizer is not None:
+        ranks = bpe_merge_ranks(tokenizer, vocab)
+        if ranks is None:
+            logger.info("tokenizer has no BPE merge list; ranking ids by id for --exclude-extreme-fraction")
+    return default_token_pool(vocab, special, ranks, args.exclude_extreme_fraction,
+                              source="tokenizer" if tokenizer is not None else "range")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    config = PromptConfig(block_len=args.block_len, n_prompts=args.n_prompts, batch_size=args.batch_size,
+                          seed=args.seed, prepend_bos=not args.no_bos,
+                          exclude_extreme_fraction=args.exclude_extreme_fraction,
+                          prefix_block_len=args.prefix_block_len, prefix_copies=args.prefix_copies,
+                          prefix_n_prompts=args.prefix_n_prompts)
+    if args.token_pool is not None and not args.token_pool.is_file():
+        raise FileNotFoundError(f"--token-pool file {args.token_pool} does not exist")
+    spec = resolve_model(args.model, checkpoint=args.checkpoint)
+    out = args.out if args.out is not None else default_score_path(spec.name, spec.checkpoint_index)
+    ensure_writable_dir(out.parent)  # fail before loading a model, not after scoring it
+    device = _pick_device(args.device)
+
+    start = time.monotonic()
+    model = load_model(spec, device=device, dtype=args.dtype)
+    bos = bos_token_id(model)
+    offset = prompt_offset(bos, config)
+    repeat_len = offset + 2 * config.block_len
+    prefix_len = offset + config.prefix_copies * config.prefix_block_len
+    n_ctx = int(model.cfg.n_ctx)
+    if max(repeat_len, prefix_len) > n_ctx:
+        raise InputError(f"prompts of {max(repeat_len, prefix_len)} tokens exceed the model's context of {n_ctx}; "
+                         "lower --block-len / --prefix-block-len / --prefix-copies")
+    pool = _token_pool(args, spec, model)
+    repeat_prompts, prefix_prompts = make_prompt_sets(pool, bos, config)
+    logger.info("%s: %d layers x %d heads; %d prompts of %d tokens (BOS %s), %d prefix prompts of %d; "
+                "token pool %d ids (%s)", spec.name, model.cfg.n_layers, model.cfg.n_heads, config.n_prompts,
+                repeat_len, bos if offset else "none", config.prefix_n_prompts, prefix_len, pool.ids.size,
+                pool.source)
+
+    attention = stream_attention_scores(model, repeat_prompts, config.block_len, offset, prefix_prompts,
+                                        config.prefix_block_len, config.batch_size, ATTN_CRP_LAGS,
+                                        progress=not args.no_progress)
+    copying_error = None
+    try:
+        if args.no_copying:
+            copying_error = "skipped (--no-copying)"
+            copying = np.full(attention.matching_score.shape, np.nan)
+        else:
+            copying = model_copying_scores(model)
+    except Exception as err:  # keep the attention scores of a long run; say loudly what is missing
+        copying_error = f"{type(err).__name__}: {err}"
+        logger.error("copying score failed (%s); saving NaN copying scores", copying_error)
+        copying = np.full(attention.matching_score.shape, np.nan)
+    wall = time.monotonic() - start
+
+    metadata = make_metadata(
+        PRODUCER,
+        {**config.to_dict(), "device": device, "dtype": args.dtype, "lags": ATTN_CRP_LAGS.tolist(),
+         "copying": not args.no_copying},
+        seed=config.seed,
+        model=spec.name, source=spec.source, is_local=spec.is_local,
+        checkpoint_step=spec.checkpoint_step, checkpoint_index=spec.checkpoint_index,
+        n_layers=int(model.cfg.n_layers), n_heads=int(model.cfg.n_heads), n_kv_heads=n_kv_heads(model),
+        prompt_design={
+            "repeat_set": f"[BOS] + {config.block_len} distinct random ids + the same ids again",
+            "prefix_set": f"[BOS] + {config.prefix_copies} copies of {config.prefix_block_len} distinct random ids",
+            "bos_token_id": bos if offset else None,
+            "offset": offset, "repeat_prompt_len": repeat_len, "prefix_prompt_len": prefix_len,
+            "queries_per_lag": attention.crp_scores.count.tolist(),
+            "sem": "sample std (ddof 1) across all (prompt, query) pairs / sqrt(count)",
+            "copying_weights": "TransformerLens processed weights (fold_ln, center_writing_weights, center_unembed)",
+        },
+        token_pool=pool.describe(),
+        copying_score_error=copying_error,
+        wall_time_s=round(wall, 2),
+    )
+    scores = assemble_score_dict(attention.matching_score, copying, attention.crp_scores.mean,
+                                 attention.crp_scores.sem, attention.crp_probs.mean, attention.crp_probs.sem,
+                                 attention.prefix_matching_score, metadata, ATTN_CRP_LAGS,
+                                 prompts=repeat_prompts, prefix_prompts=prefix_prompts)
+    save_pickle(out, scores)
+    best = np.unravel_index(np.nanargmax(attention.matching_score), attention.matching_score.shape)
+    logger.info("best induction head L%dH%d: matching score %.3f; %d of %d heads above 0.5",
+                best[0], best[1], attention.matching_score[best], int((attention.matching_score > 0.5).sum()),
+                attention.matching_score.size)
+    logger.info("wrote %s (%.1f s)", out, wall)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
