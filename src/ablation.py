@@ -21,7 +21,7 @@ and re-plots an existing result file (ours or the authors').
 
 Examples::
 
-    python src/ablation.py --model_name gpt2-small --fit-file figs/fit_attn_score/gpt2-small/fit_results.pkl
+    python src/ablation.py --model_name gpt2-small          # heads from saved_scores/gpt2-small/cmr_fit_gpt2-small.pkl
     python src/ablation.py --model_name ./my_model --heads L1H0,L1H3 --data texts/ --seq-len 256 --late-index 246
     python src/ablation.py --from-saved ../shared/official/saved_ablation/ablation_experiment_gpt2-small.pkl
 """
@@ -48,6 +48,7 @@ from icl_cmr.icl_score import ICLScoreConfig
 from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_pickle, make_metadata, save_json, \
     save_pickle, save_text, to_numpy
 from icl_cmr.models import DTYPES, bos_token_id, load_model, resolve_model
+from icl_cmr.score_files import fit_result_paths
 from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table
 from icl_cmr.text_data import TextDataConfig, iter_c4_texts, iter_local_texts, iter_prompts
 
@@ -71,8 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     heads.add_argument("--heads", default=None, help="explicit labels, e.g. L5H1,L6H9")
     heads.add_argument("--heads-file", type=Path, default=None,
                        help="text file of labels (comma/space/newline separated; # starts a comment)")
+    heads.add_argument("--fits-dir", type=Path, default=Path("saved_scores"),
+                       help="without --heads/--heads-file/--fit-file, use <fits-dir>/<model>/cmr_fit_<model>.pkl "
+                            "(fit_attn_score.py's output; default: %(default)s)")
     heads.add_argument("--fit-file", type=Path, default=None,
-                       help="pickle with 'fitted_MSE' [L, H] (fit_attn_score.py's fit_results.pkl): the top "
+                       help="pickle with 'fitted_MSE' [L, H] (fit_attn_score.py's cmr_fit_<model>.pkl): the top "
                             "--fraction heads by lowest CMR distance are ablated (NaN never picked)")
     parser.add_argument("--fraction", type=float, default=config.fraction,
                         help="fraction of all heads taken from --fit-file ([LI24]: top 10%%; count floor(f L H))")
@@ -132,24 +136,32 @@ def read_fit_distances(path: Path) -> np.ndarray:
         raise FileNotFoundError(f"--fit-file {path} does not exist")
     content = load_pickle(path)
     if not isinstance(content, dict) or "fitted_MSE" not in content:
-        raise InputError(f"--fit-file {path} has no 'fitted_MSE' entry (expected fit_attn_score.py's fit_results.pkl)")
+        raise InputError(f"--fit-file {path} has no 'fitted_MSE' entry (expected fit_attn_score.py's cmr_fit_<model>.pkl)")
     distance = to_numpy(content["fitted_MSE"]).astype(np.float64)
     if distance.ndim != 2:
         raise InputError(f"'fitted_MSE' in {path} must be [n_layers, n_heads], got shape {distance.shape}")
     return distance
 
 
-def check_head_flags(args: argparse.Namespace) -> None:
-    """Exactly one of ``--heads``, ``--heads-file``, ``--fit-file`` (checked before the model loads)."""
+def check_head_flags(args: argparse.Namespace, model_name: str) -> None:
+    """At most one of ``--heads``, ``--heads-file``, ``--fit-file`` (checked before the model loads).
+
+    With none, ``--fit-file`` becomes ``fit_attn_score.py``'s output for this model,
+    ``<fits-dir>/<model>/cmr_fit_<model>.pkl``, which must exist.
+    """
     given = [name for name in ("heads", "heads_file", "fit_file") if getattr(args, name) is not None]
-    if len(given) != 1:
-        raise InputError("give exactly one of --heads, --heads-file or --fit-file"
-                         + (f" (got {', '.join('--' + g.replace('_', '-') for g in given)})" if given else ""))
+    if len(given) > 1:
+        raise InputError("give at most one of --heads, --heads-file or --fit-file (got "
+                         + ", ".join("--" + g.replace("_", "-") for g in given) + ")")
+    if not given:
+        args.fit_file, _ = fit_result_paths(args.fits_dir, model_name)
+        if not args.fit_file.is_file():
+            raise InputError(f"no heads given and no CMR fit at {args.fit_file}; run fit_attn_score.py for "
+                             "this model first, or give --heads, --heads-file or --fit-file")
 
 
 def choose_heads(args: argparse.Namespace, n_layers: int, n_heads: int):
     """The heads to ablate and where they came from (and their D when from a fit file)."""
-    check_head_flags(args)
     distances = None
     if args.heads is not None:
         heads, source = parse_heads(args.heads), "--heads"
@@ -330,7 +342,7 @@ def run(args: argparse.Namespace) -> None:
     icl_config.validate(data_config.seq_len)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     spec = resolve_model(args.model_name)
-    check_head_flags(args)
+    check_head_flags(args, spec.name)
     model = load_model(spec, device=device, dtype=args.dtype)
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     icl_config.validate(data_config.seq_len, int(model.cfg.n_ctx))

@@ -119,7 +119,8 @@ def test_resuming_with_other_settings_is_refused(tiny_model_dirs, text_file, tmp
 
 
 @pytest.mark.parametrize("extra, message", [
-    ((), "exactly one of --heads, --heads-file or --fit-file"),
+    ((), "no heads given and no CMR fit at"),
+    (("--heads", "L1H0", "--heads-file", "x.txt"), "at most one of --heads, --heads-file or --fit-file"),
     (("--heads", "L1H0", "--seq-len", "512", "--late-index", "500"), "exceeds the model's context of 256"),
     (("--heads", "L7H0"), "head L7H0 does not exist"),
 ])

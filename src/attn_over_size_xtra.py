@@ -1,0 +1,49 @@
+"""CMR fits of any models by relative layer position ([LI24] Fig 6c: Qwen-7B, Mistral-7B, Llama-3-8B).
+
+Same outputs as ``attn_over_size.py`` (under ``figs/attn_over_size_xtra/``) for models given by
+name, e.g. ``qwen-7b`` (the authors' ``induction_head_all_scores_qwen-7b.pkl``) or our own
+``gpt2-small``, ``pythia-70m``.
+
+Example::
+
+    python src/attn_over_size_xtra.py --models qwen-7b gpt2-small --scores-dir ../shared/official/saved_scores
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from attn_over_size import fit_models, write_outputs
+from fit_attn_score import add_common_arguments, load_grid
+from icl_cmr.cli import non_negative_int, run_cli, setup_logging
+from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
+from icl_cmr.io import ensure_writable_dir
+
+#: Models of [LI24] Fig 6c (the authors' ``attn_over_size_xtra.py`` default).
+XTRA_MODELS = ("qwen-7b", "mistral-7b", "llama3-8b")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="CMR fits of any models by relative layer position (Fig 6c).")
+    parser.add_argument("-m", "--models", nargs="+", default=list(XTRA_MODELS),
+                        help="model names as in --scores-dir (default: %(default)s)")
+    parser.add_argument("--checkpoint", type=non_negative_int, default=None,
+                        help="checkpoint index K (default: the trained model)")
+    parser.add_argument("--strict-threshold", type=float, default=CMR_LIKE_STRICT_THRESHOLD,
+                        help="second threshold (default: %(default)s)")
+    add_common_arguments(parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    grid = load_grid(args)
+    fits = fit_models(args.scores_dir, args.models, grid, args.checkpoint)
+    out_dir = ensure_writable_dir(args.figs_dir / "attn_over_size_xtra")
+    write_outputs(fits, out_dir, args.threshold, args.strict_threshold, grid, "attn_over_size_xtra.py", "")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,94 @@
+"""CMR fits of one Pythia model over its 16 training checkpoints ([LI24] Fig 7b, S2; DESIGN.md section 5).
+
+Fits every head at every checkpoint (one vectorized fit over [T, L, H]) and writes under
+``figs/attn_over_time/<model>/``:
+
+* ``fit_over_time_thres<t>.pdf``: % of each layer's heads with D < t over training (t = 0.5, 0.1);
+* ``params_over_time_thres<t>.pdf``: mean fitted (beta_enc, beta_rec, gamma_ft) and 1/tau of each
+  layer's heads over training, the heads being those with D < t **at the final checkpoint** (the
+  authors' mask), so each curve follows a fixed set of heads;
+* ``layer_over_time.csv``: the same numbers, one row per (checkpoint, layer).
+
+Example::
+
+    python src/attn_over_time.py --model_name pythia-70m --scores-dir ../shared/official/saved_scores
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Optional, Sequence
+
+import numpy as np
+
+from fit_attn_score import add_common_arguments, grid_parameters, load_grid, save_figure
+from icl_cmr.cli import non_negative_int, run_cli, setup_logging
+from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
+from icl_cmr.fitting import fit_heads
+from icl_cmr.io import ensure_writable_dir, make_metadata, save_json, save_text
+from icl_cmr.layer_stats import percent_below_threshold, summarize_by_layer
+from icl_cmr.score_files import CHECKPOINT_INDICES, checkpoint_step, load_checkpoint_series
+
+logger = logging.getLogger("attn_over_time")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="CMR fits of one model over training checkpoints (Fig 7b).")
+    parser.add_argument("-m", "--model_name", default="pythia-70m",
+                        help="model name as in --scores-dir, e.g. pythia-70m or pythia-70m-deduped-v0 (default: %(default)s)")
+    parser.add_argument("--checkpoints", type=non_negative_int, nargs="+", default=list(CHECKPOINT_INDICES),
+                        help="checkpoint indices K, training step 1000 (K + 1); the last one defines the mask "
+                             "(default: the paper's 16: %(default)s)")
+    parser.add_argument("--strict-threshold", type=float, default=CMR_LIKE_STRICT_THRESHOLD,
+                        help="second threshold (default: %(default)s)")
+    add_common_arguments(parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import pandas as pd
+
+    from icl_cmr import plotting
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    grid = load_grid(args)
+    checkpoints = sorted(set(args.checkpoints))
+    series = load_checkpoint_series(args.scores_dir, args.model_name, checkpoints)
+    crp = np.stack([s.crp for s in series])                              # [T, L, H, 16]
+    fit = fit_heads(crp, grid, attn_lags=series[0].lags)
+    steps = np.array([checkpoint_step(k) for k in checkpoints])
+    n_layers = crp.shape[1]
+    out_dir = ensure_writable_dir(args.figs_dir / "attn_over_time" / args.model_name)
+
+    rows = []
+    for t in (args.threshold, args.strict_threshold):
+        percent = percent_below_threshold(fit.distance, t)                 # [T, L]
+        save_figure(plotting.plot_percent_over_training(steps, percent, ylabel=f"% heads with D < {t}",
+                                                        title=args.model_name),
+                    out_dir / f"fit_over_time_thres{t}.pdf")
+        final_mask = fit.distance[-1] < t                                    # [L, H], the authors' mask
+        params = summarize_by_layer(fit.params, final_mask, n_trailing=1)   # [T, L, 3]
+        inv = summarize_by_layer(fit.inverse_temperature, final_mask)       # [T, L]
+        save_figure(plotting.plot_layer_summary_over_training(
+            steps, params, inv, title=f"{args.model_name}: heads with D < {t} at step {steps[-1]}"),
+            out_dir / f"params_over_time_thres{t}.pdf")
+        for i, (k, step) in enumerate(zip(checkpoints, steps)):
+            rows.append(pd.DataFrame({
+                "threshold": t, "checkpoint": k, "step": step, "layer": np.arange(n_layers),
+                "percent_D_below": percent[i], "n_heads_in_final_mask": final_mask.sum(axis=1),
+                "mean_beta_enc": params.mean[i, :, 0], "mean_beta_rec": params.mean[i, :, 1],
+                "mean_gamma_ft": params.mean[i, :, 2], "mean_inverse_temperature": inv.mean[i]}))
+    save_text(out_dir / "layer_over_time.csv", pd.concat(rows, ignore_index=True).to_csv(index=False))
+    save_json(out_dir / "layer_over_time.json", {"metadata": make_metadata(
+        "attn_over_time.py", {"model": args.model_name, "checkpoints": checkpoints,
+                              "scores_files": [s.path for s in series], "threshold": args.threshold,
+                              "strict_threshold": args.strict_threshold, **grid_parameters(grid)})})
+    logger.info("%s: heads with D < %g by checkpoint: %s", args.model_name, args.threshold,
+                ", ".join(str(int(n)) for n in (fit.distance < args.threshold).sum(axis=(1, 2))))
+    logger.info("wrote figures and layer_over_time.csv to %s", out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,369 @@
+"""Finding and reading head-score files and CMR grid files (the inputs of every fit).
+
+Head-score files come in two layouts, both read here ([LI24]'s scripts each read only one):
+
+* ours and the authors' small models: ``<root>/<model>/all_scores_<model>[_cp<K>].pkl``;
+* the authors' larger models: ``<root>/<model>/induction_head_all_scores_<model>[_cp<K>].pkl``.
+
+Model names are matched loosely: case, ``-``/``_``/``.`` and a ``-deduped-v0`` / ``-deduped``
+suffix are ignored, so ``pythia-70m`` finds ``pythia-70m-deduped-v0/all_scores_pythia_70m_cp142.pkl``
+and ``gpt2-small`` finds ``all_scores_gpt2_small.pkl``. Files are read only through
+:func:`icl_cmr.io.load_pickle` (restricted unpickler); unknown keys are ignored.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .config import (ATTN_CRP_LAGS, BETA_ENC_GRID, BETA_REC_GRID, CMR_CRP_LAGS, CMR_GRID_MEAN_FILENAME,
+                     GAMMA_FT_GRID)
+from .errors import InputError
+from .fitting import CmrGrid
+from .io import load_json, load_pickle, to_numpy
+from .score_format import head_labels
+
+logger = logging.getLogger(__name__)
+
+#: Pythia training checkpoints analysed in [LI24] Fig 7: indices K into TransformerLens's list of
+#: the v0 Pythia checkpoints (training step 1000 (K + 1)). Source: the authors'
+#: ``attn_over_time.py`` (``cp_interv = 10``, ``n_cp = 143``: ``range(0, 143, 10) + [142]``).
+CHECKPOINT_INDICES: Tuple[int, ...] = tuple(range(0, 143, 10)) + (142,)
+
+#: The final Pythia checkpoint (step 143000), used as "the trained model".
+FINAL_CHECKPOINT: int = CHECKPOINT_INDICES[-1]
+
+#: Default locations, relative to the working directory (the repository root), as in [LI24].
+DEFAULT_SCORES_DIR = Path("saved_scores")
+DEFAULT_GRID_PATH = Path("saved_crps") / CMR_GRID_MEAN_FILENAME
+
+#: File prefixes of the two layouts, and suffixes of the authors' Pythia folder names.
+SCORE_FILE_PREFIXES = ("induction_head_all_scores_", "all_scores_")
+_MODEL_SUFFIXES = ("-deduped-v0", "-deduped")
+_SCORE_FILE_RE = re.compile(r"^(?:induction_head_)?all_scores_(?P<model>.+?)(?:_cp(?P<cp>\d+))?\.pkl$")
+
+
+def checkpoint_step(checkpoint: int) -> int:
+    """Training step of Pythia v0 checkpoint index ``checkpoint``: 1000 (K + 1)."""
+    return 1000 * (int(checkpoint) + 1)
+
+
+def normalise_model_name(name: str) -> str:
+    """Canonical form of a model name for matching files.
+
+    Lower case; ``/`` (HF ids, saved as ``__``), ``_``, ``.`` and ``-`` all become ``-``; a
+    ``-deduped-v0`` / ``-deduped`` suffix is dropped. ``Pythia_70m-deduped-v0`` -> ``pythia-70m``;
+    ``pythia-1.4b`` -> ``pythia-1-4b``.
+    """
+    text = name.strip().lower().replace("/", "__")
+    text = re.sub(r"[-_.]+", "-", text).strip("-")
+    for suffix in _MODEL_SUFFIXES:
+        if text.endswith(suffix):
+            text = text[: -len(suffix)]
+            break
+    return text
+
+
+def parse_score_file_name(path: "str | Path") -> Optional[Tuple[str, Optional[int]]]:
+    """(normalised model name, checkpoint index or None) of a score file name; None otherwise."""
+    match = _SCORE_FILE_RE.match(Path(path).name)
+    if match is None:
+        return None
+    checkpoint = match.group("cp")
+    return normalise_model_name(match.group("model")), None if checkpoint is None else int(checkpoint)
+
+
+def fit_result_paths(root: "str | Path", model: str) -> Tuple[Path, Path]:
+    """Where ``fit_attn_score.py`` saves one model's fits and ``ablation.py`` looks for them.
+
+    Returns
+    -------
+    (Path, Path)
+        ``<root>/<model>/cmr_fit_<model>.pkl`` (keys ``fitted_MSE`` [L, H], ``fitted_params``
+        [L, H, 3], ``fitted_scale_factors`` [L, H], ...) and ``<root>/<model>/head_fits_<model>.csv``.
+    """
+    folder = Path(root) / model
+    return folder / f"cmr_fit_{model}.pkl", folder / f"head_fits_{model}.csv"
+
+
+def find_score_file(scores_dir: "str | Path", model: str, checkpoint: Optional[int] = None) -> Path:
+    """Find the head-score file of ``model`` (at training checkpoint ``checkpoint``).
+
+    Looks in ``scores_dir`` and its immediate sub-folders for files of either layout whose model
+    part matches ``model`` loosely (see :func:`normalise_model_name`).
+
+    Parameters
+    ----------
+    scores_dir : path
+        Root folder, e.g. ``saved_scores``.
+    model : str
+        Model name, e.g. ``gpt2-small``, ``pythia-70m``, ``qwen-7b``.
+    checkpoint : int, optional
+        Checkpoint index K (``_cp<K>`` files). None means the trained model: the file without a
+        checkpoint, else the final Pythia checkpoint ``_cp142``.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    InputError
+        If no file (or more than one) matches; the message names what was expected where.
+    """
+    root = Path(scores_dir)
+    if not root.is_dir():
+        raise InputError(f"scores folder {root} does not exist (pass --scores-dir)")
+    wanted = normalise_model_name(model)
+    folders = [root] + sorted(p for p in root.iterdir() if p.is_dir())
+    matches = {}
+    for folder in folders:
+        for path in folder.glob("*all_scores_*.pkl"):
+            parsed = parse_score_file_name(path)
+            if parsed is not None and parsed[0] == wanted:
+                matches.setdefault(parsed[1], []).append(path)
+    wanted_checkpoints = [checkpoint] if checkpoint is not None else [None, FINAL_CHECKPOINT]
+    for cp in wanted_checkpoints:
+        found = sorted(matches.get(cp, []))
+        if len(found) > 1:
+            raise InputError(f"several score files for model {model!r}"
+                             f"{'' if cp is None else f' checkpoint {cp}'}: {', '.join(map(str, found))}")
+        if found:
+            return found[0]
+    suffix = "" if checkpoint is None else f"_cp{checkpoint}"
+    expected = " or ".join(f"{prefix}<{model}>{suffix}.pkl" for prefix in SCORE_FILE_PREFIXES)
+    if checkpoint is None:
+        expected += f" (or _cp{FINAL_CHECKPOINT})"
+    have = sorted(str(k) for k in matches if k is not None)
+    hint = f"; checkpoints found for this model: {', '.join(have)}" if have else ""
+    raise InputError(f"no head-score file for model {model!r}{'' if checkpoint is None else f' checkpoint {checkpoint}'}: "
+                     f"expected {expected} in {root} or {root}/<model folder>{hint}")
+
+
+@dataclass(frozen=True)
+class HeadScores:
+    """Head scores of one model (one checkpoint), in layer-major head order.
+
+    Attributes
+    ----------
+    matching_score : ndarray, shape [L, H]
+        Induction-head matching score (attention on lag +1).
+    copying_score : ndarray, shape [L, H]
+        Copying score in [-1, 1].
+    crp : ndarray, shape [L, H, n_lags]
+        Attention CRP (pre-softmax scores) at lags ``lags`` (16 lags in every file so far).
+    crp_sem : ndarray, shape [L, H, n_lags]
+        Its standard error; NaN when the file has none.
+    labels : ndarray of str, shape [L, H]
+        ``"L{layer}H{head}"``.
+    lags : ndarray of int, shape [n_lags]
+        The file's ``CRP_lags`` when present, else -8..+7 (the authors' files).
+    path : str
+        File read.
+    """
+
+    matching_score: np.ndarray
+    copying_score: np.ndarray
+    crp: np.ndarray
+    crp_sem: np.ndarray
+    labels: np.ndarray
+    lags: np.ndarray
+    path: str = ""
+
+    @property
+    def n_layers(self) -> int:
+        """Number of layers L."""
+        return int(self.matching_score.shape[0])
+
+    @property
+    def n_heads(self) -> int:
+        """Heads per layer H."""
+        return int(self.matching_score.shape[1])
+
+
+def head_scores_from_dict(scores: dict, source: str = "") -> HeadScores:
+    """Build :class:`HeadScores` from a score-file dict (authors' or ours; extra keys ignored).
+
+    Parameters
+    ----------
+    scores : dict
+        Needs ``head_scores`` [L,H], ``copying_score`` [L,H], ``CRP_scores`` [L,H,n_lags]; optional
+        ``CRP_scores_sem`` [L,H,n_lags], ``labels`` [L,H] and ``CRP_lags`` [n_lags] (default -8..+7).
+        Torch tensors are converted.
+    source : str
+        Name for error messages.
+
+    Raises
+    ------
+    InputError
+        If a required key is missing or shapes disagree.
+    """
+    if not isinstance(scores, dict):
+        raise InputError(f"{source}: expected a dict of head scores, got {type(scores).__name__}")
+    required = ("head_scores", "copying_score", "CRP_scores")
+    missing = [key for key in required if key not in scores]
+    if missing:
+        raise InputError(f"{source}: missing keys {missing} (a head-score file needs {list(required)}; "
+                         f"found {sorted(scores)})")
+    matching = to_numpy(scores["head_scores"]).astype(float)
+    copying = to_numpy(scores["copying_score"]).astype(float)
+    crp = to_numpy(scores["CRP_scores"]).astype(float)
+    # Our files state their lags (CRP_lags); the authors' are -8..+7.
+    lags = np.asarray(to_numpy(scores.get("CRP_lags", ATTN_CRP_LAGS))).astype(np.int64).ravel()
+    if matching.ndim != 2 or copying.shape != matching.shape:
+        raise InputError(f"{source}: head_scores {matching.shape} and copying_score {copying.shape} "
+                         f"must both be [n_layers, n_heads]")
+    if crp.shape != matching.shape + (lags.size,):
+        raise InputError(f"{source}: CRP_scores has shape {crp.shape}, expected "
+                         f"{matching.shape + (lags.size,)} (lags {lags[0]}..{lags[-1]})")
+    if "CRP_scores_sem" in scores:
+        crp_sem = to_numpy(scores["CRP_scores_sem"]).astype(float)
+        if crp_sem.shape != crp.shape:
+            raise InputError(f"{source}: CRP_scores_sem has shape {crp_sem.shape}, expected {crp.shape}")
+    else:
+        crp_sem = np.full_like(crp, np.nan)
+    if "labels" in scores:
+        labels = np.asarray(to_numpy(scores["labels"])).astype(str)
+        if labels.shape != matching.shape:
+            raise InputError(f"{source}: labels has shape {labels.shape}, expected {matching.shape}")
+    else:
+        labels = head_labels(*matching.shape)
+    return HeadScores(matching_score=matching, copying_score=copying, crp=crp, crp_sem=crp_sem,
+                      labels=labels, lags=lags, path=source)
+
+
+def read_head_scores(path: "str | Path") -> HeadScores:
+    """Read one head-score file (either layout) through the restricted unpickler.
+
+    Parameters
+    ----------
+    path : path
+        A ``*all_scores_*.pkl`` file.
+
+    Returns
+    -------
+    HeadScores
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"head-score file {path} does not exist")
+    return head_scores_from_dict(load_pickle(path), source=str(path))
+
+
+def load_model_scores(scores_dir: "str | Path", model: str, checkpoint: Optional[int] = None) -> HeadScores:
+    """:func:`find_score_file` then :func:`read_head_scores`."""
+    path = find_score_file(scores_dir, model, checkpoint)
+    logger.info("reading %s", path)
+    return read_head_scores(path)
+
+
+def load_checkpoint_series(scores_dir: "str | Path", model: str,
+                           checkpoints: Sequence[int] = CHECKPOINT_INDICES) -> List[HeadScores]:
+    """Head scores of ``model`` at every checkpoint in ``checkpoints`` (all must exist).
+
+    Raises
+    ------
+    InputError
+        If a checkpoint is missing or the model's shape changes between checkpoints.
+    """
+    series = [load_model_scores(scores_dir, model, cp) for cp in checkpoints]
+    shapes = {s.matching_score.shape for s in series}
+    if len(shapes) > 1:
+        raise InputError(f"model {model!r} has different shapes across checkpoints: {sorted(shapes)}")
+    if len({tuple(s.lags) for s in series}) > 1:
+        raise InputError(f"model {model!r} has different CRP lags across checkpoints")
+    return series
+
+
+# ----------------------------------------------------------------------------- CMR grids
+
+def _grid_axes_from_sidecar(meta: dict, path: Path) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Axis values from a grid's JSON sidecar: keys at top level, under ``axes`` or ``parameters``."""
+    if not isinstance(meta, dict):
+        return None
+    for container in (meta, meta.get("axes", {}), meta.get("parameters", {})):
+        if not isinstance(container, dict):
+            continue
+        found = []
+        for name in ("beta_enc", "beta_rec", "gamma_ft"):
+            value = next((container[key] for key in (name, f"{name}_grid", f"{name}_values") if key in container), None)
+            found.append(value)
+        if all(v is not None for v in found):
+            try:
+                return tuple(np.asarray(v, dtype=float).ravel() for v in found)  # type: ignore[return-value]
+            except (TypeError, ValueError):
+                raise InputError(f"{path}: grid axes must be lists of numbers") from None
+    return None
+
+
+def grid_sidecar_candidates(path: Path) -> List[Path]:
+    """JSON files that may hold a grid's axes: ``<stem>.json``, and the name ``est_cmr_crp.py`` writes
+    beside ``cmr_crp_avg_<n>_<m>.npy``: ``cmr_crp_<n>_<m>.json`` (axes under ``parameters``)."""
+    candidates = [path.with_suffix(".json")]
+    if "_avg" in path.stem:
+        candidates.append(path.with_name(path.stem.replace("_avg", "", 1) + ".json"))
+    return candidates
+
+
+def read_cmr_grid(path: "str | Path | None" = None, sem_path: "str | Path | None" = None) -> CmrGrid:
+    """Read a CMR CRP grid file, its optional SEM file and its axis values, as a :class:`CmrGrid`.
+
+    The arrays are read and validated by :func:`icl_cmr.cmr_grid.load_cmr_grid` (finite,
+    non-negative, each CRP summing to 1).
+
+    Parameters
+    ----------
+    path : path, optional
+        ``.npy`` of shape [A, B, C, 17] (lags -8..+8). Default ``saved_crps/cmr_crp_avg_20_11.npy``.
+    sem_path : path, optional
+        SEM file of the same shape. Default: the file beside ``path`` with ``avg`` replaced by
+        ``sem`` in its name, when it exists (it is optional).
+
+    Returns
+    -------
+    CmrGrid
+
+    Notes
+    -----
+    Axis values come from a JSON sidecar (:func:`grid_sidecar_candidates`; keys ``beta_enc``,
+    ``beta_rec``, ``gamma_ft`` at top level or under ``axes`` or ``parameters``) when present;
+    otherwise the paper's axes (config.py) are used when the shape is [20, 21, 11, 17].
+
+    Raises
+    ------
+    InputError
+        Missing file, wrong shape or values, or a non-default shape without axes.
+    """
+    from .cmr_grid import load_cmr_grid as load_grid_arrays
+
+    path = Path(path) if path is not None else DEFAULT_GRID_PATH
+    if not path.is_file():
+        raise InputError(f"CMR grid {path} does not exist: run est_cmr_crp.py to make it, or pass --crp-grid PATH "
+                         f"(a [20, 21, 11, 17] .npy; the authors' is {CMR_GRID_MEAN_FILENAME})")
+    if sem_path is None:
+        candidate = path.with_name(path.name.replace("avg", "sem")) if "avg" in path.name else None
+        sem_path = candidate if candidate is not None and candidate.is_file() else None
+    mean, sem = load_grid_arrays(path, sem_path)
+    if mean.shape[3] != CMR_CRP_LAGS.size:
+        raise InputError(f"CMR grid {path} has shape {mean.shape}, expected [n_beta_enc, n_beta_rec, n_gamma_ft, "
+                         f"{CMR_CRP_LAGS.size}] (lags {CMR_CRP_LAGS[0]}..{CMR_CRP_LAGS[-1]})")
+    axes = None
+    for sidecar in grid_sidecar_candidates(path):
+        if sidecar.is_file():
+            axes = _grid_axes_from_sidecar(load_json(sidecar), sidecar)
+            if axes is not None:
+                logger.debug("grid axes from %s", sidecar)
+                break
+    default_shape = (BETA_ENC_GRID.size, BETA_REC_GRID.size, GAMMA_FT_GRID.size)
+    if axes is None:
+        if mean.shape[:3] != default_shape:
+            names = " or ".join(str(p) for p in grid_sidecar_candidates(path))
+            raise InputError(f"CMR grid {path} has shape {mean.shape}: the axis values of a grid other than "
+                             f"{list(default_shape) + [CMR_CRP_LAGS.size]} must be given in {names} "
+                             f"(keys beta_enc, beta_rec, gamma_ft)")
+        axes = (BETA_ENC_GRID, BETA_REC_GRID, GAMMA_FT_GRID)
+    return CmrGrid(mean=mean, beta_enc=axes[0], beta_rec=axes[1], gamma_ft=axes[2], sem=sem, source=str(path))

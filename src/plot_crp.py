@@ -1,0 +1,85 @@
+"""CMR reference CRPs ([LI24] Fig 4b-e) beside the human lag-CRP from psifr's bundled data (Fig 4a).
+
+Two different quantities, labelled as such (DESIGN.md section 8):
+
+* human: the **conditional lag-CRP** (transitions made / transitions possible, per subject, then
+  mean +- SEM over subjects), computed with ``psifr`` from its bundled PEERS data (default) or
+  Morton 2013;
+* CMR: the grid's CRP, a normalised histogram of transition lags with repeats allowed, at the
+  paper's four example points (beta_enc, beta_rec, gamma_ft) = (1, 1, 0), (0.7, 0.7, 0),
+  (0.7, 0.7, 0.5), (0.7, 0.7, 1), with SEM bars when the grid has a SEM file.
+
+Writes ``figs/plot_crp/reference_crps.pdf`` and ``figs/plot_crp/human_lag_crp.csv``.
+
+Example::
+
+    python src/plot_crp.py --crp-grid ../shared/official/saved_crps/cmr_crp_avg_20_11.npy
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from fit_attn_score import save_figure
+from icl_cmr.cli import positive_int, run_cli, setup_logging
+from icl_cmr.fitting import select_lags
+from icl_cmr.human_recall import DEFAULT_HUMAN_DATASET, HUMAN_DATASETS, conditional_lag_crp, load_recall_data
+from icl_cmr.io import ensure_writable_dir, save_text
+from icl_cmr.score_files import DEFAULT_GRID_PATH, read_cmr_grid
+
+logger = logging.getLogger("plot_crp")
+
+#: The CMR points of [LI24] Fig 4 (the authors' ``plot_crp.py``): (beta_enc, beta_rec, gamma_ft).
+FIG4_POINTS = ((1.0, 1.0, 0.0), (0.7, 0.7, 0.0), (0.7, 0.7, 0.5), (0.7, 0.7, 1.0))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="CMR reference CRPs and the human lag-CRP (Fig 4).")
+    parser.add_argument("--crp-grid", "--crp_grid", type=Path, default=DEFAULT_GRID_PATH,
+                        help="CMR CRP grid .npy (default: %(default)s)")
+    parser.add_argument("--crp-sem", "--crp_sem", type=Path, default=None,
+                        help="SEM file of the grid (optional; default: the *sem* file beside --crp-grid if present)")
+    parser.add_argument("--dataset", choices=HUMAN_DATASETS, default=DEFAULT_HUMAN_DATASET,
+                        help="psifr's bundled free-recall study (default: %(default)s = PEERS)")
+    parser.add_argument("--max-lag", type=positive_int, default=5, help="largest |lag| drawn (default: %(default)s)")
+    parser.add_argument("--figs-dir", "--figs_dir", type=Path, default=Path("figs"),
+                        help="root folder for figures (default: %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from icl_cmr import plotting
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    grid = read_cmr_grid(args.crp_grid, args.crp_sem)
+    lags = np.arange(-args.max_lag, args.max_lag + 1)
+    curves = {}
+    for point in FIG4_POINTS:
+        index = grid.index_of(*point)
+        actual = grid.parameters_at(np.array(index))
+        crp = select_lags(grid.mean[index], grid.lags, lags)
+        sem = select_lags(grid.sem[index], grid.lags, lags) if grid.sem is not None else None
+        name = rf"CMR $\beta_{{enc}}$={actual[0]:.2g} $\beta_{{rec}}$={actual[1]:.2g} $\gamma$={actual[2]:.2g}"
+        curves[name] = (crp, sem)
+    human = conditional_lag_crp(load_recall_data(args.dataset), max_lag=args.max_lag, dataset=args.dataset)
+    label = f"human ({'PEERS' if args.dataset == 'peers_notask' else args.dataset}, n={human.n_subjects})"
+    out_dir = ensure_writable_dir(args.figs_dir / "plot_crp")
+    save_figure(plotting.plot_reference_crps(lags, curves, human.lags, human.mean, human.sem, label),
+                out_dir / "reference_crps.pdf")
+    table = "lag,conditional_lag_crp_mean,sem\n" + "".join(
+        f"{lag},{m:.6g},{s:.6g}\n" for lag, m, s in zip(human.lags, human.mean, human.sem))
+    save_text(out_dir / "human_lag_crp.csv", table)
+    logger.info("human %s lag-CRP at -1 / +1: %.3f / %.3f (%d subjects)", args.dataset,
+                human.mean[lags == -1][0], human.mean[lags == 1][0], human.n_subjects)
+    logger.info("wrote %s", out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

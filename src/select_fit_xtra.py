@@ -1,0 +1,123 @@
+"""Top-N CMR-like and induction heads of models without training checkpoints ([LI24] Fig 7, extra models).
+
+For each model separately (as the authors' ``select_fit_xtra.py``): the N heads with the lowest
+CMR distance and the N heads with the highest matching score (NaN never picked), their fitted
+D, parameters and 1/tau. Outputs:
+
+* ``saved_top_heads/cmr_top_crp_fit_<model>.pkl`` and ``cmr_top_head_score_<model>.pkl``
+  (same record layout as ``select_fit.py``, without the over-training arrays);
+* ``figs/select_fit_xtra/selection_final_cmr.pdf`` and ``selection_final_induction.pdf``: bars of
+  mean +- SEM per set, grouped by model; ``selection_vs_human.pdf``.
+
+Example::
+
+    python src/select_fit_xtra.py --models qwen-7b gpt2-small --scores-dir ../shared/official/saved_scores
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from fit_attn_score import add_common_arguments, grid_parameters, load_grid, save_figure, str2bool
+from icl_cmr.cli import positive_int, run_cli, setup_logging
+from icl_cmr.errors import InputError
+from icl_cmr.io import ensure_writable_dir, load_pickle, make_metadata, save_pickle
+from icl_cmr.score_format import plain_metadata
+from icl_cmr.layer_stats import DEFAULT_TOP_N, HUMAN_FITS
+from select_fit import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, QUANTITIES, _mean_sem,
+                        finite_quantities, fit_over_training, make_selections, record_matrix)
+
+logger = logging.getLogger("select_fit_xtra")
+
+#: Models of the authors' ``select_fit_xtra.py`` default.
+XTRA_MODELS = ("qwen-7b", "mistral-7b", "llama3-8b")
+
+_OVER_TRAINING_KEYS = ("MSE_over_training", "params_over_training", "scale_factors_over_training",
+                       "head_scores_over_training", "copy_scores_over_training", "checkpoints")
+
+
+def draw(per_model: Dict[str, Dict[str, Dict[str, dict]]], out_dir: Path) -> list:
+    """Bars per set grouped by model, one figure per kind, and the human comparison."""
+    from icl_cmr import plotting
+
+    written = []
+    names = {"cmr": "top CMR-like heads (lowest D)", "induction": "top induction heads (highest matching score)"}
+    for kind, title in names.items():
+        final = {m: {name: record_matrix(r, False) for name, r in sel[kind].items()}
+                 for m, sel in per_model.items() if kind in sel}
+        if not final:
+            continue
+        keep = finite_quantities([x for sel in final.values() for x in sel.values()])
+        groups = {m: {name: _mean_sem(x[..., keep]) for name, x in sel.items()} for m, sel in final.items()}
+        written.append(save_figure(plotting.plot_selection_bars(groups, [QUANTITIES[q][1] for q in keep], title=title),
+                                   out_dir / f"selection_final_{kind}.pdf"))
+    points = {}
+    for model, sel in per_model.items():
+        if "cmr" in sel:
+            smallest = min(sel["cmr"], key=lambda name: len(sel["cmr"][name]["MSE"]))
+            points[f"{model} {smallest} CMR-like"] = np.asarray(sel["cmr"][smallest]["params"])[:, :2]
+    if points:
+        written.append(save_figure(plotting.plot_selection_vs_human(points, HUMAN_FITS), out_dir / "selection_vs_human.pdf"))
+    return written
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Top-N CMR-like and induction heads per model (no checkpoints).")
+    parser.add_argument("-m", "--models", nargs="+", default=list(XTRA_MODELS), help="models (default: %(default)s)")
+    parser.add_argument("-t", "--n_top", type=positive_int, nargs="+", default=list(DEFAULT_TOP_N),
+                        help="set sizes N (default: %(default)s)")
+    parser.add_argument("-u", "--use_saved", type=str2bool, nargs="?", const=True, default=False,
+                        help="redraw from saved selections instead of fitting (--use_saved, or --use_saved True/False)")
+    parser.add_argument("--top-heads-dir", type=Path, default=Path("saved_top_heads"),
+                        help="folder of the saved selections (default: %(default)s)")
+    add_common_arguments(parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    per_model: Dict[str, Dict[str, Dict[str, dict]]] = {}
+    if args.use_saved:
+        for model in args.models:
+            for kind, pattern in (("cmr", CMR_SELECTION_FILE), ("induction", INDUCTION_SELECTION_FILE)):
+                path = args.top_heads_dir / pattern.format(tag=model)
+                if path.is_file():
+                    data = load_pickle(path)
+                    per_model.setdefault(model, {})[kind] = {k: v for k, v in data.items()
+                                                             if k.startswith("top") and isinstance(v, dict)}
+                else:
+                    logger.warning("no saved selection %s", path)
+        if not per_model:
+            raise InputError(f"--use_saved: no saved selections for {args.models} in {args.top_heads_dir}")
+    else:
+        grid = load_grid(args)
+        top_dir = ensure_writable_dir(args.top_heads_dir)
+        for model in args.models:  # selections are per model, as in the authors' script
+            fits = fit_over_training(args.scores_dir, [model], [None], grid)
+            selections = make_selections(fits, args.n_top, [None])
+            for records in selections.values():
+                for record in records.values():
+                    for key in _OVER_TRAINING_KEYS:
+                        record.pop(key)
+            metadata = plain_metadata(make_metadata("select_fit_xtra.py", {
+                "model": model, "n_top": sorted(set(args.n_top)), "scores_file": fits[model]["files"][0],
+                **grid_parameters(grid)}))
+            for kind, pattern in (("cmr", CMR_SELECTION_FILE), ("induction", INDUCTION_SELECTION_FILE)):
+                path = save_pickle(top_dir / pattern.format(tag=model), {**selections[kind], "metadata": metadata})
+                logger.info("saved %s", path)
+            for name, record in selections["cmr"].items():
+                logger.info("%s %s: mean D %.4g CMR-like, %.4g induction", model, name, np.nanmean(record["MSE"]),
+                            np.nanmean(selections["induction"][name]["MSE"]))
+            per_model[model] = selections
+    written = draw(per_model, ensure_writable_dir(args.figs_dir / "select_fit_xtra"))
+    logger.info("wrote %s", ", ".join(map(str, written)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,199 @@
+"""The fitting scripts end to end on small hand-built score files and a small CMR grid."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import attn_over_size_xtra
+import attn_over_time
+import fit_attn_score
+import plot_crp
+import select_fit
+import select_fit_xtra
+from icl_cmr.cli import run_cli
+from icl_cmr.io import load_pickle
+
+GRID_SHAPE = (2, 3, 2)
+AXES = {"beta_enc": [0.5, 1.0], "beta_rec": [0.0, 0.5, 1.0], "gamma_ft": [0.0, 1.0]}
+CHECKPOINTS = ["0", "10"]
+
+
+def make_grid(folder):
+    rng = np.random.default_rng(0)
+    mean = rng.random(GRID_SHAPE + (17,)) + 0.05
+    mean[..., 9] += np.arange(12).reshape(GRID_SHAPE)      # distinct lag +1 peaks
+    mean /= mean.sum(axis=-1, keepdims=True)
+    np.save(folder / "grid_avg.npy", mean)
+    np.save(folder / "grid_sem.npy", mean / 20)
+    (folder / "grid_avg.json").write_text(json.dumps(AXES))
+    return mean
+
+
+def copy_of_grid_point(mean, index, scale, offset):
+    """A 16-lag attention CRP whose lags -5..+5 are an affine copy of a grid point (D = 0)."""
+    c = mean[index][3:14] / mean[index][3:14].sum()
+    crp = np.full(16, offset)
+    crp[3:14] = scale * (c - c.min()) + offset
+    return crp
+
+
+def scores(mean, n_layers, n_heads, seed, exact, matching):
+    rng = np.random.default_rng(seed)
+    crp = rng.normal(size=(n_layers, n_heads, 16)) * 2
+    for (layer, head), index in exact.items():
+        crp[layer, head] = copy_of_grid_point(mean, index, scale=5.0 + layer, offset=-1.0)
+    return {"head_scores": np.asarray(matching, dtype=np.float32), "copying_score": rng.uniform(-1, 1, (n_layers, n_heads)),
+            "CRP_scores": crp, "CRP_scores_sem": np.full((n_layers, n_heads, 16), 0.1),
+            "labels": np.array([[f"L{l}H{h}" for h in range(n_heads)] for l in range(n_layers)]),
+            "unknown_extra_key": 1}
+
+
+def dump(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        pickle.dump(obj, handle)
+
+
+@pytest.fixture()
+def workspace(tmp_path):
+    mean = make_grid(tmp_path)
+    root = tmp_path / "scores"
+    # Model "toy-a": our layout, 2 x 3 heads; model "toy-b": the authors' induction_head_ layout, 3 x 2.
+    matching_a = np.array([[0.10, np.nan, 0.30], [0.05, 0.60, 0.20]])
+    matching_b = np.array([[0.50, 0.01], [np.nan, 0.40], [0.02, 0.03]])
+    for k in (0, 10):
+        dump(root / "toy-a" / f"all_scores_toy-a_cp{k}.pkl",
+             scores(mean, 2, 3, k, {(1, 2): (1, 2, 1)}, matching_a * (k + 1) / 11))
+        dump(root / "toy-b-deduped-v0" / f"induction_head_all_scores_toy_b_cp{k}.pkl",
+             scores(mean, 3, 2, 100 + k, {(2, 0): (0, 1, 0)}, matching_b * (k + 1) / 11))
+    dump(root / "toy-a" / "all_scores_toy-a.pkl", scores(mean, 2, 3, 7, {(0, 0): (1, 0, 1)}, matching_a))
+    return {"tmp": tmp_path, "mean": mean, "root": root,
+            "common": ["--scores-dir", str(root), "--crp-grid", str(tmp_path / "grid_avg.npy"),
+                       "--figs-dir", str(tmp_path / "figs")]}
+
+
+@pytest.mark.parametrize("text, expected", [("False", False), ("false", False), ("0", False), ("no", False),
+                                            ("True", True), ("yes", True), ("1", True)])
+def test_str2bool_reads_false_as_false(text, expected):
+    assert fit_attn_score.str2bool(text) is expected
+
+
+@pytest.mark.parametrize("argv, expected", [([], False), (["--use_saved"], True), (["--use_saved", "False"], False),
+                                            (["--use_saved", "True"], True), (["-u", "false"], False)])
+def test_use_saved_flag(argv, expected):
+    assert select_fit.build_parser().parse_args(argv).use_saved is expected
+    assert select_fit_xtra.build_parser().parse_args(argv).use_saved is expected
+
+
+def test_fit_attn_score_outputs(workspace):
+    out = workspace["tmp"] / "figs" / "fit_attn_score" / "toy"
+    assert fit_attn_score.main(["--all_head_scores", "toy-a/all_scores_toy-a.pkl", "--save_dir", "toy",
+                                "--fits-dir", str(workspace["tmp"] / "fits")] + workspace["common"]) == 0
+    result = load_pickle(workspace["tmp"] / "fits" / "toy" / "cmr_fit_toy.pkl")
+    assert {"fitted_MSE", "fitted_params", "fitted_scale_factors", "metadata"} <= set(result)
+    assert result["fitted_MSE"].shape == (2, 3) and result["fitted_params"].shape == (2, 3, 3)
+    # Head L0H0 is an exact copy of grid point (1, 0, 1) = (1.0, 0.0, 1.0) at scale 5.
+    assert result["fitted_MSE"][0, 0] == pytest.approx(0.0, abs=1e-20)
+    np.testing.assert_array_equal(result["fitted_params"][0, 0], [1.0, 0.0, 1.0])
+    assert result["fitted_scale_factors"][0, 0] == pytest.approx(5.0)
+    table = pd.read_csv(workspace["tmp"] / "fits" / "toy" / "head_fits_toy.csv")
+    assert len(table) == 6 and list(table["label"][:2]) == ["L0H0", "L0H1"]
+    assert table.loc[0, "beta_enc"] == 1.0 and bool(table.loc[0, "cmr_like"])
+    for name in ("head_fit_L0.pdf", "head_fit_L1.pdf", "score_against_fit.pdf", "score_against_scale_factor.pdf",
+                 "fit_against_layer.pdf"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_missing_score_file_is_one_line_and_exit_2(workspace, capsys):
+    code = run_cli(fit_attn_score.main, ["--model", "toy-c"] + workspace["common"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: no head-score file for model 'toy-c'") and "all_scores_<toy-c>.pkl" in err[0]
+
+
+def test_over_size_xtra_reads_both_layouts(workspace):
+    # toy-b exists only in the authors' induction_head_ layout and only as checkpoints: cp10 is not
+    # the final 142, so ask for checkpoint 10 explicitly.
+    assert attn_over_size_xtra.main(["--models", "toy-a", "toy-b", "--checkpoint", "10"] + workspace["common"]) == 0
+    table = pd.read_csv(workspace["tmp"] / "figs" / "attn_over_size_xtra" / "layer_summary.csv")
+    assert sorted(set(table["model"])) == ["toy-a", "toy-b"]
+    assert list(table.loc[table["model"] == "toy-b", "relative_position"]) == pytest.approx([0, 100 / 3, 200 / 3])
+
+
+def test_over_time(workspace):
+    assert attn_over_time.main(["--model_name", "toy-b", "--checkpoints", *CHECKPOINTS] + workspace["common"]) == 0
+    out = workspace["tmp"] / "figs" / "attn_over_time" / "toy-b"
+    table = pd.read_csv(out / "layer_over_time.csv")
+    assert len(table) == 2 * 2 * 3                     # thresholds x checkpoints x layers
+    # L2H0 is an exact copy at both checkpoints: layer 2 has at least 1 of 2 heads CMR-like.
+    assert (table.loc[(table["layer"] == 2), "percent_D_below"] >= 50).all()
+    for name in ("fit_over_time_thres0.5.pdf", "params_over_time_thres0.5.pdf"):
+        assert (out / name).is_file()
+
+
+@pytest.mark.slow
+def test_select_fit_selects_by_each_criterion_with_own_indices(workspace):
+    top_dir = workspace["tmp"] / "top"
+    argv = ["--models", "toy-a", "toy-b", "--n_top", "1", "3", "--checkpoints", *CHECKPOINTS,
+            "--top-heads-dir", str(top_dir), "--use_saved", "False"] + workspace["common"]
+    assert select_fit.main(argv) == 0
+    induction = load_pickle(top_dir / "cmr_top_head_score_pythia.pkl")
+    cmr = load_pickle(top_dir / "cmr_top_crp_fit_pythia.pkl")
+    # Final checkpoint (cp10) matching scores are matching * 11/11: highest finite ones across both
+    # models are toy-a L1H1 0.60, toy-b L0H0 0.50, toy-b L1H1 0.40 (NaNs never picked).
+    assert list(induction["top3"]["labels"]) == ["toy-a-L1H1", "toy-b-L0H0", "toy-b-L1H1"]
+    assert list(induction["top1"]["labels"]) == ["toy-a-L1H1"]
+    np.testing.assert_allclose(induction["top3"]["head_scores"], [0.6, 0.5, 0.4], rtol=1e-6)
+    # Lowest CMR distance: the two exact copies (D = 0) come first, in pool order.
+    assert list(cmr["top3"]["labels"][:2]) == ["toy-a-L1H2", "toy-b-L2H0"]
+    np.testing.assert_allclose(cmr["top3"]["MSE"][:2], 0.0, atol=1e-20)
+    np.testing.assert_array_equal(cmr["top3"]["params"][1], [0.5, 0.5, 0.0])   # grid point (0, 1, 0)
+    assert cmr["top3"]["MSE_over_training"].shape == (3, 2)
+    # Values come from each head's own model: toy-b L1H1's matching score over training.
+    toy_b = [load_pickle(workspace["root"] / "toy-b-deduped-v0" / f"induction_head_all_scores_toy_b_cp{k}.pkl")
+             for k in (0, 10)]
+    np.testing.assert_allclose(induction["top3"]["head_scores_over_training"][2],
+                               [float(f["head_scores"][1, 1]) for f in toy_b])
+    assert (workspace["tmp"] / "figs" / "select_fit" / "selection_over_training.pdf").is_file()
+
+    # Redraw from the saved selections without any score file or grid.
+    redraw = ["--use_saved", "True", "--top-heads-dir", str(top_dir), "--figs-dir", str(workspace["tmp"] / "again"),
+              "--crp-grid", str(workspace["tmp"] / "no-grid.npy")]
+    assert select_fit.main(redraw) == 0
+    assert (workspace["tmp"] / "again" / "select_fit" / "selection_vs_human.pdf").is_file()
+
+
+def test_select_fit_xtra_per_model(workspace):
+    top_dir = workspace["tmp"] / "top"
+    assert select_fit_xtra.main(["--models", "toy-a", "--n_top", "2", "--top-heads-dir", str(top_dir)]
+                                + workspace["common"]) == 0
+    induction = load_pickle(top_dir / "cmr_top_head_score_toy-a.pkl")
+    assert list(induction["top2"]["labels"]) == ["toy-a-L1H1", "toy-a-L0H2"]   # 0.60, 0.30; NaN skipped
+    assert select_fit_xtra.main(["--models", "toy-a", "--use_saved", "--top-heads-dir", str(top_dir),
+                                 "--figs-dir", str(workspace["tmp"] / "again")]) == 0
+    assert (workspace["tmp"] / "again" / "select_fit_xtra" / "selection_final_cmr.pdf").is_file()
+
+
+def test_use_saved_without_files_is_an_input_error(workspace, capsys):
+    figs = workspace["tmp"] / "figs-none"
+    code = run_cli(select_fit.main, ["--use_saved", "--top-heads-dir", str(workspace["tmp"] / "empty"),
+                                     "--figs-dir", str(figs)])
+    assert code == 2 and "cmr_top_crp_fit_pythia.pkl" in capsys.readouterr().err
+    assert not figs.exists()                            # nothing written on bad input
+
+
+@pytest.mark.slow
+def test_plot_crp(workspace):
+    rng = np.random.default_rng(0)
+    mean = rng.random((20, 21, 11, 17))
+    np.save(workspace["tmp"] / "cmr_crp_avg_20_11.npy", mean / mean.sum(axis=-1, keepdims=True))
+    assert plot_crp.main(["--crp-grid", str(workspace["tmp"] / "cmr_crp_avg_20_11.npy"),
+                          "--figs-dir", str(workspace["tmp"] / "figs")]) == 0
+    out = workspace["tmp"] / "figs" / "plot_crp"
+    table = pd.read_csv(out / "human_lag_crp.csv")
+    assert list(table["lag"]) == list(range(-5, 6))
+    assert (out / "reference_crps.pdf").is_file()
