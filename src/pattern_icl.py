@@ -1,0 +1,389 @@
+"""Few-shot pattern matching under induction-head ablation ([CS24]; DESIGN.md section 6).
+
+Asks a model the abstract pattern tasks of :mod:`icl_cmr.pattern_tasks` (5-shot, made-up
+labels, scored by label log-likelihood) intact, with the top 1% / 3% induction heads (by
+prefix-matching score) ablated, and with layer-matched random heads ablated; three
+interventions: mean ablation of the heads' ``hook_z``, zero ablation, and attention knockout
+of their induction edges only.
+
+Example::
+
+    python src/pattern_icl.py --model gpt2-small --tasks repetition,recursion,centre_embedding \\
+        --shots 5 --ablate none,induction,random --method mean,knockout --percentage 1 3
+
+Writes to ``<out-dir>/<model>/`` (default ``saved_ablation/pattern_icl/<model>/``):
+``prompts.json`` (every prompt, reloadable with ``--prompts-file``), ``heads.json``,
+``items.csv`` (one row per prompt and condition), ``results.csv`` (accuracy with Wilson 95%
+interval per task x condition, demonstration seeds pooled; random draws one row each plus a
+pooled row), ``results_by_seed.csv``, ``stats.csv`` (paired tests) and ``metadata.json``;
+and the grouped bar chart ``<fig-dir>/<model>_accuracy.pdf`` (default ``figs/pattern_icl/``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from icl_cmr.cli import non_negative_int, positive_int, run_cli, setup_logging
+from icl_cmr.errors import InputError
+from icl_cmr.models import DTYPES
+
+logger = logging.getLogger("pattern_icl")
+
+ABLATE_CHOICES = ("none", "induction", "random")
+#: ``zero`` zeroes the heads' value vectors (head_ablation method "value", the [LI24] way).
+METHOD_CHOICES = ("mean", "zero", "knockout")
+REFERENCE_CHOICES = ("task", "eval", "all")
+
+
+def _comma_list(text: str, accepted: Sequence[str], flag: str) -> List[str]:
+    values = [value.strip() for value in text.split(",") if value.strip()]
+    if not values:
+        raise InputError(f"{flag} is empty; accepted: {', '.join(accepted)}")
+    unknown = [value for value in values if value not in accepted]
+    if unknown:
+        raise InputError(f"{flag}: unknown value(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}")
+    return list(dict.fromkeys(values))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from icl_cmr.pattern_tasks import TASKS
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", required=True, help="registry name, Hugging Face id or local model folder")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
+    parser.add_argument("--shots", type=positive_int, default=5, help="demonstrations per prompt ([CS24]: 5)")
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2],
+                        help="demonstration seeds ([CS24]: 3)")
+    parser.add_argument("--n-items", type=positive_int, default=50, help="queries per task (class-balanced)")
+    parser.add_argument("--task-seed", type=non_negative_int, default=0, help="seed of the queries")
+    parser.add_argument("--prompts-file", type=Path, default=None,
+                        help="reuse the prompts of an earlier run (its prompts.json) instead of generating")
+    parser.add_argument("--ablate", default="none,induction,random",
+                        help=f"comma-separated conditions: {', '.join(ABLATE_CHOICES)}")
+    parser.add_argument("--method", default="mean,knockout",
+                        help=f"comma-separated interventions: {', '.join(METHOD_CHOICES)}")
+    parser.add_argument("--percentage", type=float, nargs="+", default=[1.0, 3.0],
+                        help="top percentages of heads by prefix-matching score ([CS24]: 1 and 3)")
+    parser.add_argument("--heads", default=None,
+                        help="ablate these heads (e.g. L5H1,L6H9) instead of the top percentages")
+    parser.add_argument("--scores-file", type=Path, default=None,
+                        help="head-score pickle with 'prefix_matching_score' [L, H] (default: found in --scores-dir)")
+    parser.add_argument("--scores-dir", type=Path, default=Path("saved_scores"))
+    parser.add_argument("--n-random-sets", type=positive_int, default=5, help="layer-matched random head draws")
+    parser.add_argument("--random-seed", type=non_negative_int, default=0, help="seed of draw 0 (draw d: seed + d)")
+    parser.add_argument("--reference-corpus", choices=REFERENCE_CHOICES, default="task",
+                        help="mean-ablation reference: fresh prompts of the same task (task), the evaluation "
+                             "prompts themselves (eval), or fresh prompts of every selected task (all)")
+    parser.add_argument("--n-reference", type=positive_int, default=64, help="reference prompts per task")
+    parser.add_argument("--reference-seed", type=non_negative_int, default=1000,
+                        help="query seed of the reference prompts (differs from --task-seed)")
+    parser.add_argument("--knockout-kind", choices=("kind", "category"), default="kind",
+                        help="same kind = same letter/word/separator/label (kind) or same word category (category)")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--out-dir", type=Path, default=Path("saved_ablation") / "pattern_icl")
+    parser.add_argument("--fig-dir", type=Path, default=Path("figs") / "pattern_icl")
+    parser.add_argument("--verbose", action="store_true")
+    return parser
+
+
+def _induction_scores(args, spec, n_layers: int, n_heads: int) -> np.ndarray:
+    from icl_cmr.io import load_pickle, to_numpy
+    from icl_cmr.score_files import find_score_file
+
+    path = args.scores_file if args.scores_file is not None else find_score_file(args.scores_dir, spec.name)
+    scores = load_pickle(path)
+    if not isinstance(scores, dict) or "prefix_matching_score" not in scores:
+        raise InputError(f"{path} has no 'prefix_matching_score' (compute it with compute_head_scores.py), "
+                         "or pass --heads")
+    matrix = to_numpy(scores["prefix_matching_score"]).astype(np.float64)
+    if matrix.shape != (n_layers, n_heads):
+        raise InputError(f"{path}: prefix_matching_score has shape {matrix.shape}, the model has "
+                         f"{n_layers} x {n_heads} heads")
+    logger.info("prefix-matching scores from %s", path)
+    return matrix
+
+
+def head_sets(args, spec, n_layers: int, n_heads: int, need_heads: bool) -> Dict[str, dict]:
+    """``{selection: {"induction": heads, "random": [heads per draw]}}``."""
+    from icl_cmr.head_ablation import parse_heads, random_heads, validate_heads
+    from icl_cmr.pattern_eval import select_top_heads
+
+    if not need_heads:
+        return {}
+    if args.heads:
+        chosen = {"heads": parse_heads(args.heads)}
+        validate_heads(chosen["heads"], n_layers, n_heads)
+    else:
+        scores = _induction_scores(args, spec, n_layers, n_heads)
+        chosen = {f"top{p:g}%": select_top_heads(scores, p) for p in args.percentage}
+        if len({tuple(heads) for heads in chosen.values()}) < len(chosen):
+            logger.warning("some --percentage values select the same heads on this %d-head model: %s",
+                           n_layers * n_heads, {name: len(heads) for name, heads in chosen.items()})
+    sets = {}
+    for name, heads in chosen.items():
+        draws = [random_heads(n_layers, n_heads, len(heads), args.random_seed + draw, exclude=heads,
+                              layer_matched_to=heads) for draw in range(args.n_random_sets)]
+        sets[name] = {"induction": heads, "random": draws}
+    return sets
+
+
+def conditions(ablate: Sequence[str], methods: Sequence[str], sets: Dict[str, dict]) -> List[dict]:
+    """Every (method, selection, ablate, draw) to run, intact first."""
+    out = []
+    if "none" in ablate:
+        out.append(dict(method="none", selection="none", ablate="none", draw=-1, heads=[]))
+    for method in methods:
+        for selection, heads in sets.items():
+            if "induction" in ablate:
+                out.append(dict(method=method, selection=selection, ablate="induction", draw=-1,
+                                heads=heads["induction"]))
+            if "random" in ablate:
+                out.extend(dict(method=method, selection=selection, ablate="random", draw=draw, heads=drawn)
+                           for draw, drawn in enumerate(heads["random"]))
+    return out
+
+
+def _prompts(args, task_names: Sequence[str]):
+    from icl_cmr.io import load_json
+    from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts, prompts_from_json
+
+    if args.prompts_file is not None:
+        prompts, config = prompts_from_json(load_json(args.prompts_file))
+        missing = [name for name in task_names if name not in prompts]
+        if missing:
+            raise InputError(f"{args.prompts_file} has no prompts for task(s) {', '.join(missing)}; "
+                             f"it has {', '.join(prompts)}")
+        return {name: prompts[name] for name in task_names}, config
+    config = PatternTaskConfig(shots=args.shots, n_items=args.n_items, demo_seeds=tuple(args.seeds),
+                               seed=args.task_seed)
+    return {name: generate_prompts(name, config) for name in task_names}, config
+
+
+def _reference_prompts(args, task_names, prompts, config):
+    from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts
+
+    if args.reference_corpus == "eval":
+        return dict(prompts)
+    ref_config = PatternTaskConfig(shots=config.shots, n_items=args.n_reference, demo_seeds=(0,),
+                                   seed=args.reference_seed)
+    fresh = {name: generate_prompts(name, ref_config) for name in task_names}
+    if args.reference_corpus == "all":
+        pooled = [prompt for name in task_names for prompt in fresh[name]]
+        return {name: pooled for name in task_names}
+    return fresh
+
+
+def run(args) -> Tuple[object, dict]:
+    """Score every task under every condition; returns the per-item table and run info."""
+    import pandas as pd
+    import torch
+
+    from icl_cmr.head_ablation import ablation_hooks
+    from icl_cmr.models import bos_token_id, load_model, resolve_model
+    from icl_cmr.pattern_eval import encode_prompts, label_log_likelihoods, reference_means, score_choices
+    from icl_cmr.pattern_tasks import TASKS
+
+    task_names = _comma_list(args.tasks, list(TASKS), "--tasks")
+    ablate = _comma_list(args.ablate, ABLATE_CHOICES, "--ablate")
+    methods = _comma_list(args.method, METHOD_CHOICES, "--method")
+    prompts, config = _prompts(args, task_names)
+    spec = resolve_model(args.model)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(spec, device=device, dtype=args.dtype)
+    if getattr(model, "tokenizer", None) is None:
+        raise InputError(f"model {spec.name} has no tokenizer; the pattern tasks are text")
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    sets = head_sets(args, spec, n_layers, n_heads, need_heads=bool({"induction", "random"} & set(ablate)))
+    todo = conditions(ablate, methods, sets)
+    bos = bos_token_id(model)
+    references = _reference_prompts(args, task_names, prompts, config) if "mean" in methods and sets else {}
+    tables = []
+    reference_info = {}
+    for name in task_names:
+        encoded = encode_prompts(model.tokenizer, prompts[name], bos, kind_level=args.knockout_kind)
+        longest = max(len(e.prompt_ids) + max(len(c) for c in e.continuation_ids) for e in encoded)
+        means = None
+        if name in references:
+            ref_encoded = encode_prompts(model.tokenizer, references[name], bos)
+            means, ref_length = reference_means(model, ref_encoded, range(n_layers), longest, args.batch_size)
+            beyond = sum(max(0, len(e.prompt_ids) - ref_length) for e in encoded)
+            reference_info[name] = dict(reference_prompts=len(ref_encoded), reference_length=ref_length,
+                                        eval_prompt_tokens_beyond_reference=beyond)
+            if beyond:
+                logger.info("%s: %d evaluation prompt tokens lie beyond the %d reference positions (pooled mean used)",
+                            name, beyond, ref_length)
+        label_index = np.array([e.label_index for e in encoded])
+        labels = prompts[name][0].labels
+        for condition in todo:
+            start = time.monotonic()
+            hooks, knockout = [], None
+            if condition["method"] == "knockout":
+                knockout = condition["heads"]
+            elif condition["method"] in ("mean", "zero"):
+                hooks = ablation_hooks(model, condition["heads"], "value" if condition["method"] == "zero" else "mean",
+                                       means=means)
+            log_likelihoods = label_log_likelihoods(model, encoded, args.batch_size, hooks=hooks,
+                                                    knockout_heads=knockout)
+            predicted, correct, margin = score_choices(log_likelihoods, label_index)
+            frame = pd.DataFrame({
+                "task": name, "item": [p.item for p in prompts[name]],
+                "demo_seed": [p.demo_seed for p in prompts[name]],
+                "method": condition["method"], "selection": condition["selection"], "ablate": condition["ablate"],
+                "draw": condition["draw"], "label": label_index, "predicted": predicted, "correct": correct,
+                "margin": margin})
+            for column, label in enumerate(labels):
+                frame[f"ll_{label}"] = log_likelihoods[:, column]
+            tables.append(frame)
+            logger.info("%s %s/%s/%s%s: accuracy %.3f (%d prompts, %.1f s)", name, condition["method"],
+                        condition["selection"], condition["ablate"],
+                        "" if condition["draw"] < 0 else f"#{condition['draw']}", correct.mean(), len(correct),
+                        time.monotonic() - start)
+        del means
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    info = dict(spec=spec, config=config, prompts=prompts, sets=sets, reference=reference_info,
+                n_layers=n_layers, n_heads=n_heads)
+    return pd.concat(tables, ignore_index=True), info
+
+
+def _accuracy_rows(items, keys: Sequence[str]):
+    import pandas as pd
+
+    from icl_cmr.pattern_eval import accuracy_with_ci
+    from icl_cmr.pattern_tasks import get_task
+
+    rows = []
+    for key, group in items.groupby(list(keys), sort=False):
+        accuracy, low, high = accuracy_with_ci(group["correct"].to_numpy())
+        row = dict(zip(keys, key))
+        row.update(n=len(group), n_correct=int(group["correct"].sum()), accuracy=accuracy, ci_low=low,
+                   ci_high=high, chance=get_task(row["task"]).chance)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarise(items):
+    """Accuracy tables: pooled over demonstration seeds, and per seed; random draws also pooled.
+
+    Returns
+    -------
+    results, results_by_seed : pandas.DataFrame
+        Columns task, method, selection, ablate, draw ("pooled" for all random draws together),
+        [demo_seed,] n, n_correct, accuracy, ci_low, ci_high, chance.
+    """
+    import pandas as pd
+
+    keyed = items.assign(draw=items["draw"].astype(str).replace("-1", ""))
+    pooled_random = keyed[keyed["ablate"] == "random"].assign(draw="pooled")
+    both = pd.concat([keyed, pooled_random], ignore_index=True)
+    keys = ["task", "method", "selection", "ablate", "draw"]
+    return _accuracy_rows(both, keys), _accuracy_rows(both, keys + ["demo_seed"])
+
+
+def paired_statistics(items, n_resamples: int = 10000, seed: int = 0):
+    """Per task, method and selection: intact vs induction, intact vs random, induction vs random.
+
+    Items are paired by (item, demonstration seed). Random-head correctness is averaged over
+    draws per item. McNemar's exact test is given when both sides are single 0/1 outcomes
+    (random with one draw counts); the sign-flip permutation test on per-item correctness
+    always.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns task, method, selection, comparison, n, accuracy_a, accuracy_b, difference,
+        permutation_p, mcnemar_only_a, mcnemar_only_b, mcnemar_p, and permutation_q_bh (the
+        permutation p-values adjusted by Benjamini-Hochberg over every row of the table).
+    """
+    import pandas as pd
+
+    from icl_cmr.pattern_eval import mcnemar_exact, paired_permutation_test
+
+    key = ["item", "demo_seed"]
+    rows = []
+    for task, task_items in items.groupby("task", sort=False):
+        intact = task_items[task_items["ablate"] == "none"].set_index(key)["correct"].astype(float)
+        ablated = task_items[task_items["ablate"] != "none"]
+        for (method, selection), group in ablated.groupby(["method", "selection"], sort=False):
+            sides = {}
+            induction = group[group["ablate"] == "induction"]
+            if len(induction):
+                sides["induction"] = (induction.set_index(key)["correct"].astype(float), True)
+            random = group[group["ablate"] == "random"]
+            if len(random):
+                n_draws = random["draw"].nunique()
+                sides["random"] = (random.groupby(key)["correct"].mean(), n_draws == 1)
+            if len(intact):
+                sides["intact"] = (intact, True)
+            for a, b in (("intact", "induction"), ("intact", "random"), ("random", "induction")):
+                if a not in sides or b not in sides:
+                    continue
+                (x, x_binary), (y, y_binary) = sides[a], sides[b]
+                y = y.reindex(x.index)
+                if y.isna().any():
+                    raise InputError(f"{task}: conditions {a} and {b} were not run on the same prompts")
+                difference, p_perm = paired_permutation_test(x.to_numpy(), y.to_numpy(), n_resamples, seed)
+                row = dict(task=task, method=method, selection=selection, comparison=f"{a} - {b}", n=len(x),
+                           accuracy_a=float(x.mean()), accuracy_b=float(y.mean()), difference=difference,
+                           permutation_p=p_perm, mcnemar_only_a=np.nan, mcnemar_only_b=np.nan, mcnemar_p=np.nan)
+                if x_binary and y_binary:
+                    only_a, only_b, p_mc = mcnemar_exact(x.to_numpy() > 0.5, y.to_numpy() > 0.5)
+                    row.update(mcnemar_only_a=only_a, mcnemar_only_b=only_b, mcnemar_p=p_mc)
+                rows.append(row)
+    table = pd.DataFrame(rows)
+    if len(table):
+        from scipy.stats import false_discovery_control
+
+        # Many tasks x conditions are tested at once: Benjamini-Hochberg over the whole table.
+        table["permutation_q_bh"] = false_discovery_control(table["permutation_p"].to_numpy())
+    return table
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from icl_cmr.head_ablation import format_heads
+    from icl_cmr.io import atomic_write, ensure_writable_dir, make_metadata, save_json, save_text
+    from icl_cmr.pattern_eval import plot_accuracy_bars
+    from icl_cmr.pattern_tasks import prompts_to_json
+
+    if args.prompts_file is None and args.n_items < 2:
+        raise InputError("--n-items must be >= 2 so both classes are asked")
+    started = time.monotonic()
+    items, info = run(args)
+    spec = info["spec"]
+    out_dir = ensure_writable_dir(args.out_dir / spec.name)
+    fig_dir = ensure_writable_dir(args.fig_dir)
+    results, results_by_seed = summarise(items)
+    stats = paired_statistics(items, seed=args.random_seed)
+    heads = {selection: {"induction": format_heads(s["induction"]),
+                         "random": [format_heads(draw) for draw in s["random"]]}
+             for selection, s in info["sets"].items()}
+    parameters = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    save_json(out_dir / "prompts.json", prompts_to_json(info["prompts"], info["config"]))
+    save_json(out_dir / "heads.json", heads)
+    save_text(out_dir / "items.csv", items.to_csv(index=False))
+    save_text(out_dir / "results.csv", results.to_csv(index=False))
+    save_text(out_dir / "results_by_seed.csv", results_by_seed.to_csv(index=False))
+    save_text(out_dir / "stats.csv", stats.to_csv(index=False))
+    figure = plot_accuracy_bars(results, title=spec.name)
+    figure_path = fig_dir / f"{spec.name}_accuracy.pdf"
+    atomic_write(figure_path, lambda handle: figure.savefig(handle, format="pdf"))
+    save_json(out_dir / "metadata.json", make_metadata(
+        "pattern_icl.py", parameters, seed=args.task_seed, model=spec.source, n_layers=info["n_layers"],
+        n_heads=info["n_heads"], mean_reference=info["reference"], wall_time_s=round(time.monotonic() - started, 1)))
+    logger.info("wrote %s/{prompts.json,heads.json,items.csv,results.csv,results_by_seed.csv,stats.csv,"
+                "metadata.json} and %s", out_dir, figure_path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
