@@ -1,0 +1,413 @@
+"""Specification of the bundled small language model (icl_cmr.toy_lm, src/train_toy_lm.py)."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from icl_cmr import toy_lm
+from icl_cmr.errors import InputError
+
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "saved_models" / "toy_lm"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _fake_stdlib(root: Path) -> Path:
+    """A small folder shaped like a stdlib: modules, a package, a test suite, site-packages."""
+    files = {
+        "abc.py": "x = 1\n", "os.py": "y = 2\n", "json/__init__.py": "z = 3\n", "json/decoder.py": "w = 4\n",
+        "test/test_os.py": "assert True\n", "unittest/test/test_case.py": "pass\n",
+        "site-packages/pkg/mod.py": "pass\n", "idlelib/idle_test/t.py": "pass\n", "notes.txt": "not python\n",
+    }
+    files.update({f"mod{i:03d}.py": f"value_{i} = {i}\n" for i in range(200)})
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+@functools.lru_cache(maxsize=None)
+def _small_texts(n_files: int = 6) -> tuple:
+    train, _ = toy_lm.corpus_split()
+    return tuple(toy_lm.read_texts(train[:n_files]))
+
+
+def _tiny_config(**overrides) -> toy_lm.ToyLMConfig:
+    values = dict(vocab_size=300, n_layer=2, n_head=2, d_model=32, d_mlp=64, n_ctx=64, copy_span_min=4,
+                  copy_span_max=20, batch_size=8, max_steps=20, warmup_steps=2, eval_every=5,
+                  monitor_prompts=2, monitor_block_len=20, frequent_min_count=5, icl_early_index=5,
+                  icl_late_index=60, stop_score=None)
+    values.update(overrides)
+    return toy_lm.ToyLMConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer():
+    return toy_lm.train_tokenizer(_small_texts(), vocab_size=300, min_frequency=2)
+
+
+# ----------------------------------------------------------------------------- corpus and split
+
+def test_corpus_skips_tests_and_site_packages(tmp_path):
+    root = _fake_stdlib(tmp_path)
+    names = [p.relative_to(root).as_posix() for p in toy_lm.stdlib_source_files(root)]
+    assert "json/decoder.py" in names and "abc.py" in names
+    assert not any(part in name for name in names for part in ("test/", "site-packages", "idle_test", ".txt"))
+    assert names == sorted(names)
+
+
+def test_split_is_deterministic_disjoint_and_complete(tmp_path):
+    root = _fake_stdlib(tmp_path)
+    files = toy_lm.stdlib_source_files(root)
+    train, held = toy_lm.split_corpus_files(files, root, held_out_percent=10, salt="s")
+    train2, held2 = toy_lm.split_corpus_files(list(reversed(files)), root, held_out_percent=10, salt="s")
+    assert set(train) == set(train2) and set(held) == set(held2)
+    assert not set(train) & set(held)
+    assert set(train) | set(held) == set(files)
+    assert 0 < len(held) < len(files) / 4  # about 10 % of ~204 files
+    # The rule, written out independently: sha256("s/<relative path>") first 8 bytes mod 100 < 10.
+    expected = {p for p in files if int.from_bytes(hashlib.sha256(
+        f"s/{p.relative_to(root).as_posix()}".encode()).digest()[:8], "big") % 100 < 10}
+    assert set(held) == expected
+
+
+def test_split_of_a_file_does_not_depend_on_other_files(tmp_path):
+    root = _fake_stdlib(tmp_path)
+    files = toy_lm.stdlib_source_files(root)
+    _, held_all = toy_lm.split_corpus_files(files, root, 10, "s")
+    _, held_half = toy_lm.split_corpus_files(files[::2], root, 10, "s")
+    assert set(held_half) == set(held_all) & set(files[::2])
+
+
+def test_held_out_texts_are_the_real_held_out_files():
+    train, held = toy_lm.corpus_split()
+    texts = toy_lm.held_out_texts()
+    root = toy_lm.stdlib_dir()
+    assert [name for name, _ in texts] == [p.relative_to(root).as_posix() for p in held]
+    train_names = {p.relative_to(root).as_posix() for p in train}
+    assert not train_names & {name for name, _ in texts}
+    name, text = texts[0]
+    assert text == (root / name).read_text(encoding="utf-8", errors="replace") and len(text) > 0
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def test_tokenizer_round_trips_text(small_tokenizer):
+    text = "def f(x):\n    return {'a': x ** 2}  # ünïcødé ✓\n\tpass\n"
+    ids = small_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert small_tokenizer.decode(ids) == text
+    assert len(small_tokenizer) == 300
+    assert small_tokenizer.bos_token == small_tokenizer.eos_token == toy_lm.SPECIAL_TOKEN
+    assert max(ids) < 300 and len(ids) < len(text.encode())  # merges compress the bytes
+
+
+def test_tokenizer_saves_and_loads_through_auto_tokenizer(small_tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    small_tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = "import os\nprint(os.getcwd())\n"
+    assert loaded(text)["input_ids"] == small_tokenizer(text)["input_ids"]
+    assert loaded.bos_token_id == small_tokenizer.convert_tokens_to_ids(toy_lm.SPECIAL_TOKEN)
+
+
+def test_tokenize_documents_separates_documents(small_tokenizer):
+    stream = toy_lm.tokenize_documents(small_tokenizer, ["a = 1", "b = 2"])
+    sep = small_tokenizer.convert_tokens_to_ids(toy_lm.SPECIAL_TOKEN)
+    assert np.flatnonzero(stream == sep).tolist() == [len(small_tokenizer("a = 1")["input_ids"]), stream.size - 1]
+    assert small_tokenizer.decode(stream[:-1]) == "a = 1" + toy_lm.SPECIAL_TOKEN + "b = 2"
+
+
+def test_frequent_token_ids_counts_and_excludes():
+    ids, counts = toy_lm.frequent_token_ids(np.array([0, 1, 1, 2, 2, 2, 0, 0]), vocab_size=5, min_count=2,
+                                            exclude=[0])
+    assert counts.tolist() == [3, 2, 3, 0, 0]
+    assert ids.tolist() == [1, 2]
+
+
+# ----------------------------------------------------------------------------- training rows
+
+def test_rows_copy_a_span_of_their_own_text_later():
+    stream = np.arange(10_000) * 7  # every stream token distinct: positions can be traced back
+    rows, spans = toy_lm.build_training_rows(stream, 500, 256, np.random.default_rng(1), 16, 100)
+    assert rows.shape == (500, 256)
+    for row, (source, copy, length) in zip(rows, spans):
+        assert 16 <= length <= 100
+        assert source + length <= copy and copy + length <= 256  # the copy comes later, inside the row
+        np.testing.assert_array_equal(row[copy: copy + length], row[source: source + length])
+        rest = np.concatenate([row[:copy], row[copy + length:]])
+        assert rest.size == 256 - length
+        np.testing.assert_array_equal(np.diff(rest), 7)  # outside the copy: consecutive stream text
+    assert spans[:, 2].min() == 16 and spans[:, 2].max() == 100  # both ends of the range are drawn
+
+
+def test_rows_without_copies_are_plain_windows():
+    stream = np.arange(5_000)
+    rows, spans = toy_lm.build_training_rows(stream, 50, 64, np.random.default_rng(0), 4, 20, copy_fraction=0.0)
+    assert (spans[:, 2] == 0).all()
+    np.testing.assert_array_equal(np.diff(rows, axis=1), 1)
+
+
+def test_rows_are_reproducible_from_the_generator_seed():
+    stream = np.arange(3_000)
+    a = toy_lm.build_training_rows(stream, 8, 64, np.random.default_rng(5), 4, 20)
+    b = toy_lm.build_training_rows(stream, 8, 64, np.random.default_rng(5), 4, 20)
+    c = toy_lm.build_training_rows(stream, 8, 64, np.random.default_rng(6), 4, 20)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_rows_reject_spans_that_do_not_fit():
+    with pytest.raises(InputError, match="span_max"):
+        toy_lm.build_training_rows(np.arange(1000), 2, 64, np.random.default_rng(0), 16, 40)
+
+
+# ----------------------------------------------------------------------------- model pieces
+
+def test_sinusoidal_position_embeddings_closed_form():
+    table = toy_lm.sinusoidal_position_embeddings(256, 128, std=0.02)
+    assert table.shape == (256, 128)
+    assert table.std() == pytest.approx(0.02, rel=1e-5)
+    scale = table[0, 1]  # raw PE[0, 1] = cos(0) = 1, so this is the rescaling factor
+    p, i = 37, 5  # PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...)
+    assert table[p, 2 * i] / scale == pytest.approx(math.sin(p / 10000 ** (2 * i / 128)), abs=1e-5)
+    assert table[p, 2 * i + 1] / scale == pytest.approx(math.cos(p / 10000 ** (2 * i / 128)), abs=1e-5)
+
+
+def test_learning_rate_schedule_endpoints():
+    config = toy_lm.ToyLMConfig(max_steps=1000, warmup_steps=10, learning_rate=3e-3, min_lr_ratio=0.3)
+    assert toy_lm.learning_rate_at(0, config) == pytest.approx(3e-4)
+    assert toy_lm.learning_rate_at(10, config) == pytest.approx(3e-3)
+    assert toy_lm.learning_rate_at(505, config) == pytest.approx(0.3 * 3e-3 + 0.5 * 0.7 * 3e-3)  # half-way
+    assert toy_lm.learning_rate_at(1000, config) == pytest.approx(0.9e-3)
+
+
+def test_repeated_prompts_have_distinct_ids_repeated_once():
+    prompts = toy_lm.repeated_random_prompts(np.arange(10, 60), 4, 20, bos_id=0, rng=np.random.default_rng(0))
+    assert prompts.shape == (4, 41)
+    assert (prompts[:, 0] == 0).all()
+    np.testing.assert_array_equal(prompts[:, 1:21], prompts[:, 21:])
+    assert all(len(set(row[1:21])) == 20 and set(row[1:21]) <= set(range(10, 60)) for row in prompts)
+
+
+def test_matching_score_reads_lag_plus_one_attention():
+    n, offset = 5, 1
+    seq = offset + 2 * n
+    patterns = np.zeros((2, 1, 3, seq, seq))
+    # head 0: causal uniform; head 1: all attention on lag +1 (query i -> key i - n + 1); head 2: on lag 0.
+    for q in range(seq):
+        patterns[:, 0, 0, q, : q + 1] = 1.0 / (q + 1)
+        patterns[:, 0, 1, q, max(q - n + 1, 0)] = 1.0
+        patterns[:, 0, 2, q, max(q - n, 0)] = 1.0
+    scores = toy_lm.matching_score_from_patterns(patterns, n, offset)
+    queries = range(offset + n, offset + 2 * n - 1)  # lag +1 key inside the first repeat
+    assert scores[0, 0] == pytest.approx(np.mean([1.0 / (q + 1) for q in queries]))
+    assert scores[0, 1] == pytest.approx(1.0)
+    assert scores[0, 2] == pytest.approx(0.0)
+
+
+def test_icl_score_is_late_minus_early_loss():
+    losses = np.array([[3.0, 2.0, 1.5], [4.0, 4.0, 5.0]])
+    np.testing.assert_allclose(toy_lm.icl_score(losses, 0, 2), [-1.5, 1.0])
+    with pytest.raises(InputError):
+        toy_lm.icl_score(losses, 2, 3)
+
+
+def test_held_out_windows_start_with_bos_and_stay_in_one_file(small_tokenizer):
+    texts = ["x = 1\n" * 40, "short", "y = 2\n" * 40]
+    windows = toy_lm.held_out_windows(small_tokenizer, texts, n_ctx=16)
+    bos = small_tokenizer.convert_tokens_to_ids(toy_lm.SPECIAL_TOKEN)
+    n_first = len(small_tokenizer(texts[0])["input_ids"]) // 15
+    n_last = len(small_tokenizer(texts[2])["input_ids"]) // 15
+    assert windows.shape == (n_first + n_last, 16)
+    assert (windows[:, 0] == bos).all() and not (windows[:, 1:] == bos).any()
+    np.testing.assert_array_equal(windows[0, 1:], small_tokenizer(texts[0])["input_ids"][:15])
+
+
+# ----------------------------------------------------------------------------- training
+
+def _train_tiny(small_tokenizer, seed: int, **overrides):
+    config = _tiny_config(**overrides)
+    stream = toy_lm.tokenize_documents(small_tokenizer, _small_texts())
+    special = small_tokenizer.convert_tokens_to_ids(toy_lm.SPECIAL_TOKEN)
+    frequent, _ = toy_lm.frequent_token_ids(stream, len(small_tokenizer), config.frequent_min_count, [special])
+    torch.set_num_threads(1)
+    return config, toy_lm.train(config, stream, len(small_tokenizer), special, frequent, seed,
+                                show_progress=False)
+
+
+def test_twenty_training_steps_lower_the_loss(small_tokenizer):
+    config, result = _train_tiny(small_tokenizer, seed=0)
+    assert result.steps == 20 and [row["step"] for row in result.log] == [5, 10, 15, 20]
+    assert result.log[-1]["train_loss"] < result.log[0]["train_loss"] - 0.5
+    assert result.log[0]["train_loss"] < math.log(300) + 0.5  # starts near chance, log(vocab)
+    assert result.final_matching_scores.shape == (2, 2)
+    assert ((result.final_matching_scores >= 0) & (result.final_matching_scores <= 1)).all()
+
+
+def test_training_is_bit_for_bit_reproducible(small_tokenizer):
+    _, first = _train_tiny(small_tokenizer, seed=3, max_steps=6)
+    _, second = _train_tiny(small_tokenizer, seed=3, max_steps=6)
+    _, other = _train_tiny(small_tokenizer, seed=4, max_steps=6)
+    for (name, a), (_, b), (_, c) in zip(first.model.state_dict().items(), second.model.state_dict().items(),
+                                         other.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(first.model.transformer.h[0].attn.c_attn.weight,
+                           other.model.transformer.h[0].attn.c_attn.weight)
+
+
+def test_stop_after_steps_equals_the_first_steps_of_the_full_run(small_tokenizer):
+    config = _tiny_config()
+    stream = toy_lm.tokenize_documents(small_tokenizer, _small_texts())
+    special = small_tokenizer.convert_tokens_to_ids(toy_lm.SPECIAL_TOKEN)
+    frequent, _ = toy_lm.frequent_token_ids(stream, len(small_tokenizer), config.frequent_min_count, [special])
+    seen = {}
+
+    def keep_step_ten(row, model):
+        if row["step"] == 10:
+            seen.update({name: value.clone() for name, value in model.state_dict().items()})
+
+    torch.set_num_threads(1)
+    toy_lm.train(config, stream, len(small_tokenizer), special, frequent, 1, progress=keep_step_ten,
+                 show_progress=False)
+    short = toy_lm.train(dataclasses.replace(config, stop_after_steps=10), stream, len(small_tokenizer), special,
+                         frequent, 1, show_progress=False)
+    assert short.steps == 10
+    assert short.log[-1]["lr"] == toy_lm.learning_rate_at(9, config)  # schedule still spans max_steps=20
+    for name, value in short.model.state_dict().items():
+        assert torch.equal(value, seen[name]), name
+
+
+def test_early_stop_after_patience(small_tokenizer):
+    _, result = _train_tiny(small_tokenizer, seed=0, stop_score=0.0, stop_patience=2)
+    assert result.stopped_early and result.steps == 10
+
+
+def test_model_has_sinusoidal_positions_and_recipe_shape():
+    config = toy_lm.ToyLMConfig()
+    model = toy_lm.make_model(config, vocab_size=512, special_token_id=0)
+    assert model.config.n_layer == 2 and model.config.n_head == 4 and model.config.n_embd == 128
+    assert model.config.n_inner == 512 and model.config.n_positions == 256
+    np.testing.assert_allclose(model.transformer.wpe.weight.detach().numpy(),
+                               toy_lm.sinusoidal_position_embeddings(256, 128, 0.02))
+
+
+# ----------------------------------------------------------------------------- the script and its folder
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory):
+    """Run the real script on a small copy of the stdlib (same relative paths, so the same split)."""
+    import train_toy_lm
+
+    root = toy_lm.stdlib_dir()
+    train, held = toy_lm.corpus_split()
+    small_root = tmp_path_factory.mktemp("stdlib")
+    for path in train[:10] + held[:2]:
+        target = small_root / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    out = tmp_path_factory.mktemp("model") / "toy"
+    code = train_toy_lm.main(["--save_dir", str(out), "--stdlib_dir", str(small_root), "--max_steps", "3",
+                              "--eval_every", "1", "--batch_size", "2", "--threads", "1", "--no_progress"])
+    assert code == 0
+    return out
+
+
+@pytest.mark.slow
+def test_script_writes_a_complete_model_folder(trained_dir):
+    names = {p.name for p in trained_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_log.csv",
+            "training_log.json", "frequent_token_ids.json", "loss_curve.pdf"} <= names
+    assert not any(p.name.startswith(".") for p in trained_dir.parent.iterdir())  # no temp folder left
+    log = json.loads((trained_dir / "training_log.json").read_text())
+    assert log["metadata"]["summary"]["steps"] == 3 and len(log["log"]) == 3
+    assert log["metadata"]["evaluation"]["max_abs_diff_tl_vs_hf"] < 1e-4
+    assert (trained_dir / "training_log.csv").read_text().count("\n") == 4  # header + 3 rows
+
+
+@pytest.mark.slow
+def test_saved_folder_loads_with_transformers_and_transformer_lens_offline(trained_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformer_lens.model_bridge import TransformerBridge
+
+    tokenizer = AutoTokenizer.from_pretrained(trained_dir)
+    model = AutoModelForCausalLM.from_pretrained(trained_dir)
+    bridge = TransformerBridge.boot_transformers(str(trained_dir), device="cpu")
+    tokens = bridge.to_tokens("def add(a, b):\n    return a + b\n")
+    assert tokens[0, 0].item() == tokenizer.bos_token_id  # TransformerLens prepends BOS
+    with torch.no_grad():
+        torch.testing.assert_close(bridge(tokens), model(tokens).logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_evaluate_only_recomputes_the_same_evaluation(trained_dir):
+    import train_toy_lm
+
+    log_path = trained_dir / "training_log.json"
+    before = json.loads(log_path.read_text())
+    small_root = Path(before["metadata"]["summary"]["stdlib_dir"])
+    assert train_toy_lm.main(["--evaluate_only", "--save_dir", str(trained_dir), "--stdlib_dir", str(small_root),
+                              "--threads", "1"]) == 0
+    after = json.loads(log_path.read_text())
+    assert after["metadata"]["evaluation"] == before["metadata"]["evaluation"]  # deterministic evaluation
+    assert after["log"] == before["log"]
+
+
+def test_script_rejects_a_missing_model_for_evaluate_only(tmp_path):
+    import train_toy_lm
+    from icl_cmr.cli import run_cli
+
+    assert run_cli(train_toy_lm.main, ["--evaluate_only", "--save_dir", str(tmp_path / "none")]) == 2
+
+
+# ----------------------------------------------------------------------------- the shipped model
+
+@pytest.fixture(scope="module")
+def shipped():
+    if not (SHIPPED_DIR / "training_log.json").is_file():
+        pytest.skip(f"no shipped model at {SHIPPED_DIR} (run python src/train_toy_lm.py)")
+    return json.loads((SHIPPED_DIR / "training_log.json").read_text())
+
+
+def test_shipped_model_is_small_enough_to_commit(shipped):
+    total = sum(p.stat().st_size for p in SHIPPED_DIR.iterdir() if p.is_file())
+    assert total <= 20 * 2 ** 20
+
+
+def test_shipped_model_has_an_induction_head_through_transformer_lens(shipped):
+    """Recomputed here, independently of the saved log: at least one head with matching score >= 0.5."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    frequent = np.asarray(json.loads((SHIPPED_DIR / "frequent_token_ids.json").read_text())["token_ids"])
+    bridge = TransformerBridge.boot_transformers(str(SHIPPED_DIR), device="cpu")
+    n = 100
+    prompts = toy_lm.repeated_random_prompts(frequent, 8, n, bridge.tokenizer.bos_token_id,
+                                             np.random.default_rng(2024))
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(bridge.cfg.n_layers)]
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(torch.from_numpy(prompts), names_filter=lambda name: name in names)
+    # Slow reference: loop over queries of the second repeat, attention on the key after the first occurrence.
+    best = 0.0
+    for layer, name in enumerate(names):
+        pattern = cache[name].numpy()  # [batch, head, q, k]
+        for head in range(pattern.shape[1]):
+            values = [pattern[b, head, q, q - n + 1] for b in range(prompts.shape[0])
+                      for q in range(1 + n, 2 * n) if prompts[b, q - n + 1] == prompts[b, q + 1]]
+            best = max(best, float(np.mean(values)))
+    assert best >= 0.5
+    assert best == pytest.approx(shipped["metadata"]["evaluation"]["best_matching_score"], abs=0.05)
+
+
+def test_shipped_model_icl_score_is_negative(shipped):
+    evaluation = shipped["metadata"]["evaluation"]
+    assert evaluation["icl_score_mean"] + 3 * evaluation["icl_score_sem"] < 0
