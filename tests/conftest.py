@@ -40,3 +40,18 @@ def tiny_model_dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny_models")
     return {arch: make_tiny_model_dir(arch, root / arch) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op torch thread for the whole suite.
+
+    The test models are tiny; on a 2-core machine that also runs other work, two threads
+    per small op or LAPACK call were measured 10-40x slower than one.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

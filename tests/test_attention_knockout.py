@@ -12,13 +12,6 @@ from icl_cmr.models import hook_name, load_model, resolve_model
 from icl_cmr.pattern_tasks import Segment
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two shared cores: several threads per tiny forward pass are far slower than one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # A hand-made prompt "<bos> A B : A B : A" as kinds: BOS has none.

@@ -30,13 +30,6 @@ SMALL_ARGS = ["--n-prompts", str(N_PROMPTS), "--block-len", str(BLOCK_LEN), "--b
               "--prefix-n-prompts", str(PREFIX_PROMPTS), "--seed", "3", "--no-progress", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine, 2 threads per LAPACK call run 10-40x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,6 @@ from icl_cmr.errors import InputError
 from icl_cmr.models import hook_name, load_model, resolve_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine, 2 threads per LAPACK call run 10-40x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _full_ov_reference(W_E, W_V, W_O, W_U):

@@ -21,13 +21,6 @@ from icl_cmr.prompts import (PromptConfig, bpe_merge_ranks, default_token_pool, 
 LAGS = list(ATTN_CRP_LAGS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine, 2 threads per op can run 10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _random_attention(rng, n_batch, n_heads, n_pos, softmax):

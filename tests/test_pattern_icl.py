@@ -20,13 +20,6 @@ from icl_cmr.pattern_eval import (EncodedPrompt, accuracy_with_ci, encode_prompt
 from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two shared cores: several threads per tiny forward pass are far slower than one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

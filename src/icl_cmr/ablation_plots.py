@@ -6,11 +6,8 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (backend first)
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.figure import Figure  # noqa: E402
 
 #: Display names and colours of the conditions.

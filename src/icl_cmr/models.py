@@ -164,7 +164,8 @@ def parse_dtype(dtype: str):
     return getattr(torch, dtype)
 
 
-def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face hub (``$HF_ENDPOINT``) answers within ``timeout`` s; False when HF_HUB_OFFLINE is set."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
@@ -220,7 +221,7 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32"):
     source = spec.source
     kwargs = {}
     if not spec.is_local:
-        if not _hub_reachable():
+        if not hub_reachable():
             cached = _cached_snapshot(spec)
             if cached is None:
                 raise InputError(

@@ -419,9 +419,6 @@ def plot_accuracy_bars(results, title: str = ""):
     matplotlib.figure.Figure
         Bars with Wilson 95% intervals; a dashed line at each task's chance level.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = results[(results["ablate"] != "random") | (results["draw"] == "pooled")]

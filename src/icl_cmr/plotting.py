@@ -9,11 +9,8 @@ from __future__ import annotations
 import math
 from typing import Mapping, Optional, Sequence, Tuple
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (backend first)
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.figure import Figure  # noqa: E402
 
 from .layer_stats import LayerSummary  # noqa: E402

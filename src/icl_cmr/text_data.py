@@ -122,11 +122,11 @@ def iter_c4_texts() -> Iterator[str]:
     InputError
         Within seconds, when the Hugging Face hub cannot be reached (no retry loop).
     """
-    from .models import _hub_reachable
+    from .models import hub_reachable
 
     offline = InputError(f"cannot stream {C4_DATASET} ({C4_CONFIG}, {C4_SPLIT}): the Hugging Face hub is "
                          "unreachable; pass --data PATH with local .txt/.jsonl files instead")
-    if not _hub_reachable():
+    if not hub_reachable():
         raise offline
     from datasets import load_dataset
 
