@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 from typing import Mapping, Optional, Sequence, Tuple
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.figure import Figure
 
-from .layer_stats import LayerSummary  # noqa: E402
+from .layer_stats import LayerSummary
 
 _PARAM_LABELS = (r"$\beta_{\rm enc}$", r"$\beta_{\rm rec}$", r"$\gamma_{\rm FT}$")
 _INV_TEMP_LABEL = r"$1/\tau$"

@@ -496,9 +496,12 @@ def matching_score_from_patterns(patterns: np.ndarray, block_len: int, offset: i
     -------
     ndarray, shape [layer, head]
     """
-    queries = np.arange(offset + block_len, offset + 2 * block_len - 1)
-    keys = queries - block_len + 1
-    return np.asarray(patterns)[:, :, :, queries, keys].mean(axis=(0, 3))
+    from .head_scores import induction_matching_score
+
+    patterns = np.asarray(patterns)
+    # The toolkit's own score, layer by layer (a model here has 2 layers).
+    return np.stack([induction_matching_score(patterns[:, layer], block_len, offset)
+                     for layer in range(patterns.shape[1])])
 
 
 def induction_matching_score_hf(model, prompts, block_len: int, offset: int) -> np.ndarray:
@@ -595,12 +598,12 @@ def per_token_loss(model, windows, batch_size: int = 32) -> np.ndarray:
     was_training = model.training
     model.eval()
     out = []
+    from .icl_score import per_token_loss as loss_from_logits
+
     with torch.no_grad():
         for start in range(0, windows.shape[0], batch_size):  # batches bound the memory
             batch = windows[start: start + batch_size]
-            logits = model(batch).logits[:, :-1]
-            loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
-            out.append(loss.numpy())
+            out.append(loss_from_logits(model(batch).logits, batch).numpy())
     model.train(was_training)
     return np.concatenate(out)
 
@@ -620,10 +623,12 @@ def icl_score(losses: np.ndarray, early_index: int, late_index: int) -> np.ndarr
     -------
     ndarray, shape [n_windows]
     """
+    from .icl_score import ICLScoreConfig, icl_scores
+
     losses = np.asarray(losses)
     if not 0 <= early_index < late_index < losses.shape[1]:
         raise InputError(f"need 0 <= early_index < late_index < {losses.shape[1]}, got {early_index}, {late_index}")
-    return losses[:, late_index] - losses[:, early_index]
+    return icl_scores(losses, ICLScoreConfig(late_index=late_index, early_index=early_index))
 
 
 # ============================================================================ training
