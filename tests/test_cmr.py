@@ -11,8 +11,9 @@ import itertools
 import numpy as np
 import pytest
 
-from icl_cmr.cmr import (CMRSettings, alias_tables, authors_closed_form_crp, cmr_crp, crp_from_draws,
-                         encoding_matrix, exact_crp, mean_and_sem_over_starts, simulate_recall)
+from icl_cmr.cmr import (CMRSettings, _bisect_components, _einsum_row_dots, _pick_component, alias_tables,
+                         authors_closed_form_crp, cmr_crp, crp_from_draws, encoding_matrix, exact_crp,
+                         mean_and_sem_over_starts, simulate_recall)
 from icl_cmr.errors import InputError
 
 MAX_LAG = 8
@@ -153,6 +154,61 @@ def test_draws_stop_at_max_draws_and_never_record_the_absorbing_state():
     # once stopped, a recall stays stopped
     assert np.all(stopped[:, :, 1:] >= stopped[:, :, :-1])
     assert stopped.any() and (~stopped).all(axis=2).any()
+
+
+def test_simulated_crp_equals_crp_of_the_returned_draws_bit_for_bit():
+    """cmr_crp's internal (draw-major) path and the public simulate_recall + crp_from_draws agree exactly."""
+    settings = CMRSettings(n_items=40, n_trials=200, max_draws=30, n_start=4, max_lag=5)
+    for point in [(0.3, 0.5, 0.4), (0.05, 0.8, 0.0), (1.0, 0.0, 0.5), (0.7, 1.0, 1.0)]:
+        direct = cmr_crp(*point, settings, rng=np.random.default_rng(3), method="simulate")
+        draws = simulate_recall(*point, settings, np.random.default_rng(3))
+        np.testing.assert_array_equal(direct, crp_from_draws(draws, settings.start_positions, settings.max_lag))
+
+
+def einsum_kernel_row_dot(first, second, lanes=2, unroll=4):
+    """numpy's float64 einsum sum-of-products kernel (x86-64 baseline) as a plain loop: per-lane
+    partial sums, each unrolled block added last vector first, then the remaining vectors, then the lanes."""
+    lane_sums = [0.0] * lanes
+    n_terms = len(first)
+    n_blocked = n_terms - n_terms % (lanes * unroll)
+    for start in range(0, n_blocked, lanes * unroll):
+        for vector in reversed(range(unroll)):
+            for lane in range(lanes):
+                index = start + vector * lanes + lane
+                lane_sums[lane] = first[index] * second[index] + lane_sums[lane]
+    for start in range(n_blocked, n_terms, lanes):
+        for lane in range(lanes):
+            if start + lane < n_terms:
+                lane_sums[lane] = first[start + lane] * second[start + lane] + lane_sums[lane]
+    total = 0.0
+    for value in lane_sums:
+        total = total + value
+    return total
+
+
+@pytest.mark.parametrize("n_terms", [1, 2, 3, 7, 8, 9, 16, 17, 26, 51])
+def test_overlap_sums_follow_the_einsum_kernel_order(n_terms):
+    rng = np.random.default_rng(n_terms)
+    first = rng.random((n_terms, 300)) * 10.0 ** rng.integers(-6, 6, (n_terms, 300))
+    second = rng.random((n_terms, 300))
+    ours = _einsum_row_dots(first * second)
+    expected = [einsum_kernel_row_dot(first[:, trial], second[:, trial]) for trial in range(300)]
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_component_pick_by_counting_equals_bisection():
+    rng = np.random.default_rng(5)
+    n_trials, width = 2000, 12
+    weights = rng.random((width, n_trials)) * (rng.random((width, n_trials)) < 0.7)  # ties from zero weights
+    cum_weight = np.cumsum(weights, axis=0)
+    comp = rng.integers(0, 100, (width, n_trials)).astype(np.int16)
+    scratch = np.empty(width * n_trials, dtype=bool)
+    for k in range(width):
+        uniform = rng.random(n_trials)
+        uniform[:5] = np.nextafter(1.0, 0.0)  # u * total may round up to the total
+        picked = _pick_component(cum_weight, comp, k, uniform, scratch)
+        first_above = _bisect_components(cum_weight, k, uniform * cum_weight[k])
+        np.testing.assert_array_equal(picked, comp[first_above, np.arange(n_trials)])
 
 
 # ----------------------------------------------------------------------------- exact CRPs
