@@ -306,7 +306,8 @@ def _simulate_draw_major(beta_enc: float, beta_rec: float, gamma_ft: float, sett
     row_ids = np.arange(n_rows)  # original row of each held trial
     alive = np.ones(n_rows, dtype=bool)
     # Scratch for the overlap sums (flat, re-viewed as [k + 1, n_held]): no allocation per draw.
-    index_scratch = np.empty(width * n_rows, dtype=flat_dtype)
+    # The gather indices are intp: ``take`` would otherwise cast a copy every draw.
+    index_scratch = np.empty(width * n_rows, dtype=np.intp)
     product_scratch = np.empty(width * n_rows)
     below_scratch = np.empty(width * n_rows, dtype=bool)
 
@@ -337,7 +338,7 @@ def _simulate_draw_major(beta_enc: float, beta_rec: float, gamma_ft: float, sett
             # t . t_in(item) from the overlap table (finished trials drew the absorbing
             # state here; their numbers are never used).
             index = index_scratch[:(k + 1) * n_held].reshape(k + 1, n_held)
-            np.add(comp[:k + 1], (item * n_comp).astype(flat_dtype), out=index)
+            np.add(comp[:k + 1], item * n_comp, out=index)
             products = product_scratch[:(k + 1) * n_held].reshape(k + 1, n_held)
             tables.overlap.take(index, out=products, mode="clip")  # in range; "clip" writes out= unbuffered
             np.multiply(coef[:k + 1], products, out=products)
