@@ -45,8 +45,8 @@ from icl_cmr.cli import non_negative_int, positive_int, run_cli, setup_logging
 from icl_cmr.errors import InputError
 from icl_cmr.head_ablation import ABLATION_METHODS, format_heads, mean_head_activations, parse_heads, validate_heads
 from icl_cmr.icl_score import ICLScoreConfig
-from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_pickle, make_metadata, save_json, \
-    save_pickle, save_text, to_numpy
+from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_pickle, make_metadata, save_figure, \
+    save_json, save_pickle, save_text, to_numpy
 from icl_cmr.models import DTYPES, bos_token_id, load_model, resolve_model
 from icl_cmr.score_files import fit_result_paths
 from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table
@@ -272,15 +272,6 @@ def condition_samples(result: dict) -> Dict[str, np.ndarray]:
     return {ORIGINAL: to_numpy(result["original_icl_score"]).astype(np.float64),
             ABLATED: to_numpy(result["ablated_icl_score"]).astype(np.float64),
             ABLATED_RAND: to_numpy(result["ablated_rand_icl_score"]).astype(np.float64)}
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Save a matplotlib figure as PDF atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    atomic_write(path, lambda handle: fig.savefig(handle, format="pdf"))
-    plt.close(fig)
-    return path
 
 
 def analyse(result: dict, stem: str, args: argparse.Namespace, title: str, marked_indices: Sequence[int] = ()):

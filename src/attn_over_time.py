@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from fit_attn_score import add_common_arguments, grid_parameters, load_grid, save_figure
+from fit_attn_score import add_common_arguments, grid_parameters, load_grid
+from icl_cmr.io import save_figure
 from icl_cmr.cli import non_negative_int, run_cli, setup_logging
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
 from icl_cmr.fitting import fit_heads

@@ -32,7 +32,7 @@ from icl_cmr.cli import non_negative_int, run_cli, setup_logging
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD, CMR_LIKE_THRESHOLD
 from icl_cmr.errors import InputError
 from icl_cmr.fitting import CmrFit, CmrGrid, fit_heads
-from icl_cmr.io import atomic_write, ensure_writable_dir, make_metadata, save_pickle, save_text
+from icl_cmr.io import ensure_writable_dir, make_metadata, save_figure, save_pickle, save_text
 from icl_cmr.layer_stats import percent_below_threshold, relative_layer_position
 from icl_cmr.score_format import plain_metadata
 from icl_cmr.score_files import (DEFAULT_GRID_PATH, DEFAULT_SCORES_DIR, HeadScores, fit_result_paths, read_cmr_grid,
@@ -77,15 +77,6 @@ def load_grid(args: argparse.Namespace) -> CmrGrid:
     logger.info("CMR grid %s: %s points%s", grid.source, "x".join(map(str, grid.shape)),
                 "" if grid.sem is not None else " (no SEM file)")
     return grid
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Save a matplotlib figure as PDF atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    atomic_write(path, lambda handle: fig.savefig(handle, format="pdf"))
-    plt.close(fig)
-    return path
 
 
 def grid_parameters(grid: CmrGrid) -> dict:

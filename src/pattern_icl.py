@@ -351,7 +351,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     from icl_cmr.head_ablation import format_heads
-    from icl_cmr.io import atomic_write, ensure_writable_dir, make_metadata, save_json, save_text
+    from icl_cmr.io import ensure_writable_dir, make_metadata, save_figure, save_json, save_text
     from icl_cmr.pattern_eval import plot_accuracy_bars
     from icl_cmr.pattern_tasks import prompts_to_json
 
@@ -376,7 +376,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     save_text(out_dir / "stats.csv", stats.to_csv(index=False))
     figure = plot_accuracy_bars(results, title=spec.name)
     figure_path = fig_dir / f"{spec.name}_accuracy.pdf"
-    atomic_write(figure_path, lambda handle: figure.savefig(handle, format="pdf"))
+    save_figure(figure, figure_path)
     save_json(out_dir / "metadata.json", make_metadata(
         "pattern_icl.py", parameters, seed=args.task_seed, model=spec.source, n_layers=info["n_layers"],
         n_heads=info["n_heads"], mean_reference=info["reference"], wall_time_s=round(time.monotonic() - started, 1)))

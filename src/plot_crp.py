@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from fit_attn_score import save_figure
+from icl_cmr.io import save_figure
 from icl_cmr.cli import positive_int, run_cli, setup_logging
 from icl_cmr.fitting import select_lags
 from icl_cmr.human_recall import DEFAULT_HUMAN_DATASET, HUMAN_DATASETS, conditional_lag_crp, load_recall_data

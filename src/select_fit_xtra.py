@@ -22,7 +22,8 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from fit_attn_score import add_common_arguments, grid_parameters, load_grid, save_figure, str2bool
+from fit_attn_score import add_common_arguments, grid_parameters, load_grid, str2bool
+from icl_cmr.io import save_figure
 from icl_cmr.cli import positive_int, run_cli, setup_logging
 from icl_cmr.errors import InputError
 from icl_cmr.io import ensure_writable_dir, load_pickle, make_metadata, save_pickle

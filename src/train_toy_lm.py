@@ -32,7 +32,7 @@ import numpy as np
 
 from icl_cmr import toy_lm
 from icl_cmr.cli import non_negative_int, positive_int, run_cli, setup_logging
-from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, make_metadata, save_json, save_text
+from icl_cmr.io import ensure_writable_dir, load_json, make_metadata, save_figure, save_json, save_text
 
 logger = logging.getLogger("train_toy_lm")
 
@@ -174,13 +174,11 @@ def evaluate_only(model_dir: Path, root: Path) -> int:
 def _save_loss_curve(path: Path, log: list, seed: int, steps: int, evaluation: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig = toy_lm.plot_training_log(log, title=(
         f"toy LM, seed {seed}: {steps} steps; best head {evaluation['best_head']} "
         f"{evaluation['best_matching_score']:.2f}; held-out ICL {evaluation['icl_score_mean']:.2f}"))
-    atomic_write(path, lambda handle: fig.savefig(handle, format="pdf"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

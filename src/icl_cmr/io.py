@@ -121,6 +121,15 @@ def save_text(path: "str | os.PathLike[str]", text: str) -> Path:
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
+def save_figure(fig: Any, path: "str | os.PathLike[str]") -> Path:
+    """Save a matplotlib figure as PDF atomically, then close it (the caller picks the backend)."""
+    import matplotlib.pyplot as plt
+
+    written = atomic_write(path, lambda handle: fig.savefig(handle, format="pdf"))
+    plt.close(fig)
+    return written
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
