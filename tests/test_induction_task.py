@@ -1,0 +1,441 @@
+"""Specifications of the synthetic induction-heads task, its model and scripts (DESIGN.md section 7)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from icl_cmr import induction_task as task
+from icl_cmr.config import ATTN_CRP_LAGS
+from icl_cmr.errors import InputError
+from icl_cmr.tiny_transformer import (POSITION_ENCODINGS, TinyTransformer, TinyTransformerConfig,
+                                      alibi_slopes, apply_rope, blocked_causal_attention)
+
+TRIGGER = 15
+
+
+# ----------------------------------------------------------------------------- generator
+
+@pytest.mark.parametrize("length", [3, 4, 17, 256])
+def test_trigger_appears_exactly_at_first_position_and_at_the_end(length):
+    tokens, targets, positions = task.sample_induction_batch(np.random.default_rng(1), 500, length)
+    assert tokens.shape == (500, length)
+    assert np.all(tokens[:, -1] == TRIGGER)
+    is_trigger = tokens == TRIGGER
+    assert np.all(is_trigger.sum(axis=1) == 2)
+    first = is_trigger.argmax(axis=1)
+    np.testing.assert_array_equal(first, positions)
+    assert positions.min() >= 0 and positions.max() <= length - 3
+
+
+def test_target_is_the_token_after_the_first_trigger():
+    tokens, targets, positions = task.sample_induction_batch(np.random.default_rng(2), 300, 40)
+    for row, target, position in zip(tokens, targets, positions):
+        trigger_at = [i for i, t in enumerate(row) if t == TRIGGER][0]
+        assert trigger_at == position
+        assert row[trigger_at + 1] == target
+        assert target != TRIGGER
+
+
+def test_trigger_position_is_uniform_on_zero_to_length_minus_three():
+    length, n = 8, 60_000
+    _, _, positions = task.sample_induction_batch(np.random.default_rng(3), n, length)
+    counts = np.bincount(positions, minlength=length)
+    assert counts[length - 2:].sum() == 0                       # never at L-2 or L-1
+    expected = n / (length - 2)
+    # 6 cells: every count within 5 binomial standard deviations of n/6.
+    sd = math.sqrt(n * (1 / 6) * (5 / 6))
+    assert np.all(np.abs(counts[:length - 2] - expected) < 5 * sd)
+
+
+def test_filler_tokens_are_uniform_over_the_fifteen_non_trigger_ids():
+    tokens, _, _ = task.sample_induction_batch(np.random.default_rng(4), 200, 300)
+    filler = tokens[:, :-1][tokens[:, :-1] != TRIGGER]
+    counts = np.bincount(filler, minlength=16)
+    assert counts[TRIGGER] == 0
+    expected = filler.size / 15
+    sd = math.sqrt(filler.size * (1 / 15) * (14 / 15))
+    assert np.all(np.abs(counts[:15] - expected) < 5 * sd)
+
+
+def test_other_trigger_id_is_excluded_from_filler():
+    tokens, targets, _ = task.sample_induction_batch(np.random.default_rng(5), 100, 50, trigger_token=0)
+    assert np.all((tokens[:, :-1] == 0).sum(axis=1) == 1)
+    assert tokens.max() == 15 and np.all(targets != 0)
+
+
+def test_validation_set_is_fixed_prefix_stable_and_differs_by_length():
+    a, ta, pa = task.validation_set(64, 10, seed=9)
+    b, tb, pb = task.validation_set(64, 10, seed=9)
+    np.testing.assert_array_equal(a, b)
+    head, _, _ = task.validation_set(64, 4, seed=9)
+    tail, _, _ = task.validation_set(64, 6, seed=9, start=4)
+    np.testing.assert_array_equal(np.concatenate([head, tail]), a)
+    batches = list(task.iter_validation_batches(64, 10, 3, seed=9))
+    np.testing.assert_array_equal(np.concatenate([t for t, _ in batches]), a)
+    other_seed, _, _ = task.validation_set(64, 10, seed=10)
+    assert not np.array_equal(other_seed, a)
+    longer, _, _ = task.validation_set(128, 10, seed=9)
+    assert not np.array_equal(longer[:, :64], a)
+
+
+@pytest.mark.parametrize("kwargs", [dict(length=2), dict(length=10, trigger_token=16),
+                                    dict(length=10, vocab_size=2)])
+def test_generator_rejects_bad_arguments(kwargs):
+    length = kwargs.pop("length")
+    with pytest.raises(InputError):
+        task.sample_induction_batch(np.random.default_rng(0), 1, length, **kwargs)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def test_wilson_interval_matches_closed_form():
+    for k, n in [(0, 10), (3, 10), (256, 256), (250, 256), (1, 1)]:
+        z = 1.959963984540054
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        low, high = task.wilson_interval(k, n)
+        assert low == pytest.approx(centre - half, abs=1e-9)
+        assert high == pytest.approx(centre + half, abs=1e-9)
+
+
+def test_lag_attention_on_hand_built_patterns():
+    # 1 layer, 2 prompts, 2 heads, 6 positions. Prompt 0: query 5, earlier 2; prompt 1: query 4, earlier 0.
+    patterns = np.zeros((1, 2, 2, 6, 6))
+    patterns[0, 0, 0, 5, 3] = 0.7    # head 0, lag +1
+    patterns[0, 0, 0, 5, 1] = 0.2    # head 0, lag -1
+    patterns[0, 1, 0, 4, 1] = 0.5    # head 0, lag +1
+    patterns[0, 0, 1, 5, 2] = 1.0    # head 1, lag 0
+    mean, sem, count = task.lag_attention(patterns, np.array([[5], [4]]), np.array([[2], [0]]),
+                                          lags=[-1, 0, 1])
+    # lag -1 exists only for prompt 0 (key 1); lags 0 and +1 for both.
+    np.testing.assert_array_equal(count, [1, 2, 2])
+    np.testing.assert_allclose(mean[0, 0], [0.2, 0.0, 0.6])
+    np.testing.assert_allclose(mean[0, 1], [0.0, 0.5, 0.0])
+    assert np.isnan(sem[0, 0, 0])
+    assert sem[0, 0, 2] == pytest.approx(np.std([0.7, 0.5], ddof=1) / math.sqrt(2))
+
+
+def test_lag_attention_ignores_keys_at_or_after_key_stop():
+    patterns = np.ones((1, 1, 1, 4, 4))
+    mean, _, count = task.lag_attention(patterns, np.array([[3]]), np.array([[1]]), lags=[0, 1, 2],
+                                        key_stop=np.array([[2]]))
+    np.testing.assert_array_equal(count, [1, 0, 0])
+    assert mean[0, 0, 0] == 1 and np.isnan(mean[0, 0, 1])
+
+
+def test_repeated_block_prompts_repeat_distinct_non_trigger_tokens():
+    tokens, queries, earlier = task.repeated_block_prompts(np.random.default_rng(0), 5, 15)
+    assert tokens.shape == (5, 30)
+    np.testing.assert_array_equal(tokens[:, :15], tokens[:, 15:])
+    for row in tokens:
+        assert len(set(row[:15])) == 15 and TRIGGER not in row
+    np.testing.assert_array_equal(tokens[np.arange(5)[:, None], queries],
+                                  tokens[np.arange(5)[:, None], earlier])
+    with pytest.raises(InputError):
+        task.repeated_block_prompts(np.random.default_rng(0), 1, 16)
+
+
+# ----------------------------------------------------------------------------- model
+
+def _naive_causal_attention(q, k, v, slopes=None):
+    """Slow reference: one query at a time, explicit softmax over keys 0..i."""
+    batch, heads, length, d_head = q.shape
+    out = torch.zeros_like(q)
+    for i in range(length):
+        scores = (k[:, :, :i + 1] @ q[:, :, i, :, None])[..., 0] / math.sqrt(d_head)   # [B, H, i+1]
+        if slopes is not None:
+            scores = scores - slopes.to(q.dtype)[None, :, None] * (i - torch.arange(i + 1)).to(q.dtype)
+        out[:, :, i] = (torch.softmax(scores, dim=-1)[..., None] * v[:, :, :i + 1]).sum(dim=2)
+    return out
+
+
+@pytest.mark.parametrize("with_alibi", [False, True])
+def test_blocked_kernel_equals_naive_attention(with_alibi):
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (3 * torch.randn(2, 4, 53, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    slopes = alibi_slopes(4) if with_alibi else None
+    expected = _naive_causal_attention(q, k, v, slopes)
+    got = blocked_causal_attention(q, k, v, slopes=slopes, block_size=8, use_sdpa=False)
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
+    if not with_alibi:
+        torch.testing.assert_close(blocked_causal_attention(q, k, v), expected, atol=1e-10, rtol=0)
+
+
+def test_alibi_slopes_for_eight_heads_are_powers_of_one_half():
+    np.testing.assert_allclose(alibi_slopes(8).numpy(), [2.0 ** -(h + 1) for h in range(8)])
+
+
+def test_rope_scores_depend_only_on_position_difference():
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 1, 1, 8, generator=gen, dtype=torch.float64)
+    k = torch.randn(1, 1, 1, 8, generator=gen, dtype=torch.float64)
+    def score(i, j):
+        return float(apply_rope(q, torch.tensor([i])) @ apply_rope(k, torch.tensor([j])).transpose(-1, -2))
+    assert score(7, 3) == pytest.approx(score(1000, 996), abs=1e-9)
+    assert score(0, 0) == pytest.approx(float(q @ k.transpose(-1, -2)), abs=1e-12)
+    assert score(7, 3) != pytest.approx(score(7, 4), abs=1e-6)
+
+
+def _random_model(encoding, scale=1.0, **overrides):
+    torch.manual_seed(3)
+    config = TinyTransformerConfig(position_encoding=encoding, n_trained_positions=64, **overrides)
+    model = TinyTransformer(config).eval()
+    with torch.no_grad():  # larger weights than the 0.02 init, so attention is far from uniform
+        for name, param in model.named_parameters():
+            if "ln" not in name:
+                param.mul_(scale)
+    return model
+
+
+@pytest.mark.parametrize("encoding", POSITION_ENCODINGS)
+def test_blocked_last_logits_equal_full_attention(encoding):
+    model = _random_model(encoding, scale=10.0)
+    tokens, _, _ = task.sample_induction_batch(np.random.default_rng(6), 3, 150)  # > 64 trained rows
+    tokens = torch.from_numpy(tokens)
+    with torch.no_grad():
+        full = model(tokens)[:, -1]
+        blocked = model.last_logits(tokens, method="blocked", block_size=16, mlp_chunk=40)
+    assert full.abs().max() > 1.0
+    torch.testing.assert_close(blocked, full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("encoding", ["alibi", "none"])
+def test_token_type_path_equals_full_attention(encoding):
+    model = _random_model(encoding, scale=10.0)
+    tokens, _, _ = task.sample_induction_batch(np.random.default_rng(7), 3, 150)
+    tokens = torch.from_numpy(tokens)
+    with torch.no_grad():
+        full = model(tokens)[:, -1]
+        fast = model.last_logits(tokens, method="token_types", mlp_chunk=40)
+        # Chunked recurrence: the carried state across chunks must not change the result.
+        chunked = model._first_layer_token_types(tokens, chunk=37)
+        whole = model._first_layer_token_types(tokens, chunk=1000)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+
+
+def test_token_type_path_refuses_position_dependent_encodings():
+    model = _random_model("rope")
+    with pytest.raises(InputError):
+        model.last_logits(torch.zeros((1, 8), dtype=torch.long), method="token_types")
+
+
+def test_absolute_positions_beyond_training_are_fixed_random_rows():
+    model = _random_model("absolute")
+    rows = model.position_rows(0, 10_000).detach()
+    assert rows.shape == (10_000, 64)
+    torch.testing.assert_close(rows[:64], model.pos_embed.weight)
+    # The same row whatever range is asked for (seeded per block of rows).
+    torch.testing.assert_close(model.position_rows(5000, 5003), rows[5000:5003])
+    torch.testing.assert_close(_random_model("absolute").position_rows(9000, 9100), rows[9000:9100])
+    # Drawn from the initialisation distribution N(0, 0.02^2).
+    assert float(rows[64:].std()) == pytest.approx(0.02, rel=0.02)
+    assert abs(float(rows[64:].mean())) < 1e-3
+
+
+def test_attention_patterns_shape_and_rows_sum_to_one():
+    model = _random_model("rope", scale=5.0)
+    patterns = model.attention_patterns(torch.randint(0, 16, (2, 12)))
+    assert patterns.shape == (2, 2, 8, 12, 12)
+    torch.testing.assert_close(patterns.sum(-1), torch.ones(2, 2, 8, 12))
+    assert float(patterns.triu(1).abs().max()) == 0.0
+
+
+def test_config_rejects_unknown_encoding():
+    with pytest.raises(InputError):
+        TinyTransformerConfig(position_encoding="sinusoidal")
+
+
+# ----------------------------------------------------------------------------- scripts
+
+def _train_args(save_dir, *extra):
+    return ["--save_dir", str(save_dir), "--fig_dir", str(save_dir), "--no_progress", "--no_figure",
+            *extra]
+
+
+def test_short_training_run_learns_the_task(tmp_path):
+    """A small setting (length 16, d_model 32, 4 heads, batch 32) passes 90% within ~60 s."""
+    import train_induction
+
+    small = ["--train_length", "16", "--d_model", "32", "--n_heads", "4", "--d_mlp", "128",
+             "--batch_size", "32", "--learning_rate", "3e-3", "--eval_every", "100", "--n_val", "256",
+             "--target_accuracy", "0.9", "--max_steps", "1500"]
+    assert train_induction.main(_train_args(tmp_path, *small)) == 0
+    summary = json.loads((tmp_path / "absolute_training.json").read_text())
+    assert summary["reached_target"] is True
+    assert summary["final_val_accuracy"] > 0.9
+    model = train_induction.load_model(tmp_path / "absolute.pt")
+    # Independent check on unseen validation sequences.
+    correct, _ = task.evaluate_accuracy(model, 16, 256, seed=12345, method="blocked")
+    assert correct / 256 > 0.85
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_training(tmp_path):
+    import train_induction
+
+    small = ["--train_length", "12", "--d_model", "16", "--n_heads", "2", "--d_mlp", "32",
+             "--eval_every", "3", "--n_val", "8", "--position_encoding", "rope"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train_induction.main(_train_args(straight, *small, "--max_steps", "9"))
+    train_induction.main(_train_args(split, *small, "--max_steps", "6"))
+    train_induction.main(_train_args(split, *small, "--max_steps", "9", "--resume"))
+    a = torch.load(straight / "rope_checkpoint.pt", weights_only=True)
+    b = torch.load(split / "rope_checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 9
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], atol=0, rtol=0)
+    assert a["rng_state"] == b["rng_state"]
+    assert [r["val_accuracy"] for r in a["curve"]] == [r["val_accuracy"] for r in b["curve"]]
+
+
+def test_curriculum_trains_each_stage_at_its_length_and_stops_only_at_the_last(tmp_path):
+    import train_induction
+
+    # Target 0: every evaluation passes, so each stage lasts exactly one evaluation period.
+    small = ["--train_length", "12", "--d_model", "16", "--n_heads", "2", "--d_mlp", "32",
+             "--eval_every", "3", "--n_val", "8", "--target_accuracy", "0", "--max_steps", "50",
+             "--curriculum", "6,9"]
+    assert train_induction.main(_train_args(tmp_path, *small)) == 0
+    saved = torch.load(tmp_path / "absolute_checkpoint.pt", weights_only=True)
+    assert [(row["step"], row["length"]) for row in saved["curve"]] == [(3, 6), (6, 9), (9, 12)]
+    summary = json.loads((tmp_path / "absolute_training.json").read_text())
+    assert summary["reached_target"] is True and summary["steps"] == 9
+    assert summary["final_val_length"] == 12
+    assert summary["last_step_per_length"] == {"6": 3, "9": 6, "12": 9}
+
+
+def test_curriculum_stage_that_fails_the_target_keeps_its_length(tmp_path):
+    import train_induction
+
+    small = ["--train_length", "12", "--d_model", "16", "--n_heads", "2", "--d_mlp", "32",
+             "--eval_every", "2", "--n_val", "8", "--target_accuracy", "1", "--max_steps", "6",
+             "--curriculum", "6"]
+    assert train_induction.main(_train_args(tmp_path, *small)) == 0
+    saved = torch.load(tmp_path / "absolute_checkpoint.pt", weights_only=True)
+    accuracies = [row["val_accuracy"] for row in saved["curve"]]
+    assert max(accuracies) < 1, "an untrained 2-step model should not be perfect on 8 sequences"
+    assert [row["length"] for row in saved["curve"]] == [6, 6, 6]
+    assert json.loads((tmp_path / "absolute_training.json").read_text())["reached_target"] is False
+
+
+def test_resume_mid_curriculum_equals_uninterrupted_training(tmp_path):
+    import train_induction
+
+    small = ["--train_length", "12", "--d_model", "16", "--n_heads", "2", "--d_mlp", "32",
+             "--eval_every", "3", "--n_val", "8", "--target_accuracy", "0", "--curriculum", "6,9"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train_induction.main(_train_args(straight, *small, "--max_steps", "50"))
+    train_induction.main(_train_args(split, *small, "--max_steps", "3"))
+    train_induction.main(_train_args(split, *small, "--max_steps", "50", "--resume"))
+    a = torch.load(straight / "absolute_checkpoint.pt", weights_only=True)
+    b = torch.load(split / "absolute_checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 9 and a["stage"] == b["stage"] == 2
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], atol=0, rtol=0)
+    assert [r["length"] for r in a["curve"]] == [r["length"] for r in b["curve"]]
+
+
+@pytest.mark.parametrize("curriculum, message", [("32,16", "increasing"), ("2", "increasing"),
+                                                  ("16,x", "integers"), ("16,256", "below --train_length")])
+def test_bad_curriculum_is_a_one_line_error(tmp_path, capsys, curriculum, message):
+    import train_induction
+    from icl_cmr.cli import run_cli
+
+    try:   # argparse exits with 2 on a malformed value; our own checks return 2 through run_cli
+        code = run_cli(train_induction.main, _train_args(tmp_path, "--curriculum", curriculum, "--max_steps", "1"))
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "absolute_checkpoint.pt").exists()
+
+
+def test_resume_without_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    import train_induction
+    from icl_cmr.cli import run_cli
+
+    code = run_cli(train_induction.main, _train_args(tmp_path, "--resume", "--max_steps", "2"))
+    assert code == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_eval_script_writes_table_and_figures(tmp_path):
+    import eval_induction
+    import train_induction
+
+    small = ["--train_length", "12", "--d_model", "16", "--n_heads", "2", "--d_mlp", "32",
+             "--eval_every", "2", "--n_val", "8", "--max_steps", "2"]
+    for encoding in ("absolute", "alibi"):
+        train_induction.main(_train_args(tmp_path, *small, "--position_encoding", encoding))
+    code = eval_induction.main(["--save_dir", str(tmp_path), "--fig_dir", str(tmp_path), "--min_log2", "4",
+                                "--max_log2", "7", "--n_sequences", "4", "--full_max_log2", "5",
+                                "--long_cpu_seconds", "0", "--lag_prompts", "3"])
+    assert code == 0
+    lines = (tmp_path / "accuracy_vs_length.csv").read_text().strip().splitlines()
+    assert lines[0].startswith("encoding,length,")
+    rows = [line.split(",") for line in lines[1:]]
+    assert [(r[0], int(r[1])) for r in rows] == [(e, 2 ** k) for e in ("absolute", "alibi") for k in range(4, 8)]
+    n_sequences = [int(r[3]) for r in rows]
+    # Up to 2^5 all 4 sequences; beyond, with a zero time budget, one batch.
+    assert n_sequences[:2] == [4, 4] and all(n >= 1 for n in n_sequences[2:4])
+    for name in ("accuracy_vs_length.pdf", "training_curves.pdf", "lag_crp_layer2.pdf", "accuracy_vs_length_alibi.csv",
+                 "lag_crp_layer2_alibi.pdf", "lag_crp_alibi.json"):
+        assert (tmp_path / name).is_file(), name
+    stats = json.loads((tmp_path / "lag_crp_alibi.json").read_text())
+    assert {"task", "repeated", "value_query"} <= set(stats)
+    model = train_induction.load_model(tmp_path / "alibi.pt")
+    tokens, _, triggers = task.validation_set(12, 3, seed=task.InductionTaskConfig().val_seed + 1)
+    first_layer = model.attention_patterns(torch.from_numpy(tokens))[0].numpy()      # [B, H, L, L]
+    to_trigger = first_layer[np.arange(3), :, triggers + 1, triggers].mean(axis=0)   # value -> trigger
+    lag_minus_one = np.asarray(stats["value_query"]["mean"])[0, :, stats["value_query"]["lags"].index(-1)]
+    np.testing.assert_allclose(lag_minus_one, to_trigger, atol=1e-6)
+
+
+def test_lag_attention_agrees_with_head_score_engine_on_repeated_blocks():
+    """Our general lag statistic equals icl_cmr.head_scores.attention_crp on its own prompt layout."""
+    from icl_cmr.head_scores import attention_crp
+
+    rng = np.random.default_rng(8)
+    patterns = rng.random((2, 3, 4, 30, 30))                    # [layer, batch, head, query, key]
+    tokens, queries, earlier = task.repeated_block_prompts(rng, 3, 15)
+    mean, sem, count = task.lag_attention(patterns, queries, earlier, key_stop=np.full(queries.shape, 15))
+    for layer in range(2):
+        reference = attention_crp(patterns[layer], block_len=15, offset=0)
+        np.testing.assert_allclose(mean[layer], reference.mean, atol=1e-12)
+        np.testing.assert_allclose(sem[layer], reference.sem, atol=1e-12)
+        np.testing.assert_array_equal(count, reference.count)
+
+
+# ----------------------------------------------------------------------------- the shipped models
+
+SHIPPED = Path(__file__).resolve().parents[1] / "saved_models" / "induction_task"
+
+
+@pytest.mark.parametrize("encoding", POSITION_ENCODINGS)
+def test_shipped_model_solves_the_task_at_the_training_length(encoding):
+    import train_induction
+
+    model = train_induction.load_model(SHIPPED / f"{encoding}.pt")
+    assert model.config.n_layers == 2 and model.config.n_heads == 8 and model.config.d_model == 64
+    # 256 sequences from a seed the training never validated on.
+    correct, _ = task.evaluate_accuracy(model, 256, 256, seed=424242, batch_size=128, method="blocked")
+    assert correct / 256 >= 0.97
+
+
+def test_shipped_absolute_model_retrieves_the_value_at_lag_plus_one_in_layer_two():
+    import train_induction
+
+    model = train_induction.load_model(SHIPPED / "absolute.pt")
+    tokens, _, triggers = task.validation_set(256, 32, seed=31337)
+    patterns = model.attention_patterns(torch.from_numpy(tokens)).numpy()
+    mean, _, _ = task.lag_attention(patterns, np.full((32, 1), 255), triggers[:, None])
+    lags = list(ATTN_CRP_LAGS)
+    second_layer = mean[1]                                              # [head, lag]
+    assert np.all(np.nanargmax(second_layer, axis=1) == lags.index(1))  # every head peaks at +1
+    assert second_layer[:, lags.index(1)].mean() > 0.9
