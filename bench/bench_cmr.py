@@ -74,6 +74,8 @@ def main(argv=None):
     points = [(rng.choice(beta_enc), rng.choice(simulated_rec), rng.choice(gamma)) for _ in range(args.points)]
     recalls_per_point = settings.n_start * settings.n_trials
 
+    # Compile (or load from numba's cache) the simulator's kernels before anything is timed.
+    cmr_crp(*points[0], CMRSettings(n_trials=2, max_draws=3), np.random.default_rng(0), method="simulate")
     ours_wall, ours_cpu, table_cpu, loop_wall, loop_cpu = [], [], [], [], []
     print(f"{'beta_enc':>8} {'beta_rec':>8} {'gamma':>6} | {'ours s/pt':>10} {'cpu':>7} | "
           f"{'loop s/pt (extrap.)':>20} {'cpu':>8} | {'ratio (cpu)':>11}")

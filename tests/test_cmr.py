@@ -11,9 +11,9 @@ import itertools
 import numpy as np
 import pytest
 
-from icl_cmr.cmr import (CMRSettings, _bisect_components, _einsum_row_dots, _pick_component, alias_tables,
-                         authors_closed_form_crp, cmr_crp, crp_from_draws, encoding_matrix, exact_crp,
-                         mean_and_sem_over_starts, simulate_recall)
+from icl_cmr.cmr import (CMRSettings, alias_tables, authors_closed_form_crp, cmr_crp, crp_from_draws,
+                         encoding_matrix, exact_crp, mean_and_sem_over_starts, simulate_recall)
+from icl_cmr.cmr_kernels import first_component_above, overlap_dot
 from icl_cmr.errors import InputError
 
 MAX_LAG = 8
@@ -191,24 +191,30 @@ def test_overlap_sums_follow_the_einsum_kernel_order(n_terms):
     rng = np.random.default_rng(n_terms)
     first = rng.random((n_terms, 300)) * 10.0 ** rng.integers(-6, 6, (n_terms, 300))
     second = rng.random((n_terms, 300))
-    ours = _einsum_row_dots(first * second)
+    coef = np.ascontiguousarray(first.T)                          # [trial, term]
+    table = np.ascontiguousarray(second.T).ravel()                # overlap table: trial t's terms at t * n_terms
+    comp = np.tile(np.arange(n_terms, dtype=np.int16), (300, 1))  # term m reads table[base + m]
+    ours = [overlap_dot(coef, comp, table, trial, n_terms, trial * n_terms) for trial in range(300)]
     expected = [einsum_kernel_row_dot(first[:, trial], second[:, trial]) for trial in range(300)]
     np.testing.assert_array_equal(ours, expected)
 
 
-def test_component_pick_by_counting_equals_bisection():
+def test_component_pick_is_the_number_of_running_sums_at_or_below_the_target():
+    """Draw u * total, take the first component whose running sum exceeds it (the last if rounding
+    puts u * total at the total; the last too for a NaN target from overflowed weights)."""
     rng = np.random.default_rng(5)
     n_trials, width = 2000, 12
-    weights = rng.random((width, n_trials)) * (rng.random((width, n_trials)) < 0.7)  # ties from zero weights
-    cum_weight = np.cumsum(weights, axis=0)
-    comp = rng.integers(0, 100, (width, n_trials)).astype(np.int16)
-    scratch = np.empty(width * n_trials, dtype=bool)
+    weights = rng.random((n_trials, width)) * (rng.random((n_trials, width)) < 0.7)  # ties from zero weights
+    cum_weight = np.cumsum(weights, axis=1)
     for k in range(width):
         uniform = rng.random(n_trials)
         uniform[:5] = np.nextafter(1.0, 0.0)  # u * total may round up to the total
-        picked = _pick_component(cum_weight, comp, k, uniform, scratch)
-        first_above = _bisect_components(cum_weight, k, uniform * cum_weight[k])
-        np.testing.assert_array_equal(picked, comp[first_above, np.arange(n_trials)])
+        target = uniform * cum_weight[:, k]
+        target[5] = np.nan
+        picked = [first_component_above(cum_weight, k, trial, target[trial]) for trial in range(n_trials)]
+        expected = np.minimum((cum_weight[:, :k + 1] <= target[:, None]).sum(axis=1), k)
+        expected[5] = k
+        np.testing.assert_array_equal(picked, expected)
 
 
 # ----------------------------------------------------------------------------- exact CRPs

@@ -24,13 +24,14 @@ Speed (DESIGN.md section 3): the simulator never forms the context vector.
 so ``M^T t`` is the same combination of precomputed rows ``M^T e_s0`` and
 ``M^T t_in(j)``; a draw is "pick a component by its weight, then an item from that
 component's fixed distribution" (Walker alias table, O(1)). With a common per-trial
-scale the component weights never change once added, so picking one is counting the
-running sums below a uniform fraction of the total, and ``|t|`` follows from a
+scale the component weights never change once added, so picking one is finding the
+first running sum above a uniform fraction of the total, and ``|t|`` follows from a
 precomputed table of overlaps ``t_in(x) . v_c`` (O(draws so far) per draw). All trials
-of all start positions advance together, stored component-major (one contiguous row
-per component, trials along the row); the only Python loops are over the (sequential)
-draws and, inside a draw, over the fixed summation order of the overlap sum
-(:func:`_einsum_row_dots`), which keeps the shipped grid reproducible bit for bit.
+of all start positions advance together, stored trial-major (one contiguous row
+per trial); the only Python loop is over the (sequential) draws. Each draw's
+per-trial work is one compiled pass (numba, :mod:`icl_cmr.cmr_kernels`) that keeps
+the floating-point order of the earlier all-numpy simulator, so the shipped grid
+stays reproducible bit for bit.
 
 Exact CRPs: at ``beta_rec = 0`` the context stays ``e_s0`` (draws are i.i.d.);
 at ``beta_rec = 1`` it is ``t_in(last draw)`` (a Markov chain on items). For those
@@ -47,6 +48,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from . import cmr_kernels as kernels
 from .config import CMR_CRP_LAGS
 from .errors import InputError
 
@@ -239,11 +241,6 @@ def alias_tables(weights: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------- simulation
 
-#: Shape of the summation in numpy's float64 ``einsum("ij,ij->i")`` kernel (numpy's x86-64
-#: baseline, ``einsum_sumprod.c.src``): 2 SIMD lanes, unrolled 4 vectors deep, multiply then add
-#: (no FMA). :func:`_einsum_row_dots` replays it so that the shipped grid stays bit for bit.
-_EINSUM_LANES, _EINSUM_UNROLL = 2, 4
-
 #: Drop finished trials from the arrays once fewer than this fraction of the rows is alive.
 #: Part of the random stream (each draw consumes two uniforms per row still held).
 _COMPACT_BELOW = 0.75
@@ -278,10 +275,12 @@ def _simulate_draw_major(beta_enc: float, beta_rec: float, gamma_ft: float, sett
                          rng: np.random.Generator) -> np.ndarray:
     """:func:`simulate_recall` with draws as rows: shape [max_draws, n_start * n_trials].
 
-    Trial state is component-major: row ``m`` of ``comp``, ``coef`` and ``cum_weight``
-    holds the ``m``-th context component of every held trial (shape [max_draws + 1, n_held]),
-    so each draw appends one contiguous row and every sum over components runs along
-    long contiguous rows instead of one short row per trial.
+    Trial state is trial-major: row ``r`` of ``comp``, ``coef`` and ``cum_weight`` holds
+    the context components of held trial ``r`` in order (shape [n_held, max_draws + 1]), so
+    the compiled per-trial pass reads contiguous memory.
+    The loop over draws, the random stream (two uniforms per held trial and draw) and
+    the compaction of finished trials stay here; each draw's per-trial work is the
+    compiled :func:`icl_cmr.cmr_kernels.draw_step`.
     """
     tables = _component_tables(float(beta_enc), float(gamma_ft), int(settings.n_items), int(settings.n_start))
     size, absorbing, n_comp = tables.size, settings.n_items, tables.n_components
@@ -292,193 +291,39 @@ def _simulate_draw_major(beta_enc: float, beta_rec: float, gamma_ft: float, sett
     # The true context is t = scale * sum_m coef[m] v_{comp[m]}; cum_weight[m] is the running
     # sum of coef * strength, the (unnormalised) probability mass of components 0..m.
     width = n_draws + 1
-    # Component ids and their flat overlap-table indices (< size * n_comp) in the smallest dtype:
-    # the overlap sums move (draws so far) x (trials) of them every draw.
-    flat_dtype = next(dtype for dtype in (np.int16, np.int32, np.int64)
-                      if size * n_comp <= np.iinfo(dtype).max)
-    comp = np.empty((width, n_rows), dtype=flat_dtype)
-    coef = np.empty((width, n_rows))
-    cum_weight = np.empty((width, n_rows))
-    comp[0] = size + np.repeat(settings.start_positions, settings.n_trials)
-    coef[0] = 1.0
-    cum_weight[0] = tables.strength[comp[0]]
+    comp = np.empty((n_rows, width), dtype=np.int16 if n_comp < np.iinfo(np.int16).max else np.int32)
+    coef = np.empty((n_rows, width))
+    cum_weight = np.empty((n_rows, width))
+    comp[:, 0] = size + np.repeat(settings.start_positions, settings.n_trials)
+    coef[:, 0] = 1.0
+    cum_weight[:, 0] = tables.strength[comp[:, 0]]
     scale = np.ones(n_rows)
     row_ids = np.arange(n_rows)  # original row of each held trial
     alive = np.ones(n_rows, dtype=bool)
-    # Scratch for the overlap sums (flat, re-viewed as [k + 1, n_held]): no allocation per draw.
-    # The gather indices are intp: ``take`` would otherwise cast a copy every draw.
-    index_scratch = np.empty(width * n_rows, dtype=np.intp)
-    product_scratch = np.empty(width * n_rows)
-    below_scratch = np.empty(width * n_rows, dtype=bool)
+    uniform_buffer = np.empty(2 * n_rows)  # filled in place each draw: same stream, no allocation
 
+    if beta_rec == 0.0:
+        mode = kernels.CONTEXT_FIXED
+    elif beta_rec == 1.0:
+        mode = kernels.CONTEXT_LAST_INPUT
+    else:
+        mode = kernels.CONTEXT_DRIFT
     keep, drift = 1.0 - beta_rec, beta_rec
     # |(1-b) t + b t_in|^2 = (1-b)^2 + b^2 + 2 b (1-b) t . t_in, grouped as the original expression.
     norm_offset, norm_slope = keep * keep + drift * drift, 2.0 * drift * keep
     for k in range(n_draws):  # draws are sequential; all trials advance together
         n_held = row_ids.size
-        uniforms = rng.random((2, n_held))
-        if beta_rec == 0.0:
-            chosen = comp[0]              # t = e_s0 forever
-        elif beta_rec == 1.0:
-            chosen = comp[k]              # t = t_in(last draw)
-        else:
-            chosen = _pick_component(cum_weight, comp, k, uniforms[0], below_scratch)
-        item = _alias_draw(tables, chosen, uniforms[1])
-        drawn = alive & (item != absorbing)
-        recorded = np.where(drawn, item, -1)
-        if n_held == n_rows:
-            draws[k] = recorded
-        else:
-            draws[k, row_ids] = recorded
-        alive &= drawn
-        n_alive = int(np.count_nonzero(alive))
+        uniforms = rng.random(out=uniform_buffer[:2 * n_held].reshape(2, n_held))
+        n_alive = kernels.draw_step(k, mode, uniforms[0], uniforms[1], comp, coef, cum_weight, scale, alive,
+                                    row_ids, draws[k], tables.strength, tables.alias_prob, tables.alias_index,
+                                    tables.overlap, size, n_comp, absorbing, keep, drift, norm_offset, norm_slope)
         if k + 1 == n_draws or n_alive == 0:
             break
-        if 0.0 < beta_rec < 1.0:
-            # t . t_in(item) from the overlap table (finished trials drew the absorbing
-            # state here; their numbers are never used).
-            index = index_scratch[:(k + 1) * n_held].reshape(k + 1, n_held)
-            np.add(comp[:k + 1], item * n_comp, out=index)
-            products = product_scratch[:(k + 1) * n_held].reshape(k + 1, n_held)
-            tables.overlap.take(index, out=products, mode="clip")  # in range; "clip" writes out= unbuffered
-            np.multiply(coef[:k + 1], products, out=products)
-            dot = scale * _einsum_row_dots(products)
-            norm = np.sqrt(norm_offset + norm_slope * dot)
-            keep_scale = keep * scale
-            np.divide(drift, keep_scale, out=coef[k + 1])
-            scale = keep_scale / norm
-            np.multiply(coef[k + 1], tables.strength.take(item), out=cum_weight[k + 1])
-            np.add(cum_weight[k], cum_weight[k + 1], out=cum_weight[k + 1])
-        comp[k + 1] = item
         if n_alive < _COMPACT_BELOW * n_held:
             kept = np.flatnonzero(alive)
             row_ids, scale, alive = row_ids[kept], scale[kept], alive[kept]
-            filled = slice(0, k + 2)  # rows beyond k + 1 are not written yet
-            comp, coef, cum_weight = (_compact_columns(table, filled, kept) for table in (comp, coef, cum_weight))
+            comp, coef, cum_weight = comp[kept], coef[kept], cum_weight[kept]
     return draws
-
-
-def _compact_columns(table: np.ndarray, filled: slice, kept: np.ndarray) -> np.ndarray:
-    """A fresh [rows, kept.size] table holding columns ``kept`` of ``table[filled]`` (other rows unset)."""
-    compacted = np.empty((table.shape[0], kept.size), dtype=table.dtype)
-    np.take(table[filled], kept, axis=1, out=compacted[filled])
-    return compacted
-
-
-def _einsum_row_dots(products: np.ndarray) -> np.ndarray:
-    """Column sums of ``products`` rounded exactly as ``np.einsum("ij,ij->i", a, b)`` sums rows.
-
-    The simulator used ``einsum`` over trial-major arrays; its float64 kernel keeps
-    ``_EINSUM_LANES`` partial sums (element ``j`` goes to lane ``j % lanes``), adds each
-    unrolled block of ``lanes * unroll`` elements last vector first, then the remaining
-    vectors in order, and finally adds the lanes. Replaying that order column-wise
-    gives the same doubles with long contiguous operations.
-
-    Parameters
-    ----------
-    products : np.ndarray, shape [n_terms, n_trials]
-        Non-negative products ``a[i, j] * b[i, j]`` laid out as ``[j, i]``.
-
-    Returns
-    -------
-    np.ndarray, shape [n_trials]
-    """
-    n_terms, n_trials = products.shape
-    lanes, block = _EINSUM_LANES, _EINSUM_LANES * _EINSUM_UNROLL
-    lane_sums = np.zeros((lanes, n_trials))
-    n_blocked = n_terms - n_terms % block
-    for start in range(0, n_blocked, block):  # sequential by definition: this is the summation order
-        for vector in range(_EINSUM_UNROLL - 1, -1, -1):
-            first = start + vector * lanes
-            lane_sums += products[first:first + lanes]
-    for first in range(n_blocked, n_terms, lanes):  # remaining vectors; a short one adds 0 to the rest
-        last = min(first + lanes, n_terms)
-        lane_sums[:last - first] += products[first:last]
-    total = lane_sums[0]
-    for lane in range(1, lanes):
-        total += lane_sums[lane]
-    return total
-
-
-def _alias_draw(tables: _ComponentTables, chosen: np.ndarray, uniform: np.ndarray) -> np.ndarray:
-    """One item per trial from component ``chosen``'s distribution (alias method, one uniform).
-
-    Parameters
-    ----------
-    tables : _ComponentTables
-    chosen : np.ndarray, shape [n_trials], int
-        Component of each trial.
-    uniform : np.ndarray, shape [n_trials]
-        Uniforms in [0, 1).
-
-    Returns
-    -------
-    np.ndarray, shape [n_trials], int64
-    """
-    scaled = uniform * tables.size
-    column = scaled.astype(np.int64)
-    np.minimum(column, tables.size - 1, out=column)
-    flat = chosen.astype(np.int64) * tables.size
-    flat += column
-    kept = scaled - column < tables.alias_prob.take(flat)
-    return np.where(kept, column, tables.alias_index.take(flat))
-
-
-def _pick_component(cum_weight: np.ndarray, comp: np.ndarray, k: int, uniform: np.ndarray,
-                    scratch: np.ndarray) -> np.ndarray:
-    """Component ids drawn with probability proportional to their weight.
-
-    Parameters
-    ----------
-    cum_weight : np.ndarray, shape [width, n_trials]
-        Row ``m`` is each trial's running sum of component weights up to component ``m``
-        (rows ``0 .. k`` are set).
-    comp : np.ndarray, shape [width, n_trials], int
-        Component ids, same layout.
-    k : int
-        Index of the trials' last component.
-    uniform : np.ndarray, shape [n_trials]
-        Uniforms in [0, 1).
-    scratch : np.ndarray, shape [>= (k + 1) * n_trials], bool
-        Work space (no allocation per draw).
-
-    Returns
-    -------
-    np.ndarray, shape [n_trials]
-        ``comp[c, r]`` for the first ``c <= k`` with ``cum_weight[c, r] > u * cum_weight[k, r]``
-        (``c = k`` if none, which needs ``u * total`` to round up to the total).
-        The running sums never decrease, so that ``c`` is the number of sums ``<= u * total``
-        (a vectorized count instead of a per-trial search). A NaN target (overflowed weights)
-        falls back to the binary search that the count replaced, which gives the same ``c``
-        whenever there is no NaN.
-    """
-    target = uniform * cum_weight[k]
-    n_trials = target.size
-    if np.isnan(target).any():
-        position = _bisect_components(cum_weight, k, target)
-    else:
-        below = np.less_equal(cum_weight[:k + 1], target, out=scratch[:(k + 1) * n_trials].reshape(k + 1, n_trials))
-        count_dtype = np.min_scalar_type(k + 1)
-        position = below.view(np.uint8).sum(axis=0, dtype=count_dtype).astype(np.int64)
-        np.minimum(position, k, out=position)
-    position *= n_trials
-    position += np.arange(n_trials)
-    return comp.reshape(-1).take(position)
-
-
-def _bisect_components(cum_weight: np.ndarray, k: int, target: np.ndarray) -> np.ndarray:
-    """First ``c`` in ``0 .. k`` with ``cum_weight[c, r] > target[r]`` by bisection (``k`` if none); shape [n_trials]."""
-    n_trials = target.size
-    trial = np.arange(n_trials)
-    flat_weight = cum_weight.reshape(-1)
-    low = np.zeros(n_trials, dtype=np.int64)
-    high = np.full(n_trials, k, dtype=np.int64)
-    for _ in range(int(k).bit_length()):  # ceil(log2(k + 1)) halvings, each over all trials
-        mid = (low + high) >> 1
-        left = flat_weight.take(mid * n_trials + trial) > target
-        high = np.where(left, mid, high)
-        low = np.where(left, low, mid + 1)
-    return np.minimum(low, k)
 
 
 def crp_from_draws(draws: np.ndarray, start_positions: np.ndarray,
