@@ -55,13 +55,15 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from icl_cmr import induction_task as task
 from icl_cmr.cli import non_negative_int, positive_int, run_cli, setup_logging
 from icl_cmr.config import ATTN_CRP_LAGS
 from icl_cmr.errors import InputError
 from icl_cmr.io import make_metadata, save_figure, save_json, save_text
-from icl_cmr.tiny_transformer import POSITION_ENCODINGS
+from icl_cmr.stats import wilson_interval
+from icl_cmr.tiny_transformer import POSITION_ENCODINGS, fastest_exact_method
 from train_induction import DEFAULT_FIG_DIR, DEFAULT_SAVE_DIR, load_model
 
 logger = logging.getLogger("eval_induction")
@@ -126,7 +128,7 @@ def _peak_rss_gb() -> float:
 
 def evaluate_model(model, encoding: str, args: argparse.Namespace) -> List[dict]:
     """Accuracy rows (RESULT_COLUMNS) of one model over the requested lengths."""
-    method = "token_types" if encoding in ("alibi", "none") else "blocked"
+    method = fastest_exact_method(encoding)
     rows: List[dict] = []
     previous_cpu: Optional[float] = None
     for log2_length in range(args.min_log2, args.max_log2 + 1):
@@ -143,24 +145,22 @@ def evaluate_model(model, encoding: str, args: argparse.Namespace) -> List[dict]
         correct, n_done, seconds, cpu_seconds = 0, 0, [], []
         started = time.process_time()
         # Batches until the count (or, beyond --full_max_log2, the time budget) is reached.
-        while n_done < args.n_sequences:
-            count = min(batch_size, args.n_sequences - n_done)
-            tokens, targets, _ = task.validation_set(length, count, args.val_seed, start=n_done)
-            tic, cpu_tic = time.perf_counter(), time.process_time()
-            with torch.no_grad():
-                logits = model.last_logits(torch.from_numpy(tokens), method=method)
-            seconds.append(time.perf_counter() - tic)
-            cpu_seconds.append(time.process_time() - cpu_tic)
-            correct += int((logits.argmax(dim=-1).numpy() == targets).sum())
+        scores = task.iter_validation_scores(model, length, args.n_sequences, args.val_seed, batch_size, method)
+        for count, batch_correct, wall, cpu in tqdm(scores, total=-(-args.n_sequences // batch_size),
+                                                    disable=not args.progress, desc=f"{encoding} 2^{log2_length}",
+                                                    leave=False):
+            correct += batch_correct
             n_done += count
+            seconds.append(wall)
+            cpu_seconds.append(cpu)
             if not full and time.process_time() - started >= args.long_cpu_seconds:
                 break
-        low, high = task.wilson_interval(correct, n_done)
+        low, high = wilson_interval(correct, n_done)
         per_sequence = float(np.sum(seconds) / n_done)
         previous_cpu = float(np.sum(cpu_seconds) / n_done)
         rows.append({"encoding": encoding, "length": length, "log2_length": log2_length,
                      "n_sequences": n_done, "correct": correct, "accuracy": correct / n_done,
-                     "wilson_low": float(low), "wilson_high": float(high), "method": method,
+                     "wilson_low": low, "wilson_high": high, "method": method,
                      "batch_size": batch_size, "seconds_per_sequence": per_sequence,
                      "cpu_seconds_per_sequence": previous_cpu, "peak_rss_gb": _peak_rss_gb()})
         logger.info("%s 2^%d: %d/%d correct (%.1f%%, 95%% CI %.1f-%.1f), %.3g s wall / %.3g s CPU per sequence, "
@@ -243,7 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parameters = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                   if k not in ("progress", "verbose")}
     parameters["models"] = [str(p) for p in paths]
-    args.fig_dir.mkdir(parents=True, exist_ok=True)
+    train_length = next(iter(models.values()))[1].config.n_trained_positions
 
     if not args.skip_accuracy:
         for encoding, (_, model) in models.items():
@@ -266,7 +266,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             results[encoding] = {k: np.array([float(r[c]) for r in mine]) for k, c in
                                  (("length", "length"), ("accuracy", "accuracy"),
                                   ("low", "wilson_low"), ("high", "wilson_high"))}
-        train_length = next(iter(models.values()))[1].config.n_trained_positions
         fig = task.plot_accuracy_vs_length(results, train_length, title=args.title)
         _save_figure(fig, args.fig_dir / "accuracy_vs_length.pdf", args.png_dir)
 
@@ -277,26 +276,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             table = np.genfromtxt(curve_path, delimiter=",", names=True)
             curves[encoding] = {c: np.atleast_1d(table[c]) for c in table.dtype.names}
     if curves:
-        train_length = next(iter(models.values()))[1].config.n_trained_positions
         _save_figure(task.plot_training_curves(curves, train_length=train_length),
                      args.fig_dir / "training_curves.pdf", args.png_dir)
 
     if not args.skip_lag_crp:
         first = "absolute" if "absolute" in models else next(iter(models))
+        lag_column = {lag: column for column, lag in enumerate(ATTN_CRP_LAGS.tolist())}
         for encoding, (_, model) in models.items():
             stats = lag_statistics(model, args.lag_prompts, args.val_seed, model.config.n_trained_positions)
             save_json(args.save_dir / f"lag_crp_{encoding}.json",
                       make_metadata("eval_induction.py", parameters, seed=args.val_seed, encoding=encoding,
                                     layout="mean/sem: [layer, head, lag]; count: [lag]", **stats))
             layer = model.config.n_layers - 1
-            previous = stats["value_query"]["mean"][0, :, list(ATTN_CRP_LAGS).index(-1)]
+            previous = stats["value_query"]["mean"][0, :, lag_column[-1]]
             logger.info("%s: layer 0 attention from the value to the trigger (lag -1) by head %s", encoding,
                         np.round(previous, 3))
             for kind in ("task", "repeated"):
-                top_head = int(np.nanargmax(stats[kind]["mean"][layer, :, list(ATTN_CRP_LAGS).index(1)]))
+                next_token = stats[kind]["mean"][layer, :, lag_column[1]]
                 logger.info("%s, %s prompts: layer %d lag +1 attention by head %s (max head %d)", encoding,
-                            kind, layer, np.round(stats[kind]["mean"][layer, :, list(ATTN_CRP_LAGS).index(1)], 3),
-                            top_head)
+                            kind, layer, np.round(next_token, 3), int(np.nanargmax(next_token)))
             plotted = {kind: stats[kind] for kind in ("task", "repeated")}
             fig = task.plot_lag_crp_panels(plotted, encoding, layer)
             _save_figure(fig, args.fig_dir / f"lag_crp_layer2_{encoding}.pdf", args.png_dir)

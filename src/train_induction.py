@@ -33,7 +33,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import time
 from pathlib import Path
@@ -120,9 +119,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def _torch_save(path: Path, obj: dict) -> Path:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def load_model(path: "str | Path") -> TinyTransformer:
@@ -253,7 +250,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fig = task.plot_training_curves(
             {enc: {c: np.array([row[c] for row in curve]) for c in CURVE_COLUMNS}}, args.target_accuracy,
             train_length=args.train_length)
-        args.fig_dir.mkdir(parents=True, exist_ok=True)
         fig_path = args.fig_dir / f"training_curve_{enc}.pdf"
         save_figure(fig, fig_path)
         logger.info("wrote %s", fig_path)

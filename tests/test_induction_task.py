@@ -93,17 +93,6 @@ def test_generator_rejects_bad_arguments(kwargs):
 
 # ----------------------------------------------------------------------------- statistics
 
-def test_wilson_interval_matches_closed_form():
-    for k, n in [(0, 10), (3, 10), (256, 256), (250, 256), (1, 1)]:
-        z = 1.959963984540054
-        p = k / n
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-        low, high = task.wilson_interval(k, n)
-        assert low == pytest.approx(centre - half, abs=1e-9)
-        assert high == pytest.approx(centre + half, abs=1e-9)
-
-
 def test_lag_attention_on_hand_built_patterns():
     # 1 layer, 2 prompts, 2 heads, 6 positions. Prompt 0: query 5, earlier 2; prompt 1: query 4, earlier 0.
     patterns = np.zeros((1, 2, 2, 6, 6))

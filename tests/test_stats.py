@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from icl_cmr.errors import InputError
-from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table, paired_comparison, significance_stars
+from icl_cmr.stats import (PairedStatsConfig, comparison_table, format_table, paired_comparison, significance_stars,
+                            wilson_interval)
 
 
 def test_paired_t_and_cohens_d_follow_their_formulas():
@@ -62,3 +63,14 @@ def test_table_has_one_row_per_pair_in_order():
     assert "cohens_dz" in format_table(table)
     with pytest.raises(InputError, match="no condition 'w'"):
         comparison_table(samples, [("x", "w")])
+
+
+def test_wilson_interval_matches_closed_form():
+    for k, n in [(0, 10), (3, 10), (256, 256), (250, 256), (1, 1)]:
+        z = 1.959963984540054
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        low, high = wilson_interval(k, n)
+        assert low == pytest.approx(centre - half, abs=1e-9)
+        assert high == pytest.approx(centre + half, abs=1e-9)

@@ -9,9 +9,9 @@ loss and accuracy are taken there only.
 
 This module holds the task's defaults (:class:`InductionTaskConfig`), the seeded
 generator (:func:`sample_induction_batch`), the fixed validation sets
-(:func:`validation_set`), accuracy with Wilson intervals
-(:func:`wilson_interval`), the lag statistics of attention used to show the
-induction mechanism (:func:`lag_attention`), and the plots of the results
+(:func:`validation_set`), accuracy on them (:func:`evaluate_accuracy`), the lag
+statistics of attention used to show the induction mechanism
+(:func:`lag_attention`), and the plots of the results
 (``plot_*``; drawing only, no computing).
 """
 from __future__ import annotations
@@ -34,6 +34,12 @@ MAMBA_MHA_ABS_ACCURACY: Dict[int, float] = {
 }
 
 
+#: Vocabulary size, trigger included. [GD23] App. E.1; DESIGN.md section 7.
+VOCAB_SIZE = 16
+#: The reserved trigger id. Our choice (the last id); any id works.
+TRIGGER_TOKEN = VOCAB_SIZE - 1
+
+
 @dataclass(frozen=True)
 class InductionTaskConfig:
     """Defaults of the task, its training and its evaluation.
@@ -42,10 +48,8 @@ class InductionTaskConfig:
     :class:`icl_cmr.tiny_transformer.TinyTransformerConfig`.
     """
 
-    #: Vocabulary size, trigger included. [GD23] App. E.1; DESIGN.md section 7.
-    vocab_size: int = 16
-    #: The reserved trigger id. Our choice (the last id); any id works.
-    trigger_token: int = 15
+    vocab_size: int = VOCAB_SIZE
+    trigger_token: int = TRIGGER_TOKEN
     #: Training sequence length, 2^8. [GD23] section 4.1.2.
     train_length: int = 256
     #: Batch size. DESIGN.md section 7 (the course assignment).
@@ -86,7 +90,7 @@ def _check_task_arguments(length: int, vocab_size: int, trigger_token: int) -> N
 
 
 def sample_induction_batch(rng: np.random.Generator, batch_size: int, length: int,
-                           vocab_size: int = 16, trigger_token: int = 15,
+                           vocab_size: int = VOCAB_SIZE, trigger_token: int = TRIGGER_TOKEN,
                            ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw a batch of induction-task sequences.
 
@@ -126,8 +130,8 @@ def sample_induction_batch(rng: np.random.Generator, batch_size: int, length: in
     return tokens, targets, trigger_positions
 
 
-def validation_sequence(length: int, index: int, seed: int, vocab_size: int = 16,
-                        trigger_token: int = 15) -> Tuple[np.ndarray, int, int]:
+def validation_sequence(length: int, index: int, seed: int, vocab_size: int = VOCAB_SIZE,
+                        trigger_token: int = TRIGGER_TOKEN) -> Tuple[np.ndarray, int, int]:
     """Sequence ``index`` of the fixed validation set at ``length``.
 
     Each sequence has its own seed ``(seed, length, index)``, so the set at a length
@@ -144,8 +148,8 @@ def validation_sequence(length: int, index: int, seed: int, vocab_size: int = 16
     return tokens[0], int(targets[0]), int(positions[0])
 
 
-def validation_set(length: int, n_sequences: int, seed: int, vocab_size: int = 16,
-                   trigger_token: int = 15, start: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def validation_set(length: int, n_sequences: int, seed: int, vocab_size: int = VOCAB_SIZE,
+                   trigger_token: int = TRIGGER_TOKEN, start: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sequences ``start .. start + n_sequences - 1`` of the fixed validation set at ``length``.
 
     Returns
@@ -167,7 +171,7 @@ def validation_set(length: int, n_sequences: int, seed: int, vocab_size: int = 1
 
 
 def iter_validation_batches(length: int, n_sequences: int, batch_size: int, seed: int,
-                            vocab_size: int = 16, trigger_token: int = 15,
+                            vocab_size: int = VOCAB_SIZE, trigger_token: int = TRIGGER_TOKEN,
                             ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Yield ``(tokens [b, L], targets [b])`` batches covering the validation set in order."""
     for start in range(0, n_sequences, batch_size):
@@ -177,39 +181,6 @@ def iter_validation_batches(length: int, n_sequences: int, batch_size: int, seed
 
 
 # ----------------------------------------------------------------------------- statistics
-
-def wilson_interval(successes: "int | np.ndarray", trials: "int | np.ndarray",
-                    confidence: float = 0.95) -> Tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval for a binomial proportion (scipy's ``binomtest``).
-
-    Parameters
-    ----------
-    successes, trials : int or array of int, same shape
-        Correct answers and sequences per cell (trials >= 1).
-    confidence : float
-        Confidence level.
-
-    Returns
-    -------
-    low, high : ndarray of float, the input's shape
-    """
-    from scipy.stats import binomtest
-
-    k = np.atleast_1d(np.asarray(successes, dtype=np.int64))
-    n = np.atleast_1d(np.asarray(trials, dtype=np.int64))
-    if k.shape != n.shape:
-        raise InputError(f"successes and trials must have one shape, got {k.shape} and {n.shape}")
-    if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
-        raise InputError("need 0 <= successes <= trials and trials >= 1")
-    low = np.empty(k.shape)
-    high = np.empty(k.shape)
-    # binomtest is scalar-only; a handful of cells (lengths x encodings).
-    for index in np.ndindex(k.shape):
-        interval = binomtest(int(k[index]), int(n[index])).proportion_ci(confidence, method="wilson")
-        low[index], high[index] = interval.low, interval.high
-    shape = np.shape(successes)
-    return low.reshape(shape), high.reshape(shape)
-
 
 def lag_attention(patterns: np.ndarray, query_positions: np.ndarray, earlier_positions: np.ndarray,
                   lags: Sequence[int] = tuple(ATTN_CRP_LAGS), key_stop: Optional[np.ndarray] = None,
@@ -275,7 +246,7 @@ def lag_attention(patterns: np.ndarray, query_positions: np.ndarray, earlier_pos
 
 
 def repeated_block_prompts(rng: np.random.Generator, n_prompts: int, block_length: int,
-                           vocab_size: int = 16, trigger_token: int = 15,
+                           vocab_size: int = VOCAB_SIZE, trigger_token: int = TRIGGER_TOKEN,
                            ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Repeated random blocks of distinct non-trigger tokens (DESIGN.md section 2, no BOS).
 
@@ -343,8 +314,9 @@ def plot_accuracy_vs_length(results: "Dict[str, Dict[str, np.ndarray]]", train_l
     ax.set_xlabel("log2 sequence length")
     ax.set_ylabel("accuracy at last position (%)")
     ax.set_ylim(-3, 103)
-    ax.axhline(100 / 15, color="grey", lw=0.6, ls="-.")
-    ax.text(ax.get_xlim()[1], 100 / 15 + 1.5, "chance 1/15", ha="right", fontsize=7, color="grey")
+    n_values = VOCAB_SIZE - 1   # chance: a uniform guess among the non-trigger ids
+    ax.axhline(100 / n_values, color="grey", lw=0.6, ls="-.")
+    ax.text(ax.get_xlim()[1], 100 / n_values + 1.5, f"chance 1/{n_values}", ha="right", fontsize=7, color="grey")
     ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, 0.9))
     ax.set_title(title or "Induction-heads task: length generalization (2 layers, 8 heads, d_model 64)",
                  fontsize=9)
@@ -383,8 +355,10 @@ def plot_training_curves(curves: "Dict[str, Dict[str, np.ndarray]]", target_accu
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("train loss (mean since last eval)")
     ax_loss.set_yscale("log")
-    ax_loss.axhline(np.log(15), color="grey", lw=0.8, ls=":")   # uniform over the 15 values
-    ax_loss.text(ax_loss.get_xlim()[0], np.log(15), " chance: ln 15", va="bottom", fontsize=7, color="grey")
+    n_values = VOCAB_SIZE - 1   # chance: uniform over the non-trigger ids
+    ax_loss.axhline(np.log(n_values), color="grey", lw=0.8, ls=":")
+    ax_loss.text(ax_loss.get_xlim()[0], np.log(n_values), f" chance: ln {n_values}", va="bottom", fontsize=7,
+                 color="grey")
     ax_acc.axhline(100 * target_accuracy, color="grey", lw=0.8, ls=":")
     ax_acc.set_xlabel("step")
     ax_acc.set_ylabel(f"validation accuracy (%), at {train_length}\nor the curriculum stage's length")
@@ -434,7 +408,7 @@ def plot_lag_crp_panels(stats: "Dict[str, dict]", encoding: str, layer: int = 1)
 # ----------------------------------------------------------------------------- training and evaluation
 
 def training_step(model, optimizer, rng: np.random.Generator, batch_size: int, length: int,
-                  vocab_size: int = 16, trigger_token: int = 15) -> Tuple[float, float]:
+                  vocab_size: int = VOCAB_SIZE, trigger_token: int = TRIGGER_TOKEN) -> Tuple[float, float]:
     """One Adam step on a fresh batch; loss and accuracy at the last position only.
 
     Parameters
@@ -465,8 +439,41 @@ def training_step(model, optimizer, rng: np.random.Generator, batch_size: int, l
     return float(loss.detach()), float(accuracy)
 
 
+def iter_validation_scores(model, length: int, n_sequences: int, seed: int, batch_size: int,
+                           method: str = "auto", vocab_size: int = VOCAB_SIZE, trigger_token: int = TRIGGER_TOKEN,
+                           ) -> Iterator[Tuple[int, int, float, float]]:
+    """Score the fixed validation set at ``length`` batch by batch, in order.
+
+    Parameters
+    ----------
+    model : icl_cmr.tiny_transformer.TinyTransformer
+    length, n_sequences, seed : int
+        Which validation set (see :func:`validation_set`) and how much of it.
+    batch_size : int
+        Sequences per forward pass.
+    method : str
+        Passed to ``model.last_logits``.
+
+    Yields
+    ------
+    (n_sequences, n_correct, wall_seconds, cpu_seconds) : tuple
+        One batch: its size, the sequences answered correctly at the last position,
+        and the forward pass's wall and CPU time.
+    """
+    import time
+
+    import torch
+
+    for tokens, targets in iter_validation_batches(length, n_sequences, batch_size, seed, vocab_size, trigger_token):
+        wall, cpu = time.perf_counter(), time.process_time()
+        with torch.no_grad():
+            logits = model.last_logits(torch.from_numpy(tokens), method=method)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        yield len(targets), int((logits.argmax(dim=-1).numpy() == targets).sum()), wall, cpu
+
+
 def evaluate_accuracy(model, length: int, n_sequences: int, seed: int, batch_size: int = 64,
-                      method: str = "auto", vocab_size: int = 16, trigger_token: int = 15,
+                      method: str = "auto", vocab_size: int = VOCAB_SIZE, trigger_token: int = TRIGGER_TOKEN,
                       progress: bool = False) -> Tuple[int, np.ndarray]:
     """Accuracy at the last position on the fixed validation set at ``length``.
 
@@ -487,19 +494,12 @@ def evaluate_accuracy(model, length: int, n_sequences: int, seed: int, batch_siz
     seconds : ndarray, shape [n_batches]
         Wall time of each forward pass (divide by its batch size for per-sequence time).
     """
-    import time
-
-    import torch
     from tqdm.auto import tqdm
 
-    correct = 0
-    seconds = []
-    batches = iter_validation_batches(length, n_sequences, batch_size, seed, vocab_size, trigger_token)
-    with torch.no_grad():
-        for tokens, targets in tqdm(batches, total=-(-n_sequences // batch_size), disable=not progress,
-                                    desc=f"L={length}", leave=False):
-            start = time.perf_counter()
-            logits = model.last_logits(torch.from_numpy(tokens), method=method)
-            seconds.append(time.perf_counter() - start)
-            correct += int((logits.argmax(dim=-1).numpy() == targets).sum())
+    scores = iter_validation_scores(model, length, n_sequences, seed, batch_size, method, vocab_size, trigger_token)
+    correct, seconds = 0, []
+    for _, batch_correct, wall, _ in tqdm(scores, total=-(-n_sequences // batch_size), disable=not progress,
+                                          desc=f"L={length}", leave=False):
+        correct += batch_correct
+        seconds.append(wall)
     return correct, np.asarray(seconds)

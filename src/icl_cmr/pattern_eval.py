@@ -22,6 +22,7 @@ import numpy as np
 from .attention_knockout import batch_knockout_mask, kind_codes, knockout_hooks, token_kinds
 from .errors import InputError
 from .pattern_tasks import KIND_SPACE, PatternPrompt, Segment
+from .stats import wilson_interval
 
 logger = logging.getLogger(__name__)
 
@@ -332,14 +333,11 @@ def accuracy_with_ci(correct: np.ndarray, confidence: float = 0.95) -> Tuple[flo
     -------
     (accuracy, low, high) : tuple of float
     """
-    from scipy.stats import binomtest
-
     correct = np.asarray(correct, dtype=bool)
     if correct.size == 0:
         raise InputError("accuracy of zero items is undefined")
     k, n = int(correct.sum()), int(correct.size)
-    interval = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return k / n, float(interval.low), float(interval.high)
+    return (k / n, *wilson_interval(k, n, confidence))
 
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> Tuple[int, int, float]:

@@ -48,6 +48,29 @@ def significance_stars(p_value: float) -> str:
     return "n.s."
 
 
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> Tuple[float, float]:
+    """Wilson score interval of a binomial proportion (``scipy.stats.binomtest``).
+
+    Parameters
+    ----------
+    successes, trials : int
+        Correct answers out of ``trials >= 1``.
+    confidence : float
+        Confidence level.
+
+    Returns
+    -------
+    (low, high) : tuple of float
+    """
+    from scipy.stats import binomtest
+
+    successes, trials = int(successes), int(trials)
+    if trials < 1 or not 0 <= successes <= trials:
+        raise InputError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
+    interval = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
 def paired_comparison(a: np.ndarray, b: np.ndarray,
                       config: PairedStatsConfig = PairedStatsConfig()) -> Dict[str, float]:
     """Compare two paired samples (``a[i]`` and ``b[i]`` from the same prompt).

@@ -48,20 +48,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
+from .induction_task import VOCAB_SIZE
 
 #: Selectable position encodings.
 POSITION_ENCODINGS = ("absolute", "rope", "alibi", "none")
 
+#: Encodings whose first-layer queries, keys and values depend on the token id alone, so
+#: ``last_logits(method="token_types")`` is exact and linear in time (module docstring).
+TOKEN_TYPE_ENCODINGS = ("alibi", "none")
+
 #: Rows of the beyond-training position table drawn per seeded block (see position_rows).
 _EXTRA_POSITION_BLOCK = 4096
+
+
+def fastest_exact_method(position_encoding: str) -> str:
+    """The ``last_logits`` method for long inputs: ``"token_types"`` where it is exact, else ``"blocked"``."""
+    return "token_types" if position_encoding in TOKEN_TYPE_ENCODINGS else "blocked"
 
 
 @dataclass(frozen=True)
 class TinyTransformerConfig:
     """Model hyper-parameters. Defaults: DESIGN.md section 7 / [GD23] section 4.1.2."""
 
-    #: 16 token ids, trigger included. [GD23] App. E.1.
-    vocab_size: int = 16
+    #: Token ids, trigger included: the induction task's vocabulary.
+    vocab_size: int = VOCAB_SIZE
     #: 2 layers, 8 heads, d_model 64. DESIGN.md section 7 (course assignment after [GD23]).
     n_layers: int = 2
     n_heads: int = 8
@@ -353,10 +363,10 @@ class TinyTransformer(nn.Module):
         """
         encoding = self.config.position_encoding
         if method == "auto":
-            method = "token_types" if encoding in ("alibi", "none") else "blocked"
+            method = fastest_exact_method(encoding)
         if method not in ("blocked", "token_types"):
             raise InputError(f"method must be 'blocked', 'token_types' or 'auto', got {method!r}")
-        if method == "token_types" and encoding not in ("alibi", "none"):
+        if method == "token_types" and encoding not in TOKEN_TYPE_ENCODINGS:
             raise InputError(f"method 'token_types' needs position_encoding 'alibi' or 'none', got {encoding!r}")
         length = tokens.shape[1]
         positions = torch.arange(length)
