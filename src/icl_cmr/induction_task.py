@@ -350,7 +350,7 @@ def plot_training_curves(curves: "Dict[str, Dict[str, np.ndarray]]", target_accu
             step = curve["step"][index - 1]
             for ax in (ax_loss, ax_acc):
                 ax.axvline(step, color=line.get_color(), lw=0.6, ls="--", alpha=0.6)
-            ax_acc.text(step, 2, f" L={lengths[index]}", fontsize=6, color=line.get_color(), rotation=90,
+            ax_acc.text(step, 2, f" L={int(lengths[index])}", fontsize=6, color=line.get_color(), rotation=90,
                         va="bottom")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("train loss (mean since last eval)")
