@@ -352,6 +352,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(args.verbose)
     from icl_cmr.head_ablation import format_heads
     from icl_cmr.io import ensure_writable_dir, make_metadata, save_figure, save_json, save_text
+    from icl_cmr.outputs import portable_path
     from icl_cmr.pattern_eval import plot_accuracy_bars
     from icl_cmr.pattern_tasks import prompts_to_json
 
@@ -378,7 +379,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     figure_path = fig_dir / f"{spec.name}_accuracy.pdf"
     save_figure(figure, figure_path)
     save_json(out_dir / "metadata.json", make_metadata(
-        "pattern_icl.py", parameters, seed=args.task_seed, model=spec.source, n_layers=info["n_layers"],
+        "pattern_icl.py", parameters, seed=args.task_seed, model=portable_path(spec.source), n_layers=info["n_layers"],
         n_heads=info["n_heads"], mean_reference=info["reference"], wall_time_s=round(time.monotonic() - started, 1)))
     logger.info("wrote %s/{prompts.json,heads.json,items.csv,results.csv,results_by_seed.csv,stats.csv,"
                 "metadata.json} and %s", out_dir, figure_path)

@@ -33,6 +33,7 @@ import numpy as np
 from icl_cmr import toy_lm
 from icl_cmr.cli import non_negative_int, positive_int, run_cli, setup_logging
 from icl_cmr.io import ensure_writable_dir, load_json, make_metadata, save_figure, save_json, save_text
+from icl_cmr.outputs import portable_path
 
 logger = logging.getLogger("train_toy_lm")
 
@@ -236,7 +237,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "n_train_files": len(train_files), "n_held_out_files": len(held_files),
         "n_train_tokens": int(stream.size),
         "train_corpus_sha256": toy_lm.corpus_fingerprint(train_files, root),
-        "stdlib_dir": str(root),
+        "stdlib_dir": portable_path(root),
         "monitor_matching_scores": result.final_matching_scores.tolist(),
     }
 
