@@ -358,6 +358,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if args.prompts_file is None and args.n_items < 2:
         raise InputError("--n-items must be >= 2 so both classes are asked")
+    from icl_cmr.models import resolve_model
+    from icl_cmr.outputs import check_writable_dir
+
+    check_writable_dir(args.out_dir / resolve_model(args.model).name, "--out-dir")  # before the model loads
+    check_writable_dir(args.fig_dir, "--fig-dir")
     started = time.monotonic()
     items, info = run(args)
     spec = info["spec"]
