@@ -236,7 +236,7 @@ def test_files_written_by_score_format_are_found_and_read(tmp_path):
     rng = np.random.default_rng(3)
     shape = (2, 4)
     crp = rng.normal(size=shape + (16,))
-    scores = assemble_score_dict(rng.random(shape), rng.uniform(-1, 1, shape), crp, crp / 10, rng.random(shape + (16,)),
+    scores = assemble_score_dict(rng.random(shape), rng.uniform(-1, 1, shape), crp, np.abs(crp) / 10, rng.random(shape + (16,)),
                                  rng.random(shape + (16,)), rng.random(shape), metadata={"seed": 0})
     path = save_pickle(default_score_path("pythia-70m", 10, root=tmp_path), scores)
     assert find_score_file(tmp_path, "pythia-70m-deduped-v0", 10) == path
