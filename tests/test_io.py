@@ -536,3 +536,9 @@ def test_a_checkpoint_whose_zip_records_declare_more_than_the_file_is_refused(tm
     (tmp_path / "m.pt").write_bytes(bytes(raw))
     with pytest.raises(CorruptFileError, match="zip records declare"):
         load_torch(tmp_path / "m.pt")
+
+
+def test_a_jsonl_line_with_nul_bytes_is_refused_as_binary(tmp_path):
+    (tmp_path / "d.jsonl").write_bytes(b'{"text": "a"}\n\x00\x01\x02\n')
+    with pytest.raises(CorruptFileError, match=r"line 2 is not text: NUL byte at offset 14"):
+        list(iter_jsonl(tmp_path / "d.jsonl"))

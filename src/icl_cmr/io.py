@@ -293,7 +293,8 @@ def iter_jsonl(path: "str | os.PathLike[str]") -> Iterator[Tuple[int, Any]]:
     FileNotFoundError
         If the file does not exist.
     CorruptFileError
-        At the first line that is not UTF-8 (with its byte offset) or not valid JSON (with its column).
+        At the first line that is not UTF-8 or holds a NUL byte (with its byte offset), or is not
+        valid JSON (with its column).
     """
     path = Path(path)
     offset = 0
@@ -304,6 +305,10 @@ def iter_jsonl(path: "str | os.PathLike[str]") -> Iterator[Tuple[int, Any]]:
             except UnicodeDecodeError as err:
                 raise CorruptFileError(path, f"line {number} is not UTF-8 text: byte 0x{raw[err.start]:02x} at offset "
                                              f"{offset + err.start} cannot be decoded (a binary file?)") from None
+            nul = raw.find(b"\0")
+            if nul >= 0:
+                raise CorruptFileError(path, f"line {number} is not text: NUL byte at offset {offset + nul} "
+                                             "(a binary file?)")
             offset += len(raw)
             if number == 1 and line.startswith("\ufeff"):
                 line = line[1:]

@@ -23,9 +23,9 @@ import numpy as np
 from .config import (ATTN_CRP_LAGS, BETA_ENC_GRID, BETA_REC_GRID, CMR_CRP_LAGS, CMR_GRID_MEAN_FILENAME,
                      GAMMA_FT_GRID)
 from .errors import FileContentError, InputError
-from .file_checks import ArraySpec, check_arrays
+from .file_checks import ArraySpec, check_array, check_arrays
 from .fitting import CmrGrid
-from .io import load_json, load_pickle, to_numpy
+from .io import load_json, load_pickle
 from .score_format import head_labels
 
 logger = logging.getLogger(__name__)
@@ -311,22 +311,30 @@ def load_checkpoint_series(scores_dir: "str | Path", model: str,
 
 # ----------------------------------------------------------------------------- CMR grids
 
-def _grid_axes_from_sidecar(meta: dict, path: Path) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Axis values from a grid's JSON sidecar: keys at top level, under ``axes`` or ``parameters``."""
+def _grid_axes_from_sidecar(meta: Any, path: Path,
+                            grid_shape: Tuple[int, ...]) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Axis values from a grid's JSON sidecar: keys at top level, under ``axes`` or ``parameters``.
+
+    Returns None when the sidecar names no axes (e.g. other metadata); raises
+    :class:`FileContentError` when it names them wrongly: values that are not numbers in
+    [0, 1], or counts that differ from the grid's ``grid_shape`` [n_beta_enc, n_beta_rec, n_gamma_ft].
+    """
     if not isinstance(meta, dict):
         return None
     for container in (meta, meta.get("axes", {}), meta.get("parameters", {})):
         if not isinstance(container, dict):
             continue
-        found = []
+        found = {}
         for name in ("beta_enc", "beta_rec", "gamma_ft"):
-            value = next((container[key] for key in (name, f"{name}_grid", f"{name}_values") if key in container), None)
-            found.append(value)
-        if all(v is not None for v in found):
-            try:
-                return tuple(np.asarray(v, dtype=float).ravel() for v in found)  # type: ignore[return-value]
-            except (TypeError, ValueError):
-                raise InputError(f"{path}: grid axes must be lists of numbers") from None
+            key = next((key for key in (name, f"{name}_grid", f"{name}_values") if key in container), None)
+            if key is not None:
+                found[name] = (key, container[key])
+        if len(found) < 3:
+            continue
+        sizes = {"n_beta_enc": grid_shape[0], "n_beta_rec": grid_shape[1], "n_gamma_ft": grid_shape[2]}
+        return tuple(check_array(value, str(path), key, ArraySpec((f"n_{name}",), low=0.0, high=1.0, nan=False,
+                                                                  meaning="CMR parameter values"), sizes)
+                     for name, (key, value) in found.items())  # type: ignore[return-value]
     return None
 
 
@@ -384,7 +392,7 @@ def read_cmr_grid(path: "str | Path | None" = None, sem_path: "str | Path | None
     axes = None
     for sidecar in grid_sidecar_candidates(path):
         if sidecar.is_file():
-            axes = _grid_axes_from_sidecar(load_json(sidecar), sidecar)
+            axes = _grid_axes_from_sidecar(load_json(sidecar), sidecar, mean.shape[:3])
             if axes is not None:
                 logger.debug("grid axes from %s", sidecar)
                 break
