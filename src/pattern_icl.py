@@ -147,11 +147,11 @@ def conditions(ablate: Sequence[str], methods: Sequence[str], sets: Dict[str, di
 
 
 def _prompts(args, task_names: Sequence[str]):
-    from icl_cmr.io import load_json
-    from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts, prompts_from_json
+    from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts
+    from icl_cmr.result_files import read_pattern_prompts
 
     if args.prompts_file is not None:
-        prompts, config = prompts_from_json(load_json(args.prompts_file))
+        prompts, config = read_pattern_prompts(args.prompts_file)
         missing = [name for name in task_names if name not in prompts]
         if missing:
             raise InputError(f"{args.prompts_file} has no prompts for task(s) {', '.join(missing)}; "

@@ -8,7 +8,7 @@ import torch
 from icl_cmr.ablation_experiment import BatchSummary
 from icl_cmr.errors import FileContentError
 from icl_cmr.io import save_pickle
-from icl_cmr.result_files import read_ablation_result, read_cmr_fit, read_top_heads
+from icl_cmr.result_files import read_ablation_result, read_cmr_fit, read_pattern_prompts, read_top_heads
 
 
 def fit_dict(n_layers=2, n_heads=3):
@@ -185,3 +185,43 @@ def test_a_damaged_batch_summary_is_refused(change, message):
     change(arrays)
     with pytest.raises(FileContentError, match=message):
         BatchSummary.from_arrays(arrays, source="batch_000003.npz")
+
+
+# ----------------------------------------------------------------------------- pattern-task prompt files
+
+def _prompt_file():
+    from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts, prompts_to_json
+
+    config = PatternTaskConfig(n_items=2, demo_seeds=(0,))
+    return prompts_to_json({"repetition": generate_prompts("repetition", config)}, config)
+
+
+def test_a_prompt_file_round_trips(tmp_path):
+    from icl_cmr.io import save_json
+    from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts
+
+    path = save_json(tmp_path / "prompts.json", _prompt_file())
+    prompts, config = read_pattern_prompts(path)
+    assert config == PatternTaskConfig(n_items=2, demo_seeds=(0,))
+    assert prompts["repetition"] == generate_prompts("repetition", config)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(format="other"), "not a pattern-task prompt file"),
+    (lambda d: d.update(tasks=[]), "'tasks' is a list, expected an object"),
+    (lambda d: d["config"].update(shots="x"), "'config': 'shots' is 'x', expected a positive whole number"),
+    (lambda d: d["config"].pop("seed"), "'config' has no seed"),
+    (lambda d: d["tasks"]["repetition"][1].update(label_index=2),
+     r"tasks\['repetition'\]\[1\]: 'label_index' is 2, expected an index into its 2 labels"),
+    (lambda d: d["tasks"]["repetition"][0].update(query=5), "'query' must be a non-empty list of strings"),
+    (lambda d: d["tasks"]["repetition"][0]["segments"][2].update(end=10 ** 6),
+     r"tasks\['repetition'\]\[0\]\['segments'\]\[2\]: start .* must be character offsets"),
+    (lambda d: d["tasks"]["repetition"][0].update(extra=1), "unknown extra"),
+])
+def test_a_prompt_file_with_the_wrong_content_names_the_place(tmp_path, change, message):
+    from icl_cmr.io import save_json
+
+    data = _prompt_file()
+    change(data)
+    with pytest.raises(FileContentError, match=message):
+        read_pattern_prompts(save_json(tmp_path / "prompts.json", data))

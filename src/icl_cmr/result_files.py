@@ -1,4 +1,4 @@
-"""Readers of the result files scripts read back: CMR fits, ablation results, top-head selections.
+"""Readers of the result files scripts read back: CMR fits, ablation results, top-head selections, prompts.
 
 One validating reader per format; each loads through :func:`icl_cmr.io.load_pickle`
 (restricted, size-checked) and checks every key it uses with
@@ -13,6 +13,7 @@ format                          written by                             reader
 ``cmr_fit_<model>.pkl``         ``fit_attn_score.py``                  :func:`read_cmr_fit`
 ``ablation_experiment_*.pkl``   ``ablation.py`` ([LI24]'s three keys)  :func:`read_ablation_result`
 ``cmr_top_*_<tag>.pkl``         ``select_fit.py``, ``select_fit_xtra``  :func:`read_top_heads`
+``prompts.json``                ``pattern_icl.py``                     :func:`read_pattern_prompts`
 ==============================  =====================================  ==========================
 """
 from __future__ import annotations
@@ -251,3 +252,116 @@ def read_top_heads(path: "str | Path") -> Dict[str, Dict[str, Any]]:
             checkpoints["n_checkpoints"] = sizes["n_checkpoints"]
         records[name] = {**content[name], **arrays}
     return records
+
+
+# ----------------------------------------------------------------------------- pattern-task prompt files
+
+#: ``format`` of ``pattern_icl.py``'s ``prompts.json`` (:func:`icl_cmr.pattern_tasks.prompts_to_json`).
+PATTERN_PROMPTS_FORMAT = "icl_cmr.pattern_tasks/1"
+
+_PROMPT_FIELDS = ("task", "item", "demo_seed", "query", "label_index", "labels", "text", "segments")
+_SEGMENT_FIELDS = ("start", "end", "kind", "category")
+_CONFIG_FIELDS = ("shots", "n_items", "demo_seeds", "seed")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_str_list(value: Any, min_length: int = 1) -> bool:
+    return isinstance(value, list) and len(value) >= min_length and all(isinstance(v, str) for v in value)
+
+
+def _check_fields(entry: Any, fields: tuple, source: str, where: str) -> dict:
+    if not isinstance(entry, dict):
+        raise FileContentError(source, f"{where} is a {type(entry).__name__}, expected an object with "
+                                       f"{', '.join(fields)}")
+    missing = [name for name in fields if name not in entry]
+    extra = [str(name) for name in entry if name not in fields]
+    if missing or extra:
+        raise FileContentError(source, f"{where} has {'no ' + ', '.join(missing) if missing else ''}"
+                                       f"{'; ' if missing and extra else ''}"
+                                       f"{'unknown ' + ', '.join(extra) if extra else ''}; expected {', '.join(fields)}")
+    return entry
+
+
+def _check_prompt(entry: Any, name: str, source: str, where: str) -> None:
+    entry = _check_fields(entry, _PROMPT_FIELDS, source, where)
+    problems = []
+    if entry["task"] != name:
+        problems.append(f"'task' is {entry['task']!r:.40}, expected {name!r}")
+    for key in ("item", "demo_seed"):
+        if not _is_int(entry[key]) or entry[key] < 0:
+            problems.append(f"'{key}' is {entry[key]!r:.40}, expected a non-negative whole number")
+    if not _is_str_list(entry["query"]):
+        problems.append("'query' must be a non-empty list of strings")
+    if not _is_str_list(entry["labels"], 2):
+        problems.append("'labels' must be a list of at least 2 strings")
+    elif not _is_int(entry["label_index"]) or not 0 <= entry["label_index"] < len(entry["labels"]):
+        problems.append(f"'label_index' is {entry['label_index']!r:.40}, expected an index into its "
+                        f"{len(entry['labels'])} labels")
+    if not isinstance(entry["text"], str) or not entry["text"]:
+        problems.append("'text' must be a non-empty string")
+    if problems:
+        raise FileContentError(source, f"{where}: {problems[0]}")
+    if not isinstance(entry["segments"], list):
+        raise FileContentError(source, f"{where}: 'segments' is a {type(entry['segments']).__name__}, expected a list")
+    for k, segment in enumerate(entry["segments"]):
+        at = f"{where}['segments'][{k}]"
+        segment = _check_fields(segment, _SEGMENT_FIELDS, source, at)
+        if not (_is_int(segment["start"]) and _is_int(segment["end"])
+                and 0 <= segment["start"] <= segment["end"] <= len(entry["text"])):
+            raise FileContentError(source, f"{at}: start {segment['start']!r:.20} and end {segment['end']!r:.20} "
+                                           f"must be character offsets 0 <= start <= end <= {len(entry['text'])}")
+        if any(segment[key] is not None and not isinstance(segment[key], str) for key in ("kind", "category")):
+            raise FileContentError(source, f"{at}: 'kind' and 'category' must be strings or null")
+
+
+def read_pattern_prompts(path: "str | Path"):
+    """Read ``pattern_icl.py``'s saved ``prompts.json`` (to rerun exactly those prompts) and validate it.
+
+    Returns
+    -------
+    prompts : dict of str -> list of icl_cmr.pattern_tasks.PatternPrompt
+    config : icl_cmr.pattern_tasks.PatternTaskConfig
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    CorruptFileError
+        Not UTF-8, or not valid JSON.
+    FileContentError
+        Not a prompt file (wrong ``format``), or a config, task or prompt entry of the wrong
+        shape: the message gives its place, e.g. ``tasks['repetition'][3]: 'label_index' is 2,
+        expected an index into its 2 labels``.
+    """
+    from .io import load_json
+    from .pattern_tasks import prompts_from_json
+
+    source = str(path)
+    data = load_json(path)
+    if not isinstance(data, dict) or data.get("format") != PATTERN_PROMPTS_FORMAT:
+        actual = describe_content(data)
+        raise FileContentError(source, f"{'is ' + actual + ', ' if actual else ''}not a pattern-task prompt file: "
+                                       f"expected a JSON object with \"format\": \"{PATTERN_PROMPTS_FORMAT}\" "
+                                       "(pattern_icl.py's prompts.json)")
+    config = _check_fields(data.get("config"), _CONFIG_FIELDS, source, "'config'")
+    for key in ("shots", "n_items"):
+        if not _is_int(config[key]) or config[key] < 1:
+            raise FileContentError(source, f"'config': '{key}' is {config[key]!r:.40}, expected a positive whole number")
+    if not _is_int(config["seed"]) or config["seed"] < 0:
+        raise FileContentError(source, f"'config': 'seed' is {config['seed']!r:.40}, expected a non-negative whole number")
+    if not (isinstance(config["demo_seeds"], list) and config["demo_seeds"]
+            and all(_is_int(s) and s >= 0 for s in config["demo_seeds"])):
+        raise FileContentError(source, "'config': 'demo_seeds' must be a non-empty list of non-negative whole numbers")
+    tasks = data.get("tasks")
+    if not isinstance(tasks, dict) or not tasks:
+        raise FileContentError(source, f"'tasks' is {'empty' if tasks == {} else 'a ' + type(tasks).__name__}, "
+                                       "expected an object of task name -> list of prompts")
+    for name, entries in tasks.items():
+        if not isinstance(entries, list) or not entries:
+            raise FileContentError(source, f"tasks[{name!r}] must be a non-empty list of prompts")
+        for index, entry in enumerate(entries):
+            _check_prompt(entry, name, source, f"tasks[{name!r}][{index}]")
+    return prompts_from_json(data)
