@@ -47,7 +47,7 @@ from icl_cmr.head_ablation import ABLATION_METHODS, format_heads, mean_head_acti
 from icl_cmr.icl_score import ICLScoreConfig
 from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_pickle, make_metadata, save_figure, \
     save_json, save_pickle, save_text, to_numpy
-from icl_cmr.models import DTYPES, bos_token_id, load_model, resolve_model
+from icl_cmr.models import DTYPES, choose_bos, load_model, resolve_model
 from icl_cmr.score_files import fit_result_paths
 from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table
 from icl_cmr.text_data import TextDataConfig, iter_c4_texts, iter_local_texts, iter_prompts
@@ -334,7 +334,7 @@ def run(args: argparse.Namespace) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     spec = resolve_model(args.model_name)
     check_head_flags(args, spec.name)
-    model = load_model(spec, device=device, dtype=args.dtype)
+    model = load_model(spec, device=device, dtype=args.dtype, require_hooks=("pattern", "v", "z"))
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     icl_config.validate(data_config.seq_len, int(model.cfg.n_ctx))
     ablated, head_source, distances = choose_heads(args, n_layers, n_heads)
@@ -344,7 +344,7 @@ def run(args: argparse.Namespace) -> None:
     for seed, heads in zip(seeds, random_sets):
         logger.info("random control (seed %d): %s", seed, format_heads(heads))
 
-    tokens = load_prompts(args, model.tokenizer, bos_token_id(model), data_config)
+    tokens = load_prompts(args, model.tokenizer, choose_bos(model, None, spec.trust_remote_code).token_id, data_config)
     n_prompts = tokens.shape[0]
     parameters = {
         "model": spec.source, "model_name": spec.name, "dtype": args.dtype, "method": config.method,

@@ -27,7 +27,7 @@ from icl_cmr.copying import model_copying_scores
 from icl_cmr.errors import InputError
 from icl_cmr.head_scores import stream_attention_scores
 from icl_cmr.io import ensure_writable_dir, load_json, make_metadata, save_pickle
-from icl_cmr.models import DTYPES, bos_token_id, load_model, n_kv_heads, resolve_model
+from icl_cmr.models import DTYPES, choose_bos, has_tokenizer, load_model, n_kv_heads, resolve_model
 from icl_cmr.prompts import (FREQUENT_TOKEN_FILE, PromptConfig, bpe_merge_ranks, default_token_pool,
                              make_prompt_sets, parse_token_pool, pool_from_ids, prompt_offset, special_token_ids,
                              tokenizer_size)
@@ -67,7 +67,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              f"{FREQUENT_TOKEN_FILE} in a local model folder if present, else every non-special id")
     parser.add_argument("--exclude-extreme-fraction", type=_fraction, default=defaults.exclude_extreme_fraction,
                         help="drop this fraction of ids at each end of the BPE merge-rank order ([CS24])")
-    parser.add_argument("--no-bos", action="store_true", help="do not prepend the tokenizer's BOS token")
+    parser.add_argument("--bos", action=argparse.BooleanOptionalAction, default=None,
+                        help="prepend a BOS token (--bos) or not (--no-bos); default: the tokenizer's own BOS token "
+                             "when it defines one (GPT-2, Pythia, Llama, Mistral), none otherwise (Qwen2)")
     parser.add_argument("--prefix-block-len", type=positive_int, default=defaults.prefix_block_len,
                         help="prefix-matching prompts: distinct tokens per copy ([CS24]: 50)")
     parser.add_argument("--prefix-copies", type=positive_int, default=defaults.prefix_copies,
@@ -93,10 +95,23 @@ def _pick_device(device: Optional[str]) -> str:
 
 
 def _token_pool(args: argparse.Namespace, spec, model):
-    """The pool prompts are drawn from (explicit file, model folder's frequent ids, or the tokenizer's ids)."""
-    tokenizer = getattr(model, "tokenizer", None)
+    """The pool prompts are drawn from (explicit file, model folder's frequent ids, or the tokenizer's ids).
+
+    A checkpoint saved without tokenizer files gets a placeholder tokenizer of one token:
+    the pool is then the model's whole vocabulary minus the config's special ids.
+    """
+    tokenizer = getattr(model, "tokenizer", None) if has_tokenizer(model) else None
     vocab = tokenizer_size(tokenizer, int(model.cfg.d_vocab))
     special = special_token_ids(tokenizer)
+    if tokenizer is None:
+        config = getattr(getattr(model, "original_model", None), "config", None)
+        special = np.array(sorted({int(i) for i in (getattr(config, name, None) for name in
+                                                     ("bos_token_id", "eos_token_id", "pad_token_id"))
+                                   if isinstance(i, int) and 0 <= i < vocab}), dtype=np.int64)
+        if args.token_pool is None:
+            logger.warning("%s has no tokenizer files: drawing prompt tokens from all %d ids of the model's "
+                           "vocabulary except the config's special ids %s; pass --token-pool to choose them",
+                           spec.name, vocab, special.tolist())
     pool_file = args.token_pool
     if pool_file is None and spec.is_local and (Path(spec.source) / FREQUENT_TOKEN_FILE).is_file():
         pool_file = Path(spec.source) / FREQUENT_TOKEN_FILE
@@ -113,14 +128,14 @@ def _token_pool(args: argparse.Namespace, spec, model):
         if ranks is None:
             logger.info("tokenizer has no BPE merge list; ranking ids by id for --exclude-extreme-fraction")
     return default_token_pool(vocab, special, ranks, args.exclude_extreme_fraction,
-                              source="tokenizer" if tokenizer is not None else "range")
+                              source="tokenizer" if tokenizer is not None else "model vocabulary (no tokenizer files)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     config = PromptConfig(block_len=args.block_len, n_prompts=args.n_prompts, batch_size=args.batch_size,
-                          seed=args.seed, prepend_bos=not args.no_bos,
+                          seed=args.seed, prepend_bos=args.bos is not False,
                           exclude_extreme_fraction=args.exclude_extreme_fraction,
                           prefix_block_len=args.prefix_block_len, prefix_copies=args.prefix_copies,
                           prefix_n_prompts=args.prefix_n_prompts)
@@ -132,8 +147,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = _pick_device(args.device)
 
     start = time.monotonic()
-    model = load_model(spec, device=device, dtype=args.dtype)
-    bos = bos_token_id(model)
+    model = load_model(spec, device=device, dtype=args.dtype, require_hooks=("attn_scores", "pattern"))
+    bos_choice = choose_bos(model, args.bos, spec.trust_remote_code)
+    bos = bos_choice.token_id
     offset = prompt_offset(bos, config)
     repeat_len = offset + 2 * config.block_len
     prefix_len = offset + config.prefix_copies * config.prefix_block_len
@@ -176,10 +192,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "repeat_set": f"[BOS] + {config.block_len} distinct random ids + the same ids again",
             "prefix_set": f"[BOS] + {config.prefix_copies} copies of {config.prefix_block_len} distinct random ids",
             "bos_token_id": bos if offset else None,
+            "bos": bos_choice.describe(),
             "offset": offset, "repeat_prompt_len": repeat_len, "prefix_prompt_len": prefix_len,
             "queries_per_lag": attention.crp_scores.count.tolist(),
             "sem": "sample std (ddof 1) across all (prompt, query) pairs / sqrt(count)",
-            "copying_weights": "TransformerLens processed weights (fold_ln, center_writing_weights, center_unembed)",
+            "copying_weights": "HookedTransformer's processed weights (fold_ln, center_writing_weights, "
+                               "center_unembed), applied algebraically per layer (icl_cmr.copying)",
         },
         token_pool=pool.describe(),
         copying_score_error=copying_error,

@@ -187,7 +187,7 @@ def run(args) -> Tuple[object, dict]:
     import torch
 
     from icl_cmr.head_ablation import ablation_hooks
-    from icl_cmr.models import bos_token_id, load_model, resolve_model
+    from icl_cmr.models import choose_bos, load_model, resolve_model
     from icl_cmr.pattern_eval import encode_prompts, label_log_likelihoods, reference_means, score_choices
     from icl_cmr.pattern_tasks import TASKS
 
@@ -197,13 +197,14 @@ def run(args) -> Tuple[object, dict]:
     prompts, config = _prompts(args, task_names)
     spec = resolve_model(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(spec, device=device, dtype=args.dtype)
+    model = load_model(spec, device=device, dtype=args.dtype,
+                       require_hooks=("attn_scores", "pattern", "v", "z") if "knockout" in methods else ("pattern", "v", "z"))
     if getattr(model, "tokenizer", None) is None:
         raise InputError(f"model {spec.name} has no tokenizer; the pattern tasks are text")
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     sets = head_sets(args, spec, n_layers, n_heads, need_heads=bool({"induction", "random"} & set(ablate)))
     todo = conditions(ablate, methods, sets)
-    bos = bos_token_id(model)
+    bos = choose_bos(model, None, spec.trust_remote_code).token_id
     references = _reference_prompts(args, task_names, prompts, config) if "mean" in methods and sets else {}
     tables = []
     reference_info = {}
