@@ -20,6 +20,7 @@ Argument types (each a callable for ``add_argument(type=...)``; all reject nan a
 ``fraction``                number in (0, 1] (a share of heads)
 ``float_range(lo, hi)``     number within bounds, open or closed
 ``comma_list(item_type)``   ``"16,32,64"`` -> tuple of items
+``str2bool``                ``true/false``, ``yes/no``, ``1/0``
 ``device_arg``              ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` that exists here
 ==========================  ==========================================
 """
@@ -209,6 +210,16 @@ def comma_list(item_type: Callable[[str], Any], *, increasing: bool = False) -> 
 
     parse.__name__ = "comma-separated list"
     return parse
+
+
+def str2bool(text: str) -> bool:
+    """argparse type for the authors' ``--use_saved True/False`` (their ``type=bool`` read "False" as True)."""
+    value = str(text).strip().lower()
+    if value in ("true", "t", "yes", "y", "1", "on"):
+        return True
+    if value in ("false", "f", "no", "n", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"must be a boolean (true/false, yes/no, 1/0), got {text!r}")
 
 
 def device_arg(text: str) -> str:
