@@ -44,8 +44,9 @@ EXIT_BAD_INPUT = 2
 #: ``OSError`` counts (missing files, permissions, a full disk, a read-only folder).
 USER_ERRORS = (InputError, OSError)
 
-#: Largest seed: 32 bits, the range every random generator we use accepts (torch's
-#: ``manual_seed`` stops at 2**64 - 1; scripts add small offsets such as ``seed + k``).
+#: Largest seed: 32 bits, the portable range (numpy's legacy ``RandomState`` takes no
+#: more; ``torch.manual_seed`` fails with a traceback beyond 2**64 - 1), which leaves room
+#: for the offsets scripts add (``seed + k``).
 MAX_SEED = 2 ** 32 - 1
 
 #: Plain words for the OS errors users meet when writing results.
