@@ -41,14 +41,16 @@ import numpy as np
 from icl_cmr.ablation_experiment import (ABLATED, ABLATED_RAND, ORIGINAL, AblationConfig, BatchSummary,
                                          combine_batches, conditions, control_head_sets, evaluate_batch,
                                          top_fraction_heads)
-from icl_cmr.cli import non_negative_int, positive_int, run_cli, setup_logging
+from icl_cmr.cli import (OneLineErrorParser, device_arg, fraction, int_range, non_negative_int, positive_int, run_cli,
+                         seed_int, setup_logging)
+from icl_cmr.devices import resolve_device
 from icl_cmr.errors import FileContentError, InputError
 from icl_cmr.head_ablation import ABLATION_METHODS, format_heads, mean_head_activations, parse_heads, validate_heads
 from icl_cmr.icl_score import ICLScoreConfig
 from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_npz, make_metadata, read_text, \
     save_figure, save_json, save_pickle, save_text, to_numpy
+from icl_cmr.models import DTYPES, choose_bos, load_model, resolve_model
 from icl_cmr.result_files import read_ablation_result, read_cmr_fit
-from icl_cmr.models import DTYPES, bos_token_id, load_model, resolve_model
 from icl_cmr.score_files import fit_result_paths
 from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table
 from icl_cmr.text_data import TextDataConfig, iter_c4_texts, iter_local_texts, iter_prompts
@@ -64,8 +66,8 @@ PAIRS = ((ORIGINAL, ABLATED), (ORIGINAL, ABLATED_RAND), (ABLATED, ABLATED_RAND))
 
 def build_parser() -> argparse.ArgumentParser:
     config, icl, data = AblationConfig(), ICLScoreConfig(), TextDataConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("-m", "--model_name", "--model-name", dest="model_name", default="gpt2-small",
                         help="registry name (gpt2-small, pythia-70m, ..., mistral-7b, llama3-8b), Hugging Face id "
                              "or local folder saved with save_pretrained")
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     heads.add_argument("--fit-file", type=Path, default=None,
                        help="pickle with 'fitted_MSE' [L, H] (fit_attn_score.py's cmr_fit_<model>.pkl): the top "
                             "--fraction heads by lowest CMR distance are ablated (NaN never picked)")
-    parser.add_argument("--fraction", type=float, default=config.fraction,
+    parser.add_argument("--fraction", type=fraction, default=config.fraction,
                         help="fraction of all heads taken from --fit-file ([LI24]: top 10%%; count floor(f L H))")
     parser.add_argument("--method", choices=ABLATION_METHODS, default=config.method,
                         help="value: zero value vectors ([LI24]); output: zero the head output hook_z (identical "
@@ -88,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="random control sets; ablated_rand_icl_score is their per-prompt mean ([LI24]: 1)")
     parser.add_argument("--allow-overlap", action="store_true",
                         help="random sets may include ablated heads, as [LI24] drew them (default: excluded)")
-    parser.add_argument("--seed", type=non_negative_int, default=config.seed,
+    parser.add_argument("--seed", type=seed_int, default=config.seed,
                         help="random set k uses seed + k")
     parser.add_argument("--data", type=Path, default=None,
                         help="local .txt / .jsonl file or folder (JSONL field 'text'); default: stream C4 English "
@@ -96,15 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-eval", type=positive_int, default=config.n_eval,
                         help="evaluation prompts ([LI24] script: 1000; their GPT-2 file: 5000)")
     parser.add_argument("--batch-size", type=positive_int, default=config.batch_size, help="prompts per forward pass")
-    parser.add_argument("--seq-len", type=positive_int, default=data.seq_len,
+    # >= 3: the ICL score needs 0 <= early < late <= seq_len - 2 (ICLScoreConfig.validate)
+    parser.add_argument("--seq-len", type=int_range(3), default=data.seq_len,
                         help="tokens per prompt, BOS included ([LI24]: 512)")
     parser.add_argument("--min-tokens", type=positive_int, default=None,
                         help="keep documents with at least this many tokens (default: --seq-len; [LI24]: 512)")
-    parser.add_argument("--late-index", type=non_negative_int, default=icl.late_index,
+    parser.add_argument("--late-index", type=positive_int, default=icl.late_index,
                         help="loss index of the late token ([LI24]: 500)")
     parser.add_argument("--early-index", type=non_negative_int, default=icl.early_index,
                         help="loss index of the early token ([LI24]: 50)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--device", type=device_arg, default=None,
+                        help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--restart", action="store_true",
                         help="discard saved partial results of this model and start over (default: resume)")
@@ -325,10 +329,10 @@ def run(args: argparse.Namespace) -> None:
     data_config = TextDataConfig(min_tokens=args.min_tokens or args.seq_len, seq_len=args.seq_len)
     icl_config = ICLScoreConfig(late_index=args.late_index, early_index=args.early_index)
     icl_config.validate(data_config.seq_len)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     spec = resolve_model(args.model_name)
     check_head_flags(args, spec.name)
-    model = load_model(spec, device=device, dtype=args.dtype)
+    model = load_model(spec, device=device, dtype=args.dtype, require_hooks=("pattern", "v", "z"))
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     icl_config.validate(data_config.seq_len, int(model.cfg.n_ctx))
     ablated, head_source, distances = choose_heads(args, n_layers, n_heads)
@@ -338,7 +342,7 @@ def run(args: argparse.Namespace) -> None:
     for seed, heads in zip(seeds, random_sets):
         logger.info("random control (seed %d): %s", seed, format_heads(heads))
 
-    tokens = load_prompts(args, model.tokenizer, bos_token_id(model), data_config)
+    tokens = load_prompts(args, model.tokenizer, choose_bos(model, None, spec.trust_remote_code).token_id, data_config)
     n_prompts = tokens.shape[0]
     parameters = {
         "model": spec.source, "model_name": spec.name, "dtype": args.dtype, "method": config.method,

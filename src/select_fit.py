@@ -33,9 +33,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from fit_attn_score import add_common_arguments, grid_parameters, load_grid, str2bool
+from fit_attn_score import add_common_arguments, grid_parameters, load_grid
 from icl_cmr.io import save_figure
-from icl_cmr.cli import non_negative_int, positive_int, run_cli, setup_logging
+from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_int, run_cli, setup_logging, str2bool
 from icl_cmr.errors import InputError
 from icl_cmr.fitting import CmrGrid, fit_heads
 from icl_cmr.io import ensure_writable_dir, make_metadata, save_pickle
@@ -184,7 +184,7 @@ def draw(selections: Dict[str, Dict[str, dict]], out_dir: Path, title: str, suff
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Top-N CMR-like and induction heads over training (Fig 7c-f).")
+    parser = OneLineErrorParser(description="Top-N CMR-like and induction heads over training (Fig 7c-f).")
     parser.add_argument("-m", "--models", "--model_name", nargs="+", default=list(PYTHIA_MODELS),
                         help="models to pool (default: the paper's eight Pythia models)")
     parser.add_argument("-t", "--n_top", type=positive_int, nargs="+", default=list(DEFAULT_TOP_N),

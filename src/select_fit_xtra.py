@@ -22,9 +22,9 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from fit_attn_score import add_common_arguments, grid_parameters, load_grid, str2bool
+from fit_attn_score import add_common_arguments, grid_parameters, load_grid
 from icl_cmr.io import save_figure
-from icl_cmr.cli import positive_int, run_cli, setup_logging
+from icl_cmr.cli import OneLineErrorParser, positive_int, run_cli, setup_logging, str2bool
 from icl_cmr.errors import InputError
 from icl_cmr.io import ensure_writable_dir, make_metadata, save_pickle
 from icl_cmr.result_files import read_top_heads
@@ -68,7 +68,7 @@ def draw(per_model: Dict[str, Dict[str, Dict[str, dict]]], out_dir: Path) -> lis
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Top-N CMR-like and induction heads per model (no checkpoints).")
+    parser = OneLineErrorParser(description="Top-N CMR-like and induction heads per model (no checkpoints).")
     parser.add_argument("-m", "--models", nargs="+", default=list(XTRA_MODELS), help="models (default: %(default)s)")
     parser.add_argument("-t", "--n_top", type=positive_int, nargs="+", default=list(DEFAULT_TOP_N),
                         help="set sizes N (default: %(default)s)")

@@ -28,6 +28,7 @@ import json
 import os
 import pickle
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -83,11 +84,20 @@ def atomic_write(path: "str | os.PathLike[str]", write: Callable[[io.BufferedWri
     -------
     Path
         The final path.
+
+    Raises
+    ------
+    OSError
+        When creating, writing, syncing or renaming the file fails (a full disk, a
+        read-only folder, ...), with ``filename`` set to ``path``, also when the writer
+        reported the failure otherwise (torch raises RuntimeError). The temporary file is
+        removed on every failure, and an existing file at ``path`` is left as it was.
     """
     target = Path(path)
     folder = ensure_writable_dir(target.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    tmp_name = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -95,13 +105,41 @@ def atomic_write(path: "str | os.PathLike[str]", write: Callable[[io.BufferedWri
             os.fchmod(handle.fileno(), 0o666 & ~_current_umask())
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    except BaseException as err:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass  # already gone, or the folder refuses even that: report the first error
+        os_error = _write_os_error(err) if isinstance(err, Exception) else None
+        if os_error is None:
+            raise
+        raise OSError(os_error.errno, _os_error_reason(os_error), str(target)) from err
     return target
+
+
+#: numpy's message for a short write to a real file (``ndarray.tofile``); it drops errno.
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
+
+
+def _write_os_error(err: Exception) -> Optional[OSError]:
+    """The OSError behind a failed write: ``err`` itself, or the one torch.save wraps in a RuntimeError."""
+    if isinstance(err, OSError):
+        return err
+    if isinstance(err, RuntimeError):
+        for candidate in (err.__cause__, err.__context__):
+            if isinstance(candidate, OSError):
+                return candidate
+    return None
+
+
+def _os_error_reason(err: OSError) -> str:
+    if err.strerror:
+        return err.strerror
+    short = _SHORT_WRITE.search(str(err))
+    if short is not None:
+        return f"wrote only {short.group(2)} of {short.group(1)} bytes (is the disk full?)"
+    return str(err)
 
 
 def _current_umask() -> int:
