@@ -48,13 +48,17 @@ import numpy as np
 from icl_cmr.ablation_experiment import (ABLATED, ABLATED_RAND, ORIGINAL, AblationConfig, BatchSummary,
                                          combine_batches, conditions, control_head_sets, evaluate_batch,
                                          top_fraction_heads)
-from icl_cmr.cli import non_negative_int, positive_int, run_cli, setup_logging
-from icl_cmr.errors import InputError
+from icl_cmr.cli import (OneLineErrorParser, device_arg, fraction, int_range, non_negative_int, positive_int, run_cli,
+                         seed_int, setup_logging)
+from icl_cmr.devices import resolve_device
+from icl_cmr.errors import BadFileError, InputError
 from icl_cmr.head_ablation import ABLATION_METHODS, format_heads, mean_head_activations, parse_heads, validate_heads
 from icl_cmr.icl_score import ICLScoreConfig
-from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_pickle, make_metadata, save_json, to_numpy
-from icl_cmr.models import DTYPES, bos_token_id, load_model, resolve_model
+from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_npz, make_metadata, read_text, save_json, \
+    to_numpy
+from icl_cmr.models import DTYPES, choose_bos, load_model, resolve_model
 from icl_cmr.outputs import PendingWrites, check_writable_dir, pin_cpu_kernels, portable_path
+from icl_cmr.result_files import read_ablation_result, read_cmr_fit
 from icl_cmr.score_files import fit_result_paths
 from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table
 from icl_cmr.text_data import TextDataConfig, iter_c4_texts, iter_local_texts, iter_prompts
@@ -70,8 +74,8 @@ PAIRS = ((ORIGINAL, ABLATED), (ORIGINAL, ABLATED_RAND), (ABLATED, ABLATED_RAND))
 
 def build_parser() -> argparse.ArgumentParser:
     config, icl, data = AblationConfig(), ICLScoreConfig(), TextDataConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("-m", "--model_name", "--model-name", dest="model_name", default="gpt2-small",
                         help="registry name (gpt2-small, pythia-70m, ..., mistral-7b, llama3-8b), Hugging Face id "
                              "or local folder saved with save_pretrained")
@@ -85,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     heads.add_argument("--fit-file", type=Path, default=None,
                        help="pickle with 'fitted_MSE' [L, H] (fit_attn_score.py's cmr_fit_<model>.pkl): the top "
                             "--fraction heads by lowest CMR distance are ablated (NaN never picked)")
-    parser.add_argument("--fraction", type=float, default=config.fraction,
+    parser.add_argument("--fraction", type=fraction, default=config.fraction,
                         help="fraction of all heads taken from --fit-file ([LI24]: top 10%%; count floor(f L H))")
     parser.add_argument("--method", choices=ABLATION_METHODS, default=config.method,
                         help="value: zero value vectors ([LI24]); output: zero the head output hook_z (identical "
@@ -94,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="random control sets; ablated_rand_icl_score is their per-prompt mean ([LI24]: 1)")
     parser.add_argument("--allow-overlap", action="store_true",
                         help="random sets may include ablated heads, as [LI24] drew them (default: excluded)")
-    parser.add_argument("--seed", type=non_negative_int, default=config.seed,
+    parser.add_argument("--seed", type=seed_int, default=config.seed,
                         help="random set k uses seed + k")
     parser.add_argument("--data", type=Path, default=None,
                         help="local .txt / .jsonl file or folder (JSONL field 'text'); default: stream C4 English "
@@ -102,15 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-eval", type=positive_int, default=config.n_eval,
                         help="evaluation prompts ([LI24] script: 1000; their GPT-2 file: 5000)")
     parser.add_argument("--batch-size", type=positive_int, default=config.batch_size, help="prompts per forward pass")
-    parser.add_argument("--seq-len", type=positive_int, default=data.seq_len,
+    # >= 3: the ICL score needs 0 <= early < late <= seq_len - 2 (ICLScoreConfig.validate)
+    parser.add_argument("--seq-len", type=int_range(3), default=data.seq_len,
                         help="tokens per prompt, BOS included ([LI24]: 512)")
     parser.add_argument("--min-tokens", type=positive_int, default=None,
                         help="keep documents with at least this many tokens (default: --seq-len; [LI24]: 512)")
-    parser.add_argument("--late-index", type=non_negative_int, default=icl.late_index,
+    parser.add_argument("--late-index", type=positive_int, default=icl.late_index,
                         help="loss index of the late token ([LI24]: 500)")
     parser.add_argument("--early-index", type=non_negative_int, default=icl.early_index,
                         help="loss index of the early token ([LI24]: 50)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--device", type=device_arg, default=None,
+                        help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--restart", action="store_true",
                         help="discard saved partial results of this model and start over (default: resume)")
@@ -135,21 +141,15 @@ def read_heads_file(path: Path) -> List[tuple]:
     """Head labels from a text file (``#`` comments allowed)."""
     if not path.is_file():
         raise FileNotFoundError(f"--heads-file {path} does not exist")
-    text = "\n".join(line.split("#", 1)[0] for line in path.read_text(encoding="utf-8").splitlines())
+    text = "\n".join(line.split("#", 1)[0] for line in read_text(path).splitlines())
     return parse_heads(text)
 
 
 def read_fit_distances(path: Path) -> np.ndarray:
-    """``fitted_MSE`` [L, H] of a fit file."""
+    """``fitted_MSE`` [L, H] of a fit file (validated by :func:`icl_cmr.result_files.read_cmr_fit`)."""
     if not path.is_file():
         raise FileNotFoundError(f"--fit-file {path} does not exist")
-    content = load_pickle(path)
-    if not isinstance(content, dict) or "fitted_MSE" not in content:
-        raise InputError(f"--fit-file {path} has no 'fitted_MSE' entry (expected fit_attn_score.py's cmr_fit_<model>.pkl)")
-    distance = to_numpy(content["fitted_MSE"]).astype(np.float64)
-    if distance.ndim != 2:
-        raise InputError(f"'fitted_MSE' in {path} must be [n_layers, n_heads], got shape {distance.shape}")
-    return distance
+    return read_cmr_fit(path).distance
 
 
 @dataclass
@@ -282,30 +282,23 @@ def _save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
     atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
-class DamagedFile(InputError):
-    """A partial-result file that cannot be used (truncated, garbled, wrong content)."""
-
-
 def _load_npz(path: Path) -> Dict[str, np.ndarray]:
-    """Every array of an ``.npz``; reading each member in full checks its zip CRC-32.
+    """Every array of a partial-result file (:func:`icl_cmr.io.load_npz`: sizes and zip CRC-32 checked).
 
     Raises
     ------
-    DamagedFile
-        Truncated or garbled file (bad zip structure, CRC, ``.npy`` header or length).
+    icl_cmr.errors.BadFileError
+        Truncated or garbled file (``CorruptFileError``), or one holding objects (``UnsafeFileError``).
     """
-    import zipfile
-    import zlib
-
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as err:
-        raise DamagedFile(f"{path}: {type(err).__name__}: {err}") from None
+    return load_npz(path)
 
 
 #: Key of each batch file holding the seconds spent computing it (for the total time of resumed runs).
 WALL_KEY = "wall_seconds"
+
+
+def _without_wall(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    return {key: value for key, value in arrays.items() if key != WALL_KEY}
 
 
 class PartialResults:
@@ -355,9 +348,11 @@ class PartialResults:
         if state_path.is_file():
             try:
                 saved = load_json(state_path)
-            except (InputError, UnicodeDecodeError, ValueError) as err:
+                if not isinstance(saved, dict):
+                    raise BadFileError(state_path, f"holds a {type(saved).__name__}, not the settings of a partial run")
+            except BadFileError as err:
                 logger.warning("the state file of the partial results in %s is damaged (%s); discarding them and "
-                               "starting over", self.folder, err)
+                               "starting over", self.folder, err.problem)
                 self.discard()
                 saved = None
             if saved is not None and saved != self.fingerprint:
@@ -374,18 +369,20 @@ class PartialResults:
     def _batch_name(index: int) -> str:
         return f"batch_{index:06d}.npz"
 
-    def _batch_problem(self, index: int, arrays: Dict[str, np.ndarray]) -> Optional[str]:
-        """Why a loaded batch cannot be used, or None when it matches this run."""
+    def _batch_problem(self, index: int, arrays: Dict[str, np.ndarray], source: str) -> Optional[str]:
+        """Why a loaded batch cannot be used, or None when it is sound and matches this run."""
+        try:
+            summary = BatchSummary.from_arrays(_without_wall(arrays), source=source)
+        except BadFileError as err:
+            return err.problem
         expected = min(self.batch_size, self.n_prompts - index * self.batch_size)
-        keys = {f"{kind}/{name}" for kind in ("icl", "loss_sum", "loss_sq_sum") for name in self.condition_names}
-        if set(arrays) - {WALL_KEY} != keys | {"n_prompts"}:
+        if sorted(summary.icl) != sorted(self.condition_names):
             return "its conditions differ from this run's"
-        if arrays["n_prompts"].shape != () or int(arrays["n_prompts"]) != expected:
-            return f"it holds {arrays['n_prompts']} prompts, expected {expected}"
-        for key in keys:
-            want = (expected,) if key.startswith("icl/") else (self.n_positions,)
-            if arrays[key].shape != want or arrays[key].dtype.kind != "f":
-                return f"{key} has shape {arrays[key].shape} ({arrays[key].dtype}), expected {want} floats"
+        if summary.n_prompts != expected:
+            return f"it holds {summary.n_prompts} prompts, expected {expected}"
+        lengths = {value.shape for values in (summary.loss_sum, summary.loss_sq_sum) for value in values.values()}
+        if lengths != {(self.n_positions,)}:
+            return f"its loss curves have shapes {sorted(lengths)}, expected ({self.n_positions},)"
         return None
 
     def _verified_batches(self) -> Set[int]:
@@ -399,9 +396,9 @@ class PartialResults:
                 logger.warning("ignoring %s: this run has %d batches", path, self.n_batches)
                 continue
             try:
-                problem = self._batch_problem(index, _load_npz(path))
-            except DamagedFile as err:
-                problem = str(err)
+                problem = self._batch_problem(index, _load_npz(path), str(path))
+            except BadFileError as err:
+                problem = err.problem
             if problem is not None:
                 logger.warning("discarding damaged partial result %s (%s); it will be recomputed", path, problem)
                 path.unlink()
@@ -414,7 +411,8 @@ class PartialResults:
 
     def load_batches(self) -> List[BatchSummary]:
         """Every batch, in order (all must have been saved)."""
-        return [BatchSummary.from_arrays(_load_npz(self.folder / self._batch_name(i))) for i in range(self.n_batches)]
+        paths = [self.folder / self._batch_name(i) for i in range(self.n_batches)]
+        return [BatchSummary.from_arrays(_without_wall(_load_npz(path)), source=str(path)) for path in paths]
 
     def wall_seconds(self) -> float:
         """Seconds spent on the saved batches and means, over every session of this run."""
@@ -432,8 +430,8 @@ class PartialResults:
             return None
         try:
             arrays = _load_npz(path)
-        except DamagedFile as err:
-            arrays, problem = None, str(err)
+        except BadFileError as err:
+            arrays, problem = None, err.problem
         else:
             problem = None if set(arrays) == {str(layer) for layer in layers} | {WALL_KEY} else \
                 "its layers differ from this run's"
@@ -510,17 +508,14 @@ def from_saved(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"--from-saved {path} does not exist")
     check_writable_dir(args.out_dir, "--out-dir")
     check_writable_dir(args.figs_dir / "ablation", "--figs-dir")
-    result = load_pickle(path)
-    if not isinstance(result, dict):
-        raise InputError(f"{path} does not hold a result dict")
+    result = read_ablation_result(path)
     stem = path.stem
     model = stem[len("ablation_experiment_"):] if stem.startswith("ablation_experiment_") else stem
-    parameters = result.get("metadata", {}).get("parameters", {}) if isinstance(result.get("metadata"), dict) else {}
-    marked = [parameters[k] for k in ("early_index", "late_index") if k in parameters]
-    n = len(to_numpy(result.get("original_icl_score", [])))
+    n = len(result["original_icl_score"])
     pending = PendingWrites()
     try:
-        _, text = analyse(result, stem, args, title=f"{model} (n = {n})", pending=pending, marked_indices=marked)
+        _, text = analyse(result, stem, args, title=f"{model} (n = {n})", pending=pending,
+                          marked_indices=result["marked_indices"])
     except InputError as err:
         raise InputError(f"{path}: {err}") from None
     print(text)
@@ -546,9 +541,9 @@ def run(args: argparse.Namespace, checked: Optional[Checked] = None) -> None:
 
     pin_cpu_kernels()
     config, data_config, icl_config, spec = checked.config, checked.data_config, checked.icl_config, checked.spec
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     session_started = time.monotonic()
-    model = load_model(spec, device=device, dtype=args.dtype)
+    model = load_model(spec, device=device, dtype=args.dtype, require_hooks=("pattern", "v", "z"))
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     icl_config.validate(data_config.seq_len, int(model.cfg.n_ctx))
     choice = checked.heads or check_head_flags(args, spec.name)
@@ -560,7 +555,7 @@ def run(args: argparse.Namespace, checked: Optional[Checked] = None) -> None:
     for seed, heads in zip(seeds, random_sets):
         logger.info("random control (seed %d): %s", seed, format_heads(heads))
 
-    tokens = load_prompts(args, model.tokenizer, bos_token_id(model), data_config)
+    tokens = load_prompts(args, model.tokenizer, choose_bos(model, None, spec.trust_remote_code).token_id, data_config)
     n_prompts = tokens.shape[0]
     data = getattr(args, "data_description", None) or (portable_path(args.data) if args.data else
                                                         "allenai/c4 en validation")
@@ -640,8 +635,8 @@ def run(args: argparse.Namespace, checked: Optional[Checked] = None) -> None:
     result["stats"] = table.to_dict(orient="records")
     compute_seconds = partial.wall_seconds()
     metadata = make_metadata(PRODUCER, parameters, seed=config.seed, device=device,
-                             wall_time_s=round(compute_seconds, 1), resumed=bool(done), resumed_batches=len(done),
-                             wall_time_this_session_s=round(time.monotonic() - session_started, 1))
+                             wall_time_s=round(compute_seconds, 3), resumed=bool(done), resumed_batches=len(done),
+                             wall_time_this_session_s=round(time.monotonic() - session_started, 3))
     # plain JSON types only: torch.__version__ is a TorchVersion object, which load_pickle rightly refuses
     result["metadata"] = json.loads(json.dumps(metadata, default=str))
     pending.pickle(out_dir / f"{stem}.pkl", result)

@@ -243,14 +243,17 @@ def _outputs(root):
     (("--heads", "L1X0"), "L1X0"),
     (("--heads-file", "missing_heads.txt"), "--heads-file missing_heads.txt does not exist"),
     (("--fit-file", "missing_fit.pkl"), "--fit-file missing_fit.pkl does not exist"),
-    (("--heads", "L1H0", "--fraction", "0"), "--fraction must be in (0, 1]"),
-    (("--heads", "L1H0", "--fraction", "2"), "--fraction must be in (0, 1]"),
+    (("--heads", "L1H0", "--fraction", "0"), "--fraction: must be a number in (0, 1], got 0"),
+    (("--heads", "L1H0", "--fraction", "2"), "--fraction: must be a number in (0, 1], got 2"),
     (("--heads", "L1H0", "--late-index", "60"), "--late-index 60 is beyond the last loss index"),
     (("--heads", "L1H0", "--restart", "--resume"), "not both"),
 ])
 def test_bad_heads_and_settings_are_reported_before_the_model_loads(tiny_model_dirs, text_file, tmp_path, capsys,
                                                                     no_model, extra, message):
-    code = run_cli(ablation.main, _args(tiny_model_dirs["gpt2"], text_file, tmp_path, *extra))
+    try:  # argparse's own errors exit from inside main (one line, status 2)
+        code = run_cli(ablation.main, _args(tiny_model_dirs["gpt2"], text_file, tmp_path, *extra))
+    except SystemExit as exit_:
+        code = exit_.code
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and message in errors[0]
     assert _outputs(tmp_path) == []

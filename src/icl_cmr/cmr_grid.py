@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .cmr import CRP_METHODS, CMRSettings, cmr_crp, mean_and_sem_over_starts
 from .config import BETA_ENC_GRID, BETA_REC_GRID, GAMMA_FT_GRID
-from .errors import InputError
+from .errors import BadFileError, FileContentError, InputError
 from .io import load_json, load_npy, save_json, save_npy
 
 logger = logging.getLogger(__name__)
@@ -207,14 +207,16 @@ def _prepare_slice_dir(spec: GridSpec, slice_dir: Path, restart: bool) -> Dict[i
     if spec_file.exists():
         try:
             stored = load_json(spec_file)
-        except (InputError, UnicodeDecodeError, ValueError) as err:
+            if not isinstance(stored, dict):
+                raise FileContentError(spec_file, f"holds a {type(stored).__name__}, not the grid settings of a run")
+        except BadFileError as err:
             logger.warning("the spec file of the unfinished run in %s is damaged (%s); discarding that run and "
-                           "starting over", slice_dir, err)
+                           "starting over", slice_dir, err.problem)
             _discard_partial(slice_dir)
         else:
             if stored != spec.to_json():
                 differing = sorted(key for key in set(stored) | set(spec.to_json())
-                                   if not isinstance(stored, dict) or stored.get(key) != spec.to_json().get(key))
+                                   if stored.get(key) != spec.to_json().get(key))
                 raise InputError(f"the unfinished run in {slice_dir} used different parameters "
                                  f"({', '.join(differing)}); rerun with those to resume it, or add --restart to "
                                  "discard it")
@@ -240,7 +242,9 @@ def _prepare_slice_dir(spec: GridSpec, slice_dir: Path, restart: bool) -> Dict[i
         try:
             array = load_npy(path, expected_shape=shape)
             problem = _slice_problem(spec, array)
-        except InputError as err:  # truncated or corrupt file, wrong shape
+        except BadFileError as err:  # truncated or corrupt file
+            problem = err.problem
+        except InputError as err:    # a sound file of the wrong shape
             problem = str(err)
         if problem is not None:
             logger.warning("discarding damaged slice %s (%s); it will be recomputed", path, problem)
@@ -258,7 +262,7 @@ def recorded_wall_seconds(slice_dir: "str | Path") -> float:
     try:
         value = load_json(path)
         return float(value["wall_seconds"]) if isinstance(value, dict) else 0.0
-    except (InputError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+    except (BadFileError, KeyError, TypeError, ValueError):
         logger.warning("%s is damaged; the recorded time of earlier sessions is lost", path)
         return 0.0
 
