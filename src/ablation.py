@@ -44,12 +44,13 @@ from icl_cmr.ablation_experiment import (ABLATED, ABLATED_RAND, ORIGINAL, Ablati
 from icl_cmr.cli import (OneLineErrorParser, device_arg, fraction, int_range, non_negative_int, positive_int, run_cli,
                          seed_int, setup_logging)
 from icl_cmr.devices import resolve_device
-from icl_cmr.errors import InputError
+from icl_cmr.errors import FileContentError, InputError
 from icl_cmr.head_ablation import ABLATION_METHODS, format_heads, mean_head_activations, parse_heads, validate_heads
 from icl_cmr.icl_score import ICLScoreConfig
-from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_pickle, make_metadata, save_figure, \
-    save_json, save_pickle, save_text, to_numpy
+from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_npz, make_metadata, read_text, \
+    save_figure, save_json, save_pickle, save_text, to_numpy
 from icl_cmr.models import DTYPES, choose_bos, load_model, resolve_model
+from icl_cmr.result_files import read_ablation_result, read_cmr_fit
 from icl_cmr.score_files import fit_result_paths
 from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table
 from icl_cmr.text_data import TextDataConfig, iter_c4_texts, iter_local_texts, iter_prompts
@@ -130,21 +131,15 @@ def read_heads_file(path: Path) -> List[tuple]:
     """Head labels from a text file (``#`` comments allowed)."""
     if not path.is_file():
         raise FileNotFoundError(f"--heads-file {path} does not exist")
-    text = "\n".join(line.split("#", 1)[0] for line in path.read_text(encoding="utf-8").splitlines())
+    text = "\n".join(line.split("#", 1)[0] for line in read_text(path).splitlines())
     return parse_heads(text)
 
 
 def read_fit_distances(path: Path) -> np.ndarray:
-    """``fitted_MSE`` [L, H] of a fit file."""
+    """``fitted_MSE`` [L, H] of a fit file (validated by :func:`icl_cmr.result_files.read_cmr_fit`)."""
     if not path.is_file():
         raise FileNotFoundError(f"--fit-file {path} does not exist")
-    content = load_pickle(path)
-    if not isinstance(content, dict) or "fitted_MSE" not in content:
-        raise InputError(f"--fit-file {path} has no 'fitted_MSE' entry (expected fit_attn_score.py's cmr_fit_<model>.pkl)")
-    distance = to_numpy(content["fitted_MSE"]).astype(np.float64)
-    if distance.ndim != 2:
-        raise InputError(f"'fitted_MSE' in {path} must be [n_layers, n_heads], got shape {distance.shape}")
-    return distance
+    return read_cmr_fit(path).distance
 
 
 def check_head_flags(args: argparse.Namespace, model_name: str) -> None:
@@ -202,8 +197,7 @@ def _save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
 
 
 def _load_npz(path: Path) -> Dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+    return load_npz(path)
 
 
 class PartialResults:
@@ -222,6 +216,9 @@ class PartialResults:
         state_path = self.folder / self.STATE
         if state_path.is_file():
             saved = load_json(state_path)
+            if not isinstance(saved, dict):
+                raise FileContentError(state_path, f"holds a {type(saved).__name__}, expected the settings of a "
+                                                   "partial run (a JSON object); add --restart to discard it")
             if saved != json.loads(json.dumps(self.fingerprint)):
                 changed = sorted(k for k in set(saved) | set(self.fingerprint)
                                  if saved.get(k) != json.loads(json.dumps(self.fingerprint.get(k))))
@@ -243,7 +240,8 @@ class PartialResults:
         _save_npz(self.folder / self._batch_name(index), summary.to_arrays())
 
     def load_batches(self, count: int) -> List[BatchSummary]:
-        return [BatchSummary.from_arrays(_load_npz(self.folder / self._batch_name(i))) for i in range(count)]
+        paths = [self.folder / self._batch_name(i) for i in range(count)]
+        return [BatchSummary.from_arrays(_load_npz(path), source=str(path)) for path in paths]
 
     def save_means(self, means) -> None:
         _save_npz(self.folder / "means.npz", {str(layer): to_numpy(value.float()) for layer, value in means.items()})
@@ -308,15 +306,11 @@ def from_saved(args: argparse.Namespace) -> None:
     path = args.from_saved
     if not path.is_file():
         raise FileNotFoundError(f"--from-saved {path} does not exist")
-    result = load_pickle(path)
-    if not isinstance(result, dict):
-        raise InputError(f"{path} does not hold a result dict")
+    result = read_ablation_result(path)
     stem = path.stem
     model = stem[len("ablation_experiment_"):] if stem.startswith("ablation_experiment_") else stem
-    parameters = result.get("metadata", {}).get("parameters", {}) if isinstance(result.get("metadata"), dict) else {}
-    marked = [parameters[k] for k in ("early_index", "late_index") if k in parameters]
-    n = len(to_numpy(result.get("original_icl_score", [])))
-    analyse(result, stem, args, title=f"{model} (n = {n})", marked_indices=marked)
+    n = len(result["original_icl_score"])
+    analyse(result, stem, args, title=f"{model} (n = {n})", marked_indices=result["marked_indices"])
 
 
 # ----------------------------------------------------------------------------- the experiment

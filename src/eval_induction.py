@@ -62,7 +62,7 @@ from icl_cmr.cli import (OneLineErrorParser, int_range, non_negative_float, non_
                          positive_int, run_cli, seed_int, setup_logging)
 from icl_cmr.config import ATTN_CRP_LAGS
 from icl_cmr.errors import InputError
-from icl_cmr.io import make_metadata, save_figure, save_json, save_text
+from icl_cmr.io import make_metadata, read_text, save_figure, save_json, save_text
 from icl_cmr.stats import wilson_interval
 from icl_cmr.tiny_transformer import POSITION_ENCODINGS, fastest_exact_method
 from train_induction import DEFAULT_FIG_DIR, DEFAULT_SAVE_DIR, load_model
@@ -217,8 +217,7 @@ def _write_csv(rows: List[dict]) -> str:
 
 
 def _read_csv(path: Path) -> List[dict]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = list(csv.DictReader(io.StringIO(read_text(path), newline="")))
     if rows and set(rows[0]) != set(RESULT_COLUMNS):
         raise InputError(f"{path} does not have the columns {RESULT_COLUMNS}")
     return rows
@@ -277,7 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for encoding, (path, _) in models.items():
         curve_path = path.with_name(f"{encoding}_training_curve.csv")
         if curve_path.is_file():
-            table = np.genfromtxt(curve_path, delimiter=",", names=True)
+            table = np.genfromtxt(io.StringIO(read_text(curve_path)), delimiter=",", names=True)
             curves[encoding] = {c: np.atleast_1d(table[c]) for c in table.dtype.names}
     if curves:
         _save_figure(task.plot_training_curves(curves, train_length=train_length),

@@ -97,15 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _induction_scores(args, spec, n_layers: int, n_heads: int) -> np.ndarray:
-    from icl_cmr.io import load_pickle, to_numpy
-    from icl_cmr.score_files import find_score_file
+    from icl_cmr.score_files import find_score_file, read_head_scores
 
     path = args.scores_file if args.scores_file is not None else find_score_file(args.scores_dir, spec.name)
-    scores = load_pickle(path)
-    if not isinstance(scores, dict) or "prefix_matching_score" not in scores:
-        raise InputError(f"{path} has no 'prefix_matching_score' (compute it with compute_head_scores.py), "
-                         "or pass --heads")
-    matrix = to_numpy(scores["prefix_matching_score"]).astype(np.float64)
+    matrix = read_head_scores(path, required=("prefix_matching_score",)).prefix_matching_score
     if matrix.shape != (n_layers, n_heads):
         raise InputError(f"{path}: prefix_matching_score has shape {matrix.shape}, the model has "
                          f"{n_layers} x {n_heads} heads")
@@ -154,11 +149,11 @@ def conditions(ablate: Sequence[str], methods: Sequence[str], sets: Dict[str, di
 
 
 def _prompts(args, task_names: Sequence[str]):
-    from icl_cmr.io import load_json
-    from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts, prompts_from_json
+    from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts
+    from icl_cmr.result_files import read_pattern_prompts
 
     if args.prompts_file is not None:
-        prompts, config = prompts_from_json(load_json(args.prompts_file))
+        prompts, config = read_pattern_prompts(args.prompts_file)
         missing = [name for name in task_names if name not in prompts]
         if missing:
             raise InputError(f"{args.prompts_file} has no prompts for task(s) {', '.join(missing)}; "

@@ -35,7 +35,8 @@ from icl_cmr.cli import OneLineErrorParser, device_arg, fraction, positive_int, 
 from icl_cmr.config import CMR_LIKE_THRESHOLD
 from icl_cmr.errors import InputError
 from icl_cmr.icl_score import ICLScoreConfig
-from icl_cmr.io import load_pickle, save_text
+from icl_cmr.io import load_json, save_text
+from icl_cmr.result_files import read_ablation_result
 from icl_cmr.models import resolve_model
 from icl_cmr.score_files import DEFAULT_GRID_PATH, fit_result_paths
 from icl_cmr.text_data import TextDataConfig
@@ -97,7 +98,7 @@ def model_context(model_arg: str) -> int:
     """The context length from a local folder's config.json, else the paper's 512 (checked at load time)."""
     config = Path(model_arg) / "config.json"
     if config.is_file():
-        fields = json.loads(config.read_text())
+        fields = load_json(config)
         for key in ("n_positions", "max_position_embeddings", "n_ctx"):
             if key in fields:
                 return int(fields[key])
@@ -169,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        *(["--restart"] if args.restart else []), *common])
 
     fit_table = pd.read_csv(fit_table_file)
-    result = load_pickle(args.ablation_dir / f"ablation_experiment_{spec.name}.pkl")
+    result = read_ablation_result(args.ablation_dir / f"ablation_experiment_{spec.name}.pkl")
     print()
     print(summary_text(fit_table, result["stats"], CMR_LIKE_THRESHOLD))
     logger.info("pipeline finished in %.0f s; figures in %s", time.monotonic() - started, args.figs_dir)

@@ -46,7 +46,7 @@ from icl_cmr import induction_task as task
 from icl_cmr.cli import (OneLineErrorParser, comma_list, int_range, positive_float, positive_int, probability, run_cli,
                          seed_int, setup_logging)
 from icl_cmr.errors import InputError
-from icl_cmr.io import atomic_write, make_metadata, save_figure, save_json, save_text
+from icl_cmr.io import atomic_write, load_torch, make_metadata, save_figure, save_json, save_text
 from icl_cmr.tiny_transformer import POSITION_ENCODINGS, TinyTransformer, TinyTransformerConfig
 
 logger = logging.getLogger("train_induction")
@@ -120,10 +120,10 @@ def load_model(path: "str | Path") -> TinyTransformer:
     """Load a model from ``ENC.pt`` or ``ENC_checkpoint.pt`` (weights only, safe unpickling)."""
     path = Path(path)
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_torch(path)
         model = TinyTransformer(TinyTransformerConfig(**saved["model_config"]))
         model.load_state_dict(saved["model"])
-    except FileNotFoundError:
+    except (FileNotFoundError, InputError):
         raise
     except (KeyError, TypeError, RuntimeError, EOFError, ValueError) as err:
         raise InputError(f"cannot load an induction-task model from {path}: {err}") from None
@@ -161,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.resume:
         if not checkpoint_path.is_file():
             raise InputError(f"--resume: no checkpoint at {checkpoint_path}")
-        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        saved = load_torch(checkpoint_path)
         if saved["model_config"] != model_config.to_dict():
             raise InputError(f"--resume: {checkpoint_path} was trained with {saved['model_config']}, "
                              f"not {model_config.to_dict()}")
