@@ -350,6 +350,7 @@ def run(args: argparse.Namespace) -> None:
         "model": spec.source, "model_name": spec.name, "dtype": args.dtype, "method": config.method,
         "ablated_heads": format_heads(ablated), "head_source": head_source, "fraction": config.fraction,
         "random_heads": [format_heads(h) for h in random_sets], "random_seeds": seeds,
+        "n_random_sets_requested": config.n_random_sets,  # more than len(random_heads) when fewer distinct sets exist
         "allow_overlap": config.allow_overlap, "data": str(args.data) if args.data else "allenai/c4 en validation",
         "n_eval": int(n_prompts), "seq_len": data_config.seq_len, "min_tokens": data_config.min_tokens,
         "late_index": icl_config.late_index, "early_index": icl_config.early_index,
