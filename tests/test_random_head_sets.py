@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import logging
 
+import numpy as np
 import pytest
 
 from icl_cmr.ablation_experiment import AblationConfig, control_head_sets
@@ -92,3 +93,26 @@ def test_ablation_controls_are_distinct_and_the_shortfall_is_warned(caplog):
     assert "only 1 distinct random sets of 2 heads exist outside the ablated heads" in caplog.text
     many, many_seeds = control_head_sets(12, 12, [(0, 0), (5, 5)], AblationConfig(n_random_sets=4, seed=2))
     assert many_seeds == [2, 3, 4, 5] and len({tuple(s) for s in many}) == 4
+
+
+def test_ablation_script_runs_each_distinct_control_once_and_records_the_request(tiny_model_dirs, tmp_path, capsys):
+    import json
+
+    import ablation
+    from icl_cmr.io import load_pickle
+
+    # Layer 1 of a 2 x 4 model ablated: the 4 heads of layer 0 are the only control set of 4.
+    data = tmp_path / "docs.jsonl"
+    words = "memory context recall item drift attention head token order list the of and".split()
+    rng = np.random.default_rng(0)
+    data.write_text("".join(json.dumps({"text": " ".join(rng.choice(words, 60))}) + "\n" for _ in range(6)))
+    model_dir = tiny_model_dirs["gpt2"]
+    ablation.main(["--model_name", str(model_dir), "--data", str(data), "--seq-len", "32", "--late-index", "25",
+                   "--early-index", "5", "--n-eval", "4", "--batch-size", "2", "--heads", "L1H0,L1H1,L1H2,L1H3",
+                   "--n-random-sets", "3", "--out-dir", str(tmp_path / "saved"), "--figs-dir", str(tmp_path / "figs"),
+                   "--no-progress", "--n-bootstrap", "100"])
+    assert "only 1 distinct random sets of 4 heads exist outside the ablated heads" in capsys.readouterr().err
+    result = load_pickle(tmp_path / "saved" / f"ablation_experiment_{model_dir.name}.pkl")
+    assert result["random_heads"] == [["L0H0", "L0H1", "L0H2", "L0H3"]]
+    assert result["ablated_rand_icl_score_sets"].shape == (1, 4)
+    assert result["metadata"]["parameters"]["n_random_sets_requested"] == 3

@@ -72,7 +72,8 @@ def _tokenize_with_offsets(tokenizer, text: str) -> Tuple[List[int], List[Tuple[
     return ids, offsets
 
 
-def _continuation_tokens(tokenizer, prompt_text: str, continuation: str) -> Tuple[List[int], List[Tuple[int, int]], bool]:
+def _continuation_tokens(tokenizer, prompt_text: str,
+                         continuation: str) -> Tuple[List[int], List[Tuple[int, int]], bool]:
     """A label continuation's tokens as the tokenizer makes them after the prompt.
 
     The joint text ``prompt_text + continuation`` is tokenized and the tokens starting at or after
