@@ -14,7 +14,6 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from icl_cmr.ablation_experiment import conditions  # noqa: E402
+from icl_cmr.cli import OneLineErrorParser, device_arg, int_range, positive_int  # noqa: E402
 from icl_cmr.head_ablation import ablation_hooks, random_heads  # noqa: E402
 from icl_cmr.icl_score import ICLScoreConfig, icl_scores, token_losses  # noqa: E402
 from icl_cmr.models import load_model, resolve_model  # noqa: E402
@@ -48,11 +48,11 @@ def build_random_gpt2(folder: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n-prompts", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cpu")
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n-prompts", type=positive_int, default=16)
+    parser.add_argument("--seq-len", type=int_range(3), default=512, help="tokens per prompt (>= 3 for an ICL score)")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--device", type=device_arg, default="cpu")
     args = parser.parse_args()
 
     import torch

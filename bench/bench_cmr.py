@@ -12,7 +12,6 @@ make wall time noisy. The full-grid projection assumes ``--workers`` idle cores.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from icl_cmr.cmr import CMRSettings, _component_tables, cmr_crp, encoding_matrix, exact_crp  # noqa: E402
+from icl_cmr.cli import OneLineErrorParser, positive_int, seed_int  # noqa: E402
 from icl_cmr.cmr_grid import grid_axes  # noqa: E402
 
 
@@ -58,13 +58,14 @@ def timed(function, *args, **kwargs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=6, help="random simulated grid points (default 6)")
-    parser.add_argument("--n_trials", type=int, default=1000, help="recalls per start position (default 1000)")
-    parser.add_argument("--max_draws", type=int, default=50, help="draw limit (default 50)")
-    parser.add_argument("--ref_trials", type=int, default=20, help="recalls timed for the loop baseline (default 20)")
-    parser.add_argument("--workers", type=int, default=2, help="cores assumed for the full-grid projection")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = OneLineErrorParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=positive_int, default=6, help="random simulated grid points (default 6)")
+    parser.add_argument("--n_trials", type=positive_int, default=1000, help="recalls per start position (default 1000)")
+    parser.add_argument("--max_draws", type=positive_int, default=50, help="draw limit (default 50)")
+    parser.add_argument("--ref_trials", type=positive_int, default=20,
+                        help="recalls timed for the loop baseline (default 20)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="cores assumed for the full-grid projection")
+    parser.add_argument("--seed", type=seed_int, default=0)
     args = parser.parse_args(argv)
 
     settings = CMRSettings(n_trials=args.n_trials, max_draws=args.max_draws)

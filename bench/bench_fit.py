@@ -11,7 +11,6 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from icl_cmr.cli import OneLineErrorParser, positive_int  # noqa: E402
 from icl_cmr.config import ATTN_CRP_LAGS, FIT_LAGS  # noqa: E402
 from icl_cmr.fitting import cmr_fit_patterns, fit_heads, select_lags  # noqa: E402
 from icl_cmr.score_files import read_cmr_grid, read_head_scores  # noqa: E402
@@ -39,9 +39,9 @@ def loop_fit(attn: np.ndarray, cmr: np.ndarray) -> tuple:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(description=__doc__.splitlines()[0])
     parser.add_argument("--official", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "official")
-    parser.add_argument("--loop-heads", type=int, default=20, help="heads timed with the loop (default: 20)")
+    parser.add_argument("--loop-heads", type=positive_int, default=20, help="heads timed with the loop (default: 20)")
     args = parser.parse_args()
     files = sorted((args.official / "saved_scores").glob("*/*all_scores_*.pkl"))
     if not files:

@@ -15,7 +15,6 @@ The copying score is timed alone: its naive form (the 50,257 x 50,257 OV matrix 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from icl_cmr.cli import OneLineErrorParser, positive_int  # noqa: E402
 from icl_cmr.config import ATTN_CRP_LAGS  # noqa: E402
 from icl_cmr.copying import model_copying_scores  # noqa: E402
 from icl_cmr.head_scores import stream_attention_scores  # noqa: E402
@@ -149,12 +149,12 @@ def reduction_only(model, tokens, block_len, offset) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     defaults = PromptConfig()
-    parser.add_argument("--n-prompts", type=int, default=defaults.n_prompts)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--n-prompts", type=positive_int, default=defaults.n_prompts)
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
     parser.add_argument("--skip-naive", action="store_true")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch intra-op threads (default: torch's); 1 is steadier on a busy shared CPU")
     args = parser.parse_args()
     if args.threads:

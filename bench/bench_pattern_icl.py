@@ -23,7 +23,6 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -35,9 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from icl_cmr.attention_knockout import batch_knockout_mask, kind_codes, knockout_hooks  # noqa: E402
+from icl_cmr.cli import OneLineErrorParser, positive_int  # noqa: E402
 from icl_cmr.head_ablation import (ablation_hooks, draw_random_head_sets, parse_heads,  # noqa: E402
                                    random_heads)
-from icl_cmr.models import bos_token_id, load_model, resolve_model  # noqa: E402
+from icl_cmr.models import choose_bos, load_model, resolve_model  # noqa: E402
 from icl_cmr.pattern_eval import (EncodedPrompt, encode_prompts, label_log_likelihoods, plan_scoring,  # noqa: E402
                                   reference_means, score_choices)
 from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts  # noqa: E402
@@ -135,11 +135,11 @@ def experiment(model, encoded, references, heads, mode: str, batch_size: int):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(ROOT / "saved_models" / "toy_lm"))
     parser.add_argument("--tasks", default="repetition,category_pairs_4way_a")
-    parser.add_argument("--n-items", type=int, default=50)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1])
+    parser.add_argument("--n-items", type=positive_int, default=50)
+    parser.add_argument("--threads", type=positive_int, nargs="+", default=[1])
     parser.add_argument("--skip-per-prompt", action="store_true", help="skip the one-sequence-per-pass baseline")
     args = parser.parse_args(argv)
 
@@ -148,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     model = load_model(resolve_model(args.model))
     heads = parse_heads(HEADS)
     config = PatternTaskConfig(n_items=args.n_items, demo_seeds=(0,))
-    bos = bos_token_id(model)
+    bos = choose_bos(model).token_id
     tasks = args.tasks.split(",")
     encoded = {task: encode_prompts(model.tokenizer, generate_prompts(task, config), bos) for task in tasks}
     references = {task: encode_prompts(model.tokenizer, generate_prompts(

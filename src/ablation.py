@@ -41,13 +41,16 @@ import numpy as np
 from icl_cmr.ablation_experiment import (ABLATED, ABLATED_RAND, ORIGINAL, AblationConfig, BatchSummary,
                                          combine_batches, conditions, control_head_sets, evaluate_batch,
                                          top_fraction_heads)
-from icl_cmr.cli import non_negative_int, positive_int, run_cli, setup_logging
-from icl_cmr.errors import InputError
+from icl_cmr.cli import (OneLineErrorParser, device_arg, fraction, int_range, non_negative_int, positive_int, run_cli,
+                         seed_int, setup_logging)
+from icl_cmr.devices import resolve_device
+from icl_cmr.errors import FileContentError, InputError
 from icl_cmr.head_ablation import ABLATION_METHODS, format_heads, mean_head_activations, parse_heads, validate_heads
 from icl_cmr.icl_score import ICLScoreConfig
-from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_pickle, make_metadata, save_figure, \
-    save_json, save_pickle, save_text, to_numpy
-from icl_cmr.models import DTYPES, bos_token_id, load_model, resolve_model
+from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_npz, make_metadata, read_text, \
+    save_figure, save_json, save_pickle, save_text, to_numpy
+from icl_cmr.models import DTYPES, choose_bos, load_model, resolve_model
+from icl_cmr.result_files import read_ablation_result, read_cmr_fit
 from icl_cmr.score_files import fit_result_paths
 from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table
 from icl_cmr.text_data import TextDataConfig, iter_c4_texts, iter_local_texts, iter_prompts
@@ -63,8 +66,8 @@ PAIRS = ((ORIGINAL, ABLATED), (ORIGINAL, ABLATED_RAND), (ABLATED, ABLATED_RAND))
 
 def build_parser() -> argparse.ArgumentParser:
     config, icl, data = AblationConfig(), ICLScoreConfig(), TextDataConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("-m", "--model_name", "--model-name", dest="model_name", default="gpt2-small",
                         help="registry name (gpt2-small, pythia-70m, ..., mistral-7b, llama3-8b), Hugging Face id "
                              "or local folder saved with save_pretrained")
@@ -78,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     heads.add_argument("--fit-file", type=Path, default=None,
                        help="pickle with 'fitted_MSE' [L, H] (fit_attn_score.py's cmr_fit_<model>.pkl): the top "
                             "--fraction heads by lowest CMR distance are ablated (NaN never picked)")
-    parser.add_argument("--fraction", type=float, default=config.fraction,
+    parser.add_argument("--fraction", type=fraction, default=config.fraction,
                         help="fraction of all heads taken from --fit-file ([LI24]: top 10%%; count floor(f L H))")
     parser.add_argument("--method", choices=ABLATION_METHODS, default=config.method,
                         help="value: zero value vectors ([LI24]); output: zero the head output hook_z (identical "
@@ -87,23 +90,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="random control sets; ablated_rand_icl_score is their per-prompt mean ([LI24]: 1)")
     parser.add_argument("--allow-overlap", action="store_true",
                         help="random sets may include ablated heads, as [LI24] drew them (default: excluded)")
-    parser.add_argument("--seed", type=non_negative_int, default=config.seed,
-                        help="random set k uses seed + k")
+    parser.add_argument("--seed", type=seed_int, default=config.seed,
+                        help="random set k uses seed + k (a seed repeating an earlier set is skipped)")
     parser.add_argument("--data", type=Path, default=None,
                         help="local .txt / .jsonl file or folder (JSONL field 'text'); default: stream C4 English "
                              "validation ([LI24])")
     parser.add_argument("--n-eval", type=positive_int, default=config.n_eval,
                         help="evaluation prompts ([LI24] script: 1000; their GPT-2 file: 5000)")
     parser.add_argument("--batch-size", type=positive_int, default=config.batch_size, help="prompts per forward pass")
-    parser.add_argument("--seq-len", type=positive_int, default=data.seq_len,
+    # >= 3: the ICL score needs 0 <= early < late <= seq_len - 2 (ICLScoreConfig.validate)
+    parser.add_argument("--seq-len", type=int_range(3), default=data.seq_len,
                         help="tokens per prompt, BOS included ([LI24]: 512)")
     parser.add_argument("--min-tokens", type=positive_int, default=None,
                         help="keep documents with at least this many tokens (default: --seq-len; [LI24]: 512)")
-    parser.add_argument("--late-index", type=non_negative_int, default=icl.late_index,
+    parser.add_argument("--late-index", type=positive_int, default=icl.late_index,
                         help="loss index of the late token ([LI24]: 500)")
     parser.add_argument("--early-index", type=non_negative_int, default=icl.early_index,
                         help="loss index of the early token ([LI24]: 50)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--device", type=device_arg, default=None,
+                        help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--restart", action="store_true",
                         help="discard saved partial results of this model and start over (default: resume)")
@@ -126,21 +131,15 @@ def read_heads_file(path: Path) -> List[tuple]:
     """Head labels from a text file (``#`` comments allowed)."""
     if not path.is_file():
         raise FileNotFoundError(f"--heads-file {path} does not exist")
-    text = "\n".join(line.split("#", 1)[0] for line in path.read_text(encoding="utf-8").splitlines())
+    text = "\n".join(line.split("#", 1)[0] for line in read_text(path).splitlines())
     return parse_heads(text)
 
 
 def read_fit_distances(path: Path) -> np.ndarray:
-    """``fitted_MSE`` [L, H] of a fit file."""
+    """``fitted_MSE`` [L, H] of a fit file (validated by :func:`icl_cmr.result_files.read_cmr_fit`)."""
     if not path.is_file():
         raise FileNotFoundError(f"--fit-file {path} does not exist")
-    content = load_pickle(path)
-    if not isinstance(content, dict) or "fitted_MSE" not in content:
-        raise InputError(f"--fit-file {path} has no 'fitted_MSE' entry (expected fit_attn_score.py's cmr_fit_<model>.pkl)")
-    distance = to_numpy(content["fitted_MSE"]).astype(np.float64)
-    if distance.ndim != 2:
-        raise InputError(f"'fitted_MSE' in {path} must be [n_layers, n_heads], got shape {distance.shape}")
-    return distance
+    return read_cmr_fit(path).distance
 
 
 def check_head_flags(args: argparse.Namespace, model_name: str) -> None:
@@ -198,8 +197,7 @@ def _save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
 
 
 def _load_npz(path: Path) -> Dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+    return load_npz(path)
 
 
 class PartialResults:
@@ -218,6 +216,9 @@ class PartialResults:
         state_path = self.folder / self.STATE
         if state_path.is_file():
             saved = load_json(state_path)
+            if not isinstance(saved, dict):
+                raise FileContentError(state_path, f"holds a {type(saved).__name__}, expected the settings of a "
+                                                   "partial run (a JSON object); add --restart to discard it")
             if saved != json.loads(json.dumps(self.fingerprint)):
                 changed = sorted(k for k in set(saved) | set(self.fingerprint)
                                  if saved.get(k) != json.loads(json.dumps(self.fingerprint.get(k))))
@@ -239,7 +240,8 @@ class PartialResults:
         _save_npz(self.folder / self._batch_name(index), summary.to_arrays())
 
     def load_batches(self, count: int) -> List[BatchSummary]:
-        return [BatchSummary.from_arrays(_load_npz(self.folder / self._batch_name(i))) for i in range(count)]
+        paths = [self.folder / self._batch_name(i) for i in range(count)]
+        return [BatchSummary.from_arrays(_load_npz(path), source=str(path)) for path in paths]
 
     def save_means(self, means) -> None:
         _save_npz(self.folder / "means.npz", {str(layer): to_numpy(value.float()) for layer, value in means.items()})
@@ -304,15 +306,11 @@ def from_saved(args: argparse.Namespace) -> None:
     path = args.from_saved
     if not path.is_file():
         raise FileNotFoundError(f"--from-saved {path} does not exist")
-    result = load_pickle(path)
-    if not isinstance(result, dict):
-        raise InputError(f"{path} does not hold a result dict")
+    result = read_ablation_result(path)
     stem = path.stem
     model = stem[len("ablation_experiment_"):] if stem.startswith("ablation_experiment_") else stem
-    parameters = result.get("metadata", {}).get("parameters", {}) if isinstance(result.get("metadata"), dict) else {}
-    marked = [parameters[k] for k in ("early_index", "late_index") if k in parameters]
-    n = len(to_numpy(result.get("original_icl_score", [])))
-    analyse(result, stem, args, title=f"{model} (n = {n})", marked_indices=marked)
+    n = len(result["original_icl_score"])
+    analyse(result, stem, args, title=f"{model} (n = {n})", marked_indices=result["marked_indices"])
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -331,10 +329,10 @@ def run(args: argparse.Namespace) -> None:
     data_config = TextDataConfig(min_tokens=args.min_tokens or args.seq_len, seq_len=args.seq_len)
     icl_config = ICLScoreConfig(late_index=args.late_index, early_index=args.early_index)
     icl_config.validate(data_config.seq_len)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     spec = resolve_model(args.model_name)
     check_head_flags(args, spec.name)
-    model = load_model(spec, device=device, dtype=args.dtype)
+    model = load_model(spec, device=device, dtype=args.dtype, require_hooks=("pattern", "v", "z"))
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     icl_config.validate(data_config.seq_len, int(model.cfg.n_ctx))
     ablated, head_source, distances = choose_heads(args, n_layers, n_heads)
@@ -344,7 +342,7 @@ def run(args: argparse.Namespace) -> None:
     for seed, heads in zip(seeds, random_sets):
         logger.info("random control (seed %d): %s", seed, format_heads(heads))
 
-    tokens = load_prompts(args, model.tokenizer, bos_token_id(model), data_config)
+    tokens = load_prompts(args, model.tokenizer, choose_bos(model, None, spec.trust_remote_code).token_id, data_config)
     n_prompts = tokens.shape[0]
     parameters = {
         "model": spec.source, "model_name": spec.name, "dtype": args.dtype, "method": config.method,

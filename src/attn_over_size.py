@@ -21,7 +21,7 @@ import numpy as np
 
 from fit_attn_score import add_common_arguments, grid_parameters, load_grid
 from icl_cmr.io import save_figure
-from icl_cmr.cli import non_negative_int, run_cli, setup_logging
+from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_float, run_cli, setup_logging
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
 from icl_cmr.fitting import CmrFit, CmrGrid, fit_heads
 from icl_cmr.io import ensure_writable_dir, make_metadata, save_json, save_text
@@ -90,12 +90,12 @@ def write_outputs(fits: Dict[str, Tuple[HeadScores, CmrFit]], out_dir: Path, thr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="CMR fits across Pythia sizes by relative layer position (Fig 6b).")
+    parser = OneLineErrorParser(description="CMR fits across Pythia sizes by relative layer position (Fig 6b).")
     parser.add_argument("-m", "--model_size", nargs="+", default=list(PYTHIA_SIZES),
                         help="Pythia sizes, model pythia-<size> (default: the paper's eight: %(default)s)")
     parser.add_argument("--checkpoint", type=non_negative_int, default=None,
                         help="checkpoint index K (default: the trained model, _cp142 for Pythia v0 files)")
-    parser.add_argument("--strict-threshold", type=float, default=CMR_LIKE_STRICT_THRESHOLD,
+    parser.add_argument("--strict-threshold", type=positive_float, default=CMR_LIKE_STRICT_THRESHOLD,
                         help="second threshold (default: %(default)s)")
     add_common_arguments(parser)
     return parser

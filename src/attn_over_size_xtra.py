@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from attn_over_size import fit_models, write_outputs
 from fit_attn_score import add_common_arguments, load_grid
-from icl_cmr.cli import non_negative_int, run_cli, setup_logging
+from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_float, run_cli, setup_logging
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
 from icl_cmr.io import ensure_writable_dir
 
@@ -24,12 +24,12 @@ XTRA_MODELS = ("qwen-7b", "mistral-7b", "llama3-8b")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="CMR fits of any models by relative layer position (Fig 6c).")
+    parser = OneLineErrorParser(description="CMR fits of any models by relative layer position (Fig 6c).")
     parser.add_argument("-m", "--models", nargs="+", default=list(XTRA_MODELS),
                         help="model names as in --scores-dir (default: %(default)s)")
     parser.add_argument("--checkpoint", type=non_negative_int, default=None,
                         help="checkpoint index K (default: the trained model)")
-    parser.add_argument("--strict-threshold", type=float, default=CMR_LIKE_STRICT_THRESHOLD,
+    parser.add_argument("--strict-threshold", type=positive_float, default=CMR_LIKE_STRICT_THRESHOLD,
                         help="second threshold (default: %(default)s)")
     add_common_arguments(parser)
     return parser

@@ -23,7 +23,7 @@ import numpy as np
 
 from fit_attn_score import add_common_arguments, grid_parameters, load_grid
 from icl_cmr.io import save_figure
-from icl_cmr.cli import non_negative_int, run_cli, setup_logging
+from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_float, run_cli, setup_logging
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
 from icl_cmr.fitting import fit_heads
 from icl_cmr.io import ensure_writable_dir, make_metadata, save_json, save_text
@@ -34,13 +34,13 @@ logger = logging.getLogger("attn_over_time")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="CMR fits of one model over training checkpoints (Fig 7b).")
+    parser = OneLineErrorParser(description="CMR fits of one model over training checkpoints (Fig 7b).")
     parser.add_argument("-m", "--model_name", default="pythia-70m",
                         help="model name as in --scores-dir, e.g. pythia-70m or pythia-70m-deduped-v0 (default: %(default)s)")
     parser.add_argument("--checkpoints", type=non_negative_int, nargs="+", default=list(CHECKPOINT_INDICES),
                         help="checkpoint indices K, training step 1000 (K + 1); the last one defines the mask "
                              "(default: the paper's 16: %(default)s)")
-    parser.add_argument("--strict-threshold", type=float, default=CMR_LIKE_STRICT_THRESHOLD,
+    parser.add_argument("--strict-threshold", type=positive_float, default=CMR_LIKE_STRICT_THRESHOLD,
                         help="second threshold (default: %(default)s)")
     add_common_arguments(parser)
     return parser

@@ -21,13 +21,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from icl_cmr.cli import positive_int, non_negative_int, run_cli, setup_logging
+from icl_cmr.cli import (OneLineErrorParser, device_arg, float_range, int_range, non_negative_int, positive_int,
+                         run_cli, seed_int, setup_logging)
 from icl_cmr.config import ATTN_CRP_LAGS
 from icl_cmr.copying import model_copying_scores
+from icl_cmr.devices import resolve_device
 from icl_cmr.errors import InputError
 from icl_cmr.head_scores import stream_attention_scores
 from icl_cmr.io import ensure_writable_dir, load_json, make_metadata, save_pickle
-from icl_cmr.models import DTYPES, bos_token_id, load_model, n_kv_heads, resolve_model
+from icl_cmr.models import DTYPES, choose_bos, has_tokenizer, load_model, n_kv_heads, resolve_model
 from icl_cmr.prompts import (FREQUENT_TOKEN_FILE, PromptConfig, bpe_merge_ranks, default_token_pool,
                              make_prompt_sets, parse_token_pool, pool_from_ids, prompt_offset, special_token_ids,
                              tokenizer_size)
@@ -38,39 +40,37 @@ logger = logging.getLogger("compute_head_scores")
 PRODUCER = "compute_head_scores.py"
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 0.5:
-        raise argparse.ArgumentTypeError(f"must be in [0, 0.5), got {text}")
-    return value
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     defaults = PromptConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True,
                         help="registry name (gpt2-small, pythia-70m, ..., qwen-7b, mistral-7b, llama3-8b), "
                              "Hugging Face id, or local folder saved with save_pretrained")
     parser.add_argument("--checkpoint", type=non_negative_int, default=None,
                         help="training step of a Pythia checkpoint (e.g. 143000); the file gets _cp<index>")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when available, else cpu")
+    parser.add_argument("--device", type=device_arg, default=None,
+                        help="cpu, cuda, cuda:N or mps; None: cuda when available, else cpu")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--n-prompts", type=positive_int, default=defaults.n_prompts,
                         help="repeated-random-token prompts")
-    parser.add_argument("--block-len", type=positive_int, default=defaults.block_len,
+    # Lower bounds as PromptConfig checks them: lag +1 needs two items; queries live in copies 2..
+    parser.add_argument("--block-len", type=int_range(2), default=defaults.block_len,
                         help="distinct random tokens per repeat (prompt = [BOS] + block + block)")
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="prompts per forward pass")
-    parser.add_argument("--seed", type=non_negative_int, default=defaults.seed)
+    parser.add_argument("--seed", type=seed_int, default=defaults.seed)
     parser.add_argument("--token-pool", type=Path, default=None,
                         help="JSON list of token ids (or dict with 'token_ids') to draw prompts from; default: "
                              f"{FREQUENT_TOKEN_FILE} in a local model folder if present, else every non-special id")
-    parser.add_argument("--exclude-extreme-fraction", type=_fraction, default=defaults.exclude_extreme_fraction,
+    parser.add_argument("--exclude-extreme-fraction", type=float_range(0.0, 0.5, high_open=True),
+                        default=defaults.exclude_extreme_fraction,
                         help="drop this fraction of ids at each end of the BPE merge-rank order ([CS24])")
-    parser.add_argument("--no-bos", action="store_true", help="do not prepend the tokenizer's BOS token")
-    parser.add_argument("--prefix-block-len", type=positive_int, default=defaults.prefix_block_len,
+    parser.add_argument("--bos", action=argparse.BooleanOptionalAction, default=None,
+                        help="prepend a BOS token (--bos) or not (--no-bos); default: the tokenizer's own BOS token "
+                             "when it defines one (GPT-2, Pythia, Llama, Mistral), none otherwise (Qwen2)")
+    parser.add_argument("--prefix-block-len", type=int_range(2), default=defaults.prefix_block_len,
                         help="prefix-matching prompts: distinct tokens per copy ([CS24]: 50)")
-    parser.add_argument("--prefix-copies", type=positive_int, default=defaults.prefix_copies,
+    parser.add_argument("--prefix-copies", type=int_range(2), default=defaults.prefix_copies,
                         help="prefix-matching prompts: copies of the block ([CS24]: 4)")
     parser.add_argument("--prefix-n-prompts", type=positive_int, default=defaults.prefix_n_prompts,
                         help="prefix-matching prompts ([CS24]: 5)")
@@ -81,22 +81,31 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "times the model's weight memory")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--verbose", action="store_true")
-    return parser.parse_args(argv)
+    return parser
 
 
-def _pick_device(device: Optional[str]) -> str:
-    if device is not None:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _token_pool(args: argparse.Namespace, spec, model):
-    """The pool prompts are drawn from (explicit file, model folder's frequent ids, or the tokenizer's ids)."""
-    tokenizer = getattr(model, "tokenizer", None)
+    """The pool prompts are drawn from (explicit file, model folder's frequent ids, or the tokenizer's ids).
+
+    A checkpoint saved without tokenizer files gets a placeholder tokenizer of one token:
+    the pool is then the model's whole vocabulary minus the config's special ids.
+    """
+    tokenizer = getattr(model, "tokenizer", None) if has_tokenizer(model) else None
     vocab = tokenizer_size(tokenizer, int(model.cfg.d_vocab))
     special = special_token_ids(tokenizer)
+    if tokenizer is None:
+        config = getattr(getattr(model, "original_model", None), "config", None)
+        special = np.array(sorted({int(i) for i in (getattr(config, name, None) for name in
+                                                     ("bos_token_id", "eos_token_id", "pad_token_id"))
+                                   if isinstance(i, int) and 0 <= i < vocab}), dtype=np.int64)
+        if args.token_pool is None:
+            logger.warning("%s has no tokenizer files: drawing prompt tokens from all %d ids of the model's "
+                           "vocabulary except the config's special ids %s; pass --token-pool to choose them",
+                           spec.name, vocab, special.tolist())
     pool_file = args.token_pool
     if pool_file is None and spec.is_local and (Path(spec.source) / FREQUENT_TOKEN_FILE).is_file():
         pool_file = Path(spec.source) / FREQUENT_TOKEN_FILE
@@ -113,14 +122,14 @@ def _token_pool(args: argparse.Namespace, spec, model):
         if ranks is None:
             logger.info("tokenizer has no BPE merge list; ranking ids by id for --exclude-extreme-fraction")
     return default_token_pool(vocab, special, ranks, args.exclude_extreme_fraction,
-                              source="tokenizer" if tokenizer is not None else "range")
+                              source="tokenizer" if tokenizer is not None else "model vocabulary (no tokenizer files)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     config = PromptConfig(block_len=args.block_len, n_prompts=args.n_prompts, batch_size=args.batch_size,
-                          seed=args.seed, prepend_bos=not args.no_bos,
+                          seed=args.seed, prepend_bos=args.bos is not False,
                           exclude_extreme_fraction=args.exclude_extreme_fraction,
                           prefix_block_len=args.prefix_block_len, prefix_copies=args.prefix_copies,
                           prefix_n_prompts=args.prefix_n_prompts)
@@ -129,11 +138,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     spec = resolve_model(args.model, checkpoint=args.checkpoint)
     out = args.out if args.out is not None else default_score_path(spec.name, spec.checkpoint_index)
     ensure_writable_dir(out.parent)  # fail before loading a model, not after scoring it
-    device = _pick_device(args.device)
+    device = resolve_device(args.device)
 
     start = time.monotonic()
-    model = load_model(spec, device=device, dtype=args.dtype)
-    bos = bos_token_id(model)
+    model = load_model(spec, device=device, dtype=args.dtype, require_hooks=("attn_scores", "pattern"))
+    bos_choice = choose_bos(model, args.bos, spec.trust_remote_code)
+    bos = bos_choice.token_id
     offset = prompt_offset(bos, config)
     repeat_len = offset + 2 * config.block_len
     prefix_len = offset + config.prefix_copies * config.prefix_block_len
@@ -176,10 +186,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "repeat_set": f"[BOS] + {config.block_len} distinct random ids + the same ids again",
             "prefix_set": f"[BOS] + {config.prefix_copies} copies of {config.prefix_block_len} distinct random ids",
             "bos_token_id": bos if offset else None,
+            "bos": bos_choice.describe(),
             "offset": offset, "repeat_prompt_len": repeat_len, "prefix_prompt_len": prefix_len,
             "queries_per_lag": attention.crp_scores.count.tolist(),
             "sem": "sample std (ddof 1) across all (prompt, query) pairs / sqrt(count)",
-            "copying_weights": "TransformerLens processed weights (fold_ln, center_writing_weights, center_unembed)",
+            "copying_weights": "HookedTransformer's processed weights (fold_ln, center_writing_weights, "
+                               "center_unembed), applied algebraically per layer (icl_cmr.copying)",
         },
         token_pool=pool.describe(),
         copying_score_error=copying_error,

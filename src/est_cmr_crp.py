@@ -21,7 +21,7 @@ import shutil
 import time
 from typing import Optional, Sequence
 
-from icl_cmr.cli import non_negative_int, positive_int, run_cli, setup_logging
+from icl_cmr.cli import OneLineErrorParser, int_range, positive_int, run_cli, seed_int, setup_logging
 from icl_cmr.cmr import CRP_METHODS, CMRSettings
 from icl_cmr.cmr_grid import PARTIAL_SUFFIX, GridSpec, grid_file_names, run_grid
 from icl_cmr.errors import InputError
@@ -32,33 +32,28 @@ logger = logging.getLogger("est_cmr_crp")
 DEFAULTS = CMRSettings()
 
 
-class _OneLineErrorParser(argparse.ArgumentParser):
-    """argparse without the usage block on errors: bad flags give one ``error: ...`` line, exit 2."""
-
-    def error(self, message: str):  # noqa: D102 - argparse API
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = _OneLineErrorParser(
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
         description="Simulate CMR free recall on a parameter grid and save its CRPs (DESIGN.md section 3).")
     parser.add_argument("--save_dir", default="saved_crps", help="output folder (default: saved_crps)")
     parser.add_argument("--n_beta", type=positive_int, default=20,
                         help="beta_enc = 1/n .. 1 (n values), beta_rec = 0 .. 1 (n + 1 values) (default: 20, [LI24])")
-    parser.add_argument("--n_gamma", type=positive_int, default=11,
+    parser.add_argument("--n_gamma", default=11,
+                        type=int_range(2, description="an integer >= 2 (gamma_ft runs from 0 to 1)"),
                         help="gamma_ft = 0 .. 1 in n values, n >= 2 (default: 11, [LI24])")
     parser.add_argument("--n_trials", type=positive_int, default=DEFAULTS.n_trials,
                         help=f"simulated recalls per start position (default: {DEFAULTS.n_trials})")
     parser.add_argument("--max_draws", type=positive_int, default=DEFAULTS.max_draws,
                         help=f"most item draws per recall (default: {DEFAULTS.max_draws}, the setting that "
                              "reproduces the authors' saved grid; their script says 100)")
-    parser.add_argument("--n_items", type=positive_int, default=DEFAULTS.n_items,
+    parser.add_argument("--n_items", type=int_range(2), default=DEFAULTS.n_items,
                         help=f"studied items (default: {DEFAULTS.n_items})")
-    parser.add_argument("--n_start", type=positive_int, default=DEFAULTS.n_start,
+    parser.add_argument("--n_start", default=DEFAULTS.n_start,
+                        type=int_range(2, description="an integer >= 2 (the SEM is taken over start positions)"),
                         help=f"start positions s0 = 0 .. n-1, n >= 2 (default: {DEFAULTS.n_start})")
     parser.add_argument("--max_lag", type=positive_int, default=DEFAULTS.max_lag,
                         help=f"CRP lags -max_lag .. max_lag (default: {DEFAULTS.max_lag})")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="base random seed (default: 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="base random seed (default: 0)")
     parser.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1),
                         help="worker processes; results do not depend on it (default: min(2, CPUs))")
     parser.add_argument("--method", choices=CRP_METHODS, default="exact",
@@ -69,7 +64,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="continue an interrupted run with the same parameters")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

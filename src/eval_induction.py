@@ -58,10 +58,11 @@ import torch
 from tqdm.auto import tqdm
 
 from icl_cmr import induction_task as task
-from icl_cmr.cli import non_negative_int, positive_int, run_cli, setup_logging
+from icl_cmr.cli import (OneLineErrorParser, int_range, non_negative_float, non_negative_int, positive_float,
+                         positive_int, run_cli, seed_int, setup_logging)
 from icl_cmr.config import ATTN_CRP_LAGS
 from icl_cmr.errors import InputError
-from icl_cmr.io import make_metadata, save_figure, save_json, save_text
+from icl_cmr.io import make_metadata, read_text, save_figure, save_json, save_text
 from icl_cmr.stats import wilson_interval
 from icl_cmr.tiny_transformer import POSITION_ENCODINGS, fastest_exact_method
 from train_induction import DEFAULT_FIG_DIR, DEFAULT_SAVE_DIR, load_model
@@ -73,28 +74,29 @@ RESULT_COLUMNS = ("encoding", "length", "log2_length", "n_sequences", "correct",
                   "cpu_seconds_per_sequence", "peak_rss_gb")
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     defaults = task.InductionTaskConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, nargs="+", default=None,
                         help="model files (default: saved_models/induction_task/ENC.pt for every ENC present)")
     parser.add_argument("--save_dir", type=Path, default=DEFAULT_SAVE_DIR,
                         help="results folder (default saved_models/induction_task)")
     parser.add_argument("--fig_dir", type=Path, default=DEFAULT_FIG_DIR,
                         help="figure folder (default figs/induction_task)")
-    parser.add_argument("--min_log2", type=positive_int, default=6, help="shortest length 2^k (default 6)")
-    parser.add_argument("--max_log2", type=positive_int, default=20, help="longest length 2^k (default 20)")
+    # k >= 2: a sequence needs at least 3 tokens (trigger, value, trigger)
+    parser.add_argument("--min_log2", type=int_range(2), default=6, help="shortest length 2^k (default 6)")
+    parser.add_argument("--max_log2", type=int_range(2), default=20, help="longest length 2^k (default 20)")
     parser.add_argument("--n_sequences", type=positive_int, default=256,
                         help="sequences per length up to --full_max_log2, and the cap beyond (default 256)")
     parser.add_argument("--full_max_log2", type=non_negative_int, default=14,
                         help="lengths up to 2^k get all --n_sequences (default 14, the issue's minimum)")
-    parser.add_argument("--long_cpu_seconds", type=float, default=60.0,
+    parser.add_argument("--long_cpu_seconds", type=non_negative_float, default=60.0,
                         help="CPU-time budget per model and length beyond --full_max_log2 (default 60)")
-    parser.add_argument("--max_cpu_seconds_per_sequence", type=float, default=120.0,
+    parser.add_argument("--max_cpu_seconds_per_sequence", type=positive_float, default=120.0,
                         help="skip a length if one sequence is estimated to need more CPU time (default 120)")
     parser.add_argument("--tokens_per_batch", type=positive_int, default=2 ** 15,
                         help="batch size = max(1, this // length) (default 2^15)")
-    parser.add_argument("--val_seed", type=non_negative_int, default=defaults.val_seed,
+    parser.add_argument("--val_seed", type=seed_int, default=defaults.val_seed,
                         help=f"seed of the fixed validation sets (default {defaults.val_seed})")
     parser.add_argument("--lag_prompts", type=positive_int, default=64,
                         help="prompts per kind for the attention-by-lag statistics (default 64)")
@@ -105,11 +107,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--png_dir", type=Path, default=None, help="also save PNG copies of the figures here")
     parser.add_argument("--progress", action="store_true", help="show tqdm bars per length")
     parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     if args.min_log2 > args.max_log2:
         raise InputError(f"--min_log2 ({args.min_log2}) must be <= --max_log2 ({args.max_log2})")
-    if args.min_log2 < 2:
-        raise InputError("--min_log2 must be >= 2 (a sequence needs at least 3 tokens)")
     return args
 
 
@@ -213,8 +217,7 @@ def _write_csv(rows: List[dict]) -> str:
 
 
 def _read_csv(path: Path) -> List[dict]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = list(csv.DictReader(io.StringIO(read_text(path), newline="")))
     if rows and set(rows[0]) != set(RESULT_COLUMNS):
         raise InputError(f"{path} does not have the columns {RESULT_COLUMNS}")
     return rows
@@ -273,7 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for encoding, (path, _) in models.items():
         curve_path = path.with_name(f"{encoding}_training_curve.csv")
         if curve_path.is_file():
-            table = np.genfromtxt(curve_path, delimiter=",", names=True)
+            table = np.genfromtxt(io.StringIO(read_text(curve_path)), delimiter=",", names=True)
             curves[encoding] = {c: np.atleast_1d(table[c]) for c in table.dtype.names}
     if curves:
         _save_figure(task.plot_training_curves(curves, train_length=train_length),

@@ -28,7 +28,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from icl_cmr.cli import non_negative_int, run_cli, setup_logging
+from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_float, run_cli, setup_logging
+from icl_cmr.cli import str2bool  # noqa: F401 - its former home; callers may import it from here
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD, CMR_LIKE_THRESHOLD
 from icl_cmr.errors import InputError
 from icl_cmr.fitting import CmrFit, CmrGrid, fit_heads
@@ -45,16 +46,6 @@ PRODUCER = "fit_attn_score.py"
 
 # ----------------------------------------------------------------------------- shared CLI pieces
 
-def str2bool(text: str) -> bool:
-    """argparse type for the authors' ``--use_saved True/False`` (their ``type=bool`` read "False" as True)."""
-    value = str(text).strip().lower()
-    if value in ("true", "t", "yes", "y", "1", "on"):
-        return True
-    if value in ("false", "f", "no", "n", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, yes/no, 1/0), got {text!r}")
-
-
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags every fitting script shares: inputs (scores, grid), outputs (figures), threshold."""
     parser.add_argument("--scores-dir", "--scores_dir", type=Path, default=DEFAULT_SCORES_DIR,
@@ -66,7 +57,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SEM file of the grid (optional; default: the *sem* file beside --crp-grid if present)")
     parser.add_argument("--figs-dir", "--figs_dir", type=Path, default=Path("figs"),
                         help="root folder for figures (default: %(default)s)")
-    parser.add_argument("--threshold", type=float, default=CMR_LIKE_THRESHOLD,
+    parser.add_argument("--threshold", type=positive_float, default=CMR_LIKE_THRESHOLD,
                         help="CMR distance below which a head is CMR-like (default: %(default)s, [LI24] Fig 5/6)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -88,7 +79,7 @@ def grid_parameters(grid: CmrGrid) -> dict:
 # ----------------------------------------------------------------------------- this script
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Fit every attention head of a model to CMR (Fig 5, 6a).")
+    parser = OneLineErrorParser(description="Fit every attention head of a model to CMR (Fig 5, 6a).")
     parser.add_argument("-s", "--save_dir", type=str, default=None,
                         help="output sub-folder under <figs-dir>/fit_attn_score/ (default: the model name)")
     parser.add_argument("-f", "--all_head_scores", type=Path, default=None,
@@ -99,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training checkpoint index K (files *_cp<K>.pkl; default: the trained model)")
     parser.add_argument("--fits-dir", "--fits_dir", type=Path, default=DEFAULT_SCORES_DIR,
                         help="fit results go to <fits-dir>/<save_dir>/cmr_fit_<save_dir>.pkl (default: %(default)s)")
-    parser.add_argument("--strict-threshold", type=float, default=CMR_LIKE_STRICT_THRESHOLD,
+    parser.add_argument("--strict-threshold", type=positive_float, default=CMR_LIKE_STRICT_THRESHOLD,
                         help="second threshold drawn in fit_against_layer.pdf (default: %(default)s, [LI24] supp.)")
     add_common_arguments(parser)
     return parser

@@ -28,7 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from icl_cmr.cli import non_negative_int, positive_int, run_cli, setup_logging
+from icl_cmr.cli import OneLineErrorParser, device_arg, float_range, positive_int, run_cli, seed_int, setup_logging
+from icl_cmr.devices import resolve_device
 from icl_cmr.errors import InputError
 from icl_cmr.models import DTYPES
 
@@ -53,22 +54,22 @@ def _comma_list(text: str, accepted: Sequence[str], flag: str) -> List[str]:
 def build_parser() -> argparse.ArgumentParser:
     from icl_cmr.pattern_tasks import TASKS
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True, help="registry name, Hugging Face id or local model folder")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
     parser.add_argument("--shots", type=positive_int, default=5, help="demonstrations per prompt ([CS24]: 5)")
-    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2],
+    parser.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1, 2],
                         help="demonstration seeds ([CS24]: 3)")
     parser.add_argument("--n-items", type=positive_int, default=50, help="queries per task (class-balanced)")
-    parser.add_argument("--task-seed", type=non_negative_int, default=0, help="seed of the queries")
+    parser.add_argument("--task-seed", type=seed_int, default=0, help="seed of the queries")
     parser.add_argument("--prompts-file", type=Path, default=None,
                         help="reuse the prompts of an earlier run (its prompts.json) instead of generating")
     parser.add_argument("--ablate", default="none,induction,random",
                         help=f"comma-separated conditions: {', '.join(ABLATE_CHOICES)}")
     parser.add_argument("--method", default="mean,knockout",
                         help=f"comma-separated interventions: {', '.join(METHOD_CHOICES)}")
-    parser.add_argument("--percentage", type=float, nargs="+", default=[1.0, 3.0],
+    parser.add_argument("--percentage", type=float_range(0.0, 100.0, low_open=True), nargs="+", default=[1.0, 3.0],
                         help="top percentages of heads by prefix-matching score ([CS24]: 1 and 3)")
     parser.add_argument("--heads", default=None,
                         help="ablate these heads (e.g. L5H1,L6H9) instead of the top percentages")
@@ -76,19 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="head-score pickle with 'prefix_matching_score' [L, H] (default: found in --scores-dir)")
     parser.add_argument("--scores-dir", type=Path, default=Path("saved_scores"))
     parser.add_argument("--n-random-sets", type=positive_int, default=5, help="layer-matched random head draws")
-    parser.add_argument("--random-seed", type=non_negative_int, default=0, help="seed of draw 0 (draw d: seed + d)")
+    parser.add_argument("--random-seed", type=seed_int, default=0,
+                        help="seed of draw 0 (draw d: seed + d; a seed repeating an earlier set is skipped)")
     parser.add_argument("--reference-corpus", choices=REFERENCE_CHOICES, default="task",
                         help="mean-ablation reference: fresh prompts of the same task (task), the evaluation "
                              "prompts themselves (eval), or fresh prompts of every selected task (all)")
     parser.add_argument("--n-reference", type=positive_int, default=64, help="reference prompts per task")
-    parser.add_argument("--reference-seed", type=non_negative_int, default=1000,
+    parser.add_argument("--reference-seed", type=seed_int, default=1000,
                         help="query seed of the reference prompts (differs from --task-seed)")
     parser.add_argument("--knockout-kind", choices=("kind", "category"), default="kind",
                         help="same kind = same letter/word/separator/label (kind) or same word category (category)")
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch CPU threads (default 1: on a busy 2-core machine 1 scored 4x faster than 2)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--device", type=device_arg, default=None,
+                        help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--out-dir", type=Path, default=Path("saved_ablation") / "pattern_icl")
     parser.add_argument("--fig-dir", type=Path, default=Path("figs") / "pattern_icl")
@@ -97,15 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _induction_scores(args, spec, n_layers: int, n_heads: int) -> np.ndarray:
-    from icl_cmr.io import load_pickle, to_numpy
-    from icl_cmr.score_files import find_score_file
+    from icl_cmr.score_files import find_score_file, read_head_scores
 
     path = args.scores_file if args.scores_file is not None else find_score_file(args.scores_dir, spec.name)
-    scores = load_pickle(path)
-    if not isinstance(scores, dict) or "prefix_matching_score" not in scores:
-        raise InputError(f"{path} has no 'prefix_matching_score' (compute it with compute_head_scores.py), "
-                         "or pass --heads")
-    matrix = to_numpy(scores["prefix_matching_score"]).astype(np.float64)
+    matrix = read_head_scores(path, required=("prefix_matching_score",)).prefix_matching_score
     if matrix.shape != (n_layers, n_heads):
         raise InputError(f"{path}: prefix_matching_score has shape {matrix.shape}, the model has "
                          f"{n_layers} x {n_heads} heads")
@@ -163,11 +161,11 @@ def conditions(ablate: Sequence[str], methods: Sequence[str], sets: Dict[str, di
 
 
 def _prompts(args, task_names: Sequence[str]):
-    from icl_cmr.io import load_json
-    from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts, prompts_from_json
+    from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts
+    from icl_cmr.result_files import read_pattern_prompts
 
     if args.prompts_file is not None:
-        prompts, config = prompts_from_json(load_json(args.prompts_file))
+        prompts, config = read_pattern_prompts(args.prompts_file)
         missing = [name for name in task_names if name not in prompts]
         if missing:
             raise InputError(f"{args.prompts_file} has no prompts for task(s) {', '.join(missing)}; "
@@ -209,7 +207,7 @@ def run(args) -> Tuple[object, dict]:
     import torch
 
     from icl_cmr.head_ablation import ablation_hooks
-    from icl_cmr.models import bos_token_id, load_model, resolve_model
+    from icl_cmr.models import choose_bos, load_model, resolve_model
     from icl_cmr.pattern_eval import (encode_prompts, label_log_likelihoods, plan_scoring, reference_means,
                                       score_choices)
     from icl_cmr.pattern_tasks import TASKS
@@ -219,15 +217,16 @@ def run(args) -> Tuple[object, dict]:
     methods = _comma_list(args.method, METHOD_CHOICES, "--method")
     prompts, config = _prompts(args, task_names)
     spec = resolve_model(args.model)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
-    model = load_model(spec, device=device, dtype=args.dtype)
+    model = load_model(spec, device=device, dtype=args.dtype,
+                       require_hooks=("attn_scores", "pattern", "v", "z") if "knockout" in methods else ("pattern", "v", "z"))
     if getattr(model, "tokenizer", None) is None:
         raise InputError(f"model {spec.name} has no tokenizer; the pattern tasks are text")
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     sets = head_sets(args, spec, n_layers, n_heads, need_heads=bool({"induction", "random"} & set(ablate)))
     todo = conditions(ablate, methods, sets)
-    bos = bos_token_id(model)
+    bos = choose_bos(model, None, spec.trust_remote_code).token_id
     encoded = {name: encode_prompts(model.tokenizer, prompts[name], bos, kind_level=args.knockout_kind)
                for name in task_names}
     longest = {name: max(len(e.prompt_ids) + max(len(c) for c in e.continuation_ids) for e in encoded[name])

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from icl_cmr.io import save_figure
-from icl_cmr.cli import positive_int, run_cli, setup_logging
+from icl_cmr.cli import OneLineErrorParser, positive_int, run_cli, setup_logging
 from icl_cmr.fitting import select_lags
 from icl_cmr.human_recall import DEFAULT_HUMAN_DATASET, HUMAN_DATASETS, conditional_lag_crp, load_recall_data
 from icl_cmr.io import ensure_writable_dir, save_text
@@ -38,7 +38,7 @@ FIG4_POINTS = ((1.0, 1.0, 0.0), (0.7, 0.7, 0.0), (0.7, 0.7, 0.5), (0.7, 0.7, 1.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="CMR reference CRPs and the human lag-CRP (Fig 4).")
+    parser = OneLineErrorParser(description="CMR reference CRPs and the human lag-CRP (Fig 4).")
     parser.add_argument("--crp-grid", "--crp_grid", type=Path, default=DEFAULT_GRID_PATH,
                         help="CMR CRP grid .npy (default: %(default)s)")
     parser.add_argument("--crp-sem", "--crp_sem", type=Path, default=None,

@@ -31,11 +31,12 @@ from typing import List, Optional, Sequence
 import ablation
 import compute_head_scores
 import fit_attn_score
-from icl_cmr.cli import positive_int, run_cli, setup_logging
+from icl_cmr.cli import OneLineErrorParser, device_arg, fraction, positive_int, run_cli, setup_logging
 from icl_cmr.config import CMR_LIKE_THRESHOLD
 from icl_cmr.errors import InputError
 from icl_cmr.icl_score import ICLScoreConfig
-from icl_cmr.io import load_pickle, save_text
+from icl_cmr.io import load_json, save_text
+from icl_cmr.result_files import read_ablation_result
 from icl_cmr.models import resolve_model
 from icl_cmr.score_files import DEFAULT_GRID_PATH, fit_result_paths
 from icl_cmr.text_data import TextDataConfig
@@ -58,16 +59,17 @@ N_SUMMARY_HEADS = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Head scores, CMR fits and ablation on one model, with a summary.")
+    parser = OneLineErrorParser(description="Head scores, CMR fits and ablation on one model, with a summary.")
     parser.add_argument("--model", default=str(BUNDLED_MODEL),
                         help="registry name, Hugging Face id or local folder (default: the bundled toy LM)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--device", type=device_arg, default=None,
+                        help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     parser.add_argument("--data", type=Path, default=None,
                         help="ICL text: .txt/.jsonl file or folder (default: held-out stdlib files for the bundled "
                              "model, C4 English validation otherwise)")
     parser.add_argument("--n-eval", type=positive_int, default=ablation.AblationConfig().n_eval,
                         help="prompts for the ablation (default: %(default)s, the paper's)")
-    parser.add_argument("--fraction", type=float, default=ablation.AblationConfig().fraction,
+    parser.add_argument("--fraction", type=fraction, default=ablation.AblationConfig().fraction,
                         help="share of heads ablated, lowest CMR distance first (default: %(default)s, the paper's)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="prompts per forward pass")
     parser.add_argument("--crp-grid", type=Path, default=DEFAULT_GRID_PATH, help="CMR CRP grid (default: shipped)")
@@ -96,7 +98,7 @@ def model_context(model_arg: str) -> int:
     """The context length from a local folder's config.json, else the paper's 512 (checked at load time)."""
     config = Path(model_arg) / "config.json"
     if config.is_file():
-        fields = json.loads(config.read_text())
+        fields = load_json(config)
         for key in ("n_positions", "max_position_embeddings", "n_ctx"):
             if key in fields:
                 return int(fields[key])
@@ -168,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        *(["--restart"] if args.restart else []), *common])
 
     fit_table = pd.read_csv(fit_table_file)
-    result = load_pickle(args.ablation_dir / f"ablation_experiment_{spec.name}.pkl")
+    result = read_ablation_result(args.ablation_dir / f"ablation_experiment_{spec.name}.pkl")
     print()
     print(summary_text(fit_table, result["stats"], CMR_LIKE_THRESHOLD))
     logger.info("pipeline finished in %.0f s; figures in %s", time.monotonic() - started, args.figs_dir)

@@ -33,12 +33,13 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from fit_attn_score import add_common_arguments, grid_parameters, load_grid, str2bool
+from fit_attn_score import add_common_arguments, grid_parameters, load_grid
 from icl_cmr.io import save_figure
-from icl_cmr.cli import non_negative_int, positive_int, run_cli, setup_logging
+from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_int, run_cli, setup_logging, str2bool
 from icl_cmr.errors import InputError
 from icl_cmr.fitting import CmrGrid, fit_heads
-from icl_cmr.io import ensure_writable_dir, load_pickle, make_metadata, save_pickle
+from icl_cmr.io import ensure_writable_dir, make_metadata, save_pickle
+from icl_cmr.result_files import read_top_heads
 from icl_cmr.score_format import plain_metadata
 from icl_cmr.layer_stats import DEFAULT_TOP_N, HUMAN_FITS, HeadSelection, gather_selected, select_top_heads
 from icl_cmr.score_files import CHECKPOINT_INDICES, checkpoint_step, load_checkpoint_series
@@ -142,8 +143,7 @@ def load_saved(top_dir: Path, tag: str) -> Dict[str, Dict[str, dict]]:
     for kind, pattern in (("cmr", CMR_SELECTION_FILE), ("induction", INDUCTION_SELECTION_FILE)):
         path = top_dir / pattern.format(tag=tag)
         if path.is_file():
-            data = load_pickle(path)
-            out[kind] = {k: v for k, v in data.items() if k.startswith("top") and isinstance(v, dict)}
+            out[kind] = read_top_heads(path)
             logger.info("read %s (%s)", path, ", ".join(out[kind]))
         else:
             logger.warning("no saved selection %s", path)
@@ -184,7 +184,7 @@ def draw(selections: Dict[str, Dict[str, dict]], out_dir: Path, title: str, suff
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Top-N CMR-like and induction heads over training (Fig 7c-f).")
+    parser = OneLineErrorParser(description="Top-N CMR-like and induction heads over training (Fig 7c-f).")
     parser.add_argument("-m", "--models", "--model_name", nargs="+", default=list(PYTHIA_MODELS),
                         help="models to pool (default: the paper's eight Pythia models)")
     parser.add_argument("-t", "--n_top", type=positive_int, nargs="+", default=list(DEFAULT_TOP_N),

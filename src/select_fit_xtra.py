@@ -22,11 +22,12 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from fit_attn_score import add_common_arguments, grid_parameters, load_grid, str2bool
+from fit_attn_score import add_common_arguments, grid_parameters, load_grid
 from icl_cmr.io import save_figure
-from icl_cmr.cli import positive_int, run_cli, setup_logging
+from icl_cmr.cli import OneLineErrorParser, positive_int, run_cli, setup_logging, str2bool
 from icl_cmr.errors import InputError
-from icl_cmr.io import ensure_writable_dir, load_pickle, make_metadata, save_pickle
+from icl_cmr.io import ensure_writable_dir, make_metadata, save_pickle
+from icl_cmr.result_files import read_top_heads
 from icl_cmr.score_format import plain_metadata
 from icl_cmr.layer_stats import DEFAULT_TOP_N, HUMAN_FITS
 from select_fit import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, QUANTITIES, _mean_sem,
@@ -67,7 +68,7 @@ def draw(per_model: Dict[str, Dict[str, Dict[str, dict]]], out_dir: Path) -> lis
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Top-N CMR-like and induction heads per model (no checkpoints).")
+    parser = OneLineErrorParser(description="Top-N CMR-like and induction heads per model (no checkpoints).")
     parser.add_argument("-m", "--models", nargs="+", default=list(XTRA_MODELS), help="models (default: %(default)s)")
     parser.add_argument("-t", "--n_top", type=positive_int, nargs="+", default=list(DEFAULT_TOP_N),
                         help="set sizes N (default: %(default)s)")
@@ -88,9 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for kind, pattern in (("cmr", CMR_SELECTION_FILE), ("induction", INDUCTION_SELECTION_FILE)):
                 path = args.top_heads_dir / pattern.format(tag=model)
                 if path.is_file():
-                    data = load_pickle(path)
-                    per_model.setdefault(model, {})[kind] = {k: v for k, v in data.items()
-                                                             if k.startswith("top") and isinstance(v, dict)}
+                    per_model.setdefault(model, {})[kind] = read_top_heads(path)
                 else:
                     logger.warning("no saved selection %s", path)
         if not per_model:

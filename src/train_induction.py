@@ -43,9 +43,10 @@ import torch
 from tqdm.auto import tqdm
 
 from icl_cmr import induction_task as task
-from icl_cmr.cli import positive_int, non_negative_int, run_cli, setup_logging, unit_interval_float
+from icl_cmr.cli import (OneLineErrorParser, comma_list, int_range, positive_float, positive_int, probability, run_cli,
+                         seed_int, setup_logging)
 from icl_cmr.errors import InputError
-from icl_cmr.io import atomic_write, make_metadata, save_figure, save_json, save_text
+from icl_cmr.io import atomic_write, load_torch, make_metadata, save_figure, save_json, save_text
 from icl_cmr.tiny_transformer import POSITION_ENCODINGS, TinyTransformer, TinyTransformerConfig
 
 logger = logging.getLogger("train_induction")
@@ -56,21 +57,14 @@ DEFAULT_FIG_DIR = REPO_ROOT / "figs" / "induction_task"
 CURVE_COLUMNS = ("step", "length", "train_loss", "train_accuracy", "val_accuracy", "wall_seconds")
 
 
-def curriculum_lengths(text: str) -> tuple:
-    """Parse ``"16,32,64"`` into strictly increasing lengths >= 3 (argparse type)."""
-    try:
-        lengths = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not lengths or min(lengths) < 3 or any(b <= a for a, b in zip(lengths, lengths[1:])):
-        raise argparse.ArgumentTypeError(f"curriculum lengths must be increasing and >= 3, got {text!r}")
-    return lengths
+#: Shortest sequence of the task: trigger, value, trigger (DESIGN.md section 7).
+sequence_length = int_range(3)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     defaults = task.InductionTaskConfig()
     model_defaults = TinyTransformerConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--position_encoding", choices=POSITION_ENCODINGS, default="absolute",
                         help="position encoding (default absolute, the assignment's)")
     parser.add_argument("--save_dir", type=Path, default=DEFAULT_SAVE_DIR,
@@ -78,15 +72,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--fig_dir", type=Path, default=DEFAULT_FIG_DIR,
                         help="training-curve PDF folder (default figs/induction_task)")
     parser.add_argument("--resume", action="store_true", help="continue from ENC_checkpoint.pt in --save_dir")
-    parser.add_argument("--seed", type=non_negative_int, default=defaults.train_seed,
+    parser.add_argument("--seed", type=seed_int, default=defaults.train_seed,
                         help=f"seed of the weights and the training stream (default {defaults.train_seed})")
-    parser.add_argument("--val_seed", type=non_negative_int, default=defaults.val_seed,
+    parser.add_argument("--val_seed", type=seed_int, default=defaults.val_seed,
                         help=f"seed of the fixed validation sets (default {defaults.val_seed})")
-    parser.add_argument("--learning_rate", type=float, default=defaults.learning_rate,
+    parser.add_argument("--learning_rate", type=positive_float, default=defaults.learning_rate,
                         help=f"constant Adam learning rate (default {defaults.learning_rate})")
     parser.add_argument("--batch_size", type=positive_int, default=defaults.batch_size)
-    parser.add_argument("--train_length", type=positive_int, default=defaults.train_length)
-    parser.add_argument("--curriculum", type=curriculum_lengths, default=(),
+    parser.add_argument("--train_length", type=sequence_length, default=defaults.train_length)
+    parser.add_argument("--curriculum", type=comma_list(sequence_length, increasing=True), default=(),
                         help="shorter lengths to train on first, e.g. 16,32,64,128 (default: none); "
                              "each stage ends when its validation accuracy reaches --target_accuracy")
     parser.add_argument("--max_steps", type=positive_int, default=defaults.max_steps,
@@ -95,7 +89,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help=f"validate and checkpoint every N steps (default {defaults.eval_every})")
     parser.add_argument("--n_val", type=positive_int, default=defaults.n_val_sequences,
                         help=f"validation sequences at the training length (default {defaults.n_val_sequences})")
-    parser.add_argument("--target_accuracy", type=unit_interval_float, default=defaults.target_accuracy,
+    parser.add_argument("--target_accuracy", type=probability, default=defaults.target_accuracy,
                         help=f"stop at this validation accuracy (default {defaults.target_accuracy})")
     parser.add_argument("--d_model", type=positive_int, default=model_defaults.d_model)
     parser.add_argument("--n_heads", type=positive_int, default=model_defaults.n_heads)
@@ -106,11 +100,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no_figure", action="store_true", help="skip the training-curve PDF")
     parser.add_argument("--no_progress", action="store_true", help="hide the tqdm bar")
     parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    if args.learning_rate <= 0:
-        raise InputError(f"--learning_rate must be > 0, got {args.learning_rate}")
-    if args.train_length < 3:
-        raise InputError(f"--train_length must be >= 3, got {args.train_length}")
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     if args.curriculum and args.curriculum[-1] >= args.train_length:
         raise InputError(f"--curriculum lengths must be below --train_length {args.train_length}, "
                          f"got {','.join(map(str, args.curriculum))}")
@@ -126,10 +120,10 @@ def load_model(path: "str | Path") -> TinyTransformer:
     """Load a model from ``ENC.pt`` or ``ENC_checkpoint.pt`` (weights only, safe unpickling)."""
     path = Path(path)
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_torch(path)
         model = TinyTransformer(TinyTransformerConfig(**saved["model_config"]))
         model.load_state_dict(saved["model"])
-    except FileNotFoundError:
+    except (FileNotFoundError, InputError):
         raise
     except (KeyError, TypeError, RuntimeError, EOFError, ValueError) as err:
         raise InputError(f"cannot load an induction-task model from {path}: {err}") from None
@@ -167,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.resume:
         if not checkpoint_path.is_file():
             raise InputError(f"--resume: no checkpoint at {checkpoint_path}")
-        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        saved = load_torch(checkpoint_path)
         if saved["model_config"] != model_config.to_dict():
             raise InputError(f"--resume: {checkpoint_path} was trained with {saved['model_config']}, "
                              f"not {model_config.to_dict()}")

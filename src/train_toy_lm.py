@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from icl_cmr import toy_lm
-from icl_cmr.cli import non_negative_int, positive_int, run_cli, setup_logging
+from icl_cmr.cli import OneLineErrorParser, positive_int, probability, run_cli, seed_int, setup_logging
 from icl_cmr.io import ensure_writable_dir, load_json, make_metadata, save_figure, save_json, save_text
 
 logger = logging.getLogger("train_toy_lm")
@@ -42,12 +42,12 @@ DEFAULT_SAVE_DIR = Path(__file__).resolve().parents[1] / "saved_models" / "toy_l
 EVAL_PROMPTS = 32
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     defaults = toy_lm.ToyLMConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--save_dir", type=Path, default=DEFAULT_SAVE_DIR,
                         help="output folder (default saved_models/toy_lm)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch CPU threads; part of what makes a run reproducible (default 1, as the "
                              "shipped model; on a busy machine one thread also ran 2-4x faster than two)")
@@ -55,7 +55,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help=f"optimiser steps; the cosine schedule spans them (default {defaults.max_steps})")
     parser.add_argument("--eval_every", type=positive_int, default=defaults.eval_every,
                         help=f"log loss and matching score every N steps (default {defaults.eval_every})")
-    parser.add_argument("--stop_score", type=float, default=defaults.stop_score,
+    parser.add_argument("--stop_score", type=probability, default=defaults.stop_score,
                         help="stop early once the best head's matching score is >= this at --stop_patience "
                              f"consecutive evaluations (default {defaults.stop_score})")
     parser.add_argument("--stop_patience", type=positive_int, default=defaults.stop_patience,
@@ -82,7 +82,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "through transformers and TransformerLens) and store it in its training_log.json")
     parser.add_argument("--no_progress", action="store_true", help="hide the tqdm bar")
     parser.add_argument("-v", "--verbose", action="store_true")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _replace_dir(tmp_dir: Path, target: Path) -> None:

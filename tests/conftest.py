@@ -55,3 +55,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def matrix_model_dir(tmp_path_factory):
+    """``matrix_model_dir(arch)``: folder of a tiny random model of ``arch`` (tiny_models.MATRIX_ARCHITECTURES),
+    norm gains drawn away from 1; built once per session on first use."""
+    from tiny_models import make_tiny_model_dir
+
+    root = tmp_path_factory.mktemp("matrix_models")
+    built = {}
+
+    def get(arch: str):
+        if arch not in built:
+            built[arch] = make_tiny_model_dir(arch, root / arch, random_norms=True)
+        return built[arch]
+
+    return get

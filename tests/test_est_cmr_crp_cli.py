@@ -123,5 +123,6 @@ def test_the_script_reports_errors_without_a_traceback(tmp_path, repo_root):
                             cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: --n_start must be at least 2 (the SEM is taken over start positions), got 1"]
+        "error: argument --n_start: must be an integer >= 2 (the SEM is taken over start positions), got 1 "
+        "(see --help)"]
     assert not Path(tmp_path / "out").exists()

@@ -330,8 +330,8 @@ def test_resume_mid_curriculum_equals_uninterrupted_training(tmp_path):
     assert [r["length"] for r in a["curve"]] == [r["length"] for r in b["curve"]]
 
 
-@pytest.mark.parametrize("curriculum, message", [("32,16", "increasing"), ("2", "increasing"),
-                                                  ("16,x", "integers"), ("16,256", "below --train_length")])
+@pytest.mark.parametrize("curriculum, message", [("32,16", "increasing"), ("2", ">= 3"),
+                                                  ("16,x", "integer"), ("16,256", "below --train_length")])
 def test_bad_curriculum_is_a_one_line_error(tmp_path, capsys, curriculum, message):
     import train_induction
     from icl_cmr.cli import run_cli

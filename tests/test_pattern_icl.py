@@ -13,7 +13,7 @@ from icl_cmr.cli import run_cli
 from icl_cmr.errors import InputError
 from icl_cmr.head_ablation import mean_ablation_hooks
 from icl_cmr.io import load_json, save_pickle
-from icl_cmr.models import bos_token_id, hook_name, load_model, resolve_model
+from icl_cmr.models import choose_bos, hook_name, load_model, resolve_model
 from icl_cmr.pattern_eval import (EncodedPrompt, accuracy_with_ci, encode_prompts, label_log_likelihoods,
                                   mcnemar_exact, paired_permutation_test, reference_means, score_choices,
                                   select_top_heads)
@@ -41,7 +41,7 @@ def slow_log_likelihood(model, prompt_ids, continuation_ids, hooks=()):
 
 def test_batched_label_scores_equal_unbatched_reference(gpt2):
     prompts = generate_prompts("category_pairs_4way_a", PatternTaskConfig(n_items=3, demo_seeds=(0,)))
-    encoded = encode_prompts(gpt2.tokenizer, prompts, bos_token_id(gpt2))
+    encoded = encode_prompts(gpt2.tokenizer, prompts, choose_bos(gpt2).token_id)
     assert all(len(c) > 1 for c in encoded[0].continuation_ids)  # the tiny tokenizer splits " Foo"
     batched = label_log_likelihoods(gpt2, encoded, batch_size=5)
     expected = [[slow_log_likelihood(gpt2, e.prompt_ids, c) for c in e.continuation_ids] for e in encoded]
@@ -103,7 +103,7 @@ def test_top_heads_count_rounds_the_percentage_and_skips_nan():
 
 def test_mean_ablation_with_the_evaluation_prompt_as_reference_leaves_the_output_unchanged(gpt2):
     prompts = generate_prompts("repetition", PatternTaskConfig(n_items=2, demo_seeds=(0,)))
-    encoded = encode_prompts(gpt2.tokenizer, prompts[:1], bos_token_id(gpt2))
+    encoded = encode_prompts(gpt2.tokenizer, prompts[:1], choose_bos(gpt2).token_id)
     means, _ = reference_means(gpt2, encoded, range(2), len(encoded[0].prompt_ids))
     tokens = torch.as_tensor(encoded[0].prompt_ids)[None]
     hooks = mean_ablation_hooks(gpt2, [(0, 1), (1, 3)], means)
@@ -118,7 +118,7 @@ def test_mean_ablated_head_output_is_the_average_clean_output(gpt2):
     # each position is the clean output averaged over the prompts reaching that position; positions
     # past the longest prompt take the average over all non-BOS tokens.
     prompts = generate_prompts("category_pairs_a", PatternTaskConfig(n_items=4, demo_seeds=(0,)))
-    encoded = encode_prompts(gpt2.tokenizer, prompts, bos_token_id(gpt2))
+    encoded = encode_prompts(gpt2.tokenizer, prompts, choose_bos(gpt2).token_id)
     lengths = [len(e.prompt_ids) for e in encoded]
     assert len(set(lengths)) > 1
     layer, head = 1, 2

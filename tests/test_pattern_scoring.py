@@ -7,7 +7,7 @@ import torch
 
 from icl_cmr.attention_knockout import kind_codes, knockout_hooks, knockout_mask
 from icl_cmr.head_ablation import ablation_hooks
-from icl_cmr.models import bos_token_id, load_model, resolve_model
+from icl_cmr.models import choose_bos, load_model, resolve_model
 from icl_cmr.pattern_eval import (EncodedPrompt, encode_prompts, label_log_likelihoods, plan_scoring,
                                   reference_means, score_choices)
 from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts
@@ -48,7 +48,7 @@ def unbatched_reference(model, encoded, method, means=None):
 def test_batched_scores_equal_unbatched_forwards(tiny_models, arch, method):
     model = tiny_models[arch]
     prompts = generate_prompts("category_pairs_4way_b", PatternTaskConfig(n_items=5, demo_seeds=(0,)))
-    encoded = encode_prompts(model.tokenizer, prompts, bos_token_id(model))
+    encoded = encode_prompts(model.tokenizer, prompts, choose_bos(model).token_id)
     assert len({len(e.prompt_ids) for e in encoded}) > 1  # padding is exercised
     means = None
     if method == "mean":
@@ -95,7 +95,7 @@ def test_labels_that_differ_before_their_last_token_get_a_sequence_each(tiny_mod
 def test_a_plan_reused_across_conditions_gives_what_a_fresh_one_gives(tiny_models):
     model = tiny_models["llama_gqa"]
     prompts = generate_prompts("recursion", PatternTaskConfig(n_items=4, demo_seeds=(0,)))
-    encoded = encode_prompts(model.tokenizer, prompts, bos_token_id(model))
+    encoded = encode_prompts(model.tokenizer, prompts, choose_bos(model).token_id)
     plan = plan_scoring(encoded, batch_size=4)
     zeroed = ablation_hooks(model, HEADS, "value")
     first = label_log_likelihoods(model, plan, hooks=zeroed)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from icl_cmr.config import BETA_ENC_GRID
-from icl_cmr.errors import InputError
+from icl_cmr.errors import CorruptFileError, FileContentError, InputError
 from icl_cmr.score_files import (CHECKPOINT_INDICES, FINAL_CHECKPOINT, checkpoint_step, find_score_file,
                                  load_checkpoint_series, read_cmr_grid, normalise_model_name,
                                  parse_score_file_name, read_head_scores)
@@ -236,7 +236,7 @@ def test_files_written_by_score_format_are_found_and_read(tmp_path):
     rng = np.random.default_rng(3)
     shape = (2, 4)
     crp = rng.normal(size=shape + (16,))
-    scores = assemble_score_dict(rng.random(shape), rng.uniform(-1, 1, shape), crp, crp / 10, rng.random(shape + (16,)),
+    scores = assemble_score_dict(rng.random(shape), rng.uniform(-1, 1, shape), crp, np.abs(crp) / 10, rng.random(shape + (16,)),
                                  rng.random(shape + (16,)), rng.random(shape), metadata={"seed": 0})
     path = save_pickle(default_score_path("pythia-70m", 10, root=tmp_path), scores)
     assert find_score_file(tmp_path, "pythia-70m-deduped-v0", 10) == path
@@ -252,3 +252,89 @@ def test_crp_lags_in_the_file_are_used(tmp_path):
     raw["CRP_lags"] = np.arange(-6, 7)
     read = read_head_scores(write(tmp_path / "all_scores_m.pkl", raw))
     np.testing.assert_array_equal(read.lags, np.arange(-6, 7))
+
+
+# ----------------------------------------------------------------------------- what a head-score file must hold
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(CRP_scores=d["CRP_scores"].astype(str)), r"'CRP_scores' holds strings \(dtype <U\d+\), "
+                                                                r"expected pre-softmax attention by lag"),
+    (lambda d: d.update(copying_score=np.array([[{"a": 1}] * 3] * 2, dtype=object)), "'copying_score' holds Python objects"),
+    (lambda d: d.update(CRP_scores=d["CRP_scores"][..., :0], CRP_scores_sem=d["CRP_scores_sem"][..., :0],
+                        CRP_lags=np.arange(0)), r"'CRP_lags' has shape \(0,\): n_lags is 0"),
+    (lambda d: d.update(head_scores=np.zeros((0, 3)), copying_score=np.zeros((0, 3))), "n_layers is 0"),
+    (lambda d: d.update(copying_score=np.zeros((2, 4))),
+     r"'copying_score' has shape \(2, 4\), expected \[n_layers=2, n_heads=3\] \(n_heads from 'head_scores'\)"),
+    (lambda d: d["head_scores"].__setitem__((1, 2), 1.5), r"'head_scores' holds 1\.5 at index \(1, 2\), expected "
+                                                          r"matching scores .* in \[0, 1\]"),
+    (lambda d: d["CRP_scores"].__setitem__((0, 1, 3), np.inf), r"'CRP_scores' holds inf at index \(0, 1, 3\)"),
+    (lambda d: d["CRP_scores_sem"].__setitem__((0, 0, 0), -0.1), "'CRP_scores_sem' holds -0.1"),
+    (lambda d: d.update(CRP_lags=np.arange(16)[::-1]), "'CRP_lags' must be strictly increasing"),
+    (lambda d: d.update(CRP_lags=np.arange(16) + 0.5), "'CRP_lags' holds 0.5 at index 0, expected whole numbers"),
+    (lambda d: d.update(labels=np.zeros((2, 3))), "'labels' holds numbers"),
+    (lambda d: d.pop("CRP_scores"), "missing 'CRP_scores': expected a head-score file"),
+])
+def test_a_head_score_file_with_the_wrong_arrays_names_the_key(tmp_path, change, message):
+    raw = score_dict(extra=False)
+    change(raw)
+    path = write(tmp_path / "all_scores_m.pkl", raw)
+    with pytest.raises(FileContentError, match=message) as caught:
+        read_head_scores(path)
+    assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_unscored_heads_may_be_nan(tmp_path):
+    raw = score_dict(extra=False)
+    raw["copying_score"][:] = np.nan          # compute_head_scores.py --no-copying
+    raw["CRP_scores"][1, 2] = np.nan
+    read = read_head_scores(write(tmp_path / "all_scores_m.pkl", raw))
+    assert np.isnan(read.copying_score).all() and np.isnan(read.crp[1, 2]).all()
+
+
+def test_crp_lags_must_match_the_crp_when_the_file_has_none(tmp_path):
+    raw = score_dict(extra=False)
+    raw["CRP_scores"], raw["CRP_scores_sem"] = raw["CRP_scores"][..., :11], raw["CRP_scores_sem"][..., :11]
+    with pytest.raises(FileContentError, match="'CRP_scores' has 11 lags but the file has no 'CRP_lags'"):
+        read_head_scores(write(tmp_path / "all_scores_m.pkl", raw))
+
+
+def test_a_fit_file_passed_as_head_scores_says_what_it_is(tmp_path):
+    path = write(tmp_path / "all_scores_m.pkl", {"fitted_MSE": np.zeros((2, 3)), "head_scores": np.zeros((2, 3))})
+    with pytest.raises(FileContentError, match="this is a CMR fit file"):
+        read_head_scores(path)
+
+
+def test_prefix_matching_scores_alone_are_enough_when_only_they_are_needed(tmp_path):
+    scores = np.array([[0.1, 0.9], [0.0, 0.4]])
+    read = read_head_scores(write(tmp_path / "s.pkl", {"prefix_matching_score": torch.as_tensor(scores)}),
+                            required=("prefix_matching_score",))
+    np.testing.assert_array_equal(read.prefix_matching_score, scores)
+    with pytest.raises(FileContentError, match="missing 'head_scores'"):
+        read_head_scores(tmp_path / "s.pkl")
+
+
+def test_grid_axes_in_a_sidecar_must_match_the_grid(tmp_path):
+    np.save(tmp_path / "small.npy", np.full((2, 3, 1, 17), 1 / 17))
+    (tmp_path / "small.json").write_text(json.dumps({"beta_enc": [0.5, 1.0], "beta_rec": [0, 1], "gamma_ft": [0.2]}))
+    with pytest.raises(FileContentError, match=r"small\.json: 'beta_rec' has shape \(2,\), expected \[n_beta_rec=3\]"):
+        read_cmr_grid(tmp_path / "small.npy")
+    (tmp_path / "small.json").write_text(json.dumps({"beta_enc": [0.5, 1.0], "beta_rec": [0, 0.5, "x"], "gamma_ft": [0.2]}))
+    with pytest.raises(FileContentError, match=r"small\.json: 'beta_rec' holds strings"):
+        read_cmr_grid(tmp_path / "small.npy")
+
+
+def test_a_binary_grid_sidecar_is_corrupt(tmp_path):
+    np.save(tmp_path / "small.npy", np.full((2, 3, 1, 17), 1 / 17))
+    (tmp_path / "small.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(CorruptFileError, match=r"small\.json: not UTF-8 text"):
+        read_cmr_grid(tmp_path / "small.npy")
+
+
+@pytest.mark.official
+def test_every_authors_score_file_passes_the_reader(official_dir):
+    paths = sorted(official_dir.glob("saved_scores/*/*.pkl"))
+    assert len(paths) == 1 + 16 + 16 + 1
+    for path in paths:
+        scores = read_head_scores(path)
+        assert scores.crp.shape == scores.matching_score.shape + (16,)
+        assert np.isfinite(scores.crp).all()

@@ -63,7 +63,7 @@ def test_local_data_errors_name_the_problem(tmp_path):
     with pytest.raises(InputError, match="unsupported file type '.csv'"):
         list(iter_local_texts(tmp_path / "x.csv"))
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"body": "no text"}\n')
-    with pytest.raises(InputError, match="bad.jsonl:2 has no string field 'text'"):
+    with pytest.raises(InputError, match="bad.jsonl: line 2 has no string field 'text'"):
         list(iter_local_texts(tmp_path / "bad.jsonl"))
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -10,6 +10,14 @@ from pathlib import Path
 
 ARCHITECTURES = ("gpt2", "neox", "llama_gqa")
 
+#: The per-architecture matrix (issue: "correct on every architecture"): each loads through
+#: TransformerLens 4's bridge; ``gpt_neo`` computes attention outside transformers'
+#: AttentionInterface and must be refused by the head-score tools.
+MATRIX_ARCHITECTURES = ("gpt2", "neox", "llama_gqa", "mistral", "qwen2", "gemma", "gemma2", "gptj", "opt", "phi",
+                        "stablelm", "qwen3", "bloom", "falcon", "gpt_neo")
+#: Architectures whose hooks cannot be made to hold the pre-softmax scores.
+REFUSED_ARCHITECTURES = ("gpt_neo",)
+
 #: Small sizes that keep every test fast: 2 layers, 4 query heads, d_model 32.
 N_LAYERS, N_HEADS, D_MODEL, N_CTX = 2, 4, 32, 256
 #: Grouped-query model: 2 key/value heads shared by 4 query heads.
@@ -40,30 +48,66 @@ def make_tokenizer():
                                    unk_token=BOS_TOKEN)
 
 
-def make_tiny_model_dir(arch: str, directory: Path, seed: int = 0) -> Path:
-    """Build a randomly initialised tiny model of ``arch`` and save it (with tokenizer) to ``directory``."""
+def tiny_config(arch: str, vocab: int, n_layers: int = N_LAYERS, d_model: int = D_MODEL):
+    """A transformers config of ``arch`` at test size (4 query heads; 2 kv heads where grouped)."""
+    import transformers as tf
+
+    common = dict(vocab_size=vocab, bos_token_id=0, eos_token_id=0)
+    rotary = dict(num_hidden_layers=n_layers, num_attention_heads=N_HEADS, hidden_size=d_model,
+                  intermediate_size=4 * d_model, max_position_embeddings=N_CTX)
+    d_head = d_model // N_HEADS
+    configs = {
+        "gpt2": lambda: tf.GPT2Config(n_layer=n_layers, n_head=N_HEADS, n_embd=d_model, n_positions=N_CTX, **common),
+        # Pythia's partial rotary: a quarter of each head's dimensions rotate.
+        "neox": lambda: tf.GPTNeoXConfig(rotary_pct=0.25, **rotary, **common),
+        "llama_gqa": lambda: tf.LlamaConfig(num_key_value_heads=N_KV_HEADS, **rotary, **common),
+        "mistral": lambda: tf.MistralConfig(num_key_value_heads=N_KV_HEADS, sliding_window=None, **rotary, **common),
+        "qwen2": lambda: tf.Qwen2Config(num_key_value_heads=N_KV_HEADS, **rotary, **common),
+        "gemma": lambda: tf.GemmaConfig(num_key_value_heads=1, head_dim=d_head, **rotary, **common),
+        # Attention and final-logit soft-capping, alternating sliding-window layers (window > test prompts).
+        "gemma2": lambda: tf.Gemma2Config(num_key_value_heads=N_KV_HEADS, head_dim=d_head, sliding_window=N_CTX,
+                                          query_pre_attn_scalar=d_head, **rotary, **common),
+        "gptj": lambda: tf.GPTJConfig(n_layer=n_layers, n_head=N_HEADS, n_embd=d_model, n_positions=N_CTX,
+                                      rotary_dim=d_head // 2, **common),
+        "opt": lambda: tf.OPTConfig(num_hidden_layers=n_layers, num_attention_heads=N_HEADS, hidden_size=d_model,
+                                    ffn_dim=4 * d_model, max_position_embeddings=N_CTX, word_embed_proj_dim=d_model,
+                                    pad_token_id=1, **common),
+        "phi": lambda: tf.PhiConfig(partial_rotary_factor=0.5, **rotary, **common),
+        "stablelm": lambda: tf.StableLmConfig(num_key_value_heads=N_HEADS, **rotary, **common),
+        "qwen3": lambda: tf.Qwen3Config(num_key_value_heads=N_KV_HEADS, head_dim=d_head, **rotary, **common),
+        # ALiBi position bias.
+        "bloom": lambda: tf.BloomConfig(n_layer=n_layers, n_head=N_HEADS, hidden_size=d_model, **common),
+        # Multi-query attention (one kv head), rotary.
+        "falcon": lambda: tf.FalconConfig(num_hidden_layers=n_layers, num_attention_heads=N_HEADS, hidden_size=d_model,
+                                          new_decoder_architecture=False, multi_query=True, alibi=False, **common),
+        "gpt_neo": lambda: tf.GPTNeoConfig(num_layers=n_layers, num_heads=N_HEADS, hidden_size=d_model,
+                                           max_position_embeddings=N_CTX,
+                                           attention_types=[[["global", "local"], max(1, n_layers // 2)]],
+                                           window_size=N_CTX, **common),
+    }
+    if arch not in configs:
+        raise ValueError(f"unknown architecture {arch!r}; accepted: {MATRIX_ARCHITECTURES}")
+    return configs[arch]()
+
+
+def make_tiny_model_dir(arch: str, directory: Path, seed: int = 0, n_layers: int = N_LAYERS,
+                        d_model: int = D_MODEL, random_norms: bool = False) -> Path:
+    """Build a randomly initialised tiny model of ``arch`` and save it (with tokenizer) to ``directory``.
+
+    ``random_norms`` draws every 1-d parameter (norm gains and biases, other biases) from
+    N(1, 0.5^2), so that tests of LayerNorm folding see gains other than 1.
+    """
     import torch
-    from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
-                              LlamaConfig, LlamaForCausalLM)
+    from transformers import AutoModelForCausalLM
 
     tokenizer = make_tokenizer()
-    vocab = len(tokenizer)
     torch.manual_seed(seed)
-    common = dict(vocab_size=vocab, bos_token_id=0, eos_token_id=0)
-    if arch == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(n_layer=N_LAYERS, n_head=N_HEADS, n_embd=D_MODEL,
-                                           n_positions=N_CTX, **common))
-    elif arch == "neox":
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
-                                                 hidden_size=D_MODEL, intermediate_size=4 * D_MODEL,
-                                                 max_position_embeddings=N_CTX, **common))
-    elif arch == "llama_gqa":
-        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
-                                             num_key_value_heads=N_KV_HEADS, hidden_size=D_MODEL,
-                                             intermediate_size=4 * D_MODEL, max_position_embeddings=N_CTX,
-                                             **common))
-    else:
-        raise ValueError(f"unknown architecture {arch!r}; accepted: {ARCHITECTURES}")
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer), n_layers, d_model))
+    if random_norms:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.ndim == 1:
+                    parameter.copy_(1.0 + 0.5 * torch.randn_like(parameter))
     directory = Path(directory)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

@@ -15,7 +15,8 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
+from .errors import FileContentError, InputError
+from .file_checks import ArraySpec, check_array
 from .head_ablation import Head, ablation_hooks, draw_random_head_sets
 from .icl_score import ICLScoreConfig, icl_scores, token_losses
 
@@ -163,14 +164,45 @@ class BatchSummary:
         return out
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "BatchSummary":
-        """Inverse of :meth:`to_arrays`."""
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], source: str = "batch arrays") -> "BatchSummary":
+        """Inverse of :meth:`to_arrays`, checking that the arrays fit together.
+
+        Parameters
+        ----------
+        arrays : mapping of str -> numpy.ndarray
+            As :meth:`to_arrays` wrote them (e.g. :func:`icl_cmr.io.load_npz` of a partial file).
+        source : str
+            File name for messages.
+
+        Raises
+        ------
+        FileContentError
+            ``n_prompts`` missing or not a positive whole number, an unknown key, per-prompt
+            scores that are not [n_prompts], loss sums of differing lengths, conditions that
+            differ between the three kinds, or values that are not finite numbers.
+        """
+        if "n_prompts" not in arrays:
+            raise FileContentError(source, f"missing 'n_prompts': expected a batch summary with keys 'n_prompts', "
+                                           f"'icl/<condition>', 'loss_sum/<condition>', 'loss_sq_sum/<condition>'")
+        count = np.asarray(arrays["n_prompts"])
+        if count.shape != () or count.dtype.kind not in "iu" or int(count) < 1:
+            raise FileContentError(source, f"'n_prompts' is {count.tolist()!r:.40}, expected a positive whole number")
+        sizes = {"n_prompts": int(count)}
         parts: Dict[str, Dict[str, np.ndarray]] = {"icl": {}, "loss_sum": {}, "loss_sq_sum": {}}
+        specs = {"icl": ArraySpec(("n_prompts",), nan=False, meaning="ICL scores"),
+                 "loss_sum": ArraySpec(("n_positions",), low=0.0, nan=False, meaning="loss sums"),
+                 "loss_sq_sum": ArraySpec(("n_positions",), low=0.0, nan=False, meaning="squared-loss sums")}
         for key, value in arrays.items():
-            if "/" in key:
-                kind, name = key.split("/", 1)
-                parts[kind][name] = np.asarray(value)
-        return cls(n_prompts=int(arrays["n_prompts"]), **parts)
+            if key == "n_prompts":
+                continue
+            kind, _, name = key.partition("/")
+            if kind not in parts or not name:
+                raise FileContentError(source, f"unexpected key {key!r} in a batch summary")
+            parts[kind][name] = check_array(value, source, key, specs[kind], sizes)
+        names = {kind: sorted(values) for kind, values in parts.items()}
+        if not names["icl"] or len({tuple(v) for v in names.values()}) > 1:
+            raise FileContentError(source, f"conditions differ between ICL scores and loss sums: {names}")
+        return cls(n_prompts=sizes["n_prompts"], **parts)
 
 
 def summarise_losses(losses: Mapping[str, np.ndarray], icl_config: ICLScoreConfig) -> BatchSummary:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .cmr import CRP_METHODS, CMRSettings, cmr_crp, mean_and_sem_over_starts
 from .config import BETA_ENC_GRID, BETA_REC_GRID, GAMMA_FT_GRID
-from .errors import InputError
+from .errors import FileContentError, InputError
 from .io import load_json, load_npy, save_json, save_npy
 
 logger = logging.getLogger(__name__)
@@ -177,6 +177,9 @@ def _prepare_slice_dir(spec: GridSpec, slice_dir: Path, resume: bool) -> Dict[in
     existing = sorted(slice_dir.glob("slice_*.npy"))
     if resume and spec_file.exists():
         stored = load_json(spec_file)
+        if not isinstance(stored, dict):
+            raise FileContentError(spec_file, f"holds a {type(stored).__name__}, expected the grid settings of "
+                                              "an unfinished run (a JSON object)")
         if stored != spec.to_json():
             differing = sorted(key for key in set(stored) | set(spec.to_json())
                                if stored.get(key) != spec.to_json().get(key))

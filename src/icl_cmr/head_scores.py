@@ -153,7 +153,13 @@ class LagAccumulator:
         attn = _as_tensor(attn)
         _check_attention(attn, self.offset + 2 * self.block_len, "attention")
         queries, keys, weight = self._indices(attn.device)
-        values = attn[:, :, queries, keys].to(torch.float64)  # [batch, head, query, lag]
+        values = attn[:, :, queries, keys]  # [batch, head, query, lag]
+        if attn.is_floating_point():
+            masked = (values <= torch.finfo(attn.dtype).min / 2) & (weight > 0)
+            if bool(masked.any()):
+                raise InputError("the model masks keys at the lags being scored (sliding-window or local attention "
+                                 "narrower than the prompt); lower --block-len")
+        values = values.to(torch.float64)
         if self._shift is None:
             # Any constant works as the shift; the first batch's mean keeps values near 0.
             self._shift = torch.einsum("bhql,ql->hl", values, weight) / (weight.sum(0) * values.shape[0]).clamp(min=1)

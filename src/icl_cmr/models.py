@@ -16,7 +16,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 from urllib.parse import urlparse
 
 from .errors import InputError
@@ -190,7 +190,8 @@ def _cached_snapshot(spec: ModelSpec) -> Optional[str]:
         return None
 
 
-def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32"):
+def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32",
+               require_hooks: Sequence[str] = ("attn_scores", "pattern")):
     """Load a model with ``TransformerBridge.boot_transformers``.
 
     Parameters
@@ -201,16 +202,21 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32"):
         ``"cpu"`` or ``"cuda"`` (or ``"cuda:N"``).
     dtype : str
         One of :data:`DTYPES`.
+    require_hooks : sequence of {"attn_scores", "pattern", "v", "z"}
+        Hooks the caller reads or edits; checked (and repaired where possible) by
+        :func:`icl_cmr.attention_hooks.prepare_attention_hooks` on a short probe input.
 
     Returns
     -------
     transformer_lens.model_bridge.TransformerBridge
-        In evaluation mode (callers wrap forward passes in ``torch.inference_mode()``).
+        In evaluation mode (callers wrap forward passes in ``torch.inference_mode()``),
+        with each layer's attention pattern released after its forward.
 
     Raises
     ------
     InputError
-        Hub unreachable and the model not cached; CUDA asked for but absent.
+        Hub unreachable and the model not cached; CUDA asked for but absent; an
+        architecture whose required hooks cannot hold what their names say.
     """
     import torch
     from transformer_lens.model_bridge import TransformerBridge
@@ -240,6 +246,9 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32"):
     except OSError as err:
         raise InputError(f"cannot load {spec.source}: {str(err).splitlines()[0]}") from None
     model.eval()
+    from .attention_hooks import prepare_attention_hooks  # it needs hook_name from this module
+
+    prepare_attention_hooks(model, require=require_hooks)
     return model
 
 
@@ -249,9 +258,95 @@ def n_kv_heads(model) -> int:
     return int(value) if value else int(model.cfg.n_heads)
 
 
-def bos_token_id(model) -> Optional[int]:
-    """The tokenizer's BOS id, or None when the model has no tokenizer or no BOS token."""
+def has_tokenizer(model) -> bool:
+    """Whether the model came with real tokenizer files.
+
+    A folder written by ``save_pretrained`` of a model alone gets a placeholder from
+    transformers: a tokenizer with an empty vocabulary and one added special token.
+    """
     tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        return None
-    return getattr(tokenizer, "bos_token_id", None)
+    return tokenizer is not None and int(getattr(tokenizer, "vocab_size", 0) or 0) > 0
+
+
+@dataclass(frozen=True)
+class BosChoice:
+    """Whether prompts start with a BOS token, which one, and why (recorded in metadata).
+
+    Attributes
+    ----------
+    token_id : int or None
+        Prepended to every prompt; None: no BOS.
+    rule : str
+        ``"tokenizer"`` (the tokenizer's own BOS token), ``"model config"`` (no tokenizer
+        files: the config's ``bos_token_id``), ``"none defined"``, ``"--bos"`` or ``"--no-bos"``.
+    """
+
+    token_id: Optional[int]
+    rule: str
+
+    @property
+    def prepended(self) -> bool:
+        return self.token_id is not None
+
+    def describe(self) -> dict:
+        """Metadata entry: ``{"prepended", "token_id", "rule"}``."""
+        return {"prepended": self.prepended, "token_id": self.token_id, "rule": self.rule}
+
+
+def own_bos_token_id(model, trust_remote_code: bool = False) -> Optional[int]:
+    """The BOS id the model's tokenizer defines itself, or None when it defines none.
+
+    TransformerLens 4 fills a missing BOS with the EOS token (Qwen2: ``<|endoftext|>``),
+    which ``tokenizer("text")`` never adds and the model never saw before a text; so
+    the tokenizer is read again from its own files here. Without tokenizer files the
+    model config's ``bos_token_id`` is used when it lies inside the vocabulary.
+    ``trust_remote_code`` as the model was loaded (:attr:`ModelSpec.trust_remote_code`).
+    """
+    tokenizer = getattr(model, "tokenizer", None)
+    vocab = int(model.cfg.d_vocab)
+    if not has_tokenizer(model):
+        config = getattr(getattr(model, "original_model", None), "config", None)
+        token_id = getattr(config, "bos_token_id", None)
+        return int(token_id) if isinstance(token_id, int) and 0 <= token_id < vocab else None
+    from transformers import AutoTokenizer
+
+    source = getattr(tokenizer, "name_or_path", None)
+    try:
+        fresh = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code) if source else None
+    except (OSError, ValueError) as err:
+        logger.warning("could not re-read the tokenizer of %s (%s); using the loaded tokenizer's BOS",
+                       source, str(err).splitlines()[0] if str(err) else type(err).__name__)
+        fresh = tokenizer
+    token_id = getattr(fresh, "bos_token_id", None) if fresh is not None else None
+    return int(token_id) if token_id is not None and 0 <= int(token_id) < vocab else None
+
+
+def choose_bos(model, requested: Optional[bool] = None, trust_remote_code: bool = False) -> BosChoice:
+    """The BOS rule for every prompt a script builds (DESIGN.md section 2; README "BOS").
+
+    Parameters
+    ----------
+    model : TransformerBridge
+    requested : bool or None
+        ``--bos`` (True), ``--no-bos`` (False) or neither (None: prepend the tokenizer's
+        own BOS token when it defines one, as HookedTransformer did for [LI24]'s GPT-2
+        and Pythia runs and as Llama/Mistral tokenizers do themselves).
+    trust_remote_code : bool
+        As the model was loaded (the tokenizer is read again from its files).
+
+    Raises
+    ------
+    InputError
+        ``--bos`` for a tokenizer that defines no BOS token.
+    """
+    if requested is False:
+        return BosChoice(None, "--no-bos")
+    token_id = own_bos_token_id(model, trust_remote_code)
+    if requested:
+        if token_id is None:
+            raise InputError("--bos: the model's tokenizer defines no BOS token (TransformerLens would put its EOS "
+                             "token there); drop --bos")
+        return BosChoice(token_id, "--bos")
+    if token_id is None:
+        return BosChoice(None, "none defined")
+    return BosChoice(token_id, "tokenizer" if has_tokenizer(model) else "model config")

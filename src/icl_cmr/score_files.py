@@ -16,15 +16,16 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .config import (ATTN_CRP_LAGS, BETA_ENC_GRID, BETA_REC_GRID, CMR_CRP_LAGS, CMR_GRID_MEAN_FILENAME,
                      GAMMA_FT_GRID)
-from .errors import InputError
+from .errors import FileContentError, InputError
+from .file_checks import ArraySpec, check_array, check_arrays
 from .fitting import CmrGrid
-from .io import load_json, load_pickle, to_numpy
+from .io import load_json, load_pickle
 from .score_format import head_labels
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,25 @@ def find_score_file(scores_dir: "str | Path", model: str, checkpoint: Optional[i
                      f"expected {expected} in {root} or {root}/<model folder>{hint}")
 
 
+#: The keys of a head-score file this reader uses, with what each must hold (DESIGN.md section 2;
+#: the authors' layout in :mod:`icl_cmr.score_format`). NaN marks a head that could not be
+#: scored (copying scores are all NaN with ``compute_head_scores.py --no-copying``).
+HEAD_SCORE_SPECS = {
+    "head_scores": ArraySpec(("n_layers", "n_heads"), low=0.0, high=1.0, meaning="matching scores"),
+    "copying_score": ArraySpec(("n_layers", "n_heads"), low=-1.0, high=1.0, meaning="copying scores"),
+    "CRP_lags": ArraySpec(("n_lags",), nan=False, integer=True, meaning="lags"),
+    "CRP_scores": ArraySpec(("n_layers", "n_heads", "n_lags"), meaning="pre-softmax attention by lag"),
+    "CRP_scores_sem": ArraySpec(("n_layers", "n_heads", "n_lags"), low=0.0, meaning="standard errors"),
+    "labels": ArraySpec(("n_layers", "n_heads"), strings=True, meaning="head labels"),
+    "prefix_matching_score": ArraySpec(("n_layers", "n_heads"), low=0.0, high=1.0, meaning="prefix-matching scores"),
+}
+
+#: Keys every head-score file has (the authors' and ours).
+HEAD_SCORE_REQUIRED = ("head_scores", "copying_score", "CRP_scores")
+
+HEAD_SCORE_KIND = "a head-score file"
+
+
 @dataclass(frozen=True)
 class HeadScores:
     """Head scores of one model (one checkpoint), in layer-major head order.
@@ -151,9 +171,9 @@ class HeadScores:
     Attributes
     ----------
     matching_score : ndarray, shape [L, H]
-        Induction-head matching score (attention on lag +1).
+        Induction-head matching score (attention on lag +1), in [0, 1]; NaN for unscored heads.
     copying_score : ndarray, shape [L, H]
-        Copying score in [-1, 1].
+        Copying score in [-1, 1]; NaN where not computed.
     crp : ndarray, shape [L, H, n_lags]
         Attention CRP (pre-softmax scores) at lags ``lags`` (16 lags in every file so far).
     crp_sem : ndarray, shape [L, H, n_lags]
@@ -161,9 +181,11 @@ class HeadScores:
     labels : ndarray of str, shape [L, H]
         ``"L{layer}H{head}"``.
     lags : ndarray of int, shape [n_lags]
-        The file's ``CRP_lags`` when present, else -8..+7 (the authors' files).
+        The file's ``CRP_lags`` when present, else -8..+7 (the authors' files); strictly increasing.
     path : str
         File read.
+    prefix_matching_score : ndarray, shape [L, H], optional
+        [CS24]'s prefix-matching score when the file has it (ours), else None.
     """
 
     matching_score: np.ndarray
@@ -173,6 +195,7 @@ class HeadScores:
     labels: np.ndarray
     lags: np.ndarray
     path: str = ""
+    prefix_matching_score: Optional[np.ndarray] = None
 
     @property
     def n_layers(self) -> int:
@@ -185,73 +208,80 @@ class HeadScores:
         return int(self.matching_score.shape[1])
 
 
-def head_scores_from_dict(scores: dict, source: str = "") -> HeadScores:
+def head_scores_from_dict(scores: Any, source: str = "", required: Sequence[str] = HEAD_SCORE_REQUIRED) -> HeadScores:
     """Build :class:`HeadScores` from a score-file dict (authors' or ours; extra keys ignored).
 
     Parameters
     ----------
     scores : dict
         Needs ``head_scores`` [L,H], ``copying_score`` [L,H], ``CRP_scores`` [L,H,n_lags]; optional
-        ``CRP_scores_sem`` [L,H,n_lags], ``labels`` [L,H] and ``CRP_lags`` [n_lags] (default -8..+7).
-        Torch tensors are converted.
+        ``CRP_scores_sem`` [L,H,n_lags], ``labels`` [L,H], ``CRP_lags`` [n_lags] (default -8..+7) and
+        ``prefix_matching_score`` [L,H]. Torch tensors are converted. What each must hold:
+        :data:`HEAD_SCORE_SPECS`.
     source : str
         Name for error messages.
+    required : sequence of str
+        Keys that must be present (a reader that needs only the prefix-matching score
+        passes ``("prefix_matching_score",)``; absent arrays are then NaN).
 
     Raises
     ------
-    InputError
-        If a required key is missing or shapes disagree.
+    FileContentError
+        A required key missing, numbers of the wrong kind (strings, objects), shapes that
+        disagree, no heads or no lags, values out of range, infinite values, lags that are
+        not whole numbers in increasing order.
     """
-    if not isinstance(scores, dict):
-        raise InputError(f"{source}: expected a dict of head scores, got {type(scores).__name__}")
-    required = ("head_scores", "copying_score", "CRP_scores")
-    missing = [key for key in required if key not in scores]
-    if missing:
-        raise InputError(f"{source}: missing keys {missing} (a head-score file needs {list(required)}; "
-                         f"found {sorted(scores)})")
-    matching = to_numpy(scores["head_scores"]).astype(float)
-    copying = to_numpy(scores["copying_score"]).astype(float)
-    crp = to_numpy(scores["CRP_scores"]).astype(float)
+    arrays = check_arrays(scores, source, HEAD_SCORE_KIND, HEAD_SCORE_SPECS, required)
+    shape = next((arrays[k].shape[:2] for k in ("head_scores", "copying_score", "CRP_scores", "CRP_scores_sem",
+                                                 "labels", "prefix_matching_score") if k in arrays), None)
+    if shape is None:
+        raise FileContentError(source, f"holds no per-head arrays: expected {HEAD_SCORE_KIND} with keys "
+                                       f"{', '.join(repr(k) for k in HEAD_SCORE_REQUIRED)}")
     # Our files state their lags (CRP_lags); the authors' are -8..+7.
-    lags = np.asarray(to_numpy(scores.get("CRP_lags", ATTN_CRP_LAGS))).astype(np.int64).ravel()
-    if matching.ndim != 2 or copying.shape != matching.shape:
-        raise InputError(f"{source}: head_scores {matching.shape} and copying_score {copying.shape} "
-                         f"must both be [n_layers, n_heads]")
-    if crp.shape != matching.shape + (lags.size,):
-        raise InputError(f"{source}: CRP_scores has shape {crp.shape}, expected "
-                         f"{matching.shape + (lags.size,)} (lags {lags[0]}..{lags[-1]})")
-    if "CRP_scores_sem" in scores:
-        crp_sem = to_numpy(scores["CRP_scores_sem"]).astype(float)
-        if crp_sem.shape != crp.shape:
-            raise InputError(f"{source}: CRP_scores_sem has shape {crp_sem.shape}, expected {crp.shape}")
-    else:
-        crp_sem = np.full_like(crp, np.nan)
-    if "labels" in scores:
-        labels = np.asarray(to_numpy(scores["labels"])).astype(str)
-        if labels.shape != matching.shape:
-            raise InputError(f"{source}: labels has shape {labels.shape}, expected {matching.shape}")
-    else:
-        labels = head_labels(*matching.shape)
-    return HeadScores(matching_score=matching, copying_score=copying, crp=crp, crp_sem=crp_sem,
-                      labels=labels, lags=lags, path=source)
+    lags = arrays.get("CRP_lags")
+    if lags is None:
+        lags = np.asarray(ATTN_CRP_LAGS, dtype=np.int64)
+        if "CRP_scores" in arrays and arrays["CRP_scores"].shape[2] != lags.size:
+            raise FileContentError(source, f"'CRP_scores' has {arrays['CRP_scores'].shape[2]} lags but the file has no "
+                                           f"'CRP_lags'; without it the authors' {lags.size} lags "
+                                           f"{lags[0]}..{lags[-1]} are assumed")
+    elif lags.size > 1 and np.any(np.diff(lags) <= 0):
+        raise FileContentError(source, f"'CRP_lags' must be strictly increasing, got {lags.tolist()}")
+    nan = np.full(shape, np.nan)
+    crp = arrays.get("CRP_scores", np.full(shape + (lags.size,), np.nan))
+    return HeadScores(matching_score=arrays.get("head_scores", nan), copying_score=arrays.get("copying_score", nan),
+                      crp=crp, crp_sem=arrays.get("CRP_scores_sem", np.full_like(crp, np.nan)),
+                      labels=arrays["labels"] if "labels" in arrays else head_labels(*shape),
+                      lags=lags, path=source, prefix_matching_score=arrays.get("prefix_matching_score"))
 
 
-def read_head_scores(path: "str | Path") -> HeadScores:
-    """Read one head-score file (either layout) through the restricted unpickler.
+def read_head_scores(path: "str | Path", required: Sequence[str] = HEAD_SCORE_REQUIRED) -> HeadScores:
+    """Read one head-score file (either layout) through the restricted unpickler and validate it.
 
     Parameters
     ----------
     path : path
-        A ``*all_scores_*.pkl`` file.
+        A ``*all_scores_*.pkl`` file (or any pickle of that dict).
+    required : sequence of str
+        See :func:`head_scores_from_dict`.
 
     Returns
     -------
     HeadScores
+
+    Raises
+    ------
+    InputError
+        The file does not exist.
+    CorruptFileError, UnsafeFileError
+        From :func:`icl_cmr.io.load_pickle`.
+    FileContentError
+        From :func:`head_scores_from_dict`.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"head-score file {path} does not exist")
-    return head_scores_from_dict(load_pickle(path), source=str(path))
+    return head_scores_from_dict(load_pickle(path), source=str(path), required=required)
 
 
 def load_model_scores(scores_dir: "str | Path", model: str, checkpoint: Optional[int] = None) -> HeadScores:
@@ -281,22 +311,30 @@ def load_checkpoint_series(scores_dir: "str | Path", model: str,
 
 # ----------------------------------------------------------------------------- CMR grids
 
-def _grid_axes_from_sidecar(meta: dict, path: Path) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Axis values from a grid's JSON sidecar: keys at top level, under ``axes`` or ``parameters``."""
+def _grid_axes_from_sidecar(meta: Any, path: Path,
+                            grid_shape: Tuple[int, ...]) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Axis values from a grid's JSON sidecar: keys at top level, under ``axes`` or ``parameters``.
+
+    Returns None when the sidecar names no axes (e.g. other metadata); raises
+    :class:`FileContentError` when it names them wrongly: values that are not numbers in
+    [0, 1], or counts that differ from the grid's ``grid_shape`` [n_beta_enc, n_beta_rec, n_gamma_ft].
+    """
     if not isinstance(meta, dict):
         return None
     for container in (meta, meta.get("axes", {}), meta.get("parameters", {})):
         if not isinstance(container, dict):
             continue
-        found = []
+        found = {}
         for name in ("beta_enc", "beta_rec", "gamma_ft"):
-            value = next((container[key] for key in (name, f"{name}_grid", f"{name}_values") if key in container), None)
-            found.append(value)
-        if all(v is not None for v in found):
-            try:
-                return tuple(np.asarray(v, dtype=float).ravel() for v in found)  # type: ignore[return-value]
-            except (TypeError, ValueError):
-                raise InputError(f"{path}: grid axes must be lists of numbers") from None
+            key = next((key for key in (name, f"{name}_grid", f"{name}_values") if key in container), None)
+            if key is not None:
+                found[name] = (key, container[key])
+        if len(found) < 3:
+            continue
+        sizes = {"n_beta_enc": grid_shape[0], "n_beta_rec": grid_shape[1], "n_gamma_ft": grid_shape[2]}
+        return tuple(check_array(value, str(path), key, ArraySpec((f"n_{name}",), low=0.0, high=1.0, nan=False,
+                                                                  meaning="CMR parameter values"), sizes)
+                     for name, (key, value) in found.items())  # type: ignore[return-value]
     return None
 
 
@@ -354,7 +392,7 @@ def read_cmr_grid(path: "str | Path | None" = None, sem_path: "str | Path | None
     axes = None
     for sidecar in grid_sidecar_candidates(path):
         if sidecar.is_file():
-            axes = _grid_axes_from_sidecar(load_json(sidecar), sidecar)
+            axes = _grid_axes_from_sidecar(load_json(sidecar), sidecar, mean.shape[:3])
             if axes is not None:
                 logger.debug("grid axes from %s", sidecar)
                 break

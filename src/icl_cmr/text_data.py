@@ -9,7 +9,6 @@ stream's order, or sorted file paths and line order for local files.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Iterable, Iterator, List, Optional
 
 import numpy as np
 
-from .errors import InputError
+from .errors import FileContentError, InputError
+from .io import iter_jsonl, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,11 @@ def iter_local_texts(path: "str | Path", field: str = "text") -> Iterator[str]:
     FileNotFoundError
         If ``path`` does not exist.
     InputError
-        Unsupported file type, a folder without such files, a JSONL line that is
-        not an object with a string ``field``.
+        Unsupported file type, or a folder without such files.
+    CorruptFileError
+        A file that is not UTF-8 text, or a JSONL line that is not valid JSON.
+    FileContentError
+        A JSONL line that is not an object with a string ``field``.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -95,19 +98,12 @@ def iter_local_texts(path: "str | Path", field: str = "text") -> Iterator[str]:
         files = [path]
     for file in files:
         if file.suffix == ".txt":
-            yield file.read_text(encoding="utf-8", errors="replace")
+            yield read_text(file)
             continue
-        with open(file, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise InputError(f"{file}:{number} is not valid JSON ({err.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                    raise InputError(f"{file}:{number} has no string field {field!r}")
-                yield record[field]
+        for number, record in iter_jsonl(file):
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                raise FileContentError(file, f"line {number} has no string field {field!r}")
+            yield record[field]
 
 
 def iter_c4_texts() -> Iterator[str]:

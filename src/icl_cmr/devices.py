@@ -1,0 +1,87 @@
+"""Which torch device to run on: validate a device name, pick a default.
+
+Scripts take ``--device cpu | cuda | cuda:N | mps`` (:func:`icl_cmr.cli.device_arg`
+checks it while parsing, before any model loads); without the flag they run on
+:func:`resolve_device`'s choice, CUDA when available, else the CPU.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from .errors import InputError
+
+#: Device names the scripts accept, as shown in messages.
+DEVICE_NAMES = ("cpu", "cuda", "cuda:N", "mps")
+
+_CUDA = re.compile(r"cuda(?::(\d+))?")
+
+
+def validate_device(name: str) -> str:
+    """Check that ``name`` is a torch device that exists on this machine.
+
+    Parameters
+    ----------
+    name : str
+        ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (case and surrounding spaces ignored).
+
+    Returns
+    -------
+    str
+        The normalised name (``"cuda:1"`` for ``" CUDA:01 "``).
+
+    Raises
+    ------
+    InputError
+        If the name is none of those, if CUDA (or MPS) is asked for and this torch build
+        or machine has none, or if ``cuda:N`` names a GPU that does not exist.
+    """
+    text = str(name).strip().lower()
+    if text == "cpu":
+        return text
+    match = _CUDA.fullmatch(text)
+    if match is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU was found"
+            raise InputError(f"{name!r} asked for, but CUDA is not available here ({build}); use cpu")
+        if match.group(1) is None:
+            return "cuda"
+        index, count = int(match.group(1)), torch.cuda.device_count()
+        if index >= count:
+            raise InputError(f"{name!r} does not exist: this machine has {count} CUDA "
+                             f"device{'s' if count != 1 else ''} (cuda:0{f' .. cuda:{count - 1}' if count > 1 else ''})")
+        return f"cuda:{index}"
+    if text == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise InputError(f"{name!r} asked for, but Apple MPS is not available here; use cpu")
+        return text
+    raise InputError(f"unknown device {name!r}: expected {', '.join(DEVICE_NAMES[:-1])} or {DEVICE_NAMES[-1]}")
+
+
+def resolve_device(name: Optional[str] = None) -> str:
+    """The device to run on: ``name`` checked by :func:`validate_device`, or the default.
+
+    Parameters
+    ----------
+    name : str, optional
+        A device name; ``None`` picks ``"cuda"`` when a CUDA GPU is available, else ``"cpu"``.
+
+    Returns
+    -------
+    str
+        A device name torch accepts.
+
+    Raises
+    ------
+    InputError
+        As :func:`validate_device`.
+    """
+    if name is not None:
+        return validate_device(name)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
