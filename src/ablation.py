@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-overlap", action="store_true",
                         help="random sets may include ablated heads, as [LI24] drew them (default: excluded)")
     parser.add_argument("--seed", type=seed_int, default=config.seed,
-                        help="random set k uses seed + k")
+                        help="random set k uses seed + k (a seed repeating an earlier set is skipped)")
     parser.add_argument("--data", type=Path, default=None,
                         help="local .txt / .jsonl file or folder (JSONL field 'text'); default: stream C4 English "
                              "validation ([LI24])")
@@ -348,6 +348,7 @@ def run(args: argparse.Namespace) -> None:
         "model": spec.source, "model_name": spec.name, "dtype": args.dtype, "method": config.method,
         "ablated_heads": format_heads(ablated), "head_source": head_source, "fraction": config.fraction,
         "random_heads": [format_heads(h) for h in random_sets], "random_seeds": seeds,
+        "n_random_sets_requested": config.n_random_sets,  # more than len(random_heads) when fewer distinct sets exist
         "allow_overlap": config.allow_overlap, "data": str(args.data) if args.data else "allenai/c4 en validation",
         "n_eval": int(n_prompts), "seq_len": data_config.seq_len, "min_tokens": data_config.min_tokens,
         "late_index": icl_config.late_index, "early_index": icl_config.early_index,
