@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-overlap", action="store_true",
                         help="random sets may include ablated heads, as [LI24] drew them (default: excluded)")
     parser.add_argument("--seed", type=seed_int, default=config.seed,
-                        help="random set k uses seed + k")
+                        help="random set k uses seed + k (a seed repeating an earlier set is skipped)")
     parser.add_argument("--data", type=Path, default=None,
                         help="local .txt / .jsonl file or folder (JSONL field 'text'); default: stream C4 English "
                              "validation ([LI24])")
@@ -565,6 +565,7 @@ def run(args: argparse.Namespace, checked: Optional[Checked] = None) -> None:
         "ablated_heads": format_heads(ablated), "head_source": portable_path(head_source) if head_source != "--heads"
         else head_source, "fraction": config.fraction,
         "random_heads": [format_heads(h) for h in random_sets], "random_seeds": seeds,
+        "n_random_sets_requested": config.n_random_sets,  # more than len(random_heads) when fewer distinct sets exist
         "allow_overlap": config.allow_overlap, "data": data,
         "n_eval": int(n_prompts), "seq_len": data_config.seq_len, "min_tokens": data_config.min_tokens,
         "late_index": icl_config.late_index, "early_index": icl_config.early_index,

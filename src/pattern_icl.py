@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="head-score pickle with 'prefix_matching_score' [L, H] (default: found in --scores-dir)")
     parser.add_argument("--scores-dir", type=Path, default=Path("saved_scores"))
     parser.add_argument("--n-random-sets", type=positive_int, default=5, help="layer-matched random head draws")
-    parser.add_argument("--random-seed", type=seed_int, default=0, help="seed of draw 0 (draw d: seed + d)")
+    parser.add_argument("--random-seed", type=seed_int, default=0,
+                        help="seed of draw 0 (draw d: seed + d; a seed repeating an earlier set is skipped)")
     parser.add_argument("--reference-corpus", choices=REFERENCE_CHOICES, default="task",
                         help="mean-ablation reference: fresh prompts of the same task (task), the evaluation "
                              "prompts themselves (eval), or fresh prompts of every selected task (all)")
@@ -87,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--knockout-kind", choices=("kind", "category"), default="kind",
                         help="same kind = same letter/word/separator/label (kind) or same word category (category)")
     parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch CPU threads (default 1: on a busy 2-core machine 1 scored 4x faster than 2)")
     parser.add_argument("--device", type=device_arg, default=None,
                         help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
@@ -109,8 +112,13 @@ def _induction_scores(args, spec, n_layers: int, n_heads: int) -> np.ndarray:
 
 
 def head_sets(args, spec, n_layers: int, n_heads: int, need_heads: bool) -> Dict[str, dict]:
-    """``{selection: {"induction": heads, "random": [heads per draw]}}``."""
-    from icl_cmr.head_ablation import parse_heads, random_heads, validate_heads
+    """``{selection: {"induction": heads, "random": [heads per draw], "random_draws": RandomHeadSets}}``.
+
+    The random draws are pairwise distinct (:func:`icl_cmr.head_ablation.draw_random_head_sets`);
+    when fewer layer-matched sets exist than ``--n-random-sets``, every one is used once and a
+    warning says so.
+    """
+    from icl_cmr.head_ablation import draw_random_head_sets, format_heads, parse_heads, validate_heads
     from icl_cmr.pattern_eval import select_top_heads
 
     if not need_heads:
@@ -126,9 +134,13 @@ def head_sets(args, spec, n_layers: int, n_heads: int, need_heads: bool) -> Dict
                            n_layers * n_heads, {name: len(heads) for name, heads in chosen.items()})
     sets = {}
     for name, heads in chosen.items():
-        draws = [random_heads(n_layers, n_heads, len(heads), args.random_seed + draw, exclude=heads,
-                              layer_matched_to=heads) for draw in range(args.n_random_sets)]
-        sets[name] = {"induction": heads, "random": draws}
+        drawn = draw_random_head_sets(n_layers, n_heads, len(heads), args.n_random_sets, args.random_seed,
+                                      exclude=heads, layer_matched_to=heads)
+        if drawn.exhausted:
+            logger.warning("%s: only %d distinct layer-matched random set(s) of %d heads exist outside %s; using "
+                           "%s once, not %d draws (--n-random-sets)", name, drawn.n_possible, len(heads),
+                           format_heads(heads), "it" if drawn.n_possible == 1 else "each", args.n_random_sets)
+        sets[name] = {"induction": heads, "random": [list(draw) for draw in drawn.sets], "random_draws": drawn}
     return sets
 
 
@@ -178,14 +190,26 @@ def _reference_prompts(args, task_names, prompts, config):
     return fresh
 
 
+def _reference_layers(sets: Dict[str, dict]) -> List[int]:
+    """Layers of every head any condition mean-ablates."""
+    heads = [head for s in sets.values() for group in [s["induction"], *s["random"]] for head in group]
+    return sorted({layer for layer, _ in heads})
+
+
 def run(args) -> Tuple[object, dict]:
-    """Score every task under every condition; returns the per-item table and run info."""
+    """Score every task under every condition; returns the per-item table and run info.
+
+    Per task the prompts are tokenized and planned into batches once (:func:`plan_scoring`) and
+    every condition reuses them; the mean-ablation reference of each distinct reference corpus
+    is computed once (``--reference-corpus all``: once for every task).
+    """
     import pandas as pd
     import torch
 
     from icl_cmr.head_ablation import ablation_hooks
     from icl_cmr.models import choose_bos, load_model, resolve_model
-    from icl_cmr.pattern_eval import encode_prompts, label_log_likelihoods, reference_means, score_choices
+    from icl_cmr.pattern_eval import (encode_prompts, label_log_likelihoods, plan_scoring, reference_means,
+                                      score_choices)
     from icl_cmr.pattern_tasks import TASKS
 
     task_names = _comma_list(args.tasks, list(TASKS), "--tasks")
@@ -194,6 +218,7 @@ def run(args) -> Tuple[object, dict]:
     prompts, config = _prompts(args, task_names)
     spec = resolve_model(args.model)
     device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
     model = load_model(spec, device=device, dtype=args.dtype,
                        require_hooks=("attn_scores", "pattern", "v", "z") if "knockout" in methods else ("pattern", "v", "z"))
     if getattr(model, "tokenizer", None) is None:
@@ -202,23 +227,38 @@ def run(args) -> Tuple[object, dict]:
     sets = head_sets(args, spec, n_layers, n_heads, need_heads=bool({"induction", "random"} & set(ablate)))
     todo = conditions(ablate, methods, sets)
     bos = choose_bos(model, None, spec.trust_remote_code).token_id
+    encoded = {name: encode_prompts(model.tokenizer, prompts[name], bos, kind_level=args.knockout_kind)
+               for name in task_names}
+    longest = {name: max(len(e.prompt_ids) + max(len(c) for c in e.continuation_ids) for e in encoded[name])
+               for name in task_names}
     references = _reference_prompts(args, task_names, prompts, config) if "mean" in methods and sets else {}
-    tables = []
+    # One mean-ablation reference per distinct corpus (all tasks share one with --reference-corpus all),
+    # long enough for every task that uses it, kept until the last of those tasks is done.
+    corpus_of = {name: tuple(p.text for p in reference) for name, reference in references.items()}
+    corpus_length = {}
+    for name, key in corpus_of.items():
+        corpus_length[key] = max(corpus_length.get(key, 0), longest[name])
+    last_user = {key: name for name, key in corpus_of.items()}
+    corpus_means: Dict[Tuple[str, ...], tuple] = {}
     reference_info = {}
+    tables = []
     for name in task_names:
-        encoded = encode_prompts(model.tokenizer, prompts[name], bos, kind_level=args.knockout_kind)
-        longest = max(len(e.prompt_ids) + max(len(c) for c in e.continuation_ids) for e in encoded)
+        plan = plan_scoring(encoded[name], args.batch_size)
         means = None
-        if name in references:
-            ref_encoded = encode_prompts(model.tokenizer, references[name], bos)
-            means, ref_length = reference_means(model, ref_encoded, range(n_layers), longest, args.batch_size)
-            beyond = sum(max(0, len(e.prompt_ids) - ref_length) for e in encoded)
-            reference_info[name] = dict(reference_prompts=len(ref_encoded), reference_length=ref_length,
+        if name in corpus_of:
+            key = corpus_of[name]
+            if key not in corpus_means:
+                ref_encoded = encode_prompts(model.tokenizer, references[name], bos)
+                corpus_means[key] = (*reference_means(model, ref_encoded, _reference_layers(sets), corpus_length[key],
+                                                      args.batch_size), len(ref_encoded))
+            means, ref_length, n_reference = corpus_means[key]
+            beyond = sum(max(0, len(e.prompt_ids) - ref_length) for e in encoded[name])
+            reference_info[name] = dict(reference_prompts=n_reference, reference_length=ref_length,
                                         eval_prompt_tokens_beyond_reference=beyond)
             if beyond:
                 logger.info("%s: %d evaluation prompt tokens lie beyond the %d reference positions (pooled mean used)",
                             name, beyond, ref_length)
-        label_index = np.array([e.label_index for e in encoded])
+        label_index = np.array([e.label_index for e in encoded[name]])
         labels = prompts[name][0].labels
         for condition in todo:
             start = time.monotonic()
@@ -228,8 +268,7 @@ def run(args) -> Tuple[object, dict]:
             elif condition["method"] in ("mean", "zero"):
                 hooks = ablation_hooks(model, condition["heads"], "value" if condition["method"] == "zero" else "mean",
                                        means=means)
-            log_likelihoods = label_log_likelihoods(model, encoded, args.batch_size, hooks=hooks,
-                                                    knockout_heads=knockout)
+            log_likelihoods = label_log_likelihoods(model, plan, hooks=hooks, knockout_heads=knockout)
             predicted, correct, margin = score_choices(log_likelihoods, label_index)
             frame = pd.DataFrame({
                 "task": name, "item": [p.item for p in prompts[name]],
@@ -240,13 +279,14 @@ def run(args) -> Tuple[object, dict]:
             for column, label in enumerate(labels):
                 frame[f"ll_{label}"] = log_likelihoods[:, column]
             tables.append(frame)
-            logger.info("%s %s/%s/%s%s: accuracy %.3f (%d prompts, %.1f s)", name, condition["method"],
+            logger.info("%s %s/%s/%s%s: accuracy %.3f (%d prompts, %d sequences, %.1f s)", name, condition["method"],
                         condition["selection"], condition["ablate"],
                         "" if condition["draw"] < 0 else f"#{condition['draw']}", correct.mean(), len(correct),
-                        time.monotonic() - start)
-        del means
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+                        plan.n_runs, time.monotonic() - start)
+        if name in corpus_of and last_user[corpus_of[name]] == name:
+            del corpus_means[corpus_of[name]], means
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     info = dict(spec=spec, config=config, prompts=prompts, sets=sets, reference=reference_info,
                 n_layers=n_layers, n_heads=n_heads)
     return pd.concat(tables, ignore_index=True), info
@@ -371,6 +411,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     heads = {selection: {"induction": format_heads(s["induction"]),
                          "random": [format_heads(draw) for draw in s["random"]]}
              for selection, s in info["sets"].items()}
+    # requested vs distinct: fewer distinct layer-matched sets may exist than --n-random-sets asks for
+    random_sets = {selection: dict(requested=s["random_draws"].n_requested, distinct=len(s["random_draws"].sets),
+                                   possible=s["random_draws"].n_possible, seeds=list(s["random_draws"].seeds))
+                   for selection, s in info["sets"].items()}
     parameters = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
     save_json(out_dir / "prompts.json", prompts_to_json(info["prompts"], info["config"]))
     save_json(out_dir / "heads.json", heads)
@@ -383,7 +427,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     save_figure(figure, figure_path)
     save_json(out_dir / "metadata.json", make_metadata(
         "pattern_icl.py", parameters, seed=args.task_seed, model=portable_path(spec.source), n_layers=info["n_layers"],
-        n_heads=info["n_heads"], mean_reference=info["reference"], wall_time_s=round(time.monotonic() - started, 1)))
+        n_heads=info["n_heads"], mean_reference=info["reference"], random_sets=random_sets,
+        wall_time_s=round(time.monotonic() - started, 1)))
     logger.info("wrote %s/{prompts.json,heads.json,items.csv,results.csv,results_by_seed.csv,stats.csv,"
                 "metadata.json} and %s", out_dir, figure_path)
     return 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import warnings
 import weakref
 from pathlib import Path
 
@@ -271,6 +272,41 @@ def test_no_layers_attention_pattern_outlives_its_forward(arch, matrix_model_dir
     with torch.inference_mode():
         model.run_with_hooks(_tokens(), fwd_hooks=hooks, return_type=None, stop_at_layer=N_LAYERS)
     assert not leaks, f"patterns of earlier layers still alive: {sorted(set(leaks))}"
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "neox", "llama_gqa", "gptj", "bloom"])
+def test_live_activations_do_not_accumulate_across_layers(arch, tmp_path):
+    """Bytes held by non-parameter tensors when layer 3's pattern fires equal those at layer 1 (4 layers)."""
+    from tiny_models import make_tiny_model_dir
+
+    model = load_model(resolve_model(str(make_tiny_model_dir(arch, tmp_path / arch, n_layers=4))))
+    owned = {id(t) for t in list(model.parameters()) + list(model.buffers())}
+    held = {}
+
+    def measure(layer):
+        def hook(pattern, hook):  # noqa: ARG001
+            gc.collect()
+            with warnings.catch_warnings():  # isinstance() on every object touches deprecated torch aliases
+                warnings.simplefilter("ignore")
+                held[layer] = sum(o.numel() * o.element_size() for o in gc.get_objects()
+                                  if isinstance(o, torch.Tensor) and id(o) not in owned and o.device.type != "meta")
+        return hook
+
+    with torch.inference_mode():
+        model.run_with_hooks(_tokens(4, 40), fwd_hooks=[(hook_name(layer, "pattern"), measure(layer))
+                                                        for layer in range(4)])
+    assert held[3] <= held[1], held
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "neox", "bloom"])
+def test_the_streaming_pass_leaves_no_pattern_on_any_module(arch, matrix_model_dir):
+    """Also when the pass stops inside the last attention module (no last MLP, no unembedding)."""
+    model = load_model(resolve_model(str(matrix_model_dir(arch))))
+    prompts = np.stack([np.concatenate([[0], block, block]) for block in (np.arange(1, 7), np.arange(11, 17))])
+    stream_attention_scores(model, prompts, 6, 1, prompts, 6, batch_size=2, progress=False)
+    held = [(layer, name) for layer in range(N_LAYERS) for name in ("_pattern", "_attn_scores")
+            if getattr(model.blocks[layer].attn, name, None) is not None]
+    assert not held
 
 
 @pytest.mark.parametrize("arch", REFUSED_ARCHITECTURES)

@@ -242,3 +242,18 @@ def test_script_runs_on_the_bundled_model_when_present(tmp_path, repo_root):
                             "--ablate", "none,induction", tasks="recursion", n_items=2)
     results = pd.read_csv(folder / "results.csv")
     assert results["accuracy"].between(0, 1).all() and len(results) > 0
+
+
+def test_random_controls_that_could_only_repeat_are_run_and_counted_once(tmp_path, tiny_model_dirs, capsys):
+    # 2 layers x 4 heads, ablating L1H3 and L1H0: the only layer-matched set is L1H1,L1H2 (issue 17).
+    folder, _ = _run_script(tmp_path, tiny_model_dirs["gpt2"], "--heads", "L1H3,L1H0", "--method", "zero",
+                            "--n-random-sets", "5", tasks="repetition", n_items=4)
+    warning = "WARNING: heads: only 1 distinct layer-matched random set(s) of 2 heads exist outside L1H3,L1H0"
+    assert warning in capsys.readouterr().err
+    assert load_json(folder / "heads.json")["heads"]["random"] == ["L1H1,L1H2"]
+    items = pd.read_csv(folder / "items.csv")
+    assert set(items[items.ablate == "random"]["draw"]) == {0}
+    results = pd.read_csv(folder / "results.csv", keep_default_na=False)
+    assert results[results.draw == "pooled"]["n"].tolist() == [8]  # 4 items x 2 seeds, not x 5 draws
+    meta = load_json(folder / "metadata.json")
+    assert meta["random_sets"]["heads"] == dict(requested=5, distinct=1, possible=1, seeds=[0])

@@ -9,6 +9,7 @@ mean loss by position of every condition. Nothing here reads or writes files.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence, Tuple
 
@@ -16,12 +17,14 @@ import numpy as np
 
 from .errors import FileContentError, InputError
 from .file_checks import ArraySpec, check_array
-from .head_ablation import Head, ablation_hooks, random_heads
+from .head_ablation import Head, ablation_hooks, draw_random_head_sets
 from .icl_score import ICLScoreConfig, icl_scores, token_losses
 
 #: Condition names; random control sets are ``ablated_rand_<k>``, their per-prompt mean ``ablated_rand``
 #: (the authors' key prefixes).
 ORIGINAL, ABLATED, ABLATED_RAND = "original", "ablated", "ablated_rand"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,19 +102,31 @@ def top_fraction_heads(distance: np.ndarray, fraction: float) -> List[Head]:
 
 def control_head_sets(n_layers: int, n_heads: int, ablated: Sequence[Head],
                       config: AblationConfig) -> Tuple[List[List[Head]], List[int]]:
-    """Random control sets of ``len(ablated)`` heads each, seeded.
+    """Random control sets of ``len(ablated)`` heads each, seeded and pairwise distinct.
+
+    Drawn by :func:`icl_cmr.head_ablation.draw_random_head_sets`: set ``k`` uses seed
+    ``config.seed + k`` unless an earlier seed's draw repeated a set (then the seeds shift).
+    When fewer distinct sets exist than ``config.n_random_sets``, all of them are used, each
+    once, and a warning says so (the saved ``random_heads`` then has fewer entries).
 
     Returns
     -------
     sets : list of list of (layer, head)
-        ``config.n_random_sets`` sets, each sorted.
+        Up to ``config.n_random_sets`` distinct sets, each sorted.
     seeds : list of int
-        Seed of each set (``config.seed + k``).
+        Seed of each set.
     """
+    if config.n_random_sets == 0:
+        return [], []
     exclude = None if config.allow_overlap else list(ablated)
-    seeds = [config.seed + k for k in range(config.n_random_sets)]
-    sets = [random_heads(n_layers, n_heads, len(ablated), seed=seed, exclude=exclude) for seed in seeds]
-    return sets, seeds
+    drawn = draw_random_head_sets(n_layers, n_heads, len(ablated), config.n_random_sets, config.seed,
+                                  exclude=exclude)
+    if drawn.exhausted:
+        logger.warning("only %d distinct random sets of %d heads exist%s; using those %d instead of the %d asked "
+                       "for (--n-random-sets), each once", drawn.n_possible, len(ablated),
+                       "" if config.allow_overlap else " outside the ablated heads", len(drawn.sets),
+                       config.n_random_sets)
+    return [list(heads) for heads in drawn.sets], list(drawn.seeds)
 
 
 def conditions(ablated: Sequence[Head], random_sets: Sequence[Sequence[Head]]) -> Dict[str, List[Head]]:

@@ -13,7 +13,8 @@ on the module after the forward, so memory grows by one pattern per layer.
 :func:`prepare_attention_hooks` fixes and checks a loaded model, in this order:
 
 1. each attention module drops the pattern it keeps once its forward returns (and no
-   longer returns its weights to the Hugging Face layer loop: read them at ``hook_pattern``);
+   longer returns its weights to the Hugging Face layer loop: read them at ``hook_pattern``),
+   and the key/value cache is switched off, so no layer's tensors outlive the next layer;
 2. a probe on a few random tokens checks that every layer fires each hook exactly once,
    that ``softmax(hook_attn_scores) == hook_pattern``, and that an edit of
    ``hook_attn_scores`` (and of ``hook_v`` / ``hook_z`` when asked) changes the logits;
@@ -45,7 +46,7 @@ _HOOKS_ATTRIBUTE = "_icl_cmr_attention_hooks"
 PROBE_TOKENS = 8
 
 #: Attributes on which TransformerLens 4 attention bridges keep the last pattern/scores.
-_RETAINED_ATTRIBUTES = ("_pattern", "_attn_scores")
+_RETAINED_ATTRIBUTES = ("_pattern", "_attn_scores", "_captured_pre_ln_residual")
 
 #: Hook kinds the probe can check (keys of :data:`icl_cmr.models.HOOK_TEMPLATES`).
 CHECKABLE_HOOKS = ("attn_scores", "pattern", "v", "z")
@@ -161,9 +162,15 @@ def _release_retained_patterns(model) -> None:
             return (output[0], None) + tuple(output[2:])
         return None
 
+    hf_config = getattr(getattr(model, "original_model", None), "config", None)
+    if hf_config is not None and getattr(hf_config, "use_cache", False):
+        # A key/value cache keeps every layer's keys and values for generation; these
+        # passes never reuse them (GPT-NeoX: +2 x [batch, head, pos, d_head] per layer).
+        hf_config.use_cache = False
     for module in _attention_modules(model):
         if not getattr(module, "_icl_cmr_releases_patterns", False):
-            module.register_forward_hook(release)
+            # always_call: also when a hook stops the pass inside this module (head_scores.stop_after_last_attention)
+            module.register_forward_hook(release, always_call=True)
             module._icl_cmr_releases_patterns = True
 
 

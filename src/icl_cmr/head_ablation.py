@@ -36,7 +36,9 @@ Write ``z_h[i] = sum_j A_h[i, j] v_h[j]`` for head ``h`` at query ``i``
 """
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -386,3 +388,103 @@ def random_heads(n_layers: int, n_heads: int, count: int, seed: int,
                          "(allow overlap with the ablated set, or ablate fewer heads)")
     picked = rng.choice(candidates, size=count, replace=False)
     return sorted((int(flat // n_heads), int(flat % n_heads)) for flat in picked)
+
+
+@dataclass(frozen=True)
+class RandomHeadSets:
+    """Distinct random head sets, and how many were asked for and exist.
+
+    Attributes
+    ----------
+    sets : tuple of tuple of (int, int)
+        Pairwise distinct sets, each sorted by layer, then head, in the order drawn.
+    seeds : tuple of int
+        The seed that drew each set (a seed whose draw repeated an earlier set is skipped).
+    n_requested : int
+    n_possible : int
+        How many distinct sets exist under the constraints (exact, may be huge).
+    """
+
+    sets: Tuple[Tuple[Head, ...], ...]
+    seeds: Tuple[int, ...]
+    n_requested: int
+    n_possible: int
+
+    @property
+    def exhausted(self) -> bool:
+        """True when fewer distinct sets exist than were asked for (every one of them is used)."""
+        return len(self.sets) < self.n_requested
+
+
+def count_random_head_sets(n_layers: int, n_heads: int, count: int, exclude: Optional[Sequence[Head]] = None,
+                           layer_matched_to: Optional[Sequence[Head]] = None) -> int:
+    """Number of distinct head sets :func:`random_heads` can draw with these arguments.
+
+    ``C(available, count)``; layer-matched, the product over layers of ``C(available in the layer,
+    heads of the matched set in the layer)``. 0 when too few heads are available.
+    """
+    allowed = ~heads_to_mask(list(exclude or []), n_layers, n_heads)
+    if layer_matched_to is None:
+        return math.comb(int(allowed.sum()), count) if count >= 0 else 0
+    per_layer = heads_to_mask(list(layer_matched_to), n_layers, n_heads).sum(axis=1)
+    return math.prod(math.comb(int(available), int(k)) for available, k in zip(allowed.sum(axis=1), per_layer))
+
+
+def draw_random_head_sets(n_layers: int, n_heads: int, count: int, n_sets: int, seed: int,
+                          exclude: Optional[Sequence[Head]] = None,
+                          layer_matched_to: Optional[Sequence[Head]] = None) -> RandomHeadSets:
+    """Up to ``n_sets`` pairwise distinct random head sets: the controls of [LI24] Fig 8 and [CS24].
+
+    Set ``k`` is :func:`random_heads` with the next seed of ``seed, seed + 1, ...`` whose draw
+    differs from every set drawn before (a repeated draw is skipped, never counted twice: the
+    same heads ablated again add no new data). When fewer than ``n_sets`` distinct sets exist
+    (e.g. a layer-matched draw of 2 heads from a 4-head layer holding the 2 ablated heads: one
+    set), all of them are returned and ``exhausted`` is True; the caller says so.
+
+    Parameters
+    ----------
+    n_layers, n_heads : int
+        Model size.
+    count : int
+        Heads per set (the length of ``layer_matched_to`` when given).
+    n_sets : int
+        Sets wanted, >= 1.
+    seed : int
+        First seed; with no repeated draw, set ``k`` uses ``seed + k``.
+    exclude, layer_matched_to : sequence of (layer, head), optional
+        As in :func:`random_heads`.
+
+    Returns
+    -------
+    RandomHeadSets
+
+    Raises
+    ------
+    InputError
+        ``n_sets < 1``; too few heads for even one set (as :func:`random_heads`); or, with odds
+        below ``e^-64`` per run, the draws did not find every set that exists within their budget.
+    """
+    if n_sets < 1:
+        raise InputError(f"the number of random head sets must be >= 1, got {n_sets}")
+    n_possible = count_random_head_sets(n_layers, n_heads, count, exclude, layer_matched_to)
+    target = min(n_sets, n_possible)
+    if target == 0:  # random_heads raises the informative error (too few heads left)
+        random_heads(n_layers, n_heads, count, seed, exclude=exclude, layer_matched_to=layer_matched_to)
+    # Every draw is uniform over the possible sets, so collecting all N of them takes about N ln N
+    # draws; this budget fails with probability below N exp(-64) (coupon collector's tail bound).
+    budget = 64 * target + 1024
+    sets: List[Tuple[Head, ...]] = []
+    seeds: List[int] = []
+    seen = set()
+    for offset in range(budget):  # loop over draws: each is one tiny rng call, not a hot path
+        drawn = tuple(random_heads(n_layers, n_heads, count, seed + offset, exclude=exclude,
+                                   layer_matched_to=layer_matched_to))
+        if drawn in seen:
+            continue
+        seen.add(drawn)
+        sets.append(drawn)
+        seeds.append(seed + offset)
+        if len(sets) == target:
+            return RandomHeadSets(tuple(sets), tuple(seeds), n_requested=n_sets, n_possible=n_possible)
+    raise InputError(f"{budget} random draws found only {len(sets)} of the {n_possible} distinct head sets; "
+                     "ask for fewer random sets")

@@ -334,6 +334,19 @@ def _batches(prompts: np.ndarray, batch_size: int):
         yield prompts[start:start + batch_size]
 
 
+def stop_after_last_attention(attn_out, hook):  # noqa: ARG001 - TransformerLens hook signature
+    """Hook that ends a forward pass once the last layer's attention has run.
+
+    TransformerLens 4's ``stop_at_layer=n_layers`` runs the whole model, last MLP and
+    unembedding included: a [batch, pos, vocab] logit tensor (0.8 GB for 20 GPT-2 prompts
+    of 201 tokens, 2 GB for Llama-3's vocabulary in float32) that the scores never read.
+    ``run_with_hooks`` catches this exception and returns.
+    """
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    raise StopAtLayerException(attn_out)
+
+
 def stream_attention_scores(model, repeat_prompts: np.ndarray, block_len: int, offset: int,
                             prefix_prompts: np.ndarray, prefix_block_len: int, batch_size: int,
                             lags: Sequence[int] = ATTN_CRP_LAGS, progress: bool = True) -> AttentionScores:
@@ -342,7 +355,8 @@ def stream_attention_scores(model, repeat_prompts: np.ndarray, block_len: int, o
     One forward pass per batch of prompts; hooks on each layer's ``hook_attn_scores``
     and ``hook_pattern`` reduce the [batch, head, query, key] tensor to lag sums on the
     spot, so memory holds one layer's attention at a time (plus the model). The passes
-    stop after the last block (no unembedding).
+    stop after the last layer's attention (:func:`stop_after_last_attention`: no last MLP,
+    no unembedding).
 
     Parameters
     ----------
@@ -386,10 +400,12 @@ def stream_attention_scores(model, repeat_prompts: np.ndarray, block_len: int, o
     repeat_hooks = ([(hook_name(layer, "attn_scores"), reducer(score_acc[layer])) for layer in range(n_layers)]
                     + [(hook_name(layer, "pattern"), reducer(prob_acc[layer])) for layer in range(n_layers)])
 
+    stop = [(hook_name(n_layers - 1, "attn_out"), stop_after_last_attention)]
+
     def run(tokens: np.ndarray, hooks) -> None:
         batch = torch.as_tensor(tokens, dtype=torch.long, device=device)
         with torch.inference_mode():
-            model.run_with_hooks(batch, fwd_hooks=hooks, return_type=None, stop_at_layer=n_layers)
+            model.run_with_hooks(batch, fwd_hooks=hooks + stop, return_type=None)
 
     n_batches = -(-repeat_prompts.shape[0] // batch_size)
     for tokens in tqdm(_batches(repeat_prompts, batch_size), total=n_batches, desc="repeat prompts",

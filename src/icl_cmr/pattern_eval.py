@@ -72,13 +72,51 @@ def _tokenize_with_offsets(tokenizer, text: str) -> Tuple[List[int], List[Tuple[
     return ids, offsets
 
 
+def _continuation_tokens(tokenizer, prompt_text: str,
+                         continuation: str) -> Tuple[List[int], List[Tuple[int, int]], bool]:
+    """A label continuation's tokens as the tokenizer makes them after the prompt.
+
+    The joint text ``prompt_text + continuation`` is tokenized and the tokens starting at or after
+    the join are the continuation's. A SentencePiece tokenizer with a dummy prefix (Llama-1/2,
+    Mistral-7B-v0.1) encodes ``" Foo"`` alone as ``["▁", "▁Foo"]`` but ``"...: Foo"`` as
+    ``[..., ":", "▁Foo"]``; only the latter is what the model sees. Where a token spans the join
+    (e.g. a merge of the prompt's last character with the label's first), the continuation alone
+    is tokenized instead, so the prompt's tokens stay those of the prompt alone.
+
+    Returns
+    -------
+    ids : list of int
+    offsets : list of (int, int)
+        Character spans within ``continuation``.
+    separate : bool
+        True when the fallback (the continuation tokenized alone) was used.
+    """
+    join = len(prompt_text)
+    joint_ids, joint_offsets = _tokenize_with_offsets(tokenizer, prompt_text + continuation)
+    spans_join = any(start < join < end for start, end in joint_offsets)
+    first = next((k for k, (start, end) in enumerate(joint_offsets) if start >= join and end > start), None)
+    if not spans_join and first is not None:
+        return (joint_ids[first:], [(max(0, start - join), max(0, end - join)) for start, end in joint_offsets[first:]],
+                False)
+    ids, offsets = _tokenize_with_offsets(tokenizer, continuation)
+    return ids, offsets, True
+
+
 def encode_prompts(tokenizer, prompts: Sequence[PatternPrompt], bos_id: Optional[int],
                    kind_level: str = "kind") -> List[EncodedPrompt]:
-    """Tokenize prompts and their label continuations (each separately, as lm-eval does).
+    """Tokenize prompts and their label continuations as the model reads them.
+
+    The prompt is tokenized alone; each label's tokens are those that follow the prompt in the
+    tokenization of prompt + label (:func:`_continuation_tokens`), as lm-evaluation-harness
+    does. For byte-level BPE (GPT-2, Pythia) this equals tokenizing the label alone; for
+    SentencePiece tokenizers with a dummy prefix it drops the spurious ``"▁"`` piece the label
+    alone would get. Continuations that had to be tokenized alone (a token spanning the join)
+    are counted in a warning.
 
     Parameters
     ----------
-    tokenizer : transformers fast tokenizer
+    tokenizer : transformers tokenizer
+        Fast (character offsets) or slow (offsets by incremental decoding).
     prompts : sequence of PatternPrompt
     bos_id : int or None
         Prepended to every prompt when not None.
@@ -88,29 +126,37 @@ def encode_prompts(tokenizer, prompts: Sequence[PatternPrompt], bos_id: Optional
     Returns
     -------
     list of EncodedPrompt
+
+    Raises
+    ------
+    InputError
+        A label that tokenizes to nothing; a slow tokenizer whose decoding does not reproduce the text.
     """
     encoded = []
-    label_cache: Dict[str, Tuple[np.ndarray, Tuple[Optional[str], ...]]] = {}
+    n_separate = n_continuations = 0
     for prompt in prompts:
         ids, offsets = _tokenize_with_offsets(tokenizer, prompt.text)
         kinds = token_kinds(prompt.text, offsets, prompt.segments, kind_level)
         if bos_id is not None:
             ids, kinds = [int(bos_id)] + ids, [None] + kinds
-        continuations = []
+        continuation_ids, continuation_kinds = [], []
         for label, text in zip(prompt.labels, prompt.continuations):
-            if text not in label_cache:
-                label_ids, label_offsets = _tokenize_with_offsets(tokenizer, text)
-                if not label_ids:
-                    raise InputError(f"label {label!r} tokenizes to nothing")
-                kind = f"label:{label}"
-                segments = (Segment(0, 1, KIND_SPACE, KIND_SPACE), Segment(1, len(text), kind, kind))
-                label_cache[text] = (np.asarray(label_ids, dtype=np.int64),
-                                     tuple(token_kinds(text, label_offsets, segments, kind_level)))
-            continuations.append(label_cache[text])
+            label_ids, label_offsets, separate = _continuation_tokens(tokenizer, prompt.text, text)
+            if not label_ids:
+                raise InputError(f"label {label!r} tokenizes to nothing")
+            n_separate += separate
+            n_continuations += 1
+            kind = f"label:{label}"
+            segments = (Segment(0, 1, KIND_SPACE, KIND_SPACE), Segment(1, len(text), kind, kind))
+            continuation_ids.append(np.asarray(label_ids, dtype=np.int64))
+            continuation_kinds.append(tuple(token_kinds(text, label_offsets, segments, kind_level)))
         encoded.append(EncodedPrompt(prompt_ids=np.asarray(ids, dtype=np.int64), prompt_kinds=tuple(kinds),
-                                     continuation_ids=tuple(c[0] for c in continuations),
-                                     continuation_kinds=tuple(c[1] for c in continuations),
+                                     continuation_ids=tuple(continuation_ids),
+                                     continuation_kinds=tuple(continuation_kinds),
                                      label_index=prompt.label_index))
+    if n_separate:
+        logger.warning("%d of %d label continuations share a token with the end of their prompt; those labels are "
+                       "scored from their own tokenization", n_separate, n_continuations)
     return encoded
 
 
@@ -126,37 +172,140 @@ class _Run:
     labels: np.ndarray           # [n_reads] label each read adds to
 
 
-def _plan_runs(encoded: Sequence[EncodedPrompt]) -> List[_Run]:
-    """One run per prompt when every label is one token, else one run per prompt and label."""
+def _prompt_runs(index: int, item: EncodedPrompt) -> List[_Run]:
+    """The fewest forward sequences that give every label's log-probabilities for one prompt.
+
+    Label ``l`` with tokens ``c_0..c_{n-1}`` needs the next-token distributions after
+    ``prompt + c_<t`` for ``t < n``. A run ``prompt + r`` gives those after ``prompt + r[:t]``
+    for every ``t <= len(r)``, so it serves every label whose ``c[:-1]`` (tokens and their
+    knockout kinds) is a prefix of ``r``. Runs are the longest inputs first, each label joining
+    the first run it fits: one run when every label is a single token, one run for ``" Foo"``
+    and ``" Mur"`` when only ``" Mur"`` has two tokens. Two multi-token labels never share a run:
+    their first tokens are of different kinds (``label:Foo`` vs ``label:Mur``), which the
+    knockout tells apart.
+    """
+    last = len(item.prompt_ids) - 1
+    needed = [tuple(zip((int(t) for t in cont[:-1]), kinds[:-1]))
+              for cont, kinds in zip(item.continuation_ids, item.continuation_kinds)]
+    order = sorted(range(len(needed)), key=lambda label: -len(needed[label]))  # longest inputs first
+    inputs: List[Tuple[Tuple[int, Optional[str]], ...]] = []
+    served: List[List[int]] = []
+    for label in order:
+        for run, prefix in enumerate(inputs):
+            if prefix[:len(needed[label])] == needed[label]:
+                served[run].append(label)
+                break
+        else:
+            inputs.append(needed[label])
+            served.append([label])
     runs = []
-    for index, item in enumerate(encoded):
-        last = len(item.prompt_ids) - 1
-        if all(len(c) == 1 for c in item.continuation_ids):
-            targets = np.array([c[0] for c in item.continuation_ids], dtype=np.int64)
-            runs.append(_Run(index, item.prompt_ids, item.prompt_kinds, np.full(len(targets), last),
-                             targets, np.arange(len(targets))))
-            continue
-        for label, (cont, cont_kinds) in enumerate(zip(item.continuation_ids, item.continuation_kinds)):
-            runs.append(_Run(index, np.concatenate([item.prompt_ids, cont]), item.prompt_kinds + cont_kinds,
-                             last + np.arange(len(cont)), cont, np.full(len(cont), label)))
+    for prefix, labels in zip(inputs, served):
+        labels = sorted(labels)
+        positions = np.concatenate([last + np.arange(len(item.continuation_ids[label])) for label in labels])
+        runs.append(_Run(index, np.concatenate([item.prompt_ids, np.asarray([t for t, _ in prefix], dtype=np.int64)]),
+                         item.prompt_kinds + tuple(kind for _, kind in prefix), positions,
+                         np.concatenate([item.continuation_ids[label] for label in labels]),
+                         np.concatenate([np.full(len(item.continuation_ids[label]), label) for label in labels])))
     return runs
 
 
-def label_log_likelihoods(model, encoded: Sequence[EncodedPrompt], batch_size: int = 16,
-                          hooks: Optional[HookList] = None, knockout_heads: Optional[Sequence[Head]] = None,
-                          progress: bool = False) -> np.ndarray:
-    """Log-likelihood of every label continuation after every prompt.
+@dataclass(frozen=True)
+class _Batch:
+    """One forward pass: right-padded tokens and where to read each label token's log-probability."""
 
-    Sequences are right-padded within a batch (causal attention: padding after a token
+    tokens: np.ndarray                      # [batch, length] int64, right-padded with 0
+    kind_codes: Tuple[np.ndarray, ...]      # per row, [n_tokens] (attention_knockout.kind_codes)
+    rows: np.ndarray                        # [n_reads] batch row of each read
+    positions: np.ndarray                   # [n_reads]
+    targets: np.ndarray                     # [n_reads] token id read
+    prompt_index: np.ndarray                # [n_reads]
+    label_index: np.ndarray                 # [n_reads]
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """The forward batches that score a set of prompts, built once and reused for every condition.
+
+    Build it with :func:`plan_scoring`; pass it to :func:`label_log_likelihoods` in place of
+    the encoded prompts so that tokenized batches are not rebuilt per condition.
+
+    Attributes
+    ----------
+    n_prompts, n_labels : int
+    n_runs : int
+        Forward sequences in all (one per prompt when the labels share all but their last token).
+    batches : tuple of _Batch
+    """
+
+    n_prompts: int
+    n_labels: int
+    n_runs: int
+    batches: Tuple[_Batch, ...]
+
+
+def plan_scoring(encoded: Sequence[EncodedPrompt], batch_size: int = 16) -> ScoringPlan:
+    """Group the forward sequences of :func:`label_log_likelihoods` into batches.
+
+    Each prompt needs the fewest sequences that contain every label's continuation but its last
+    token (one when all labels are single tokens); sequences are sorted by length so that
+    similar lengths share a batch, and right-padded (causal attention: padding after a token
     cannot change its logits, and positions stay aligned from 0 for mean ablation).
 
     Parameters
     ----------
-    model : TransformerBridge
     encoded : sequence of EncodedPrompt
         All with the same number of labels.
     batch_size : int
-        Sequences per forward pass.
+        Sequences per forward pass, >= 1.
+
+    Returns
+    -------
+    ScoringPlan
+
+    Raises
+    ------
+    InputError
+        ``batch_size < 1``, no prompts, or prompts with different numbers of labels.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if not encoded:
+        raise InputError("no prompts to score")
+    n_labels = {len(item.continuation_ids) for item in encoded}
+    if len(n_labels) != 1:
+        raise InputError(f"all prompts must have the same number of labels, got {sorted(n_labels)}")
+    runs = [run for index, item in enumerate(encoded) for run in _prompt_runs(index, item)]
+    order = sorted(range(len(runs)), key=lambda r: -len(runs[r].ids))  # similar lengths share a batch
+    batches = []
+    for start in range(0, len(order), batch_size):
+        chosen = [runs[r] for r in order[start:start + batch_size]]
+        tokens = np.zeros((len(chosen), max(len(run.ids) for run in chosen)), dtype=np.int64)
+        for row, run in enumerate(chosen):
+            tokens[row, :len(run.ids)] = run.ids
+        batches.append(_Batch(
+            tokens=tokens, kind_codes=tuple(kind_codes(run.kinds) for run in chosen),
+            rows=np.concatenate([np.full(len(run.positions), row) for row, run in enumerate(chosen)]),
+            positions=np.concatenate([run.positions for run in chosen]),
+            targets=np.concatenate([run.targets for run in chosen]),
+            prompt_index=np.concatenate([np.full(len(run.positions), run.prompt) for run in chosen]),
+            label_index=np.concatenate([run.labels for run in chosen])))
+    return ScoringPlan(n_prompts=len(encoded), n_labels=n_labels.pop(), n_runs=len(runs), batches=tuple(batches))
+
+
+def label_log_likelihoods(model, encoded: "Sequence[EncodedPrompt] | ScoringPlan", batch_size: int = 16,
+                          hooks: Optional[HookList] = None, knockout_heads: Optional[Sequence[Head]] = None,
+                          progress: bool = False) -> np.ndarray:
+    """Log-likelihood of every label continuation after every prompt.
+
+    Batched as :func:`plan_scoring` plans it; every batch runs under the same hooks.
+
+    Parameters
+    ----------
+    model : TransformerBridge
+    encoded : sequence of EncodedPrompt, or ScoringPlan
+        All with the same number of labels; a plan built once is reused as is.
+    batch_size : int
+        Sequences per forward pass (ignored for a plan).
     hooks : list of (str, callable), optional
         Static forward hooks (e.g. ablation), applied to every batch.
     knockout_heads : sequence of (layer, head), optional
@@ -172,38 +321,21 @@ def label_log_likelihoods(model, encoded: Sequence[EncodedPrompt], batch_size: i
     import torch
     from tqdm.auto import tqdm
 
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    n_labels = {len(item.continuation_ids) for item in encoded}
-    if len(n_labels) != 1:
-        raise InputError(f"all prompts must have the same number of labels, got {sorted(n_labels)}")
-    n_labels = n_labels.pop()
-    runs = _plan_runs(encoded)
-    order = sorted(range(len(runs)), key=lambda r: -len(runs[r].ids))  # similar lengths share a batch
-    result = np.zeros((len(encoded), n_labels), dtype=np.float64)
+    plan = encoded if isinstance(encoded, ScoringPlan) else plan_scoring(encoded, batch_size)
+    result = np.zeros((plan.n_prompts, plan.n_labels), dtype=np.float64)
     device = next(model.parameters()).device
-    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     with torch.inference_mode():
-        for batch in tqdm(batches, disable=not progress, desc="scoring", leave=False):
-            chosen = [runs[r] for r in batch]
-            length = max(len(run.ids) for run in chosen)
-            tokens = np.zeros((len(chosen), length), dtype=np.int64)
-            for row, run in enumerate(chosen):
-                tokens[row, :len(run.ids)] = run.ids
+        for batch in tqdm(plan.batches, disable=not progress, desc="scoring", leave=False):
             batch_hooks = list(hooks or [])
             if knockout_heads:
-                blocked = batch_knockout_mask([kind_codes(run.kinds) for run in chosen], length)
+                blocked = batch_knockout_mask(batch.kind_codes, batch.tokens.shape[1])
                 batch_hooks += knockout_hooks(model, knockout_heads, blocked)
-            logits = model.run_with_hooks(torch.as_tensor(tokens, device=device), fwd_hooks=batch_hooks)
-            rows = np.concatenate([np.full(len(run.positions), row) for row, run in enumerate(chosen)])
-            positions = np.concatenate([run.positions for run in chosen])
-            targets = torch.as_tensor(np.concatenate([run.targets for run in chosen]), device=logits.device)
-            selected = logits[torch.as_tensor(rows, device=logits.device),
-                              torch.as_tensor(positions, device=logits.device)].float()
+            logits = model.run_with_hooks(torch.as_tensor(batch.tokens, device=device), fwd_hooks=batch_hooks)
+            selected = logits[torch.as_tensor(batch.rows, device=logits.device),
+                              torch.as_tensor(batch.positions, device=logits.device)].float()
+            targets = torch.as_tensor(batch.targets, device=logits.device)
             log_probs = torch.log_softmax(selected, dim=-1).gather(1, targets[:, None])[:, 0].double().cpu().numpy()
-            prompt_index = np.concatenate([np.full(len(run.positions), run.prompt) for run in chosen])
-            label_index = np.concatenate([run.labels for run in chosen])
-            np.add.at(result, (prompt_index, label_index), log_probs)
+            np.add.at(result, (batch.prompt_index, batch.label_index), log_probs)
     return result
 
 
