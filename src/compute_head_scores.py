@@ -29,7 +29,8 @@ from icl_cmr.devices import resolve_device
 from icl_cmr.errors import InputError
 from icl_cmr.head_scores import stream_attention_scores
 from icl_cmr.io import ensure_writable_dir, load_json, make_metadata, save_pickle
-from icl_cmr.models import DTYPES, choose_bos, has_tokenizer, load_model, n_kv_heads, resolve_model
+from icl_cmr.models import (DTYPES, choose_bos, has_tokenizer, load_model, n_kv_heads, peak_gpu_memory_gib,
+                            resolve_model)
 from icl_cmr.outputs import pin_cpu_kernels, portable_path
 from icl_cmr.prompts import (FREQUENT_TOKEN_FILE, PromptConfig, bpe_merge_ranks, default_token_pool,
                              make_prompt_sets, parse_token_pool, pool_from_ids, prompt_offset, special_token_ids,
@@ -175,6 +176,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.error("copying score failed (%s); saving NaN copying scores", copying_error)
         copying = np.full(attention.matching_score.shape, np.nan)
     wall = time.monotonic() - start
+    peak_gpu = peak_gpu_memory_gib(device)
+    if peak_gpu is not None:
+        logger.info("peak GPU memory allocated by torch: %.2f GiB", peak_gpu)
 
     metadata = make_metadata(
         PRODUCER,
@@ -198,6 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         token_pool=pool.describe(),
         copying_score_error=copying_error,
         wall_time_s=round(wall, 2),
+        peak_gpu_memory_gib=peak_gpu,
     )
     scores = assemble_score_dict(attention.matching_score, copying, attention.crp_scores.mean,
                                  attention.crp_scores.sem, attention.crp_probs.mean, attention.crp_probs.sem,

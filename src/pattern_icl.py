@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="query seed of the reference prompts (differs from --task-seed)")
     parser.add_argument("--knockout-kind", choices=("kind", "category"), default="kind",
                         help="same kind = same letter/word/separator/label (kind) or same word category (category)")
+    parser.add_argument("--bos", action=argparse.BooleanOptionalAction, default=None,
+                        help="start every prompt with a BOS token (--bos) or not (--no-bos); default: the tokenizer's "
+                             "own BOS token when it defines one, none otherwise")
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch CPU threads (default 1: on a busy 2-core machine 1 scored 4x faster than 2)")
@@ -226,7 +229,8 @@ def run(args) -> Tuple[object, dict]:
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     sets = head_sets(args, spec, n_layers, n_heads, need_heads=bool({"induction", "random"} & set(ablate)))
     todo = conditions(ablate, methods, sets)
-    bos = choose_bos(model, None, spec.trust_remote_code).token_id
+    bos_choice = choose_bos(model, args.bos, spec.trust_remote_code)
+    bos = bos_choice.token_id
     encoded = {name: encode_prompts(model.tokenizer, prompts[name], bos, kind_level=args.knockout_kind)
                for name in task_names}
     longest = {name: max(len(e.prompt_ids) + max(len(c) for c in e.continuation_ids) for e in encoded[name])
@@ -288,7 +292,7 @@ def run(args) -> Tuple[object, dict]:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     info = dict(spec=spec, config=config, prompts=prompts, sets=sets, reference=reference_info,
-                n_layers=n_layers, n_heads=n_heads)
+                n_layers=n_layers, n_heads=n_heads, bos=bos_choice.describe())
     return pd.concat(tables, ignore_index=True), info
 
 
@@ -427,7 +431,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     save_figure(figure, figure_path)
     save_json(out_dir / "metadata.json", make_metadata(
         "pattern_icl.py", parameters, seed=args.task_seed, model=portable_path(spec.source), n_layers=info["n_layers"],
-        n_heads=info["n_heads"], mean_reference=info["reference"], random_sets=random_sets,
+        n_heads=info["n_heads"], mean_reference=info["reference"], random_sets=random_sets, bos=info["bos"],
         wall_time_s=round(time.monotonic() - started, 1)))
     logger.info("wrote %s/{prompts.json,heads.json,items.csv,results.csv,results_by_seed.csv,stats.csv,"
                 "metadata.json} and %s", out_dir, figure_path)

@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from icl_cmr.errors import InputError
-from icl_cmr.head_scores import attention_crp, repeat_lag_indices, stream_attention_scores
+from icl_cmr.head_scores import repeat_lag_indices, stream_attention_scores
 from icl_cmr.models import hook_name, load_model, resolve_model
 from tiny_models import MATRIX_ARCHITECTURES, N_LAYERS, REFUSED_ARCHITECTURES
 
@@ -307,6 +307,17 @@ def test_the_streaming_pass_leaves_no_pattern_on_any_module(arch, matrix_model_d
     held = [(layer, name) for layer in range(N_LAYERS) for name in ("_pattern", "_attn_scores")
             if getattr(model.blocks[layer].attn, name, None) is not None]
     assert not held
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama_gqa", "gptj", "opt"])
+def test_bfloat16_models_pass_the_probe_and_score_close_to_float32(arch, matrix_model_dir):
+    spec = resolve_model(str(matrix_model_dir(arch)))
+    tokens = _tokens()
+    full, _, _ = _bridge_attention(load_model(spec), tokens)
+    half, _, _ = _bridge_attention(load_model(spec, dtype="bfloat16"), tokens)
+    causal = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool).tril()
+    for layer in range(N_LAYERS):  # bfloat16 keeps 8 bits of mantissa; the tiny models' scores are O(0.1-1)
+        assert (full[layer] - half[layer])[..., causal].abs().max() < 0.05
 
 
 @pytest.mark.parametrize("arch", REFUSED_ARCHITECTURES)

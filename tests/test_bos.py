@@ -18,7 +18,7 @@ from icl_cmr.cli import run_cli
 from icl_cmr.errors import InputError
 from icl_cmr.io import load_pickle
 from icl_cmr.models import choose_bos, has_tokenizer, load_model, resolve_model
-from tiny_models import BOS_TOKEN, make_tiny_model_dir, make_tokenizer, tiny_config
+from tiny_models import BOS_TOKEN, make_tokenizer, tiny_config
 
 SMALL = ["--n-prompts", "2", "--block-len", "6", "--batch-size", "2", "--prefix-block-len", "4",
          "--prefix-n-prompts", "1", "--no-progress", "--device", "cpu", "--no-copying"]
@@ -129,3 +129,15 @@ def test_checkpoint_without_tokenizer_files_draws_from_the_model_vocabulary(tmp_
     assert saved["metadata"]["prompt_design"]["bos"] == {"prepended": True, "token_id": 7, "rule": "model config"}
     assert (saved["prompts"][:, 0] == 7).all()
     assert not np.isin(saved["prompts"][:, 1:], [7, 9]).any()
+
+
+@pytest.mark.parametrize("flag, expected", [([], {"prepended": True, "token_id": 0, "rule": "tokenizer"}),
+                                            (["--no-bos"], {"prepended": False, "token_id": None, "rule": "--no-bos"})])
+def test_pattern_icl_follows_and_records_the_bos_rule(tiny_model_dirs, tmp_path, flag, expected):
+    import pattern_icl
+
+    argv = ["--model", str(tiny_model_dirs["gpt2"]), "--tasks", "repetition", "--n-items", "2", "--seeds", "0",
+            "--ablate", "none", "--out-dir", str(tmp_path / "out"), "--fig-dir", str(tmp_path / "figs"), *flag]
+    assert pattern_icl.main(argv) == 0
+    metadata = json.loads((tmp_path / "out" / tiny_model_dirs["gpt2"].name / "metadata.json").read_text())
+    assert metadata["bos"] == expected

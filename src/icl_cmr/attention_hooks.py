@@ -27,7 +27,7 @@ on the module after the forward, so memory grows by one pattern per layer.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -210,20 +210,18 @@ def _scores_problem(model, tokens: torch.Tensor) -> Optional[str]:
         if not gap <= _SOFTMAX_TOLERANCE.get(patterns[0].dtype, 1e-2):
             return (f"softmax(hook_attn_scores) differs from hook_pattern by {gap:.3g} at layer {layer}: "
                     "the hook does not hold the pre-softmax scores")
-    minimum = {}
-
-    def cut_first_key(scores, hook):
-        minimum[hook.name] = torch.finfo(scores.dtype).min
-        scores[..., -1, 0] = minimum[hook.name]
+    def cut_earlier_keys(scores, hook):  # noqa: ARG001
+        # the last query keeps only itself: a change large enough to reach half-precision logits
+        scores[..., -1, :-1] = torch.finfo(scores.dtype).min
         return scores
 
     names = [hook_name(layer, "attn_scores") for layer in range(int(model.cfg.n_layers))]
     edited_patterns: Dict[str, torch.Tensor] = {}
 
     def record_pattern(pattern, hook):
-        edited_patterns[hook.name] = pattern.detach()[..., -1, 0].float().clone()
+        edited_patterns[hook.name] = pattern.detach()[..., -1, :-1].float().clone()
 
-    edited = _run(model, tokens, [(name, cut_first_key) for name in names]
+    edited = _run(model, tokens, [(name, cut_earlier_keys) for name in names]
                   + [(hook_name(layer, "pattern"), record_pattern) for layer in range(int(model.cfg.n_layers))])
     for layer in range(int(model.cfg.n_layers)):
         weight = edited_patterns.get(hook_name(layer, "pattern"))

@@ -258,6 +258,15 @@ def n_kv_heads(model) -> int:
     return int(value) if value else int(model.cfg.n_heads)
 
 
+def peak_gpu_memory_gib(device: str) -> Optional[float]:
+    """Peak memory torch allocated on a CUDA ``device`` since the process started (GiB), or None off CUDA."""
+    import torch
+
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+
+
 def has_tokenizer(model) -> bool:
     """Whether the model came with real tokenizer files.
 
