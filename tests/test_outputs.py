@@ -122,6 +122,8 @@ def test_json_metadata_files_compare_without_run_fields(tmp_path):
     a.write_text(json.dumps({"producer": "x", "created_utc": "1", "git_commit": "abc", "parameters": {"n": 1}}))
     b.write_text(json.dumps({"producer": "x", "created_utc": "2", "git_commit": "def", "parameters": {"n": 1}}))
     assert same_result(a, b)
+    b.write_text(json.dumps({"producer": "x", "created_utc": "2", "peak_gpu_memory_gib": 3.5, "parameters": {"n": 1}}))
+    assert same_result(a, b)    # a run-describing field the older file lacks
     b.write_text(json.dumps({"producer": "x", "created_utc": "2", "parameters": {"n": 2}}))
     assert not same_result(a, b)
 

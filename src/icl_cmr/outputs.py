@@ -44,7 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 #: result changing. They are ignored when a new output is compared with the saved one.
 VOLATILE_METADATA_KEYS = frozenset({
     "created_utc", "git_commit", "versions", "wall_time_s", "wall_seconds", "wall_time_this_session_s",
-    "resumed", "resumed_slices", "resumed_batches", "resumed_from_step",
+    "resumed", "resumed_slices", "resumed_batches", "resumed_from_step", "peak_gpu_memory_gib",
 })
 
 #: torch CPU kernel set used for reproducible numbers (see :func:`pin_cpu_kernels`).
