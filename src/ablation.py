@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="loss index of the late token ([LI24]: 500)")
     parser.add_argument("--early-index", type=non_negative_int, default=icl.early_index,
                         help="loss index of the early token ([LI24]: 50)")
+    parser.add_argument("--bos", action=argparse.BooleanOptionalAction, default=None,
+                        help="start every prompt with a BOS token (--bos) or not (--no-bos); default: the tokenizer's "
+                             "own BOS token when it defines one, none otherwise (loss index 0 is then a text token)")
     parser.add_argument("--device", type=device_arg, default=None,
                         help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
@@ -555,7 +558,8 @@ def run(args: argparse.Namespace, checked: Optional[Checked] = None) -> None:
     for seed, heads in zip(seeds, random_sets):
         logger.info("random control (seed %d): %s", seed, format_heads(heads))
 
-    tokens = load_prompts(args, model.tokenizer, choose_bos(model, None, spec.trust_remote_code).token_id, data_config)
+    bos = choose_bos(model, args.bos, spec.trust_remote_code)
+    tokens = load_prompts(args, model.tokenizer, bos.token_id, data_config)
     n_prompts = tokens.shape[0]
     data = getattr(args, "data_description", None) or (portable_path(args.data) if args.data else
                                                         "allenai/c4 en validation")
@@ -569,7 +573,7 @@ def run(args: argparse.Namespace, checked: Optional[Checked] = None) -> None:
         "allow_overlap": config.allow_overlap, "data": data,
         "n_eval": int(n_prompts), "seq_len": data_config.seq_len, "min_tokens": data_config.min_tokens,
         "late_index": icl_config.late_index, "early_index": icl_config.early_index,
-        "batch_size": config.batch_size, "tokens_sha256": _token_hash(tokens),
+        "batch_size": config.batch_size, "tokens_sha256": _token_hash(tokens), "bos": bos.describe(),
     }
     out_dir = ensure_writable_dir(args.out_dir)
     # the model path, data path and head source are descriptive: the token hash and head lists decide

@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scores-dir", type=Path, default=Path("saved_scores"))
     parser.add_argument("--figs-dir", type=Path, default=Path("figs"))
     parser.add_argument("--ablation-dir", type=Path, default=Path("saved_ablation"))
+    parser.add_argument("--bos", action=argparse.BooleanOptionalAction, default=None,
+                        help="BOS token on head-score and ICL prompts (--bos) or not (--no-bos); default: the "
+                             "tokenizer's own BOS token when it defines one")
     parser.add_argument("--restart", action="store_true", help="redo the ablation instead of resuming it")
     parser.add_argument("--resume", action="store_true",
                         help="resume an interrupted ablation (the default; accepted for uniformity)")
@@ -154,7 +157,8 @@ class Plan:
 
     def __init__(self, args: argparse.Namespace, spec, scratch: Path):
         self.spec = spec
-        common = (["--device", args.device] if args.device else []) + (["--no-progress"] if args.no_progress else [])
+        common = ((["--device", args.device] if args.device else []) + (["--no-progress"] if args.no_progress else [])
+                  + ([] if args.bos is None else ["--bos" if args.bos else "--no-bos"]))
         self.scores_file = args.scores_dir / spec.name / f"all_scores_{spec.name}.pkl"
         self.scores_argv = ["--model", args.model, "--out", str(self.scores_file), *common]
         self.fit_argv = ["--all_head_scores", str(self.scores_file), "--save_dir", spec.name,
