@@ -442,7 +442,7 @@ def test_eval_script_writes_table_and_figures(tmp_path):
                                 "--long_cpu_seconds", "0", "--lag_prompts", "3"])
     assert code == 0
     lines = (tmp_path / "accuracy_vs_length.csv").read_text().strip().splitlines()
-    assert lines[0].startswith("encoding,length,")
+    assert lines[0].startswith("model,length,")
     rows = [line.split(",") for line in lines[1:]]
     assert [(r[0], int(r[1])) for r in rows] == [(e, 2 ** k) for e in ("absolute", "alibi") for k in range(4, 8)]
     n_sequences = [int(r[3]) for r in rows]
@@ -459,6 +459,67 @@ def test_eval_script_writes_table_and_figures(tmp_path):
     to_trigger = first_layer[np.arange(3), :, triggers + 1, triggers].mean(axis=0)   # value -> trigger
     lag_minus_one = np.asarray(stats["value_query"]["mean"])[0, :, stats["value_query"]["lags"].index(-1)]
     np.testing.assert_allclose(lag_minus_one, to_trigger, atol=1e-6)
+
+
+def test_eval_combines_a_table_written_before_mamba_and_devices(tmp_path):
+    """An accuracy table with the old ``encoding`` column and no device/dtype is read as a CPU float32 run."""
+    import eval_induction
+
+    old_header = ("encoding,length,log2_length,n_sequences,correct,accuracy,wilson_low,wilson_high,method,"
+                  "batch_size,seconds_per_sequence,cpu_seconds_per_sequence,peak_rss_gb")
+    (tmp_path / "accuracy_vs_length_rope.csv").write_text(
+        old_header + "\nrope,64,6,256,255,0.996094,0.978209,0.99931,blocked,512,0.002,0.0008,0.33\n")
+    assert eval_induction.main(["--models", str(SHIPPED / "alibi.pt"), "--save_dir", str(tmp_path),
+                                "--fig_dir", str(tmp_path), "--min_log2", "6", "--max_log2", "6",
+                                "--n_sequences", "2", "--skip_lag_crp"]) == 0
+    lines = (tmp_path / "accuracy_vs_length.csv").read_text().strip().splitlines()
+    rows = [dict(zip(lines[0].split(","), line.split(","))) for line in lines[1:]]
+    assert [(r["model"], r["correct"], r["device"], r["dtype"]) for r in rows] == [
+        ("rope", "255", "cpu", "float32"), ("alibi", rows[1]["correct"], "cpu", "float32")]
+
+
+def test_eval_refuses_a_table_with_other_columns_before_any_work(tmp_path, capsys):
+    import eval_induction
+    from icl_cmr.cli import run_cli
+
+    (tmp_path / "accuracy_vs_length_rope.csv").write_text("name,score\nrope,1\n")
+    code = run_cli(eval_induction.main, ["--models", str(SHIPPED / "alibi.pt"), "--save_dir", str(tmp_path),
+                                         "--fig_dir", str(tmp_path), "--max_log2", "6"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "does not have the columns" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy_vs_length_rope.csv"]
+
+
+def test_a_checkpoint_from_before_mamba_and_devices_resumes(tmp_path):
+    """Checkpoints written before --architecture/--device/--dtype existed are Transformer, CPU, float32 runs."""
+    import train_induction
+
+    train_induction.main(_train_args(tmp_path / "straight", *TINY_TRAINING, "--max_steps", "6"))
+    split = tmp_path / "split"
+    train_induction.main(_train_args(split, *TINY_TRAINING, "--max_steps", "3"))
+    saved = torch.load(split / "rope_checkpoint.pt", weights_only=True)
+    del saved["architecture"]
+    for key in ("architecture", "device", "dtype", "min_steps"):
+        del saved["parameters"][key]
+    torch.save(saved, split / "rope_checkpoint.pt")
+    train_induction.main(_train_args(split, *TINY_TRAINING, "--max_steps", "6"))
+    a = torch.load(tmp_path / "straight" / "rope.pt", weights_only=True)
+    b = torch.load(split / "rope.pt", weights_only=True)
+    assert b["metadata"]["resumed"] is True
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], atol=0, rtol=0)
+
+
+def test_min_steps_trains_past_the_target(tmp_path):
+    import train_induction
+
+    # Target 0: reached at the first evaluation, yet training goes on to step 9.
+    args = _train_args(tmp_path, *TINY_TRAINING, "--target_accuracy", "0", "--min_steps", "8", "--max_steps", "50",
+                       "--name", "rope_long")
+    assert train_induction.main(args) == 0
+    summary = json.loads((tmp_path / "rope_long_training.json").read_text())
+    assert summary["steps"] == 9 and summary["reached_target"] is True and summary["first_step_at_target"] == 3
+    assert (tmp_path / "rope_long.pt").is_file() and not (tmp_path / "rope.pt").exists()
 
 
 def test_lag_attention_agrees_with_head_score_engine_on_repeated_blocks():
