@@ -41,7 +41,8 @@ the distance between the first trigger and the query
 (:func:`icl_cmr.induction_task.score_by_distance`), ``--inside_sequences`` (64) sequences
 at each of ``--inside_log2`` (2^12 and 2^16) from the validation seed + 2.
 
-Writes ``--save_dir/accuracy_vs_length_NAME.csv`` (+ ``.json`` metadata) per model, then
+Writes ``--save_dir/accuracy_vs_length_NAME.csv`` (+ ``.json`` metadata of this run) per model
+(rows of lengths this run did not evaluate are kept from the table already there), then
 combines every such table in ``--save_dir`` into ``accuracy_vs_length.csv`` (so models
 can be evaluated by separate runs, on different devices, and combined by
 ``--skip_accuracy``), ``--save_dir/lag_crp_NAME.json`` (Transformers),
@@ -250,7 +251,8 @@ def lag_statistics(model, n_prompts: int, seed: int, train_length: int = 256) ->
 
     device = model.device
     tokens, _, trigger_positions = task.validation_set(train_length, n_prompts, seed + 1)
-    patterns = model.attention_patterns(torch.from_numpy(tokens).to(device)).float().cpu().numpy()  # [layer, B, H, L, L]
+    # [layer, B, H, L, L]
+    patterns = model.attention_patterns(torch.from_numpy(tokens).to(device)).float().cpu().numpy()
     mean, sem, count = task.lag_attention(patterns, np.full((n_prompts, 1), train_length - 1),
                                           trigger_positions[:, None], ATTN_CRP_LAGS)
     results = {"task": {"lags": ATTN_CRP_LAGS.tolist(), "mean": mean, "sem": sem, "count": count,
@@ -348,12 +350,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.skip_accuracy:
         for name, (_, model) in models.items():
             rows = evaluate_model(model, name, args)
-            csv_path = save_text(args.save_dir / f"{TABLE_PREFIX}{name}.csv", _write_csv(rows))
+            table_path = args.save_dir / f"{TABLE_PREFIX}{name}.csv"
+            # Lengths this run did not evaluate keep their earlier rows (e.g. 2^6..2^14 from a CPU run
+            # beside 2^15..2^20 from a GPU run); each row names its device and dtype.
+            new_lengths = {int(row["length"]) for row in rows}
+            kept = [row for row in (_read_csv(table_path) if table_path.is_file() else [])
+                    if int(row["length"]) not in new_lengths]
+            merged = sorted(kept + rows, key=lambda row: int(row["length"]))
+            csv_path = save_text(table_path, _write_csv(merged))
             save_json(args.save_dir / f"{TABLE_PREFIX}{name}.json",
                       make_metadata("eval_induction.py", parameters, seed=args.val_seed, threads=args.threads,
                                     model=name, architecture=architecture_of(model), device=args.device,
-                                    device_name=device_name, dtype=args.dtype, rows=rows))
-            logger.info("wrote %s", csv_path)
+                                    device_name=device_name, dtype=args.dtype, rows=rows,
+                                    lengths_kept_from_earlier_runs=sorted(int(r["length"]) for r in kept)))
+            logger.info("wrote %s%s", csv_path, f" (kept {len(kept)} earlier rows)" if kept else "")
     # The combined table and figure: every model with a per-model table in --save_dir, so models can be
     # evaluated by separate (parallel, or other-device) runs and combined by a last one.
     all_rows = [row for path in _tables(args.save_dir).values() for row in _read_csv(path)]

@@ -564,3 +564,20 @@ def test_shipped_absolute_model_retrieves_the_value_at_lag_plus_one_in_layer_two
     second_layer = mean[1]                                              # [head, lag]
     assert np.all(np.nanargmax(second_layer, axis=1) == lags.index(1))  # every head peaks at +1
     assert second_layer[:, lags.index(1)].mean() > 0.9
+
+
+def test_evaluating_some_lengths_keeps_the_other_rows_of_the_table(tmp_path):
+    """A second run over 2^7..2^8 (e.g. on a GPU) replaces those rows and keeps 2^6 from the first run."""
+    import eval_induction
+
+    common = ["--models", str(SHIPPED / "alibi.pt"), "--save_dir", str(tmp_path), "--fig_dir", str(tmp_path),
+              "--n_sequences", "2", "--skip_lag_crp"]
+    assert eval_induction.main(common + ["--min_log2", "6", "--max_log2", "7"]) == 0
+    first = (tmp_path / "accuracy_vs_length_alibi.csv").read_text().splitlines()
+    assert eval_induction.main(common + ["--min_log2", "7", "--max_log2", "8", "--n_sequences", "3"]) == 0
+    second = (tmp_path / "accuracy_vs_length_alibi.csv").read_text().splitlines()
+    rows = [dict(zip(second[0].split(","), line.split(","))) for line in second[1:]]
+    assert [(int(r["length"]), int(r["n_sequences"])) for r in rows] == [(64, 2), (128, 3), (256, 3)]
+    assert second[1] == first[1]                                   # the 2^6 row untouched
+    meta = json.loads((tmp_path / "accuracy_vs_length_alibi.json").read_text())
+    assert meta["lengths_kept_from_earlier_runs"] == [64] and len(meta["rows"]) == 2

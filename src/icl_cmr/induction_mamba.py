@@ -22,13 +22,15 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from transformers import MambaConfig, MambaForCausalLM
 
 from .errors import InputError
 from .induction_task import VOCAB_SIZE
-from .selective_scan import SCAN_METHODS, TORCH_SCAN_CHUNK, selective_scan
+from .selective_scan import SCAN_METHODS, selective_scan
 
 #: Positions per chunk of :meth:`InductionMamba.last_logits` for long inputs. Memory per chunk is
-#: about batch x chunk x (2 x 128 + 64 + 36) floats per layer on the numba path.
+#: about batch x chunk x (2 x 128 + 64 + 36) floats per layer (the torch scan adds its own
+#: batch x 256 x 128 x 16 blocks, icl_cmr.selective_scan.TORCH_SCAN_CHUNK). Our choice.
 DEFAULT_CHUNK = 2 ** 14
 
 
@@ -53,30 +55,28 @@ class InductionMambaConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def to_hf(self):
+    def to_hf(self) -> MambaConfig:
         """The ``transformers.MambaConfig`` (library defaults for everything not listed here)."""
-        from transformers import MambaConfig
-
         return MambaConfig(vocab_size=self.vocab_size, hidden_size=self.d_model, num_hidden_layers=self.n_layers,
                            state_size=self.d_state, expand=self.expand, conv_kernel=self.d_conv,
                            pad_token_id=0, bos_token_id=0, eos_token_id=0, use_cache=False)
 
 
-def _mamba_base():
-    from transformers import MambaForCausalLM
-
-    return MambaForCausalLM
-
-
-class InductionMamba(_mamba_base()):
+class InductionMamba(MambaForCausalLM):
     """``MambaForCausalLM`` with a chunked, memory-bounded last-position forward (module docstring)."""
 
     @classmethod
     def from_config(cls, config: InductionMambaConfig) -> "InductionMamba":
         """A freshly initialised model (``transformers``' Mamba initialisation, seeded by torch's RNG)."""
-        model = cls(config.to_hf())
-        model.induction_config = config
-        return model
+        return cls(config.to_hf())
+
+    @property
+    def induction_config(self) -> InductionMambaConfig:
+        """The :class:`InductionMambaConfig` this model's ``MambaConfig`` was built from."""
+        config = self.config
+        return InductionMambaConfig(vocab_size=config.vocab_size, d_model=config.hidden_size,
+                                    n_layers=config.num_hidden_layers, d_state=config.state_size,
+                                    expand=config.expand, d_conv=config.conv_kernel)
 
     # ------------------------------------------------------------------ one chunk through one layer
 
@@ -161,9 +161,8 @@ class InductionMamba(_mamba_base()):
         method : {"auto", "numba", "torch"}
             The scan implementation; "auto": numba on the CPU, torch elsewhere.
         chunk_size : int, optional
-            Positions per chunk (default: the whole sequence up to 2^14, else 2^14 on the numba
-            path; 256 on the torch path, whose memory is chunk x d_inner x d_state per sequence).
-            Gradients flow through every chunk.
+            Positions per chunk (default :data:`DEFAULT_CHUNK`, 2^14: training lengths run as
+            one chunk). Gradients flow through every chunk.
 
         Returns
         -------
@@ -172,9 +171,7 @@ class InductionMamba(_mamba_base()):
         if method not in SCAN_METHODS:
             raise InputError(f"method must be one of {SCAN_METHODS}, got {method!r}")
         length = tokens.shape[1]
-        if chunk_size is None:
-            on_cpu = tokens.device.type == "cpu" and method != "torch"
-            chunk_size = DEFAULT_CHUNK if on_cpu else max(TORCH_SCAN_CHUNK, DEFAULT_CHUNK // 16)
+        chunk_size = DEFAULT_CHUNK if chunk_size is None else chunk_size
         if chunk_size < 1:
             raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
         states = self.initial_states(tokens.shape[0])
@@ -189,10 +186,3 @@ def build_mamba(config: Optional[InductionMambaConfig] = None) -> InductionMamba
     """A freshly initialised :class:`InductionMamba` (seed torch first for reproducible weights)."""
     return InductionMamba.from_config(config or InductionMambaConfig())
 
-
-def mamba_from_state(state_dict: dict, config: dict) -> InductionMamba:
-    """Rebuild a saved model from its ``MambaForCausalLM`` state dict and :class:`InductionMambaConfig` dict."""
-    induction_config = InductionMambaConfig(**config)
-    model = InductionMamba.from_config(induction_config)
-    model.load_state_dict(state_dict)
-    return model

@@ -10,8 +10,6 @@ Two architectures share the task (DESIGN.md section 7): the Transformer of
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
-
 import torch
 
 from .errors import InputError
