@@ -41,14 +41,16 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from icl_cmr.cli import OneLineErrorParser, positive_float, positive_int, run_cli, seed_int, setup_logging
-from icl_cmr.config import CMR_LIKE_THRESHOLD
+from icl_cmr.cli import (OneLineErrorParser, non_negative_float, positive_float, positive_int, run_cli, seed_int,
+                         setup_logging)
+from icl_cmr.config import CMR_LIKE_THRESHOLD, FIT_LAGS
 from icl_cmr.errors import InputError
-from icl_cmr.fitting import CmrFit, CmrGrid, fit_heads
-from icl_cmr.human_fits import (COMPARED_QUANTITIES, DEFAULT_CONDITIONAL_GRID_PATH, GroupComparisonConfig,
-                                fit_people, head_table, people_table, people_vs_heads_table, read_conditional_grid,
-                                same_simulation_problem, grid_simulation_settings, top_cmr_like_over_training)
-from icl_cmr.human_recall import DATASET_NAMES, RECALL_UNITS, lag_crps_by_unit, load_recall_data, resolve_dataset
+from icl_cmr.fitting import CmrGrid, fit_heads
+from icl_cmr.human_fits import (COMPARED_QUANTITIES, DEFAULT_CONDITIONAL_GRID_PATH, HUMAN_FIT_LAGS,
+                                NEAR_BEST_TOLERANCE, GroupComparisonConfig, fit_people, grid_simulation_settings,
+                                head_table, near_best_ranges, people_table, people_vs_heads_table,
+                                read_conditional_grid, same_simulation_problem, top_cmr_like_over_training)
+from icl_cmr.human_recall import RECALL_UNITS, lag_crps_by_unit, load_recall_data, resolve_dataset
 from icl_cmr.io import ensure_writable_dir, make_metadata, save_figure, save_json, save_pickle, save_text
 from icl_cmr.layer_stats import DEFAULT_TOP_N
 from icl_cmr.score_files import (CHECKPOINT_INDICES, DEFAULT_GRID_PATH, DEFAULT_SCORES_DIR, HeadScores,
@@ -99,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="top-N CMR-like head sets of the Fig 7 panels (default: %(default)s, [LI24])")
     parser.add_argument("--threshold", type=positive_float, default=CMR_LIKE_THRESHOLD,
                         help="CMR distance below which a person or a head is CMR-like (default: %(default)s, [LI24])")
+    parser.add_argument("--near-best", type=non_negative_float, default=NEAR_BEST_TOLERANCE,
+                        help="slack in D defining a fit's near-best grid points, whose parameter ranges the tables "
+                             "report (<param>_near_low/_high: how tightly a curve pins a parameter down) "
+                             "(default: %(default)s)")
     parser.add_argument("--n-bootstrap", type=positive_int, default=GroupComparisonConfig.n_bootstrap,
                         help="bootstrap resamples of each difference of medians (default: %(default)s)")
     parser.add_argument("--seed", type=seed_int, default=0, help="bootstrap seed (default: %(default)s)")
@@ -164,6 +170,14 @@ def page_of_units(distance: np.ndarray, size: int = PAGE_SIZE) -> np.ndarray:
     return order[np.unique(np.round(np.linspace(0, order.size - 1, size)).astype(int))]
 
 
+def model_head_table(model: str, scores: HeadScores, grid: CmrGrid, threshold: float,
+                     tolerance: float) -> pd.DataFrame:
+    """Every head of one model fitted as in [LI24] (lags -5..+5), with its near-best parameter ranges."""
+    fit = fit_heads(scores.crp, grid, attn_lags=scores.lags)
+    near = near_best_ranges(scores.crp.reshape(-1, scores.lags.size), scores.lags, grid, fit.lags, tolerance)
+    return head_table(model, scores, fit, threshold, near)
+
+
 def training_figure(training: Dict[str, List[HeadScores]], grid: CmrGrid, n_top: Sequence[int],
                     people: pd.DataFrame, dataset: str):
     """[LI24] Fig 7d-g with the people's median and interquartile band (people with D < threshold)."""
@@ -200,16 +214,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dataset = args.dataset
     crps = lag_crps_by_unit(load_recall_data(resolve_dataset(dataset)), args.by, dataset=dataset)
     people_fit = fit_people(crps, inputs["people_grid"])
-    people = people_table(crps, people_fit, args.threshold)
+    near = near_best_ranges(crps.prob, crps.lags, inputs["people_grid"], HUMAN_FIT_LAGS, args.near_best)
+    people = people_table(crps, people_fit, args.threshold, near)
     n_like = int(people["cmr_like"].sum())
     logger.info("%s: %d units (%s); %d fitted, %d with D < %g; medians of those: D %.3f, beta_enc %.2f, "
                 "beta_rec %.2f, gamma_ft %.2f", dataset, len(people), args.by, int(people["cmr_distance"].notna().sum()),
                 n_like, args.threshold, *people.loc[people["cmr_like"], list(COMPARED_QUANTITIES)].median())
 
-    head_fits: Dict[str, CmrFit] = {model: fit_heads(s.crp, inputs["head_grid"], attn_lags=s.lags)
-                                    for model, s in inputs["scores"].items()}
-    heads = pd.concat([head_table(m, inputs["scores"][m], f, args.threshold) for m, f in head_fits.items()],
-                      ignore_index=True) if head_fits else None
+    heads = pd.concat([model_head_table(model, scores, inputs["head_grid"], args.threshold, args.near_best)
+                       for model, scores in inputs["scores"].items()], ignore_index=True) if inputs["scores"] else None
     config = GroupComparisonConfig(n_bootstrap=args.n_bootstrap, seed=args.seed)
     comparison = None
     if heads is not None and args.by == "subject":
@@ -249,10 +262,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "people_grid": str(args.crp_grid), "people_grid_settings": grid_simulation_settings(args.crp_grid),
         "people_fit_lags": people_fit.lags.tolist(),
         "head_grid": str(args.head_grid) if inputs["head_grid"] is not None else None,
-        "head_fit_lags": next(iter(head_fits.values())).lags.tolist() if head_fits else None,
+        "head_fit_lags": FIT_LAGS.tolist(),
         "models": {m: s.path for m, s in inputs["scores"].items()},
         "training_models": {m: [s.path for s in series] for m, series in inputs["training"].items()},
-        "n_top": sorted(set(args.n_top)), "n_bootstrap": args.n_bootstrap,
+        "n_top": sorted(set(args.n_top)), "n_bootstrap": args.n_bootstrap, "near_best_tolerance": args.near_best,
         "bootstrap_method": config.bootstrap_method, "confidence": config.confidence,
     }
     metadata = plain_metadata(make_metadata(PRODUCER, parameters, seed=args.seed,

@@ -10,8 +10,8 @@ from icl_cmr.cmr_grid import GridSpec, run_grid
 from icl_cmr.config import CMR_GRID_MEAN_FILENAME
 from icl_cmr.errors import InputError
 from icl_cmr.fitting import CmrGrid
-from icl_cmr.human_fits import (HUMAN_FIT_LAGS, GroupComparisonConfig, compare_groups, fit_people, people_table,
-                                people_vs_heads_table, read_conditional_grid, share_below)
+from icl_cmr.human_fits import (HUMAN_FIT_LAGS, GroupComparisonConfig, compare_groups, fit_people, near_best_ranges,
+                                people_table, people_vs_heads_table, read_conditional_grid, share_below)
 from icl_cmr.human_recall import UnitLagCrps, lag_crps_by_unit, simulated_recall_table
 
 GRID_SETTINGS = CMRSettings(n_items=50, n_trials=200, max_draws=20, n_start=10)
@@ -115,3 +115,27 @@ def test_people_vs_heads_compares_cmr_like_units_only():
     assert (row["people_n_below"], row["people_n_fitted"]) == (2, 3)
     assert (row["heads_n_below"], row["heads_n_fitted"]) == (2, 2)
     assert table["quantity"].tolist() == ["cmr_distance", "beta_enc", "beta_rec", "gamma_ft"]
+
+
+def test_near_best_ranges_span_the_points_within_the_slack(small_conditional_grid):
+    grid = small_conditional_grid
+    lags = np.arange(-8, 9)
+    curve = 0.02 + 0.5 * grid.mean[(2, 1, 2)]
+    flat = np.full(17, 0.3)                                            # no fit: variance 0
+    exact = near_best_ranges(np.stack([curve, flat]), lags, grid, HUMAN_FIT_LAGS, tolerance=0.0)
+    assert exact["n_near"].tolist() == [1, 0]
+    np.testing.assert_allclose(exact["low"][0], grid.parameters_at(np.array((2, 1, 2))))
+    np.testing.assert_allclose(exact["high"][0], exact["low"][0])
+    assert np.isnan(exact["low"][1]).all()
+    everything = near_best_ranges(curve[None], lags, grid, HUMAN_FIT_LAGS, tolerance=1e9)
+    assert everything["n_near"][0] == np.prod(grid.shape)
+    np.testing.assert_allclose(everything["low"][0], [grid.beta_enc.min(), grid.beta_rec.min(), grid.gamma_ft.min()])
+    np.testing.assert_allclose(everything["high"][0], [1.0, 1.0, 1.0])
+    # a slack between: exactly the points a direct loop over the grid finds within it
+    from icl_cmr.fitting import cmr_distance, cmr_fit_patterns
+
+    distances = np.array([cmr_distance(curve[None, [3, 4, 5, 6, 7, 9, 10, 11, 12, 13]], pattern[None])[0][0, 0]
+                          for pattern in cmr_fit_patterns(grid, HUMAN_FIT_LAGS).reshape(-1, 10)])
+    within = distances <= distances.min() + 0.05
+    middle = near_best_ranges(curve[None], lags, grid, HUMAN_FIT_LAGS, tolerance=0.05)
+    assert middle["n_near"][0] == within.sum()

@@ -32,7 +32,7 @@ import pandas as pd
 from .cmr_grid import grid_file_names
 from .config import CMR_CRP_LAGS, FIT_LAGS
 from .errors import InputError
-from .fitting import PARAMETER_NAMES, CmrFit, CmrGrid, fit_heads
+from .fitting import PARAMETER_NAMES, CmrFit, CmrGrid, cmr_distance, cmr_fit_patterns, fit_heads, select_lags
 from .human_recall import UnitLagCrps
 from .io import load_json, load_npy
 from .layer_stats import HeadSelection, gather_selected, select_top_heads
@@ -48,6 +48,9 @@ DEFAULT_CONDITIONAL_GRID_PATH = Path("saved_crps") / grid_file_names(20, 11, "co
 #: Quantities compared between people and heads: D and the three CMR parameters (1/tau is not
 #: on a common scale, see the module docstring).
 COMPARED_QUANTITIES = ("cmr_distance",) + PARAMETER_NAMES
+
+#: Default slack in D of :func:`near_best_ranges` (ours: a quarter of the median PEERS person's best D, 0.081).
+NEAR_BEST_TOLERANCE = 0.02
 
 #: Simulation settings two grids must share to be "the same simulator" (their JSON sidecars).
 SIMULATION_KEYS = ("n_items", "n_trials", "max_draws", "n_start", "max_lag", "seed")
@@ -194,6 +197,63 @@ def fit_people(crps: UnitLagCrps, grid: CmrGrid) -> CmrFit:
     return fit_heads(crps.prob, grid, attn_lags=crps.lags, fit_lags=HUMAN_FIT_LAGS)
 
 
+def near_best_ranges(curves: np.ndarray, curve_lags: np.ndarray, grid: CmrGrid, fit_lags: np.ndarray,
+                     tolerance: float = NEAR_BEST_TOLERANCE, chunk_size: int = 64) -> Dict[str, np.ndarray]:
+    """How tightly each curve pins the parameters down: their range over the near-best grid points.
+
+    The near-best points of a curve are the grid points whose CMR distance is at most its best D plus
+    ``tolerance``; a parameter that spans most of its axis over them is not determined by the curve.
+
+    Parameters
+    ----------
+    curves : ndarray, shape [N, n_lags]
+        Curves as given to :func:`icl_cmr.fitting.fit_heads` (any of its inputs, flattened).
+    curve_lags : ndarray of int, shape [n_lags]
+    grid : CmrGrid
+    fit_lags : ndarray of int, shape [K]
+        The lags of the fit (:data:`HUMAN_FIT_LAGS` for people, ``FIT_LAGS`` for heads).
+    tolerance : float
+        Slack in D (>= 0).
+    chunk_size : int
+        Curves per block (memory: ``chunk_size x grid points x K`` floats).
+
+    Returns
+    -------
+    dict
+        ``n_near`` [N] (int; 0 where the curve cannot be fitted), ``low`` and ``high`` [N, 3]: smallest
+        and largest (beta_enc, beta_rec, gamma_ft) over the near-best points (NaN where not fitted).
+    """
+    if tolerance < 0 or not np.isfinite(tolerance):
+        raise InputError(f"tolerance must be a finite number >= 0, got {tolerance}")
+    curves = select_lags(np.asarray(curves, dtype=float), curve_lags, fit_lags)
+    patterns = cmr_fit_patterns(grid, fit_lags).reshape(-1, len(fit_lags))
+    values = grid.parameters_at(np.stack(np.unravel_index(np.arange(patterns.shape[0]), grid.shape), axis=-1))
+    n = curves.shape[0]
+    n_near = np.zeros(n, dtype=np.int64)
+    low, high = np.full((n, 3), np.nan), np.full((n, 3), np.nan)
+    for start in range(0, n, chunk_size):  # blocks of curves bound memory; each block is vectorised
+        with np.errstate(invalid="ignore", divide="ignore"):
+            distance, _ = cmr_distance(curves[start:start + chunk_size], patterns)      # [n_block, G]
+        best = np.nanmin(np.where(np.isfinite(distance), distance, np.nan), axis=1, initial=np.inf)
+        near = np.isfinite(distance) & (distance <= best[:, None] + tolerance)           # [n_block, G]
+        n_near[start:start + chunk_size] = near.sum(axis=1)
+        masked = np.where(near[:, :, None], values[None], np.nan)                         # [n_block, G, 3]
+        with np.errstate(invalid="ignore"):
+            fitted = near.any(axis=1)
+            low[start:start + chunk_size][fitted] = np.nanmin(masked[fitted], axis=1)
+            high[start:start + chunk_size][fitted] = np.nanmax(masked[fitted], axis=1)
+    return {"n_near": n_near, "low": low, "high": high}
+
+
+def near_best_table(ranges: Dict[str, np.ndarray]) -> pd.DataFrame:
+    """Columns ``n_near_best`` and ``<parameter>_near_low`` / ``_near_high`` of :func:`near_best_ranges`."""
+    columns = {"n_near_best": ranges["n_near"]}
+    for i, name in enumerate(PARAMETER_NAMES):
+        columns[f"{name}_near_low"] = ranges["low"][:, i]
+        columns[f"{name}_near_high"] = ranges["high"][:, i]
+    return pd.DataFrame(columns)
+
+
 def fit_table(fit: CmrFit, threshold: float) -> pd.DataFrame:
     """Per fitted curve: ``cmr_distance``, the three parameters, ``inverse_temperature``, ``cmr_like``.
 
@@ -211,13 +271,16 @@ def fit_table(fit: CmrFit, threshold: float) -> pd.DataFrame:
                          "cmr_like": distance < threshold})
 
 
-def people_table(crps: UnitLagCrps, fit: CmrFit, threshold: float) -> pd.DataFrame:
-    """One row per unit: its identity, the fit, its CRP and the fitted CRP on the fitting lags.
+def people_table(crps: UnitLagCrps, fit: CmrFit, threshold: float,
+                 near: Optional[Dict[str, np.ndarray]] = None) -> pd.DataFrame:
+    """One row per unit: its identity, the fit, the near-best ranges (when given), its CRP and the fitted
+    CRP on the fitting lags.
 
     The fitted curve is on the person's scale, ``s (c - min c) + min a`` (DESIGN.md section 4).
     """
     columns = {"dataset": crps.dataset, "by": crps.by, **{k: crps.units[k].to_numpy() for k in crps.units.columns}}
-    table = pd.concat([pd.DataFrame(columns), fit_table(fit, threshold)], axis=1)
+    parts = [pd.DataFrame(columns), fit_table(fit, threshold)] + ([near_best_table(near)] if near else [])
+    table = pd.concat(parts, axis=1)
     observed = crps.prob[:, np.searchsorted(crps.lags, fit.lags)]
     fitted = fit.fitted_pattern_scaled + np.nanmin(observed, axis=1, keepdims=True)
     for i, lag in enumerate(fit.lags):
@@ -227,11 +290,12 @@ def people_table(crps: UnitLagCrps, fit: CmrFit, threshold: float) -> pd.DataFra
     return table
 
 
-def head_table(model: str, scores: HeadScores, fit: CmrFit, threshold: float) -> pd.DataFrame:
-    """One row per head of one model: label, matching score, the fit (:func:`fit_table`)."""
+def head_table(model: str, scores: HeadScores, fit: CmrFit, threshold: float,
+               near: Optional[Dict[str, np.ndarray]] = None) -> pd.DataFrame:
+    """One row per head of one model: label, matching score, the fit (:func:`fit_table`), near-best ranges."""
     identity = pd.DataFrame({"model": model, "label": scores.labels.ravel(),
                              "matching_score": scores.matching_score.ravel(), "scores_file": scores.path})
-    return pd.concat([identity, fit_table(fit, threshold)], axis=1)
+    return pd.concat([identity, fit_table(fit, threshold)] + ([near_best_table(near)] if near else []), axis=1)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -322,7 +386,9 @@ def people_vs_heads_table(people: pd.DataFrame, heads: pd.DataFrame, threshold: 
     -------
     pandas.DataFrame
         Columns ``model``, ``quantity``, ``threshold``, then :func:`compare_groups`'s keys, then the
-        people's :func:`share_below` and the model's (``heads_n_below``, ``heads_n_fitted``).
+        people's :func:`share_below` and the model's (``heads_n_below``, ``heads_n_fitted``), and for the
+        three parameters, when both tables have :func:`near_best_table` columns, the median width of the
+        near-best range in each group (``near_range_people``, ``near_range_heads``; NaN for D).
     """
     like_people = people[people["cmr_distance"] < threshold]
     people_share = share_below(people["cmr_distance"].to_numpy(), threshold, config.confidence)
@@ -331,10 +397,14 @@ def people_vs_heads_table(people: pd.DataFrame, heads: pd.DataFrame, threshold: 
         like_heads = group[group["cmr_distance"] < threshold]
         head_share = share_below(group["cmr_distance"].to_numpy(), threshold, config.confidence)
         for quantity in COMPARED_QUANTITIES:
+            widths = {f"near_range_{name}": float(np.nanmedian(group_[f"{quantity}_near_high"]
+                                                                - group_[f"{quantity}_near_low"]))
+                      if f"{quantity}_near_low" in group_ and len(group_) else float("nan")
+                      for name, group_ in (("people", like_people), ("heads", like_heads))}
             rows.append({"model": model, "quantity": quantity, "threshold": threshold,
                          **compare_groups(like_people[quantity].to_numpy(), like_heads[quantity].to_numpy(), config),
                          **{f"people_{k}": v for k, v in people_share.items()},
-                         "heads_n_below": head_share["n_below"], "heads_n_fitted": head_share["n_fitted"]})
+                         "heads_n_below": head_share["n_below"], "heads_n_fitted": head_share["n_fitted"], **widths})
     return pd.DataFrame(rows)
 
 

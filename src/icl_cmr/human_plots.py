@@ -159,7 +159,7 @@ def plot_training_with_human_band(steps: np.ndarray, series: Mapping[str, Tuple[
     rng = np.random.default_rng(0)  # jitter only: fits sit on grid points
     plane.scatter(people_points[:, 0] + rng.uniform(-0.012, 0.012, len(people_points)),
                   people_points[:, 1] + rng.uniform(-0.012, 0.012, len(people_points)),
-                  s=5, color="tab:red", alpha=0.3, lw=0)
+                  s=7, color="tab:red", alpha=0.5, lw=0, zorder=5, label="people")
     be, br = quantities.index("beta_enc"), quantities.index("beta_rec")
     plane.add_patch(Rectangle((human_iqr[be, 0], human_iqr[br, 0]), human_iqr[be, 1] - human_iqr[be, 0],
                               human_iqr[br, 1] - human_iqr[br, 0], color="tab:red", alpha=0.15, lw=0))
