@@ -218,7 +218,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     people = people_table(crps, people_fit, args.threshold, near)
     n_like = int(people["cmr_like"].sum())
     logger.info("%s: %d units (%s); %d fitted, %d with D < %g; medians of those: D %.3f, beta_enc %.2f, "
-                "beta_rec %.2f, gamma_ft %.2f", dataset, len(people), args.by, int(people["cmr_distance"].notna().sum()),
+                "beta_rec %.2f, gamma_ft %.2f", dataset, len(people), args.by,
+                int(people["cmr_distance"].notna().sum()),
                 n_like, args.threshold, *people.loc[people["cmr_like"], list(COMPARED_QUANTITIES)].median())
 
     heads = pd.concat([model_head_table(model, scores, inputs["head_grid"], args.threshold, args.near_best)

@@ -71,7 +71,8 @@ def test_people_table_has_one_fitted_row_per_person(morton_run):
     people = pd.read_csv(morton_run / "out" / "morton2013_fits.csv")
     assert len(people) == 40 and people["cmr_distance"].notna().all()
     assert set(people["beta_enc"]) <= {0.25, 0.5, 0.75, 1.0}
-    assert {"crp_lag+1", "fitted_crp_lag-1", "inverse_temperature", "n_lists", "gamma_ft_near_high"} <= set(people.columns)
+    assert {"crp_lag+1", "fitted_crp_lag-1", "inverse_temperature", "n_lists",
+            "gamma_ft_near_high"} <= set(people.columns)
     assert "crp_lag+0" not in people.columns                      # lag 0 is never a person's transition
     assert (people["n_lists"] == 48).all()
 

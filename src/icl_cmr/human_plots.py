@@ -24,7 +24,8 @@ _PEOPLE_COLOR = "k"
 
 def _group_colors(names: Sequence[str]) -> list:
     """Black for the people (first group), a colour per model after it."""
-    return [_PEOPLE_COLOR] + _colors(max(len(names) - 1, 1), "tab10" if len(names) <= 11 else "viridis")[: len(names) - 1]
+    models = _colors(max(len(names) - 1, 1), "tab10" if len(names) <= 11 else "viridis")
+    return [_PEOPLE_COLOR] + models[: len(names) - 1]
 
 
 def plot_parameter_distributions(groups: Mapping[str, Mapping[str, np.ndarray]], quantities: Sequence[str],
