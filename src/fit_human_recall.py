@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -51,8 +52,9 @@ from icl_cmr.human_fits import (COMPARED_QUANTITIES, DEFAULT_CONDITIONAL_GRID_PA
                                 head_table, near_best_ranges, people_table, people_vs_heads_table,
                                 read_conditional_grid, same_simulation_problem, top_cmr_like_over_training)
 from icl_cmr.human_recall import RECALL_UNITS, lag_crps_by_unit, load_recall_data, resolve_dataset
-from icl_cmr.io import ensure_writable_dir, make_metadata, save_figure, save_json, save_pickle, save_text
+from icl_cmr.io import make_metadata
 from icl_cmr.layer_stats import DEFAULT_TOP_N
+from icl_cmr.outputs import REPO_ROOT, PendingWrites, check_writable_dir, portable_path
 from icl_cmr.score_files import (CHECKPOINT_INDICES, DEFAULT_GRID_PATH, DEFAULT_SCORES_DIR, HeadScores,
                                  checkpoint_step, find_score_file, load_checkpoint_series, read_cmr_grid,
                                  read_head_scores)
@@ -150,10 +152,19 @@ def load_inputs(args: argparse.Namespace) -> dict:
     for model in dict.fromkeys(args.training_models):
         folder = Path(find_scores(scores_dirs, model, CHECKPOINT_INDICES[-1])).parent.parent
         training[model] = load_checkpoint_series(folder, model, CHECKPOINT_INDICES)
-    out_dir = ensure_writable_dir(args.out_dir)
-    figs_dir = ensure_writable_dir(args.figs_dir / "humans_vs_heads")
+    out_dir = check_writable_dir(args.out_dir, "--out-dir")
+    figs_dir = check_writable_dir(args.figs_dir / "humans_vs_heads", "--figs-dir")
     return {"people_grid": people_grid, "head_grid": head_grid, "scores": scores, "training": training,
             "out_dir": out_dir, "figs_dir": figs_dir}
+
+
+def stored_path(path: "str | Path | None") -> Optional[str]:
+    """A path as metadata stores it: relative to the repository root, also when it lies beside the checkout
+    (the authors' files in ``../shared/official``), so shipped files carry no machine paths."""
+    if path is None:
+        return None
+    portable = portable_path(path)
+    return portable if not Path(portable).is_absolute() else Path(os.path.relpath(portable, REPO_ROOT)).as_posix()
 
 
 def output_stem(dataset: str, by: str) -> str:
@@ -175,7 +186,7 @@ def model_head_table(model: str, scores: HeadScores, grid: CmrGrid, threshold: f
     """Every head of one model fitted as in [LI24] (lags -5..+5), with its near-best parameter ranges."""
     fit = fit_heads(scores.crp, grid, attn_lags=scores.lags)
     near = near_best_ranges(scores.crp.reshape(-1, scores.lags.size), scores.lags, grid, fit.lags, tolerance)
-    return head_table(model, scores, fit, threshold, near)
+    return head_table(model, scores, fit, threshold, near).assign(scores_file=stored_path(scores.path))
 
 
 def training_figure(training: Dict[str, List[HeadScores]], grid: CmrGrid, n_top: Sequence[int],
@@ -233,7 +244,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     stem = output_stem(dataset, args.by)
     figs_dir, out_dir = inputs["figs_dir"], inputs["out_dir"]
-    # Figures first: a failed drawing leaves no tables that claim a finished run.
     from icl_cmr import human_plots
 
     figures = {}
@@ -260,37 +270,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     parameters = {
         "dataset": dataset, "psifr_dataset": resolve_dataset(dataset), "by": args.by, "threshold": args.threshold,
-        "people_grid": str(args.crp_grid), "people_grid_settings": grid_simulation_settings(args.crp_grid),
+        "people_grid": stored_path(args.crp_grid), "people_grid_settings": grid_simulation_settings(args.crp_grid),
         "people_fit_lags": people_fit.lags.tolist(),
-        "head_grid": str(args.head_grid) if inputs["head_grid"] is not None else None,
+        "head_grid": stored_path(args.head_grid) if inputs["head_grid"] is not None else None,
         "head_fit_lags": FIT_LAGS.tolist(),
-        "models": {m: s.path for m, s in inputs["scores"].items()},
-        "training_models": {m: [s.path for s in series] for m, series in inputs["training"].items()},
+        "models": {m: stored_path(s.path) for m, s in inputs["scores"].items()},
+        "training_models": {m: [stored_path(s.path) for s in series] for m, series in inputs["training"].items()},
         "n_top": sorted(set(args.n_top)), "n_bootstrap": args.n_bootstrap, "near_best_tolerance": args.near_best,
         "bootstrap_method": config.bootstrap_method, "confidence": config.confidence,
     }
     metadata = plain_metadata(make_metadata(PRODUCER, parameters, seed=args.seed,
                                             wall_time_s=round(time.perf_counter() - started, 3)))
+    # Everything is computed and rendered before the first file is written.
+    pending = PendingWrites()
     for name, fig in figures.items():
-        save_figure(fig, figs_dir / name)
+        pending.figure(figs_dir / name, fig)
     record = {key: value[None] for key, value in people_fit.as_authors_dict().items()}   # [1, U, ...]
     record.update(labels=crps.labels[None], fit_lags=people_fit.lags, fitted_param_index=people_fit.param_index[None],
                   units=crps.units.to_dict(orient="list"), crp_lags=crps.lags, crp=crps.prob,
                   crp_actual=crps.actual, crp_possible=crps.possible, metadata=metadata)
-    save_pickle(out_dir / f"{stem}_fits.pkl", record)
-    save_text(out_dir / f"{stem}_fits.csv", people.to_csv(index=False))
+    pending.pickle(out_dir / f"{stem}_fits.pkl", record)
+    pending.text(out_dir / f"{stem}_fits.csv", people.to_csv(index=False))
     if heads is not None:
-        save_text(out_dir / f"{stem}_head_fits.csv", heads.to_csv(index=False))
+        pending.text(out_dir / f"{stem}_head_fits.csv", heads.to_csv(index=False))
     if comparison is not None:
-        save_text(out_dir / f"{stem}_vs_heads.csv", comparison.to_csv(index=False))
+        pending.text(out_dir / f"{stem}_vs_heads.csv", comparison.to_csv(index=False))
+    written = [path.name for path in pending.paths if path.parent == out_dir]
+    pending.json(out_dir / f"{stem}_metadata.json", {**metadata, "files": written, "figures": sorted(figures)})
+    pending.commit()
+    if comparison is not None:
         for model, rows in comparison.groupby("model", sort=False):
             logger.info("%s: %s", model, "; ".join(
                 f"{r.quantity} people {r.median_people:.3g} vs heads {r.median_heads:.3g} (n={r.n_heads}), "
                 f"diff {r.median_difference:+.3g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}], p={r.p_value:.2g}"
                 for r in rows.itertuples()))
-    written = [f"{stem}_fits.csv", f"{stem}_fits.pkl"] + ([f"{stem}_head_fits.csv"] if heads is not None else []) \
-        + ([f"{stem}_vs_heads.csv"] if comparison is not None else [])
-    save_json(out_dir / f"{stem}_metadata.json", {**metadata, "files": written, "figures": sorted(figures)})
     logger.info("wrote %s in %s and %d figures in %s", ", ".join(written), out_dir, len(figures), figs_dir)
     return 0
 

@@ -294,7 +294,7 @@ def head_table(model: str, scores: HeadScores, fit: CmrFit, threshold: float,
                near: Optional[Dict[str, np.ndarray]] = None) -> pd.DataFrame:
     """One row per head of one model: label, matching score, the fit (:func:`fit_table`), near-best ranges."""
     identity = pd.DataFrame({"model": model, "label": scores.labels.ravel(),
-                             "matching_score": scores.matching_score.ravel(), "scores_file": scores.path})
+                             "matching_score": scores.matching_score.ravel()})
     return pd.concat([identity, fit_table(fit, threshold)] + ([near_best_table(near)] if near else []), axis=1)
 
 
