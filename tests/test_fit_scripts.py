@@ -14,7 +14,7 @@ import fit_attn_score
 import plot_crp
 import select_fit
 import select_fit_xtra
-from icl_cmr.cli import run_cli
+from icl_cmr.cli import run_cli, str2bool
 from icl_cmr.io import load_pickle
 
 GRID_SHAPE = (2, 3, 2)
@@ -79,7 +79,7 @@ def workspace(tmp_path):
 @pytest.mark.parametrize("text, expected", [("False", False), ("false", False), ("0", False), ("no", False),
                                             ("True", True), ("yes", True), ("1", True)])
 def test_str2bool_reads_false_as_false(text, expected):
-    assert fit_attn_score.str2bool(text) is expected
+    assert str2bool(text) is expected
 
 
 @pytest.mark.parametrize("argv, expected", [([], False), (["--use_saved"], True), (["--use_saved", "False"], False),
