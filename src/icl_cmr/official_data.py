@@ -28,8 +28,8 @@ from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
-#: The authors' repository and the commit whose data the figures were checked against (the newest
-#: one holding all their published data files: GPT-2, Pythia 70m/410m/2.8b/12b, Qwen, Mistral, Llama).
+#: The authors' repository, and a commit of it holding all their published data files (GPT-2,
+#: Pythia 70m/410m/2.8b/12b, Qwen, Mistral, Llama; seen in a public index, not fetched from here).
 AUTHORS_REPOSITORY = "https://github.com/corxyz/icl-cmr"
 AUTHORS_COMMIT = "5e9ce351b2cae8333f1fe871174f77d8103dcb63"
 AUTHORS_ARCHIVE_URL = f"{AUTHORS_REPOSITORY}/archive/{AUTHORS_COMMIT}.tar.gz"
