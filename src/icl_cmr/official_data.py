@@ -122,16 +122,19 @@ def download_official(url: str = AUTHORS_ARCHIVE_URL, cache_dir: "str | os.PathL
         logger.info("using the authors' data downloaded earlier into %s", cached)
         return cached
     folder = cache_folder(url, cache_dir)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".download-") as tmp:
+    # The archive goes to the system's temporary folder: a failed download leaves nothing in the cache.
+    with tempfile.TemporaryDirectory(prefix="icl_cmr-download-") as tmp:
         archive = Path(tmp) / ("archive.zip" if url.lower().endswith(".zip") else "archive.tar.gz")
         _fetch(url, archive, progress, timeout)
-        staging = Path(tmp) / "data"
-        n_files = extract_data_folders(archive, staging, url)
-        (staging / _MARKER).write_text(json.dumps({"url": url, "files": n_files}, indent=2) + "\n", encoding="utf-8")
-        if folder.exists():  # a half-finished earlier attempt (no marker)
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".extract-") as staging_root:
+            staging = Path(staging_root) / "data"
+            n_files = extract_data_folders(archive, staging, url)
+            (staging / _MARKER).write_text(json.dumps({"url": url, "files": n_files}, indent=2) + "\n",
+                                           encoding="utf-8")
+            if folder.exists():  # a half-finished earlier attempt (no marker)
+                shutil.rmtree(folder)
+            os.replace(staging, folder)
     logger.info("downloaded the authors' data (%d files) from %s into %s; later runs read it from there",
                 n_files, url, folder)
     return folder
