@@ -291,12 +291,15 @@ def _over_training_models(models) -> List[str]:
 
 
 def figure_7b(src: PaperSources, models, out: PaperFigures) -> str:
+    import matplotlib.pyplot as plt
+
     from .fit_figures import over_training_figures
 
     names = _over_training_models(models)
     if not names:
         raise Unavailable(f"no Pythia model with all {len(CHECKPOINT_INDICES)} training checkpoints in {src.scores_dir}")
     lines = ["## Fig 7b, S2: Pythia over training (`fig7b-S2_<model>_*.pdf`), corrected",
+             "(`..._as_published.pdf` reproduces the published selection for comparison.)",
              "Each curve follows the heads with D < 0.5 at the final checkpoint through all 16 checkpoints. The "
              "authors' `attn_over_time.py` applies that final mask **by position** to each checkpoint's heads "
              "sorted by that checkpoint's matching score, so wherever the ranking changed during training the "
@@ -315,6 +318,11 @@ def figure_7b(src: PaperSources, models, out: PaperFigures) -> str:
         out.files[f"fig7b-S2_{name}_params_over_training.pdf"] = figures[f"params_over_time_thres{src.threshold}.pdf"]
         final_mask = fit.distance[-1] < src.threshold
         published = authors_sorted_position_mask(fit.distance, matching, src.threshold)
+        as_published = over_training_figures(fit, steps, (src.threshold,), name, mask=published,
+                                             title_suffix=" - AS PUBLISHED (other heads at earlier steps)")
+        out.files[f"fig7b-S2_{name}_params_over_training_as_published.pdf"] = as_published[
+            f"params_over_time_thres{src.threshold}.pdf"]
+        plt.close(as_published[f"fit_over_time_thres{src.threshold}.pdf"])  # the same as the corrected one
         corrected = np.broadcast_to(final_mask, published.shape)
         diffs = []
         import warnings
