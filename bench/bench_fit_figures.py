@@ -80,7 +80,8 @@ def synthetic_scores(path: Path, n_layers: int = 32, n_heads: int = 32) -> None:
     """A 32 x 32 score file with peaked, noisy attention CRPs at lags -8..+7."""
     rng = np.random.default_rng(0)
     lags = np.arange(-8, 8)
-    peak = rng.uniform(0, 6, (n_layers, n_heads, 1)) * np.exp(-np.abs(lags - 1) / rng.uniform(0.5, 3, (n_layers, n_heads, 1)))
+    width = rng.uniform(0.5, 3, (n_layers, n_heads, 1))
+    peak = rng.uniform(0, 6, (n_layers, n_heads, 1)) * np.exp(-np.abs(lags - 1) / width)
     crp = peak + rng.normal(0, 0.3, (n_layers, n_heads, lags.size))
     with open(path, "wb") as handle:
         pickle.dump({"head_scores": rng.uniform(0, 1, (n_layers, n_heads)),

@@ -46,7 +46,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     models = [f"pythia-{size}" for size in args.model_size]
     fits = fit_models(args.scores_dir, models, grid, args.checkpoint)
     pending = PendingWrites()
-    queue_size_outputs(pending, fits, out_dir, args.threshold, args.strict_threshold, grid, "attn_over_size.py", "Pythia")
+    queue_size_outputs(pending, fits, out_dir, args.threshold, args.strict_threshold, grid, "attn_over_size.py",
+                       "Pythia")
     pending.commit()
     log_cmr_like_counts(fits, args.threshold)
     logger.info("wrote figures and layer_summary.csv to %s", out_dir)

@@ -43,7 +43,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out_dir = check_writable_dir(args.figs_dir / "attn_over_size_xtra", "--figs-dir")
     fits = fit_models(args.scores_dir, args.models, grid, args.checkpoint)
     pending = PendingWrites()
-    queue_size_outputs(pending, fits, out_dir, args.threshold, args.strict_threshold, grid, "attn_over_size_xtra.py", "")
+    queue_size_outputs(pending, fits, out_dir, args.threshold, args.strict_threshold, grid,
+                       "attn_over_size_xtra.py", "")
     pending.commit()
     log_cmr_like_counts(fits, args.threshold)
     logger.info("wrote figures and layer_summary.csv to %s", out_dir)

@@ -36,7 +36,8 @@ logger = logging.getLogger("attn_over_time")
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description="CMR fits of one model over training checkpoints (Fig 7b).")
     parser.add_argument("-m", "--model_name", default="pythia-70m",
-                        help="model name as in --scores-dir, e.g. pythia-70m or pythia-70m-deduped-v0 (default: %(default)s)")
+                        help="model name as in --scores-dir, e.g. pythia-70m or pythia-70m-deduped-v0 "
+                             "(default: %(default)s)")
     parser.add_argument("--checkpoints", type=non_negative_int, nargs="+", default=list(CHECKPOINT_INDICES),
                         help="checkpoint indices K, training step 1000 (K + 1); the last one defines the mask "
                              "(default: the paper's 16: %(default)s)")

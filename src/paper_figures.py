@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="repository archive (.tar.gz or .zip, http(s) or file://) to download when neither "
                              "--official nor --ours is given (default: %(default)s)")
     parser.add_argument("--cache-dir", type=Path, default=None,
-                        help=f"download cache root (default: $ICL_CMR_CACHE_DIR or {portable_path(default_cache_dir())})")
+                        help="download cache root (default: $ICL_CMR_CACHE_DIR or "
+                             f"{portable_path(default_cache_dir())})")
     parser.add_argument("--scores-dir", "--scores_dir", type=Path, default=DEFAULT_SCORES_DIR,
                         help="with --ours: our head-score files (default: %(default)s)")
     parser.add_argument("--crp-grid", "--crp_grid", type=Path, default=DEFAULT_GRID_PATH,
@@ -77,6 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_flag_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse flags that the chosen source would ignore (one line, exit 2)."""
+    ours_only = ("scores_dir", "crp_grid", "ablation_dir")
+    download_only = ("download_url", "cache_dir")
+    flag = {name: "--" + name.replace("_", "-") for name in ours_only + download_only}
+    if not args.ours:
+        for name in ours_only:
+            if getattr(args, name) != parser.get_default(name):
+                parser.error(f"argument {flag[name]}: only with --ours (the authors' data has its own)")
+    if args.ours or args.official is not None:
+        for name in download_only:
+            if getattr(args, name) != parser.get_default(name):
+                parser.error(f"argument {flag[name]}: only without --official and --ours (nothing is downloaded)")
+
+
 def sources(args: argparse.Namespace) -> PaperSources:
     """Where the data comes from (downloads the authors' data when needed)."""
     thresholds = {"threshold": args.threshold, "strict_threshold": args.strict_threshold}
@@ -87,12 +103,15 @@ def sources(args: argparse.Namespace) -> PaperSources:
                             ablation_dir=args.ablation_dir, top_heads_dir=None, ours=True, **thresholds)
     data = resolve_official_dir(args.official, args.download_url, args.cache_dir, progress=not args.no_progress)
     return PaperSources(label=f"the authors' published outputs in `{portable_path(data)}`",
-                        scores_dir=data / "saved_scores", grid=read_cmr_grid(data / "saved_crps" / CMR_GRID_MEAN_FILENAME),
+                        scores_dir=data / "saved_scores",
+                        grid=read_cmr_grid(data / "saved_crps" / CMR_GRID_MEAN_FILENAME),
                         ablation_dir=data / "saved_ablation", top_heads_dir=data / "saved_top_heads", **thresholds)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_flag_combinations(parser, args)
     setup_logging(args.verbose)
     if not args.verbose:  # one "reading <file>" line per score file would bury the progress bar
         logging.getLogger("icl_cmr.score_files").setLevel(logging.WARNING)
@@ -101,7 +120,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     src = sources(args)
     check_sources(src)
     result = build_paper_figures(src, progress=not args.no_progress)
-    command = "python src/paper_figures.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    given = sys.argv[1:] if argv is None else argv
+    command = "python src/paper_figures.py " + " ".join(shlex.quote(a) for a in given)
     pending = PendingWrites()
     for name, content in result.files.items():
         if isinstance(content, bytes):

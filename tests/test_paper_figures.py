@@ -120,6 +120,20 @@ def test_official_and_ours_are_exclusive(capsys):
     assert "error: argument --ours: not allowed with argument --official" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--official", "x", "--scores-dir", "s"], "argument --scores-dir: only with --ours"),
+    (["--crp-grid", "g.npy"], "argument --crp-grid: only with --ours"),
+    (["--ours", "--download-url", "file:///a.tar.gz"], "argument --download-url: only without --official and --ours"),
+    (["--official", "x", "--cache-dir", "c"], "argument --cache-dir: only without --official and --ours"),
+])
+def test_flags_the_source_would_ignore_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        paper_figures.main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {message}")
+
+
 def test_official_folder_without_the_layout_is_one_line(tmp_path, capsys):
     assert run_cli(paper_figures.main, ["--official", str(tmp_path), "--out-dir", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -171,7 +185,8 @@ def test_official_run_writes_every_supported_figure_with_the_papers_numbers(offi
     # DESIGN.md section 4 and README: GPT-2 small 68 of 144 heads, L5H1 D = 0.0061 at (0.6, 0.75, 0.3),
     # 1/tau 44.3; Qwen-7B 437 of 1024; the authors' ablation file: intact vs top t = -19.62.
     assert "68 of 144 heads have D < 0.5" in summary
-    assert "L5H1 (matching score" in summary and "D = 0.0061 at (beta_enc, beta_rec, gamma_ft) = (0.6, 0.75, 0.3)" in summary
+    assert "L5H1 (matching score" in summary
+    assert "D = 0.0061 at (beta_enc, beta_rec, gamma_ft) = (0.6, 0.75, 0.3)" in summary
     assert "| qwen-7b | 32 x 32 | 437 / 1024 |" in summary
     assert "| -19.62 |" in summary
     assert "| Fig 7a |" in summary and "| Fig 1-3 |" in summary

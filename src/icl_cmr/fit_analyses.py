@@ -204,8 +204,9 @@ def make_selections(per_model: Mapping[str, Mapping[str, np.ndarray]], n_top: Se
     for criterion, values in (("CMR distance", final_distance), ("matching score", final_matching)):
         empty = [m for m, array in values.items() if not np.isfinite(array).any()]
         if len(empty) == len(values):
+            others = " and the others" if len(empty) > 1 else ""
             raise InputError(f"nothing to select: no head of {', '.join(empty)} has a finite {criterion} at the final "
-                             f"checkpoint ({per_model[empty[0]]['files'][-1]}{' and the others' if len(empty) > 1 else ''})")
+                             f"checkpoint ({per_model[empty[0]]['files'][-1]}{others})")
         for model in empty:
             logger.warning("%s: no head has a finite %s at the final checkpoint; it contributes no heads to the "
                            "top-N selections by that criterion", model, criterion)

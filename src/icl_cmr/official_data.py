@@ -49,8 +49,9 @@ def default_cache_dir() -> Path:
     """``$ICL_CMR_CACHE_DIR``, else ``$XDG_CACHE_HOME/icl_cmr``, else ``~/.cache/icl_cmr``."""
     if os.environ.get("ICL_CMR_CACHE_DIR"):
         return Path(os.environ["ICL_CMR_CACHE_DIR"]).expanduser()
-    base = Path(os.environ["XDG_CACHE_HOME"]).expanduser() if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return base / "icl_cmr"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "icl_cmr"
+    return Path.home() / ".cache" / "icl_cmr"
 
 
 def how_to_get_the_data() -> str:

@@ -12,6 +12,7 @@ bundled model is always there). Each figure uses what the source holds and says 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -154,8 +155,9 @@ def layer_band_rows(name: str, scores: HeadScores, fit: CmrFit, threshold: float
         n_heads = int(np.isfinite(fit.distance[layers]).sum())
         cells.append(f"{100 * like[layers].sum() / n_heads:.1f}" if n_heads else "-")
     best = np.unravel_index(np.nanargmin(fit.distance), fit.distance.shape)
-    cells.append(f"{scores.labels[best]} D = {fit.distance[best]:.4f} at ({', '.join(f'{p:.2g}' for p in fit.params[best])}),"
-                 f" 1/tau = {fit.inverse_temperature[best]:.1f}")
+    params = ", ".join(f"{p:.2g}" for p in fit.params[best])
+    cells.append(f"{scores.labels[best]} D = {fit.distance[best]:.4f} at ({params}), "
+                 f"1/tau = {fit.inverse_temperature[best]:.1f}")
     return f"| {name} | {scores.n_layers} x {scores.n_heads} | " + " | ".join(cells) + " |"
 
 
@@ -235,7 +237,8 @@ def figures_5_6a(src: PaperSources, models, out: PaperFigures) -> str:
     first = np.unravel_index(top[0], scores.labels.shape)
     return (f"## Fig 5, 6a: {name} (`fig5_{name}_heads.pdf`, `fig6a_{name}_*.pdf`)\n"
             f"{int((fit.distance < src.threshold).sum())} of {fit.distance.size} heads have D < {src.threshold} "
-            f"({int((fit.distance < src.strict_threshold).sum())} below {src.strict_threshold}); % per layer: {percent}. "
+            f"({int((fit.distance < src.strict_threshold).sum())} below {src.strict_threshold}); "
+            f"% per layer: {percent}. "
             f"Top induction head {head} (matching score {scores.matching_score[first]:.3f}): D = "
             f"{fit.distance[first]:.4f} at (beta_enc, beta_rec, gamma_ft) = "
             f"({', '.join(f'{p:.2g}' for p in fit.params[first])}), 1/tau = {fit.inverse_temperature[first]:.1f}.")
@@ -297,7 +300,8 @@ def figure_7b(src: PaperSources, models, out: PaperFigures) -> str:
 
     names = _over_training_models(models)
     if not names:
-        raise Unavailable(f"no Pythia model with all {len(CHECKPOINT_INDICES)} training checkpoints in {src.scores_dir}")
+        raise Unavailable(f"no Pythia model with all {len(CHECKPOINT_INDICES)} training checkpoints in "
+                          f"{src.scores_dir}")
     lines = ["## Fig 7b, S2: Pythia over training (`fig7b-S2_<model>_*.pdf`), corrected",
              "(`..._as_published.pdf` reproduces the published selection for comparison.)",
              "Each curve follows the heads with D < 0.5 at the final checkpoint through all 16 checkpoints. The "
@@ -325,8 +329,6 @@ def figure_7b(src: PaperSources, models, out: PaperFigures) -> str:
         plt.close(as_published[f"fit_over_time_thres{src.threshold}.pdf"])  # the same as the corrected one
         corrected = np.broadcast_to(final_mask, published.shape)
         diffs = []
-        import warnings
-
         for values, trailing in ((fit.params, 1), (fit.inverse_temperature, 0)):
             a = summarize_by_layer(values, published, n_trailing=trailing).mean
             b = summarize_by_layer(values, corrected, n_trailing=trailing).mean
@@ -354,7 +356,8 @@ def figure_7c_g(src: PaperSources, models, out: PaperFigures) -> str:
         out.files["fig7c-f_top_heads_over_training.pdf"] = figures["selection_over_training.pdf"]
         out.files["fig7c-f_top_heads_final.pdf"] = figures["selection_final.pdf"]
         missing = [m for m in PYTHIA_MODELS if normalise_model_name(m) not in names]
-        lines += [f"Over training: selected at the final checkpoint among the heads of {', '.join(map(_display, names))}"
+        pooled = ", ".join(map(_display, names))
+        lines += [f"Over training: selected at the final checkpoint among the heads of {pooled}"
                   + (f" (the paper pools all eight Pythia sizes; {', '.join(missing)} have no published checkpoints)"
                      if missing and not src.ours else "") + ".", "", selection_table(selections, title)]
         human_source, human_selections, human_title = f"our selection ({title})", selections, title
@@ -381,10 +384,12 @@ def figure_8(src: PaperSources, models, out: PaperFigures) -> str:
     from .stats import PairedStatsConfig, comparison_table
 
     folder = src.ablation_dir
-    candidates = sorted(Path(folder).glob("ablation_experiment_*.pkl")) if folder is not None and Path(folder).is_dir() else []
+    prefix = "ablation_experiment_"
+    candidates = sorted(Path(folder).glob(f"{prefix}*.pkl")) if folder is not None and Path(folder).is_dir() else []
     if not candidates:
         raise Unavailable(f"no ablation_experiment_<model>.pkl in {folder}")
-    preferred = [p for p in candidates if normalise_model_name(p.stem[len("ablation_experiment_"):]) == normalise_model_name(GPT2)]
+    gpt2 = normalise_model_name(GPT2)
+    preferred = [p for p in candidates if normalise_model_name(p.stem[len(prefix):]) == gpt2]
     path = (preferred or candidates)[0]
     model = path.stem[len("ablation_experiment_"):]
     result = read_ablation_result(path)
