@@ -131,6 +131,16 @@ class PendingWrites:
 
         self.add(path, lambda p: save_json(p, obj))
 
+    def data(self, path: "str | os.PathLike[str]", data: bytes) -> None:
+        """Queue a file of ready bytes (e.g. a PDF page rendered elsewhere)."""
+        data = bytes(data)
+        self.add(path, lambda p: _write_bytes(p, data))
+
+    def figures(self, folder: "str | os.PathLike[str]", figures: Mapping[str, Any]) -> None:
+        """Render and queue ``{file name: figure}`` into ``folder`` (:meth:`figure` for each)."""
+        for name, fig in figures.items():
+            self.figure(Path(folder) / name, fig)
+
     def figure(self, path: "str | os.PathLike[str]", fig: Any) -> None:
         """Render a matplotlib figure to PDF bytes now (then close it) and queue the bytes."""
         import matplotlib.pyplot as plt
