@@ -125,11 +125,11 @@ class PendingWrites:
 
         self.add(path, lambda p: save_text(p, text))
 
-    def json(self, path: "str | os.PathLike[str]", obj: Any) -> None:
-        """Queue a JSON file."""
+    def json(self, path: "str | os.PathLike[str]", obj: Any, compact: bool = False) -> None:
+        """Queue a JSON file (``compact``: no whitespace, see :func:`icl_cmr.io.save_json`)."""
         from .io import save_json
 
-        self.add(path, lambda p: save_json(p, obj))
+        self.add(path, lambda p: save_json(p, obj, compact=compact))
 
     def data(self, path: "str | os.PathLike[str]", data: bytes) -> None:
         """Queue a file of ready bytes (e.g. a PDF page rendered elsewhere)."""
