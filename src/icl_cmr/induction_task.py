@@ -305,7 +305,7 @@ def plot_accuracy_vs_length(results: "Dict[str, Dict[str, np.ndarray]]", train_l
 
     reference = GD23_REFERENCE_ROWS if reference is None else reference
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        fig, ax = plt.subplots(figsize=(8.0, 4.0))
     else:
         fig = ax.figure
     for name, res in results.items():
@@ -326,7 +326,7 @@ def plot_accuracy_vs_length(results: "Dict[str, Dict[str, np.ndarray]]", train_l
     n_values = VOCAB_SIZE - 1   # chance: a uniform guess among the non-trigger ids
     ax.axhline(100 / n_values, color="grey", lw=0.6, ls="-.")
     ax.text(ax.get_xlim()[1], 100 / n_values + 1.5, f"chance 1/{n_values}", ha="right", fontsize=7, color="grey")
-    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, 0.9))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # outside: no data hidden
     ax.set_title(title or "Induction-heads task: length generalization (2 layers, d_model 64)", fontsize=9)
     fig.tight_layout()
     return fig
@@ -358,7 +358,9 @@ def plot_training_curves(curves: "Dict[str, Dict[str, np.ndarray]]", target_accu
             step = curve["step"][index - 1]
             for ax in (ax_loss, ax_acc):
                 ax.axvline(step, color=line.get_color(), lw=0.6, ls="--", alpha=0.6)
-            ax_acc.text(step, 2, f" L={int(lengths[index])}", fontsize=6, color=line.get_color(), rotation=90,
+            # x in data, y in axes coordinates: the label stays inside whatever the accuracy range.
+            ax_acc.text(step, 0.02, f" L={int(lengths[index])}", fontsize=6, color=line.get_color(), rotation=90,
+                        transform=ax_acc.get_xaxis_transform(),
                         va="bottom")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("train loss (mean since last eval)")
