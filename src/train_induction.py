@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import re
 import time
 from pathlib import Path
@@ -64,8 +65,8 @@ from icl_cmr.cli import (OneLineErrorParser, comma_list, device_arg, int_range, 
 from icl_cmr.devices import resolve_device
 from icl_cmr.errors import CorruptFileError, FileContentError, InputError
 from icl_cmr.induction_mamba import InductionMambaConfig
-from icl_cmr.induction_models import (ARCHITECTURES, INDUCTION_DTYPES, build_model, fastest_method,
-                                      load_induction_model)
+from icl_cmr.induction_models import (ARCHITECTURES, INDUCTION_DTYPES, build_model, check_memory, fastest_method,
+                                      forward_memory_lower_bound, load_induction_model)
 from icl_cmr.io import atomic_write, load_torch, make_metadata
 from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
 from icl_cmr.tiny_transformer import POSITION_ENCODINGS, TinyTransformerConfig
@@ -259,6 +260,20 @@ def _changed_settings(saved: dict, parameters: dict, model_config: dict) -> List
     return changed
 
 
+def check_training_memory(args: argparse.Namespace, model_config: dict) -> None:
+    """Refuse, before any work, a batch or validation set that cannot fit in memory (one line).
+
+    The largest length is ``--train_length`` (the curriculum's stages are shorter); validation runs
+    :func:`icl_cmr.induction_task.evaluate_accuracy` batches of at most its default 64 sequences.
+    """
+    length = args.train_length
+    check_memory(forward_memory_lower_bound(args.architecture, model_config, args.batch_size, length, training=True),
+                 args.device, f"training at --batch_size {args.batch_size} x --train_length {length}")
+    validation_batch = min(args.n_val, task.VALIDATION_BATCH_SIZE)
+    check_memory(forward_memory_lower_bound(args.architecture, model_config, validation_batch, length, training=False),
+                 args.device, f"validation at {validation_batch} sequences x --train_length {length}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
@@ -271,6 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     task_defaults = task.InductionTaskConfig()
     model_config = model_config_for(args)
     compute_dtype = getattr(torch, args.dtype)
+    check_training_memory(args, model_config)
     parameters = {k: (portable_path(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                   if k not in ("no_progress", "verbose", "no_figure", "resume", "restart") and v is not None}
 
@@ -347,6 +363,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         length = stages[stage]
         loss, accuracy = task.training_step(model, optimizer, rng, args.batch_size, length,
                                             task_defaults.vocab_size, task_defaults.trigger_token, compute_dtype)
+        if not math.isfinite(loss):
+            bar.close()
+            kept = f"; {checkpoint_path} (step {curve[-1]['step']}) is kept" if curve else ""
+            raise InputError(f"training diverged: the loss is {loss} at step {step + 1} (length {length}, "
+                             f"--learning_rate {args.learning_rate:g}); nothing was written{kept}. Rerun with a "
+                             "smaller --learning_rate and --restart")
         step += 1
         losses.append(loss)
         accuracies.append(accuracy)

@@ -581,3 +581,80 @@ def test_evaluating_some_lengths_keeps_the_other_rows_of_the_table(tmp_path):
     assert second[1] == first[1]                                   # the 2^6 row untouched
     meta = json.loads((tmp_path / "accuracy_vs_length_alibi.json").read_text())
     assert meta["lengths_kept_from_earlier_runs"] == [64] and len(meta["rows"]) == 2
+
+
+# ----------------------------------------------------------------------------- memory and divergence
+
+def test_memory_lower_bound_counts_tokens_and_the_streams_that_coexist():
+    from icl_cmr.induction_models import FLOAT32_BYTES, TOKEN_ID_BYTES, forward_memory_lower_bound
+
+    config = {"d_model": 64, "n_layers": 2}
+    positions = 8 * 256
+    assert forward_memory_lower_bound("transformer", config, 8, 256, training=True) == \
+        positions * (TOKEN_ID_BYTES + 2 * 64 * FLOAT32_BYTES)
+    assert forward_memory_lower_bound("mamba", config, 8, 256, training=True) == \
+        positions * (TOKEN_ID_BYTES + 2 * 64 * FLOAT32_BYTES)
+    assert forward_memory_lower_bound("transformer", config, 8, 256, training=False) == \
+        positions * (TOKEN_ID_BYTES + 64 * FLOAT32_BYTES)
+    assert forward_memory_lower_bound("mamba", config, 8, 256, training=False) == positions * TOKEN_ID_BYTES
+
+
+def test_check_memory_refuses_more_than_is_free(monkeypatch):
+    from icl_cmr import unpickling
+    from icl_cmr.induction_models import check_memory
+
+    monkeypatch.setattr(unpickling, "available_memory", lambda: 2 ** 30)
+    check_memory(2 ** 30, "cpu", "this")
+    with pytest.raises(InputError, match=r"this needs at least 2.0 GiB of memory and cpu has 1.0 GiB free"):
+        check_memory(2 ** 31, "cpu", "this")
+    monkeypatch.setattr(unpickling, "available_memory", lambda: None)
+    check_memory(2 ** 60, "cpu", "unknown free memory is not checked")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--batch_size", "1000000000"], "training at --batch_size 1000000000 x --train_length 12 needs at least"),
+    (["--train_length", "10000000000"], "training at --batch_size 8 x --train_length 10000000000 needs at least"),
+    # d_model 16: training holds 8 x 136 bytes per position (10.1 GiB), validation 64 x 72 (42.9 GiB)
+    (["--n_val", "64", "--batch_size", "8", "--train_length", "10000000"],
+     "validation at 64 sequences x --train_length 10000000 needs at least"),
+])
+def test_training_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path, capsys, monkeypatch, extra,
+                                                                       message):
+    import train_induction
+    from icl_cmr import unpickling
+    from icl_cmr.cli import run_cli
+
+    monkeypatch.setattr(unpickling, "available_memory", lambda: 16 * 2 ** 30)
+    code = run_cli(train_induction.main, _train_args(tmp_path, *TINY_TRAINING, *extra))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0] and "16.0 GiB free" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_diverging_run_stops_with_one_line_and_writes_nothing_new(tmp_path, capsys):
+    import train_induction
+    from icl_cmr.cli import run_cli
+
+    code = run_cli(train_induction.main, _train_args(tmp_path, *TINY_TRAINING, "--learning_rate", "1e30",
+                                                     "--max_steps", "30"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: training diverged: the loss is nan at step ")
+    assert "--learning_rate 1e+30" in err[0] and "--restart" in err[0]
+    assert not (tmp_path / "rope.pt").exists() and not (tmp_path / "rope_training.json").exists()
+
+
+def test_eval_refuses_a_longest_length_that_cannot_fit_before_evaluating(tmp_path, capsys):
+    import eval_induction
+    import train_induction
+    from icl_cmr.cli import run_cli
+
+    assert train_induction.main(_train_args(tmp_path, *TINY_TRAINING, "--max_steps", "3")) == 0
+    capsys.readouterr()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = run_cli(eval_induction.main, ["--save_dir", str(tmp_path), "--fig_dir", str(tmp_path / "figs"),
+                                         "--max_log2", "40"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: rope at length 2^40 (batch 1) needs at least ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

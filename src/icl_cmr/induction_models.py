@@ -22,6 +22,10 @@ ARCHITECTURES = ("transformer", "mamba")
 MODEL_NAMES = tuple(POSITION_ENCODINGS) + ("mamba",)
 #: Compute dtypes the scripts accept ("float32" is the reference; "bfloat16" for GPUs).
 INDUCTION_DTYPES = ("float32", "bfloat16")
+#: Bytes of one token id (batches are int64 arrays, :func:`icl_cmr.induction_task.sample_induction_batch`)
+#: and of one float32 activation.
+TOKEN_ID_BYTES = 8
+FLOAT32_BYTES = 4
 
 
 def architecture_of(model) -> str:
@@ -112,3 +116,68 @@ def saved_train_length(model, default: int = 256) -> int:
     if architecture_of(model) == "transformer":
         return model.config.n_trained_positions
     return default
+
+
+def forward_memory_lower_bound(architecture: str, config: dict, batch_size: int, length: int,
+                               training: bool) -> int:
+    """Bytes a forward pass over a ``[batch_size, length]`` batch holds at once, at the least.
+
+    Counts the int64 token batch, plus float32 ``[batch_size, length, d_model]`` streams that
+    must coexist: one per layer when training (backward needs every layer's input), one when a
+    Transformer evaluates (every first-layer output is a key of the last query), none when Mamba
+    evaluates (its chunked scan carries a state of fixed size). Attention scores, MLP and scan
+    internals come on top, so the true peak is higher; this bound only refuses what cannot fit.
+
+    Parameters
+    ----------
+    architecture : {"transformer", "mamba"}
+    config : dict
+        The model config (:func:`model_config_dict`); ``d_model`` and ``n_layers`` are read.
+    batch_size, length : int
+        The batch shape.
+    training : bool
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    if architecture not in ARCHITECTURES:
+        raise InputError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+    if training:
+        streams = config["n_layers"]
+    else:
+        streams = 1 if architecture == "transformer" else 0
+    positions = int(batch_size) * int(length)
+    return positions * (TOKEN_ID_BYTES + streams * config["d_model"] * FLOAT32_BYTES)
+
+
+def check_memory(needed_bytes: int, device: str, what: str) -> None:
+    """Refuse work that cannot fit in the memory free on ``device`` now.
+
+    Parameters
+    ----------
+    needed_bytes : int
+        A lower bound on the memory the work needs (:func:`forward_memory_lower_bound`).
+    device : str
+        A validated device name; ``"cpu"`` reads Linux ``MemAvailable``, CUDA devices the free
+        memory torch reports. Where neither is known nothing is checked.
+    what : str
+        The work, for the message (e.g. ``"training at batch 8 x length 256"``).
+
+    Raises
+    ------
+    InputError
+        ``needed_bytes`` exceeds the free memory.
+    """
+    from .unpickling import available_memory
+
+    if device.startswith("cuda"):
+        free = torch.cuda.mem_get_info(torch.device(device))[0]
+    elif device == "cpu":
+        free = available_memory()
+    else:
+        free = None
+    if free is not None and needed_bytes > free:
+        raise InputError(f"{what} needs at least {needed_bytes / 2 ** 30:,.1f} GiB of memory and {device} has "
+                         f"{free / 2 ** 30:,.1f} GiB free; use a smaller batch or length")

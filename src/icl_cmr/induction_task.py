@@ -46,6 +46,9 @@ GD23_REFERENCE_ROWS: Dict[str, Dict[int, float]] = {
 VOCAB_SIZE = 16
 #: The reserved trigger id. Our choice (the last id); any id works.
 TRIGGER_TOKEN = VOCAB_SIZE - 1
+#: Sequences per forward pass of :func:`evaluate_accuracy` (training's validation): a batch that fits any
+#: machine at the training length.
+VALIDATION_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -605,7 +608,7 @@ def score_by_distance(model, length: int, n_sequences: int, seed: int, batch_siz
     return {key: np.concatenate(values) for key, values in columns.items()}
 
 
-def evaluate_accuracy(model, length: int, n_sequences: int, seed: int, batch_size: int = 64,
+def evaluate_accuracy(model, length: int, n_sequences: int, seed: int, batch_size: int = VALIDATION_BATCH_SIZE,
                       method: str = "auto", vocab_size: int = VOCAB_SIZE, trigger_token: int = TRIGGER_TOKEN,
                       progress: bool = False, compute_dtype=None) -> Tuple[int, np.ndarray]:
     """Accuracy at the last position on the fixed validation set at ``length``.
