@@ -41,6 +41,13 @@ def test_check_writable_dir_refuses_a_read_only_folder(tmp_path):
         folder.chmod(0o700)
 
 
+@pytest.mark.skipif(not os.path.isdir("/sys"), reason="no /sys here")
+def test_check_writable_dir_tries_a_file_where_permission_bits_cannot_tell():
+    with pytest.raises(InputError, match=r"^output folder --figs-dir /sys/x cannot be created: /sys is not writable"):
+        check_writable_dir("/sys/x", "--figs-dir")
+    assert not os.path.exists("/sys/x")
+
+
 def test_pending_writes_write_nothing_until_commit(tmp_path):
     import matplotlib.pyplot as plt
 

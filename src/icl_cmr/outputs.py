@@ -61,7 +61,10 @@ _PDF_DATES = re.compile(rb"/(CreationDate|ModDate) \(D:[^)]*\)")
 # ----------------------------------------------------------------------------- checks before work
 
 def check_writable_dir(directory: "str | os.PathLike[str]", flag: str = "") -> Path:
-    """Check that ``directory`` exists and is writable, or could be created; create nothing.
+    """Check that ``directory`` exists and is writable, or could be created; leave nothing behind.
+
+    The nearest existing folder is tested by creating and removing a hidden empty file in it, since
+    permission bits do not tell (root passes ``os.access`` on ``/sys`` and read-only mounts).
 
     Parameters
     ----------
@@ -88,10 +91,27 @@ def check_writable_dir(directory: "str | os.PathLike[str]", flag: str = "") -> P
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         raise InputError(f"output folder {named} cannot be made: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    reason = None if os.access(existing, os.W_OK | os.X_OK) else "permission denied"
+    if reason is None:
+        reason = _probe_write(existing)
+    if reason is not None:
         what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
-        raise InputError(f"output folder {named} {what}")
+        raise InputError(f"output folder {named} {what} ({reason})")
     return path
+
+
+def _probe_write(folder: Path) -> Optional[str]:
+    """Why a file cannot be created in ``folder`` (created and removed at once to find out), or None."""
+    try:
+        handle, name = tempfile.mkstemp(prefix=".icl_cmr_probe_", dir=folder)
+    except OSError as err:
+        return (err.strerror or str(err)).lower()
+    os.close(handle)
+    try:
+        os.unlink(name)
+    except OSError:
+        pass  # a file we could create but not remove: the folder is writable all the same
+    return None
 
 
 @dataclass(frozen=True)
