@@ -264,7 +264,9 @@ def check_arguments(args: argparse.Namespace, fit_file_pending: bool = False) ->
     check_data(args.data)
     check_writable_dir(args.out_dir, "--out-dir")
     check_writable_dir(args.figs_dir / "ablation", "--figs-dir")
-    return Checked(config, data_config, icl_config, spec, heads)
+    checked = Checked(config, data_config, icl_config, spec, heads)
+    check_partial_settings(args, checked)
+    return checked
 
 
 # ----------------------------------------------------------------------------- prompts and partial results
@@ -302,6 +304,56 @@ WALL_KEY = "wall_seconds"
 
 def _without_wall(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return {key: value for key, value in arrays.items() if key != WALL_KEY}
+
+
+def partial_folder(out_dir: Path, model_name: str) -> Path:
+    """The hidden folder of an unfinished run's per-batch results."""
+    return Path(out_dir) / f".ablation_experiment_{model_name}.partial"
+
+
+def check_partial_settings(args: argparse.Namespace, checked: "Checked") -> None:
+    """Refuse, before any work, to continue a saved partial run whose settings contradict the requested ones.
+
+    Only the settings the arguments decide alone are compared here (fraction, method, random sets, lengths
+    and indices, batch size, dtype, and the heads when they are known before the model loads); the rest
+    (the prompts' token hash, BOS, the random heads) is compared when the run opens its partial results
+    (:meth:`PartialResults.open`). A damaged state file is left to that step, which discards it with a warning.
+
+    Raises
+    ------
+    InputError
+        Naming each differing setting with its saved and requested value, and ``--restart``.
+    """
+    if args.restart:
+        return
+    folder = partial_folder(args.out_dir, checked.spec.name)
+    state = folder / PartialResults.STATE
+    if not state.is_file():
+        return
+    try:
+        saved = load_json(state)
+    except BadFileError:
+        return
+    if not isinstance(saved, dict):
+        return
+    config, data_config, icl_config = checked.config, checked.data_config, checked.icl_config
+    requested = {"model_name": checked.spec.name, "dtype": args.dtype, "method": config.method,
+                 "fraction": config.fraction, "n_random_sets_requested": config.n_random_sets,
+                 "allow_overlap": config.allow_overlap, "seq_len": data_config.seq_len,
+                 "min_tokens": data_config.min_tokens, "late_index": icl_config.late_index,
+                 "early_index": icl_config.early_index, "batch_size": config.batch_size}
+    if checked.heads is not None:
+        requested["ablated_heads"] = format_heads(checked.heads.heads)
+    requested = json.loads(json.dumps(requested))
+    differing = [key for key, value in requested.items() if key in saved and saved[key] != value]
+    # fewer prompts than asked are saved when the data ran out; more than asked is another run
+    if isinstance(saved.get("n_eval"), int) and saved["n_eval"] > config.n_eval:
+        differing.append("n_eval")
+        requested["n_eval"] = config.n_eval
+    if differing:
+        changes = "; ".join(f"{key}: {saved[key]} there, {requested[key]} now" for key in differing)
+        raise InputError(f"partial results in {folder} were made with other settings ({changes}); rerun with those "
+                         "settings to resume, or add --restart to discard them")
 
 
 class PartialResults:
@@ -580,7 +632,7 @@ def run(args: argparse.Namespace, checked: Optional[Checked] = None) -> None:
     # whether a run matches
     fingerprint = {key: value for key, value in parameters.items() if key not in ("model", "data", "head_source")}
     names = list(head_sets) + ([ABLATED_RAND] if random_sets else [])
-    partial = PartialResults(out_dir / f".ablation_experiment_{spec.name}.partial", fingerprint, n_prompts,
+    partial = PartialResults(partial_folder(out_dir, spec.name), fingerprint, n_prompts,
                              config.batch_size, names, data_config.seq_len - 1)
     done = partial.open(args.restart)
     n_batches = partial.n_batches

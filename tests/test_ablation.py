@@ -291,3 +291,23 @@ def test_from_saved_with_a_missing_key_writes_nothing(tmp_path, capsys):
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "loss_by_position_sem" in errors[0] and str(path) in errors[0]
     assert "Traceback" not in captured.err and _outputs(out) == [] and _outputs(figs) == []
+
+
+def test_a_partial_run_with_other_settings_is_refused_before_the_model_loads(tiny_model_dirs, text_file, tmp_path,
+                                                                             capsys, monkeypatch):
+    model_dir = tiny_model_dirs["gpt2"]
+    ablation.main(_args(model_dir, text_file, tmp_path, "--heads", "L1H0", "--stop-after", "3"))
+    capsys.readouterr()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the settings were compared")
+
+    monkeypatch.setattr(ablation, "load_model", refuse)
+    code = run_cli(ablation.main, _args(model_dir, text_file, tmp_path, "--heads", "L1H0", "--method", "mean",
+                                        "--seq-len", "40", "--late-index", "30"))
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    partial = tmp_path / "saved" / f".ablation_experiment_{model_dir.name}.partial"
+    assert code == 2 and errors == [
+        f"error: partial results in {partial} were made with other settings (method: value there, mean now; seq_len: "
+        "48 there, 40 now; min_tokens: 48 there, 40 now; late_index: 40 there, 30 now); rerun with those settings to "
+        "resume, or add --restart to discard them"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
@@ -85,6 +86,35 @@ def test_an_unwritable_output_folder_is_reported_before_the_first_step(dirs, cap
     code = run_cli(run_pipeline.main, [*flags, "--figs-dir", str(blocker / "figs")])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and f"{blocker} is a file" in errors[0]
+    assert _snapshot(root) == before
+
+
+def test_an_unreachable_c4_is_reported_before_the_first_step(dirs, capsys, no_step, tiny_model_dirs):
+    """Another model than the bundled one and no --data: step 3 would stream C4 (the tests run offline)."""
+    root, flags = dirs
+    before = _snapshot(root)
+    code = run_cli(run_pipeline.main, [*flags, "--model", str(tiny_model_dirs["gpt2"]), "--device", "cpu"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and errors == ["error: cannot stream allenai/c4 (en, validation): the Hugging Face hub is "
+                                    "unreachable; pass --data PATH with local .txt/.jsonl files instead"]
+    assert "Traceback" not in err and _snapshot(root) == before
+
+
+def test_a_partial_ablation_with_another_fraction_is_reported_before_the_first_step(dirs, capsys, no_step):
+    root, flags = dirs
+    partial = root / "ablation" / ".ablation_experiment_toy_lm.partial"
+    partial.mkdir()
+    (partial / "state.json").write_text(json.dumps({   # what an interrupted run with --fraction 0.25 leaves
+        "model_name": "toy_lm", "dtype": "float32", "method": "value", "ablated_heads": "L1H0,L1H3",
+        "fraction": 0.25, "random_heads": ["L0H1,L1H2"], "n_eval": 721, "seq_len": 256, "batch_size": 8}))
+    before = _snapshot(root)
+    code = run_cli(run_pipeline.main, [*flags, "--fraction", "0.5"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and errors == [f"error: partial results in {partial} were made with other settings (fraction: "
+                                    "0.25 there, 0.5 now); rerun with those settings to resume, or add --restart to "
+                                    "discard them"]
     assert _snapshot(root) == before
 
 
