@@ -35,8 +35,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_int, run_cli, setup_logging, str2bool
-from icl_cmr.fit_analyses import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, PYTHIA_MODELS, fit_over_training,
-                                  load_saved_selections, make_selections)
+from icl_cmr.fit_analyses import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, PYTHIA_MODELS, check_top_sizes,
+                                  fit_over_training, load_saved_selections, make_selections)
 from icl_cmr.fit_cli import add_common_arguments, grid_parameters, load_grid
 from icl_cmr.io import make_metadata
 from icl_cmr.layer_stats import DEFAULT_TOP_N
@@ -79,8 +79,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.info("wrote %s", ", ".join(map(str, pending.commit())))
         return 0
     top_dir = check_writable_dir(args.top_heads_dir, "--top-heads-dir")
-    grid = load_grid(args)
     checkpoints = sorted(set(args.checkpoints))
+    check_top_sizes(args.n_top, args.scores_dir, args.models, checkpoints[-1], pooled=True)
+    grid = load_grid(args)
     per_model = fit_over_training(args.scores_dir, args.models, checkpoints, grid)
     selections = make_selections(per_model, args.n_top, checkpoints)
     metadata = plain_metadata(make_metadata("select_fit.py", {

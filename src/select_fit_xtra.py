@@ -25,8 +25,8 @@ import numpy as np
 
 from icl_cmr.cli import OneLineErrorParser, positive_int, run_cli, setup_logging, str2bool
 from icl_cmr.errors import InputError
-from icl_cmr.fit_analyses import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, XTRA_MODELS, fit_over_training,
-                                  make_selections)
+from icl_cmr.fit_analyses import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, XTRA_MODELS, check_top_sizes,
+                                  fit_over_training, make_selections)
 from icl_cmr.fit_cli import add_common_arguments, grid_parameters, load_grid
 from icl_cmr.io import make_metadata
 from icl_cmr.layer_stats import DEFAULT_TOP_N
@@ -72,6 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         suffix = "_saved"  # never overwrite the figures of a fitting run
     else:
         top_dir = check_writable_dir(args.top_heads_dir, "--top-heads-dir")
+        check_top_sizes(args.n_top, args.scores_dir, args.models, pooled=False)
         grid = load_grid(args)
         for model in args.models:  # selections are per model, as in the authors' script
             fits = fit_over_training(args.scores_dir, [model], [None], grid)

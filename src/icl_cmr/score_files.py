@@ -139,7 +139,7 @@ def find_score_file(scores_dir: "str | Path", model: str, checkpoint: Optional[i
     expected = " or ".join(f"{prefix}<{model}>{suffix}.pkl" for prefix in SCORE_FILE_PREFIXES)
     if checkpoint is None:
         expected += f" (or _cp{FINAL_CHECKPOINT})"
-    have = sorted(str(k) for k in matches if k is not None)
+    have = [str(k) for k in sorted(k for k in matches if k is not None)]   # numeric order: 0, 10, 20, ..., 142
     hint = f"; checkpoints found for this model: {', '.join(have)}" if have else ""
     raise InputError(f"no head-score file for model {model!r}{'' if checkpoint is None else f' checkpoint {checkpoint}'}: "
                      f"expected {expected} in {root} or {root}/<model folder>{hint}")
