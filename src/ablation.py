@@ -22,7 +22,9 @@ atomically; rerunning the same command continues where it stopped (the default, 
 long job of this project; ``--restart`` discards them, ``--resume`` is accepted and changes
 nothing). Each saved batch is verified when resuming; a damaged one (truncated, garbled, wrong
 shape) is discarded with a warning and recomputed, so the final file equals an uninterrupted
-run's. The metadata says whether the run was resumed and gives the total compute time.
+run's. The metadata says whether the run was resumed (``resumed``, ``resumed_batches``) and gives
+``compute_time_all_sessions_s`` (seconds spent evaluating batches and mean activations, summed over
+every session; loading excluded) and ``wall_time_this_session_s`` (this session, loading included).
 ``--from-saved FILE`` re-analyses and re-plots an existing result file (ours or the authors').
 
 Examples::
@@ -101,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=seed_int, default=config.seed,
                         help="random set k uses seed + k (a seed repeating an earlier set is skipped)")
     parser.add_argument("--data", type=Path, default=None,
-                        help="local .txt / .jsonl file or folder (JSONL field 'text'); default: stream C4 English "
-                             "validation ([LI24])")
+                        help="local .txt file (one document), .jsonl file (one document per line, field 'text') "
+                             "or a folder of them; default: stream C4 English validation ([LI24])")
     parser.add_argument("--n-eval", type=positive_int, default=config.n_eval,
                         help="evaluation prompts ([LI24] script: 1000; their GPT-2 file: 5000)")
     parser.add_argument("--batch-size", type=positive_int, default=config.batch_size, help="prompts per forward pass")
@@ -691,8 +693,11 @@ def run(args: argparse.Namespace, checked: Optional[Checked] = None) -> None:
                           pending=pending, marked_indices=(icl_config.early_index, icl_config.late_index))
     result["stats"] = table.to_dict(orient="records")
     compute_seconds = partial.wall_seconds()
+    # Two different clocks, named as such: the evaluation time summed over every session of this run (model
+    # loading and data preparation excluded), and this session's time from start to finish (included).
     metadata = make_metadata(PRODUCER, parameters, seed=config.seed, device=device,
-                             wall_time_s=round(compute_seconds, 3), resumed=bool(done), resumed_batches=len(done),
+                             compute_time_all_sessions_s=round(compute_seconds, 3), resumed=bool(done),
+                             resumed_batches=len(done),
                              wall_time_this_session_s=round(time.monotonic() - session_started, 3))
     # plain JSON types only: torch.__version__ is a TorchVersion object, which load_pickle rightly refuses
     result["metadata"] = json.loads(json.dumps(metadata, default=str))

@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="output file (default saved_scores/<model>/all_scores_<model>[_cp<K>].pkl)")
     parser.add_argument("--no-copying", action="store_true",
-                        help="skip the copying score (saved as NaN): its weight processing briefly needs a few "
-                             "times the model's weight memory")
+                        help="skip the copying score (saved as NaN); it adds at most about 16%% of the weights' size "
+                             "to peak memory (docs/head_scores.md)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--verbose", action="store_true")
     return parser

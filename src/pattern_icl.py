@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", type=device_arg, default=None,
                         help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
-    parser.add_argument("--out-dir", type=Path, default=Path("saved_ablation") / "pattern_icl")
+    parser.add_argument("--out-dir", type=Path, default=Path("saved_ablation") / "pattern_icl",
+                        help="results go to <out-dir>/<model name>/ (default: %(default)s/<model name>/)")
     parser.add_argument("--fig-dir", type=Path, default=Path("figs") / "pattern_icl")
     parser.add_argument("--verbose", action="store_true")
     return parser

@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", type=device_arg, default=None,
                         help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     parser.add_argument("--data", type=Path, default=None,
-                        help="ICL text: .txt/.jsonl file or folder (default: held-out stdlib files for the bundled "
-                             "model, C4 English validation otherwise)")
+                        help="ICL text: a .txt file (one document), a .jsonl file (one document per line, field "
+                             "'text') or a folder of them (default: held-out stdlib files for the bundled model, C4 "
+                             "English validation otherwise)")
     parser.add_argument("--n-eval", type=positive_int, default=ablation.AblationConfig().n_eval,
                         help="prompts for the ablation (default: %(default)s, the paper's)")
     parser.add_argument("--fraction", type=fraction, default=ablation.AblationConfig().fraction,

@@ -48,6 +48,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 #: result changing. They are ignored when a new output is compared with the saved one.
 VOLATILE_METADATA_KEYS = frozenset({
     "created_utc", "git_commit", "versions", "wall_time_s", "wall_seconds", "wall_time_this_session_s",
+    "compute_time_all_sessions_s",
     "resumed", "resumed_slices", "resumed_batches", "resumed_from_step", "peak_gpu_memory_gib",
 })
 
