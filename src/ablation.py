@@ -710,7 +710,7 @@ def run(args: argparse.Namespace, checked: Optional[Checked] = None) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[int]:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, progress=not args.no_progress)
     if args.from_saved is not None:
         from_saved(args)
     else:

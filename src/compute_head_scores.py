@@ -129,7 +129,7 @@ def _token_pool(args: argparse.Namespace, spec, model):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, progress=not args.no_progress)
     config = PromptConfig(block_len=args.block_len, n_prompts=args.n_prompts, batch_size=args.batch_size,
                           seed=args.seed, prepend_bos=args.bos is not False,
                           exclude_extreme_fraction=args.exclude_extreme_fraction,

@@ -206,7 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import pandas as pd
 
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, progress=not args.no_progress)
     if args.restart and args.resume:
         raise InputError("give --restart (redo the ablation) or --resume (the default), not both")
     started = time.monotonic()

@@ -210,7 +210,7 @@ def check_corpus(root: Path, config: toy_lm.ToyLMConfig) -> tuple:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, progress=not args.no_progress)
     import torch
 
     torch.set_num_threads(args.threads)

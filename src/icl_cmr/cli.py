@@ -267,13 +267,41 @@ def device_arg(text: str) -> str:
 
 # ----------------------------------------------------------------------------- running a script
 
-def setup_logging(verbose: bool = False) -> None:
-    """Log INFO (or DEBUG) lines to stderr in a short ``level: message`` format."""
+def setup_logging(verbose: bool = False, progress: bool = True) -> None:
+    """Log INFO (or DEBUG) lines to stderr in a short ``level: message`` format.
+
+    ``progress=False`` (a script's ``--no-progress``) also hides the progress bars of the Hugging Face
+    libraries (:func:`hide_library_progress_bars`), e.g. transformers' "Loading weights" bar.
+    """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s: %(message)s",
         force=True,
     )
+    if not progress:
+        hide_library_progress_bars()
+
+
+def hide_library_progress_bars() -> None:
+    """Hide the progress bars of transformers, huggingface_hub and datasets in this process.
+
+    Libraries imported later read ``HF_HUB_DISABLE_PROGRESS_BARS`` (transformers and datasets follow
+    huggingface_hub's setting); those already imported are switched off through their own controls.
+    Nothing is imported here, so a script stays fast until it needs a model.
+    """
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
 
 
 def describe_os_error(err: OSError) -> str:
