@@ -59,7 +59,7 @@ from icl_cmr.icl_score import ICLScoreConfig
 from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_npz, make_metadata, read_text, save_json, \
     to_numpy
 from icl_cmr.models import DTYPES, choose_bos, load_model, resolve_model
-from icl_cmr.outputs import PendingWrites, check_writable_dir, pin_cpu_kernels, portable_path
+from icl_cmr.outputs import PendingWrites, check_writable_dir, log_written, pin_cpu_kernels, portable_path
 from icl_cmr.result_files import read_ablation_result, read_cmr_fit
 from icl_cmr.score_files import fit_result_paths
 from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table
@@ -576,8 +576,7 @@ def from_saved(args: argparse.Namespace) -> None:
     except InputError as err:
         raise InputError(f"{path}: {err}") from None
     print(text)
-    for written in pending.commit():
-        logger.info("wrote %s", written)
+    log_written(logger, pending.commit())
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -702,9 +701,9 @@ def run(args: argparse.Namespace, checked: Optional[Checked] = None) -> None:
     # plain JSON types only: torch.__version__ is a TorchVersion object, which load_pickle rightly refuses
     result["metadata"] = json.loads(json.dumps(metadata, default=str))
     pending.pickle(out_dir / f"{stem}.pkl", result)
-    print(text)
-    for written in pending.commit():
-        logger.info("wrote %s", written)
+    if getattr(args, "print_table", True):  # run_pipeline.py prints it in its own summary
+        print(text)
+    log_written(logger, pending.commit())
     partial.discard()
 
 

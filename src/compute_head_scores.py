@@ -31,7 +31,7 @@ from icl_cmr.head_scores import stream_attention_scores
 from icl_cmr.io import ensure_writable_dir, load_json, make_metadata, save_pickle
 from icl_cmr.models import (DTYPES, choose_bos, has_tokenizer, load_model, n_kv_heads, peak_gpu_memory_gib,
                             resolve_model)
-from icl_cmr.outputs import pin_cpu_kernels, portable_path
+from icl_cmr.outputs import log_written, pin_cpu_kernels, portable_path
 from icl_cmr.prompts import (FREQUENT_TOKEN_FILE, PromptConfig, bpe_merge_ranks, default_token_pool,
                              make_prompt_sets, parse_token_pool, pool_from_ids, prompt_offset, special_token_ids,
                              tokenizer_size)
@@ -213,7 +213,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logger.info("best induction head L%dH%d: matching score %.3f; %d of %d heads above 0.5",
                 best[0], best[1], attention.matching_score[best], int((attention.matching_score > 0.5).sum()),
                 attention.matching_score.size)
-    logger.info("wrote %s (%.1f s)", out, wall)
+    log_written(logger, [out], f" ({wall:.1f} s)")
     return 0
 
 

@@ -35,7 +35,7 @@ from icl_cmr.fit_cli import add_common_arguments, add_figure_arguments, grid_par
 from icl_cmr.fitting import check_fitted, fit_heads
 from icl_cmr.io import make_metadata
 from icl_cmr.layer_stats import percent_below_threshold
-from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
+from icl_cmr.outputs import PendingWrites, check_writable_dir, log_written, portable_path
 from icl_cmr.score_format import plain_metadata
 from icl_cmr.score_files import DEFAULT_SCORES_DIR, HeadScores, fit_result_paths, load_model_scores, read_head_scores
 
@@ -114,8 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for layer, page in head_fit_pages(scores, fit, name, progress=not args.no_progress):
             pending.data(out_dir / f"head_fit_L{layer}.pdf", page)
         pending.figures(out_dir, fit_summary_figures(scores, fit, args.threshold, args.strict_threshold, name))
-    pending.commit()
-    logger.info("wrote %s, %s%s", fit_path, table_path, "" if args.no_figures else f" and figures to {out_dir}")
+    log_written(logger, pending.commit())
     return 0
 
 

@@ -48,7 +48,7 @@ from icl_cmr.icl_score import ICLScoreConfig
 from icl_cmr.io import load_json, save_text
 from icl_cmr.result_files import read_ablation_result
 from icl_cmr.models import resolve_model
-from icl_cmr.outputs import OutputGuard, check_writable_dir, pin_cpu_kernels, portable_path
+from icl_cmr.outputs import HoldWrittenLines, OutputGuard, check_writable_dir, pin_cpu_kernels, portable_path
 from icl_cmr.score_files import DEFAULT_GRID_PATH, fit_result_paths
 from icl_cmr.text_data import TextDataConfig, check_c4_reachable
 
@@ -212,16 +212,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.monotonic()
     spec = resolve_model(args.model)
     pin_cpu_kernels()
+    # The steps' "wrote X" lines are held back: the guard may then keep the earlier X (same result), and
+    # the lines below say what was really written.
+    held, step_loggers = HoldWrittenLines(), (compute_head_scores.logger, fit_attn_score.logger, ablation.logger)
     with tempfile.TemporaryDirectory(prefix="icl_cmr_data_") as scratch:
         plan = Plan(args, spec, Path(scratch))
         plan.check()
-        with OutputGuard(plan.outputs) as guard:
-            logger.info("[1/3] head scores of %s", spec.name)
-            compute_head_scores.main(plan.scores_argv)
-            logger.info("[2/3] CMR fits with %s", args.crp_grid)
-            fit_attn_score.main(plan.fit_argv)
-            logger.info("[3/3] ablation of the top CMR-like heads")
-            ablation.run(plan.ablation_args, plan.ablation_checked)
+        plan.ablation_args.print_table = False  # the summary below prints the statistics once
+        for step_logger in step_loggers:
+            step_logger.addFilter(held)
+        try:
+            with OutputGuard(plan.outputs) as guard:
+                logger.info("[1/3] head scores of %s", spec.name)
+                compute_head_scores.main(plan.scores_argv)
+                logger.info("[2/3] CMR fits with %s", args.crp_grid)
+                fit_attn_score.main(plan.fit_argv)
+                logger.info("[3/3] ablation of the top CMR-like heads")
+                ablation.run(plan.ablation_args, plan.ablation_checked)
+        finally:
+            for step_logger in step_loggers:
+                step_logger.removeFilter(held)
+    for verb, paths in (("updated", guard.changed), ("new", guard.created)):
+        if paths:
+            logger.info("%s: %s", verb, ", ".join(map(str, paths)))
     logger.info("outputs: %d unchanged, %d updated, %d new", len(guard.unchanged), len(guard.changed),
                 len(guard.created))
 

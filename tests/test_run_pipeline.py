@@ -126,7 +126,12 @@ def test_pipeline_runs_end_to_end_reruns_without_changes_and_undoes_a_failed_run
              "--figs-dir", str(tmp_path / "figs"), "--ablation-dir", str(tmp_path / "ablation")]
     assert run_pipeline.main(flags) == 0
     captured = capsys.readouterr()
-    assert "CMR-like heads (D < 0.5):" in captured.out and "original vs ablated" in captured.out
+    assert "CMR-like heads (D < 0.5):" in captured.out
+    # the statistics once, in the summary; not also ablation.py's own table (its columns include cohens_dz)
+    assert captured.out.count("ICL score") == 1 and "cohens_dz" not in captured.out
+    assert "original vs ablated_rand" in captured.out
+    assert not any(line.startswith("INFO: wrote") for line in captured.err.splitlines())
+    assert "outputs: 0 unchanged, 0 updated, 13 new" in captured.err
     result = load_pickle(tmp_path / "ablation" / "ablation_experiment_toy_lm.pkl")
     assert result["original_icl_score"].shape == (16,)
     assert result["metadata"]["parameters"]["model"] == "saved_models/toy_lm"   # no machine path
@@ -139,7 +144,10 @@ def test_pipeline_runs_end_to_end_reruns_without_changes_and_undoes_a_failed_run
 
     # The same command again: the same numbers, so every file keeps its bytes (a clean checkout).
     assert run_pipeline.main(flags) == 0
-    assert "outputs: 13 unchanged, 0 updated, 0 new" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "outputs: 13 unchanged, 0 updated, 0 new" in err
+    # no step claims to have written a file the run then kept as it was
+    assert not any(line.startswith(("INFO: wrote", "INFO: updated", "INFO: new")) for line in err.splitlines())
     assert {path: content for path, (content, _) in _snapshot(tmp_path).items()} == first
 
     # A run whose last step fails leaves the outputs as they were, though steps 1 and 2 rewrote theirs.

@@ -391,6 +391,42 @@ def _write_bytes(path: Path, data: bytes) -> Path:
     return atomic_write(path, lambda handle: handle.write(data))
 
 
+#: ``extra`` key of a log record that announces written files (:func:`log_written`).
+OUTPUT_FILES_KEY = "output_files"
+
+
+def log_written(log: logging.Logger, paths: Iterable["str | os.PathLike[str]"], detail: str = "") -> None:
+    """Log ``wrote <paths><detail>`` at INFO, marked so that a caller running the script as a step can hold
+    the line back (:class:`HoldWrittenLines`) and report what really changed instead."""
+    paths = [Path(path) for path in paths]
+    log.info("wrote %s%s", ", ".join(map(str, paths)), detail, extra={OUTPUT_FILES_KEY: paths})
+
+
+class HoldWrittenLines(logging.Filter):
+    """A logging filter that holds back the lines of :func:`log_written` and keeps their paths.
+
+    ``run_pipeline.py`` attaches it to its steps' loggers: inside an :class:`OutputGuard` a step's
+    "wrote X" would be wrong when the guard then keeps the earlier X (same result); the pipeline reports
+    the guard's verdict instead.
+
+    Attributes
+    ----------
+    paths : list of Path
+        The files the held lines announced, in order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: List[Path] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102 - logging API
+        paths = getattr(record, OUTPUT_FILES_KEY, None)
+        if paths is None:
+            return True
+        self.paths.extend(paths)
+        return False
+
+
 # ----------------------------------------------------------------------------- portable metadata
 
 def portable_path(path: "str | os.PathLike[str] | None", root: "str | os.PathLike[str] | None" = None) -> Optional[str]:
