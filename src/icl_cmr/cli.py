@@ -283,17 +283,15 @@ def setup_logging(verbose: bool = False, progress: bool = True) -> None:
 
 
 def hide_library_progress_bars() -> None:
-    """Hide the progress bars of transformers, huggingface_hub and datasets in this process.
+    """Hide the progress bars of huggingface_hub and transformers (and datasets, once imported) in this process.
 
-    Libraries imported later read ``HF_HUB_DISABLE_PROGRESS_BARS`` (transformers and datasets follow
-    huggingface_hub's setting); those already imported are switched off through their own controls.
-    Nothing is imported here, so a script stays fast until it needs a model.
+    transformers takes huggingface_hub's setting when it is imported, so switching the hub's bars off
+    (a light import) covers a transformers imported later; one already imported is switched off
+    directly. No environment variable is set, so processes started later are not affected.
     """
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    if "huggingface_hub" in sys.modules:
-        from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import disable_progress_bars
 
-        disable_progress_bars()
+    disable_progress_bars()
     if "transformers" in sys.modules:
         from transformers.utils import logging as transformers_logging
 
