@@ -109,7 +109,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   fitted_param_index=fit.param_index, fit_lags=fit.lags,
                   metadata=plain_metadata(make_metadata(PRODUCER, {
                       "scores_file": portable_path(scores.path), "threshold": args.threshold,
-                      "fit_lags": fit.lags.tolist(), **grid_parameters(grid)})))
+                      "fit_lags": fit.lags.tolist(), **grid_parameters(grid)},
+                      model=scores.model)))  # the scores file's model (None for the authors' files)
     # Everything is computed and rendered before the first file is written.
     pending = PendingWrites()
     pending.pickle(fit_path, result)
