@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fit results go to <fits-dir>/<save_dir>/cmr_fit_<save_dir>.pkl (default: %(default)s)")
     parser.add_argument("--strict-threshold", type=positive_float, default=CMR_LIKE_STRICT_THRESHOLD,
                         help="second threshold drawn in fit_against_layer.pdf (default: %(default)s, [LI24] supp.)")
+    parser.add_argument("--no-figures", action="store_true",
+                        help="write the fit pickle and CSV only (sweeps fit hundreds of checkpoints)")
     add_common_arguments(parser)
     return parser
 
@@ -167,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     scores = resolve_scores(args)
     grid = load_grid(args)
     name = args.save_dir or (args.model if args.all_head_scores is None else Path(scores.path).parent.name)
-    out_dir = ensure_writable_dir(args.figs_dir / "fit_attn_score" / name)
+    out_dir = None if args.no_figures else ensure_writable_dir(args.figs_dir / "fit_attn_score" / name)
 
     fit = fit_heads(scores.crp, grid, attn_lags=scores.lags)
     n_fitted = int(np.isfinite(fit.distance).sum())
@@ -185,6 +187,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fit_path, table_path = fit_result_paths(args.fits_dir, name)
     save_pickle(fit_path, result)
     save_text(table_path, head_table(scores, fit, args.threshold, name).to_csv(index=False))
+    if out_dir is None:
+        logger.info("wrote %s and %s (no figures)", fit_path, table_path)
+        return 0
     write_figures(out_dir, scores, fit, args.threshold, args.strict_threshold, name)
     logger.info("wrote %s, %s and figures to %s", fit_path, table_path, out_dir)
     return 0
