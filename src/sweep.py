@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def dry_run_table(plan, jobs, backend: str) -> str:
-    """One line per job: id, run / up to date, group and resources (cluster backends), command."""
+    """One line per job: id, run / up to date, group and resources (cluster backends), command, why it runs."""
     from icl_cmr.sweeps.jobs import stale_reason
 
     will_run: set = set()
@@ -84,7 +84,9 @@ def dry_run_table(plan, jobs, backend: str) -> str:
             will_run.add(job.id)
         state = "run" if reason is not None else "up to date"
         resources = f"  [{job.group}: {plan.groups[job.group].describe()}]" if show_resources else ""
-        lines.append(f"{job.id:<44} {state:<10}{resources}  {' '.join(['python', 'src/' + job.script, *job.argv])}")
+        why = f"  # {reason}" if reason is not None else ""
+        lines.append(f"{job.id:<44} {state:<10}{resources}  {' '.join(['python', 'src/' + job.script, *job.argv])}"
+                     f"{why}")
     by_stage = {}
     for job in jobs:
         by_stage[job.stage] = by_stage.get(job.stage, 0) + 1

@@ -3,8 +3,13 @@
 A process per job (rather than calling the script's ``main`` in the sweep's process) keeps
 jobs apart: a model's memory is returned to the system when its job ends, one job's crash or
 out-of-memory kill fails only that job, logging and torch settings never leak from one job to
-the next, ``--jobs N`` runs in parallel without the GIL, and the kernel reports each job's own
-peak resident memory (``wait4``). The command is exactly what a user would type.
+the next, ``--jobs N`` runs in parallel without the GIL, and each job's peak resident memory is
+its own. The command is exactly what a user would type.
+
+Peak memory: on Linux, the job process's ``VmHWM`` (``/proc/<pid>/status``, the high-water mark
+of the program's own memory since ``exec``) sampled every :data:`PEAK_SAMPLE_S`; ``ru_maxrss``
+from ``wait4`` would not do, as Linux carries the spawning process's (the sweep's) peak across
+``exec`` into it. Elsewhere ``ru_maxrss`` is reported, an upper bound.
 
 Only the standard library is used here: a SLURM worker imports this module to run its job.
 """
@@ -20,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-#: Lines of a job's log kept as its error when it failed without an ``error:`` line.
-_TAIL_LINES = 1
+#: Seconds between samples of a running job's memory high-water mark (it only grows, so a
+#: sample taken after the peak reports it; a peak in the job's last interval can be missed).
+PEAK_SAMPLE_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,18 @@ def error_line(log_text: str, returncode: int) -> str:
     return lines[-1] if lines else f"exit code {returncode}"
 
 
+def _high_water_kib(pid: int) -> Optional[int]:
+    """``VmHWM`` of a running process, KiB (None where /proc does not tell)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def job_environment(src_dir: "str | Path") -> dict:
     """The job's environment: this one, figures without a display, the repository's ``src`` importable."""
     env = dict(os.environ)
@@ -112,18 +130,21 @@ def run_command(command: Sequence[str], log_path: "str | Path", env: Optional[di
                                    stdin=subprocess.DEVNULL)
         if on_start is not None:
             on_start(process)
+        high_water_kib = 0
         while True:
-            try:
-                # wait4 reports the rusage of this child alone (ru_maxrss: KiB on Linux, bytes on macOS).
-                _, status, usage = os.wait4(process.pid, 0)
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
                 break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries already
-                continue
+            high_water_kib = max(high_water_kib, _high_water_kib(process.pid) or 0)
+            time.sleep(PEAK_SAMPLE_S)
         returncode = os.waitstatus_to_exitcode(status)
         process.returncode = returncode  # reaped here; keep Popen from waiting again
     wall = time.monotonic() - clock
-    scale = 1.0 / (1024 * 1024) if sys.platform == "darwin" else 1.0 / 1024
-    peak = round(usage.ru_maxrss * scale, 1) if usage.ru_maxrss else None
+    if sys.platform.startswith("linux"):
+        peak = round(high_water_kib / 1024, 1) if high_water_kib else None
+    else:  # ru_maxrss: bytes on macOS, KiB elsewhere
+        scale = 1.0 / (1024 * 1024) if sys.platform == "darwin" else 1.0 / 1024
+        peak = round(usage.ru_maxrss * scale, 1) if usage.ru_maxrss else None
     error = None
     if returncode != 0:
         error = error_line(log_path.read_text(errors="replace"), returncode)

@@ -195,7 +195,7 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
             record["peak_gpu_gib"] = _peak_gpu(by_id[job_id])
             settle(job_id, "done")
             logger.info("done %s (%.1f s, peak %s MiB)", job_id, result.wall_s, result.peak_rss_mib)
-        elif result.returncode in (130, -signal.SIGINT, -signal.SIGTERM) and stopping:
+        elif stopping:  # we stopped it: however it ended (130, a signal, an error while stopping), it did not fail
             record["state"] = "interrupted"
         else:
             settle(job_id, "failed")
@@ -237,6 +237,8 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
                 ready.append(job)
             free = backend.capacity()
             start = ready[:max(free, 0)]
+            if len(unsettled) != before and not start:
+                save()
             if start:
                 ids = backend.submit(start)
                 for job in start:
@@ -256,6 +258,7 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
                 record_result(job_id, result)
             if finished:
                 save()
+        save()
     except KeyboardInterrupt:
         stopping = True
         logger.warning("interrupted: stopping %d running job(s)", len(running))
