@@ -25,7 +25,6 @@ import argparse
 import logging
 import shutil
 import signal
-import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 

@@ -298,14 +298,12 @@ def test_failed_job_is_recorded_does_not_stop_the_others_and_retry_failed_reruns
     shutil.copytree(good, broken)
     (broken / "model.safetensors").write_bytes(b"\0" * 100)      # a truncated weights file
     models = [{"name": "broken", "source": str(broken)}, inputs["models"]["gpt2"]]
-    plan = write_plan(tmp_path / "fail.toml", "fail", tmp_path, models, ["scores", "fit"],
-                      {"fit": {"crp_grid": str(inputs["grid"])}})
+    plan = write_plan(tmp_path / "fail.toml", "fail", tmp_path, models, ["scores"], {})
     manifest_file = tmp_path / "saved_scores" / "sweeps" / "fail" / "manifest.json"
 
     assert run_cli(sweep.main, [str(plan), "--no-progress"]) == 1
     first = read_manifest(manifest_file)
-    assert states(first) == {"scores/broken": "failed", "scores/tiny-gpt2": "done",
-                             "fit/broken": "blocked", "fit/tiny-gpt2": "done"}
+    assert states(first) == {"scores/broken": "failed", "scores/tiny-gpt2": "done"}
     failed = next(r for r in first["jobs"] if r["id"] == "scores/broken")
     assert failed["error"] and "\n" not in failed["error"]
     assert (tmp_path / "saved_scores" / "sweeps" / "fail" / "logs" / "scores__broken.log").is_file()
@@ -320,7 +318,6 @@ def test_failed_job_is_recorded_does_not_stop_the_others_and_retry_failed_reruns
     shutil.copy(good / "model.safetensors", broken / "model.safetensors")
     assert run_cli(sweep.main, [str(plan), "--no-progress", "--retry-failed"]) == 0
     retried = read_manifest(manifest_file)
-    assert states(retried) == {"scores/broken": "done", "scores/tiny-gpt2": "skipped",
-                               "fit/broken": "done", "fit/tiny-gpt2": "skipped"}
+    assert states(retried) == {"scores/broken": "done", "scores/tiny-gpt2": "skipped"}
     assert next(r for r in retried["jobs"] if r["id"] == "scores/broken")["attempts"] == 2
     assert good_file.stat().st_mtime_ns == good_mtime

@@ -247,3 +247,76 @@ def test_a_preempted_job_is_requeued_with_the_same_command():
     resubmission = task.checkpoint(["python", "src/x.py", "--a"], "log", "src")
     assert resubmission.function is task
     assert resubmission.args == (["python", "src/x.py", "--a"], "log", "src")
+
+
+# ----------------------------------------------------------------------------- the scheduler, on stand-in scripts
+
+MAKE_SCRIPT = """
+import json, sys
+from pathlib import Path
+out, fail_flag = Path(sys.argv[1]), Path(sys.argv[2])
+if fail_flag.exists():
+    sys.stderr.write(f"error: {fail_flag.name} says fail\\n")
+    raise SystemExit(2)
+out.write_text(json.dumps({"metadata": {"producer": "make.py"}}))
+"""
+
+
+def stand_in_jobs(tmp_path):
+    """a, b independent; c needs b, d needs a. Each writes <id>.json unless <id>.fail exists."""
+    (tmp_path / "make.py").write_text(MAKE_SCRIPT)
+
+    def job(name, depends=()):
+        out = tmp_path / f"{name}.json"
+        return Job(id=f"scores/{name}", stage="scores", script="make.py", argv=(str(out), str(tmp_path / f"{name}.fail")),
+                   model=name, depends_on=tuple(f"scores/{d}" for d in depends), outputs=(str(out),),
+                   checks=(MetadataCheck(str(out), {"producer": "make.py"}),))
+
+    return [job("a"), job("b"), job("c", ["b"]), job("d", ["a"])]
+
+
+def sweep_once(tmp_path, jobs, retry_failed=False, n_jobs=2):
+    from icl_cmr.sweeps.manifest import manifest_path, read_manifest
+    from icl_cmr.sweeps.plan import parse_plan
+    from icl_cmr.sweeps.scheduler import LocalBackend, run_sweep
+
+    plan = parse_plan({"name": "stand-in", "stages": ["scores"],
+                       "models": [{"name": "gpt2-small"}], "paths": {"scores_dir": str(tmp_path / "out")}}, "x.toml")
+    file = manifest_path(tmp_path / "sweep")
+    manifest = build_manifest(plan.name, "x.toml", "local", jobs, read_manifest(file))
+    backend = LocalBackend(n_jobs, tmp_path, tmp_path / "logs")
+    try:
+        counts = run_sweep(plan, jobs, backend, manifest, file, retry_failed=retry_failed, progress=False)
+    finally:
+        backend.close()
+    saved = read_manifest(file)
+    return counts, {r["id"].split("/")[1]: r for r in saved["jobs"]}
+
+
+def test_a_failure_blocks_only_its_dependents_and_is_retried_only_when_asked(tmp_path):
+    jobs = stand_in_jobs(tmp_path)
+    (tmp_path / "b.fail").touch()
+    counts, records = sweep_once(tmp_path, jobs)
+    assert {k: r["state"] for k, r in records.items()} == {"a": "done", "b": "failed", "c": "blocked", "d": "done"}
+    assert records["b"]["error"] == "error: b.fail says fail"
+    assert records["c"]["reason"] == "needs scores/b (failed)"
+    assert counts["ran"] == 3
+
+    counts, records = sweep_once(tmp_path, jobs)
+    assert {k: r["state"] for k, r in records.items()} == {"a": "skipped", "b": "failed", "c": "blocked",
+                                                           "d": "skipped"}
+    assert counts["ran"] == 0 and records["b"]["error"] == "error: b.fail says fail"
+
+    (tmp_path / "b.fail").unlink()
+    counts, records = sweep_once(tmp_path, jobs, retry_failed=True)
+    assert {k: r["state"] for k, r in records.items()} == {"a": "skipped", "b": "done", "c": "done", "d": "skipped"}
+    assert counts["ran"] == 2 and records["b"]["attempts"] == 2 and records["a"]["attempts"] == 1
+
+
+def test_a_job_reruns_when_its_dependency_reran(tmp_path):
+    jobs = stand_in_jobs(tmp_path)
+    sweep_once(tmp_path, jobs)
+    (tmp_path / "b.json").unlink()
+    counts, records = sweep_once(tmp_path, jobs, n_jobs=1)
+    assert {k: r["state"] for k, r in records.items()} == {"a": "skipped", "b": "done", "c": "done", "d": "skipped"}
+    assert records["c"]["attempts"] == 2

@@ -18,9 +18,9 @@ matches what the plan asks (model, checkpoint, prompt design, seed, settings, an
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from ..errors import InputError
 from ..io import PACKAGE_VERSION, load_json, load_pickle

@@ -41,7 +41,7 @@ import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..cli import (float_range, fraction, int_range, non_negative_int, positive_float, positive_int, seed_int)
 from ..errors import InputError
@@ -580,7 +580,3 @@ def override_slurm(plan: Plan, partition: Optional[str] = None, account: Optiona
     groups = {name: (replace(group, **resources) if name != CPU_GROUP and resources else group)
               for name, group in plan.groups.items()}
     return replace(plan, slurm=slurm, groups=groups)
-
-
-def plan_models(plan: Plan, names: Sequence[str]) -> List[ModelEntry]:
-    return [plan.model(name) for name in names]

@@ -7,7 +7,7 @@ Backends share one small interface (``capacity``, ``submit``, ``wait``, ``interr
   (job arrays per resource group, preemption requeue), or submitit's local executor.
 
 The loop (:func:`run_sweep`) settles every job once: a job whose dependencies failed is
-``blocked``; one whose outputs are current is ``skipped``; one that failed before stays
+``blocked``; one whose outputs are current (and none of whose dependencies ran again) is ``skipped``; one that failed before stays
 ``failed`` unless ``retry_failed``; the rest run. Aggregation jobs wait until every score job
 has settled and are rebuilt from the scores that finished. Ctrl-C (``KeyboardInterrupt``)
 stops the running jobs, records them as ``interrupted`` and leaves a consistent manifest.
@@ -176,6 +176,7 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
             record["error"] = None
     unsettled = [job.id for job in jobs]
     running: Set[str] = set()
+    ran_now: Set[str] = set()   # jobs that succeeded in this run: what needs them is stale whatever the clocks say
     ran = 0
 
     def save() -> None:
@@ -193,6 +194,7 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
                       ended_utc=result.ended_utc, error=result.error)
         if result.ok:
             record["peak_gpu_gib"] = _peak_gpu(by_id[job_id])
+            ran_now.add(job_id)
             settle(job_id, "done")
             logger.info("done %s (%.1f s, peak %s MiB)", job_id, result.wall_s, result.peak_rss_mib)
         elif stopping:  # we stopped it: however it ended (130, a signal, an error while stopping), it did not fail
@@ -226,7 +228,9 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
                         continue
                     job = by_id[job_id] = rebuilt[job_id]
                     records[job_id]["argv"] = list(job.argv)
-                reason = stale_reason(job)
+                reran = [d for d in job.depends_on if d in ran_now] + \
+                    [d for d in sorted(ran_now) if set(by_id[d].outputs) & set(job.inputs)]
+                reason = f"{reran[0]} ran again" if reran else stale_reason(job)
                 if reason is None:
                     settle(job_id, "skipped", "outputs up to date")
                     continue

@@ -105,11 +105,13 @@ class SubmititBackend:
 
     def wait(self, timeout: float) -> List[Tuple[str, JobResult]]:
         deadline = time.monotonic() + timeout
+        # The local executor's jobs are processes here; SLURM's states come from sacct, asked once per poll.
+        interval = 0.2 if self.cluster == "local" else timeout
         while True:
             done = [(job_id, handle) for job_id, handle in self._running.items() if handle.done()]
             if done or time.monotonic() >= deadline:
                 break
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
         results = []
         for job_id, handle in done:
             del self._running[job_id]
