@@ -137,7 +137,8 @@ def _subprocess(case: str, model_dir: Path, n_prompts: int, retain: bool = False
                "--device", device, "--dtype", dtype]
     if retain:
         command.append("--retain")
-    out = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out = subprocess.run(command, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -14,10 +14,16 @@ as many heads ablated. ICL score = loss at index ``--late-index`` minus loss at
   bootstrap CI of the mean difference, Cohen's d_z for each pair of conditions;
 * ``<figs-dir>/ablation/<model>_icl_bars.pdf`` and ``<model>_loss_by_position.pdf``.
 
+Every argument and input (heads, fit file, data, output folders) is checked before the model
+loads, and the outputs are written only once the whole result is computed.
+
 Resumable: each batch's results go to ``<out-dir>/.ablation_experiment_<model>.partial/``
-atomically; rerunning the same command continues where it stopped (``--restart`` discards
-them) and the final file equals an uninterrupted run's. ``--from-saved FILE`` re-analyses
-and re-plots an existing result file (ours or the authors').
+atomically; rerunning the same command continues where it stopped (the default, as for every
+long job of this project; ``--restart`` discards them, ``--resume`` is accepted and changes
+nothing). Each saved batch is verified when resuming; a damaged one (truncated, garbled, wrong
+shape) is discarded with a warning and recomputed, so the final file equals an uninterrupted
+run's. The metadata says whether the run was resumed and gives the total compute time.
+``--from-saved FILE`` re-analyses and re-plots an existing result file (ours or the authors').
 
 Examples::
 
@@ -32,9 +38,10 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 import numpy as np
 
@@ -44,12 +51,13 @@ from icl_cmr.ablation_experiment import (ABLATED, ABLATED_RAND, ORIGINAL, Ablati
 from icl_cmr.cli import (OneLineErrorParser, device_arg, fraction, int_range, non_negative_int, positive_int, run_cli,
                          seed_int, setup_logging)
 from icl_cmr.devices import resolve_device
-from icl_cmr.errors import FileContentError, InputError
+from icl_cmr.errors import BadFileError, InputError
 from icl_cmr.head_ablation import ABLATION_METHODS, format_heads, mean_head_activations, parse_heads, validate_heads
 from icl_cmr.icl_score import ICLScoreConfig
-from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_npz, make_metadata, read_text, \
-    save_figure, save_json, save_pickle, save_text, to_numpy
+from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_npz, make_metadata, read_text, save_json, \
+    to_numpy
 from icl_cmr.models import DTYPES, choose_bos, load_model, resolve_model
+from icl_cmr.outputs import PendingWrites, check_writable_dir, pin_cpu_kernels, portable_path
 from icl_cmr.result_files import read_ablation_result, read_cmr_fit
 from icl_cmr.score_files import fit_result_paths
 from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table
@@ -107,11 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="loss index of the late token ([LI24]: 500)")
     parser.add_argument("--early-index", type=non_negative_int, default=icl.early_index,
                         help="loss index of the early token ([LI24]: 50)")
+    parser.add_argument("--bos", action=argparse.BooleanOptionalAction, default=None,
+                        help="start every prompt with a BOS token (--bos) or not (--no-bos); default: the tokenizer's "
+                             "own BOS token when it defines one, none otherwise (loss index 0 is then a text token)")
     parser.add_argument("--device", type=device_arg, default=None,
                         help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--restart", action="store_true",
                         help="discard saved partial results of this model and start over (default: resume)")
+    parser.add_argument("--resume", action="store_true",
+                        help="resume an interrupted run (the default; accepted for uniformity with the other scripts)")
     parser.add_argument("--stop-after", type=positive_int, default=None,
                         help="evaluate at most this many new prompts (whole batches), then stop; rerun to resume")
     parser.add_argument("--from-saved", type=Path, default=None,
@@ -142,11 +155,51 @@ def read_fit_distances(path: Path) -> np.ndarray:
     return read_cmr_fit(path).distance
 
 
-def check_head_flags(args: argparse.Namespace, model_name: str) -> None:
-    """At most one of ``--heads``, ``--heads-file``, ``--fit-file`` (checked before the model loads).
+@dataclass
+class HeadChoice:
+    """The heads to ablate, known before the model loads (their existence is checked after).
+
+    Attributes
+    ----------
+    heads : list of (layer, head)
+    source : str
+        ``--heads``, the heads file or the fit file.
+    distances : list of float or None
+        CMR distance of each head when chosen from a fit file.
+    fit_shape : tuple or None
+        [n_layers, n_heads] of the fit file, which must match the model.
+    """
+
+    heads: List[tuple]
+    source: str
+    distances: Optional[List[float]] = None
+    fit_shape: Optional[tuple] = None
+
+    def check_model(self, n_layers: int, n_heads: int) -> None:
+        """The heads (or the fit file's shape) against the loaded model."""
+        if self.fit_shape is not None and self.fit_shape != (n_layers, n_heads):
+            raise InputError(f"--fit-file {self.source} is for a [{self.fit_shape[0]}, {self.fit_shape[1]}] model, "
+                             f"but the model has {n_layers} layers x {n_heads} heads")
+        validate_heads(self.heads, n_layers, n_heads)
+
+
+def check_head_flags(args: argparse.Namespace, model_name: str, fit_file_pending: bool = False) -> Optional[HeadChoice]:
+    """At most one of ``--heads``, ``--heads-file``, ``--fit-file``; read and parse it (before the model loads).
 
     With none, ``--fit-file`` becomes ``fit_attn_score.py``'s output for this model,
     ``<fits-dir>/<model>/cmr_fit_<model>.pkl``, which must exist.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+    model_name : str
+    fit_file_pending : bool
+        The fit file will be written by an earlier step (``run_pipeline.py``): do not read it yet.
+
+    Returns
+    -------
+    HeadChoice or None
+        None only when the fit file is pending.
     """
     given = [name for name in ("heads", "heads_file", "fit_file") if getattr(args, name) is not None]
     if len(given) > 1:
@@ -154,28 +207,64 @@ def check_head_flags(args: argparse.Namespace, model_name: str) -> None:
                          + ", ".join("--" + g.replace("_", "-") for g in given) + ")")
     if not given:
         args.fit_file, _ = fit_result_paths(args.fits_dir, model_name)
-        if not args.fit_file.is_file():
+        if not args.fit_file.is_file() and not fit_file_pending:
             raise InputError(f"no heads given and no CMR fit at {args.fit_file}; run fit_attn_score.py for "
                              "this model first, or give --heads, --heads-file or --fit-file")
-
-
-def choose_heads(args: argparse.Namespace, n_layers: int, n_heads: int):
-    """The heads to ablate and where they came from (and their D when from a fit file)."""
-    distances = None
     if args.heads is not None:
-        heads, source = parse_heads(args.heads), "--heads"
-    elif args.heads_file is not None:
-        heads, source = read_heads_file(args.heads_file), str(args.heads_file)
-    else:
-        distance = read_fit_distances(args.fit_file)
-        if distance.shape != (n_layers, n_heads):
-            raise InputError(f"--fit-file {args.fit_file} is for a [{distance.shape[0]}, {distance.shape[1]}] model, "
-                             f"but the model has {n_layers} layers x {n_heads} heads")
-        heads = top_fraction_heads(distance, args.fraction)
-        distances = [float(distance[layer, head]) for layer, head in heads]
-        source = str(args.fit_file)
-    validate_heads(heads, n_layers, n_heads)
-    return heads, source, distances
+        return HeadChoice(parse_heads(args.heads), "--heads")
+    if args.heads_file is not None:
+        return HeadChoice(read_heads_file(args.heads_file), str(args.heads_file))
+    if fit_file_pending:
+        return None
+    distance = read_fit_distances(args.fit_file)
+    heads = top_fraction_heads(distance, args.fraction)
+    return HeadChoice(heads, str(args.fit_file), [float(distance[layer, head]) for layer, head in heads],
+                      tuple(distance.shape))
+
+
+# ----------------------------------------------------------------------------- checks before the model loads
+
+@dataclass
+class Checked:
+    """Everything :func:`check_arguments` validated, for :func:`run`."""
+
+    config: AblationConfig
+    data_config: TextDataConfig
+    icl_config: ICLScoreConfig
+    spec: object
+    heads: Optional[HeadChoice]
+
+
+def check_data(path: Optional[Path]) -> None:
+    """``--data`` exists, has a supported type and yields at least one document (read lazily otherwise)."""
+    if path is None:
+        return
+    if next(iter_local_texts(path), None) is None:
+        raise InputError(f"--data {path} holds no document")
+
+
+def check_arguments(args: argparse.Namespace, fit_file_pending: bool = False) -> Checked:
+    """Validate every argument and input that can be checked without the model, and the output folders.
+
+    Raises
+    ------
+    InputError, FileNotFoundError
+        On the first problem found, before anything is loaded or written.
+    """
+    if args.restart and args.resume:
+        raise InputError("give --restart (discard saved partial results) or --resume (the default), not both")
+    config = AblationConfig(fraction=args.fraction, method=args.method, n_random_sets=args.n_random_sets,
+                            allow_overlap=args.allow_overlap, seed=args.seed, n_eval=args.n_eval,
+                            batch_size=args.batch_size)
+    data_config = TextDataConfig(min_tokens=args.min_tokens or args.seq_len, seq_len=args.seq_len)
+    icl_config = ICLScoreConfig(late_index=args.late_index, early_index=args.early_index)
+    icl_config.validate(data_config.seq_len)
+    spec = resolve_model(args.model_name)
+    heads = check_head_flags(args, spec.name, fit_file_pending)
+    check_data(args.data)
+    check_writable_dir(args.out_dir, "--out-dir")
+    check_writable_dir(args.figs_dir / "ablation", "--figs-dir")
+    return Checked(config, data_config, icl_config, spec, heads)
 
 
 # ----------------------------------------------------------------------------- prompts and partial results
@@ -197,66 +286,168 @@ def _save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
 
 
 def _load_npz(path: Path) -> Dict[str, np.ndarray]:
+    """Every array of a partial-result file (:func:`icl_cmr.io.load_npz`: sizes and zip CRC-32 checked).
+
+    Raises
+    ------
+    icl_cmr.errors.BadFileError
+        Truncated or garbled file (``CorruptFileError``), or one holding objects (``UnsafeFileError``).
+    """
     return load_npz(path)
 
 
+#: Key of each batch file holding the seconds spent computing it (for the total time of resumed runs).
+WALL_KEY = "wall_seconds"
+
+
+def _without_wall(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    return {key: value for key, value in arrays.items() if key != WALL_KEY}
+
+
 class PartialResults:
-    """One folder of per-batch results, valid only for the parameters it was started with."""
+    """One folder of per-batch results, valid only for the parameters it was started with.
+
+    Parameters
+    ----------
+    folder : Path
+    fingerprint : dict
+        Every parameter that decides the numbers (JSON types); a saved run with another
+        fingerprint is never mixed in.
+    n_prompts, batch_size : int
+        To verify each saved batch: batch ``i`` holds ``min(batch_size, n_prompts - i batch_size)`` prompts.
+    condition_names : sequence of str
+        Conditions every batch must hold (``original``, ``ablated``, ``ablated_rand_<k>``, ``ablated_rand``).
+    n_positions : int
+        Loss positions per prompt (``seq_len - 1``).
+    """
 
     STATE = "state.json"
+    MEANS = "means.npz"
 
-    def __init__(self, folder: Path, fingerprint: dict):
+    def __init__(self, folder: Path, fingerprint: dict, n_prompts: int = 0, batch_size: int = 1,
+                 condition_names: Sequence[str] = (), n_positions: int = 0):
         self.folder = folder
-        self.fingerprint = fingerprint
+        self.fingerprint = json.loads(json.dumps(fingerprint))
+        self.n_prompts, self.batch_size = int(n_prompts), int(batch_size)
+        self.condition_names = tuple(condition_names)
+        self.n_positions = int(n_positions)
 
-    def open(self, restart: bool) -> int:
-        """Prepare the folder; return how many batches are already done."""
+    @property
+    def n_batches(self) -> int:
+        """Batches of the whole run."""
+        return -(-self.n_prompts // self.batch_size)
+
+    def open(self, restart: bool) -> Set[int]:
+        """Prepare the folder; return the indices of the batches already done and verified.
+
+        Raises
+        ------
+        InputError
+            If the folder holds a run with other settings (``--restart`` discards it).
+        """
         if restart and self.folder.exists():
             self.discard()
         state_path = self.folder / self.STATE
         if state_path.is_file():
-            saved = load_json(state_path)
-            if not isinstance(saved, dict):
-                raise FileContentError(state_path, f"holds a {type(saved).__name__}, expected the settings of a "
-                                                   "partial run (a JSON object); add --restart to discard it")
-            if saved != json.loads(json.dumps(self.fingerprint)):
+            try:
+                saved = load_json(state_path)
+                if not isinstance(saved, dict):
+                    raise BadFileError(state_path, f"holds a {type(saved).__name__}, not the settings of a partial run")
+            except BadFileError as err:
+                logger.warning("the state file of the partial results in %s is damaged (%s); discarding them and "
+                               "starting over", self.folder, err.problem)
+                self.discard()
+                saved = None
+            if saved is not None and saved != self.fingerprint:
                 changed = sorted(k for k in set(saved) | set(self.fingerprint)
-                                 if saved.get(k) != json.loads(json.dumps(self.fingerprint.get(k))))
+                                 if not isinstance(saved, dict) or saved.get(k) != self.fingerprint.get(k))
                 raise InputError(f"partial results in {self.folder} were made with other settings ({', '.join(changed)}); "
                                  "rerun with those settings to resume, or add --restart to discard them")
-        else:
+        if not state_path.is_file():
             ensure_writable_dir(self.folder)
             save_json(state_path, self.fingerprint)
-        done = 0
-        while (self.folder / self._batch_name(done)).is_file():
-            done += 1
-        return done
+        return self._verified_batches()
 
     @staticmethod
     def _batch_name(index: int) -> str:
         return f"batch_{index:06d}.npz"
 
-    def save_batch(self, index: int, summary: BatchSummary) -> None:
-        _save_npz(self.folder / self._batch_name(index), summary.to_arrays())
+    def _batch_problem(self, index: int, arrays: Dict[str, np.ndarray], source: str) -> Optional[str]:
+        """Why a loaded batch cannot be used, or None when it is sound and matches this run."""
+        try:
+            summary = BatchSummary.from_arrays(_without_wall(arrays), source=source)
+        except BadFileError as err:
+            return err.problem
+        expected = min(self.batch_size, self.n_prompts - index * self.batch_size)
+        if sorted(summary.icl) != sorted(self.condition_names):
+            return "its conditions differ from this run's"
+        if summary.n_prompts != expected:
+            return f"it holds {summary.n_prompts} prompts, expected {expected}"
+        lengths = {value.shape for values in (summary.loss_sum, summary.loss_sq_sum) for value in values.values()}
+        if lengths != {(self.n_positions,)}:
+            return f"its loss curves have shapes {sorted(lengths)}, expected ({self.n_positions},)"
+        return None
 
-    def load_batches(self, count: int) -> List[BatchSummary]:
-        paths = [self.folder / self._batch_name(i) for i in range(count)]
-        return [BatchSummary.from_arrays(_load_npz(path), source=str(path)) for path in paths]
+    def _verified_batches(self) -> Set[int]:
+        done: Set[int] = set()
+        for path in sorted(self.folder.glob("batch_*.npz")):
+            try:
+                index = int(path.stem.split("_", 1)[1])
+            except ValueError:
+                continue
+            if not 0 <= index < self.n_batches:
+                logger.warning("ignoring %s: this run has %d batches", path, self.n_batches)
+                continue
+            try:
+                problem = self._batch_problem(index, _load_npz(path), str(path))
+            except BadFileError as err:
+                problem = err.problem
+            if problem is not None:
+                logger.warning("discarding damaged partial result %s (%s); it will be recomputed", path, problem)
+                path.unlink()
+                continue
+            done.add(index)
+        return done
 
-    def save_means(self, means) -> None:
-        _save_npz(self.folder / "means.npz", {str(layer): to_numpy(value.float()) for layer, value in means.items()})
+    def save_batch(self, index: int, summary: BatchSummary, wall_seconds: float) -> None:
+        _save_npz(self.folder / self._batch_name(index), {**summary.to_arrays(), WALL_KEY: np.asarray(wall_seconds)})
 
-    def load_means(self):
-        path = self.folder / "means.npz"
+    def load_batches(self) -> List[BatchSummary]:
+        """Every batch, in order (all must have been saved)."""
+        paths = [self.folder / self._batch_name(i) for i in range(self.n_batches)]
+        return [BatchSummary.from_arrays(_without_wall(_load_npz(path)), source=str(path)) for path in paths]
+
+    def wall_seconds(self) -> float:
+        """Seconds spent on the saved batches and means, over every session of this run."""
+        paths = [self.folder / self._batch_name(i) for i in range(self.n_batches)] + [self.folder / self.MEANS]
+        return float(sum(_load_npz(p).get(WALL_KEY, 0.0) for p in paths if p.is_file()))
+
+    def save_means(self, means, wall_seconds: float) -> None:
+        _save_npz(self.folder / self.MEANS, {**{str(layer): to_numpy(value.float()) for layer, value in means.items()},
+                                             WALL_KEY: np.asarray(wall_seconds)})
+
+    def load_means(self, layers: Sequence[int]):
+        """Saved per-layer mean activations, or None (absent, or damaged: then removed with a warning)."""
+        path = self.folder / self.MEANS
         if not path.is_file():
             return None
-        return {int(layer): value for layer, value in _load_npz(path).items()}
+        try:
+            arrays = _load_npz(path)
+        except BadFileError as err:
+            arrays, problem = None, err.problem
+        else:
+            problem = None if set(arrays) == {str(layer) for layer in layers} | {WALL_KEY} else \
+                "its layers differ from this run's"
+        if problem is not None:
+            logger.warning("discarding damaged partial result %s (%s); it will be recomputed", path, problem)
+            path.unlink()
+            return None
+        return {int(layer): value for layer, value in arrays.items() if layer != WALL_KEY}
 
     def discard(self) -> None:
         """Remove this run's files (only names this class writes) and the folder."""
         for path in self.folder.glob("*"):
-            if path.name == self.STATE or path.name == "means.npz" or (
-                    path.name.startswith("batch_") and path.suffix == ".npz"):
+            if path.name in (self.STATE, self.MEANS) or (path.name.startswith("batch_") and path.suffix == ".npz"):
                 path.unlink()
         try:
             self.folder.rmdir()
@@ -276,41 +467,63 @@ def condition_samples(result: dict) -> Dict[str, np.ndarray]:
             ABLATED_RAND: to_numpy(result["ablated_rand_icl_score"]).astype(np.float64)}
 
 
-def analyse(result: dict, stem: str, args: argparse.Namespace, title: str, marked_indices: Sequence[int] = ()):
-    """Statistics table (printed and saved) and figures of one result dict."""
+def loss_curves(result: dict, names: Sequence[str]) -> Optional[tuple]:
+    """``(curves, bands)`` by condition from ``loss_by_position(_sem)``, or None when the result has none."""
+    if "loss_by_position" not in result:
+        return None
+    for key in ("loss_by_position", "loss_by_position_sem"):
+        table = result.get(key)
+        if not isinstance(table, dict) or any(name not in table for name in names):
+            raise InputError(f"result file has 'loss_by_position' but its {key!r} lacks a curve for each of "
+                             f"{', '.join(names)}")
+    curves = {name: np.asarray(result["loss_by_position"][name], dtype=np.float64) for name in names}
+    bands = {name: np.asarray(result["loss_by_position_sem"][name], dtype=np.float64) for name in names}
+    if any(curves[name].shape != bands[name].shape or curves[name].ndim != 1 for name in names):
+        raise InputError("result file's loss_by_position and loss_by_position_sem must be 1-d curves of equal length")
+    return curves, bands
+
+
+def analyse(result: dict, stem: str, args: argparse.Namespace, title: str, pending: PendingWrites,
+            marked_indices: Sequence[int] = ()):
+    """Statistics table (printed) and figures of one result dict, queued in ``pending`` (nothing written here)."""
     from icl_cmr.ablation_plots import plot_icl_score_bars, plot_loss_by_position
 
     samples = condition_samples(result)
+    curves = loss_curves(result, list(samples))
     table = comparison_table(samples, PAIRS, PairedStatsConfig(n_bootstrap=args.n_bootstrap, seed=args.seed))
     text = format_table(table)
-    print(text)
-    out_dir = ensure_writable_dir(args.out_dir)
-    written = [save_text(out_dir / f"{stem}_stats.csv", table.to_csv(index=False)),
-               save_text(out_dir / f"{stem}_stats.txt", text + "\n")]
+    pending.text(args.out_dir / f"{stem}_stats.csv", table.to_csv(index=False))
+    pending.text(args.out_dir / f"{stem}_stats.txt", text + "\n")
     means = {name: float(np.nanmean(values)) for name, values in samples.items()}
     sems = {name: float(np.nanstd(values, ddof=1) / np.sqrt(np.isfinite(values).sum())) for name, values in samples.items()}
     brackets = [(row.a, row.b, row.stars) for row in table.itertuples()]
     figs_dir = args.figs_dir / "ablation"
-    written.append(save_figure(plot_icl_score_bars(means, sems, brackets, title=title), figs_dir / f"{stem}_icl_bars.pdf"))
-    if "loss_by_position" in result:
-        curves = {name: np.asarray(result["loss_by_position"][name]) for name in samples}
-        bands = {name: np.asarray(result["loss_by_position_sem"][name]) for name in samples}
-        written.append(save_figure(plot_loss_by_position(curves, bands, marked_indices, title=title),
-                                   figs_dir / f"{stem}_loss_by_position.pdf"))
-    for path in written:
-        logger.info("wrote %s", path)
-    return table
+    pending.figure(figs_dir / f"{stem}_icl_bars.pdf", plot_icl_score_bars(means, sems, brackets, title=title))
+    if curves is not None:
+        pending.figure(figs_dir / f"{stem}_loss_by_position.pdf",
+                       plot_loss_by_position(*curves, marked_indices, title=title))
+    return table, text
 
 
 def from_saved(args: argparse.Namespace) -> None:
     path = args.from_saved
     if not path.is_file():
         raise FileNotFoundError(f"--from-saved {path} does not exist")
+    check_writable_dir(args.out_dir, "--out-dir")
+    check_writable_dir(args.figs_dir / "ablation", "--figs-dir")
     result = read_ablation_result(path)
     stem = path.stem
     model = stem[len("ablation_experiment_"):] if stem.startswith("ablation_experiment_") else stem
     n = len(result["original_icl_score"])
-    analyse(result, stem, args, title=f"{model} (n = {n})", marked_indices=result["marked_indices"])
+    pending = PendingWrites()
+    try:
+        _, text = analyse(result, stem, args, title=f"{model} (n = {n})", pending=pending,
+                          marked_indices=result["marked_indices"])
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
+    print(text)
+    for written in pending.commit():
+        logger.info("wrote %s", written)
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -319,80 +532,95 @@ def _token_hash(tokens: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(tokens, dtype=np.int64).tobytes()).hexdigest()
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace, checked: Optional[Checked] = None) -> None:
+    """The experiment; ``checked`` is :func:`check_arguments`'s result (computed here when None).
+
+    ``args.data_description`` (optional, set by ``run_pipeline.py``) replaces the data path in the
+    metadata when the data file is a temporary one.
+    """
+    checked = checked or check_arguments(args)
     import torch
     from tqdm.auto import tqdm
 
-    config = AblationConfig(fraction=args.fraction, method=args.method, n_random_sets=args.n_random_sets,
-                            allow_overlap=args.allow_overlap, seed=args.seed, n_eval=args.n_eval,
-                            batch_size=args.batch_size)
-    data_config = TextDataConfig(min_tokens=args.min_tokens or args.seq_len, seq_len=args.seq_len)
-    icl_config = ICLScoreConfig(late_index=args.late_index, early_index=args.early_index)
-    icl_config.validate(data_config.seq_len)
+    pin_cpu_kernels()
+    config, data_config, icl_config, spec = checked.config, checked.data_config, checked.icl_config, checked.spec
     device = resolve_device(args.device)
-    spec = resolve_model(args.model_name)
-    check_head_flags(args, spec.name)
+    session_started = time.monotonic()
     model = load_model(spec, device=device, dtype=args.dtype, require_hooks=("pattern", "v", "z"))
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     icl_config.validate(data_config.seq_len, int(model.cfg.n_ctx))
-    ablated, head_source, distances = choose_heads(args, n_layers, n_heads)
+    choice = checked.heads or check_head_flags(args, spec.name)
+    choice.check_model(n_layers, n_heads)
+    ablated, head_source, distances = choice.heads, choice.source, choice.distances
     random_sets, seeds = control_head_sets(n_layers, n_heads, ablated, config)
     head_sets = conditions(ablated, random_sets)
     logger.info("ablating %d heads (%s): %s", len(ablated), head_source, format_heads(ablated))
     for seed, heads in zip(seeds, random_sets):
         logger.info("random control (seed %d): %s", seed, format_heads(heads))
 
-    tokens = load_prompts(args, model.tokenizer, choose_bos(model, None, spec.trust_remote_code).token_id, data_config)
+    bos = choose_bos(model, args.bos, spec.trust_remote_code)
+    tokens = load_prompts(args, model.tokenizer, bos.token_id, data_config)
     n_prompts = tokens.shape[0]
+    data = getattr(args, "data_description", None) or (portable_path(args.data) if args.data else
+                                                        "allenai/c4 en validation")
     parameters = {
-        "model": spec.source, "model_name": spec.name, "dtype": args.dtype, "method": config.method,
-        "ablated_heads": format_heads(ablated), "head_source": head_source, "fraction": config.fraction,
+        "model": portable_path(spec.source) if spec.is_local else spec.source, "model_name": spec.name,
+        "dtype": args.dtype, "method": config.method,
+        "ablated_heads": format_heads(ablated), "head_source": portable_path(head_source) if head_source != "--heads"
+        else head_source, "fraction": config.fraction,
         "random_heads": [format_heads(h) for h in random_sets], "random_seeds": seeds,
         "n_random_sets_requested": config.n_random_sets,  # more than len(random_heads) when fewer distinct sets exist
-        "allow_overlap": config.allow_overlap, "data": str(args.data) if args.data else "allenai/c4 en validation",
+        "allow_overlap": config.allow_overlap, "data": data,
         "n_eval": int(n_prompts), "seq_len": data_config.seq_len, "min_tokens": data_config.min_tokens,
         "late_index": icl_config.late_index, "early_index": icl_config.early_index,
-        "batch_size": config.batch_size, "tokens_sha256": _token_hash(tokens),
+        "batch_size": config.batch_size, "tokens_sha256": _token_hash(tokens), "bos": bos.describe(),
     }
     out_dir = ensure_writable_dir(args.out_dir)
-    # the data path and head source are descriptive: the token hash and head lists decide whether a run matches
-    fingerprint = {key: value for key, value in parameters.items() if key not in ("data", "head_source")}
-    partial = PartialResults(out_dir / f".ablation_experiment_{spec.name}.partial", fingerprint)
+    # the model path, data path and head source are descriptive: the token hash and head lists decide
+    # whether a run matches
+    fingerprint = {key: value for key, value in parameters.items() if key not in ("model", "data", "head_source")}
+    names = list(head_sets) + ([ABLATED_RAND] if random_sets else [])
+    partial = PartialResults(out_dir / f".ablation_experiment_{spec.name}.partial", fingerprint, n_prompts,
+                             config.batch_size, names, data_config.seq_len - 1)
     done = partial.open(args.restart)
-    n_batches = -(-n_prompts // config.batch_size)
+    n_batches = partial.n_batches
     if done:
-        logger.info("resuming: %d of %d batches already done in %s", done, n_batches, partial.folder)
+        logger.info("resuming: %d of %d batches already done in %s", len(done), n_batches, partial.folder)
 
     means = None
     if config.method == "mean":
-        means = partial.load_means()
+        layers = sorted({layer for heads in head_sets.values() for layer, _ in heads})
+        means = partial.load_means(layers)
         if means is None:
-            layers = sorted({layer for heads in head_sets.values() for layer, _ in heads})
+            started = time.monotonic()
             logger.info("mean hook_z over the %d evaluation prompts (layers %s)", n_prompts, layers)
             batches = (torch.as_tensor(tokens[i:i + config.batch_size]).to(device)
                        for i in range(0, n_prompts, config.batch_size))
             means = mean_head_activations(model, batches, layers=layers)
-            partial.save_means(means)
+            partial.save_means(means, time.monotonic() - started)
         means = {layer: torch.as_tensor(value) for layer, value in means.items()}
 
-    started, evaluated, stopped = time.monotonic(), 0, False
-    with tqdm(total=n_batches, initial=done, desc=f"ablation {spec.name}", unit="batch",
+    evaluated, n_new_batches, stopped = 0, 0, False
+    with tqdm(total=n_batches, initial=len(done), desc=f"ablation {spec.name}", unit="batch",
               disable=args.no_progress) as progress:
-        for index in range(done, n_batches):
+        for index in (i for i in range(n_batches) if i not in done):
             if args.stop_after is not None and evaluated >= args.stop_after:
                 stopped = True
                 break
+            started = time.monotonic()
             batch = tokens[index * config.batch_size:(index + 1) * config.batch_size]
             summary = evaluate_batch(model, batch, head_sets, config.method, icl_config, config.batch_size, means)
-            partial.save_batch(index, summary)
+            partial.save_batch(index, summary, time.monotonic() - started)
             evaluated += batch.shape[0]
+            n_new_batches += 1
             progress.update(1)
     if stopped:
         logger.info("stopped after %d new prompts (--stop-after); %d of %d batches done in %s; rerun the same "
-                    "command to continue", evaluated, index, n_batches, partial.folder)
+                    "command to continue", evaluated, len(done) + n_new_batches, n_batches,
+                    partial.folder)
         return
 
-    combined = combine_batches(partial.load_batches(n_batches))
+    combined = combine_batches(partial.load_batches())
     result = {
         "original_icl_score": combined.icl[ORIGINAL],
         "ablated_icl_score": combined.icl[ABLATED],
@@ -406,16 +634,21 @@ def run(args: argparse.Namespace) -> None:
         "random_seeds": seeds,
     }
     stem = f"ablation_experiment_{spec.name}"
-    table = analyse(result, stem, args, title=f"{spec.name} (n = {n_prompts}, {config.method} ablation)",
-                    marked_indices=(icl_config.early_index, icl_config.late_index))
+    pending = PendingWrites()
+    table, text = analyse(result, stem, args, title=f"{spec.name} (n = {n_prompts}, {config.method} ablation)",
+                          pending=pending, marked_indices=(icl_config.early_index, icl_config.late_index))
     result["stats"] = table.to_dict(orient="records")
+    compute_seconds = partial.wall_seconds()
     metadata = make_metadata(PRODUCER, parameters, seed=config.seed, device=device,
-                             wall_time_s=round(time.monotonic() - started, 1))
+                             wall_time_s=round(compute_seconds, 3), resumed=bool(done), resumed_batches=len(done),
+                             wall_time_this_session_s=round(time.monotonic() - session_started, 3))
     # plain JSON types only: torch.__version__ is a TorchVersion object, which load_pickle rightly refuses
     result["metadata"] = json.loads(json.dumps(metadata, default=str))
-    path = save_pickle(out_dir / f"{stem}.pkl", result)
+    pending.pickle(out_dir / f"{stem}.pkl", result)
+    print(text)
+    for written in pending.commit():
+        logger.info("wrote %s", written)
     partial.discard()
-    logger.info("wrote %s", path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[int]:

@@ -20,12 +20,12 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from fit_attn_score import add_common_arguments, grid_parameters, load_grid
-from icl_cmr.io import save_figure
 from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_float, run_cli, setup_logging
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
-from icl_cmr.fitting import CmrFit, CmrGrid, fit_heads
-from icl_cmr.io import ensure_writable_dir, make_metadata, save_json, save_text
+from icl_cmr.fitting import CmrFit, CmrGrid, check_fitted, fit_heads
+from icl_cmr.io import make_metadata
 from icl_cmr.layer_stats import percent_below_threshold, relative_layer_position, summarize_by_layer
+from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
 from icl_cmr.score_files import HeadScores, load_model_scores
 
 logger = logging.getLogger("attn_over_size")
@@ -36,11 +36,19 @@ PYTHIA_SIZES = ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
 
 def fit_models(scores_dir: Path, models: Sequence[str], grid: CmrGrid,
                checkpoint: Optional[int] = None) -> Dict[str, Tuple[HeadScores, CmrFit]]:
-    """Read and fit every head of each model (trained model, or checkpoint ``checkpoint``)."""
+    """Read and fit every head of each model (trained model, or checkpoint ``checkpoint``).
+
+    Raises
+    ------
+    InputError
+        If a model's file has no head that can be fitted (:func:`icl_cmr.fitting.check_fitted`).
+    """
     out = {}
     for model in models:  # one file per model; each fit is vectorized over all its heads
         scores = load_model_scores(scores_dir, model, checkpoint)
-        out[model] = (scores, fit_heads(scores.crp, grid, attn_lags=scores.lags))
+        fit = fit_heads(scores.crp, grid, attn_lags=scores.lags)
+        check_fitted(fit, scores.path)
+        out[model] = (scores, fit)
     return out
 
 
@@ -67,22 +75,25 @@ def layer_table(fits: Dict[str, Tuple[HeadScores, CmrFit]], threshold: float, st
 
 def write_outputs(fits: Dict[str, Tuple[HeadScores, CmrFit]], out_dir: Path, threshold: float,
                   strict_threshold: float, grid: CmrGrid, producer: str, title: str) -> None:
-    """Figures, per-layer CSV and a metadata JSON for a set of fitted models."""
+    """Figures, per-layer CSV and a metadata JSON for a set of fitted models (all rendered, then written)."""
     from icl_cmr import plotting
 
+    pending = PendingWrites()
     positions = {m: relative_layer_position(s.n_layers) for m, (s, _) in fits.items()}
     for t in (threshold, strict_threshold):
         percents = {m: percent_below_threshold(f.distance, t) for m, (_, f) in fits.items()}
-        save_figure(plotting.plot_percent_by_layer(positions, percents, ylabel=f"% heads with D < {t}", title=title),
-                    out_dir / f"fit_over_size_thres{t}.pdf")
+        pending.figure(out_dir / f"fit_over_size_thres{t}.pdf",
+                       plotting.plot_percent_by_layer(positions, percents, ylabel=f"% heads with D < {t}", title=title))
     params = {m: summarize_by_layer(f.params, f.distance < threshold, n_trailing=1) for m, (_, f) in fits.items()}
     inv = {m: summarize_by_layer(f.inverse_temperature, f.distance < threshold) for m, (_, f) in fits.items()}
-    save_figure(plotting.plot_layer_summaries(positions, params, inv, threshold), out_dir / f"params_over_size_thres{threshold}.pdf")
+    pending.figure(out_dir / f"params_over_size_thres{threshold}.pdf",
+                   plotting.plot_layer_summaries(positions, params, inv, threshold))
     table = layer_table(fits, threshold, strict_threshold)
-    save_text(out_dir / "layer_summary.csv", table.to_csv(index=False))
-    save_json(out_dir / "layer_summary.json", {"metadata": make_metadata(
-        producer, {"models": list(fits), "scores_files": [s.path for s, _ in fits.values()],
+    pending.text(out_dir / "layer_summary.csv", table.to_csv(index=False))
+    pending.json(out_dir / "layer_summary.json", {"metadata": make_metadata(
+        producer, {"models": list(fits), "scores_files": [portable_path(s.path) for s, _ in fits.values()],
                    "threshold": threshold, "strict_threshold": strict_threshold, **grid_parameters(grid)})})
+    pending.commit()
     for model, (_, fit) in fits.items():
         logger.info("%s: %d of %d heads with D < %g", model, int((fit.distance < threshold).sum()),
                     fit.distance.size, threshold)
@@ -105,9 +116,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     grid = load_grid(args)
+    out_dir = check_writable_dir(args.figs_dir / "attn_over_size", "--figs-dir")
     models = [f"pythia-{size}" for size in args.model_size]
     fits = fit_models(args.scores_dir, models, grid, args.checkpoint)
-    out_dir = ensure_writable_dir(args.figs_dir / "attn_over_size")
     write_outputs(fits, out_dir, args.threshold, args.strict_threshold, grid, "attn_over_size.py", "Pythia")
     return 0
 

@@ -17,7 +17,7 @@ from attn_over_size import fit_models, write_outputs
 from fit_attn_score import add_common_arguments, load_grid
 from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_float, run_cli, setup_logging
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
-from icl_cmr.io import ensure_writable_dir
+from icl_cmr.outputs import check_writable_dir
 
 #: Models of [LI24] Fig 6c (the authors' ``attn_over_size_xtra.py`` default).
 XTRA_MODELS = ("qwen-7b", "mistral-7b", "llama3-8b")
@@ -39,8 +39,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     grid = load_grid(args)
+    out_dir = check_writable_dir(args.figs_dir / "attn_over_size_xtra", "--figs-dir")
     fits = fit_models(args.scores_dir, args.models, grid, args.checkpoint)
-    out_dir = ensure_writable_dir(args.figs_dir / "attn_over_size_xtra")
     write_outputs(fits, out_dir, args.threshold, args.strict_threshold, grid, "attn_over_size_xtra.py", "")
     return 0
 

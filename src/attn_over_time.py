@@ -22,11 +22,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from fit_attn_score import add_common_arguments, grid_parameters, load_grid
-from icl_cmr.io import save_figure
 from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_float, run_cli, setup_logging
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
-from icl_cmr.fitting import fit_heads
-from icl_cmr.io import ensure_writable_dir, make_metadata, save_json, save_text
+from icl_cmr.fitting import check_fitted, fit_heads
+from icl_cmr.io import make_metadata
+from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
 from icl_cmr.layer_stats import percent_below_threshold, summarize_by_layer
 from icl_cmr.score_files import CHECKPOINT_INDICES, checkpoint_step, load_checkpoint_series
 
@@ -54,37 +54,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     grid = load_grid(args)
+    out_dir = check_writable_dir(args.figs_dir / "attn_over_time" / args.model_name, "--figs-dir")
     checkpoints = sorted(set(args.checkpoints))
     series = load_checkpoint_series(args.scores_dir, args.model_name, checkpoints)
     crp = np.stack([s.crp for s in series])                              # [T, L, H, 16]
     fit = fit_heads(crp, grid, attn_lags=series[0].lags)
+    for t, scores in enumerate(series):  # one check per file (16 at most), for messages naming the file
+        check_fitted(fit, scores.path, index=(t,))
     steps = np.array([checkpoint_step(k) for k in checkpoints])
     n_layers = crp.shape[1]
-    out_dir = ensure_writable_dir(args.figs_dir / "attn_over_time" / args.model_name)
 
+    pending = PendingWrites()
     rows = []
     for t in (args.threshold, args.strict_threshold):
         percent = percent_below_threshold(fit.distance, t)                 # [T, L]
-        save_figure(plotting.plot_percent_over_training(steps, percent, ylabel=f"% heads with D < {t}",
-                                                        title=args.model_name),
-                    out_dir / f"fit_over_time_thres{t}.pdf")
+        pending.figure(out_dir / f"fit_over_time_thres{t}.pdf",
+                       plotting.plot_percent_over_training(steps, percent, ylabel=f"% heads with D < {t}",
+                                                           title=args.model_name))
         final_mask = fit.distance[-1] < t                                    # [L, H], the authors' mask
         params = summarize_by_layer(fit.params, final_mask, n_trailing=1)   # [T, L, 3]
         inv = summarize_by_layer(fit.inverse_temperature, final_mask)       # [T, L]
-        save_figure(plotting.plot_layer_summary_over_training(
-            steps, params, inv, title=f"{args.model_name}: heads with D < {t} at step {steps[-1]}"),
-            out_dir / f"params_over_time_thres{t}.pdf")
+        pending.figure(out_dir / f"params_over_time_thres{t}.pdf", plotting.plot_layer_summary_over_training(
+            steps, params, inv, title=f"{args.model_name}: heads with D < {t} at step {steps[-1]}"))
         for i, (k, step) in enumerate(zip(checkpoints, steps)):
             rows.append(pd.DataFrame({
                 "threshold": t, "checkpoint": k, "step": step, "layer": np.arange(n_layers),
                 "percent_D_below": percent[i], "n_heads_in_final_mask": final_mask.sum(axis=1),
                 "mean_beta_enc": params.mean[i, :, 0], "mean_beta_rec": params.mean[i, :, 1],
                 "mean_gamma_ft": params.mean[i, :, 2], "mean_inverse_temperature": inv.mean[i]}))
-    save_text(out_dir / "layer_over_time.csv", pd.concat(rows, ignore_index=True).to_csv(index=False))
-    save_json(out_dir / "layer_over_time.json", {"metadata": make_metadata(
+    pending.text(out_dir / "layer_over_time.csv", pd.concat(rows, ignore_index=True).to_csv(index=False))
+    pending.json(out_dir / "layer_over_time.json", {"metadata": make_metadata(
         "attn_over_time.py", {"model": args.model_name, "checkpoints": checkpoints,
-                              "scores_files": [s.path for s in series], "threshold": args.threshold,
+                              "scores_files": [portable_path(s.path) for s in series], "threshold": args.threshold,
                               "strict_threshold": args.strict_threshold, **grid_parameters(grid)})})
+    pending.commit()
     logger.info("%s: heads with D < %g by checkpoint: %s", args.model_name, args.threshold,
                 ", ".join(str(int(n)) for n in (fit.distance < args.threshold).sum(axis=(1, 2))))
     logger.info("wrote figures and layer_over_time.csv to %s", out_dir)

@@ -31,6 +31,7 @@ from icl_cmr.head_scores import stream_attention_scores
 from icl_cmr.io import ensure_writable_dir, load_json, make_metadata, save_pickle
 from icl_cmr.models import (DTYPES, choose_bos, has_tokenizer, load_model, n_kv_heads, peak_gpu_memory_gib,
                             resolve_model)
+from icl_cmr.outputs import pin_cpu_kernels, portable_path
 from icl_cmr.prompts import (FREQUENT_TOKEN_FILE, PromptConfig, bpe_merge_ranks, default_token_pool,
                              make_prompt_sets, parse_token_pool, pool_from_ids, prompt_offset, special_token_ids,
                              tokenizer_size)
@@ -116,7 +117,7 @@ def _token_pool(args: argparse.Namespace, spec, model):
         if args.exclude_extreme_fraction > 0:
             raise InputError("--exclude-extreme-fraction applies to the tokenizer's pool, not to --token-pool files")
         ids = parse_token_pool(load_json(pool_file), what=str(pool_file))
-        return pool_from_ids(ids, vocab, special, source=f"file:{pool_file}")
+        return pool_from_ids(ids, vocab, special, source=f"file:{portable_path(pool_file)}")
     ranks = None
     if args.exclude_extreme_fraction > 0 and tokenizer is not None:
         ranks = bpe_merge_ranks(tokenizer, vocab)
@@ -140,6 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = args.out if args.out is not None else default_score_path(spec.name, spec.checkpoint_index)
     ensure_writable_dir(out.parent)  # fail before loading a model, not after scoring it
     device = resolve_device(args.device)
+    pin_cpu_kernels()  # the same numbers on CPUs with and without AVX-512
 
     start = time.monotonic()
     model = load_model(spec, device=device, dtype=args.dtype, require_hooks=("attn_scores", "pattern"))
@@ -183,7 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         {**config.to_dict(), "device": device, "dtype": args.dtype, "lags": ATTN_CRP_LAGS.tolist(),
          "copying": not args.no_copying},
         seed=config.seed,
-        model=spec.name, source=spec.source, is_local=spec.is_local,
+        model=spec.name, source=portable_path(spec.source) if spec.is_local else spec.source, is_local=spec.is_local,
         checkpoint_step=spec.checkpoint_step, checkpoint_index=spec.checkpoint_index,
         n_layers=int(model.cfg.n_layers), n_heads=int(model.cfg.n_heads), n_kv_heads=n_kv_heads(model),
         prompt_design={

@@ -4,8 +4,11 @@ Writes ``<save_dir>/cmr_crp_avg_<n_beta>_<n_gamma>.npy`` and ``..._sem_...npy``
 (shape [n_beta, n_beta + 1, n_gamma, 2 * max_lag + 1]: mean and SEM over start
 positions, the layout of [LI24]'s files) and ``cmr_crp_<n_beta>_<n_gamma>.json``
 (every parameter, seed, versions, wall time). Finished slices are kept in
-``<save_dir>/.cmr_crp_<n_beta>_<n_gamma>.partial/`` until the run completes;
-``--resume`` continues a killed run and gives bit-identical files.
+``<save_dir>/.cmr_crp_<n_beta>_<n_gamma>.partial/`` until the run completes. Rerunning the same
+command resumes an interrupted run (the default, as for every long job of this project) and gives
+bit-identical files; each saved slice is verified first and a damaged one is recomputed with a
+warning. ``--restart`` discards the saved slices; ``--resume`` is accepted and changes nothing.
+A run with other parameters than the saved slices' is refused (add ``--restart``).
 
 Example::
 
@@ -23,7 +26,7 @@ from typing import Optional, Sequence
 
 from icl_cmr.cli import OneLineErrorParser, int_range, positive_int, run_cli, seed_int, setup_logging
 from icl_cmr.cmr import CRP_METHODS, CMRSettings
-from icl_cmr.cmr_grid import PARTIAL_SUFFIX, GridSpec, grid_file_names, run_grid
+from icl_cmr.cmr_grid import PARTIAL_SUFFIX, GridSpec, grid_file_names, recorded_wall_seconds, run_grid
 from icl_cmr.errors import InputError
 from icl_cmr.io import ensure_writable_dir, make_metadata, save_json, save_npy
 
@@ -60,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exact: exact CRP at beta_rec in {0, 1}, simulation elsewhere (default); "
                              "simulate: simulation everywhere; authors: the authors' closed forms at "
                              "beta_rec in {0, 1}, gamma_ft = 0 (they do not match their model; comparison only)")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard the finished slices of an interrupted run and start over (default: resume it)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run with the same parameters")
+                        help="continue an interrupted run (the default; accepted for compatibility)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser
@@ -74,6 +79,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
+    if args.restart and args.resume:
+        raise InputError("give --restart (discard the finished slices) or --resume (the default), not both")
     if args.n_gamma < 2:
         raise InputError(f"--n_gamma must be at least 2 (gamma_ft runs from 0 to 1), got {args.n_gamma}")
     try:
@@ -91,13 +98,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 spec.n_slices, settings.n_trials, settings.n_start, settings.max_draws, spec.method,
                 spec.seed, args.workers)
     started = time.perf_counter()
-    mean, sem, n_resumed = run_grid(spec, slice_dir, workers=args.workers, resume=args.resume,
+    mean, sem, n_resumed = run_grid(spec, slice_dir, workers=args.workers, restart=args.restart,
                                     progress=not args.no_progress)
-    wall_time = time.perf_counter() - started
+    session_time = time.perf_counter() - started
+    wall_time = max(recorded_wall_seconds(slice_dir), session_time) if n_resumed else session_time
 
     metadata = make_metadata(
         "est_cmr_crp.py", spec.to_json(), seed=spec.seed,
-        wall_time_s=round(wall_time, 3), workers=args.workers, resumed_slices=n_resumed,
+        wall_time_s=round(wall_time, 3), wall_time_this_session_s=round(session_time, 3), resumed=bool(n_resumed),
+        workers=args.workers, resumed_slices=n_resumed,
         n_slices=spec.n_slices, shape=list(mean.shape),
         axes=["beta_enc", "beta_rec", "gamma_ft", f"lag -{settings.max_lag}..{settings.max_lag}"],
         files={"mean": mean_name, "sem": sem_name},
@@ -110,7 +119,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     save_json(save_dir / meta_name, metadata)
     shutil.rmtree(slice_dir, ignore_errors=True)
     logger.info("wrote %s, %s and %s in %s (%.1f s%s)", mean_name, sem_name, meta_name, save_dir, wall_time,
-                f", {n_resumed} slices resumed" if n_resumed else "")
+                f" over all sessions, {n_resumed} slices resumed" if n_resumed else "")
     return 0
 
 

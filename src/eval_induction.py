@@ -63,6 +63,7 @@ from icl_cmr.cli import (OneLineErrorParser, int_range, non_negative_float, non_
 from icl_cmr.config import ATTN_CRP_LAGS
 from icl_cmr.errors import InputError
 from icl_cmr.io import make_metadata, read_text, save_figure, save_json, save_text
+from icl_cmr.outputs import check_writable_dir, portable_path
 from icl_cmr.stats import wilson_interval
 from icl_cmr.tiny_transformer import POSITION_ENCODINGS, fastest_exact_method
 from train_induction import DEFAULT_FIG_DIR, DEFAULT_SAVE_DIR, load_model
@@ -231,6 +232,19 @@ def _save_figure(fig, path: Path, png_dir: Optional[Path] = None) -> None:
     logger.info("wrote %s", path)
 
 
+def check_outputs(args: argparse.Namespace, evaluated: Sequence[str] = ()) -> None:
+    """Before any work: output folders writable, and the saved tables that will be combined with the new
+    ones (encodings not in ``evaluated``) readable."""
+    check_writable_dir(args.save_dir, "--save_dir")
+    check_writable_dir(args.fig_dir, "--fig_dir")
+    if args.png_dir is not None:
+        check_writable_dir(args.png_dir, "--png_dir")
+    for enc in POSITION_ENCODINGS:
+        path = args.save_dir / f"accuracy_vs_length_{enc}.csv"
+        if enc not in evaluated and path.is_file():
+            _read_csv(path)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
@@ -238,14 +252,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import matplotlib
     matplotlib.use("Agg")
 
+    check_writable_dir(args.save_dir, "--save_dir")
     paths = args.models or _default_models(args.save_dir)
     models = {}
     for path in paths:
         model = load_model(path)
         models[model.config.position_encoding] = (path, model)
-    parameters = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+    check_outputs(args, () if args.skip_accuracy else list(models))
+    # Paths relative to the repository root: shipped files carry no machine paths.
+    parameters = {k: (portable_path(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                   if k not in ("progress", "verbose")}
-    parameters["models"] = [str(p) for p in paths]
+    parameters["models"] = [portable_path(p) for p in paths]
     train_length = next(iter(models.values()))[1].config.n_trained_positions
 
     if not args.skip_accuracy:

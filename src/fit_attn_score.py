@@ -32,9 +32,10 @@ from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_float, ru
 from icl_cmr.cli import str2bool  # noqa: F401 - its former home; callers may import it from here
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD, CMR_LIKE_THRESHOLD
 from icl_cmr.errors import InputError
-from icl_cmr.fitting import CmrFit, CmrGrid, fit_heads
-from icl_cmr.io import ensure_writable_dir, make_metadata, save_figure, save_pickle, save_text
+from icl_cmr.fitting import CmrFit, CmrGrid, check_fitted, fit_heads
+from icl_cmr.io import make_metadata
 from icl_cmr.layer_stats import percent_below_threshold, relative_layer_position
+from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
 from icl_cmr.score_format import plain_metadata
 from icl_cmr.score_files import (DEFAULT_GRID_PATH, DEFAULT_SCORES_DIR, HeadScores, fit_result_paths, read_cmr_grid,
                                  load_model_scores, read_head_scores)
@@ -71,8 +72,8 @@ def load_grid(args: argparse.Namespace) -> CmrGrid:
 
 
 def grid_parameters(grid: CmrGrid) -> dict:
-    """Grid description for metadata."""
-    return {"crp_grid": grid.source, "grid_shape": list(grid.shape),
+    """Grid description for metadata (the grid's path relative to the repository root when inside it)."""
+    return {"crp_grid": portable_path(grid.source) if grid.source else grid.source, "grid_shape": list(grid.shape),
             "beta_enc": grid.beta_enc.tolist(), "beta_rec": grid.beta_rec.tolist(), "gamma_ft": grid.gamma_ft.tolist()}
 
 
@@ -132,9 +133,9 @@ def head_table(scores: HeadScores, fit: CmrFit, threshold: float, model: str):
     })
 
 
-def write_figures(out_dir: Path, scores: HeadScores, fit: CmrFit, threshold: float, strict_threshold: float,
-                  name: str) -> None:
-    """All figures of this script into ``out_dir``."""
+def queue_figures(pending: PendingWrites, out_dir: Path, scores: HeadScores, fit: CmrFit, threshold: float,
+                  strict_threshold: float, name: str) -> None:
+    """Render all figures of this script (written later, with the other outputs, by ``pending``)."""
     from icl_cmr import plotting
     from icl_cmr.fitting import select_lags
 
@@ -148,19 +149,19 @@ def write_figures(out_dir: Path, scores: HeadScores, fit: CmrFit, threshold: flo
                                        attn_sem[layer, order], fitted_on_attn_scale[layer, order],
                                        fit.distance[layer, order], fit.params[layer, order],
                                        title=f"{name}, layer {layer}")
-        save_figure(fig, out_dir / f"head_fit_L{layer}.pdf")
-    save_figure(plotting.plot_distance_vs_matching(fit.distance.ravel(), scores.matching_score.ravel(),
-                                                   scores.copying_score.ravel(), threshold, title=name),
-                out_dir / "score_against_fit.pdf")
-    save_figure(plotting.plot_inverse_temperature_vs_matching(fit.inverse_temperature.ravel(),
-                                                              scores.matching_score.ravel(),
-                                                              scores.copying_score.ravel(), title=name),
-                out_dir / "score_against_scale_factor.pdf")
+        pending.figure(out_dir / f"head_fit_L{layer}.pdf", fig)
+    pending.figure(out_dir / "score_against_fit.pdf",
+                   plotting.plot_distance_vs_matching(fit.distance.ravel(), scores.matching_score.ravel(),
+                                                      scores.copying_score.ravel(), threshold, title=name))
+    pending.figure(out_dir / "score_against_scale_factor.pdf",
+                   plotting.plot_inverse_temperature_vs_matching(fit.inverse_temperature.ravel(),
+                                                                 scores.matching_score.ravel(),
+                                                                 scores.copying_score.ravel(), title=name))
     position = relative_layer_position(scores.n_layers)
     curves = {f"D < {t}": percent_below_threshold(fit.distance, t) for t in (threshold, strict_threshold)}
-    save_figure(plotting.plot_percent_by_layer({k: position for k in curves}, curves,
-                                               ylabel="% heads (CMR-like)", title=name),
-                out_dir / "fit_against_layer.pdf")
+    pending.figure(out_dir / "fit_against_layer.pdf",
+                   plotting.plot_percent_by_layer({k: position for k in curves}, curves,
+                                                  ylabel="% heads (CMR-like)", title=name))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -169,10 +170,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     scores = resolve_scores(args)
     grid = load_grid(args)
     name = args.save_dir or (args.model if args.all_head_scores is None else Path(scores.path).parent.name)
-    out_dir = None if args.no_figures else ensure_writable_dir(args.figs_dir / "fit_attn_score" / name)
+    out_dir = None if args.no_figures else check_writable_dir(args.figs_dir / "fit_attn_score" / name, "--figs-dir")
+    fit_path, table_path = fit_result_paths(args.fits_dir, name)
+    check_writable_dir(fit_path.parent, "--fits-dir")
 
     fit = fit_heads(scores.crp, grid, attn_lags=scores.lags)
-    n_fitted = int(np.isfinite(fit.distance).sum())
+    n_fitted = check_fitted(fit, scores.path)
     n_like = int((fit.distance < args.threshold).sum())
     logger.info("%s: %d of %d heads fitted; %d with D < %g", name, n_fitted, fit.distance.size, n_like, args.threshold)
     logger.info("%% below %g by layer: %s", args.threshold,
@@ -182,15 +185,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result.update(labels=scores.labels, head_scores=scores.matching_score, copying_score=scores.copying_score,
                   fitted_param_index=fit.param_index, fit_lags=fit.lags,
                   metadata=plain_metadata(make_metadata(PRODUCER, {
-                      "scores_file": scores.path, "threshold": args.threshold, "fit_lags": fit.lags.tolist(),
-                      **grid_parameters(grid)})))
-    fit_path, table_path = fit_result_paths(args.fits_dir, name)
-    save_pickle(fit_path, result)
-    save_text(table_path, head_table(scores, fit, args.threshold, name).to_csv(index=False))
+                      "scores_file": portable_path(scores.path), "threshold": args.threshold,
+                      "fit_lags": fit.lags.tolist(), **grid_parameters(grid)})))
+    # Everything is computed and rendered before the first file is written.
+    pending = PendingWrites()
+    pending.pickle(fit_path, result)
+    pending.text(table_path, head_table(scores, fit, args.threshold, name).to_csv(index=False))
+    if out_dir is not None:
+        queue_figures(pending, out_dir, scores, fit, args.threshold, args.strict_threshold, name)
+    pending.commit()
     if out_dir is None:
         logger.info("wrote %s and %s (no figures)", fit_path, table_path)
         return 0
-    write_figures(out_dir, scores, fit, args.threshold, args.strict_threshold, name)
     logger.info("wrote %s, %s and figures to %s", fit_path, table_path, out_dir)
     return 0
 

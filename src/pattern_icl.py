@@ -393,17 +393,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     from icl_cmr.head_ablation import format_heads
-    from icl_cmr.io import ensure_writable_dir, make_metadata, save_figure, save_json, save_text
+    from icl_cmr.io import make_metadata
+    from icl_cmr.outputs import portable_path
     from icl_cmr.pattern_eval import plot_accuracy_bars
     from icl_cmr.pattern_tasks import prompts_to_json
 
     if args.prompts_file is None and args.n_items < 2:
         raise InputError("--n-items must be >= 2 so both classes are asked")
+    from icl_cmr.models import resolve_model
+    from icl_cmr.outputs import PendingWrites, check_writable_dir
+
+    check_writable_dir(args.out_dir / resolve_model(args.model).name, "--out-dir")  # before the model loads
+    check_writable_dir(args.fig_dir, "--fig-dir")
     started = time.monotonic()
     items, info = run(args)
     spec = info["spec"]
-    out_dir = ensure_writable_dir(args.out_dir / spec.name)
-    fig_dir = ensure_writable_dir(args.fig_dir)
+    out_dir, fig_dir = args.out_dir / spec.name, args.fig_dir
     results, results_by_seed = summarise(items)
     stats = paired_statistics(items, seed=args.random_seed)
     heads = {selection: {"induction": format_heads(s["induction"]),
@@ -413,20 +418,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     random_sets = {selection: dict(requested=s["random_draws"].n_requested, distinct=len(s["random_draws"].sets),
                                    possible=s["random_draws"].n_possible, seeds=list(s["random_draws"].seeds))
                    for selection, s in info["sets"].items()}
-    parameters = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
-    save_json(out_dir / "prompts.json", prompts_to_json(info["prompts"], info["config"]))
-    save_json(out_dir / "heads.json", heads)
-    save_text(out_dir / "items.csv", items.to_csv(index=False))
-    save_text(out_dir / "results.csv", results.to_csv(index=False))
-    save_text(out_dir / "results_by_seed.csv", results_by_seed.to_csv(index=False))
-    save_text(out_dir / "stats.csv", stats.to_csv(index=False))
-    figure = plot_accuracy_bars(results, title=spec.name)
+    parameters = {key: (portable_path(value) if isinstance(value, Path) else value)
+                  for key, value in vars(args).items()}
+    parameters["model"] = portable_path(args.model) if spec.is_local else args.model
     figure_path = fig_dir / f"{spec.name}_accuracy.pdf"
-    save_figure(figure, figure_path)
-    save_json(out_dir / "metadata.json", make_metadata(
-        "pattern_icl.py", parameters, seed=args.task_seed, model=spec.source, n_layers=info["n_layers"],
+    outputs = PendingWrites()  # written together, once everything above succeeded
+    outputs.json(out_dir / "prompts.json", prompts_to_json(info["prompts"], info["config"]))
+    outputs.json(out_dir / "heads.json", heads)
+    outputs.text(out_dir / "items.csv", items.to_csv(index=False))
+    outputs.text(out_dir / "results.csv", results.to_csv(index=False))
+    outputs.text(out_dir / "results_by_seed.csv", results_by_seed.to_csv(index=False))
+    outputs.text(out_dir / "stats.csv", stats.to_csv(index=False))
+    outputs.figure(figure_path, plot_accuracy_bars(results, title=spec.name))
+    outputs.json(out_dir / "metadata.json", make_metadata(
+        "pattern_icl.py", parameters, seed=args.task_seed, model=portable_path(spec.source), n_layers=info["n_layers"],
         n_heads=info["n_heads"], mean_reference=info["reference"], random_sets=random_sets, bos=info["bos"],
         wall_time_s=round(time.monotonic() - started, 1)))
+    outputs.commit()
     logger.info("wrote %s/{prompts.json,heads.json,items.csv,results.csv,results_by_seed.csv,stats.csv,"
                 "metadata.json} and %s", out_dir, figure_path)
     return 0

@@ -24,11 +24,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from icl_cmr.io import save_figure
 from icl_cmr.cli import OneLineErrorParser, positive_int, run_cli, setup_logging
 from icl_cmr.fitting import select_lags
 from icl_cmr.human_recall import DEFAULT_HUMAN_DATASET, HUMAN_DATASETS, conditional_lag_crp, load_recall_data
-from icl_cmr.io import ensure_writable_dir, save_text
+from icl_cmr.outputs import PendingWrites, check_writable_dir
 from icl_cmr.score_files import DEFAULT_GRID_PATH, read_cmr_grid
 
 logger = logging.getLogger("plot_crp")
@@ -57,6 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    out_dir = check_writable_dir(args.figs_dir / "plot_crp", "--figs-dir")
     grid = read_cmr_grid(args.crp_grid, args.crp_sem)
     lags = np.arange(-args.max_lag, args.max_lag + 1)
     curves = {}
@@ -69,12 +69,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         curves[name] = (crp, sem)
     human = conditional_lag_crp(load_recall_data(args.dataset), max_lag=args.max_lag, dataset=args.dataset)
     label = f"human ({'PEERS' if args.dataset == 'peers_notask' else args.dataset}, n={human.n_subjects})"
-    out_dir = ensure_writable_dir(args.figs_dir / "plot_crp")
-    save_figure(plotting.plot_reference_crps(lags, curves, human.lags, human.mean, human.sem, label),
-                out_dir / "reference_crps.pdf")
+    pending = PendingWrites()
+    pending.figure(out_dir / "reference_crps.pdf",
+                   plotting.plot_reference_crps(lags, curves, human.lags, human.mean, human.sem, label))
     table = "lag,conditional_lag_crp_mean,sem\n" + "".join(
         f"{lag},{m:.6g},{s:.6g}\n" for lag, m, s in zip(human.lags, human.mean, human.sem))
-    save_text(out_dir / "human_lag_crp.csv", table)
+    pending.text(out_dir / "human_lag_crp.csv", table)
+    pending.commit()
     logger.info("human %s lag-CRP at -1 / +1: %.3f / %.3f (%d subjects)", args.dataset,
                 human.mean[lags == -1][0], human.mean[lags == 1][0], human.n_subjects)
     logger.info("wrote %s", out_dir)

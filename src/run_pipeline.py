@@ -7,7 +7,15 @@ through its ``main(argv)``, so this file only chooses arguments):
 2. ``fit_attn_score.py``: every head fitted to CMR with the shipped grid, per-model figures;
 3. ``ablation.py``: ICL scores intact, top-10% CMR-like heads ablated, random heads ablated;
 
-then prints a summary table. With no arguments it runs offline on ``saved_models/toy_lm``
+then prints a summary table. Every step's arguments and inputs (the grid, ``--data``, ``--fraction``,
+the output folders) are checked before the first step runs. Outputs are written by the steps, but
+the run as a whole is all or nothing: if a step fails, every output file gets back its content
+from before the run. A rerun whose results equal the saved files' (numbers bit for bit; only
+timestamps, wall times, the git commit and package versions may differ) leaves those files
+untouched, so the quick start does not dirty a checkout. PyTorch's CPU kernels are pinned to AVX2
+so that the numbers do not depend on whether the CPU has AVX-512.
+
+With no arguments it runs offline on ``saved_models/toy_lm``
 (a 256-token-context model, so the ICL score reads the loss at index 246 instead of the
 paper's 500; see README) and evaluates ICL on the held-out standard-library files the model
 never saw in training. ``--model gpt2-small`` (or any name or folder) runs the same on
@@ -21,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import tempfile
@@ -38,6 +47,7 @@ from icl_cmr.icl_score import ICLScoreConfig
 from icl_cmr.io import load_json, save_text
 from icl_cmr.result_files import read_ablation_result
 from icl_cmr.models import resolve_model
+from icl_cmr.outputs import OutputGuard, check_writable_dir, pin_cpu_kernels, portable_path
 from icl_cmr.score_files import DEFAULT_GRID_PATH, fit_result_paths
 from icl_cmr.text_data import TextDataConfig
 
@@ -76,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scores-dir", type=Path, default=Path("saved_scores"))
     parser.add_argument("--figs-dir", type=Path, default=Path("figs"))
     parser.add_argument("--ablation-dir", type=Path, default=Path("saved_ablation"))
+    parser.add_argument("--bos", action=argparse.BooleanOptionalAction, default=None,
+                        help="BOS token on head-score and ICL prompts (--bos) or not (--no-bos); default: the "
+                             "tokenizer's own BOS token when it defines one")
     parser.add_argument("--restart", action="store_true", help="redo the ablation instead of resuming it")
+    parser.add_argument("--resume", action="store_true",
+                        help="resume an interrupted ablation (the default; accepted for uniformity)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -100,7 +115,7 @@ def model_context(model_arg: str) -> int:
     if config.is_file():
         fields = load_json(config)
         for key in ("n_positions", "max_position_embeddings", "n_ctx"):
-            if key in fields:
+            if isinstance(fields, dict) and isinstance(fields.get(key), int):
                 return int(fields[key])
     return TextDataConfig().seq_len
 
@@ -137,40 +152,76 @@ def summary_text(fit_table, stats_rows: List[dict], threshold: float) -> str:
     return "\n".join(lines)
 
 
+class Plan:
+    """The three steps' arguments, each checked by its own script before any step runs."""
+
+    def __init__(self, args: argparse.Namespace, spec, scratch: Path):
+        self.spec = spec
+        common = ((["--device", args.device] if args.device else []) + (["--no-progress"] if args.no_progress else [])
+                  + ([] if args.bos is None else ["--bos" if args.bos else "--no-bos"]))
+        self.scores_file = args.scores_dir / spec.name / f"all_scores_{spec.name}.pkl"
+        self.scores_argv = ["--model", args.model, "--out", str(self.scores_file), *common]
+        self.fit_argv = ["--all_head_scores", str(self.scores_file), "--save_dir", spec.name,
+                         "--crp-grid", str(args.crp_grid), "--figs-dir", str(args.figs_dir),
+                         "--fits-dir", str(args.scores_dir)]
+        self.fit_file, self.fit_table_file = fit_result_paths(args.scores_dir, spec.name)
+        seq_len, late_index = icl_positions(model_context(args.model))
+        data, self.data_description = args.data, None
+        if data is None and Path(args.model).resolve() == BUNDLED_MODEL.resolve():
+            data = write_held_out_jsonl(scratch, seq_len)
+            self.data_description = (f"held-out standard-library files of {portable_path(BUNDLED_MODEL)} "
+                                     "(icl_cmr.toy_lm.held_out_texts), cut at blank lines")
+        self.ablation_argv = ["--model_name", args.model, "--fit-file", str(self.fit_file),
+                              "--n-eval", str(args.n_eval), "--fraction", str(args.fraction),
+                              "--batch-size", str(args.batch_size), "--seq-len", str(seq_len),
+                              "--late-index", str(late_index), "--out-dir", str(args.ablation_dir),
+                              "--figs-dir", str(args.figs_dir),
+                              *(["--data", str(data)] if data is not None else []),
+                              *(["--restart"] if args.restart else []), *common]
+        self.ablation_file = args.ablation_dir / f"ablation_experiment_{spec.name}.pkl"
+        name = glob.escape(spec.name)
+        self.outputs = [args.scores_dir / spec.name / f"all_scores_{name}.pkl", self.fit_file, self.fit_table_file,
+                        args.figs_dir / "fit_attn_score" / spec.name / "*.pdf",
+                        args.ablation_dir / f"ablation_experiment_{name}*",
+                        args.figs_dir / "ablation" / f"ablation_experiment_{name}_*.pdf"]
+
+    def check(self) -> None:
+        """Every step's arguments, inputs and output folders (item 10 of issue 17: before any work)."""
+        compute_head_scores.parse_args(self.scores_argv)
+        check_writable_dir(self.scores_file.parent, "--scores-dir")
+        fit_args = fit_attn_score.build_parser().parse_args(self.fit_argv)
+        fit_attn_score.load_grid(fit_args)
+        check_writable_dir(fit_args.figs_dir / "fit_attn_score" / self.spec.name, "--figs-dir")
+        self.ablation_args = ablation.build_parser().parse_args(self.ablation_argv)
+        self.ablation_args.data_description = self.data_description
+        self.ablation_checked = ablation.check_arguments(self.ablation_args, fit_file_pending=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import pandas as pd
 
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if args.restart and args.resume:
+        raise InputError("give --restart (redo the ablation) or --resume (the default), not both")
     started = time.monotonic()
     spec = resolve_model(args.model)
-    common = (["--device", args.device] if args.device else []) + (["--no-progress"] if args.no_progress else [])
-
-    scores_file = args.scores_dir / spec.name / f"all_scores_{spec.name}.pkl"
-    logger.info("[1/3] head scores of %s", spec.name)
-    compute_head_scores.main(["--model", args.model, "--out", str(scores_file), *common])
-
-    logger.info("[2/3] CMR fits with %s", args.crp_grid)
-    fit_attn_score.main(["--all_head_scores", str(scores_file), "--save_dir", spec.name,
-                         "--crp-grid", str(args.crp_grid), "--figs-dir", str(args.figs_dir),
-                         "--fits-dir", str(args.scores_dir)])
-    fit_file, fit_table_file = fit_result_paths(args.scores_dir, spec.name)
-
-    logger.info("[3/3] ablation of the top CMR-like heads")
-    seq_len, late_index = icl_positions(model_context(args.model))
+    pin_cpu_kernels()
     with tempfile.TemporaryDirectory(prefix="icl_cmr_data_") as scratch:
-        data = args.data
-        if data is None and Path(args.model).resolve() == BUNDLED_MODEL.resolve():
-            data = write_held_out_jsonl(Path(scratch), seq_len)
-        ablation.main(["--model_name", args.model, "--fit-file", str(fit_file),
-                       "--n-eval", str(args.n_eval), "--fraction", str(args.fraction), "--batch-size", str(args.batch_size),
-                       "--seq-len", str(seq_len), "--late-index", str(late_index),
-                       "--out-dir", str(args.ablation_dir), "--figs-dir", str(args.figs_dir),
-                       *(["--data", str(data)] if data is not None else []),
-                       *(["--restart"] if args.restart else []), *common])
+        plan = Plan(args, spec, Path(scratch))
+        plan.check()
+        with OutputGuard(plan.outputs) as guard:
+            logger.info("[1/3] head scores of %s", spec.name)
+            compute_head_scores.main(plan.scores_argv)
+            logger.info("[2/3] CMR fits with %s", args.crp_grid)
+            fit_attn_score.main(plan.fit_argv)
+            logger.info("[3/3] ablation of the top CMR-like heads")
+            ablation.run(plan.ablation_args, plan.ablation_checked)
+    logger.info("outputs: %d unchanged, %d updated, %d new", len(guard.unchanged), len(guard.changed),
+                len(guard.created))
 
-    fit_table = pd.read_csv(fit_table_file)
-    result = read_ablation_result(args.ablation_dir / f"ablation_experiment_{spec.name}.pkl")
+    fit_table = pd.read_csv(plan.fit_table_file)
+    result = read_ablation_result(plan.ablation_file)
     print()
     print(summary_text(fit_table, result["stats"], CMR_LIKE_THRESHOLD))
     logger.info("pipeline finished in %.0f s; figures in %s", time.monotonic() - started, args.figs_dir)

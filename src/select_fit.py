@@ -17,7 +17,8 @@ training checkpoints. Outputs:
   top induction heads at the final checkpoint beside human CMR fits.
 
 ``--use_saved`` (or ``--use_saved True``; ``False`` means False) redraws the figures from the
-saved selections without refitting, also from the authors' ``cmr_top_crp_fit_pythia.pkl``.
+saved selections without refitting, also from the authors' ``cmr_top_crp_fit_pythia.pkl``; those
+figures are named ``selection_*_saved_<tag>.pdf`` so that they never overwrite a fitting run's.
 
 Example::
 
@@ -34,11 +35,11 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from fit_attn_score import add_common_arguments, grid_parameters, load_grid
-from icl_cmr.io import save_figure
 from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_int, run_cli, setup_logging, str2bool
 from icl_cmr.errors import InputError
-from icl_cmr.fitting import CmrGrid, fit_heads
-from icl_cmr.io import ensure_writable_dir, make_metadata, save_pickle
+from icl_cmr.fitting import CmrGrid, check_fitted, fit_heads
+from icl_cmr.io import make_metadata
+from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
 from icl_cmr.result_files import read_top_heads
 from icl_cmr.score_format import plain_metadata
 from icl_cmr.layer_stats import DEFAULT_TOP_N, HUMAN_FITS, HeadSelection, gather_selected, select_top_heads
@@ -60,11 +61,19 @@ QUANTITIES = (("MSE", "CMR distance D"), ("beta_enc", r"$\beta_{\rm enc}$"), ("b
 
 def fit_over_training(scores_dir: Path, models: Sequence[str], checkpoints: Sequence[int],
                       grid: CmrGrid) -> Dict[str, Dict[str, np.ndarray]]:
-    """Per model: scores and fits at every checkpoint, arrays [T, L, H] (params [T, L, H, 3])."""
+    """Per model: scores and fits at every checkpoint, arrays [T, L, H] (params [T, L, H, 3]).
+
+    Raises
+    ------
+    InputError
+        If a score file has no head that can be fitted (:func:`icl_cmr.fitting.check_fitted`).
+    """
     out = {}
     for model in models:  # one vectorized fit per model over all its checkpoints and heads
         series = load_checkpoint_series(scores_dir, model, checkpoints)
         fit = fit_heads(np.stack([s.crp for s in series]), grid, attn_lags=series[0].lags)
+        for t, scores in enumerate(series):  # one check per file, for messages naming it
+            check_fitted(fit, scores.path, index=(t,))
         out[model] = {"MSE": fit.distance, "params": fit.params, "scale_factors": fit.inverse_temperature,
                       "head_scores": np.stack([s.matching_score for s in series]),
                       "copy_scores": np.stack([s.copying_score for s in series]),
@@ -75,7 +84,7 @@ def fit_over_training(scores_dir: Path, models: Sequence[str], checkpoints: Sequ
 def selection_record(selection: HeadSelection, per_model: Mapping[str, Mapping[str, np.ndarray]],
                      checkpoints: Sequence[int]) -> dict:
     """One saved selection: final-checkpoint values (authors' keys) and the same over training."""
-    over = {key: gather_selected(selection, {m: v[key] for m, v in per_model.items() if m in set(selection.model)})
+    over = {key: gather_selected(selection, {m: v[key] for m, v in per_model.items()})
             for key in ("MSE", "params", "scale_factors", "head_scores", "copy_scores")}   # [n, T(, 3)]
     return {
         "MSE": over["MSE"][:, -1], "params": over["params"][:, -1], "scale_factors": over["scale_factors"][:, -1],
@@ -92,9 +101,24 @@ def selection_record(selection: HeadSelection, per_model: Mapping[str, Mapping[s
 
 def make_selections(per_model: Mapping[str, Mapping[str, np.ndarray]], n_top: Sequence[int],
                     checkpoints: Sequence[int]) -> Dict[str, Dict[str, dict]]:
-    """Top-N CMR-like (lowest final D) and top-N induction heads (highest final matching score)."""
+    """Top-N CMR-like (lowest final D) and top-N induction heads (highest final matching score).
+
+    Raises
+    ------
+    InputError
+        If no head of any model has a finite CMR distance (or matching score) at the final
+        checkpoint, so that a selection would be empty.
+    """
     final_distance = {m: v["MSE"][-1] for m, v in per_model.items()}
     final_matching = {m: v["head_scores"][-1] for m, v in per_model.items()}
+    for criterion, values in (("CMR distance", final_distance), ("matching score", final_matching)):
+        empty = [m for m, array in values.items() if not np.isfinite(array).any()]
+        if len(empty) == len(values):
+            raise InputError(f"nothing to select: no head of {', '.join(empty)} has a finite {criterion} at the final "
+                             f"checkpoint ({per_model[empty[0]]['files'][-1]}{' and the others' if len(empty) > 1 else ''})")
+        for model in empty:
+            logger.warning("%s: no head has a finite %s at the final checkpoint; it contributes no heads to the "
+                           "top-N selections by that criterion", model, criterion)
     out: Dict[str, Dict[str, dict]] = {"cmr": {}, "induction": {}}
     for n in sorted(set(n_top)):
         cmr = select_top_heads(final_distance, n, largest=False, criterion="lowest cmr_distance")
@@ -153,12 +177,12 @@ def load_saved(top_dir: Path, tag: str) -> Dict[str, Dict[str, dict]]:
     return out
 
 
-def draw(selections: Dict[str, Dict[str, dict]], out_dir: Path, title: str, suffix: str = "") -> List[Path]:
-    """Figures of a set of selections (over training when the records have it)."""
+def draw(selections: Dict[str, Dict[str, dict]], out_dir: Path, pending: PendingWrites, title: str,
+         suffix: str = "") -> None:
+    """Render the figures of a set of selections (over training when the records have it) into ``pending``."""
     from icl_cmr import plotting
 
     kinds = {"cmr": "CMR-like (lowest D)", "induction": "induction (highest match)"}
-    written = []
     over_training = all("MSE_over_training" in r for sel in selections.values() for r in sel.values())
     final = {k: {name: record_matrix(r, False) for name, r in sel.items()} for k, sel in selections.items()}
     # Quantities a record lacks (the authors' CMR-like records have no matching scores) are left out.
@@ -169,18 +193,15 @@ def draw(selections: Dict[str, Dict[str, dict]], out_dir: Path, title: str, suff
         steps = np.array([checkpoint_step(k) for k in checkpoints])
         series = {kinds[k]: {name: _mean_sem(record_matrix(r, True)[..., keep]) for name, r in sel.items()}
                   for k, sel in selections.items()}
-        written.append(save_figure(plotting.plot_selection_over_training(steps, series, labels, title=title),
-                                   out_dir / f"selection_over_training{suffix}.pdf"))
+        pending.figure(out_dir / f"selection_over_training{suffix}.pdf",
+                       plotting.plot_selection_over_training(steps, series, labels, title=title))
     bars = {kinds[k]: {name: _mean_sem(m[..., keep]) for name, m in sel.items()} for k, sel in final.items()}
-    written.append(save_figure(plotting.plot_selection_bars(bars, labels, title=title),
-                               out_dir / f"selection_final{suffix}.pdf"))
+    pending.figure(out_dir / f"selection_final{suffix}.pdf", plotting.plot_selection_bars(bars, labels, title=title))
     points = {}
     for kind, sel in selections.items():
         smallest = min(sel, key=lambda name: len(sel[name]["MSE"]))
         points[f"{smallest} {'CMR-like' if kind == 'cmr' else 'induction'}"] = np.asarray(sel[smallest]["params"])[:, :2]
-    written.append(save_figure(plotting.plot_selection_vs_human(points, HUMAN_FITS, title=title),
-                               out_dir / f"selection_vs_human{suffix}.pdf"))
-    return written
+    pending.figure(out_dir / f"selection_vs_human{suffix}.pdf", plotting.plot_selection_vs_human(points, HUMAN_FITS, title=title))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,30 +224,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    out_dir = check_writable_dir(args.figs_dir / "select_fit", "--figs-dir")
     if args.use_saved:
         selections = load_saved(args.top_heads_dir, args.tag)
-        out_dir = ensure_writable_dir(args.figs_dir / "select_fit")
-        written = draw(selections, out_dir, title=f"saved selections ({args.tag})")
-        logger.info("wrote %s", ", ".join(map(str, written)))
+        pending = PendingWrites()
+        # Own names, so that redrawing saved selections never overwrites the figures of a fitting run.
+        draw(selections, out_dir, pending, title=f"saved selections ({args.tag})", suffix=f"_saved_{args.tag}")
+        logger.info("wrote %s", ", ".join(map(str, pending.commit())))
         return 0
+    top_dir = check_writable_dir(args.top_heads_dir, "--top-heads-dir")
     grid = load_grid(args)
     checkpoints = sorted(set(args.checkpoints))
     per_model = fit_over_training(args.scores_dir, args.models, checkpoints, grid)
     selections = make_selections(per_model, args.n_top, checkpoints)
-    out_dir = ensure_writable_dir(args.figs_dir / "select_fit")
     metadata = plain_metadata(make_metadata("select_fit.py", {
         "models": list(args.models), "n_top": sorted(set(args.n_top)), "checkpoints": checkpoints,
-        "scores_files": {m: v["files"] for m, v in per_model.items()}, **grid_parameters(grid)}))
-    top_dir = ensure_writable_dir(args.top_heads_dir)
+        "scores_files": {m: [portable_path(f) for f in v["files"]] for m, v in per_model.items()},
+        **grid_parameters(grid)}))
+    pending = PendingWrites()
     for kind, pattern in (("cmr", CMR_SELECTION_FILE), ("induction", INDUCTION_SELECTION_FILE)):
-        path = save_pickle(top_dir / pattern.format(tag=args.tag), {**selections[kind], "metadata": metadata})
-        logger.info("saved %s", path)
+        pending.pickle(top_dir / pattern.format(tag=args.tag), {**selections[kind], "metadata": metadata})
     for name, record in selections["cmr"].items():
         logger.info("%s CMR-like: mean D %.4g at step %d; induction %s: mean D %.4g", name,
                     np.nanmean(record["MSE"]), checkpoint_step(checkpoints[-1]), name,
                     np.nanmean(selections["induction"][name]["MSE"]))
-    written = draw(selections, out_dir, title=", ".join(args.models))
-    logger.info("wrote %s", ", ".join(map(str, written)))
+    draw(selections, out_dir, pending, title=", ".join(args.models))
+    logger.info("wrote %s", ", ".join(map(str, pending.commit())))
     return 0
 
 

@@ -7,7 +7,8 @@ D, parameters and 1/tau. Outputs:
 * ``saved_top_heads/cmr_top_crp_fit_<model>.pkl`` and ``cmr_top_head_score_<model>.pkl``
   (same record layout as ``select_fit.py``, without the over-training arrays);
 * ``figs/select_fit_xtra/selection_final_cmr.pdf`` and ``selection_final_induction.pdf``: bars of
-  mean +- SEM per set, grouped by model; ``selection_vs_human.pdf``.
+  mean +- SEM per set, grouped by model; ``selection_vs_human.pdf`` (with ``--use_saved``:
+  ``selection_*_saved.pdf``, so that redrawing never overwrites a fitting run's figures).
 
 Example::
 
@@ -23,10 +24,10 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from fit_attn_score import add_common_arguments, grid_parameters, load_grid
-from icl_cmr.io import save_figure
 from icl_cmr.cli import OneLineErrorParser, positive_int, run_cli, setup_logging, str2bool
 from icl_cmr.errors import InputError
-from icl_cmr.io import ensure_writable_dir, make_metadata, save_pickle
+from icl_cmr.io import make_metadata
+from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
 from icl_cmr.result_files import read_top_heads
 from icl_cmr.score_format import plain_metadata
 from icl_cmr.layer_stats import DEFAULT_TOP_N, HUMAN_FITS
@@ -42,11 +43,11 @@ _OVER_TRAINING_KEYS = ("MSE_over_training", "params_over_training", "scale_facto
                        "head_scores_over_training", "copy_scores_over_training", "checkpoints")
 
 
-def draw(per_model: Dict[str, Dict[str, Dict[str, dict]]], out_dir: Path) -> list:
-    """Bars per set grouped by model, one figure per kind, and the human comparison."""
+def draw(per_model: Dict[str, Dict[str, Dict[str, dict]]], out_dir: Path, pending: PendingWrites,
+         suffix: str = "") -> None:
+    """Render bars per set grouped by model, one figure per kind, and the human comparison into ``pending``."""
     from icl_cmr import plotting
 
-    written = []
     names = {"cmr": "top CMR-like heads (lowest D)", "induction": "top induction heads (highest matching score)"}
     for kind, title in names.items():
         final = {m: {name: record_matrix(r, False) for name, r in sel[kind].items()}
@@ -55,16 +56,15 @@ def draw(per_model: Dict[str, Dict[str, Dict[str, dict]]], out_dir: Path) -> lis
             continue
         keep = finite_quantities([x for sel in final.values() for x in sel.values()])
         groups = {m: {name: _mean_sem(x[..., keep]) for name, x in sel.items()} for m, sel in final.items()}
-        written.append(save_figure(plotting.plot_selection_bars(groups, [QUANTITIES[q][1] for q in keep], title=title),
-                                   out_dir / f"selection_final_{kind}.pdf"))
+        pending.figure(out_dir / f"selection_final_{kind}{suffix}.pdf",
+                       plotting.plot_selection_bars(groups, [QUANTITIES[q][1] for q in keep], title=title))
     points = {}
     for model, sel in per_model.items():
         if "cmr" in sel:
             smallest = min(sel["cmr"], key=lambda name: len(sel["cmr"][name]["MSE"]))
             points[f"{model} {smallest} CMR-like"] = np.asarray(sel["cmr"][smallest]["params"])[:, :2]
     if points:
-        written.append(save_figure(plotting.plot_selection_vs_human(points, HUMAN_FITS), out_dir / "selection_vs_human.pdf"))
-    return written
+        pending.figure(out_dir / f"selection_vs_human{suffix}.pdf", plotting.plot_selection_vs_human(points, HUMAN_FITS))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    out_dir = check_writable_dir(args.figs_dir / "select_fit_xtra", "--figs-dir")
     per_model: Dict[str, Dict[str, Dict[str, dict]]] = {}
+    pending = PendingWrites()
     if args.use_saved:
         for model in args.models:
             for kind, pattern in (("cmr", CMR_SELECTION_FILE), ("induction", INDUCTION_SELECTION_FILE)):
@@ -94,9 +96,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     logger.warning("no saved selection %s", path)
         if not per_model:
             raise InputError(f"--use_saved: no saved selections for {args.models} in {args.top_heads_dir}")
+        suffix = "_saved"  # never overwrite the figures of a fitting run
     else:
+        top_dir = check_writable_dir(args.top_heads_dir, "--top-heads-dir")
         grid = load_grid(args)
-        top_dir = ensure_writable_dir(args.top_heads_dir)
         for model in args.models:  # selections are per model, as in the authors' script
             fits = fit_over_training(args.scores_dir, [model], [None], grid)
             selections = make_selections(fits, args.n_top, [None])
@@ -105,17 +108,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     for key in _OVER_TRAINING_KEYS:
                         record.pop(key)
             metadata = plain_metadata(make_metadata("select_fit_xtra.py", {
-                "model": model, "n_top": sorted(set(args.n_top)), "scores_file": fits[model]["files"][0],
+                "model": model, "n_top": sorted(set(args.n_top)), "scores_file": portable_path(fits[model]["files"][0]),
                 **grid_parameters(grid)}))
             for kind, pattern in (("cmr", CMR_SELECTION_FILE), ("induction", INDUCTION_SELECTION_FILE)):
-                path = save_pickle(top_dir / pattern.format(tag=model), {**selections[kind], "metadata": metadata})
-                logger.info("saved %s", path)
+                pending.pickle(top_dir / pattern.format(tag=model), {**selections[kind], "metadata": metadata})
             for name, record in selections["cmr"].items():
                 logger.info("%s %s: mean D %.4g CMR-like, %.4g induction", model, name, np.nanmean(record["MSE"]),
                             np.nanmean(selections["induction"][name]["MSE"]))
             per_model[model] = selections
-    written = draw(per_model, ensure_writable_dir(args.figs_dir / "select_fit_xtra"))
-    logger.info("wrote %s", ", ".join(map(str, written)))
+        suffix = ""
+    draw(per_model, out_dir, pending, suffix)
+    logger.info("wrote %s", ", ".join(map(str, pending.commit())))
     return 0
 
 

@@ -69,16 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dry_run_table(plan, jobs, backend: str) -> str:
+def dry_run_table(plan, jobs, backend: str, manifest=None) -> str:
     """One line per job: id, run / up to date, group and resources (cluster backends), command, why it runs."""
     from icl_cmr.sweeps.jobs import stale_reason
+
+    recorded = {r["id"]: r.get("input_signatures") for r in (manifest or {}).get("jobs", [])}
 
     will_run: set = set()
     lines: List[str] = []
     show_resources = backend != "local"
     for job in jobs:
         upstream = [d for d in (*job.depends_on, *job.after) if d in will_run]
-        reason = f"after {upstream[0]}" if upstream else stale_reason(job)
+        reason = f"after {upstream[0]}" if upstream else stale_reason(job, recorded.get(job.id))
         if reason is not None:
             will_run.add(job.id)
         state = "run" if reason is not None else "up to date"
@@ -146,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     jobs = build_jobs(plan)
     if args.dry_run:
-        print(dry_run_table(plan, jobs, args.backend))
+        print(dry_run_table(plan, jobs, args.backend, read_manifest(manifest_file)))
         return 0
     if args.backend == "slurm" and shutil.which("sbatch") is None:
         raise InputError("--backend slurm needs sbatch on this machine (run the sweep on a login node), "

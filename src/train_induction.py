@@ -19,8 +19,13 @@ Writes into ``--save_dir`` (default ``saved_models/induction_task/``), for
 encoding ENC:
 
 * ``ENC_checkpoint.pt``: weights, Adam state, the data stream's RNG state and the
-  curve so far, written atomically at every evaluation; ``--resume`` continues
-  from it and gives the same weights as an uninterrupted run;
+  curve so far, written atomically at every evaluation. Rerunning the same command
+  continues from it (the default, as for every long job of this project) and gives the
+  same weights as an uninterrupted run; ``--restart`` starts over, ``--resume`` is
+  accepted and changes nothing. Settings other than the checkpoint's are refused
+  (``--max_steps`` and ``--threads`` may change). A checkpoint that cannot be read or
+  does not hold a training state (truncated, garbled) cannot be salvaged: it is moved
+  to ``ENC_checkpoint.pt.damaged`` with a warning and training starts over;
 * ``ENC.pt``: the final weights with their configs and metadata;
 * ``ENC_training_curve.csv`` and ``ENC_training.json`` (steps, wall time, threads);
 * ``figs/induction_task/training_curve_ENC.pdf``.
@@ -28,7 +33,7 @@ encoding ENC:
 Example::
 
     python src/train_induction.py --position_encoding absolute
-    python src/train_induction.py --position_encoding rope --resume
+    python src/train_induction.py --position_encoding rope    # again: resumes where it stopped
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ import argparse
 import logging
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,8 +50,9 @@ from tqdm.auto import tqdm
 from icl_cmr import induction_task as task
 from icl_cmr.cli import (OneLineErrorParser, comma_list, int_range, positive_float, positive_int, probability, run_cli,
                          seed_int, setup_logging)
-from icl_cmr.errors import InputError
-from icl_cmr.io import atomic_write, load_torch, make_metadata, save_figure, save_json, save_text
+from icl_cmr.errors import CorruptFileError, FileContentError, InputError
+from icl_cmr.io import atomic_write, load_torch, make_metadata
+from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
 from icl_cmr.tiny_transformer import POSITION_ENCODINGS, TinyTransformer, TinyTransformerConfig
 
 logger = logging.getLogger("train_induction")
@@ -71,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoints, final weights, curve (default saved_models/induction_task)")
     parser.add_argument("--fig_dir", type=Path, default=DEFAULT_FIG_DIR,
                         help="training-curve PDF folder (default figs/induction_task)")
-    parser.add_argument("--resume", action="store_true", help="continue from ENC_checkpoint.pt in --save_dir")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard ENC_checkpoint.pt in --save_dir and train from scratch (default: resume from it)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from ENC_checkpoint.pt (the default; accepted for compatibility)")
     parser.add_argument("--seed", type=seed_int, default=defaults.train_seed,
                         help=f"seed of the weights and the training stream (default {defaults.train_seed})")
     parser.add_argument("--val_seed", type=seed_int, default=defaults.val_seed,
@@ -105,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    if args.restart and args.resume:
+        raise InputError("give --restart (train from scratch) or --resume (the default), not both")
     if args.curriculum and args.curriculum[-1] >= args.train_length:
         raise InputError(f"--curriculum lengths must be below --train_length {args.train_length}, "
                          f"got {','.join(map(str, args.curriculum))}")
@@ -138,9 +149,55 @@ def _curve_csv(curve: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Arguments that may differ between a checkpoint and the run resuming it: the step budget, the thread
+#: count (results stay reproducible only for a fixed count; a warning says so), and where things go.
+RESUMABLE_CHANGES = ("max_steps", "threads", "save_dir", "fig_dir")
+#: Keys every training checkpoint holds.
+CHECKPOINT_KEYS = ("model", "optimizer", "rng_state", "step", "stage", "curve", "wall_seconds", "model_config",
+                   "parameters")
+
+
+class DamagedCheckpoint(FileContentError):
+    """A checkpoint that cannot be read or does not hold a training state."""
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Load a training checkpoint (:func:`icl_cmr.io.load_torch`: weights only) and check that it holds a
+    training state.
+
+    Raises
+    ------
+    DamagedCheckpoint
+        Truncated or garbled file, or one without the keys of a training state.
+    icl_cmr.errors.UnsafeFileError
+        A file that would run code when loaded: refused in one line, never discarded or overwritten
+        silently (``--restart`` trains from scratch and replaces it).
+    """
+    try:
+        saved = load_torch(path)
+    except CorruptFileError as err:
+        raise DamagedCheckpoint(path, err.problem) from None
+    if not isinstance(saved, dict) or any(key not in saved for key in CHECKPOINT_KEYS):
+        raise DamagedCheckpoint(path, f"not a training checkpoint (expected keys {', '.join(CHECKPOINT_KEYS)})")
+    return saved
+
+
+def _changed_settings(saved: dict, parameters: dict, model_config: dict) -> List[str]:
+    """Names of the settings in which a checkpoint differs from this run (empty: it can be resumed)."""
+    changed = ["model_config"] if saved["model_config"] != model_config else []
+    stored = saved["parameters"] if isinstance(saved["parameters"], dict) else {}
+    for key, value in parameters.items():
+        if key not in RESUMABLE_CHANGES and stored.get(key) != value:
+            changed.append(key)
+    return changed
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
+    check_writable_dir(args.save_dir, "--save_dir")
+    if not args.no_figure:
+        check_writable_dir(args.fig_dir, "--fig_dir")
     torch.set_num_threads(args.threads)
     enc = args.position_encoding
     checkpoint_path = args.save_dir / f"{enc}_checkpoint.pt"
@@ -149,31 +206,58 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         vocab_size=task_defaults.vocab_size, n_layers=args.n_layers, n_heads=args.n_heads,
         d_model=args.d_model, d_mlp=args.d_mlp, position_encoding=enc,
         n_trained_positions=args.train_length, extra_position_seed=args.seed)
-    parameters = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                  if k not in ("no_progress", "verbose", "no_figure", "resume")}
+    parameters = {k: (portable_path(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                  if k not in ("no_progress", "verbose", "no_figure", "resume", "restart")}
 
-    torch.manual_seed(args.seed)
-    model = TinyTransformer(model_config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-    rng = np.random.default_rng([args.seed, 7])  # the training stream; validation uses val_seed
+    saved = None
+    if checkpoint_path.is_file() and not args.restart:
+        try:
+            saved = read_checkpoint(checkpoint_path)
+        except DamagedCheckpoint as err:
+            damaged = checkpoint_path.with_name(checkpoint_path.name + ".damaged")
+            checkpoint_path.replace(damaged)
+            logger.warning("checkpoint %s is damaged (%s); nothing in it can be used: moved it to %s and training "
+                           "from scratch", checkpoint_path, err.problem, damaged)
+        else:
+            changed = _changed_settings(saved, parameters, model_config.to_dict())
+            if changed:
+                raise InputError(f"{checkpoint_path} was trained with other settings ({', '.join(changed)}); rerun "
+                                 "with those to resume it, or add --restart to train from scratch")
+    elif args.resume:
+        logger.info("no checkpoint at %s: training from scratch", checkpoint_path)
+
+    def fresh():
+        torch.manual_seed(args.seed)
+        model = TinyTransformer(model_config)
+        return model, torch.optim.Adam(model.parameters(), lr=args.learning_rate), \
+            np.random.default_rng([args.seed, 7])  # the training stream; validation uses val_seed
+
+    model, optimizer, rng = fresh()
     stages = args.curriculum + [args.train_length]
-    step, stage, curve, wall_before = 0, 0, [], 0.0
-    if args.resume:
-        if not checkpoint_path.is_file():
-            raise InputError(f"--resume: no checkpoint at {checkpoint_path}")
-        saved = load_torch(checkpoint_path)
-        if saved["model_config"] != model_config.to_dict():
-            raise InputError(f"--resume: {checkpoint_path} was trained with {saved['model_config']}, "
-                             f"not {model_config.to_dict()}")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        rng.bit_generator.state = saved["rng_state"]
-        if saved["parameters"].get("curriculum", []) != args.curriculum:
-            raise InputError(f"--resume: {checkpoint_path} was trained with curriculum "
-                             f"{saved['parameters'].get('curriculum', [])}, not {args.curriculum}")
-        step, curve, wall_before = saved["step"], list(saved["curve"]), saved["wall_seconds"]
-        stage = saved.get("stage", 0)
-        logger.info("resumed %s from step %d (length %d)", checkpoint_path, step, stages[stage])
+    step, stage, curve, wall_before, resumed_from = 0, 0, [], 0.0, None
+    if saved is not None:
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            rng.bit_generator.state = saved["rng_state"]
+            step, stage, curve = int(saved["step"]), int(saved["stage"]), list(saved["curve"])
+            wall_before = float(saved["wall_seconds"])
+            if not 0 <= stage < len(stages):
+                raise ValueError(f"stage {stage} outside the curriculum")
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            damaged = checkpoint_path.with_name(checkpoint_path.name + ".damaged")
+            checkpoint_path.replace(damaged)
+            logger.warning("checkpoint %s does not fit this model (%s); moved it to %s and training from scratch",
+                           checkpoint_path, err, damaged)
+            model, optimizer, rng = fresh()
+            step, stage, curve, wall_before = 0, 0, [], 0.0
+        else:
+            resumed_from = step
+            if saved["parameters"].get("threads") != args.threads:
+                logger.warning("resuming with %d threads; the checkpoint was trained with %s, so the weights may "
+                               "differ in the last digits from an uninterrupted run", args.threads,
+                               saved["parameters"].get("threads"))
+            logger.info("resumed %s from step %d (length %d)", checkpoint_path, step, stages[stage])
 
     def checkpoint(wall: float) -> None:
         _torch_save(checkpoint_path, {
@@ -218,7 +302,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             reached = passed and length == args.train_length
             checkpoint(wall)
     bar.close()
-    wall = wall_before + time.perf_counter() - start
+    session = time.perf_counter() - start
+    wall = wall_before + session
     if not curve or curve[-1]["step"] != step:  # e.g. resumed a finished run
         checkpoint(wall)
 
@@ -226,17 +311,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stage_steps = {int(row["length"]): int(row["step"]) for row in curve}  # last eval at each length
     metadata = make_metadata("train_induction.py", parameters, seed=args.seed, steps=step,
                              last_step_per_length=stage_steps,
-                             wall_seconds=wall, threads=args.threads, reached_target=reached,
+                             wall_seconds=wall, wall_time_this_session_s=session, resumed=resumed_from is not None,
+                             resumed_from_step=resumed_from, threads=args.threads, reached_target=reached,
                              final_val_accuracy=final["val_accuracy"],
                              final_val_length=final.get("length", args.train_length),
                              task_config=task_defaults.to_dict(), model_config=model_config.to_dict())
-    model_path = _torch_save(args.save_dir / f"{enc}.pt", {
-        "model": model.state_dict(), "model_config": model_config.to_dict(),
-        "metadata": {k: v for k, v in metadata.items() if k != "versions"}})
-    save_text(args.save_dir / f"{enc}_training_curve.csv", _curve_csv(curve))
-    save_json(args.save_dir / f"{enc}_training.json", metadata)
-    logger.info("%s: %d steps, %.0f s wall, val accuracy %.4f, target %s; wrote %s",
-                enc, step, wall, final["val_accuracy"], "reached" if reached else "NOT reached", model_path)
+    pending = PendingWrites()
+    model_path = args.save_dir / f"{enc}.pt"
+    final_state = {"model": model.state_dict(), "model_config": model_config.to_dict(),
+                   "metadata": {k: v for k, v in metadata.items() if k != "versions"}}
+    pending.add(model_path, lambda p: _torch_save(p, final_state))
+    pending.text(args.save_dir / f"{enc}_training_curve.csv", _curve_csv(curve))
+    pending.json(args.save_dir / f"{enc}_training.json", metadata)
     if not args.no_figure and curve:
         import matplotlib
         matplotlib.use("Agg")
@@ -244,9 +330,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fig = task.plot_training_curves(
             {enc: {c: np.array([row[c] for row in curve]) for c in CURVE_COLUMNS}}, args.target_accuracy,
             train_length=args.train_length)
-        fig_path = args.fig_dir / f"training_curve_{enc}.pdf"
-        save_figure(fig, fig_path)
-        logger.info("wrote %s", fig_path)
+        pending.figure(args.fig_dir / f"training_curve_{enc}.pdf", fig)
+    for path in pending.commit():
+        logger.info("wrote %s", path)
+    logger.info("%s: %d steps, %.0f s wall, val accuracy %.4f, target %s", enc, step, wall, final["val_accuracy"],
+                "reached" if reached else "NOT reached")
     return 0
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from icl_cmr import toy_lm
 from icl_cmr.cli import OneLineErrorParser, positive_int, probability, run_cli, seed_int, setup_logging
 from icl_cmr.io import ensure_writable_dir, load_json, make_metadata, save_figure, save_json, save_text
+from icl_cmr.outputs import check_writable_dir, portable_path
 
 logger = logging.getLogger("train_toy_lm")
 
@@ -206,6 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         vocab_size=args.vocab_size, batch_size=args.batch_size,
     )
     ensure_writable_dir(save_dir.parent)
+    if args.snapshot_dir is not None:
+        check_writable_dir(args.snapshot_dir, "--snapshot_dir")  # before the corpus and tokenizer work
     wall_start = time.perf_counter()
 
     train_files, held_files = toy_lm.corpus_split(config, root)
@@ -240,7 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "n_train_files": len(train_files), "n_held_out_files": len(held_files),
         "n_train_tokens": int(stream.size),
         "train_corpus_sha256": toy_lm.corpus_fingerprint(train_files, root),
-        "stdlib_dir": str(root),
+        "stdlib_dir": portable_path(root),
         "monitor_matching_scores": result.final_matching_scores.tolist(),
     }
 

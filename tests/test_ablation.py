@@ -145,3 +145,149 @@ def test_reanalysis_of_the_authors_gpt2_file(official_dir, tmp_path, capsys):
     assert round(table.iloc[1]["mean_b"], 2) == -0.17
     assert "-19.6" in capsys.readouterr().out
     assert (tmp_path / "figs" / "ablation" / "ablation_experiment_gpt2-small_icl_bars.pdf").is_file()
+
+
+# ----------------------------------------------------------------------------- damaged resume state
+
+def _result_arrays(path):
+    result = load_pickle(path)
+    return {key: result[key] for key in ("original_icl_score", "ablated_icl_score", "ablated_rand_icl_score",
+                                         "ablated_rand_icl_score_sets")}, result
+
+
+def _damage(path, how):
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "garble":  # same length, bytes in the middle flipped: the zip CRC-32 no longer matches
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 16]) + data[middle + 16:])
+    else:  # a valid file with the wrong content
+        np.savez(path, n_prompts=np.asarray(3))
+
+
+@pytest.mark.parametrize("how", ["truncate", "garble", "wrong_content"])
+def test_a_damaged_partial_batch_is_recomputed_and_the_result_equals_an_uninterrupted_run(
+        tiny_model_dirs, text_file, tmp_path, capsys, how):
+    model_dir = tiny_model_dirs["gpt2"]
+    common = ("--heads", "L1H0,L0H2")
+    ablation.main(_args(model_dir, text_file, tmp_path / "whole", *common))
+    whole, _ = _result_arrays(tmp_path / "whole" / "saved" / f"ablation_experiment_{model_dir.name}.pkl")
+
+    out = tmp_path / "resumed"
+    ablation.main(_args(model_dir, text_file, out, *common, "--stop-after", "6"))
+    partial = out / "saved" / f".ablation_experiment_{model_dir.name}.partial"
+    victim = partial / "batch_000001.npz"
+    _damage(victim, how)
+    capsys.readouterr()
+    assert run_cli(ablation.main, _args(model_dir, text_file, out, *common)) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING:")]
+    assert len(warnings) == 1 and "discarding damaged partial result" in warnings[0] and victim.name in warnings[0]
+    resumed, result = _result_arrays(out / "saved" / f"ablation_experiment_{model_dir.name}.pkl")
+    for key, value in whole.items():
+        np.testing.assert_array_equal(value, resumed[key])
+    meta = result["metadata"]
+    assert meta["resumed"] is True and meta["resumed_batches"] == 1   # batch 0 kept, batch 1 recomputed
+    assert meta["wall_time_s"] > 0 and meta["wall_time_this_session_s"] > 0
+    assert not partial.exists()
+
+
+def test_a_damaged_state_file_discards_the_partial_results_with_a_warning(tiny_model_dirs, text_file, tmp_path,
+                                                                          capsys):
+    model_dir = tiny_model_dirs["gpt2"]
+    out = tmp_path / "out"
+    ablation.main(_args(model_dir, text_file, out, "--heads", "L1H0", "--stop-after", "3"))
+    partial = out / "saved" / f".ablation_experiment_{model_dir.name}.partial"
+    (partial / "state.json").write_bytes(b'{"model_name": "tr')
+    capsys.readouterr()
+    assert run_cli(ablation.main, _args(model_dir, text_file, out, "--heads", "L1H0")) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING:")]
+    assert len(warnings) == 1 and "state file" in warnings[0] and "starting over" in warnings[0]
+    result = load_pickle(out / "saved" / f"ablation_experiment_{model_dir.name}.pkl")
+    assert result["metadata"]["resumed"] is False and result["original_icl_score"].shape == (10,)
+
+
+def test_a_damaged_means_file_is_recomputed(tiny_model_dirs, text_file, tmp_path, capsys):
+    model_dir = tiny_model_dirs["gpt2"]
+    common = ("--heads", "L1H0", "--method", "mean")
+    ablation.main(_args(model_dir, text_file, tmp_path / "whole", *common))
+    whole, _ = _result_arrays(tmp_path / "whole" / "saved" / f"ablation_experiment_{model_dir.name}.pkl")
+    out = tmp_path / "out"
+    ablation.main(_args(model_dir, text_file, out, *common, "--stop-after", "3"))
+    means = out / "saved" / f".ablation_experiment_{model_dir.name}.partial" / "means.npz"
+    _damage(means, "truncate")
+    capsys.readouterr()
+    assert run_cli(ablation.main, _args(model_dir, text_file, out, *common)) == 0
+    assert "discarding damaged partial result" in capsys.readouterr().err
+    resumed, _ = _result_arrays(out / "saved" / f"ablation_experiment_{model_dir.name}.pkl")
+    for key, value in whole.items():
+        np.testing.assert_array_equal(value, resumed[key])
+
+
+# ----------------------------------------------------------------------------- checks before the model loads
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    """Fail the test if the script gets as far as loading a model."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(ablation, "load_model", refuse)
+
+
+def _outputs(root):
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--heads", "L1X0"), "L1X0"),
+    (("--heads-file", "missing_heads.txt"), "--heads-file missing_heads.txt does not exist"),
+    (("--fit-file", "missing_fit.pkl"), "--fit-file missing_fit.pkl does not exist"),
+    (("--heads", "L1H0", "--fraction", "0"), "--fraction: must be a number in (0, 1], got 0"),
+    (("--heads", "L1H0", "--fraction", "2"), "--fraction: must be a number in (0, 1], got 2"),
+    (("--heads", "L1H0", "--late-index", "60"), "--late-index 60 is beyond the last loss index"),
+    (("--heads", "L1H0", "--restart", "--resume"), "not both"),
+])
+def test_bad_heads_and_settings_are_reported_before_the_model_loads(tiny_model_dirs, text_file, tmp_path, capsys,
+                                                                    no_model, extra, message):
+    try:  # argparse's own errors exit from inside main (one line, status 2)
+        code = run_cli(ablation.main, _args(tiny_model_dirs["gpt2"], text_file, tmp_path, *extra))
+    except SystemExit as exit_:
+        code = exit_.code
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and message in errors[0]
+    assert _outputs(tmp_path) == []
+
+
+def test_a_missing_data_file_is_reported_before_the_model_loads(tiny_model_dirs, tmp_path, capsys, no_model):
+    code = run_cli(ablation.main, _args(tiny_model_dirs["gpt2"], tmp_path / "nothing.jsonl", tmp_path, "--heads", "L1H0"))
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "nothing.jsonl does not exist" in errors[0]
+    assert _outputs(tmp_path) == []
+
+
+def test_an_unwritable_figure_folder_is_reported_before_the_model_loads(tiny_model_dirs, text_file, tmp_path, capsys,
+                                                                        no_model):
+    blocker = tmp_path / "figs"
+    blocker.write_text("not a folder")
+    argv = _args(tiny_model_dirs["gpt2"], text_file, tmp_path, "--heads", "L1H0")
+    code = run_cli(ablation.main, argv)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and errors == [f"error: output folder --figs-dir {blocker / 'ablation'} cannot be made: "
+                                    f"{blocker} is a file"]
+    assert _outputs(tmp_path) == [blocker.relative_to(tmp_path)]
+
+
+def test_from_saved_with_a_missing_key_writes_nothing(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    result = {key: rng.normal(size=20) for key in ablation.AUTHORS_KEYS}
+    result["loss_by_position"] = {name: rng.random(9) for name in ("original", "ablated", "ablated_rand")}
+    path = tmp_path / "ablation_experiment_x.pkl"   # loss_by_position_sem missing
+    with open(path, "wb") as handle:
+        pickle.dump(result, handle)
+    out, figs = tmp_path / "out", tmp_path / "figs"
+    code = run_cli(ablation.main, ["--from-saved", str(path), "--out-dir", str(out), "--figs-dir", str(figs)])
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "loss_by_position_sem" in errors[0] and str(path) in errors[0]
+    assert "Traceback" not in captured.err and _outputs(out) == [] and _outputs(figs) == []

@@ -340,7 +340,8 @@ if __name__ == "__main__":  # the per-architecture table for notes and the READM
 
     root = Path(tempfile.mkdtemp())
     torch.set_num_threads(1)
-    print(f"{'architecture':<12} {'max |scores - ref|':>20} {'max |pattern - ref|':>20} {'max |softmax(scores) - ref|':>28}")
+    print(f"{'architecture':<12} {'max |scores - ref|':>20} {'max |pattern - ref|':>20} "
+          f"{'max |softmax(scores) - ref|':>28}")
     for arch in SCORED:
         found = max_differences(arch, make_tiny_model_dir(arch, root / arch, random_norms=True))
         print(f"{arch:<12} {found.get('scores', float('nan')):>20.2e} {found['pattern']:>20.2e} "

@@ -263,14 +263,18 @@ def test_compute_head_scores_refuses_a_binary_token_pool(capsys, tmp_path, tiny_
 
 # ----------------------------------------------------------------------------- CMR grid resume state
 
-def test_est_cmr_crp_resume_over_a_binary_spec_file_is_refused(capsys, tmp_path):
+def test_est_cmr_crp_resume_over_a_binary_spec_file_starts_over_with_a_warning(capsys, tmp_path):
+    """A damaged resume state is recovery's business (issue 17 item 8): one warning naming it, no traceback."""
     partial = tmp_path / ".cmr_crp_2_2.partial"
     partial.mkdir()
     (partial / "spec.json").write_bytes(BINARY)
-    fails_in_one_line(capsys, est_cmr_crp, ["--n_beta", "2", "--n_gamma", "2", "--n_trials", "5", "--save_dir",
-                                            str(tmp_path), "--resume", "--no_progress", "--workers", "1"],
-                      str(partial / "spec.json"), "not UTF-8 text")
-    assert not list(tmp_path.glob("cmr_crp_*"))
+    code = run_cli(est_cmr_crp.main, ["--n_beta", "2", "--n_gamma", "2", "--n_trials", "5", "--save_dir", str(tmp_path),
+                                      "--resume", "--no_progress", "--workers", "1"])
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("WARNING:")]
+    assert code == 0 and "Traceback" not in err
+    assert len(warnings) == 1 and "damaged" in warnings[0] and "not UTF-8 text" in warnings[0]
+    assert (tmp_path / "cmr_crp_avg_2_2.npy").is_file() and not partial.exists()
 
 
 # ----------------------------------------------------------------------------- crafted checkpoints

@@ -141,3 +141,23 @@ def test_pattern_icl_follows_and_records_the_bos_rule(tiny_model_dirs, tmp_path,
     assert pattern_icl.main(argv) == 0
     metadata = json.loads((tmp_path / "out" / tiny_model_dirs["gpt2"].name / "metadata.json").read_text())
     assert metadata["bos"] == expected
+
+
+def test_ablation_follows_and_records_the_bos_rule(tiny_model_dirs, tmp_path):
+    import ablation
+
+    words = "memory context recall item drift attention head token order list".split()
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": " ".join(words[(i + k) % len(words)] for k in range(60))}) + "\n"
+                            for i in range(6)))
+    found = {}
+    for flag in ([], ["--no-bos"]):
+        out = tmp_path / ("no_bos" if flag else "default")
+        argv = ["--model_name", str(tiny_model_dirs["gpt2"]), "--data", str(data), "--seq-len", "32",
+                "--late-index", "25", "--early-index", "5", "--n-eval", "4", "--batch-size", "2", "--heads", "L1H0",
+                "--out-dir", str(out), "--figs-dir", str(out / "figs"), "--no-progress", "--n-bootstrap", "50", *flag]
+        assert ablation.main(argv) is None
+        found[bool(flag)] = load_pickle(out / f"ablation_experiment_{tiny_model_dirs['gpt2'].name}.pkl")["metadata"]
+    assert found[False]["parameters"]["bos"] == {"prepended": True, "token_id": 0, "rule": "tokenizer"}
+    assert found[True]["parameters"]["bos"] == {"prepended": False, "token_id": None, "rule": "--no-bos"}
+    assert found[False]["parameters"]["tokens_sha256"] != found[True]["parameters"]["tokens_sha256"]

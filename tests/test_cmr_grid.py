@@ -79,15 +79,60 @@ def test_resume_after_an_interruption_is_bit_identical(tmp_path):
     with pytest.raises(Interrupted):
         run_grid(spec, tmp_path / "cut", workers=1, progress=False, on_slice_done=stop_after_two)
     assert len(list((tmp_path / "cut").glob("slice_*.npy"))) == 2
-    mean, sem, n_resumed = run_grid(spec, tmp_path / "cut", workers=1, resume=True, progress=False)
+    mean, sem, n_resumed = run_grid(spec, tmp_path / "cut", workers=1, progress=False)  # resumes by default
     assert n_resumed == 2
     assert mean.tobytes() == full_mean.tobytes() and sem.tobytes() == full_sem.tobytes()
 
 
-def test_resume_with_other_parameters_is_refused(tmp_path):
-    run_grid(small_spec(seed=1), tmp_path, workers=1, progress=False)
-    with pytest.raises(InputError, match="seed"):
-        run_grid(small_spec(seed=2), tmp_path, workers=1, resume=True, progress=False)
+def _interrupted_run(spec, slice_dir, n_slices):
+    """Leave ``n_slices`` finished slices of ``spec`` in ``slice_dir``, as a killed run would."""
+    def stop(slice_id, n_done):
+        if n_done == n_slices:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(spec, slice_dir, workers=1, progress=False, on_slice_done=stop)
+
+
+def test_resume_with_other_parameters_is_refused_unless_restarted(tmp_path):
+    _interrupted_run(small_spec(seed=1), tmp_path, 2)
+    with pytest.raises(InputError, match=r"seed.*add --restart"):
+        run_grid(small_spec(seed=2), tmp_path, workers=1, progress=False)
+    mean, _, n_resumed = run_grid(small_spec(seed=2), tmp_path, workers=1, restart=True, progress=False)
+    assert n_resumed == 0
+    fresh, _, _ = run_grid(small_spec(seed=2), tmp_path / "fresh", workers=1, progress=False)
+    assert mean.tobytes() == fresh.tobytes()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble", "wrong_shape"])
+def test_a_damaged_slice_is_recomputed_with_a_warning(tmp_path, caplog, damage):
+    spec = small_spec(seed=5)
+    full_mean, full_sem, _ = run_grid(spec, tmp_path / "full", workers=1, progress=False)
+    _interrupted_run(spec, tmp_path / "cut", 3)
+    victim = sorted((tmp_path / "cut").glob("slice_*.npy"))[1]
+    data = victim.read_bytes()
+    if damage == "truncate":
+        victim.write_bytes(data[: len(data) // 2])
+    elif damage == "garble":  # header intact, CRP values overwritten: they no longer sum to 1
+        victim.write_bytes(data[:128] + (bytes(range(256)) * 8)[: len(data) - 128])
+    else:
+        np.save(victim, np.zeros((2, 3)))
+    with caplog.at_level("WARNING"):
+        mean, sem, n_resumed = run_grid(spec, tmp_path / "cut", workers=1, progress=False)
+    assert n_resumed == 2
+    assert any("discarding damaged slice" in r.getMessage() and victim.name in r.getMessage() for r in caplog.records)
+    assert mean.tobytes() == full_mean.tobytes() and sem.tobytes() == full_sem.tobytes()
+
+
+def test_a_damaged_spec_file_discards_the_run_with_a_warning(tmp_path, caplog):
+    spec = small_spec(seed=5)
+    _interrupted_run(spec, tmp_path, 2)
+    (tmp_path / "spec.json").write_bytes(b"\xff\xfe{not json")
+    with caplog.at_level("WARNING"):
+        mean, _, n_resumed = run_grid(spec, tmp_path, workers=1, progress=False)
+    assert n_resumed == 0 and any("damaged" in r.getMessage() for r in caplog.records)
+    fresh, _, _ = run_grid(spec, tmp_path / "fresh", workers=1, progress=False)
+    assert mean.tobytes() == fresh.tobytes()
 
 
 def test_bad_grid_specs_are_refused():

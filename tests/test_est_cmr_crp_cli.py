@@ -69,7 +69,7 @@ def test_writes_the_grid_files_and_metadata(tmp_path, capsys):
                                                           "cmr_crp_sem_2_3.npy"]  # no partial folder left
 
 
-def test_a_corrupt_slice_file_on_resume_is_a_one_line_error(tmp_path, capsys):
+def _interrupt_after_one_slice(tmp_path):
     spec = GridSpec.from_resolution(2, 3, CMRSettings(n_items=30, n_trials=30, max_draws=12, n_start=3), seed=4)
     slice_dir = tmp_path / ".cmr_crp_2_3.partial"
 
@@ -78,13 +78,50 @@ def test_a_corrupt_slice_file_on_resume_is_a_one_line_error(tmp_path, capsys):
 
     with pytest.raises(KeyboardInterrupt):
         run_grid(spec, slice_dir, workers=1, progress=False, on_slice_done=stop)
+    return slice_dir
+
+
+def test_a_truncated_slice_is_recomputed_and_the_grid_equals_an_uninterrupted_one(tmp_path, capsys):
+    code, _, err = run_script(["--save_dir", str(tmp_path / "whole"), *SMALL_FLAGS], capsys)
+    assert code == 0, err
+    slice_dir = _interrupt_after_one_slice(tmp_path / "cut")
     (slice_file,) = slice_dir.glob("slice_*.npy")
     slice_file.write_bytes(slice_file.read_bytes()[:60])
-    code, _, err = run_script(["--save_dir", str(tmp_path), "--resume", *SMALL_FLAGS], capsys)
-    problems = [line for line in err.strip().splitlines() if not line.startswith("INFO:")]
-    assert code == 2 and len(problems) == 1 and "truncated or corrupt" in problems[0]
-    assert "Traceback" not in err
-    assert not (tmp_path / "cmr_crp_avg_2_3.npy").exists()
+    code, _, err = run_script(["--save_dir", str(tmp_path / "cut"), *SMALL_FLAGS], capsys)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("WARNING:")]
+    assert len(warnings) == 1 and "discarding damaged slice" in warnings[0] and slice_file.name in warnings[0]
+    for name in ("cmr_crp_avg_2_3.npy", "cmr_crp_sem_2_3.npy"):
+        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
+def test_resuming_is_the_default_and_restart_discards(tmp_path, capsys):
+    slice_dir = _interrupt_after_one_slice(tmp_path)
+    code, _, err = run_script(["--save_dir", str(tmp_path), *SMALL_FLAGS], capsys)
+    assert code == 0 and "1 slices resumed" in err
+    meta = json.loads((tmp_path / "cmr_crp_2_3.json").read_text())
+    assert meta["resumed"] is True and meta["resumed_slices"] == 1
+    assert meta["wall_time_s"] >= meta["wall_time_this_session_s"] > 0
+
+    _interrupt_after_one_slice(tmp_path)
+    code, _, err = run_script(["--save_dir", str(tmp_path), "--restart", *SMALL_FLAGS], capsys)
+    assert code == 0 and "resumed" not in err
+    assert json.loads((tmp_path / "cmr_crp_2_3.json").read_text())["resumed"] is False
+    assert not slice_dir.exists()
+
+
+def test_other_settings_than_the_saved_slices_are_refused_in_one_line(tmp_path, capsys):
+    _interrupt_after_one_slice(tmp_path)
+    other = [flag if flag != "4" else "5" for flag in SMALL_FLAGS]  # --seed 5
+    code, out, err = run_script(["--save_dir", str(tmp_path), *other], capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error:") and "add --restart" in err
+    assert "Traceback" not in err and not (tmp_path / "cmr_crp_avg_2_3.npy").exists()
+
+
+def test_resume_and_restart_together_are_refused(tmp_path, capsys):
+    code, _, err = run_script(["--save_dir", str(tmp_path), "--resume", "--restart", *SMALL_FLAGS], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        "error: give --restart (discard the finished slices) or --resume (the default), not both"]
 
 
 def test_resume_after_kill_9_gives_bit_identical_files(tmp_path, capsys, repo_root):
@@ -110,7 +147,7 @@ def test_resume_after_kill_9_gives_bit_identical_files(tmp_path, capsys, repo_ro
     assert 1 <= n_saved < 8
     assert not (killed_dir / "cmr_crp_avg_2_4.npy").exists()  # nothing that looks complete
 
-    code, _, err = run_script(["--save_dir", str(killed_dir), "--resume", *flags], capsys)
+    code, _, err = run_script(["--save_dir", str(killed_dir), "--resume", *flags], capsys)  # --resume: a no-op alias
     assert code == 0, err
     assert f"{n_saved} slices resumed" in err
     for name in ("cmr_crp_avg_2_4.npy", "cmr_crp_sem_2_4.npy"):

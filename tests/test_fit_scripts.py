@@ -164,7 +164,7 @@ def test_select_fit_selects_by_each_criterion_with_own_indices(workspace):
     redraw = ["--use_saved", "True", "--top-heads-dir", str(top_dir), "--figs-dir", str(workspace["tmp"] / "again"),
               "--crp-grid", str(workspace["tmp"] / "no-grid.npy")]
     assert select_fit.main(redraw) == 0
-    assert (workspace["tmp"] / "again" / "select_fit" / "selection_vs_human.pdf").is_file()
+    assert (workspace["tmp"] / "again" / "select_fit" / "selection_vs_human_saved_pythia.pdf").is_file()
 
 
 def test_select_fit_xtra_per_model(workspace):
@@ -175,7 +175,7 @@ def test_select_fit_xtra_per_model(workspace):
     assert list(induction["top2"]["labels"]) == ["toy-a-L1H1", "toy-a-L0H2"]   # 0.60, 0.30; NaN skipped
     assert select_fit_xtra.main(["--models", "toy-a", "--use_saved", "--top-heads-dir", str(top_dir),
                                  "--figs-dir", str(workspace["tmp"] / "again")]) == 0
-    assert (workspace["tmp"] / "again" / "select_fit_xtra" / "selection_final_cmr.pdf").is_file()
+    assert (workspace["tmp"] / "again" / "select_fit_xtra" / "selection_final_cmr_saved.pdf").is_file()
 
 
 def test_use_saved_without_files_is_an_input_error(workspace, capsys):
@@ -197,3 +197,141 @@ def test_plot_crp(workspace):
     table = pd.read_csv(out / "human_lag_crp.csv")
     assert list(table["lag"]) == list(range(-5, 6))
     assert (out / "reference_crps.pdf").is_file()
+
+
+# ----------------------------------------------------------------------------- inputs that cannot be fitted
+
+def _run(main, argv, capsys):
+    """Exit code, stderr lines starting ``error:`` / ``WARNING:``, and whether a traceback was printed."""
+    code = run_cli(main, argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    return (code, [l for l in lines if l.startswith("error:")], [l for l in lines if l.startswith("WARNING:")],
+            "Traceback" in err)
+
+
+def _files_under(folder):
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+UNFITTABLE = {"all_nan": np.nan, "infinite": np.inf, "constant": 0.25}
+
+
+def _unfittable_scores(workspace, kind, model="bad", checkpoint=None):
+    """A score file (2 x 3 heads) whose every attention CRP is NaN, infinite or constant."""
+    data = scores(workspace["mean"], 2, 3, 0, {}, np.full((2, 3), 0.2))
+    crp = np.full((2, 3, 16), UNFITTABLE[kind])
+    if kind == "infinite":
+        crp[..., ::2] = 1.0   # finite elsewhere: one inf per lag pair is enough to make D undefined
+    data["CRP_scores"] = crp
+    suffix = "" if checkpoint is None else f"_cp{checkpoint}"
+    path = workspace["root"] / model / f"all_scores_{model}{suffix}.pkl"
+    dump(path, data)
+    return path
+
+
+@pytest.mark.parametrize("kind", sorted(UNFITTABLE))
+def test_fit_attn_score_refuses_a_file_where_no_head_can_be_fitted(workspace, capsys, kind):
+    path = _unfittable_scores(workspace, kind)
+    fits = workspace["tmp"] / "fits"
+    code, errors, _, traceback = _run(fit_attn_score.main, ["--model", "bad", "--fits-dir", str(fits)]
+                                      + workspace["common"], capsys)
+    assert code == 2 and not traceback and len(errors) == 1 and str(path) in errors[0]
+    # infinite values are refused already by the score-file reader, NaN and constant CRPs by the fit
+    assert ("holds inf" if kind == "infinite" else "none of its 6 heads can be fitted") in errors[0]
+    assert _files_under(fits) == [] and _files_under(workspace["tmp"] / "figs") == []
+
+
+def test_fit_attn_score_warns_with_the_count_when_some_heads_cannot_be_fitted(workspace, capsys):
+    data = scores(workspace["mean"], 2, 3, 0, {(1, 2): (1, 2, 1)}, np.full((2, 3), 0.2))
+    data["CRP_scores"][0, 0] = np.nan
+    data["CRP_scores"][0, 1] = 3.0                      # constant
+    dump(workspace["root"] / "part" / "all_scores_part.pkl", data)
+    code, errors, warnings, _ = _run(fit_attn_score.main, ["--model", "part", "--fits-dir",
+                                                            str(workspace["tmp"] / "fits")] + workspace["common"], capsys)
+    assert code == 0 and errors == []
+    assert len(warnings) == 1 and "only 4 of 6 heads could be fitted" in warnings[0]
+    assert "1 with a NaN or infinite value, 1 constant" in warnings[0]
+    fit = load_pickle(workspace["tmp"] / "fits" / "part" / "cmr_fit_part.pkl")
+    assert np.isnan(fit["fitted_MSE"][0, :2]).all() and np.isfinite(fit["fitted_MSE"][1]).all()
+
+
+def test_fit_attn_score_on_a_file_with_zero_heads_writes_nothing(workspace, capsys):
+    data = scores(workspace["mean"], 2, 3, 0, {}, np.zeros((2, 3)))
+    data.update(head_scores=np.zeros((0, 3)), copying_score=np.zeros((0, 3)), CRP_scores=np.zeros((0, 3, 16)),
+                CRP_scores_sem=np.zeros((0, 3, 16)), labels=np.zeros((0, 3), dtype=str))
+    path = workspace["root"] / "empty" / "all_scores_empty.pkl"
+    dump(path, data)
+    fits = workspace["tmp"] / "fits"
+    code, errors, _, traceback = _run(fit_attn_score.main, ["--model", "empty", "--fits-dir", str(fits)]
+                                      + workspace["common"], capsys)
+    # refused by the score-file reader ("n_layers is 0"); fitting.check_fitted would say "holds no heads"
+    assert code == 2 and not traceback and len(errors) == 1 and str(path) in errors[0]
+    assert _files_under(fits) == [] and _files_under(workspace["tmp"] / "figs") == []
+
+
+def test_fit_attn_score_checks_the_figure_folder_before_fitting(workspace, capsys):
+    blocker = workspace["tmp"] / "blocker"
+    blocker.write_text("x")
+    fits = workspace["tmp"] / "fits"
+    argv = ["--model", "toy-a", "--fits-dir", str(fits), "--scores-dir", str(workspace["root"]),
+            "--crp-grid", str(workspace["tmp"] / "grid_avg.npy"), "--figs-dir", str(blocker / "figs")]
+    code, errors, _, _ = _run(fit_attn_score.main, argv, capsys)
+    assert code == 2 and errors == [f"error: output folder --figs-dir {blocker / 'figs' / 'fit_attn_score' / 'toy-a'} "
+                                    f"cannot be made: {blocker} is a file"]
+    assert _files_under(fits) == []
+
+
+def test_attn_over_size_refuses_a_model_whose_heads_cannot_be_fitted(workspace, capsys):
+    path = _unfittable_scores(workspace, "all_nan", model="qwen-bad")
+    code, errors, _, traceback = _run(attn_over_size_xtra.main, ["--models", "toy-a", "qwen-bad"]
+                                      + workspace["common"], capsys)
+    assert code == 2 and not traceback and len(errors) == 1 and str(path) in errors[0]
+    assert _files_under(workspace["tmp"] / "figs") == []
+
+
+def test_attn_over_time_refuses_a_checkpoint_whose_heads_cannot_be_fitted(workspace, capsys):
+    bad = _unfittable_scores(workspace, "constant", model="toy-c", checkpoint=10)
+    good = scores(workspace["mean"], 2, 3, 0, {(0, 0): (1, 0, 1)}, np.full((2, 3), 0.2))
+    dump(workspace["root"] / "toy-c" / "all_scores_toy-c_cp0.pkl", good)
+    code, errors, _, traceback = _run(attn_over_time.main, ["--model_name", "toy-c", "--checkpoints", *CHECKPOINTS]
+                                      + workspace["common"], capsys)
+    assert code == 2 and not traceback and len(errors) == 1 and str(bad) in errors[0]
+    assert _files_under(workspace["tmp"] / "figs") == []
+
+
+def test_select_fit_xtra_on_all_nan_fits_names_the_file_instead_of_stopping(workspace, capsys):
+    path = _unfittable_scores(workspace, "all_nan", model="nan-model")
+    top_dir = workspace["tmp"] / "top"
+    code, errors, _, traceback = _run(select_fit_xtra.main, ["--models", "nan-model", "--n_top", "2",
+                                                             "--top-heads-dir", str(top_dir)] + workspace["common"],
+                                      capsys)
+    assert code == 2 and not traceback and len(errors) == 1
+    assert str(path) in errors[0] and "can be fitted" in errors[0]
+    assert _files_under(top_dir) == [] and _files_under(workspace["tmp"] / "figs") == []
+
+
+def test_select_fit_with_no_finite_matching_score_says_what_was_empty(workspace, capsys):
+    for k in (0, 10):
+        data = scores(workspace["mean"], 2, 3, k, {(0, 1): (1, 2, 1)}, np.full((2, 3), np.nan))
+        dump(workspace["root"] / "nomatch" / f"all_scores_nomatch_cp{k}.pkl", data)
+    top_dir = workspace["tmp"] / "top"
+    code, errors, _, traceback = _run(select_fit.main, ["--models", "nomatch", "--n_top", "2", "--checkpoints",
+                                                        *CHECKPOINTS, "--top-heads-dir", str(top_dir)]
+                                      + workspace["common"], capsys)
+    assert code == 2 and not traceback and len(errors) == 1
+    assert "nothing to select" in errors[0] and "finite matching score" in errors[0] and "nomatch" in errors[0]
+    assert _files_under(top_dir) == [] and _files_under(workspace["tmp"] / "figs") == []
+
+
+def test_use_saved_figures_never_overwrite_a_fitting_runs_figures(workspace):
+    top_dir = workspace["tmp"] / "top"
+    assert select_fit_xtra.main(["--models", "toy-a", "--n_top", "2", "--top-heads-dir", str(top_dir)]
+                                + workspace["common"]) == 0
+    out = workspace["tmp"] / "figs" / "select_fit_xtra"
+    fitted = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert select_fit_xtra.main(["--models", "toy-a", "--use_saved", "--top-heads-dir", str(top_dir),
+                                 "--figs-dir", str(workspace["tmp"] / "figs")]) == 0
+    assert {name: (out / name).read_bytes() for name in fitted} == fitted
+    assert sorted(p.name for p in out.iterdir() if p.name not in fitted) == [
+        "selection_final_cmr_saved.pdf", "selection_final_induction_saved.pdf", "selection_vs_human_saved.pdf"]

@@ -227,3 +227,46 @@ def test_official_gpt2_paper_numbers(official_gpt2):
     assert round(float(fit.distance[5, 1]), 4) == 0.0061
     np.testing.assert_allclose(fit.params[5, 1], (0.6, 0.75, 0.3), atol=1e-12)
     assert round(float(fit.inverse_temperature[5, 1]), 1) == 44.3
+
+
+# ----------------------------------------------------------------------------- heads that cannot be fitted
+
+def _small_grid():
+    rng = np.random.default_rng(1)
+    mean = rng.random((2, 2, 2, 17)) + 0.1
+    return CmrGrid(mean / mean.sum(axis=-1, keepdims=True), beta_enc=[0.5, 1.0], beta_rec=[0.0, 1.0],
+                   gamma_ft=[0.0, 1.0])
+
+
+def test_check_fitted_counts_fitted_heads_and_warns_about_the_rest(caplog):
+    from icl_cmr.fitting import check_fitted
+
+    crp = np.random.default_rng(2).normal(size=(2, 3, 16))
+    crp[0, 0] = np.nan
+    crp[1, 2] = 7.0                                   # constant: variance 0
+    fit = fit_heads(crp, _small_grid())
+    with caplog.at_level("WARNING"):
+        assert check_fitted(fit, "f.pkl") == 4
+    (record,) = caplog.records
+    assert "f.pkl: only 4 of 6 heads" in record.getMessage()
+    assert "1 with a NaN or infinite value, 1 constant" in record.getMessage()
+
+
+@pytest.mark.parametrize("crp", [np.full((2, 3, 16), np.nan), np.full((2, 3, 16), 0.5), np.zeros((0, 3, 16))])
+def test_check_fitted_refuses_a_file_where_no_head_can_be_fitted(crp):
+    from icl_cmr.fitting import check_fitted
+
+    fit = fit_heads(crp, _small_grid())
+    with pytest.raises(InputError, match=r"^f\.pkl: (none of its 6 heads can be fitted|holds no heads)"):
+        check_fitted(fit, "f.pkl")
+
+
+def test_check_fitted_looks_at_one_checkpoint_of_a_series():
+    from icl_cmr.fitting import check_fitted
+
+    crp = np.random.default_rng(3).normal(size=(2, 2, 3, 16))
+    crp[1] = np.nan                                   # the second checkpoint is unusable
+    fit = fit_heads(crp, _small_grid())
+    assert check_fitted(fit, "cp0.pkl", index=(0,)) == 6
+    with pytest.raises(InputError, match="cp10.pkl: none of its 6 heads"):
+        check_fitted(fit, "cp10.pkl", index=(1,))

@@ -345,13 +345,88 @@ def test_bad_curriculum_is_a_one_line_error(tmp_path, capsys, curriculum, messag
     assert not (tmp_path / "absolute_checkpoint.pt").exists()
 
 
-def test_resume_without_checkpoint_is_a_one_line_error(tmp_path, capsys):
+TINY_TRAINING = ["--train_length", "12", "--d_model", "16", "--n_heads", "2", "--d_mlp", "32",
+                 "--eval_every", "3", "--n_val", "8", "--position_encoding", "rope"]
+
+
+def test_resume_without_a_checkpoint_trains_from_scratch(tmp_path):
+    import train_induction
+
+    train_induction.main(_train_args(tmp_path / "a", *TINY_TRAINING, "--resume", "--max_steps", "6"))
+    train_induction.main(_train_args(tmp_path / "b", *TINY_TRAINING, "--max_steps", "6"))
+    a = torch.load(tmp_path / "a" / "rope.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "rope.pt", weights_only=True)
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], atol=0, rtol=0)
+    assert a["metadata"]["resumed"] is False
+
+
+def test_rerunning_resumes_by_default_and_records_it(tmp_path):
+    import train_induction
+
+    train_induction.main(_train_args(tmp_path, *TINY_TRAINING, "--max_steps", "6"))
+    train_induction.main(_train_args(tmp_path, *TINY_TRAINING, "--max_steps", "9"))
+    summary = json.loads((tmp_path / "rope_training.json").read_text())
+    assert summary["resumed"] is True and summary["resumed_from_step"] == 6 and summary["steps"] == 9
+    assert summary["wall_seconds"] >= summary["wall_time_this_session_s"] > 0
+    train_induction.main(_train_args(tmp_path, *TINY_TRAINING, "--max_steps", "3", "--restart"))
+    summary = json.loads((tmp_path / "rope_training.json").read_text())
+    assert summary["resumed"] is False and summary["steps"] == 3
+
+
+def test_resuming_with_other_settings_is_a_one_line_error(tmp_path, capsys):
     import train_induction
     from icl_cmr.cli import run_cli
 
-    code = run_cli(train_induction.main, _train_args(tmp_path, "--resume", "--max_steps", "2"))
-    assert code == 2
-    assert "no checkpoint" in capsys.readouterr().err
+    train_induction.main(_train_args(tmp_path, *TINY_TRAINING, "--max_steps", "3"))
+    before = (tmp_path / "rope_checkpoint.pt").read_bytes()
+    code = run_cli(train_induction.main, _train_args(tmp_path, *TINY_TRAINING, "--max_steps", "6",
+                                                     "--learning_rate", "0.01"))
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error:")
+    assert "learning_rate" in err and "--restart" in err and "Traceback" not in err
+    assert (tmp_path / "rope_checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble", "not_a_checkpoint"])
+def test_a_damaged_checkpoint_is_set_aside_and_training_starts_over(tmp_path, capsys, damage):
+    import train_induction
+
+    train_induction.main(_train_args(tmp_path / "straight", *TINY_TRAINING, "--max_steps", "6"))
+    split = tmp_path / "split"
+    train_induction.main(_train_args(split, *TINY_TRAINING, "--max_steps", "3"))
+    path = split / "rope_checkpoint.pt"
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garble":
+        path.write_bytes(data[:100] + bytes(len(data) - 100))
+    else:
+        torch.save({"weights": torch.zeros(3)}, path)
+    capsys.readouterr()
+    assert train_induction.main(_train_args(split, *TINY_TRAINING, "--max_steps", "6")) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING:")]
+    assert len(warnings) == 1 and "is damaged" in warnings[0] and "training from scratch" in warnings[0]
+    assert (split / "rope_checkpoint.pt.damaged").read_bytes() != (split / "rope_checkpoint.pt").read_bytes()
+    a = torch.load(tmp_path / "straight" / "rope.pt", weights_only=True)
+    b = torch.load(split / "rope.pt", weights_only=True)
+    for name in a["model"]:  # started over: the same weights as a run that was never interrupted
+        torch.testing.assert_close(a["model"][name], b["model"][name], atol=0, rtol=0)
+    assert b["metadata"]["resumed"] is False
+
+
+def test_an_unwritable_figure_folder_is_refused_before_training(tmp_path, capsys):
+    import train_induction
+    from icl_cmr.cli import run_cli
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = run_cli(train_induction.main, ["--save_dir", str(tmp_path / "models"), "--fig_dir", str(blocker / "figs"),
+                                          "--no_progress", *TINY_TRAINING, "--max_steps", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines() == [f"error: output folder --fig_dir {blocker / 'figs'} cannot be "
+                                                      f"made: {blocker} is a file"]
+    assert not (tmp_path / "models").exists()
 
 
 def test_eval_script_writes_table_and_figures(tmp_path):

@@ -171,6 +171,24 @@ def test_a_job_is_up_to_date_only_with_matching_metadata_and_outputs_newer_than_
     assert stale_reason(job) == f"no {out}"
 
 
+def test_recorded_input_signatures_decide_over_file_times(tmp_path):
+    # A script may leave an output untouched when a rerun reproduces it: then the output stays older
+    # than its input, and only what the manifest recorded when the job ran tells that nothing changed.
+    from icl_cmr.sweeps.jobs import input_signatures
+
+    source, out = tmp_path / "in.pkl", make_output(tmp_path / "out.json", {"producer": "x.py"})
+    source.write_text("x")
+    os.utime(out, ns=(1_000_000_000, 1_000_000_000))
+    job = Job(id="a", stage="fit", script="x.py", argv=(), inputs=(str(source),), outputs=(str(out),),
+              checks=(MetadataCheck(str(out), {"producer": "x.py"}),))
+    recorded = input_signatures(job)
+    assert recorded == {str(source): [source.stat().st_mtime_ns, 1]}
+    assert stale_reason(job) == f"{source} is newer than the outputs"
+    assert stale_reason(job, recorded) is None
+    source.write_text("xy")
+    assert stale_reason(job, recorded) == f"{source} changed since the job last ran"
+
+
 # ----------------------------------------------------------------------------- running one job
 
 def test_run_command_reports_the_jobs_own_peak_memory_and_its_error_line(tmp_path):

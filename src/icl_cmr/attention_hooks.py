@@ -102,7 +102,8 @@ def hooked_eager_attention(module, query: torch.Tensor, key: torch.Tensor, value
     if hooks is None:
         raise InputError(f"{type(module).__name__} was routed through {HOOKED_ATTENTION_NAME} without its hooks")
     if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
-        raise InputError(f"{type(module).__name__} uses attention sinks, which {HOOKED_ATTENTION_NAME} does not implement")
+        raise InputError(f"{type(module).__name__} uses attention sinks, which {HOOKED_ATTENTION_NAME} "
+                         "does not implement")
     scores_hook, pattern_hook = hooks
     if key.shape[1] != query.shape[1]:
         repeats = query.shape[1] // key.shape[1]
@@ -210,6 +211,7 @@ def _scores_problem(model, tokens: torch.Tensor) -> Optional[str]:
         if not gap <= _SOFTMAX_TOLERANCE.get(patterns[0].dtype, 1e-2):
             return (f"softmax(hook_attn_scores) differs from hook_pattern by {gap:.3g} at layer {layer}: "
                     "the hook does not hold the pre-softmax scores")
+
     def cut_earlier_keys(scores, hook):  # noqa: ARG001
         # the last query keeps only itself: a change large enough to reach half-precision logits
         scores[..., -1, :-1] = torch.finfo(scores.dtype).min

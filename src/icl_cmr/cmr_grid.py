@@ -10,12 +10,14 @@
 * Work is split into slices, one per ``(beta_enc, gamma_ft)`` pair covering every
   ``beta_rec`` (the simulator's tables depend on ``beta_enc`` and ``gamma_ft`` only).
   :func:`run_grid` saves each finished slice atomically, so a killed run resumes
-  where it stopped and produces bit-identical results.
+  where it stopped and produces bit-identical results; each saved slice is verified on
+  resume and a damaged one is recomputed.
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
@@ -25,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .cmr import CRP_METHODS, CMRSettings, cmr_crp, mean_and_sem_over_starts
 from .config import BETA_ENC_GRID, BETA_REC_GRID, GAMMA_FT_GRID
-from .errors import FileContentError, InputError
+from .errors import BadFileError, FileContentError, InputError
 from .io import load_json, load_npy, save_json, save_npy
 
 logger = logging.getLogger(__name__)
@@ -170,39 +172,102 @@ def slice_path(slice_dir: Path, slice_id: int) -> Path:
     return Path(slice_dir) / f"slice_{slice_id:05d}.npy"
 
 
-def _prepare_slice_dir(spec: GridSpec, slice_dir: Path, resume: bool) -> Dict[int, np.ndarray]:
-    """Create/check the folder of finished slices; return those already done (when resuming)."""
-    slice_dir.mkdir(parents=True, exist_ok=True)
-    spec_file = slice_dir / "spec.json"
-    existing = sorted(slice_dir.glob("slice_*.npy"))
-    if resume and spec_file.exists():
-        stored = load_json(spec_file)
-        if not isinstance(stored, dict):
-            raise FileContentError(spec_file, f"holds a {type(stored).__name__}, expected the grid settings of "
-                                              "an unfinished run (a JSON object)")
-        if stored != spec.to_json():
-            differing = sorted(key for key in set(stored) | set(spec.to_json())
-                               if stored.get(key) != spec.to_json().get(key))
-            raise InputError(f"--resume: the unfinished run in {slice_dir} used different parameters "
-                             f"({', '.join(differing)}); rerun without --resume to start over")
-    elif existing:
-        logger.warning("discarding %d finished slices of an earlier run in %s (pass --resume to keep them)",
-                       len(existing), slice_dir)
-        for path in existing:
+#: Files of a partial run besides the slices: its spec and the wall time of its sessions so far.
+SPEC_FILE, ELAPSED_FILE = "spec.json", "elapsed.json"
+
+
+def _discard_partial(slice_dir: Path) -> None:
+    """Remove the files a partial run consists of (only names this module writes)."""
+    for path in list(slice_dir.glob("slice_*.npy")) + [slice_dir / SPEC_FILE, slice_dir / ELAPSED_FILE]:
+        if path.is_file():
             path.unlink()
+
+
+def _slice_problem(spec: GridSpec, array: np.ndarray) -> Optional[str]:
+    """Why a loaded slice cannot be this spec's, or None: the mean CRPs must be finite, non-negative and
+    sum to 1 over lags; the SEMs finite and non-negative."""
+    mean, sem = array[0], array[1]
+    if not (np.all(np.isfinite(array)) and np.all(array >= 0)):
+        return "non-finite or negative values"
+    if not np.allclose(mean.sum(axis=-1), 1.0, atol=1e-6):
+        return "its CRPs do not sum to 1"
+    return None
+
+
+def _prepare_slice_dir(spec: GridSpec, slice_dir: Path, restart: bool) -> Dict[int, np.ndarray]:
+    """Create/check the folder of finished slices; return those already done and verified.
+
+    A saved run with the same spec is resumed (``restart`` discards it); one with another spec is an
+    error. A damaged spec file, or slices without one, are discarded with a warning; so is each
+    damaged slice (truncated, wrong shape, values that cannot be a CRP), which is then recomputed.
+    """
+    spec_file = slice_dir / SPEC_FILE
+    if restart and slice_dir.is_dir():
+        _discard_partial(slice_dir)
+    if spec_file.exists():
+        try:
+            stored = load_json(spec_file)
+            if not isinstance(stored, dict):
+                raise FileContentError(spec_file, f"holds a {type(stored).__name__}, not the grid settings of a run")
+        except BadFileError as err:
+            logger.warning("the spec file of the unfinished run in %s is damaged (%s); discarding that run and "
+                           "starting over", slice_dir, err.problem)
+            _discard_partial(slice_dir)
+        else:
+            if stored != spec.to_json():
+                differing = sorted(key for key in set(stored) | set(spec.to_json())
+                                   if stored.get(key) != spec.to_json().get(key))
+                raise InputError(f"the unfinished run in {slice_dir} used different parameters "
+                                 f"({', '.join(differing)}); rerun with those to resume it, or add --restart to "
+                                 "discard it")
+    existing = sorted(slice_dir.glob("slice_*.npy")) if slice_dir.is_dir() else []
+    if existing and not spec_file.exists():
+        logger.warning("discarding %d slices in %s: their spec file is missing, so their parameters are unknown",
+                       len(existing), slice_dir)
+        _discard_partial(slice_dir)
         existing = []
-    save_json(spec_file, spec.to_json())
+    slice_dir.mkdir(parents=True, exist_ok=True)
+    if not spec_file.exists():
+        save_json(spec_file, spec.to_json())
     done: Dict[int, np.ndarray] = {}
-    n_lags = spec.settings.n_lags
+    shape = (2, len(spec.beta_rec), spec.settings.n_lags)
     for path in existing:
-        slice_id = int(path.stem.split("_")[1])
+        try:
+            slice_id = int(path.stem.split("_")[1])
+        except (IndexError, ValueError):
+            continue
         if not 0 <= slice_id < spec.n_slices:
-            raise InputError(f"unexpected slice file {path} (grid has {spec.n_slices} slices)")
-        done[slice_id] = load_npy(path, expected_shape=(2, len(spec.beta_rec), n_lags))
+            logger.warning("ignoring %s: the grid has %d slices", path, spec.n_slices)
+            continue
+        try:
+            array = load_npy(path, expected_shape=shape)
+            problem = _slice_problem(spec, array)
+        except BadFileError as err:  # truncated or corrupt file
+            problem = err.problem
+        except InputError as err:    # a sound file of the wrong shape
+            problem = str(err)
+        if problem is not None:
+            logger.warning("discarding damaged slice %s (%s); it will be recomputed", path, problem)
+            path.unlink()
+            continue
+        done[slice_id] = array
     return done
 
 
-def run_grid(spec: GridSpec, slice_dir: "str | Path", workers: int = 1, resume: bool = False,
+def recorded_wall_seconds(slice_dir: "str | Path") -> float:
+    """Wall seconds of every session of the run in ``slice_dir`` so far (0 when unknown)."""
+    path = Path(slice_dir) / ELAPSED_FILE
+    if not path.is_file():
+        return 0.0
+    try:
+        value = load_json(path)
+        return float(value["wall_seconds"]) if isinstance(value, dict) else 0.0
+    except (BadFileError, KeyError, TypeError, ValueError):
+        logger.warning("%s is damaged; the recorded time of earlier sessions is lost", path)
+        return 0.0
+
+
+def run_grid(spec: GridSpec, slice_dir: "str | Path", workers: int = 1, restart: bool = False,
              on_slice_done: Optional[Callable[[int, int], None]] = None,
              progress: bool = True) -> Tuple[np.ndarray, np.ndarray, int]:
     """Compute the whole grid, saving each finished slice atomically under ``slice_dir``.
@@ -216,9 +281,10 @@ def run_grid(spec: GridSpec, slice_dir: "str | Path", workers: int = 1, resume: 
         once the final files are written.
     workers : int
         Worker processes (1: compute in this process). Results do not depend on it.
-    resume : bool
-        Keep the slices an earlier run with the same spec finished (an earlier run
-        with a different spec is an error); otherwise start over.
+    restart : bool
+        Discard the slices of an unfinished run instead of resuming it. Without it, slices
+        an earlier run with the same spec finished are verified and kept (damaged ones are
+        recomputed, with a warning); an earlier run with a different spec is an error.
     on_slice_done : callable, optional
         ``on_slice_done(slice_id, n_done)`` after each slice is saved (progress hooks, tests).
     progress : bool
@@ -231,25 +297,32 @@ def run_grid(spec: GridSpec, slice_dir: "str | Path", workers: int = 1, resume: 
         Mean CRP and its SEM over start positions.
     n_resumed : int
         Slices taken from an earlier run.
+
+    Notes
+    -----
+    The wall time of every session is accumulated in ``slice_dir`` (:func:`recorded_wall_seconds`).
     """
     if workers < 1:
         raise InputError(f"workers must be a positive integer, got {workers}")
     slice_dir = Path(slice_dir)
-    done = _prepare_slice_dir(spec, slice_dir, resume)
+    done = _prepare_slice_dir(spec, slice_dir, restart)
     n_resumed = len(done)
     pending = [slice_id for slice_id in range(spec.n_slices) if slice_id not in done]
     if n_resumed:
         logger.info("resuming: %d of %d slices already done", n_resumed, spec.n_slices)
+    session_start, before = time.perf_counter(), recorded_wall_seconds(slice_dir)
 
     with tqdm(total=spec.n_slices, initial=n_resumed, desc="CMR grid slices", unit="slice",
               disable=not progress, smoothing=0.05) as bar:
         for slice_id, result in _iterate_slices(spec, pending, workers):
             save_npy(slice_path(slice_dir, slice_id), result)
+            save_json(slice_dir / ELAPSED_FILE, {"wall_seconds": before + time.perf_counter() - session_start})
             done[slice_id] = result
             bar.update(1)
             if on_slice_done is not None:
                 on_slice_done(slice_id, len(done))
 
+    save_json(slice_dir / ELAPSED_FILE, {"wall_seconds": before + time.perf_counter() - session_start})
     n_enc, n_rec, n_gamma = spec.shape
     stacked = np.stack([done[slice_id] for slice_id in range(spec.n_slices)])  # [slices, 2, rec, lags]
     stacked = stacked.reshape(n_enc, n_gamma, 2, n_rec, -1).transpose(2, 0, 3, 1, 4)

@@ -291,9 +291,10 @@ def fit_heads(attn_crp: np.ndarray, grid: CmrGrid, attn_lags: np.ndarray = ATTN_
     unit_cmr[usable_points] = cmr_shift[usable_points] / cmr_max[usable_points, None]  # max 1
     unit_cmr_sq = np.where(usable_points, (unit_cmr ** 2).sum(axis=-1), np.inf)            # [G]
 
-    attn_shift = attn - attn.min(axis=-1, keepdims=True)
-    attn_max = attn_shift.max(axis=-1)
-    attn_var = np.var(attn_shift, axis=-1)
+    with np.errstate(invalid="ignore"):  # inf - inf in heads with an infinite value: never fitted
+        attn_shift = attn - attn.min(axis=-1, keepdims=True)
+        attn_max = attn_shift.max(axis=-1)
+        attn_var = np.var(attn_shift, axis=-1)
     fittable = np.isfinite(attn_shift).all(axis=-1) & (attn_var > 0)
 
     # For one head, D at grid point g is (a_max^2 u_g - 2 a_max (a~ . c_g) + sum a~^2) / (K var)
@@ -330,9 +331,9 @@ def fit_heads(attn_crp: np.ndarray, grid: CmrGrid, attn_lags: np.ndarray = ATTN_
     fitted_pattern[found] = cmr[best_index[found]]
     fitted_scaled = np.full((n_heads, n_lags), np.nan)
     fitted_scaled[found] = inverse_temperature[found, None] * cmr_shift[best_index[found]]
-    if (~fittable).any():
-        logger.info("%d of %d heads have a NaN or flat CRP on the fitting lags: no fit (NaN)",
-                    int((~fittable).sum()), n_heads)
+    if (~fittable).any():  # the scripts report this per file (check_fitted); here only for debugging
+        logger.debug("%d of %d heads have a NaN, infinite or flat CRP on the fitting lags: no fit (NaN)",
+                     int((~fittable).sum()), n_heads)
     return CmrFit(
         distance=best_distance.reshape(head_shape),
         params=params.reshape(head_shape + (3,)),
@@ -343,3 +344,51 @@ def fit_heads(attn_crp: np.ndarray, grid: CmrGrid, attn_lags: np.ndarray = ATTN_
         attn_scaled=attn_shift.reshape(head_shape + (n_lags,)),
         lags=np.asarray(fit_lags).copy(),
     )
+
+
+def check_fitted(fit: CmrFit, source: str, index: tuple = ()) -> int:
+    """Count the heads of one score file that could be fitted; refuse a file where none could.
+
+    A head cannot be fitted when its attention CRP on the fitting lags holds a NaN or an infinite
+    value, or is constant (variance 0, so D is undefined); :func:`fit_heads` gives it NaN.
+    A file where no head can be fitted would give empty figures and "0 of N heads fitted", so it
+    is an error; a file where only some can be fitted gives a warning with the count.
+
+    Parameters
+    ----------
+    fit : CmrFit
+        Result of :func:`fit_heads`, head axes [..., L, H].
+    source : str
+        The score file (or model) the heads come from, for the messages.
+    index : tuple
+        Leading index selecting one file's heads, e.g. ``(t,)`` for checkpoint t of a [T, L, H] fit.
+
+    Returns
+    -------
+    int
+        Number of heads with a finite CMR distance.
+
+    Raises
+    ------
+    InputError
+        If no head could be fitted, or the file holds no heads at all.
+    """
+    distance = np.asarray(fit.distance[index])
+    attn = np.asarray(fit.attn_scaled[index])
+    n_heads = int(distance.size)
+    if n_heads == 0:
+        raise InputError(f"{source}: holds no heads (head axes of shape {distance.shape}); nothing to fit")
+    fitted = int(np.isfinite(distance).sum())
+    if fitted == n_heads:
+        return fitted
+    non_finite = int((~np.isfinite(attn).all(axis=-1)).sum())
+    flat = n_heads - fitted - non_finite
+    reasons = ", ".join(part for part in (f"{non_finite} with a NaN or infinite value" if non_finite else "",
+                                          f"{flat} constant" if flat else "") if part)
+    lags = f"lags {int(fit.lags[0])}..{int(fit.lags[-1])}"
+    if fitted == 0:
+        raise InputError(f"{source}: none of its {n_heads} heads can be fitted to CMR: every attention CRP on "
+                         f"{lags} is NaN, infinite or constant ({reasons})")
+    logger.warning("%s: only %d of %d heads could be fitted to CMR; %d are left out (NaN) because their attention "
+                   "CRP on %s is not usable (%s)", source, fitted, n_heads, n_heads - fitted, lags, reasons)
+    return fitted

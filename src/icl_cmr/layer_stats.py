@@ -221,11 +221,18 @@ def gather_selected(selection: HeadSelection, per_model: Mapping[str, np.ndarray
     Returns
     -------
     ndarray, shape [n, T, *rest]
-        Row i belongs to selected head i.
+        Row i belongs to selected head i (n = 0 for an empty selection).
+
+    Raises
+    ------
+    InputError
+        If a selected model has no values, or ``per_model`` is empty.
     """
     missing = sorted(set(selection.model) - set(per_model))
     if missing:
         raise InputError(f"no values for selected models {missing}")
+    if not per_model:
+        raise InputError("no per-model values to gather the selected heads from")
     first = np.asarray(next(iter(per_model.values())))
     out = np.full((len(selection), first.shape[0]) + first.shape[3:], np.nan)
     # One fancy-indexing gather per model (a handful of models), not per head.

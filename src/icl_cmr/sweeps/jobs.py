@@ -13,7 +13,10 @@ One job is one run of one experiment script (``python src/<script>.py <argv>``):
 
 A job is **up to date** (skipped) when every output exists, the metadata its script stored
 matches what the plan asks (model, checkpoint, prompt design, seed, settings, and the
-``icl_cmr`` version, our code version) and no output is older than an input.
+``icl_cmr`` version, our code version) and no input changed since: no input's (modification
+time, size) differs from what the manifest recorded when the job last ran, or, for outputs the
+sweep did not make, no output is older than an input. (Recorded signatures rather than plain
+file times, because a script may leave an output untouched when a rerun reproduces it.)
 """
 from __future__ import annotations
 
@@ -372,9 +375,20 @@ def _lookup(metadata: Mapping[str, Any], dotted: str) -> Tuple[bool, Any]:
     return True, value
 
 
+def _stored_path(text: str) -> str:
+    """A path as a script stored it (:func:`icl_cmr.outputs.portable_path`: relative to the repository
+    root, ``~/...``, or absolute), made absolute."""
+    from ..outputs import REPO_ROOT
+
+    if text.startswith("~/"):
+        return os.path.expanduser(text)
+    return text if os.path.isabs(text) else str(REPO_ROOT / text)
+
+
 def _same(expected: Any, found: Any, is_path: bool) -> bool:
     if is_path:
-        return isinstance(found, str) and os.path.realpath(found) == os.path.realpath(str(expected))
+        # The plan's paths are relative to the working directory; stored ones to the repository.
+        return isinstance(found, str) and os.path.realpath(_stored_path(found)) == os.path.realpath(str(expected))
     if isinstance(expected, (list, tuple)) and isinstance(found, (list, tuple)):
         return len(expected) == len(found) and all(_same(a, b, False) for a, b in zip(expected, found))
     if isinstance(expected, float) or isinstance(found, float):
@@ -391,13 +405,33 @@ def _read_metadata(path: Path) -> Optional[Mapping[str, Any]]:
     return metadata if isinstance(metadata, Mapping) else None
 
 
-def stale_reason(job: Job) -> Optional[str]:
-    """Why ``job`` must run (a missing output, metadata that differs, an input newer than an output), or None.
+def input_signatures(job: Job) -> Dict[str, Optional[List[int]]]:
+    """``{input: [mtime_ns, size]}`` (None for a missing input), as the manifest records them."""
+    out: Dict[str, Optional[List[int]]] = {}
+    for source in job.inputs:
+        try:
+            info = os.stat(source)
+        except OSError:
+            out[source] = None
+        else:
+            out[source] = [info.st_mtime_ns, info.st_size]
+    return out
+
+
+def stale_reason(job: Job, recorded_inputs: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+    """Why ``job`` must run (a missing output, metadata that differs, a changed input), or None.
+
+    Parameters
+    ----------
+    job : Job
+    recorded_inputs : mapping, optional
+        :func:`input_signatures` as recorded when the job last ran (from the manifest). Without
+        them an input counts as changed when it is newer than the oldest output.
 
     Returns
     -------
     str or None
-        None when every output exists, matches the plan and is newer than every input.
+        None when every output exists, its metadata matches the plan and no input changed.
     """
     times = []
     for output in job.outputs:
@@ -413,6 +447,14 @@ def stale_reason(job: Job) -> Optional[str]:
             found, value = _lookup(metadata, key)
             if not found or not _same(expected, value, key in check.path_keys):
                 return f"{check.path}: {key} is {value!r}, the plan wants {expected!r}"
+    if recorded_inputs is not None:
+        current = input_signatures(job)
+        for source, signature in current.items():
+            if signature is None:
+                return f"input {source} is missing"
+            if list(recorded_inputs.get(source) or []) != signature:
+                return f"{source} changed since the job last ran"
+        return None
     oldest = min(times) if times else None
     for source in job.inputs:
         try:

@@ -49,10 +49,10 @@ def new_record(job: Job, previous: Optional[Mapping[str, Any]] = None) -> Dict[s
         "id": job.id, "stage": job.stage, "model": job.model, "step": job.step, "script": job.script,
         "argv": list(job.argv), "group": job.group, "outputs": list(job.outputs), "log": job.log_name,
         "state": "pending", "reason": None, "error": None, "attempts": 0, "backend_id": None,
-        **{key: None for key in _MEASURED},
+        "input_signatures": None, **{key: None for key in _MEASURED},
     }
     if previous:
-        for key in ("state", "error", "attempts", "backend_id", *_MEASURED):
+        for key in ("state", "error", "attempts", "backend_id", "input_signatures", *_MEASURED):
             record[key] = previous.get(key, record[key])
         if record["state"] not in STATES:
             record["state"] = "pending"

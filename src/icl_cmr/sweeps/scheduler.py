@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .execute import JobResult, job_environment, run_command, utc_now
-from .jobs import Job, aggregate_jobs, stale_reason
+from .jobs import Job, aggregate_jobs, input_signatures, stale_reason
 from .manifest import FINISHED_OK, save_manifest
 from .plan import Plan
 
@@ -177,6 +177,7 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
     unsettled = [job.id for job in jobs]
     running: Set[str] = set()
     ran_now: Set[str] = set()   # jobs that succeeded in this run: what needs them is stale whatever the clocks say
+    started_with: Dict[str, Dict[str, Any]] = {}   # job -> its inputs' signatures when it started
     ran = 0
 
     def save() -> None:
@@ -194,6 +195,7 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
                       ended_utc=result.ended_utc, error=result.error)
         if result.ok:
             record["peak_gpu_gib"] = _peak_gpu(by_id[job_id])
+            record["input_signatures"] = started_with.get(job_id)
             ran_now.add(job_id)
             settle(job_id, "done")
             logger.info("done %s (%.1f s, peak %s MiB)", job_id, result.wall_s, result.peak_rss_mib)
@@ -230,8 +232,10 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
                     records[job_id]["argv"] = list(job.argv)
                 reran = [d for d in job.depends_on if d in ran_now] + \
                     [d for d in sorted(ran_now) if set(by_id[d].outputs) & set(job.inputs)]
-                reason = f"{reran[0]} ran again" if reran else stale_reason(job)
+                recorded = records[job_id].get("input_signatures")
+                reason = f"{reran[0]} ran again" if reran else stale_reason(job, recorded)
                 if reason is None:
+                    records[job_id]["input_signatures"] = recorded or input_signatures(job)
                     settle(job_id, "skipped", "outputs up to date")
                     continue
                 if job_id in earlier_failure and not retry_failed:
@@ -244,6 +248,8 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
             if len(unsettled) != before and not start:
                 save()
             if start:
+                for job in start:
+                    started_with[job.id] = input_signatures(job)
                 ids = backend.submit(start)
                 for job in start:
                     record = records[job.id]

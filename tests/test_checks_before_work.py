@@ -1,0 +1,51 @@
+"""Scripts not covered elsewhere check their output folders before any expensive work (issue 17 item 10)."""
+from __future__ import annotations
+
+import pytest
+
+import pattern_icl
+import plot_crp
+import train_toy_lm
+from icl_cmr.cli import run_cli
+
+
+def _one_error(main, argv, capsys):
+    code = run_cli(main, argv)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err
+    return code, errors
+
+
+@pytest.fixture()
+def blocker(tmp_path):
+    path = tmp_path / "blocker"
+    path.write_text("a file where a folder should be")
+    return path
+
+
+def test_pattern_icl_checks_its_output_folders_before_loading_the_model(tiny_model_dirs, blocker, capsys,
+                                                                        monkeypatch):
+    import icl_cmr.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad output folder was reported")
+
+    monkeypatch.setattr(icl_cmr.models, "load_model", refuse)
+    code, errors = _one_error(pattern_icl.main, ["--model", str(tiny_model_dirs["gpt2"]), "--heads", "L1H0",
+                                                 "--out-dir", str(blocker / "out")], capsys)
+    assert code == 2 and len(errors) == 1 and f"{blocker} is a file" in errors[0] and "--out-dir" in errors[0]
+
+
+def test_plot_crp_checks_its_figure_folder_before_reading_any_data(blocker, capsys, monkeypatch):
+    monkeypatch.setattr(plot_crp, "read_cmr_grid", lambda *a: pytest.fail("the grid was read first"))
+    code, errors = _one_error(plot_crp.main, ["--figs-dir", str(blocker / "figs")], capsys)
+    assert code == 2 and len(errors) == 1 and f"{blocker} is a file" in errors[0]
+
+
+def test_train_toy_lm_checks_the_snapshot_folder_before_reading_the_corpus(tmp_path, blocker, capsys, monkeypatch):
+    monkeypatch.setattr(train_toy_lm.toy_lm, "corpus_split", lambda *a: pytest.fail("the corpus was read first"))
+    code, errors = _one_error(train_toy_lm.main, ["--save_dir", str(tmp_path / "model"),
+                                                  "--snapshot_dir", str(blocker / "snapshots")], capsys)
+    assert code == 2 and len(errors) == 1 and "--snapshot_dir" in errors[0]
+    assert not (tmp_path / "model").exists()

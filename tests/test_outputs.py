@@ -1,0 +1,197 @@
+"""icl_cmr.outputs: writable-folder checks, pending writes, portable paths, reruns that change nothing."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from icl_cmr.errors import InputError
+from icl_cmr.io import load_pickle, make_metadata, save_pickle
+from icl_cmr.outputs import (REPO_ROOT, OutputGuard, PendingWrites, check_writable_dir, portable_path,
+                             portable_paths_in, same_result)
+
+
+# ----------------------------------------------------------------------------- checks before work
+
+def test_check_writable_dir_accepts_a_folder_that_can_be_created_and_creates_nothing(tmp_path):
+    target = tmp_path / "a" / "b"
+    assert check_writable_dir(target) == target
+    assert not (tmp_path / "a").exists()
+
+
+def test_check_writable_dir_refuses_a_path_below_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match=r"--out output folder|cannot be made: .*file is a file"):
+        check_writable_dir(tmp_path / "file" / "sub", "--out")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only folders")
+def test_check_writable_dir_refuses_a_read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(InputError, match="not writable"):
+            check_writable_dir(folder / "new")
+    finally:
+        folder.chmod(0o700)
+
+
+def test_pending_writes_write_nothing_until_commit(tmp_path):
+    import matplotlib.pyplot as plt
+
+    pending = PendingWrites()
+    pending.text(tmp_path / "t" / "table.csv", "a,b\n1,2\n")
+    pending.pickle(tmp_path / "r.pkl", {"x": np.arange(3)})
+    fig, _ = plt.subplots()
+    pending.figure(tmp_path / "f" / "fig.pdf", fig)
+    assert list(tmp_path.iterdir()) == [] and len(pending) == 3
+    written = pending.commit()
+    assert written == [tmp_path / "t" / "table.csv", tmp_path / "r.pkl", tmp_path / "f" / "fig.pdf"]
+    assert (tmp_path / "t" / "table.csv").read_text() == "a,b\n1,2\n"
+    np.testing.assert_array_equal(load_pickle(tmp_path / "r.pkl")["x"], np.arange(3))
+    assert (tmp_path / "f" / "fig.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_pending_writes_check_every_folder_before_writing_any_file(tmp_path):
+    (tmp_path / "blocker").write_text("x")
+    pending = PendingWrites()
+    pending.text(tmp_path / "first.txt", "1")
+    pending.text(tmp_path / "blocker" / "second.txt", "2")
+    with pytest.raises(InputError, match="is a file"):
+        pending.commit()
+    assert not (tmp_path / "first.txt").exists()
+
+
+# ----------------------------------------------------------------------------- portable paths
+
+def test_portable_path_is_relative_inside_the_repository():
+    assert portable_path(REPO_ROOT / "saved_models" / "toy_lm") == "saved_models/toy_lm"
+    assert portable_path(REPO_ROOT) == "."
+
+
+def test_portable_path_outside_the_repository():
+    assert portable_path(Path.home() / "data" / "x.jsonl") == "~/data/x.jsonl"
+    assert portable_path("/nonexistent-root-dir/x") == "/nonexistent-root-dir/x"
+    assert portable_path(None) is None
+
+
+def test_portable_paths_in_rewrites_only_the_named_keys():
+    meta = {"save_dir": "/old/root/saved", "note": "/old/root/keep", "inner": {"models": ["/old/root/a.pt", "b.pt"],
+                                                                            "source": "file:/old/root/ids.json"}}
+    fixed = portable_paths_in(meta, ("save_dir", "models", "source"), root="/old/root")
+    assert fixed == {"save_dir": "saved", "note": "/old/root/keep",
+                     "inner": {"models": ["a.pt", "b.pt"], "source": "file:ids.json"}}
+
+
+# ----------------------------------------------------------------------------- same result
+
+def _result(tmp_path, name, values, created="2026-01-01T00:00:00+00:00", wall=1.5, threshold=0.5):
+    meta = make_metadata("test.py", {"threshold": threshold}, seed=0, wall_time_s=wall)
+    meta["created_utc"] = created
+    return save_pickle(tmp_path / name, {"values": np.asarray(values, dtype=float), "metadata": meta})
+
+
+def test_pickles_differing_only_in_run_metadata_hold_the_same_result(tmp_path):
+    a = _result(tmp_path, "a.pkl", [1.0, np.nan])
+    b = _result(tmp_path, "b.pkl", [1.0, np.nan], created="2027-05-05T00:00:00+00:00", wall=99.0)
+    assert a.read_bytes() != b.read_bytes() and same_result(a, b)
+
+
+def test_a_last_bit_difference_or_a_parameter_change_is_a_different_result(tmp_path):
+    a = _result(tmp_path, "a.pkl", [1.0, 2.0])
+    assert not same_result(a, _result(tmp_path, "b.pkl", [1.0, np.nextafter(2.0, 3.0)]))
+    assert not same_result(a, _result(tmp_path, "c.pkl", [1.0, 2.0], threshold=0.1))
+
+
+def test_pdfs_differing_only_in_their_creation_date_hold_the_same_result(tmp_path):
+    body = b"%PDF-1.4\n<< /Producer (Matplotlib) /CreationDate (D:20261122031633Z) >>\n"
+    (tmp_path / "a.pdf").write_bytes(body)
+    (tmp_path / "b.pdf").write_bytes(body.replace(b"20261122031633", b"20261130020617"))
+    (tmp_path / "c.pdf").write_bytes(body.replace(b"Matplotlib", b"Matplotlin"))
+    assert same_result(tmp_path / "a.pdf", tmp_path / "b.pdf")
+    assert not same_result(tmp_path / "a.pdf", tmp_path / "c.pdf")
+
+
+def test_json_metadata_files_compare_without_run_fields(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"producer": "x", "created_utc": "1", "git_commit": "abc", "parameters": {"n": 1}}))
+    b.write_text(json.dumps({"producer": "x", "created_utc": "2", "git_commit": "def", "parameters": {"n": 1}}))
+    assert same_result(a, b)
+    b.write_text(json.dumps({"producer": "x", "created_utc": "2", "peak_gpu_memory_gib": 3.5, "parameters": {"n": 1}}))
+    assert same_result(a, b)    # a run-describing field the older file lacks
+    b.write_text(json.dumps({"producer": "x", "created_utc": "2", "parameters": {"n": 2}}))
+    assert not same_result(a, b)
+
+
+# ----------------------------------------------------------------------------- the guard
+
+def test_guard_keeps_files_whose_result_did_not_change_and_keeps_new_results(tmp_path):
+    old_same = _result(tmp_path, "same.pkl", [1.0]).read_bytes()
+    _result(tmp_path, "changed.pkl", [1.0])
+    with OutputGuard([tmp_path / "*.pkl"]) as guard:
+        _result(tmp_path, "same.pkl", [1.0], created="2030-01-01T00:00:00+00:00")
+        _result(tmp_path, "changed.pkl", [2.0])
+        _result(tmp_path, "new.pkl", [3.0])
+    assert (tmp_path / "same.pkl").read_bytes() == old_same
+    assert load_pickle(tmp_path / "changed.pkl")["values"].tolist() == [2.0]
+    assert [p.name for p in guard.unchanged] == ["same.pkl"]
+    assert [p.name for p in guard.changed] == ["changed.pkl"] and [p.name for p in guard.created] == ["new.pkl"]
+
+
+def test_guard_restores_everything_when_the_run_fails(tmp_path):
+    before = _result(tmp_path, "old.pkl", [1.0]).read_bytes()
+    with pytest.raises(RuntimeError):
+        with OutputGuard([tmp_path / "*.pkl"]):
+            _result(tmp_path, "old.pkl", [5.0])
+            _result(tmp_path, "new.pkl", [3.0])
+            raise RuntimeError("step 3 failed")
+    assert (tmp_path / "old.pkl").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.pkl"]
+
+
+def test_guard_never_touches_hidden_files(tmp_path):
+    hidden = tmp_path / ".partial"
+    hidden.mkdir()
+    (hidden / "batch.npz").write_bytes(b"resume state")
+    with pytest.raises(KeyboardInterrupt):
+        with OutputGuard([tmp_path / "*", hidden / "*"]):
+            (tmp_path / ".state.json").write_text("{}")
+            raise KeyboardInterrupt
+    assert (hidden / "batch.npz").read_bytes() == b"resume state" and (tmp_path / ".state.json").exists()
+
+
+# ----------------------------------------------------------------------------- the shipped files
+
+def _strings(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_shipped_outputs_carry_no_machine_paths(repo_root):
+    """Metadata paths are relative to the repository (or ``~/``); only a scratch folder under /tmp may remain."""
+    import torch
+
+    found = []
+    for path in sorted(repo_root.glob("saved_*/**/*")):
+        if path.suffix == ".json":
+            content = json.loads(path.read_text())
+        elif path.suffix == ".pkl":
+            content = load_pickle(path).get("metadata", {})
+        elif path.suffix == ".pt" and not path.name.endswith("_checkpoint.pt"):
+            content = torch.load(path, map_location="cpu", weights_only=True).get("metadata", {})
+        else:
+            continue
+        found += [f"{path.relative_to(repo_root)}: {text}" for text in _strings(content)
+                  if text.removeprefix("file:").startswith("/") and not text.startswith("/tmp/")]
+    assert found == []
