@@ -20,7 +20,6 @@ import pytest
 
 import attn_over_size_xtra
 import attn_over_time
-import compute_head_scores
 import select_fit
 import select_fit_xtra
 import sweep
@@ -156,11 +155,14 @@ def test_outputs_follow_the_usual_layout(reference_run):
 
 
 def test_scores_equal_running_compute_head_scores_by_hand(reference_run, inputs, tmp_path):
+    # As a user types it, in a fresh process: the script pins torch's CPU kernels before torch loads,
+    # which an in-process call (torch already imported by the tests) cannot do.
     by_hand = tmp_path / "by_hand.pkl"
     argv = ["--model", inputs["models"]["gpt2"]["source"], "--out", str(by_hand), "--n-prompts", "2",
             "--block-len", "6", "--prefix-block-len", "4", "--prefix-n-prompts", "1", "--device", "cpu",
             "--no-progress"]
-    assert run_cli(compute_head_scores.main, argv) == 0
+    subprocess.run([sys.executable, str(REPO_ROOT / "src" / "compute_head_scores.py"), *argv], check=True,
+                   cwd=REPO_ROOT, capture_output=True)
     assert_same_scores(reference_run["out"] / "saved_scores" / "tiny-gpt2" / "all_scores_tiny-gpt2.pkl", by_hand)
 
 
