@@ -11,16 +11,17 @@ Example::
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Optional, Sequence
 
-from attn_over_size import fit_models, write_outputs
-from fit_attn_score import add_common_arguments, load_grid
 from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_float, run_cli, setup_logging
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
-from icl_cmr.outputs import check_writable_dir
+from icl_cmr.fit_analyses import XTRA_MODELS, fit_models, log_cmr_like_counts
+from icl_cmr.fit_cli import add_common_arguments, load_grid
+from icl_cmr.fit_figures import queue_size_outputs
+from icl_cmr.outputs import PendingWrites, check_writable_dir
 
-#: Models of [LI24] Fig 6c (the authors' ``attn_over_size_xtra.py`` default).
-XTRA_MODELS = ("qwen-7b", "mistral-7b", "llama3-8b")
+logger = logging.getLogger("attn_over_size_xtra")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     grid = load_grid(args)
     out_dir = check_writable_dir(args.figs_dir / "attn_over_size_xtra", "--figs-dir")
     fits = fit_models(args.scores_dir, args.models, grid, args.checkpoint)
-    write_outputs(fits, out_dir, args.threshold, args.strict_threshold, grid, "attn_over_size_xtra.py", "")
+    pending = PendingWrites()
+    queue_size_outputs(pending, fits, out_dir, args.threshold, args.strict_threshold, grid,
+                       "attn_over_size_xtra.py", "")
+    pending.commit()
+    log_cmr_like_counts(fits, args.threshold)
+    logger.info("wrote figures and layer_summary.csv to %s", out_dir)
     return 0
 
 

@@ -21,13 +21,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from fit_attn_score import add_common_arguments, grid_parameters, load_grid
 from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_float, run_cli, setup_logging
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
+from icl_cmr.fit_analyses import over_training_table
+from icl_cmr.fit_cli import add_common_arguments, grid_parameters, load_grid
 from icl_cmr.fitting import check_fitted, fit_heads
 from icl_cmr.io import make_metadata
 from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
-from icl_cmr.layer_stats import percent_below_threshold, summarize_by_layer
 from icl_cmr.score_files import CHECKPOINT_INDICES, checkpoint_step, load_checkpoint_series
 
 logger = logging.getLogger("attn_over_time")
@@ -36,7 +36,8 @@ logger = logging.getLogger("attn_over_time")
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description="CMR fits of one model over training checkpoints (Fig 7b).")
     parser.add_argument("-m", "--model_name", default="pythia-70m",
-                        help="model name as in --scores-dir, e.g. pythia-70m or pythia-70m-deduped-v0 (default: %(default)s)")
+                        help="model name as in --scores-dir, e.g. pythia-70m or pythia-70m-deduped-v0 "
+                             "(default: %(default)s)")
     parser.add_argument("--checkpoints", type=non_negative_int, nargs="+", default=list(CHECKPOINT_INDICES),
                         help="checkpoint indices K, training step 1000 (K + 1); the last one defines the mask "
                              "(default: the paper's 16: %(default)s)")
@@ -47,9 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import pandas as pd
-
-    from icl_cmr import plotting
+    from icl_cmr.fit_figures import over_training_figures
 
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -62,27 +61,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for t, scores in enumerate(series):  # one check per file (16 at most), for messages naming the file
         check_fitted(fit, scores.path, index=(t,))
     steps = np.array([checkpoint_step(k) for k in checkpoints])
-    n_layers = crp.shape[1]
+    thresholds = (args.threshold, args.strict_threshold)
 
     pending = PendingWrites()
-    rows = []
-    for t in (args.threshold, args.strict_threshold):
-        percent = percent_below_threshold(fit.distance, t)                 # [T, L]
-        pending.figure(out_dir / f"fit_over_time_thres{t}.pdf",
-                       plotting.plot_percent_over_training(steps, percent, ylabel=f"% heads with D < {t}",
-                                                           title=args.model_name))
-        final_mask = fit.distance[-1] < t                                    # [L, H], the authors' mask
-        params = summarize_by_layer(fit.params, final_mask, n_trailing=1)   # [T, L, 3]
-        inv = summarize_by_layer(fit.inverse_temperature, final_mask)       # [T, L]
-        pending.figure(out_dir / f"params_over_time_thres{t}.pdf", plotting.plot_layer_summary_over_training(
-            steps, params, inv, title=f"{args.model_name}: heads with D < {t} at step {steps[-1]}"))
-        for i, (k, step) in enumerate(zip(checkpoints, steps)):
-            rows.append(pd.DataFrame({
-                "threshold": t, "checkpoint": k, "step": step, "layer": np.arange(n_layers),
-                "percent_D_below": percent[i], "n_heads_in_final_mask": final_mask.sum(axis=1),
-                "mean_beta_enc": params.mean[i, :, 0], "mean_beta_rec": params.mean[i, :, 1],
-                "mean_gamma_ft": params.mean[i, :, 2], "mean_inverse_temperature": inv.mean[i]}))
-    pending.text(out_dir / "layer_over_time.csv", pd.concat(rows, ignore_index=True).to_csv(index=False))
+    pending.figures(out_dir, over_training_figures(fit, steps, thresholds, args.model_name))
+    table = over_training_table(fit, checkpoints, steps, thresholds)
+    pending.text(out_dir / "layer_over_time.csv", table.to_csv(index=False))
     pending.json(out_dir / "layer_over_time.json", {"metadata": make_metadata(
         "attn_over_time.py", {"model": args.model_name, "checkpoints": checkpoints,
                               "scores_files": [portable_path(s.path) for s in series], "threshold": args.threshold,

@@ -26,7 +26,8 @@ from typing import Optional, Sequence
 
 from icl_cmr.cli import OneLineErrorParser, int_range, positive_int, run_cli, seed_int, setup_logging
 from icl_cmr.cmr import CRP_METHODS, CMRSettings
-from icl_cmr.cmr_grid import PARTIAL_SUFFIX, GridSpec, grid_file_names, recorded_wall_seconds, run_grid
+from icl_cmr.cmr_grid import (GRID_QUANTITIES, PARTIAL_SUFFIX, GridSpec, grid_description, grid_file_names,
+                              recorded_wall_seconds, run_grid)
 from icl_cmr.errors import InputError
 from icl_cmr.io import ensure_writable_dir, make_metadata, save_json, save_npy
 
@@ -59,10 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=seed_int, default=0, help="base random seed (default: 0)")
     parser.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1),
                         help="worker processes; results do not depend on it (default: min(2, CPUs))")
-    parser.add_argument("--method", choices=CRP_METHODS, default="exact",
-                        help="exact: exact CRP at beta_rec in {0, 1}, simulation elsewhere (default); "
+    parser.add_argument("--quantity", choices=GRID_QUANTITIES, default="crp",
+                        help="crp: the paper's CRP, a normalised lag histogram (default); conditional: the "
+                             "conditional lag-CRP of the same recalls, as psifr defines it for people "
+                             "(fit_human_recall.py; written as cmr_cond_crp_*)")
+    parser.add_argument("--method", choices=CRP_METHODS, default=None,
+                        help="exact: exact CRP at beta_rec in {0, 1}, simulation elsewhere (default for crp); "
                              "simulate: simulation everywhere; authors: the authors' closed forms at "
-                             "beta_rec in {0, 1}, gamma_ft = 0 (they do not match their model; comparison only)")
+                             "beta_rec in {0, 1}, gamma_ft = 0 (they do not match their model; comparison only); "
+                             "--quantity conditional is always simulated")
     parser.add_argument("--restart", action="store_true",
                         help="discard the finished slices of an interrupted run and start over (default: resume it)")
     parser.add_argument("--resume", action="store_true",
@@ -88,10 +94,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                n_start=args.n_start, max_lag=args.max_lag)
     except InputError as err:
         raise InputError(f"--{err}") from None
-    spec = GridSpec.from_resolution(args.n_beta, args.n_gamma, settings, seed=args.seed, method=args.method)
+    method = args.method or ("simulate" if args.quantity == "conditional" else "exact")
+    spec = GridSpec.from_resolution(args.n_beta, args.n_gamma, settings, seed=args.seed, method=method,
+                                    quantity=args.quantity)
     save_dir = ensure_writable_dir(args.save_dir)
-    mean_name, sem_name, meta_name = grid_file_names(args.n_beta, args.n_gamma)
-    slice_dir = save_dir / f".cmr_crp_{args.n_beta}_{args.n_gamma}{PARTIAL_SUFFIX}"
+    mean_name, sem_name, meta_name = grid_file_names(args.n_beta, args.n_gamma, args.quantity)
+    slice_dir = save_dir / f".{meta_name[:-len('.json')]}{PARTIAL_SUFFIX}"
 
     logger.info("CMR grid %s (%d points, %d slices), %d trials x %d starts, <= %d draws, method %s, "
                 "seed %d, %d workers", "x".join(map(str, spec.shape)), spec.n_slices * len(spec.beta_rec),
@@ -110,9 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         n_slices=spec.n_slices, shape=list(mean.shape),
         axes=["beta_enc", "beta_rec", "gamma_ft", f"lag -{settings.max_lag}..{settings.max_lag}"],
         files={"mean": mean_name, "sem": sem_name},
-        description="mean and SEM over start positions s0 = 0..n_start-1 of the normalised CMR CRP; "
-                    "SEM = std(ddof=1)/sqrt(n_start); per-point generators "
-                    "SeedSequence(seed, spawn_key=(C-order flat index,))",
+        description=grid_description(spec.quantity),
     )
     save_npy(save_dir / mean_name, mean)
     save_npy(save_dir / sem_name, sem)

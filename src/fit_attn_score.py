@@ -17,7 +17,8 @@ Example::
     python src/fit_attn_score.py --save_dir gpt2-small --all_head_scores gpt2-small/all_scores_gpt2-small.pkl
     python src/fit_attn_score.py --model pythia-70m --checkpoint 142 --scores-dir ../shared/official/saved_scores
 
-This module also holds the command-line pieces shared by the other fitting scripts.
+``--no-figures`` writes the fit files only (for sweeps); a progress bar counts the per-layer pages
+(``--no-progress`` hides it).
 """
 from __future__ import annotations
 
@@ -26,58 +27,22 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
-
 from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_float, run_cli, setup_logging
-from icl_cmr.cli import str2bool  # noqa: F401 - its former home; callers may import it from here
-from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD, CMR_LIKE_THRESHOLD
+from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
 from icl_cmr.errors import InputError
-from icl_cmr.fitting import CmrFit, CmrGrid, check_fitted, fit_heads
+from icl_cmr.fit_analyses import head_table
+from icl_cmr.fit_cli import add_common_arguments, add_figure_arguments, grid_parameters, load_grid
+from icl_cmr.fitting import check_fitted, fit_heads
 from icl_cmr.io import make_metadata
-from icl_cmr.layer_stats import percent_below_threshold, relative_layer_position
+from icl_cmr.layer_stats import percent_below_threshold
 from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
 from icl_cmr.score_format import plain_metadata
-from icl_cmr.score_files import (DEFAULT_GRID_PATH, DEFAULT_SCORES_DIR, HeadScores, fit_result_paths, read_cmr_grid,
-                                 load_model_scores, read_head_scores)
+from icl_cmr.score_files import DEFAULT_SCORES_DIR, HeadScores, fit_result_paths, load_model_scores, read_head_scores
 
 logger = logging.getLogger("fit_attn_score")
 
 PRODUCER = "fit_attn_score.py"
 
-
-# ----------------------------------------------------------------------------- shared CLI pieces
-
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags every fitting script shares: inputs (scores, grid), outputs (figures), threshold."""
-    parser.add_argument("--scores-dir", "--scores_dir", type=Path, default=DEFAULT_SCORES_DIR,
-                        help="root folder of head-score files, <root>/<model>/*all_scores_*.pkl (default: %(default)s)")
-    parser.add_argument("--crp-grid", "--crp_grid", type=Path, default=DEFAULT_GRID_PATH,
-                        help="CMR CRP grid .npy [A, B, C, 17] (default: %(default)s; axes from a .json sidecar "
-                             "for non-default shapes)")
-    parser.add_argument("--crp-sem", "--crp_sem", type=Path, default=None,
-                        help="SEM file of the grid (optional; default: the *sem* file beside --crp-grid if present)")
-    parser.add_argument("--figs-dir", "--figs_dir", type=Path, default=Path("figs"),
-                        help="root folder for figures (default: %(default)s)")
-    parser.add_argument("--threshold", type=positive_float, default=CMR_LIKE_THRESHOLD,
-                        help="CMR distance below which a head is CMR-like (default: %(default)s, [LI24] Fig 5/6)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-
-
-def load_grid(args: argparse.Namespace) -> CmrGrid:
-    """The CMR grid named by ``--crp-grid`` / ``--crp-sem``."""
-    grid = read_cmr_grid(args.crp_grid, args.crp_sem)
-    logger.info("CMR grid %s: %s points%s", grid.source, "x".join(map(str, grid.shape)),
-                "" if grid.sem is not None else " (no SEM file)")
-    return grid
-
-
-def grid_parameters(grid: CmrGrid) -> dict:
-    """Grid description for metadata (the grid's path relative to the repository root when inside it)."""
-    return {"crp_grid": portable_path(grid.source) if grid.source else grid.source, "grid_shape": list(grid.shape),
-            "beta_enc": grid.beta_enc.tolist(), "beta_rec": grid.beta_rec.tolist(), "gamma_ft": grid.gamma_ft.tolist()}
-
-
-# ----------------------------------------------------------------------------- this script
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description="Fit every attention head of a model to CMR (Fig 5, 6a).")
@@ -93,9 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fit results go to <fits-dir>/<save_dir>/cmr_fit_<save_dir>.pkl (default: %(default)s)")
     parser.add_argument("--strict-threshold", type=positive_float, default=CMR_LIKE_STRICT_THRESHOLD,
                         help="second threshold drawn in fit_against_layer.pdf (default: %(default)s, [LI24] supp.)")
-    parser.add_argument("--no-figures", action="store_true",
-                        help="write the fit pickle and CSV only (sweeps fit hundreds of checkpoints)")
     add_common_arguments(parser)
+    add_figure_arguments(parser)
     return parser
 
 
@@ -112,65 +76,15 @@ def resolve_scores(args: argparse.Namespace) -> HeadScores:
     return read_head_scores(path)
 
 
-def head_table(scores: HeadScores, fit: CmrFit, threshold: float, model: str):
-    """Tidy table, one row per head (pandas DataFrame)."""
-    import pandas as pd
-
-    layers, heads = np.meshgrid(np.arange(scores.n_layers), np.arange(scores.n_heads), indexing="ij")
-    return pd.DataFrame({
-        "model": model,
-        "layer": layers.ravel(),
-        "head": heads.ravel(),
-        "label": scores.labels.ravel(),
-        "matching_score": scores.matching_score.ravel(),
-        "copying_score": scores.copying_score.ravel(),
-        "cmr_distance": fit.distance.ravel(),
-        "beta_enc": fit.params[..., 0].ravel(),
-        "beta_rec": fit.params[..., 1].ravel(),
-        "gamma_ft": fit.params[..., 2].ravel(),
-        "inverse_temperature": fit.inverse_temperature.ravel(),
-        "cmr_like": (fit.distance < threshold).ravel(),
-    })
-
-
-def queue_figures(pending: PendingWrites, out_dir: Path, scores: HeadScores, fit: CmrFit, threshold: float,
-                  strict_threshold: float, name: str) -> None:
-    """Render all figures of this script (written later, with the other outputs, by ``pending``)."""
-    from icl_cmr import plotting
-    from icl_cmr.fitting import select_lags
-
-    attn = select_lags(scores.crp, scores.lags, fit.lags)
-    attn_sem = select_lags(scores.crp_sem, scores.lags, fit.lags)
-    fitted_on_attn_scale = fit.fitted_pattern_scaled + attn.min(axis=-1, keepdims=True)
-    for layer in range(scores.n_layers):
-        # Heads in descending matching score within the layer, as the authors' sorted_* arrays.
-        order = np.argsort(-np.nan_to_num(scores.matching_score[layer], nan=-np.inf), kind="stable")
-        fig = plotting.plot_layer_fits(scores.labels[layer, order], fit.lags, attn[layer, order],
-                                       attn_sem[layer, order], fitted_on_attn_scale[layer, order],
-                                       fit.distance[layer, order], fit.params[layer, order],
-                                       title=f"{name}, layer {layer}")
-        pending.figure(out_dir / f"head_fit_L{layer}.pdf", fig)
-    pending.figure(out_dir / "score_against_fit.pdf",
-                   plotting.plot_distance_vs_matching(fit.distance.ravel(), scores.matching_score.ravel(),
-                                                      scores.copying_score.ravel(), threshold, title=name))
-    pending.figure(out_dir / "score_against_scale_factor.pdf",
-                   plotting.plot_inverse_temperature_vs_matching(fit.inverse_temperature.ravel(),
-                                                                 scores.matching_score.ravel(),
-                                                                 scores.copying_score.ravel(), title=name))
-    position = relative_layer_position(scores.n_layers)
-    curves = {f"D < {t}": percent_below_threshold(fit.distance, t) for t in (threshold, strict_threshold)}
-    pending.figure(out_dir / "fit_against_layer.pdf",
-                   plotting.plot_percent_by_layer({k: position for k in curves}, curves,
-                                                  ylabel="% heads (CMR-like)", title=name))
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     scores = resolve_scores(args)
     grid = load_grid(args)
     name = args.save_dir or (args.model if args.all_head_scores is None else Path(scores.path).parent.name)
-    out_dir = None if args.no_figures else check_writable_dir(args.figs_dir / "fit_attn_score" / name, "--figs-dir")
+    out_dir = args.figs_dir / "fit_attn_score" / name
+    if not args.no_figures:
+        check_writable_dir(out_dir, "--figs-dir")
     fit_path, table_path = fit_result_paths(args.fits_dir, name)
     check_writable_dir(fit_path.parent, "--fits-dir")
 
@@ -191,13 +105,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pending = PendingWrites()
     pending.pickle(fit_path, result)
     pending.text(table_path, head_table(scores, fit, args.threshold, name).to_csv(index=False))
-    if out_dir is not None:
-        queue_figures(pending, out_dir, scores, fit, args.threshold, args.strict_threshold, name)
+    if not args.no_figures:
+        from icl_cmr.fit_figures import fit_summary_figures, head_fit_pages
+
+        for layer, page in head_fit_pages(scores, fit, name, progress=not args.no_progress):
+            pending.data(out_dir / f"head_fit_L{layer}.pdf", page)
+        pending.figures(out_dir, fit_summary_figures(scores, fit, args.threshold, args.strict_threshold, name))
     pending.commit()
-    if out_dir is None:
-        logger.info("wrote %s and %s (no figures)", fit_path, table_path)
-        return 0
-    logger.info("wrote %s, %s and figures to %s", fit_path, table_path, out_dir)
+    logger.info("wrote %s, %s%s", fit_path, table_path, "" if args.no_figures else f" and figures to {out_dir}")
     return 0
 
 

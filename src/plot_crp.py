@@ -22,18 +22,14 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 
 from icl_cmr.cli import OneLineErrorParser, positive_int, run_cli, setup_logging
-from icl_cmr.fitting import select_lags
-from icl_cmr.human_recall import DEFAULT_HUMAN_DATASET, HUMAN_DATASETS, conditional_lag_crp, load_recall_data
+from icl_cmr.fit_figures import reference_crp_figure
+from icl_cmr.human_recall import DEFAULT_HUMAN_DATASET, HUMAN_DATASETS
 from icl_cmr.outputs import PendingWrites, check_writable_dir
 from icl_cmr.score_files import DEFAULT_GRID_PATH, read_cmr_grid
 
 logger = logging.getLogger("plot_crp")
-
-#: The CMR points of [LI24] Fig 4 (the authors' ``plot_crp.py``): (beta_enc, beta_rec, gamma_ft).
-FIG4_POINTS = ((1.0, 1.0, 0.0), (0.7, 0.7, 0.0), (0.7, 0.7, 0.5), (0.7, 0.7, 1.0))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,32 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from icl_cmr import plotting
-
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     out_dir = check_writable_dir(args.figs_dir / "plot_crp", "--figs-dir")
     grid = read_cmr_grid(args.crp_grid, args.crp_sem)
-    lags = np.arange(-args.max_lag, args.max_lag + 1)
-    curves = {}
-    for point in FIG4_POINTS:
-        index = grid.index_of(*point)
-        actual = grid.parameters_at(np.array(index))
-        crp = select_lags(grid.mean[index], grid.lags, lags)
-        sem = select_lags(grid.sem[index], grid.lags, lags) if grid.sem is not None else None
-        name = rf"CMR $\beta_{{enc}}$={actual[0]:.2g} $\beta_{{rec}}$={actual[1]:.2g} $\gamma$={actual[2]:.2g}"
-        curves[name] = (crp, sem)
-    human = conditional_lag_crp(load_recall_data(args.dataset), max_lag=args.max_lag, dataset=args.dataset)
-    label = f"human ({'PEERS' if args.dataset == 'peers_notask' else args.dataset}, n={human.n_subjects})"
+    figure, human, _ = reference_crp_figure(grid, args.dataset, args.max_lag)
     pending = PendingWrites()
-    pending.figure(out_dir / "reference_crps.pdf",
-                   plotting.plot_reference_crps(lags, curves, human.lags, human.mean, human.sem, label))
+    pending.figure(out_dir / "reference_crps.pdf", figure)
     table = "lag,conditional_lag_crp_mean,sem\n" + "".join(
         f"{lag},{m:.6g},{s:.6g}\n" for lag, m, s in zip(human.lags, human.mean, human.sem))
     pending.text(out_dir / "human_lag_crp.csv", table)
     pending.commit()
     logger.info("human %s lag-CRP at -1 / +1: %.3f / %.3f (%d subjects)", args.dataset,
-                human.mean[lags == -1][0], human.mean[lags == 1][0], human.n_subjects)
+                human.mean[human.lags == -1][0], human.mean[human.lags == 1][0], human.n_subjects)
     logger.info("wrote %s", out_dir)
     return 0
 

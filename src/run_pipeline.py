@@ -43,6 +43,7 @@ import fit_attn_score
 from icl_cmr.cli import OneLineErrorParser, device_arg, fraction, positive_int, run_cli, setup_logging
 from icl_cmr.config import CMR_LIKE_THRESHOLD
 from icl_cmr.errors import InputError
+from icl_cmr.fit_cli import load_grid
 from icl_cmr.icl_score import ICLScoreConfig
 from icl_cmr.io import load_json, save_text
 from icl_cmr.result_files import read_ablation_result
@@ -163,7 +164,7 @@ class Plan:
         self.scores_argv = ["--model", args.model, "--out", str(self.scores_file), *common]
         self.fit_argv = ["--all_head_scores", str(self.scores_file), "--save_dir", spec.name,
                          "--crp-grid", str(args.crp_grid), "--figs-dir", str(args.figs_dir),
-                         "--fits-dir", str(args.scores_dir)]
+                         "--fits-dir", str(args.scores_dir), *(["--no-progress"] if args.no_progress else [])]
         self.fit_file, self.fit_table_file = fit_result_paths(args.scores_dir, spec.name)
         seq_len, late_index = icl_positions(model_context(args.model))
         data, self.data_description = args.data, None
@@ -190,7 +191,7 @@ class Plan:
         compute_head_scores.parse_args(self.scores_argv)
         check_writable_dir(self.scores_file.parent, "--scores-dir")
         fit_args = fit_attn_score.build_parser().parse_args(self.fit_argv)
-        fit_attn_score.load_grid(fit_args)
+        load_grid(fit_args)
         check_writable_dir(fit_args.figs_dir / "fit_attn_score" / self.spec.name, "--figs-dir")
         self.ablation_args = ablation.build_parser().parse_args(self.ablation_argv)
         self.ablation_args.data_description = self.data_description

@@ -23,48 +23,21 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from fit_attn_score import add_common_arguments, grid_parameters, load_grid
 from icl_cmr.cli import OneLineErrorParser, positive_int, run_cli, setup_logging, str2bool
 from icl_cmr.errors import InputError
+from icl_cmr.fit_analyses import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, XTRA_MODELS, fit_over_training,
+                                  make_selections)
+from icl_cmr.fit_cli import add_common_arguments, grid_parameters, load_grid
 from icl_cmr.io import make_metadata
+from icl_cmr.layer_stats import DEFAULT_TOP_N
 from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
 from icl_cmr.result_files import read_top_heads
 from icl_cmr.score_format import plain_metadata
-from icl_cmr.layer_stats import DEFAULT_TOP_N, HUMAN_FITS
-from select_fit import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, QUANTITIES, _mean_sem,
-                        finite_quantities, fit_over_training, make_selections, record_matrix)
 
 logger = logging.getLogger("select_fit_xtra")
 
-#: Models of the authors' ``select_fit_xtra.py`` default.
-XTRA_MODELS = ("qwen-7b", "mistral-7b", "llama3-8b")
-
 _OVER_TRAINING_KEYS = ("MSE_over_training", "params_over_training", "scale_factors_over_training",
                        "head_scores_over_training", "copy_scores_over_training", "checkpoints")
-
-
-def draw(per_model: Dict[str, Dict[str, Dict[str, dict]]], out_dir: Path, pending: PendingWrites,
-         suffix: str = "") -> None:
-    """Render bars per set grouped by model, one figure per kind, and the human comparison into ``pending``."""
-    from icl_cmr import plotting
-
-    names = {"cmr": "top CMR-like heads (lowest D)", "induction": "top induction heads (highest matching score)"}
-    for kind, title in names.items():
-        final = {m: {name: record_matrix(r, False) for name, r in sel[kind].items()}
-                 for m, sel in per_model.items() if kind in sel}
-        if not final:
-            continue
-        keep = finite_quantities([x for sel in final.values() for x in sel.values()])
-        groups = {m: {name: _mean_sem(x[..., keep]) for name, x in sel.items()} for m, sel in final.items()}
-        pending.figure(out_dir / f"selection_final_{kind}{suffix}.pdf",
-                       plotting.plot_selection_bars(groups, [QUANTITIES[q][1] for q in keep], title=title))
-    points = {}
-    for model, sel in per_model.items():
-        if "cmr" in sel:
-            smallest = min(sel["cmr"], key=lambda name: len(sel["cmr"][name]["MSE"]))
-            points[f"{model} {smallest} CMR-like"] = np.asarray(sel["cmr"][smallest]["params"])[:, :2]
-    if points:
-        pending.figure(out_dir / f"selection_vs_human{suffix}.pdf", plotting.plot_selection_vs_human(points, HUMAN_FITS))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +90,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             np.nanmean(selections["induction"][name]["MSE"]))
             per_model[model] = selections
         suffix = ""
-    draw(per_model, out_dir, pending, suffix)
+    from icl_cmr.fit_figures import selection_bar_figures
+
+    pending.figures(out_dir, selection_bar_figures(per_model, suffix))
     logger.info("wrote %s", ", ".join(map(str, pending.commit())))
     return 0
 

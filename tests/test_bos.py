@@ -1,6 +1,6 @@
 """Which BOS token prompts start with, and checkpoints saved without tokenizer files.
 
-Rule (README "BOS"): the tokenizer's own BOS token when it defines one, whatever
+Rule (docs/head_scores.md, "BOS"): the tokenizer's own BOS token when it defines one, whatever
 TransformerLens fills in; none when it defines none (Qwen2-style); ``--bos`` / ``--no-bos``
 override; the choice is recorded in the output's metadata. The expected ids come from
 the tokenizer files the test writes (and from ``tokenizer("text")`` where the

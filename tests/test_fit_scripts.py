@@ -14,7 +14,7 @@ import fit_attn_score
 import plot_crp
 import select_fit
 import select_fit_xtra
-from icl_cmr.cli import run_cli
+from icl_cmr.cli import run_cli, str2bool
 from icl_cmr.io import load_pickle
 
 GRID_SHAPE = (2, 3, 2)
@@ -79,7 +79,7 @@ def workspace(tmp_path):
 @pytest.mark.parametrize("text, expected", [("False", False), ("false", False), ("0", False), ("no", False),
                                             ("True", True), ("yes", True), ("1", True)])
 def test_str2bool_reads_false_as_false(text, expected):
-    assert fit_attn_score.str2bool(text) is expected
+    assert str2bool(text) is expected
 
 
 @pytest.mark.parametrize("argv, expected", [([], False), (["--use_saved"], True), (["--use_saved", "False"], False),
@@ -106,6 +106,38 @@ def test_fit_attn_score_outputs(workspace):
     for name in ("head_fit_L0.pdf", "head_fit_L1.pdf", "score_against_fit.pdf", "score_against_scale_factor.pdf",
                  "fit_against_layer.pdf"):
         assert (out / name).stat().st_size > 1000
+
+
+def test_fit_attn_score_no_figures_writes_the_fits_and_no_pdf(workspace):
+    assert fit_attn_score.main(["--all_head_scores", "toy-a/all_scores_toy-a.pkl", "--save_dir", "toy", "--no-figures",
+                                "--fits-dir", str(workspace["tmp"] / "fits")] + workspace["common"]) == 0
+    assert (workspace["tmp"] / "fits" / "toy" / "cmr_fit_toy.pkl").is_file()
+    assert not (workspace["tmp"] / "figs").exists()
+
+
+def test_layer_fit_pages_draw_every_head_on_one_reused_figure():
+    from icl_cmr.plotting import LayerFitPages
+
+    lags = np.arange(-5, 6)
+    rng = np.random.default_rng(0)
+    pages = LayerFitPages(n_heads=5, lags=lags)
+    figure = pages.figure
+    for page in range(2):
+        attn = rng.normal(size=(5, lags.size))
+        fitted = attn + 0.1
+        fitted[4] = np.nan                                              # a head without a fit
+        pdf = pages.render([f"L{page}H{h}" for h in range(5)], attn, np.full_like(attn, 0.1), fitted,
+                           np.array([0.1, 0.2, 0.3, 0.4, np.nan]), np.full((5, 3), 0.5), title=f"layer {page}")
+        assert pdf.startswith(b"%PDF")
+        assert pages.figure is figure                                   # the same figure, new data
+        x, y = pages._attn.get_data()
+        assert np.isfinite(y).sum() == 5 * lags.size                    # every head's every lag
+        assert np.isfinite(pages._fit.get_data()[1]).sum() == 4 * lags.size
+        assert len(pages._errors.get_segments()) == 5 * lags.size
+        # Each panel's curve stays inside its own box.
+        for h in range(5):
+            inside = y[h * (lags.size + 1):(h + 1) * (lags.size + 1) - 1]
+            assert (inside >= pages._y0[h] - 1e-9).all() and (inside <= pages._y0[h] + pages._panel_h + 1e-9).all()
 
 
 def test_missing_score_file_is_one_line_and_exit_2(workspace, capsys):

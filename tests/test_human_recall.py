@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from icl_cmr.errors import InputError
-from icl_cmr.human_recall import conditional_lag_crp, load_recall_data
+from icl_cmr.human_recall import conditional_lag_crp, lag_crps_by_unit, load_recall_data, resolve_dataset
 
 
 def tiny_study():
@@ -55,3 +55,55 @@ def test_peers_shows_asymmetric_contiguity():
     assert crp.n_subjects == 126
     assert at[1] > at[-1] > max(at[2], at[-2])          # forward asymmetry; contiguity
     assert at[-2] > at[-5] and at[2] > at[5]
+
+
+def study_with_repeats_and_intrusions():
+    """One subject, one list of 5 items A..E; recalls B C X(intrusion) D B(repeat) E A."""
+    from psifr import fr
+
+    rows = [(1, 1, p, "study", item) for p, item in enumerate("ABCDE", start=1)]
+    rows += [(1, 1, p, "recall", item) for p, item in enumerate(["B", "C", "X", "D", "B", "E", "A"], start=1)]
+    return fr.merge_free_recall(pd.DataFrame(rows, columns=["subject", "list", "position", "trial_type", "item"]))
+
+
+def test_hand_loop_with_repeats_and_intrusions():
+    # Serial positions B=2, C=3, D=4, E=5, A=1. Transitions counted (both items first recalls of studied items):
+    #   B -> C: lag +1, possible from 2 to not-yet-recalled {1, 3, 4, 5}: -1, +1, +2, +3
+    #   C -> X: intrusion, not counted; X -> D: from an intrusion, not counted
+    #   D -> B: to a repeat, not counted; B -> E: from a repeat, not counted
+    #   E -> A: lag -4, possible from 5 to {1}: -4
+    crps = lag_crps_by_unit(study_with_repeats_and_intrusions(), max_lag=4)
+    at = dict(zip(crps.lags.tolist(), crps.prob[0]))
+    assert at[-4] == 1.0 and at[-1] == 0.0 and at[1] == 1.0 and at[2] == 0.0 and at[3] == 0.0
+    assert np.isnan(at[-3]) and np.isnan(at[-2]) and np.isnan(at[0]) and np.isnan(at[4])
+    assert dict(zip(crps.lags.tolist(), crps.actual[0])) == {-4: 1, -3: 0, -2: 0, -1: 0, 0: 0, 1: 1, 2: 0, 3: 0, 4: 0}
+    assert crps.units["n_transitions"].tolist() == [2]
+
+
+def test_pooling_all_lists_sums_the_subjects_counts():
+    merged = tiny_study()
+    per_subject = lag_crps_by_unit(merged, "subject", max_lag=3)
+    pooled = lag_crps_by_unit(merged, "all", max_lag=3)
+    np.testing.assert_array_equal(pooled.actual[0], per_subject.actual.sum(axis=0))
+    np.testing.assert_array_equal(pooled.possible[0], per_subject.possible.sum(axis=0))
+    # +1: 1 + 3 made of 2 + 3 possible
+    assert pooled.prob[0][4] == pytest.approx(4 / 5)
+    assert pooled.labels.tolist() == ["all"] and pooled.units["n_lists"].tolist() == [2]
+
+
+def test_units_by_session_are_subject_session_pairs():
+    merged = load_recall_data("Morton2013")
+    by_session = lag_crps_by_unit(merged, "session", max_lag=2)
+    by_subject = lag_crps_by_unit(merged, "subject", max_lag=2)
+    assert len(by_session.units) == 40 * 3 and by_session.units["n_lists"].sum() == 40 * 48
+    # counts of a subject's sessions add up to the subject's
+    summed = by_session.actual.reshape(40, 3, -1).sum(axis=1)
+    np.testing.assert_array_equal(summed, by_subject.actual)
+    assert by_session.labels[0] == f"{by_session.units['subject'][0]}/s{by_session.units['session'][0]}"
+
+
+def test_dataset_names_of_the_command_line():
+    assert resolve_dataset("PEERS") == "peers_notask"
+    assert resolve_dataset("morton2013") == "Morton2013"
+    with pytest.raises(InputError, match="peers, morton2013"):
+        resolve_dataset("murdock")

@@ -67,12 +67,47 @@ _OS_ERROR_REASONS = {
 
 # ----------------------------------------------------------------------------- the parser
 
+#: The documentation page of each script (``docs/<experiment>.md``), named at the end of its ``--help``.
+SCRIPT_DOCS = {
+    "run_pipeline.py": "docs/pipeline.md",
+    "paper_figures.py": "docs/paper_figures.md",
+    "est_cmr_crp.py": "docs/cmr_grid.md",
+    "compute_head_scores.py": "docs/head_scores.md",
+    "fit_attn_score.py": "docs/fitting.md",
+    "attn_over_size.py": "docs/fitting.md",
+    "attn_over_size_xtra.py": "docs/fitting.md",
+    "attn_over_time.py": "docs/fitting.md",
+    "select_fit.py": "docs/fitting.md",
+    "select_fit_xtra.py": "docs/fitting.md",
+    "plot_crp.py": "docs/fitting.md",
+    "fit_human_recall.py": "docs/human_recall.md",
+    "ablation.py": "docs/ablation.md",
+    "pattern_icl.py": "docs/pattern_icl.md",
+    "train_induction.py": "docs/induction_task.md",
+    "eval_induction.py": "docs/induction_task.md",
+    "train_toy_lm.py": "docs/toy_lm.md",
+    "sweep.py": "docs/sweep.md",
+}
+
+
+def docs_epilog(script: str) -> Optional[str]:
+    """The ``--help`` epilog naming the doc page of ``script`` (a file name such as ``fit_attn_score.py``)."""
+    doc = SCRIPT_DOCS.get(os.path.basename(script))
+    return None if doc is None else f"Documentation: {doc} (flags, defaults and why, formats, measured numbers)."
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line: ``error: <message> (see --help)``, exit 2.
 
     argparse itself prints the whole usage block before its message; the scripts promise
-    one line for every kind of bad input. ``--help`` still prints the full help.
+    one line for every kind of bad input. ``--help`` still prints the full help, ending with
+    the script's documentation page (:data:`SCRIPT_DOCS`) unless an ``epilog`` is given.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.epilog is None:
+            self.epilog = docs_epilog(self.prog)
 
     def error(self, message: str) -> NoReturn:  # noqa: D102 - argparse API
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see --help)\n")

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .cmr import CRP_METHODS, CMRSettings, cmr_crp, mean_and_sem_over_starts
+from .cmr_conditional import JACKKNIFE_GROUPS, conditional_cmr_crp
 from .config import BETA_ENC_GRID, BETA_REC_GRID, GAMMA_FT_GRID
 from .errors import BadFileError, FileContentError, InputError
 from .io import load_json, load_npy, save_json, save_npy
@@ -34,6 +35,13 @@ logger = logging.getLogger(__name__)
 
 #: Folder-name prefix of the per-slice results of an unfinished run.
 PARTIAL_SUFFIX = ".partial"
+
+#: What a grid holds (:attr:`GridSpec.quantity`). ``"crp"``: the paper's CRP, a normalised histogram of
+#: transition lags (repeats allowed), mean and SEM over start positions (DESIGN.md section 3).
+#: ``"conditional"``: the conditional lag-CRP of the same simulator's recalls, defined as psifr defines
+#: it for people (transitions made / possible), pooled over trials, with a jackknife standard error
+#: (:mod:`icl_cmr.cmr_conditional`; issue 16). Same axes, seeds and layout.
+GRID_QUANTITIES = ("crp", "conditional")
 
 
 def grid_axes(n_beta: int = 20, n_gamma: int = 11) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,7 +88,11 @@ class GridSpec:
         Base seed of the per-point generators.
     method : {"exact", "simulate", "authors"}
         See :func:`icl_cmr.cmr.cmr_crp`. Default ``"exact"``: the proven exact CRP at
-        ``beta_rec`` in {0, 1}, simulation elsewhere.
+        ``beta_rec`` in {0, 1}, simulation elsewhere. The conditional lag-CRP has no exact
+        form: ``quantity="conditional"`` needs ``"simulate"``.
+    quantity : {"crp", "conditional"}
+        What the grid holds (:data:`GRID_QUANTITIES`). A point's generator does not depend on
+        it, so at ``0 < beta_rec < 1`` both quantities come from the same simulated recalls.
     """
 
     beta_enc: Tuple[float, ...]
@@ -89,10 +101,16 @@ class GridSpec:
     settings: CMRSettings = field(default_factory=CMRSettings)
     seed: int = 0
     method: str = "exact"
+    quantity: str = "crp"
 
     def __post_init__(self) -> None:
         if self.method not in CRP_METHODS:
             raise InputError(f"method must be one of {', '.join(CRP_METHODS)}, got {self.method!r}")
+        if self.quantity not in GRID_QUANTITIES:
+            raise InputError(f"quantity must be one of {', '.join(GRID_QUANTITIES)}, got {self.quantity!r}")
+        if self.quantity == "conditional" and self.method != "simulate":
+            raise InputError(f"the conditional lag-CRP is always simulated (it has no exact form): method must be "
+                             f"'simulate', got {self.method!r}")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         for name in ("beta_enc", "beta_rec", "gamma_ft"):
@@ -106,11 +124,11 @@ class GridSpec:
 
     @classmethod
     def from_resolution(cls, n_beta: int = 20, n_gamma: int = 11, settings: Optional[CMRSettings] = None,
-                        seed: int = 0, method: str = "exact") -> "GridSpec":
+                        seed: int = 0, method: str = "exact", quantity: str = "crp") -> "GridSpec":
         """A spec on the paper's grid at resolution ``n_beta`` x ``n_gamma`` (see :func:`grid_axes`)."""
         beta_enc, beta_rec, gamma_ft = grid_axes(n_beta, n_gamma)
         return cls(tuple(beta_enc), tuple(beta_rec), tuple(gamma_ft),
-                   settings if settings is not None else CMRSettings(), seed, method)
+                   settings if settings is not None else CMRSettings(), seed, method, quantity)
 
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -140,11 +158,17 @@ class GridSpec:
             "beta_enc": list(self.beta_enc), "beta_rec": list(self.beta_rec), "gamma_ft": list(self.gamma_ft),
             "n_items": int(s.n_items), "n_trials": int(s.n_trials), "max_draws": int(s.max_draws),
             "n_start": int(s.n_start), "max_lag": int(s.max_lag), "seed": int(self.seed), "method": self.method,
+            # Only when not the default, so the paper's grid keeps its recorded spec.
+            **({"quantity": self.quantity} if self.quantity != "crp" else {}),
         }
 
 
 def compute_point(spec: GridSpec, i_enc: int, j_rec: int, k_gamma: int) -> np.ndarray:
-    """Per-start CRPs of one grid point, shape [n_start, 2 * max_lag + 1]."""
+    """One grid point: per-start CRPs, shape [n_start, 2 * max_lag + 1] (quantity ``"crp"``), or the pooled
+    conditional lag-CRP and its standard error, shape [2, 2 * max_lag + 1] (``"conditional"``)."""
+    if spec.quantity == "conditional":
+        return conditional_cmr_crp(spec.beta_enc[i_enc], spec.beta_rec[j_rec], spec.gamma_ft[k_gamma], spec.settings,
+                                   rng=spec.point_rng(i_enc, j_rec, k_gamma))
     return cmr_crp(spec.beta_enc[i_enc], spec.beta_rec[j_rec], spec.gamma_ft[k_gamma], spec.settings,
                    rng=spec.point_rng(i_enc, j_rec, k_gamma), method=spec.method)
 
@@ -155,10 +179,13 @@ def compute_slice(spec: GridSpec, slice_id: int) -> np.ndarray:
     Returns
     -------
     np.ndarray, shape [2, n_beta_rec, 2 * max_lag + 1]
-        ``[0]`` the mean CRP, ``[1]`` its SEM over start positions.
+        ``[0]`` the mean CRP, ``[1]`` its SEM over start positions (quantity ``"crp"``); or ``[0]`` the
+        pooled conditional lag-CRP, ``[1]`` its jackknife standard error (``"conditional"``).
     """
     i_enc, k_gamma = spec.slice_position(slice_id)
     curves = np.stack([compute_point(spec, i_enc, j_rec, k_gamma) for j_rec in range(len(spec.beta_rec))])
+    if spec.quantity == "conditional":
+        return np.ascontiguousarray(curves.transpose(1, 0, 2))
     return np.stack(mean_and_sem_over_starts(curves))
 
 
@@ -185,8 +212,19 @@ def _discard_partial(slice_dir: Path) -> None:
 
 def _slice_problem(spec: GridSpec, array: np.ndarray) -> Optional[str]:
     """Why a loaded slice cannot be this spec's, or None: the mean CRPs must be finite, non-negative and
-    sum to 1 over lags; the SEMs finite and non-negative."""
+    sum to 1 over lags; the SEMs finite and non-negative. A conditional lag-CRP slice holds probabilities
+    in [0, 1], NaN at lag 0 (never possible) and wherever nothing was possible, and its standard errors
+    are NaN at least there."""
     mean, sem = array[0], array[1]
+    if spec.quantity == "conditional":
+        if np.isinf(array).any() or not np.isnan(sem[np.isnan(mean)]).all():
+            return "infinite values, or a standard error where the CRP is undefined"
+        if not np.isnan(mean[..., spec.settings.max_lag]).all():
+            return "lag 0 is not NaN"
+        probabilities, errors = mean[np.isfinite(mean)], sem[np.isfinite(sem)]
+        if (probabilities < 0).any() or (probabilities > 1).any() or (errors < 0).any():
+            return "values outside [0, 1] or negative standard errors"
+        return None
     if not (np.all(np.isfinite(array)) and np.all(array >= 0)):
         return "non-finite or negative values"
     if not np.allclose(mean.sum(axis=-1), 1.0, atol=1e-6):
@@ -340,10 +378,26 @@ def _iterate_slices(spec: GridSpec, pending: Iterable[int], workers: int):
         yield from pool.imap_unordered(_compute_slice_task, [(spec, slice_id) for slice_id in pending])
 
 
-def grid_file_names(n_beta: int, n_gamma: int) -> Tuple[str, str, str]:
-    """Names of the mean, SEM and metadata files (the authors' ``cmr_crp_avg_20_11.npy`` pattern)."""
-    return (f"cmr_crp_avg_{n_beta}_{n_gamma}.npy", f"cmr_crp_sem_{n_beta}_{n_gamma}.npy",
-            f"cmr_crp_{n_beta}_{n_gamma}.json")
+def grid_description(quantity: str = "crp") -> str:
+    """What a grid file holds, for its metadata (:data:`GRID_QUANTITIES`)."""
+    seeding = "per-point generators SeedSequence(seed, spawn_key=(C-order flat index,))"
+    if quantity == "conditional":
+        return ("conditional lag-CRP (transitions made / possible, psifr's rules: repeats neither start nor end a "
+                "counted transition, s0 is the first recall) of the simulated recalls, pooled over all trials of "
+                "start positions s0 = 0..n_start-1; lag 0 is NaN (never possible); SEM = delete-one-group "
+                f"jackknife over {JACKKNIFE_GROUPS} groups of trials (trial index mod {JACKKNIFE_GROUPS}); " + seeding)
+    return ("mean and SEM over start positions s0 = 0..n_start-1 of the normalised CMR CRP; "
+            "SEM = std(ddof=1)/sqrt(n_start); " + seeding)
+
+
+def grid_file_names(n_beta: int, n_gamma: int, quantity: str = "crp") -> Tuple[str, str, str]:
+    """Names of the mean, SEM and metadata files (the authors' ``cmr_crp_avg_20_11.npy`` pattern;
+    ``cmr_cond_crp_avg_20_11.npy`` ... for the conditional lag-CRP, :data:`GRID_QUANTITIES`)."""
+    if quantity not in GRID_QUANTITIES:
+        raise InputError(f"quantity must be one of {', '.join(GRID_QUANTITIES)}, got {quantity!r}")
+    stem = "cmr_crp" if quantity == "crp" else "cmr_cond_crp"
+    return (f"{stem}_avg_{n_beta}_{n_gamma}.npy", f"{stem}_sem_{n_beta}_{n_gamma}.npy",
+            f"{stem}_{n_beta}_{n_gamma}.json")
 
 
 def load_cmr_grid(mean_path: "str | Path", sem_path: Optional["str | Path"] = None,

@@ -167,3 +167,50 @@ def draw_step(k, mode, pick_uniform, item_uniform, comp, coef, cum_weight, scale
             cum_weight[r, k + 1] = cum_weight[r, k] + new_coef * strength[item]
         comp[r, k + 1] = item
     return n_alive
+
+
+@njit(cache=True, nogil=True)
+def conditional_lag_counts_kernel(draws, start_items, n_items, max_lag, actual, possible):
+    """Actual and possible transitions by lag of every trial, psifr's rules (conditional lag-CRP).
+
+    A trial's recall sequence is its start item followed by its draws (``-1`` ends it). A
+    transition from position ``m`` to ``m + 1`` counts only when both items are first
+    occurrences (psifr's ``transitions_masker``: repeats are neither a "from" nor a "to" item,
+    and no transition bridges them). Its possible lags are those of every item not yet in the
+    sequence (the "to" item included); the actual lag is ``to - from``.
+
+    Parameters
+    ----------
+    draws : np.ndarray, shape [max_draws, n_trials], int
+        Draw-major drawn items (the simulator's layout), ``-1`` after a trial stopped.
+    start_items : np.ndarray, shape [n_trials], int
+        Start item ``s0`` of each trial (its first "recall").
+    n_items : int
+        List length; items are ``0 .. n_items - 1``.
+    max_lag : int
+        Lags ``-max_lag .. max_lag`` are counted (column ``lag + max_lag``); lag 0 stays 0.
+    actual, possible : np.ndarray, shape [n_trials, 2 * max_lag + 1], int32
+        Zeroed on entry; filled in place.
+    """
+    n_draws, n_trials = draws.shape
+    recalled_in = np.full(n_items, -1, dtype=np.int64)  # trial that last recalled each item
+    for trial in range(n_trials):
+        previous = start_items[trial]
+        recalled_in[previous] = trial
+        previous_first = True
+        for m in range(n_draws):
+            current = draws[m, trial]
+            if current < 0:
+                break
+            current_first = recalled_in[current] != trial
+            if previous_first and current_first:
+                lag = current - previous
+                if -max_lag <= lag <= max_lag:
+                    actual[trial, lag + max_lag] += 1
+                for lag in range(-max_lag, max_lag + 1):
+                    item = previous + lag
+                    if lag != 0 and 0 <= item < n_items and recalled_in[item] != trial:
+                        possible[trial, lag + max_lag] += 1
+            recalled_in[current] = trial
+            previous = current
+            previous_first = current_first

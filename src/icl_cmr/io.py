@@ -161,9 +161,11 @@ def save_npy(path: "str | os.PathLike[str]", array: np.ndarray) -> Path:
     return atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
-def save_json(path: "str | os.PathLike[str]", obj: Any) -> Path:
-    """Write ``obj`` as indented JSON atomically (numpy scalars and arrays converted)."""
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default)
+def save_json(path: "str | os.PathLike[str]", obj: Any, compact: bool = False) -> Path:
+    """Write ``obj`` as JSON atomically (numpy scalars and arrays converted): indented, or ``compact``
+    (no whitespace; for large data files such as saved prompt sets)."""
+    layout = {"separators": (",", ":")} if compact else {"indent": 2}
+    text = json.dumps(obj, sort_keys=False, default=_json_default, **layout)
     return atomic_write(path, lambda handle: handle.write((text + "\n").encode("utf-8")))
 
 

@@ -242,3 +242,39 @@ def gather_selected(selection: HeadSelection, per_model: Mapping[str, np.ndarray
             array = np.asarray(array, dtype=float)
             out[rows] = np.moveaxis(array[:, selection.layer[rows], selection.head[rows]], 1, 0)
     return out
+
+
+def authors_sorted_position_mask(distance: np.ndarray, matching: np.ndarray, threshold: float) -> np.ndarray:
+    """Heads the authors' ``attn_over_time.py`` averages at each checkpoint for [LI24] Fig 7b / S2.
+
+    Their script fits each checkpoint's ``sorted_CRP_scores`` (each layer's heads sorted by that
+    checkpoint's matching score, descending), then applies the final checkpoint's mask
+    ``D < threshold`` **by position in that sorted order** to every checkpoint. At an earlier
+    checkpoint the sorted positions belong to other heads whenever the ranking changed, so the
+    published curves average different heads at different checkpoints. This reproduces that
+    selection, in head order, so the published panel can be compared with the intended one
+    (the final mask applied to the same heads throughout, ``distance[-1] < threshold``).
+
+    Parameters
+    ----------
+    distance : ndarray, shape [T, L, H]
+        CMR distance per checkpoint, in head order.
+    matching : ndarray, shape [T, L, H]
+        Matching score per checkpoint; NaN sorts last (a stable sort, as the authors' per-layer order).
+    threshold : float
+
+    Returns
+    -------
+    ndarray of bool, shape [T, L, H]
+        True for the heads the published panel averages at checkpoint t.
+    """
+    distance = np.asarray(distance, dtype=float)
+    matching = np.asarray(matching, dtype=float)
+    if distance.ndim != 3 or distance.shape != matching.shape:
+        raise InputError(f"distance and matching must both be [T, L, H], got {distance.shape} and {matching.shape}")
+    order = np.argsort(-np.nan_to_num(matching, nan=-np.inf), axis=-1, kind="stable")        # [T, L, H]
+    final_sorted_mask = np.take_along_axis(distance[-1], order[-1], axis=-1) < threshold      # [L, H] by position
+    mask = np.zeros(distance.shape, dtype=bool)
+    # Position j at checkpoint t holds head order[t, l, j]; it is included when position j is in the final mask.
+    np.put_along_axis(mask, order, np.broadcast_to(final_sorted_mask, distance.shape), axis=-1)
+    return mask

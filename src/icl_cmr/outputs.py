@@ -125,11 +125,21 @@ class PendingWrites:
 
         self.add(path, lambda p: save_text(p, text))
 
-    def json(self, path: "str | os.PathLike[str]", obj: Any) -> None:
-        """Queue a JSON file."""
+    def json(self, path: "str | os.PathLike[str]", obj: Any, compact: bool = False) -> None:
+        """Queue a JSON file (``compact``: no whitespace, see :func:`icl_cmr.io.save_json`)."""
         from .io import save_json
 
-        self.add(path, lambda p: save_json(p, obj))
+        self.add(path, lambda p: save_json(p, obj, compact=compact))
+
+    def data(self, path: "str | os.PathLike[str]", data: bytes) -> None:
+        """Queue a file of ready bytes (e.g. a PDF page rendered elsewhere)."""
+        data = bytes(data)
+        self.add(path, lambda p: _write_bytes(p, data))
+
+    def figures(self, folder: "str | os.PathLike[str]", figures: Mapping[str, Any]) -> None:
+        """Render and queue ``{file name: figure}`` into ``folder`` (:meth:`figure` for each)."""
+        for name, fig in figures.items():
+            self.figure(Path(folder) / name, fig)
 
     def figure(self, path: "str | os.PathLike[str]", fig: Any) -> None:
         """Render a matplotlib figure to PDF bytes now (then close it) and queue the bytes."""

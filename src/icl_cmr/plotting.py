@@ -6,6 +6,7 @@ Nothing here computes a statistic; every function takes arrays produced by
 """
 from __future__ import annotations
 
+import io
 import math
 from typing import Mapping, Optional, Sequence, Tuple
 
@@ -33,10 +34,179 @@ def _colors(n: int, cmap: str = "viridis") -> list:
 
 # ----------------------------------------------------------------------------- Fig 5: one model
 
+class LayerFitPages:
+    """Pages of per-head fits, one page per layer, drawn fast on one reused figure ([LI24] Fig 5).
+
+    Each head gets a panel: its attention CRP (pre-softmax scores, black, SEM bars) and its CMR
+    fit on the same scale (red), with D and the fitted parameters in the panel title. All panels
+    of a page live in **one** Axes: the curves of every head are two lines (NaN-separated), the
+    error bars, panel frames and ticks one line collection each, so a page has a few artists and
+    some text instead of H full Axes. The figure is built once and only its data change between
+    pages, and :meth:`render` sets text in a PDF core font: a 32-head page renders in about 0.13 s
+    of CPU instead of 2.7 s (``bench/bench_fit_figures.py``).
+    Each panel's y axis spans nice round limits around its data, with 2-4 labelled ticks.
+
+    Parameters
+    ----------
+    n_heads : int
+        Panels per page (H).
+    lags : ndarray, shape [K]
+        The fitting lags (x axis of every panel).
+    n_cols : int, optional
+        Panels per row (default: about sqrt(2 H)).
+
+    Examples
+    --------
+    >>> pages = LayerFitPages(n_heads=4, lags=np.arange(-5, 6))      # doctest: +SKIP
+    >>> pdf_bytes = pages.render(labels, attn, attn_sem, fitted, distance, params, title="layer 0")
+    """
+
+    def __init__(self, n_heads: int, lags: np.ndarray, n_cols: Optional[int] = None) -> None:
+        if n_heads < 1:
+            raise ValueError(f"n_heads must be >= 1, got {n_heads}")
+        self.lags = np.asarray(lags, dtype=float)
+        self.n_heads = int(n_heads)
+        self.n_cols = n_cols or max(1, math.ceil(math.sqrt(2 * n_heads)))
+        self.n_rows = math.ceil(n_heads / self.n_cols)
+        width, height = 2.0 * self.n_cols, 1.7 * self.n_rows + 0.6
+        self.figure = Figure(figsize=(width, height))
+        # Panel boxes in axes fractions; margins in inches so that text fits at any page size.
+        left, right, bottom, top = 0.55 / width, 0.1 / width, 0.45 / height, 0.55 / height
+        gap_x, gap_y = 0.45 / width, 0.5 / height
+        self._panel_w = (1 - left - right - gap_x * (self.n_cols - 1)) / self.n_cols
+        self._panel_h = (1 - bottom - top - gap_y * (self.n_rows - 1)) / self.n_rows
+        index = np.arange(n_heads)
+        self._x0 = left + (index % self.n_cols) * (self._panel_w + gap_x)
+        self._y0 = 1 - top - (index // self.n_cols + 1) * self._panel_h - (index // self.n_cols) * gap_y
+        self._ax = self.figure.add_axes((0, 0, 1, 1))
+        self._ax.set_xlim(0, 1)
+        self._ax.set_ylim(0, 1)
+        self._ax.set_axis_off()
+        from matplotlib.collections import LineCollection
+        from matplotlib.lines import Line2D
+
+        self._frames = LineCollection([], colors="k", linewidths=0.6)
+        self._zero = LineCollection([], colors="grey", linewidths=0.5, linestyles="--")
+        self._errors = LineCollection([], colors="k", linewidths=0.6)
+        for collection in (self._frames, self._zero, self._errors):
+            self._ax.add_collection(collection)
+        (self._attn,) = self._ax.plot([], [], color="k", marker="o", markersize=2, lw=1)
+        (self._fit,) = self._ax.plot([], [], color="tab:red", marker="x", markersize=3, lw=1, alpha=0.8)
+        self._texts: list = []
+        self.figure.legend([Line2D([], [], color="k", marker="o", markersize=2, lw=1),
+                            Line2D([], [], color="tab:red", marker="x", markersize=3, lw=1)],
+                           ["head (SEM bars)", "CMR fit; panel titles: D and (beta_enc, beta_rec, gamma_ft)"],
+                           fontsize=5.5, frameon=False, loc="upper left", ncol=1, borderaxespad=0.2)
+        self.figure.text(0.08 / width, 0.5, "attention score", rotation=90, va="center", fontsize=_SMALL)
+        self.figure.text(0.5, 0.05 / height, "lag", ha="center", va="bottom", fontsize=_SMALL)
+        self._title = self.figure.text(0.5, 1 - 0.08 / height, "", ha="center", va="top", fontsize=9)
+
+    def _x(self, panel: np.ndarray) -> np.ndarray:
+        """Panel x coordinates of the lags, shape [n, K]."""
+        span = self.lags[-1] - self.lags[0] if self.lags.size > 1 else 1.0
+        inset = 0.04 * self._panel_w
+        return (self._x0[panel, None] + inset + (self.lags[None, :] - self.lags[0]) / span
+                * (self._panel_w - 2 * inset))
+
+    def render(self, labels: Sequence[str], attn: np.ndarray, attn_sem: np.ndarray, fitted: np.ndarray,
+               distance: np.ndarray, params: np.ndarray, title: str = "") -> bytes:
+        """Draw one page (:meth:`draw`) and return it as PDF bytes.
+
+        Text is set in the PDF core font Helvetica (not embedded, so ASCII text only), which
+        renders about 4x faster than embedded DejaVu glyphs.
+        """
+        import logging
+
+        self.draw(labels, attn, attn_sem, fitted, distance, params, title)
+        buffer = io.BytesIO()
+        font_log = logging.getLogger("matplotlib.font_manager")
+        level = font_log.level
+        font_log.setLevel(logging.ERROR)  # "Helvetica: weight normal not found, using medium" on every page
+        try:
+            with matplotlib.rc_context({"pdf.use14corefonts": True}):
+                self.figure.savefig(buffer, format="pdf")
+        finally:
+            font_log.setLevel(level)
+        return buffer.getvalue()
+
+    def draw(self, labels: Sequence[str], attn: np.ndarray, attn_sem: np.ndarray, fitted: np.ndarray,
+             distance: np.ndarray, params: np.ndarray, title: str = "") -> None:
+        """Put one layer's heads on the page (replacing the previous page's data).
+
+        Parameters
+        ----------
+        labels : sequence of str, length H
+        attn, attn_sem : ndarray, shape [H, K]
+            Attention CRP (pre-softmax scores) and its SEM on the fitting lags (NaN SEM: no bars).
+        fitted : ndarray, shape [H, K]
+            The fitted CMR CRP mapped to the attention scale (``s c~ + min a``); NaN for no fit.
+        distance : ndarray, shape [H]
+        params : ndarray, shape [H, 3]
+        title : str
+        """
+        from matplotlib.ticker import MaxNLocator
+
+        attn, sem, fitted = (np.asarray(a, dtype=float) for a in (attn, attn_sem, fitted))
+        if attn.shape != (self.n_heads, self.lags.size):
+            raise ValueError(f"attn must have shape {(self.n_heads, self.lags.size)}, got {attn.shape}")
+        for text in self._texts:
+            text.remove()
+        self._texts = []
+        panels = np.arange(self.n_heads)
+        x = self._x(panels)                                                          # [H, K]
+        sem = np.where(np.isfinite(sem), sem, 0.0)
+        stacked = np.concatenate([attn - sem, attn + sem, fitted], axis=1)
+        finite = np.isfinite(stacked)
+        lo = np.where(finite.any(axis=1), np.where(finite, stacked, np.inf).min(axis=1), 0.0)
+        hi = np.where(finite.any(axis=1), np.where(finite, stacked, -np.inf).max(axis=1), 1.0)
+        locator = MaxNLocator(nbins=3)
+        frames, zero, y_low, y_span = [], [], np.empty(self.n_heads), np.empty(self.n_heads)
+        # One loop over panels for tick values and text only (nice limits differ per panel); the
+        # curves of all panels are built below in one vectorized step.
+        for h in panels:
+            ticks = locator.tick_values(lo[h], hi[h] if hi[h] > lo[h] else lo[h] + 1.0)
+            y_low[h], y_span[h] = ticks[0], ticks[-1] - ticks[0]
+            x0, y0, w = self._x0[h], self._y0[h], self._panel_w
+            frames += [[(x0, y0), (x0, y0 + self._panel_h)], [(x0, y0), (x0 + w, y0)]]
+            for tick in ticks:
+                y = y0 + (tick - ticks[0]) / y_span[h] * self._panel_h
+                frames.append([(x0 - 0.006, y), (x0, y)])
+                self._texts.append(self._ax.text(x0 - 0.009, y, f"{tick:.4g}", ha="right", va="center",
+                                                 fontsize=5))
+            for lag, x_lag in zip(self.lags, x[h]):
+                if lag == 0 or lag == self.lags[0] or lag == self.lags[-1]:
+                    frames.append([(x_lag, y0), (x_lag, y0 - 0.006)])
+                    if h + self.n_cols >= self.n_heads:  # bottom panel of its column
+                        self._texts.append(self._ax.text(x_lag, y0 - 0.01, f"{lag:g}", ha="center", va="top",
+                                                         fontsize=5))
+                if lag == 0:
+                    zero.append([(x_lag, y0), (x_lag, y0 + self._panel_h)])
+            if np.isfinite(distance[h]):
+                be, br, gf = params[h]
+                text = f"{labels[h]}  D={distance[h]:.2g}\n({be:.2g}, {br:.2g}, {gf:.2g})"
+            else:
+                text = f"{labels[h]}  no fit"
+            self._texts.append(self._ax.text(x0 + w / 2, y0 + self._panel_h + 0.004, text, ha="center",
+                                             va="bottom", fontsize=5.5))
+        to_y = lambda v: self._y0[:, None] + (v - y_low[:, None]) / y_span[:, None] * self._panel_h  # noqa: E731
+        gap = np.full((self.n_heads, 1), np.nan)
+        self._attn.set_data(np.hstack([x, gap]).ravel(), np.hstack([to_y(attn), gap]).ravel())
+        self._fit.set_data(np.hstack([x, gap]).ravel(), np.hstack([to_y(fitted), gap]).ravel())
+        bars = np.stack([np.stack([x, to_y(attn - sem)], -1), np.stack([x, to_y(attn + sem)], -1)], axis=2)
+        bars = bars.reshape(-1, 2, 2)
+        self._errors.set_segments(bars[np.isfinite(bars).all(axis=(1, 2)) & (bars[:, 0, 1] != bars[:, 1, 1])])
+        self._frames.set_segments(frames)
+        self._zero.set_segments(zero)
+        self._title.set_text(title)
+
+
 def plot_layer_fits(labels: Sequence[str], lags: np.ndarray, attn: np.ndarray, attn_sem: np.ndarray,
                     fitted: np.ndarray, distance: np.ndarray, params: np.ndarray,
                     title: str = "", n_cols: Optional[int] = None) -> Figure:
     """Each head of one layer: attention CRP (SEM bars) and its CMR fit on the same scale ([LI24] Fig 5).
+
+    One page of :class:`LayerFitPages`, as a Figure (for notebooks; scripts drawing many layers use
+    :class:`LayerFitPages` directly, which reuses one figure).
 
     Parameters
     ----------
@@ -52,37 +222,9 @@ def plot_layer_fits(labels: Sequence[str], lags: np.ndarray, attn: np.ndarray, a
     n_cols : int, optional
         Panels per row (default: about sqrt(2 H)).
     """
-    n_heads = len(labels)
-    n_cols = n_cols or max(1, math.ceil(math.sqrt(2 * n_heads)))
-    n_rows = math.ceil(n_heads / n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.0 * n_cols, 1.7 * n_rows + 0.4), squeeze=False,
-                             sharex=True)
-    for index, ax in enumerate(axes.flat):
-        if index >= n_heads:
-            ax.axis("off")
-            continue
-        ax.errorbar(lags, attn[index], yerr=attn_sem[index], color="k", marker="o", markersize=2, lw=1,
-                    capsize=1, label="head")
-        ax.plot(lags, fitted[index], color="tab:red", marker="x", markersize=3, lw=1, alpha=0.8, label="CMR fit")
-        ax.axvline(0, color="grey", lw=0.5, ls="--")
-        _style(ax)
-        if np.isfinite(distance[index]):
-            be, br, gf = params[index]
-            text = f"{labels[index]}  D={distance[index]:.2g}\n" \
-                   rf"$\beta_{{enc}}$={be:.2g} $\beta_{{rec}}$={br:.2g} $\gamma$={gf:.2g}"
-        else:
-            text = f"{labels[index]}  no fit"
-        ax.set_title(text, fontsize=6)
-        if index % n_cols == 0:
-            ax.set_ylabel("attention score", fontsize=_SMALL)
-        if index >= n_heads - n_cols:
-            ax.set_xlabel("lag", fontsize=_SMALL)
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, fontsize=6, frameon=False, loc="upper right", ncol=2)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
-    return fig
+    pages = LayerFitPages(len(labels), lags, n_cols)
+    pages.draw(labels, attn, attn_sem, fitted, distance, params, title)
+    return pages.figure
 
 
 def plot_distance_vs_matching(distance: np.ndarray, matching: np.ndarray, copying: np.ndarray,

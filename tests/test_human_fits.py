@@ -1,0 +1,141 @@
+"""People in CMR's parameter space (issue 16): recovery of a simulated subject, the fits, the statistics."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from icl_cmr.cmr import CMRSettings, simulate_recall
+from icl_cmr.cmr_grid import GridSpec, run_grid
+from icl_cmr.config import CMR_GRID_MEAN_FILENAME
+from icl_cmr.errors import InputError
+from icl_cmr.fitting import CmrGrid
+from icl_cmr.human_fits import (HUMAN_FIT_LAGS, GroupComparisonConfig, compare_groups, fit_people, near_best_ranges,
+                                people_table, people_vs_heads_table, read_conditional_grid, share_below)
+from icl_cmr.human_recall import UnitLagCrps, lag_crps_by_unit, simulated_recall_table
+
+GRID_SETTINGS = CMRSettings(n_items=50, n_trials=200, max_draws=20, n_start=10)
+
+
+@pytest.fixture(scope="module")
+def small_conditional_grid(tmp_path_factory):
+    """A 4 x 5 x 3 conditional grid (steps 0.25 in beta, 0.5 in gamma), simulated once."""
+    spec = GridSpec.from_resolution(4, 3, settings=GRID_SETTINGS, seed=1, method="simulate", quantity="conditional")
+    mean, se, _ = run_grid(spec, tmp_path_factory.mktemp("grid"), workers=1, progress=False)
+    return CmrGrid(mean=mean, beta_enc=spec.beta_enc, beta_rec=spec.beta_rec, gamma_ft=spec.gamma_ft, sem=se)
+
+
+@pytest.mark.parametrize("truth", [(0.5, 0.5, 0.5), (0.75, 0.25, 0.0), (0.25, 0.75, 1.0)])
+def test_a_simulated_subject_is_recovered_within_one_grid_step(small_conditional_grid, truth):
+    """300 lists recalled by CMR at known parameters, analysed as human data (psifr), fitted back."""
+    from psifr import fr
+
+    subject = CMRSettings(n_items=50, n_trials=30, max_draws=20, n_start=10)
+    draws = simulate_recall(*truth, subject, np.random.default_rng(2024))       # not the grid's generators
+    crps = lag_crps_by_unit(fr.merge_free_recall(simulated_recall_table(draws, subject.start_positions, 50)))
+    fit = fit_people(crps, small_conditional_grid)
+    steps = np.array([0.25, 0.25, 0.5])
+    assert np.all(np.abs(fit.params[0] - np.array(truth)) <= steps + 1e-9), fit.params[0]
+    assert fit.distance[0] < 0.1
+
+
+def test_a_curve_that_is_an_affine_copy_of_a_grid_point_fits_it_exactly(small_conditional_grid):
+    grid = small_conditional_grid
+    point = (1, 3, 1)
+    lags = np.arange(-8, 9)
+    curve = 0.05 + 0.7 * grid.mean[point]       # D is unchanged by shifting and scaling the person's curve
+    crps = UnitLagCrps(units=pd.DataFrame({"subject": [7], "n_lists": [1], "n_transitions": [1]}), lags=lags,
+                       actual=np.zeros((1, 17), int), possible=np.ones((1, 17), int), prob=curve[None],
+                       dataset="made-up", by="subject")
+    fit = fit_people(crps, grid)
+    assert fit.distance[0] == pytest.approx(0.0, abs=1e-20)
+    np.testing.assert_allclose(fit.params[0], grid.parameters_at(np.array(point)))
+    np.testing.assert_array_equal(fit.lags, HUMAN_FIT_LAGS)
+    table = people_table(crps, fit, threshold=0.5)
+    observed = table[[f"crp_lag{lag:+d}" for lag in HUMAN_FIT_LAGS]].to_numpy()
+    fitted = table[[f"fitted_crp_lag{lag:+d}" for lag in HUMAN_FIT_LAGS]].to_numpy()
+    np.testing.assert_allclose(fitted, observed, atol=1e-12)
+    assert table["cmr_like"].tolist() == [True] and table["subject"].tolist() == [7]
+
+
+def test_people_are_never_fitted_to_the_lag_histogram_grid(repo_root):
+    with pytest.raises(InputError, match="--quantity conditional"):
+        read_conditional_grid(repo_root / "saved_crps" / CMR_GRID_MEAN_FILENAME)
+
+
+def test_compare_groups_against_hand_counts():
+    people = np.array([0.2, 0.4, 0.4, 0.9, np.nan])
+    heads = np.array([0.1, 0.4, 0.5])
+    out = compare_groups(people, heads, GroupComparisonConfig(n_bootstrap=2000, seed=1))
+    assert out["n_people"] == 4 and out["n_heads"] == 3
+    assert out["median_people"] == pytest.approx(0.4) and out["median_heads"] == pytest.approx(0.4)
+    assert out["median_difference"] == pytest.approx(0.0)
+    # U of the people: pairs (person > head) + 1/2 (tie), counted by hand over the 12 pairs
+    u = sum(1.0 if p > h else 0.5 if p == h else 0.0 for p in people[:4] for h in heads)
+    assert out["mannwhitney_u"] == pytest.approx(u)
+    assert out["prob_people_greater"] == pytest.approx(u / 12)
+    assert 0 < out["p_value"] <= 1
+    # a difference of two medians of the data: between the extreme differences
+    assert -0.3 <= out["ci_low"] <= out["median_difference"] <= out["ci_high"] <= 0.8
+    assert out["iqr_people_low"] == pytest.approx(np.percentile(people[:4], 25))
+
+
+def test_compare_groups_separated_samples():
+    out = compare_groups(np.arange(10) + 10.0, np.arange(10.0))
+    assert out["mannwhitney_u"] == 100.0 and out["prob_people_greater"] == 1.0
+    assert out["median_difference"] == 10.0 and out["ci_low"] > 0
+    assert out["p_value"] < 0.001
+
+
+def test_compare_groups_too_small_gives_nan_interval():
+    out = compare_groups(np.array([0.5]), np.array([0.2, 0.3]))
+    assert np.isnan(out["ci_low"]) and np.isnan(out["ci_high"])
+    assert out["median_difference"] == pytest.approx(0.25)
+
+
+def test_share_below_with_wilson_interval():
+    out = share_below(np.array([0.1, 0.6, 0.2, np.nan, 0.49, 0.5]), 0.5)
+    assert (out["n_below"], out["n_fitted"]) == (3, 5) and out["share"] == pytest.approx(0.6)
+    # Wilson interval by its formula, z = 1.959964
+    z, n, p = 1.959963984540054, 5, 0.6
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert out["share_ci_low"] == pytest.approx(centre - half) and out["share_ci_high"] == pytest.approx(centre + half)
+
+
+def test_people_vs_heads_compares_cmr_like_units_only():
+    people = pd.DataFrame({"cmr_distance": [0.1, 0.2, 0.9], "beta_enc": [0.5, 0.7, 0.05],
+                           "beta_rec": [0.5, 0.5, 0.0], "gamma_ft": [0.1, 0.3, 1.0]})
+    heads = pd.DataFrame({"model": ["m"] * 3, "cmr_distance": [0.05, 0.3, np.nan], "beta_enc": [0.9, 0.8, np.nan],
+                          "beta_rec": [1.0, 0.9, np.nan], "gamma_ft": [0.0, 0.0, np.nan]})
+    table = people_vs_heads_table(people, heads, 0.5, GroupComparisonConfig(n_bootstrap=500))
+    row = table.set_index("quantity").loc["beta_enc"]
+    assert (row["n_people"], row["n_heads"]) == (2, 2)
+    assert row["median_people"] == pytest.approx(0.6) and row["median_heads"] == pytest.approx(0.85)
+    assert (row["people_n_below"], row["people_n_fitted"]) == (2, 3)
+    assert (row["heads_n_below"], row["heads_n_fitted"]) == (2, 2)
+    assert table["quantity"].tolist() == ["cmr_distance", "beta_enc", "beta_rec", "gamma_ft"]
+
+
+def test_near_best_ranges_span_the_points_within_the_slack(small_conditional_grid):
+    grid = small_conditional_grid
+    lags = np.arange(-8, 9)
+    curve = 0.02 + 0.5 * grid.mean[(2, 1, 2)]
+    flat = np.full(17, 0.3)                                            # no fit: variance 0
+    exact = near_best_ranges(np.stack([curve, flat]), lags, grid, HUMAN_FIT_LAGS, tolerance=0.0)
+    assert exact["n_near"].tolist() == [1, 0]
+    np.testing.assert_allclose(exact["low"][0], grid.parameters_at(np.array((2, 1, 2))))
+    np.testing.assert_allclose(exact["high"][0], exact["low"][0])
+    assert np.isnan(exact["low"][1]).all()
+    everything = near_best_ranges(curve[None], lags, grid, HUMAN_FIT_LAGS, tolerance=1e9)
+    assert everything["n_near"][0] == np.prod(grid.shape)
+    np.testing.assert_allclose(everything["low"][0], [grid.beta_enc.min(), grid.beta_rec.min(), grid.gamma_ft.min()])
+    np.testing.assert_allclose(everything["high"][0], [1.0, 1.0, 1.0])
+    # a slack between: exactly the points a direct loop over the grid finds within it
+    from icl_cmr.fitting import cmr_distance, cmr_fit_patterns
+
+    distances = np.array([cmr_distance(curve[None, [3, 4, 5, 6, 7, 9, 10, 11, 12, 13]], pattern[None])[0][0, 0]
+                          for pattern in cmr_fit_patterns(grid, HUMAN_FIT_LAGS).reshape(-1, 10)])
+    within = distances <= distances.min() + 0.05
+    middle = near_best_ranges(curve[None], lags, grid, HUMAN_FIT_LAGS, tolerance=0.05)
+    assert middle["n_near"][0] == within.sum()
