@@ -33,7 +33,7 @@ GRID_SHAPE = (2, 3, 2)
 AXES = {"beta_enc": [0.5, 1.0], "beta_rec": [0.0, 0.5, 1.0], "gamma_ft": [0.0, 1.0]}
 SCORE_KEYS = ("head_scores", "copying_score", "CRP_scores", "CRP_scores_sem", "prefix_matching_score")
 
-pytestmark = pytest.mark.slow   # real job processes: about 4-5 min for the file on a busy 2-core machine
+pytestmark = pytest.mark.slow   # real job processes: 2.5-5 min for the file on a shared 2-core machine
 
 
 def toml_value(value) -> str:
