@@ -90,6 +90,7 @@ SCRIPT_DOCS = {
     "train_induction.py": "docs/induction_task.md",
     "eval_induction.py": "docs/induction_task.md",
     "train_toy_lm.py": "docs/toy_lm.md",
+    "sweep.py": "docs/sweep.md",
 }
 
 
