@@ -125,6 +125,8 @@ def _check_pool_ids(ids: np.ndarray, config: PromptConfig, vocab_size: Optional[
     The tokenizer's special ids (and a tokenizer smaller than the embedding) are known only once the
     model is loaded; :func:`icl_cmr.prompts.pool_from_ids` checks them then.
     """
+    if ids.size == 0:
+        raise InputError(f"{source}: the token pool is empty")
     if vocab_size is not None:
         pool_from_ids(ids, vocab_size, source=source)
     needed = max(config.block_len, config.prefix_block_len)

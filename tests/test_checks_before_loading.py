@@ -18,7 +18,9 @@ import ablation
 import compute_head_scores
 import pattern_icl
 from icl_cmr.cli import run_cli
-from icl_cmr.io import load_json, save_pickle
+from icl_cmr.errors import InputError
+from icl_cmr.io import load_json, load_pickle, save_pickle
+from icl_cmr.prompts import PromptConfig
 from tiny_models import N_CTX
 
 SMALL_SCORES = ["--n-prompts", "2", "--block-len", "6", "--prefix-block-len", "4", "--prefix-n-prompts", "1",
@@ -70,14 +72,15 @@ def test_head_score_prompts_longer_than_the_context_are_refused_before_loading(t
 
 
 def test_a_prompt_set_that_fills_the_context_exactly_is_accepted():
-    config = compute_head_scores.PromptConfig(block_len=N_CTX // 2, prefix_block_len=N_CTX // 4, prefix_copies=4)
+    config = PromptConfig(block_len=N_CTX // 2, prefix_block_len=N_CTX // 4, prefix_copies=4)
     compute_head_scores._check_prompt_lengths(config, 0, N_CTX)  # 256 tokens without BOS: fits
-    with pytest.raises(compute_head_scores.InputError, match="257 tokens"):
+    with pytest.raises(InputError, match="257 tokens"):
         compute_head_scores._check_prompt_lengths(config, 1, N_CTX)
 
 
 @pytest.mark.parametrize("content, message", [
     (b"[1, 2,", "not valid JSON"),
+    (b"[]", "the token pool is empty"),
     (b"\xff\xfe[1]", "not UTF-8"),
     (b"[1.5, 2.0, 3.0]", "expected a JSON list of integer token ids"),
     (b"[true, false, true]", "expected a JSON list of integer token ids"),
@@ -150,13 +153,10 @@ def _ablation_argv(model_dir, text_file, out, *extra):
             "--n-bootstrap", "50", *extra]
 
 
-def _fit_file(path, shape, model=None):
-    distance = np.linspace(0.05, 0.9, int(np.prod(shape))).reshape(shape)
-    content = {"fitted_MSE": distance}
-    if model is not None:
-        content["metadata"] = {"producer": "fit_attn_score.py", "model": model}
+def _fit_file(path, shape):
+    """An authors'-style fit file: distances rising in layer-major order, so the lowest are L0H0, L0H1, ..."""
     with open(path, "wb") as handle:
-        pickle.dump(content, handle)
+        pickle.dump({"fitted_MSE": np.linspace(0.05, 0.9, int(np.prod(shape))).reshape(shape)}, handle)
     return path
 
 
@@ -199,19 +199,17 @@ def test_ablation_from_saved_refuses_the_flags_of_a_model_run(tmp_path, capsys, 
 def test_ablation_records_the_fraction_only_when_it_chose_the_heads(tiny_model_dirs, text_file, tmp_path):
     model_dir = tiny_model_dirs["gpt2"]
     assert ablation.main(_ablation_argv(model_dir, text_file, tmp_path / "heads", "--heads", "L1H0")) is None
-    parameters = load_json_pickle(tmp_path / "heads" / "saved" / f"ablation_experiment_{model_dir.name}.pkl")
+    parameters = _saved_parameters(tmp_path / "heads" / "saved" / f"ablation_experiment_{model_dir.name}.pkl")
     assert parameters["fraction"] is None and parameters["fit_file"] is None
     fit = _fit_file(tmp_path / "fit.pkl", (2, 4))
     assert ablation.main(_ablation_argv(model_dir, text_file, tmp_path / "fit", "--fit-file", str(fit),
                                         "--fraction", "0.25")) is None
-    parameters = load_json_pickle(tmp_path / "fit" / "saved" / f"ablation_experiment_{model_dir.name}.pkl")
+    parameters = _saved_parameters(tmp_path / "fit" / "saved" / f"ablation_experiment_{model_dir.name}.pkl")
     assert parameters["fraction"] == 0.25 and parameters["fit_file"].endswith("fit.pkl")
     assert parameters["ablated_heads"] == "L0H0,L0H1"  # the two lowest distances of the linspace
 
 
-def load_json_pickle(path):
-    from icl_cmr.io import load_pickle
-
+def _saved_parameters(path):
     return load_pickle(path)["metadata"]["parameters"]
 
 
