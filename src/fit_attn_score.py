@@ -27,7 +27,8 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_float, run_cli, setup_logging
+from icl_cmr.cli import (OneLineErrorParser, given_options, non_negative_int, plain_name, positive_float,
+                         refuse_options, run_cli, setup_logging)
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
 from icl_cmr.errors import InputError
 from icl_cmr.fit_analyses import head_table
@@ -46,11 +47,13 @@ PRODUCER = "fit_attn_score.py"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description="Fit every attention head of a model to CMR (Fig 5, 6a).")
-    parser.add_argument("-s", "--save_dir", type=str, default=None,
-                        help="output sub-folder under <figs-dir>/fit_attn_score/ (default: the model name)")
+    parser.add_argument("-s", "--save_dir", type=plain_name, default=None,
+                        help="name of the output sub-folders and files: <figs-dir>/fit_attn_score/<save_dir>/, "
+                             "<fits-dir>/<save_dir>/cmr_fit_<save_dir>.pkl (default: the model name); a plain name, "
+                             "no '/' or '..'")
     parser.add_argument("-f", "--all_head_scores", type=Path, default=None,
                         help="head-score file: a path, or a path relative to --scores-dir as in the paper's README")
-    parser.add_argument("-m", "--model", type=str, default="gpt2-small",
+    parser.add_argument("-m", "--model", type=plain_name, default="gpt2-small",
                         help="model to find in --scores-dir when --all_head_scores is not given (default: %(default)s)")
     parser.add_argument("--checkpoint", type=non_negative_int, default=None,
                         help="training checkpoint index K (files *_cp<K>.pkl; default: the trained model)")
@@ -80,11 +83,17 @@ def resolve_scores(args: argparse.Namespace) -> HeadScores:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.all_head_scores is not None:
+        refuse_options(parser, given_options(parser, argv), ("model", "checkpoint"),
+                       "with --all_head_scores (the file names the scores)")
     setup_logging(args.verbose)
     scores = resolve_scores(args)
     grid = load_grid(args)
     name = args.save_dir or (args.model if args.all_head_scores is None else Path(scores.path).parent.name)
+    if name in ("", ".", "..") or "/" in name or "\\" in name:  # a folder name taken from the score file's path
+        raise InputError(f"cannot name the outputs after the folder of {scores.path}; give --save_dir NAME")
     out_dir = args.figs_dir / "fit_attn_score" / name
     if not args.no_figures:
         check_writable_dir(out_dir, "--figs-dir")
@@ -103,7 +112,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   fitted_param_index=fit.param_index, fit_lags=fit.lags,
                   metadata=plain_metadata(make_metadata(PRODUCER, {
                       "scores_file": portable_path(scores.path), "threshold": args.threshold,
-                      "fit_lags": fit.lags.tolist(), **grid_parameters(grid)})))
+                      "fit_lags": fit.lags.tolist(), **grid_parameters(grid)},
+                      model=scores.model)))  # the scores file's model (None for the authors' files)
     # Everything is computed and rendered before the first file is written.
     pending = PendingWrites()
     pending.pickle(fit_path, result)

@@ -6,7 +6,8 @@ every output folder can be written, *before* loading a model or computing; write
 whole result is valid. This module holds the pieces for it:
 
 * :func:`check_writable_dir`: can this folder be created or written? (creates nothing);
-* :func:`check_output_files`: can these output files be written? (creates nothing);
+* :func:`check_writable_file`: can this output file be written? (not a folder, parent creatable);
+* :func:`check_output_files`: can these output files of one run be written? (creates nothing);
 * :class:`PendingWrites`: results (pickles, tables, JSON, arrays, rendered figures) collected in memory
   and written together at the end, all or nothing (every file to a temporary name first, then all
   renamed into place);
@@ -113,6 +114,59 @@ def _probe_write(folder: Path) -> Optional[str]:
     except OSError:
         pass  # a file we could create but not remove: the folder is writable all the same
     return None
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest existing ancestor (the folder a new path would be created under)."""
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    return existing
+
+
+def check_writable_file(path: "str | os.PathLike[str]", flag: str = "") -> Path:
+    """Check that an output *file* path can be written, before any work; return it as a Path.
+
+    Refused: an empty name, a name ending in a path separator or naming ``.``/``..``, an existing
+    folder or non-regular file (a device such as ``/dev/null`` would be replaced by the atomic
+    rename), a parent that is a file, and a folder in which no file can be created. The last is
+    probed by creating and removing a hidden temporary file in the nearest existing folder: as
+    root, ``os.access`` says yes to ``/proc`` and ``/sys``, where creating a file fails.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The output file as the user gave it (a ``str`` keeps a trailing ``/`` that ``Path`` drops).
+    flag : str
+        The command-line flag that named it, for the message (e.g. ``"--out"``).
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    InputError
+        One line naming the flag, the path and what is wrong.
+    """
+    text = os.fspath(path)
+    named = f"{flag} {text!r}" if flag else repr(text)
+    if not text.strip():
+        raise InputError(f"{flag or 'output file'} is empty; give a file name")
+    target = Path(text)
+    if text.endswith(("/", os.sep)) or target.name in ("", ".", ".."):
+        raise InputError(f"{named} names a folder; give a file name")
+    if target.is_dir():
+        raise InputError(f"{named} is an existing folder; give a file name")
+    if target.exists() and not target.is_file():
+        raise InputError(f"{named} exists and is not a regular file (a device, pipe or socket)")
+    existing = _nearest_existing(target.parent if str(target.parent) else Path("."))
+    if not existing.is_dir():
+        raise InputError(f"{named} cannot be written: {existing} is a file, not a folder")
+    reason = _probe_write(existing)
+    if reason is not None:
+        raise InputError(f"{named} cannot be written: no file can be created in {existing} ({reason})")
+    return target
 
 
 @dataclass(frozen=True)

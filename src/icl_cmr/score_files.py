@@ -23,7 +23,7 @@ import numpy as np
 from .config import (ATTN_CRP_LAGS, BETA_ENC_GRID, BETA_REC_GRID, CMR_CRP_LAGS, CMR_GRID_MEAN_FILENAME,
                      FIT_LAGS, GAMMA_FT_GRID)
 from .errors import FileContentError, InputError
-from .file_checks import ArraySpec, check_array, check_arrays
+from .file_checks import ArraySpec, check_array, check_arrays, recorded_model
 from .fitting import CmrGrid
 from .io import load_json, load_pickle
 from .score_format import head_labels
@@ -89,6 +89,31 @@ def fit_result_paths(root: "str | Path", model: str) -> Tuple[Path, Path]:
     """
     folder = Path(root) / model
     return folder / f"cmr_fit_{model}.pkl", folder / f"head_fits_{model}.csv"
+
+
+def other_model_warning(recorded: Optional[str], loaded: str, what: str) -> Optional[str]:
+    """The warning for a score or fit file made for another model than the one loaded, else None.
+
+    Parameters
+    ----------
+    recorded : str or None
+        The model the file names (``HeadScores.model``, ``CmrFitFile.model``); None: the file does not
+        say (the authors' files), and nothing can be compared.
+    loaded : str
+        The loaded model's name (:attr:`icl_cmr.models.ModelSpec.name`).
+    what : str
+        The flag and file, e.g. ``"--fit-file saved_scores/gpt2/cmr_fit_gpt2.pkl"``.
+
+    Names are compared without a hub owner and as :func:`normalise_model_name` makes them, so
+    ``EleutherAI__pythia-70m-deduped-v0``, ``Pythia_70m`` and ``pythia-70m`` are one model.
+    """
+    def bare(name: str) -> str:
+        return normalise_model_name(name.replace("/", "__").split("__")[-1])
+
+    if recorded is None or bare(recorded) == bare(loaded):
+        return None
+    return (f"{what} was made for model {recorded!r}, but the model loaded is {loaded!r}; "
+            "its heads are used as they are")
 
 
 def find_score_file(scores_dir: "str | Path", model: str, checkpoint: Optional[int] = None) -> Path:
@@ -186,6 +211,8 @@ class HeadScores:
         File read.
     prefix_matching_score : ndarray, shape [L, H], optional
         [CS24]'s prefix-matching score when the file has it (ours), else None.
+    model : str, optional
+        The model the file says it scored (``metadata["model"]``, ours); None for the authors' files.
     """
 
     matching_score: np.ndarray
@@ -196,6 +223,7 @@ class HeadScores:
     lags: np.ndarray
     path: str = ""
     prefix_matching_score: Optional[np.ndarray] = None
+    model: Optional[str] = None
 
     @property
     def n_layers(self) -> int:
@@ -252,7 +280,8 @@ def head_scores_from_dict(scores: Any, source: str = "", required: Sequence[str]
     return HeadScores(matching_score=arrays.get("head_scores", nan), copying_score=arrays.get("copying_score", nan),
                       crp=crp, crp_sem=arrays.get("CRP_scores_sem", np.full_like(crp, np.nan)),
                       labels=arrays["labels"] if "labels" in arrays else head_labels(*shape),
-                      lags=lags, path=source, prefix_matching_score=arrays.get("prefix_matching_score"))
+                      lags=lags, path=source, prefix_matching_score=arrays.get("prefix_matching_score"),
+                      model=recorded_model(scores))
 
 
 def read_head_scores(path: "str | Path", required: Sequence[str] = HEAD_SCORE_REQUIRED) -> HeadScores:
