@@ -74,8 +74,8 @@ def resolve_scores(args: argparse.Namespace) -> HeadScores:
     if not path.is_file() and not path.is_absolute() and (args.scores_dir / path).is_file():
         path = args.scores_dir / path
     if path.is_dir():
-        raise InputError(f"--all_head_scores {path} is a folder; give a head-score file in it (all_scores_<model>.pkl), "
-                         "or --model NAME --scores-dir FOLDER to find one")
+        raise InputError(f"--all_head_scores {path} is a folder; give a head-score file in it "
+                         "(all_scores_<model>.pkl), or --model NAME --scores-dir FOLDER to find one")
     if not path.is_file():
         raise InputError(f"head-score file {args.all_head_scores} not found (also looked in {args.scores_dir})")
     logger.info("reading %s", path)
