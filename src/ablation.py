@@ -63,7 +63,7 @@ from icl_cmr.outputs import PendingWrites, check_writable_dir, log_written, pin_
 from icl_cmr.result_files import read_ablation_result, read_cmr_fit
 from icl_cmr.score_files import fit_result_paths, other_model_warning
 from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table
-from icl_cmr.text_data import TextDataConfig, iter_c4_texts, iter_local_texts, iter_prompts
+from icl_cmr.text_data import TextDataConfig, check_c4_reachable, iter_c4_texts, iter_local_texts, iter_prompts
 
 logger = logging.getLogger("ablation")
 
@@ -277,6 +277,8 @@ def check_arguments(args: argparse.Namespace, fit_file_pending: bool = False) ->
     spec = resolve_model(args.model_name)
     heads = check_head_flags(args, spec.name, fit_file_pending)
     check_data(args.data)
+    if args.data is None:
+        check_c4_reachable()  # offline: say so now, not after the model has loaded
     check_writable_dir(args.out_dir, "--out-dir")
     check_writable_dir(args.figs_dir / "ablation", "--figs-dir")
     # The model's shape from its config (no weights): context, heads and fit file checked before it loads.

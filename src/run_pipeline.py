@@ -50,7 +50,7 @@ from icl_cmr.result_files import read_ablation_result
 from icl_cmr.models import resolve_model
 from icl_cmr.outputs import HoldWrittenLines, OutputGuard, check_writable_dir, pin_cpu_kernels, portable_path
 from icl_cmr.score_files import DEFAULT_GRID_PATH, fit_result_paths
-from icl_cmr.text_data import TextDataConfig, check_c4_reachable
+from icl_cmr.text_data import TextDataConfig
 
 logger = logging.getLogger("run_pipeline")
 
@@ -173,7 +173,6 @@ class Plan:
             data = write_held_out_jsonl(scratch, seq_len)
             self.data_description = (f"held-out standard-library files of {portable_path(BUNDLED_MODEL)} "
                                      "(icl_cmr.toy_lm.held_out_texts), cut at blank lines")
-        self.streams_c4 = data is None
         self.ablation_argv = ["--model_name", args.model, "--fit-file", str(self.fit_file),
                               "--n-eval", str(args.n_eval), "--fraction", str(args.fraction),
                               "--batch-size", str(args.batch_size), "--seq-len", str(seq_len),
@@ -197,9 +196,8 @@ class Plan:
         check_writable_dir(fit_args.figs_dir / "fit_attn_score" / self.spec.name, "--figs-dir")
         self.ablation_args = ablation.build_parser().parse_args(self.ablation_argv)
         self.ablation_args.data_description = self.data_description
+        # also whether C4 can be streamed when step 3 needs it, and a saved partial run's settings
         self.ablation_checked = ablation.check_arguments(self.ablation_args, fit_file_pending=True)
-        if self.streams_c4:
-            check_c4_reachable()  # step 3 would stream C4: find out now, not after steps 1 and 2
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -313,3 +313,13 @@ def test_a_partial_run_with_other_settings_is_refused_before_the_model_loads(tin
         f"error: partial results in {partial} were made with other settings (method: value there, mean now; seq_len: "
         "48 there, 40 now; min_tokens: 48 there, 40 now; late_index: 40 there, 30 now); rerun with those settings to "
         "resume, or add --restart to discard them"]
+
+
+def test_streaming_c4_offline_is_reported_before_the_model_loads(tiny_model_dirs, tmp_path, capsys, no_model):
+    argv = _args(tiny_model_dirs["gpt2"], "unused", tmp_path, "--heads", "L1H0")
+    argv = argv[:2] + argv[4:]   # drop "--data unused": C4 would be streamed (the tests run with HF_HUB_OFFLINE=1)
+    code = run_cli(ablation.main, argv)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and errors == ["error: cannot stream allenai/c4 (en, validation): the Hugging Face hub is "
+                                    "unreachable; pass --data PATH with local .txt/.jsonl files instead"]
+    assert _outputs(tmp_path) == []
