@@ -22,7 +22,9 @@ atomically; rerunning the same command continues where it stopped (the default, 
 long job of this project; ``--restart`` discards them, ``--resume`` is accepted and changes
 nothing). Each saved batch is verified when resuming; a damaged one (truncated, garbled, wrong
 shape) is discarded with a warning and recomputed, so the final file equals an uninterrupted
-run's. The metadata says whether the run was resumed and gives the total compute time.
+run's. The metadata says whether the run was resumed (``resumed``, ``resumed_batches``) and gives
+``compute_time_all_sessions_s`` (seconds spent evaluating batches and mean activations, summed over
+every session; loading excluded) and ``wall_time_this_session_s`` (this session, loading included).
 ``--from-saved FILE`` re-analyses and re-plots an existing result file (ours or the authors').
 
 Examples::
@@ -48,20 +50,20 @@ import numpy as np
 from icl_cmr.ablation_experiment import (ABLATED, ABLATED_RAND, ORIGINAL, AblationConfig, BatchSummary,
                                          combine_batches, conditions, control_head_sets, evaluate_batch,
                                          top_fraction_heads)
-from icl_cmr.cli import (OneLineErrorParser, device_arg, fraction, int_range, non_negative_int, positive_int, run_cli,
-                         seed_int, setup_logging)
+from icl_cmr.cli import (OneLineErrorParser, device_arg, fraction, given_options, int_range, non_negative_int,
+                         positive_int, refuse_options, run_cli, seed_int, setup_logging)
 from icl_cmr.devices import resolve_device
 from icl_cmr.errors import BadFileError, InputError
 from icl_cmr.head_ablation import ABLATION_METHODS, format_heads, mean_head_activations, parse_heads, validate_heads
 from icl_cmr.icl_score import ICLScoreConfig
 from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_npz, make_metadata, read_text, save_json, \
     to_numpy
-from icl_cmr.models import DTYPES, choose_bos, load_model, resolve_model
-from icl_cmr.outputs import PendingWrites, check_writable_dir, pin_cpu_kernels, portable_path
+from icl_cmr.models import DTYPES, choose_bos, load_model, read_model_shape, resolve_model
+from icl_cmr.outputs import PendingWrites, check_writable_dir, log_written, pin_cpu_kernels, portable_path
 from icl_cmr.result_files import read_ablation_result, read_cmr_fit
-from icl_cmr.score_files import fit_result_paths
+from icl_cmr.score_files import fit_result_paths, other_model_warning
 from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table
-from icl_cmr.text_data import TextDataConfig, iter_c4_texts, iter_local_texts, iter_prompts
+from icl_cmr.text_data import TextDataConfig, check_c4_reachable, iter_c4_texts, iter_local_texts, iter_prompts
 
 logger = logging.getLogger("ablation")
 
@@ -90,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pickle with 'fitted_MSE' [L, H] (fit_attn_score.py's cmr_fit_<model>.pkl): the top "
                             "--fraction heads by lowest CMR distance are ablated (NaN never picked)")
     parser.add_argument("--fraction", type=fraction, default=config.fraction,
-                        help="fraction of all heads taken from --fit-file ([LI24]: top 10%%; count floor(f L H))")
+                        help="fraction of all heads taken from the fit file ([LI24]: top 10%%; count floor(f L H)); "
+                             "not with --heads / --heads-file")
     parser.add_argument("--method", choices=ABLATION_METHODS, default=config.method,
                         help="value: zero value vectors ([LI24]); output: zero the head output hook_z (identical "
                              "in exact arithmetic); mean: per-position mean hook_z over the evaluation set")
@@ -101,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=seed_int, default=config.seed,
                         help="random set k uses seed + k (a seed repeating an earlier set is skipped)")
     parser.add_argument("--data", type=Path, default=None,
-                        help="local .txt / .jsonl file or folder (JSONL field 'text'); default: stream C4 English "
-                             "validation ([LI24])")
+                        help="local .txt file (one document), .jsonl file (one document per line, field 'text') "
+                             "or a folder of them; default: stream C4 English validation ([LI24])")
     parser.add_argument("--n-eval", type=positive_int, default=config.n_eval,
                         help="evaluation prompts ([LI24] script: 1000; their GPT-2 file: 5000)")
     parser.add_argument("--batch-size", type=positive_int, default=config.batch_size, help="prompts per forward pass")
@@ -148,11 +151,11 @@ def read_heads_file(path: Path) -> List[tuple]:
     return parse_heads(text)
 
 
-def read_fit_distances(path: Path) -> np.ndarray:
-    """``fitted_MSE`` [L, H] of a fit file (validated by :func:`icl_cmr.result_files.read_cmr_fit`)."""
+def read_fit_file(path: Path):
+    """A fit file (validated by :func:`icl_cmr.result_files.read_cmr_fit`): ``.distance`` [L, H], ``.model``."""
     if not path.is_file():
         raise FileNotFoundError(f"--fit-file {path} does not exist")
-    return read_cmr_fit(path).distance
+    return read_cmr_fit(path)
 
 
 @dataclass
@@ -168,19 +171,30 @@ class HeadChoice:
         CMR distance of each head when chosen from a fit file.
     fit_shape : tuple or None
         [n_layers, n_heads] of the fit file, which must match the model.
+    fit_model : str or None
+        The model the fit file says it was made for (None: not a fit file, or the file does not say).
     """
 
     heads: List[tuple]
     source: str
     distances: Optional[List[float]] = None
     fit_shape: Optional[tuple] = None
+    fit_model: Optional[str] = None
 
-    def check_model(self, n_layers: int, n_heads: int) -> None:
-        """The heads (or the fit file's shape) against the loaded model."""
+    @property
+    def from_fit_file(self) -> bool:
+        """Whether the heads are the top ``--fraction`` of a fit file (then ``--fraction`` was used)."""
+        return self.fit_shape is not None
+
+    def check_model(self, n_layers: int, n_heads: int, model_name: Optional[str] = None) -> None:
+        """The heads (or the fit file's shape) against the model; warn when the fit file names another model."""
         if self.fit_shape is not None and self.fit_shape != (n_layers, n_heads):
             raise InputError(f"--fit-file {self.source} is for a [{self.fit_shape[0]}, {self.fit_shape[1]}] model, "
                              f"but the model has {n_layers} layers x {n_heads} heads")
         validate_heads(self.heads, n_layers, n_heads)
+        warning = other_model_warning(self.fit_model, model_name, f"--fit-file {self.source}") if model_name else None
+        if warning:
+            logger.warning(warning)
 
 
 def check_head_flags(args: argparse.Namespace, model_name: str, fit_file_pending: bool = False) -> Optional[HeadChoice]:
@@ -216,10 +230,10 @@ def check_head_flags(args: argparse.Namespace, model_name: str, fit_file_pending
         return HeadChoice(read_heads_file(args.heads_file), str(args.heads_file))
     if fit_file_pending:
         return None
-    distance = read_fit_distances(args.fit_file)
-    heads = top_fraction_heads(distance, args.fraction)
-    return HeadChoice(heads, str(args.fit_file), [float(distance[layer, head]) for layer, head in heads],
-                      tuple(distance.shape))
+    fit = read_fit_file(args.fit_file)
+    heads = top_fraction_heads(fit.distance, args.fraction)
+    return HeadChoice(heads, str(args.fit_file), [float(fit.distance[layer, head]) for layer, head in heads],
+                      tuple(fit.distance.shape), fit.model)
 
 
 # ----------------------------------------------------------------------------- checks before the model loads
@@ -233,6 +247,7 @@ class Checked:
     icl_config: ICLScoreConfig
     spec: object
     heads: Optional[HeadChoice]
+    shape: object = None  # icl_cmr.models.ModelShape, read from the model's config without its weights
 
 
 def check_data(path: Optional[Path]) -> None:
@@ -262,9 +277,36 @@ def check_arguments(args: argparse.Namespace, fit_file_pending: bool = False) ->
     spec = resolve_model(args.model_name)
     heads = check_head_flags(args, spec.name, fit_file_pending)
     check_data(args.data)
+    if args.data is None:
+        check_c4_reachable()  # offline: say so now, not after the model has loaded
     check_writable_dir(args.out_dir, "--out-dir")
     check_writable_dir(args.figs_dir / "ablation", "--figs-dir")
-    return Checked(config, data_config, icl_config, spec, heads)
+    # The model's shape from its config (no weights): context, heads and fit file checked before it loads.
+    shape = read_model_shape(spec)
+    icl_config.validate(data_config.seq_len, shape.n_ctx)
+    if heads is not None:
+        heads.check_model(shape.n_layers, shape.n_heads, spec.name)
+    checked = Checked(config, data_config, icl_config, spec, heads, shape)
+    check_partial_settings(args, checked)
+    return checked
+
+
+#: Options that only a model run uses (not ``--from-saved``'s re-analysis).
+RUN_OPTIONS = ("model_name", "heads", "heads_file", "fits_dir", "fit_file", "fraction", "method", "n_random_sets",
+               "allow_overlap", "data", "n_eval", "batch_size", "seq_len", "min_tokens", "late_index", "early_index",
+               "bos", "device", "dtype", "restart", "resume", "stop_after")
+
+
+def check_option_groups(parser: argparse.ArgumentParser, args: argparse.Namespace, given: frozenset) -> None:
+    """Refuse options that the other options given make meaningless (they would be silently ignored)."""
+    if args.from_saved is not None:
+        refuse_options(parser, given, RUN_OPTIONS, "with --from-saved (it re-analyses a saved result)")
+    if args.heads is not None or args.heads_file is not None:
+        refuse_options(parser, given, ("fraction",), "with --heads / --heads-file (it takes the top heads of a "
+                                                     "fit file)")
+    if args.heads is not None or args.heads_file is not None or args.fit_file is not None:
+        refuse_options(parser, given, ("fits_dir",), "with --heads / --heads-file / --fit-file (it locates the "
+                                                     "default fit file)")
 
 
 # ----------------------------------------------------------------------------- prompts and partial results
@@ -302,6 +344,70 @@ WALL_KEY = "wall_seconds"
 
 def _without_wall(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return {key: value for key, value in arrays.items() if key != WALL_KEY}
+
+
+def partial_folder(out_dir: Path, model_name: str) -> Path:
+    """The hidden folder of an unfinished run's per-batch results."""
+    return Path(out_dir) / f".ablation_experiment_{model_name}.partial"
+
+
+def argument_settings(args: argparse.Namespace, checked: "Checked", choice: Optional["HeadChoice"]) -> dict:
+    """The run parameters that the arguments alone decide (stored in the metadata and in the partial results'
+    fingerprint; :func:`check_partial_settings` compares them before any work).
+
+    ``choice`` is None while the fit file is still to be written (``run_pipeline.py``): the heads are then
+    unknown, and ``--fraction`` will be used.
+    """
+    config, data_config, icl_config = checked.config, checked.data_config, checked.icl_config
+    from_fit_file = choice is None or choice.from_fit_file
+    settings = {
+        "model_name": checked.spec.name, "dtype": args.dtype, "method": config.method,
+        "fraction": config.fraction if from_fit_file else None,  # None: not used
+        "n_random_sets_requested": config.n_random_sets,  # more than len(random_heads) when fewer distinct sets exist
+        "allow_overlap": config.allow_overlap, "seq_len": data_config.seq_len, "min_tokens": data_config.min_tokens,
+        "late_index": icl_config.late_index, "early_index": icl_config.early_index, "batch_size": config.batch_size,
+    }
+    if choice is not None:
+        settings["ablated_heads"] = format_heads(choice.heads)
+    return settings
+
+
+def check_partial_settings(args: argparse.Namespace, checked: "Checked") -> None:
+    """Refuse, before any work, to continue a saved partial run whose settings contradict the requested ones.
+
+    Only the settings the arguments decide alone are compared here (fraction, method, random sets, lengths
+    and indices, batch size, dtype, and the heads when they are known before the model loads); the rest
+    (the prompts' token hash, BOS, the random heads) is compared when the run opens its partial results
+    (:meth:`PartialResults.open`). A damaged state file is left to that step, which discards it with a warning.
+
+    Raises
+    ------
+    InputError
+        Naming each differing setting with its saved and requested value, and ``--restart``.
+    """
+    if args.restart:
+        return
+    folder = partial_folder(args.out_dir, checked.spec.name)
+    state = folder / PartialResults.STATE
+    if not state.is_file():
+        return
+    try:
+        saved = load_json(state)
+    except BadFileError:
+        return
+    if not isinstance(saved, dict):
+        return
+    config = checked.config
+    requested = json.loads(json.dumps(argument_settings(args, checked, checked.heads)))
+    differing = [key for key, value in requested.items() if key in saved and saved[key] != value]
+    # fewer prompts than asked are saved when the data ran out; more than asked is another run
+    if isinstance(saved.get("n_eval"), int) and saved["n_eval"] > config.n_eval:
+        differing.append("n_eval")
+        requested["n_eval"] = config.n_eval
+    if differing:
+        changes = "; ".join(f"{key}: {saved[key]} there, {requested[key]} now" for key in differing)
+        raise InputError(f"partial results in {folder} were made with other settings ({changes}); rerun with those "
+                         "settings to resume, or add --restart to discard them")
 
 
 class PartialResults:
@@ -522,8 +628,7 @@ def from_saved(args: argparse.Namespace) -> None:
     except InputError as err:
         raise InputError(f"{path}: {err}") from None
     print(text)
-    for written in pending.commit():
-        logger.info("wrote %s", written)
+    log_written(logger, pending.commit())
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -550,7 +655,7 @@ def run(args: argparse.Namespace, checked: Optional[Checked] = None) -> None:
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     icl_config.validate(data_config.seq_len, int(model.cfg.n_ctx))
     choice = checked.heads or check_head_flags(args, spec.name)
-    choice.check_model(n_layers, n_heads)
+    choice.check_model(n_layers, n_heads, None if checked.heads else spec.name)  # warned in check_arguments
     ablated, head_source, distances = choice.heads, choice.source, choice.distances
     random_sets, seeds = control_head_sets(n_layers, n_heads, ablated, config)
     head_sets = conditions(ablated, random_sets)
@@ -564,23 +669,20 @@ def run(args: argparse.Namespace, checked: Optional[Checked] = None) -> None:
     data = getattr(args, "data_description", None) or (portable_path(args.data) if args.data else
                                                         "allenai/c4 en validation")
     parameters = {
-        "model": portable_path(spec.source) if spec.is_local else spec.source, "model_name": spec.name,
-        "dtype": args.dtype, "method": config.method,
-        "ablated_heads": format_heads(ablated), "head_source": portable_path(head_source) if head_source != "--heads"
-        else head_source, "fraction": config.fraction,
-        "random_heads": [format_heads(h) for h in random_sets], "random_seeds": seeds,
-        "n_random_sets_requested": config.n_random_sets,  # more than len(random_heads) when fewer distinct sets exist
-        "allow_overlap": config.allow_overlap, "data": data,
-        "n_eval": int(n_prompts), "seq_len": data_config.seq_len, "min_tokens": data_config.min_tokens,
-        "late_index": icl_config.late_index, "early_index": icl_config.early_index,
-        "batch_size": config.batch_size, "tokens_sha256": _token_hash(tokens), "bos": bos.describe(),
+        "model": portable_path(spec.source) if spec.is_local else spec.source,
+        **argument_settings(args, checked, choice),
+        "head_source": portable_path(head_source) if head_source != "--heads" else head_source,
+        "fit_file": portable_path(head_source) if choice.from_fit_file else None,
+        "random_heads": [format_heads(h) for h in random_sets], "random_seeds": seeds, "data": data,
+        "n_eval": int(n_prompts), "tokens_sha256": _token_hash(tokens), "bos": bos.describe(),
     }
     out_dir = ensure_writable_dir(args.out_dir)
     # the model path, data path and head source are descriptive: the token hash and head lists decide
     # whether a run matches
-    fingerprint = {key: value for key, value in parameters.items() if key not in ("model", "data", "head_source")}
+    fingerprint = {key: value for key, value in parameters.items()
+                   if key not in ("model", "data", "head_source", "fit_file")}
     names = list(head_sets) + ([ABLATED_RAND] if random_sets else [])
-    partial = PartialResults(out_dir / f".ablation_experiment_{spec.name}.partial", fingerprint, n_prompts,
+    partial = PartialResults(partial_folder(out_dir, spec.name), fingerprint, n_prompts,
                              config.batch_size, names, data_config.seq_len - 1)
     done = partial.open(args.restart)
     n_batches = partial.n_batches
@@ -639,21 +741,26 @@ def run(args: argparse.Namespace, checked: Optional[Checked] = None) -> None:
                           pending=pending, marked_indices=(icl_config.early_index, icl_config.late_index))
     result["stats"] = table.to_dict(orient="records")
     compute_seconds = partial.wall_seconds()
+    # Two different clocks, named as such: the evaluation time summed over every session of this run (model
+    # loading and data preparation excluded), and this session's time from start to finish (included).
     metadata = make_metadata(PRODUCER, parameters, seed=config.seed, device=device,
-                             wall_time_s=round(compute_seconds, 3), resumed=bool(done), resumed_batches=len(done),
+                             compute_time_all_sessions_s=round(compute_seconds, 3), resumed=bool(done),
+                             resumed_batches=len(done),
                              wall_time_this_session_s=round(time.monotonic() - session_started, 3))
     # plain JSON types only: torch.__version__ is a TorchVersion object, which load_pickle rightly refuses
     result["metadata"] = json.loads(json.dumps(metadata, default=str))
     pending.pickle(out_dir / f"{stem}.pkl", result)
-    print(text)
-    for written in pending.commit():
-        logger.info("wrote %s", written)
+    if getattr(args, "print_table", True):  # run_pipeline.py prints it in its own summary
+        print(text)
+    log_written(logger, pending.commit())
     partial.discard()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[int]:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_option_groups(parser, args, given_options(parser, argv))
+    setup_logging(args.verbose, progress=not args.no_progress)
     if args.from_saved is not None:
         from_saved(args)
     else:

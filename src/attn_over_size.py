@@ -16,7 +16,7 @@ import argparse
 import logging
 from typing import Optional, Sequence
 
-from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_float, run_cli, setup_logging
+from icl_cmr.cli import OneLineErrorParser, UniqueItems, non_negative_int, positive_float, run_cli, setup_logging
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
 from icl_cmr.fit_analyses import PYTHIA_SIZES, fit_models, log_cmr_like_counts
 from icl_cmr.fit_cli import add_common_arguments, load_grid
@@ -28,7 +28,7 @@ logger = logging.getLogger("attn_over_size")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description="CMR fits across Pythia sizes by relative layer position (Fig 6b).")
-    parser.add_argument("-m", "--model_size", nargs="+", default=list(PYTHIA_SIZES),
+    parser.add_argument("-m", "--model_size", nargs="+", action=UniqueItems, default=list(PYTHIA_SIZES),
                         help="Pythia sizes, model pythia-<size> (default: the paper's eight: %(default)s)")
     parser.add_argument("--checkpoint", type=non_negative_int, default=None,
                         help="checkpoint index K (default: the trained model, _cp142 for Pythia v0 files)")

@@ -14,7 +14,7 @@ import argparse
 import logging
 from typing import Optional, Sequence
 
-from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_float, run_cli, setup_logging
+from icl_cmr.cli import OneLineErrorParser, UniqueItems, non_negative_int, positive_float, run_cli, setup_logging
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
 from icl_cmr.fit_analyses import XTRA_MODELS, fit_models, log_cmr_like_counts
 from icl_cmr.fit_cli import add_common_arguments, load_grid
@@ -26,7 +26,7 @@ logger = logging.getLogger("attn_over_size_xtra")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description="CMR fits of any models by relative layer position (Fig 6c).")
-    parser.add_argument("-m", "--models", nargs="+", default=list(XTRA_MODELS),
+    parser.add_argument("-m", "--models", nargs="+", action=UniqueItems, default=list(XTRA_MODELS),
                         help="model names as in --scores-dir (default: %(default)s)")
     parser.add_argument("--checkpoint", type=non_negative_int, default=None,
                         help="checkpoint index K (default: the trained model)")

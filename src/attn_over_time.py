@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_float, run_cli, setup_logging
+from icl_cmr.cli import (OneLineErrorParser, UniqueItems, non_negative_int, plain_name, positive_float, run_cli,
+                         setup_logging)
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
 from icl_cmr.fit_analyses import over_training_table
 from icl_cmr.fit_cli import add_common_arguments, grid_parameters, load_grid
@@ -35,10 +36,11 @@ logger = logging.getLogger("attn_over_time")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description="CMR fits of one model over training checkpoints (Fig 7b).")
-    parser.add_argument("-m", "--model_name", default="pythia-70m",
+    parser.add_argument("-m", "--model_name", type=plain_name, default="pythia-70m",
                         help="model name as in --scores-dir, e.g. pythia-70m or pythia-70m-deduped-v0 "
                              "(default: %(default)s)")
-    parser.add_argument("--checkpoints", type=non_negative_int, nargs="+", default=list(CHECKPOINT_INDICES),
+    parser.add_argument("--checkpoints", type=non_negative_int, nargs="+", action=UniqueItems,
+                        default=list(CHECKPOINT_INDICES),
                         help="checkpoint indices K, training step 1000 (K + 1); the last one defines the mask "
                              "(default: the paper's 16: %(default)s)")
     parser.add_argument("--strict-threshold", type=positive_float, default=CMR_LIKE_STRICT_THRESHOLD,

@@ -28,10 +28,10 @@ from icl_cmr.copying import model_copying_scores
 from icl_cmr.devices import resolve_device
 from icl_cmr.errors import InputError
 from icl_cmr.head_scores import stream_attention_scores
-from icl_cmr.io import ensure_writable_dir, load_json, make_metadata, save_pickle
+from icl_cmr.io import load_json, make_metadata, save_pickle
 from icl_cmr.models import (DTYPES, choose_bos, has_tokenizer, load_model, n_kv_heads, peak_gpu_memory_gib,
-                            resolve_model)
-from icl_cmr.outputs import pin_cpu_kernels, portable_path
+                            read_model_shape, resolve_model)
+from icl_cmr.outputs import check_writable_file, log_written, pin_cpu_kernels, portable_path
 from icl_cmr.prompts import (FREQUENT_TOKEN_FILE, PromptConfig, bpe_merge_ranks, default_token_pool,
                              make_prompt_sets, parse_token_pool, pool_from_ids, prompt_offset, special_token_ids,
                              tokenizer_size)
@@ -76,23 +76,69 @@ def build_parser() -> argparse.ArgumentParser:
                         help="prefix-matching prompts: copies of the block ([CS24]: 4)")
     parser.add_argument("--prefix-n-prompts", type=positive_int, default=defaults.prefix_n_prompts,
                         help="prefix-matching prompts ([CS24]: 5)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output file (default saved_scores/<model>/all_scores_<model>[_cp<K>].pkl)")
+    parser.add_argument("--out", default=None,
+                        help="output file (default saved_scores/<model>/all_scores_<model>[_cp<K>].pkl); "
+                             "checked before the model loads")
     parser.add_argument("--no-copying", action="store_true",
-                        help="skip the copying score (saved as NaN): its weight processing briefly needs a few "
-                             "times the model's weight memory")
+                        help="skip the copying score (saved as NaN); it adds at most about 16%% of the weights' size "
+                             "to peak memory (docs/head_scores.md)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--verbose", action="store_true")
     return parser
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.token_pool is not None and args.exclude_extreme_fraction > 0:
+        parser.error("--exclude-extreme-fraction drops ids from the tokenizer's pool; it does not apply to a "
+                     "--token-pool file (give one of the two)")
+    return args
 
 
-def _token_pool(args: argparse.Namespace, spec, model):
+def _pool_file(args: argparse.Namespace, spec) -> Optional[Path]:
+    """The token-pool file prompts are drawn from: ``--token-pool``, else a local model folder's frequent ids."""
+    if args.token_pool is not None:
+        if not args.token_pool.is_file():
+            raise FileNotFoundError(f"--token-pool file {args.token_pool} does not exist")
+        return args.token_pool
+    frequent = Path(spec.source) / FREQUENT_TOKEN_FILE if spec.is_local else None
+    if frequent is None or not frequent.is_file():
+        return None
+    if args.exclude_extreme_fraction > 0:
+        raise InputError(f"--exclude-extreme-fraction drops ids from the tokenizer's pool, but {spec.name} draws "
+                         f"from its folder's {FREQUENT_TOKEN_FILE} (ids frequent in its training data); drop the flag")
+    return frequent
+
+
+def _check_prompt_lengths(config: PromptConfig, offset: int, n_ctx: int, bos_known: bool = True) -> None:
+    """Both prompt sets fit the model's context (``offset``: 1 with a BOS token, else 0)."""
+    longest = offset + max(2 * config.block_len, config.prefix_copies * config.prefix_block_len)
+    if longest > n_ctx:
+        raise InputError(f"prompts of {'' if bos_known else 'at least '}{longest} tokens exceed the model's context "
+                         f"of {n_ctx}; lower --block-len / --prefix-block-len / --prefix-copies")
+
+
+def _check_pool_ids(ids: np.ndarray, config: PromptConfig, vocab_size: Optional[int], source: str) -> None:
+    """A pool file's ids against the model's vocabulary and the block lengths, before the model loads.
+
+    The tokenizer's special ids (and a tokenizer smaller than the embedding) are known only once the
+    model is loaded; :func:`icl_cmr.prompts.pool_from_ids` checks them then.
+    """
+    if ids.size == 0:
+        raise InputError(f"{source}: the token pool is empty")
+    if vocab_size is not None:
+        pool_from_ids(ids, vocab_size, source=source)
+    needed = max(config.block_len, config.prefix_block_len)
+    if np.unique(ids).size < needed:
+        raise InputError(f"the token pool {source} has {np.unique(ids).size} distinct ids, fewer than the block "
+                         f"length {needed}; lower --block-len / --prefix-block-len or pass a larger --token-pool")
+
+
+def _token_pool(args: argparse.Namespace, spec, model, pool_file: Optional[Path], pool_ids: Optional[np.ndarray]):
     """The pool prompts are drawn from (explicit file, model folder's frequent ids, or the tokenizer's ids).
 
+    ``pool_file`` and its parsed ``pool_ids`` come from :func:`_pool_file` (read before the model loads).
     A checkpoint saved without tokenizer files gets a placeholder tokenizer of one token:
     the pool is then the model's whole vocabulary minus the config's special ids.
     """
@@ -108,16 +154,11 @@ def _token_pool(args: argparse.Namespace, spec, model):
             logger.warning("%s has no tokenizer files: drawing prompt tokens from all %d ids of the model's "
                            "vocabulary except the config's special ids %s; pass --token-pool to choose them",
                            spec.name, vocab, special.tolist())
-    pool_file = args.token_pool
-    if pool_file is None and spec.is_local and (Path(spec.source) / FREQUENT_TOKEN_FILE).is_file():
-        pool_file = Path(spec.source) / FREQUENT_TOKEN_FILE
-        logger.info("using the model folder's %s as the token pool (ids frequent in its training data)",
-                    FREQUENT_TOKEN_FILE)
     if pool_file is not None:
-        if args.exclude_extreme_fraction > 0:
-            raise InputError("--exclude-extreme-fraction applies to the tokenizer's pool, not to --token-pool files")
-        ids = parse_token_pool(load_json(pool_file), what=str(pool_file))
-        return pool_from_ids(ids, vocab, special, source=f"file:{portable_path(pool_file)}")
+        if args.token_pool is None:
+            logger.info("using the model folder's %s as the token pool (ids frequent in its training data)",
+                        FREQUENT_TOKEN_FILE)
+        return pool_from_ids(pool_ids, vocab, special, source=f"file:{portable_path(pool_file)}")
     ranks = None
     if args.exclude_extreme_fraction > 0 and tokenizer is not None:
         ranks = bpe_merge_ranks(tokenizer, vocab)
@@ -129,17 +170,23 @@ def _token_pool(args: argparse.Namespace, spec, model):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, progress=not args.no_progress)
     config = PromptConfig(block_len=args.block_len, n_prompts=args.n_prompts, batch_size=args.batch_size,
                           seed=args.seed, prepend_bos=args.bos is not False,
                           exclude_extreme_fraction=args.exclude_extreme_fraction,
                           prefix_block_len=args.prefix_block_len, prefix_copies=args.prefix_copies,
                           prefix_n_prompts=args.prefix_n_prompts)
-    if args.token_pool is not None and not args.token_pool.is_file():
-        raise FileNotFoundError(f"--token-pool file {args.token_pool} does not exist")
     spec = resolve_model(args.model, checkpoint=args.checkpoint)
-    out = args.out if args.out is not None else default_score_path(spec.name, spec.checkpoint_index)
-    ensure_writable_dir(out.parent)  # fail before loading a model, not after scoring it
+    # Everything that can be checked without the weights is checked before they load (issue 17, item 10).
+    out = check_writable_file(args.out if args.out is not None else
+                              default_score_path(spec.name, spec.checkpoint_index), "--out")
+    pool_file = _pool_file(args, spec)
+    pool_ids = None if pool_file is None else parse_token_pool(load_json(pool_file), what=str(pool_file))
+    shape = read_model_shape(spec)
+    # The BOS token is known once the tokenizer loads; before, only --bos makes it certain.
+    _check_prompt_lengths(config, int(args.bos is True), shape.n_ctx, bos_known=args.bos is not None)
+    if pool_ids is not None:
+        _check_pool_ids(pool_ids, config, shape.vocab_size, str(pool_file))
     device = resolve_device(args.device)
     pin_cpu_kernels()  # the same numbers on CPUs with and without AVX-512
 
@@ -150,11 +197,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     offset = prompt_offset(bos, config)
     repeat_len = offset + 2 * config.block_len
     prefix_len = offset + config.prefix_copies * config.prefix_block_len
-    n_ctx = int(model.cfg.n_ctx)
-    if max(repeat_len, prefix_len) > n_ctx:
-        raise InputError(f"prompts of {max(repeat_len, prefix_len)} tokens exceed the model's context of {n_ctx}; "
-                         "lower --block-len / --prefix-block-len / --prefix-copies")
-    pool = _token_pool(args, spec, model)
+    _check_prompt_lengths(config, offset, int(model.cfg.n_ctx))  # the BOS token is known now
+    pool = _token_pool(args, spec, model, pool_file, pool_ids)
     repeat_prompts, prefix_prompts = make_prompt_sets(pool, bos, config)
     logger.info("%s: %d layers x %d heads; %d prompts of %d tokens (BOS %s), %d prefix prompts of %d; "
                 "token pool %d ids (%s)", spec.name, model.cfg.n_layers, model.cfg.n_heads, config.n_prompts,
@@ -213,7 +257,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logger.info("best induction head L%dH%d: matching score %.3f; %d of %d heads above 0.5",
                 best[0], best[1], attention.matching_score[best], int((attention.matching_score > 0.5).sum()),
                 attention.matching_score.size)
-    logger.info("wrote %s (%.1f s)", out, wall)
+    log_written(logger, [out], f" ({wall:.1f} s)")
     return 0
 
 

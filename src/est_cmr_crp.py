@@ -28,8 +28,11 @@ from icl_cmr.cli import OneLineErrorParser, int_range, positive_int, run_cli, se
 from icl_cmr.cmr import CRP_METHODS, CMRSettings
 from icl_cmr.cmr_grid import (GRID_QUANTITIES, PARTIAL_SUFFIX, GridSpec, grid_description, grid_file_names,
                               recorded_wall_seconds, run_grid)
+from icl_cmr.config import FIT_LAGS
 from icl_cmr.errors import InputError
-from icl_cmr.io import ensure_writable_dir, make_metadata, save_json, save_npy
+from icl_cmr.io import make_metadata
+from icl_cmr.outputs import PendingWrites, check_output_files, check_writable_dir
+from icl_cmr.unpickling import available_memory, human_bytes
 
 logger = logging.getLogger("est_cmr_crp")
 
@@ -55,8 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_start", default=DEFAULTS.n_start,
                         type=int_range(2, description="an integer >= 2 (the SEM is taken over start positions)"),
                         help=f"start positions s0 = 0 .. n-1, n >= 2 (default: {DEFAULTS.n_start})")
-    parser.add_argument("--max_lag", type=positive_int, default=DEFAULTS.max_lag,
-                        help=f"CRP lags -max_lag .. max_lag (default: {DEFAULTS.max_lag})")
+    parser.add_argument("--max_lag", default=DEFAULTS.max_lag,
+                        type=int_range(int(FIT_LAGS.max()), description=f"an integer >= {int(FIT_LAGS.max())} (the "
+                                       f"fitting lags are -{int(FIT_LAGS.max())}..+{int(FIT_LAGS.max())})"),
+                        help=f"CRP lags -max_lag .. max_lag, below --n_items (default: {DEFAULTS.max_lag}, [LI24]); "
+                             "the fitting scripts read any grid with max_lag >= 5 and fit on lags -5..+5, where the "
+                             "CRP does not depend on max_lag")
     parser.add_argument("--seed", type=seed_int, default=0, help="base random seed (default: 0)")
     parser.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1),
                         help="worker processes; results do not depend on it (default: min(2, CPUs))")
@@ -82,6 +89,35 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+def check_settings(args: argparse.Namespace) -> CMRSettings:
+    """The simulation settings, refused in one line naming the flags when they cannot give a valid grid."""
+    if args.n_start >= args.n_items:
+        raise InputError(f"--n_start ({args.n_start}) must be below --n_items ({args.n_items}): a recall starting at "
+                         "the last item can only draw the end state, so its CRP would be undefined (NaN)")
+    if args.max_lag >= args.n_items:
+        raise InputError(f"--n_items ({args.n_items}) must exceed --max_lag ({args.max_lag}): lags beyond "
+                         f"{args.n_items - 1} can never occur; raise --n_items or lower --max_lag (at least "
+                         f"{int(FIT_LAGS.max())})")
+    try:
+        return CMRSettings(n_items=args.n_items, n_trials=args.n_trials, max_draws=args.max_draws,
+                           n_start=args.n_start, max_lag=args.max_lag)
+    except InputError as err:
+        raise InputError(f"--{err}") from None
+
+
+def check_memory(spec: GridSpec, workers: int) -> None:
+    """Refuse a grid whose largest arrays would not fit in the memory available now (one line with the estimate)."""
+    needed, available = spec.memory_bytes(workers), available_memory()
+    if available is None or needed <= available:
+        return
+    busy = min(workers, spec.n_slices)
+    settings = spec.settings
+    raise InputError(f"this grid needs about {human_bytes(needed)} of memory ({busy} worker(s) x "
+                     f"{human_bytes(spec.point_memory_bytes())} per grid point: {settings.n_trials} trials x "
+                     f"{settings.n_start} start positions x {settings.max_draws} draws), but "
+                     f"{human_bytes(available)} is available; lower --n_trials, --n_start, --max_draws or --workers")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
@@ -89,16 +125,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise InputError("give --restart (discard the finished slices) or --resume (the default), not both")
     if args.n_gamma < 2:
         raise InputError(f"--n_gamma must be at least 2 (gamma_ft runs from 0 to 1), got {args.n_gamma}")
-    try:
-        settings = CMRSettings(n_items=args.n_items, n_trials=args.n_trials, max_draws=args.max_draws,
-                               n_start=args.n_start, max_lag=args.max_lag)
-    except InputError as err:
-        raise InputError(f"--{err}") from None
+    settings = check_settings(args)
     method = args.method or ("simulate" if args.quantity == "conditional" else "exact")
     spec = GridSpec.from_resolution(args.n_beta, args.n_gamma, settings, seed=args.seed, method=method,
                                     quantity=args.quantity)
-    save_dir = ensure_writable_dir(args.save_dir)
+    check_memory(spec, args.workers)
+    save_dir = check_writable_dir(args.save_dir, "--save_dir")
     mean_name, sem_name, meta_name = grid_file_names(args.n_beta, args.n_gamma, args.quantity)
+    check_output_files([save_dir / mean_name, save_dir / sem_name, save_dir / meta_name])
     slice_dir = save_dir / f".{meta_name[:-len('.json')]}{PARTIAL_SUFFIX}"
 
     logger.info("CMR grid %s (%d points, %d slices), %d trials x %d starts, <= %d draws, method %s, "
@@ -120,9 +154,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         files={"mean": mean_name, "sem": sem_name},
         description=grid_description(spec.quantity),
     )
-    save_npy(save_dir / mean_name, mean)
-    save_npy(save_dir / sem_name, sem)
-    save_json(save_dir / meta_name, metadata)
+    outputs = PendingWrites()  # the three files together or none of them
+    outputs.npy(save_dir / mean_name, mean)
+    outputs.npy(save_dir / sem_name, sem)
+    outputs.json(save_dir / meta_name, metadata)
+    outputs.commit()
     shutil.rmtree(slice_dir, ignore_errors=True)
     logger.info("wrote %s, %s and %s in %s (%.1f s%s)", mean_name, sem_name, meta_name, save_dir, wall_time,
                 f" over all sessions, {n_resumed} slices resumed" if n_resumed else "")

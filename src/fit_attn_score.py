@@ -27,7 +27,8 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_float, run_cli, setup_logging
+from icl_cmr.cli import (OneLineErrorParser, given_options, non_negative_int, plain_name, positive_float,
+                         refuse_options, run_cli, setup_logging)
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
 from icl_cmr.errors import InputError
 from icl_cmr.fit_analyses import head_table
@@ -35,7 +36,7 @@ from icl_cmr.fit_cli import add_common_arguments, add_figure_arguments, grid_par
 from icl_cmr.fitting import check_fitted, fit_heads
 from icl_cmr.io import make_metadata
 from icl_cmr.layer_stats import percent_below_threshold
-from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
+from icl_cmr.outputs import PendingWrites, check_writable_dir, log_written, portable_path
 from icl_cmr.score_format import plain_metadata
 from icl_cmr.score_files import DEFAULT_SCORES_DIR, HeadScores, fit_result_paths, load_model_scores, read_head_scores
 
@@ -46,11 +47,13 @@ PRODUCER = "fit_attn_score.py"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description="Fit every attention head of a model to CMR (Fig 5, 6a).")
-    parser.add_argument("-s", "--save_dir", type=str, default=None,
-                        help="output sub-folder under <figs-dir>/fit_attn_score/ (default: the model name)")
+    parser.add_argument("-s", "--save_dir", type=plain_name, default=None,
+                        help="name of the output sub-folders and files: <figs-dir>/fit_attn_score/<save_dir>/, "
+                             "<fits-dir>/<save_dir>/cmr_fit_<save_dir>.pkl (default: the model name); a plain name, "
+                             "no '/' or '..'")
     parser.add_argument("-f", "--all_head_scores", type=Path, default=None,
                         help="head-score file: a path, or a path relative to --scores-dir as in the paper's README")
-    parser.add_argument("-m", "--model", type=str, default="gpt2-small",
+    parser.add_argument("-m", "--model", type=plain_name, default="gpt2-small",
                         help="model to find in --scores-dir when --all_head_scores is not given (default: %(default)s)")
     parser.add_argument("--checkpoint", type=non_negative_int, default=None,
                         help="training checkpoint index K (files *_cp<K>.pkl; default: the trained model)")
@@ -70,6 +73,9 @@ def resolve_scores(args: argparse.Namespace) -> HeadScores:
     path = args.all_head_scores
     if not path.is_file() and not path.is_absolute() and (args.scores_dir / path).is_file():
         path = args.scores_dir / path
+    if path.is_dir():
+        raise InputError(f"--all_head_scores {path} is a folder; give a head-score file in it "
+                         "(all_scores_<model>.pkl), or --model NAME --scores-dir FOLDER to find one")
     if not path.is_file():
         raise InputError(f"head-score file {args.all_head_scores} not found (also looked in {args.scores_dir})")
     logger.info("reading %s", path)
@@ -77,11 +83,17 @@ def resolve_scores(args: argparse.Namespace) -> HeadScores:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.all_head_scores is not None:
+        refuse_options(parser, given_options(parser, argv), ("model", "checkpoint"),
+                       "with --all_head_scores (the file names the scores)")
     setup_logging(args.verbose)
     scores = resolve_scores(args)
     grid = load_grid(args)
     name = args.save_dir or (args.model if args.all_head_scores is None else Path(scores.path).parent.name)
+    if name in ("", ".", "..") or "/" in name or "\\" in name:  # a folder name taken from the score file's path
+        raise InputError(f"cannot name the outputs after the folder of {scores.path}; give --save_dir NAME")
     out_dir = args.figs_dir / "fit_attn_score" / name
     if not args.no_figures:
         check_writable_dir(out_dir, "--figs-dir")
@@ -100,7 +112,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   fitted_param_index=fit.param_index, fit_lags=fit.lags,
                   metadata=plain_metadata(make_metadata(PRODUCER, {
                       "scores_file": portable_path(scores.path), "threshold": args.threshold,
-                      "fit_lags": fit.lags.tolist(), **grid_parameters(grid)})))
+                      "fit_lags": fit.lags.tolist(), **grid_parameters(grid)},
+                      model=scores.model)))  # the scores file's model (None for the authors' files)
     # Everything is computed and rendered before the first file is written.
     pending = PendingWrites()
     pending.pickle(fit_path, result)
@@ -111,8 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for layer, page in head_fit_pages(scores, fit, name, progress=not args.no_progress):
             pending.data(out_dir / f"head_fit_L{layer}.pdf", page)
         pending.figures(out_dir, fit_summary_figures(scores, fit, args.threshold, args.strict_threshold, name))
-    pending.commit()
-    logger.info("wrote %s, %s%s", fit_path, table_path, "" if args.no_figures else f" and figures to {out_dir}")
+    log_written(logger, pending.commit())
     return 0
 
 

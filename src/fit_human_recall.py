@@ -42,8 +42,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from icl_cmr.cli import (OneLineErrorParser, non_negative_float, positive_float, positive_int, run_cli, seed_int,
-                         setup_logging)
+from icl_cmr.cli import (OneLineErrorParser, UniqueItems, non_negative_float, positive_float, positive_int, run_cli,
+                         seed_int, setup_logging)
 from icl_cmr.config import CMR_LIKE_THRESHOLD, FIT_LAGS
 from icl_cmr.errors import InputError
 from icl_cmr.fitting import CmrGrid, fit_heads
@@ -90,16 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "est_cmr_crp.py --quantity conditional)")
     parser.add_argument("--head-grid", "--head_grid", type=Path, default=DEFAULT_GRID_PATH,
                         help="the paper's CRP grid of the same simulator, heads are fitted to (default: %(default)s)")
-    parser.add_argument("--models", nargs="*", default=["toy_lm"],
+    parser.add_argument("--models", nargs="*", action=UniqueItems, default=["toy_lm"],
                         help="models whose heads are compared, found in the --scores-dir folders "
                              "(default: %(default)s; none: people only)")
     parser.add_argument("--scores-dir", "--scores_dir", type=Path, action="append", default=None,
                         help=f"folder of head-score files; repeat it to search several, in order "
                              f"(default: {DEFAULT_SCORES_DIR})")
-    parser.add_argument("--training-models", nargs="*", default=[],
+    parser.add_argument("--training-models", nargs="*", action=UniqueItems, default=[],
                         help="models with the 16 training checkpoints for the Fig 7 panels, e.g. pythia-70m "
                              "pythia-410m (default: none, no Fig 7 panels)")
-    parser.add_argument("--n-top", "--n_top", type=positive_int, nargs="+", default=list(DEFAULT_TOP_N),
+    parser.add_argument("--n-top", "--n_top", type=positive_int, nargs="+", action=UniqueItems,
+                        default=list(DEFAULT_TOP_N),
                         help="top-N CMR-like head sets of the Fig 7 panels (default: %(default)s, [LI24])")
     parser.add_argument("--threshold", type=positive_float, default=CMR_LIKE_THRESHOLD,
                         help="CMR distance below which a person or a head is CMR-like (default: %(default)s, [LI24])")

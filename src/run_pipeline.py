@@ -48,7 +48,7 @@ from icl_cmr.icl_score import ICLScoreConfig
 from icl_cmr.io import load_json, save_text
 from icl_cmr.result_files import read_ablation_result
 from icl_cmr.models import resolve_model
-from icl_cmr.outputs import OutputGuard, check_writable_dir, pin_cpu_kernels, portable_path
+from icl_cmr.outputs import HoldWrittenLines, OutputGuard, check_writable_dir, pin_cpu_kernels, portable_path
 from icl_cmr.score_files import DEFAULT_GRID_PATH, fit_result_paths
 from icl_cmr.text_data import TextDataConfig
 
@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", type=device_arg, default=None,
                         help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     parser.add_argument("--data", type=Path, default=None,
-                        help="ICL text: .txt/.jsonl file or folder (default: held-out stdlib files for the bundled "
-                             "model, C4 English validation otherwise)")
+                        help="ICL text: a .txt file (one document), a .jsonl file (one document per line, field "
+                             "'text') or a folder of them (default: held-out stdlib files for the bundled model, C4 "
+                             "English validation otherwise)")
     parser.add_argument("--n-eval", type=positive_int, default=ablation.AblationConfig().n_eval,
                         help="prompts for the ablation (default: %(default)s, the paper's)")
     parser.add_argument("--fraction", type=fraction, default=ablation.AblationConfig().fraction,
@@ -195,6 +196,7 @@ class Plan:
         check_writable_dir(fit_args.figs_dir / "fit_attn_score" / self.spec.name, "--figs-dir")
         self.ablation_args = ablation.build_parser().parse_args(self.ablation_argv)
         self.ablation_args.data_description = self.data_description
+        # also whether C4 can be streamed when step 3 needs it, and a saved partial run's settings
         self.ablation_checked = ablation.check_arguments(self.ablation_args, fit_file_pending=True)
 
 
@@ -202,22 +204,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import pandas as pd
 
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, progress=not args.no_progress)
     if args.restart and args.resume:
         raise InputError("give --restart (redo the ablation) or --resume (the default), not both")
     started = time.monotonic()
     spec = resolve_model(args.model)
     pin_cpu_kernels()
+    # The steps' "wrote X" lines are held back: the guard may then keep the earlier X (same result), and
+    # the lines below say what was really written.
+    held, step_loggers = HoldWrittenLines(), (compute_head_scores.logger, fit_attn_score.logger, ablation.logger)
     with tempfile.TemporaryDirectory(prefix="icl_cmr_data_") as scratch:
         plan = Plan(args, spec, Path(scratch))
         plan.check()
-        with OutputGuard(plan.outputs) as guard:
-            logger.info("[1/3] head scores of %s", spec.name)
-            compute_head_scores.main(plan.scores_argv)
-            logger.info("[2/3] CMR fits with %s", args.crp_grid)
-            fit_attn_score.main(plan.fit_argv)
-            logger.info("[3/3] ablation of the top CMR-like heads")
-            ablation.run(plan.ablation_args, plan.ablation_checked)
+        plan.ablation_args.print_table = False  # the summary below prints the statistics once
+        for step_logger in step_loggers:
+            step_logger.addFilter(held)
+        try:
+            with OutputGuard(plan.outputs) as guard:
+                logger.info("[1/3] head scores of %s", spec.name)
+                compute_head_scores.main(plan.scores_argv)
+                logger.info("[2/3] CMR fits with %s", args.crp_grid)
+                fit_attn_score.main(plan.fit_argv)
+                logger.info("[3/3] ablation of the top CMR-like heads")
+                ablation.run(plan.ablation_args, plan.ablation_checked)
+        finally:
+            for step_logger in step_loggers:
+                step_logger.removeFilter(held)
+    for verb, paths in (("updated", guard.changed), ("new", guard.created)):
+        if paths:
+            logger.info("%s: %s", verb, ", ".join(map(str, paths)))
     logger.info("outputs: %d unchanged, %d updated, %d new", len(guard.unchanged), len(guard.changed),
                 len(guard.created))
 

@@ -34,9 +34,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_int, run_cli, setup_logging, str2bool
-from icl_cmr.fit_analyses import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, PYTHIA_MODELS, fit_over_training,
-                                  load_saved_selections, make_selections)
+from icl_cmr.cli import (OneLineErrorParser, UniqueItems, non_negative_int, plain_name, positive_int, run_cli,
+                         setup_logging, str2bool)
+from icl_cmr.fit_analyses import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, PYTHIA_MODELS, check_top_sizes,
+                                  fit_over_training, load_saved_selections, make_selections)
 from icl_cmr.fit_cli import add_common_arguments, grid_parameters, load_grid
 from icl_cmr.io import make_metadata
 from icl_cmr.layer_stats import DEFAULT_TOP_N
@@ -49,15 +50,17 @@ logger = logging.getLogger("select_fit")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description="Top-N CMR-like and induction heads over training (Fig 7c-f).")
-    parser.add_argument("-m", "--models", "--model_name", nargs="+", default=list(PYTHIA_MODELS),
+    parser.add_argument("-m", "--models", "--model_name", nargs="+", action=UniqueItems, default=list(PYTHIA_MODELS),
                         help="models to pool (default: the paper's eight Pythia models)")
-    parser.add_argument("-t", "--n_top", type=positive_int, nargs="+", default=list(DEFAULT_TOP_N),
+    parser.add_argument("-t", "--n_top", type=positive_int, nargs="+", action=UniqueItems, default=list(DEFAULT_TOP_N),
                         help="set sizes N (default: %(default)s)")
     parser.add_argument("-u", "--use_saved", type=str2bool, nargs="?", const=True, default=False,
                         help="redraw from saved selections instead of fitting (--use_saved, or --use_saved True/False)")
-    parser.add_argument("--checkpoints", type=non_negative_int, nargs="+", default=list(CHECKPOINT_INDICES),
+    parser.add_argument("--checkpoints", type=non_negative_int, nargs="+", action=UniqueItems,
+                        default=list(CHECKPOINT_INDICES),
                         help="checkpoint indices K; selection at the last one (default: the paper's 16)")
-    parser.add_argument("--tag", default="pythia", help="name in the saved files (default: %(default)s)")
+    parser.add_argument("--tag", type=plain_name, default="pythia",
+                        help="name in the saved files, a plain name (default: %(default)s)")
     parser.add_argument("--top-heads-dir", type=Path, default=Path("saved_top_heads"),
                         help="folder of the saved selections (default: %(default)s)")
     add_common_arguments(parser)
@@ -79,8 +82,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.info("wrote %s", ", ".join(map(str, pending.commit())))
         return 0
     top_dir = check_writable_dir(args.top_heads_dir, "--top-heads-dir")
-    grid = load_grid(args)
     checkpoints = sorted(set(args.checkpoints))
+    check_top_sizes(args.n_top, args.scores_dir, args.models, checkpoints[-1], pooled=True)
+    grid = load_grid(args)
     per_model = fit_over_training(args.scores_dir, args.models, checkpoints, grid)
     selections = make_selections(per_model, args.n_top, checkpoints)
     metadata = plain_metadata(make_metadata("select_fit.py", {

@@ -23,10 +23,10 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from icl_cmr.cli import OneLineErrorParser, positive_int, run_cli, setup_logging, str2bool
+from icl_cmr.cli import OneLineErrorParser, UniqueItems, plain_name, positive_int, run_cli, setup_logging, str2bool
 from icl_cmr.errors import InputError
-from icl_cmr.fit_analyses import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, XTRA_MODELS, fit_over_training,
-                                  make_selections)
+from icl_cmr.fit_analyses import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, XTRA_MODELS, check_top_sizes,
+                                  fit_over_training, make_selections)
 from icl_cmr.fit_cli import add_common_arguments, grid_parameters, load_grid
 from icl_cmr.io import make_metadata
 from icl_cmr.layer_stats import DEFAULT_TOP_N
@@ -42,8 +42,9 @@ _OVER_TRAINING_KEYS = ("MSE_over_training", "params_over_training", "scale_facto
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description="Top-N CMR-like and induction heads per model (no checkpoints).")
-    parser.add_argument("-m", "--models", nargs="+", default=list(XTRA_MODELS), help="models (default: %(default)s)")
-    parser.add_argument("-t", "--n_top", type=positive_int, nargs="+", default=list(DEFAULT_TOP_N),
+    parser.add_argument("-m", "--models", type=plain_name, nargs="+", action=UniqueItems, default=list(XTRA_MODELS),
+                        help="models; each names its saved selection files (default: %(default)s)")
+    parser.add_argument("-t", "--n_top", type=positive_int, nargs="+", action=UniqueItems, default=list(DEFAULT_TOP_N),
                         help="set sizes N (default: %(default)s)")
     parser.add_argument("-u", "--use_saved", type=str2bool, nargs="?", const=True, default=False,
                         help="redraw from saved selections instead of fitting (--use_saved, or --use_saved True/False)")
@@ -72,6 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         suffix = "_saved"  # never overwrite the figures of a fitting run
     else:
         top_dir = check_writable_dir(args.top_heads_dir, "--top-heads-dir")
+        check_top_sizes(args.n_top, args.scores_dir, args.models, pooled=False)
         grid = load_grid(args)
         for model in args.models:  # selections are per model, as in the authors' script
             fits = fit_over_training(args.scores_dir, [model], [None], grid)

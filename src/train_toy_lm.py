@@ -31,9 +31,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from icl_cmr import toy_lm
-from icl_cmr.cli import OneLineErrorParser, positive_int, probability, run_cli, seed_int, setup_logging
-from icl_cmr.io import ensure_writable_dir, load_json, make_metadata, save_figure, save_json, save_text
-from icl_cmr.outputs import check_writable_dir, portable_path
+from icl_cmr.cli import OneLineErrorParser, int_range, positive_int, probability, run_cli, seed_int, setup_logging
+from icl_cmr.errors import InputError
+from icl_cmr.io import load_json, make_metadata, save_figure, save_json, save_text
+from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
 
 logger = logging.getLogger("train_toy_lm")
 
@@ -68,11 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--snapshot_dir", type=Path, default=None,
                         help="after each evaluation, save the model so far and the log there "
                              "(for watching a long run; not needed to reproduce it)")
-    parser.add_argument("--n_ctx", type=positive_int, default=defaults.n_ctx,
-                        help=f"context length = n_positions (default {defaults.n_ctx})")
+    smallest = defaults.smallest_n_ctx()
+    parser.add_argument("--n_ctx", default=defaults.n_ctx,
+                        type=int_range(smallest, description=f"an integer >= {smallest} (a training row holds a "
+                                       f"copied span of up to {defaults.copy_span_max} tokens twice; a matching-"
+                                       f"score prompt is BOS + 2 x {defaults.monitor_block_len} tokens)"),
+                        help=f"context length = n_positions, at least {smallest} (default {defaults.n_ctx})")
     parser.add_argument("--icl_late_index", type=positive_int, default=None,
                         help="late position of the ICL score (default n_ctx - 6)")
-    parser.add_argument("--vocab_size", type=positive_int, default=defaults.vocab_size)
+    parser.add_argument("--vocab_size", default=defaults.vocab_size,
+                        type=int_range(258, description="an integer >= 258 (256 bytes, the special token and at "
+                                                        "least one merge)"),
+                        help=f"BPE vocabulary size (default {defaults.vocab_size})")
     parser.add_argument("--batch_size", type=positive_int, default=defaults.batch_size)
     parser.add_argument("--stdlib_dir", type=Path, default=None,
                         help="standard-library folder to read (default: this interpreter's)")
@@ -169,26 +177,40 @@ def evaluate_only(model_dir: Path, root: Path) -> int:
                                                          toy_lm.read_texts(held_files), frequent)
     _log_evaluation(evaluation, config)
     metadata["evaluation"] = evaluation
-    save_json(log_path, saved)
-    _save_loss_curve(model_dir / "loss_curve.pdf", saved["log"], metadata["seed"], metadata["summary"]["steps"],
-                     evaluation)
+    outputs = PendingWrites()  # the log and its figure together, or neither
+    outputs.json(log_path, saved)
+    outputs.figure(model_dir / "loss_curve.pdf", _loss_curve(saved["log"], metadata["seed"],
+                                                             metadata["summary"]["steps"], evaluation))
+    outputs.commit()
     logger.info("wrote the evaluation into %s and redrew %s", log_path, model_dir / "loss_curve.pdf")
     return 0
 
 
-def _save_loss_curve(path: Path, log: list, seed: int, steps: int, evaluation: dict) -> None:
+def _loss_curve(log: list, seed: int, steps: int, evaluation: dict):
     import matplotlib
     matplotlib.use("Agg")
 
-    fig = toy_lm.plot_training_log(log, title=(
+    return toy_lm.plot_training_log(log, title=(
         f"toy LM, seed {seed}: {steps} steps; best head {evaluation['best_head']} "
         f"{evaluation['best_matching_score']:.2f}; held-out ICL {evaluation['icl_score_mean']:.2f}"))
-    save_figure(fig, path)
+
+
+def check_corpus(root: Path, config: toy_lm.ToyLMConfig) -> tuple:
+    """(train files, held-out files) of ``--stdlib_dir``; one line when either split is empty."""
+    train_files, held_files = toy_lm.corpus_split(config, root)
+    if not train_files and not held_files:
+        raise InputError(f"--stdlib_dir {root} holds no .py files")
+    if not train_files or not held_files:
+        empty = "training" if not train_files else "held-out"
+        raise InputError(f"--stdlib_dir {root} holds only {len(train_files) + len(held_files)} .py file(s): the "
+                         f"{empty} split ({config.held_out_percent}% of files are held out, by a hash of their path) "
+                         "is empty; give a folder with more .py files")
+    return train_files, held_files
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, progress=not args.no_progress)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -200,18 +222,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return evaluate_only(save_dir, root)
 
     late = args.icl_late_index if args.icl_late_index is not None else args.n_ctx - 6
+    early = toy_lm.ToyLMConfig.icl_early_index
+    if not early < late <= args.n_ctx - 2:
+        raise InputError(f"--icl_late_index must be in ({early}, {args.n_ctx - 2}] (after the early index {early}, "
+                         f"at most --n_ctx - 2), got {late}")
     config = toy_lm.ToyLMConfig(
         max_steps=args.max_steps, eval_every=args.eval_every,
         stop_score=None if args.no_early_stop else args.stop_score,
         stop_patience=args.stop_patience, stop_after_steps=args.stop_after_steps, n_ctx=args.n_ctx, icl_late_index=late,
         vocab_size=args.vocab_size, batch_size=args.batch_size,
     )
-    ensure_writable_dir(save_dir.parent)
+    check_writable_dir(save_dir.parent, "--save_dir")
     if args.snapshot_dir is not None:
         check_writable_dir(args.snapshot_dir, "--snapshot_dir")  # before the corpus and tokenizer work
     wall_start = time.perf_counter()
 
-    train_files, held_files = toy_lm.corpus_split(config, root)
+    train_files, held_files = check_corpus(root, config)
     if args.max_files is not None:
         train_files = train_files[: args.max_files]
     logger.info("corpus: %d training and %d held-out files from %s", len(train_files), len(held_files), root)
@@ -222,6 +248,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     frequent, counts = toy_lm.frequent_token_ids(stream, len(tokenizer), config.frequent_min_count, [special_id])
     logger.info("tokenizer: vocab %d; %d training tokens; %d ids seen >= %d times",
                 len(tokenizer), stream.size, frequent.size, config.frequent_min_count)
+    if frequent.size < config.monitor_block_len:
+        raise InputError(f"the corpus in --stdlib_dir {root} is too small: {frequent.size} token ids occur >= "
+                         f"{config.frequent_min_count} times, and the matching-score prompts need "
+                         f"{config.monitor_block_len} distinct ones; give more .py files")
 
     snapshot_rows: list = []
     if args.snapshot_dir is not None:
@@ -247,6 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "monitor_matching_scores": result.final_matching_scores.tolist(),
     }
 
+    save_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.tmp-", dir=save_dir.parent))
     try:
         result.model.save_pretrained(tmp_dir, safe_serialization=True)
@@ -265,7 +296,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         columns = list(result.log[0])
         lines = [",".join(columns)] + [",".join(str(row[c]) for c in columns) for row in result.log]
         save_text(tmp_dir / "training_log.csv", "\n".join(lines) + "\n")
-        _save_loss_curve(tmp_dir / "loss_curve.pdf", result.log, args.seed, result.steps, evaluation)
+        save_figure(_loss_curve(result.log, args.seed, result.steps, evaluation), tmp_dir / "loss_curve.pdf")
         os.chmod(tmp_dir, 0o755)
         _replace_dir(tmp_dir, save_dir)
     except BaseException:

@@ -188,7 +188,9 @@ def test_a_damaged_partial_batch_is_recomputed_and_the_result_equals_an_uninterr
         np.testing.assert_array_equal(value, resumed[key])
     meta = result["metadata"]
     assert meta["resumed"] is True and meta["resumed_batches"] == 1   # batch 0 kept, batch 1 recomputed
-    assert meta["wall_time_s"] > 0 and meta["wall_time_this_session_s"] > 0
+    # the evaluation time of both sessions (batch 0 from the first) and this session's whole time, named apart
+    assert "wall_time_s" not in meta
+    assert meta["compute_time_all_sessions_s"] > 0 and meta["wall_time_this_session_s"] > 0
     assert not partial.exists()
 
 
@@ -291,3 +293,33 @@ def test_from_saved_with_a_missing_key_writes_nothing(tmp_path, capsys):
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "loss_by_position_sem" in errors[0] and str(path) in errors[0]
     assert "Traceback" not in captured.err and _outputs(out) == [] and _outputs(figs) == []
+
+
+def test_a_partial_run_with_other_settings_is_refused_before_the_model_loads(tiny_model_dirs, text_file, tmp_path,
+                                                                             capsys, monkeypatch):
+    model_dir = tiny_model_dirs["gpt2"]
+    ablation.main(_args(model_dir, text_file, tmp_path, "--heads", "L1H0", "--stop-after", "3"))
+    capsys.readouterr()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the settings were compared")
+
+    monkeypatch.setattr(ablation, "load_model", refuse)
+    code = run_cli(ablation.main, _args(model_dir, text_file, tmp_path, "--heads", "L1H0", "--method", "mean",
+                                        "--seq-len", "40", "--late-index", "30"))
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    partial = tmp_path / "saved" / f".ablation_experiment_{model_dir.name}.partial"
+    assert code == 2 and errors == [
+        f"error: partial results in {partial} were made with other settings (method: value there, mean now; seq_len: "
+        "48 there, 40 now; min_tokens: 48 there, 40 now; late_index: 40 there, 30 now); rerun with those settings to "
+        "resume, or add --restart to discard them"]
+
+
+def test_streaming_c4_offline_is_reported_before_the_model_loads(tiny_model_dirs, tmp_path, capsys, no_model):
+    argv = _args(tiny_model_dirs["gpt2"], "unused", tmp_path, "--heads", "L1H0")
+    argv = argv[:2] + argv[4:]   # drop "--data unused": C4 would be streamed (the tests run with HF_HUB_OFFLINE=1)
+    code = run_cli(ablation.main, argv)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and errors == ["error: cannot stream allenai/c4 (en, validation): the Hugging Face hub is "
+                                    "unreachable; pass --data PATH with local .txt/.jsonl files instead"]
+    assert _outputs(tmp_path) == []

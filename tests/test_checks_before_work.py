@@ -49,3 +49,35 @@ def test_train_toy_lm_checks_the_snapshot_folder_before_reading_the_corpus(tmp_p
                                                   "--snapshot_dir", str(blocker / "snapshots")], capsys)
     assert code == 2 and len(errors) == 1 and "--snapshot_dir" in errors[0]
     assert not (tmp_path / "model").exists()
+
+
+def test_train_toy_lm_refuses_a_stdlib_folder_without_py_files_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train_toy_lm.toy_lm, "train_tokenizer", lambda *a: pytest.fail("the tokenizer was trained"))
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "notes.txt").write_text("no Python here")
+    code, errors = _one_error(train_toy_lm.main, ["--save_dir", str(tmp_path / "model"),
+                                                  "--stdlib_dir", str(tmp_path / "lib")], capsys)
+    assert code == 2 and errors == [f"error: --stdlib_dir {tmp_path / 'lib'} holds no .py files"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lib"]
+
+
+def test_train_toy_lm_refuses_a_folder_whose_held_out_split_would_be_empty(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train_toy_lm.toy_lm, "train_tokenizer", lambda *a: pytest.fail("the tokenizer was trained"))
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "a.py").write_text("x = 1\n")   # a.py hashes into the training split
+    code, errors = _one_error(train_toy_lm.main, ["--save_dir", str(tmp_path / "model"),
+                                                  "--stdlib_dir", str(tmp_path / "lib")], capsys)
+    assert code == 2 and len(errors) == 1
+    assert "holds only 1 .py file(s): the held-out split (10% of files are held out" in errors[0]
+
+
+def test_train_toy_lm_context_too_short_names_the_users_flag(tmp_path, capsys):
+    try:
+        code = run_cli(train_toy_lm.main, ["--n_ctx", "1", "--save_dir", str(tmp_path / "model")])
+    except SystemExit as exit_:   # argparse's own error: one line, exit 2
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines() == [
+        "error: argument --n_ctx: must be an integer >= 201 (a training row holds a copied span of up to 100 tokens "
+        "twice; a matching-score prompt is BOS + 2 x 100 tokens), got 1 (see --help)"]
+    assert "copy_span_max" not in err and not (tmp_path / "model").exists()

@@ -396,6 +396,7 @@ SCRIPT_ARGS = {
     "run_pipeline": lambda out: ["--scores-dir", str(out), "--figs-dir", str(out), "--ablation-dir", str(out)],
     "select_fit": lambda out: ["--figs-dir", str(out), "--top-heads-dir", str(out)],
     "select_fit_xtra": lambda out: ["--figs-dir", str(out), "--top-heads-dir", str(out)],
+    "sweep": lambda out: ["paper-all", "--dry-run"],   # a dry run writes nothing
     "train_induction": lambda out: ["--save_dir", str(out), "--fig_dir", str(out)],
     "train_toy_lm": lambda out: ["--save_dir", str(out)],
 }

@@ -50,7 +50,8 @@ def test_an_unwritable_output_folder_gives_one_line_error(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     code, _, err = run_script(["--save_dir", str(blocker / "crps"), *SMALL_FLAGS], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot create output folder" in err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"output folder --save_dir {blocker / 'crps'} cannot be made: {blocker} is a file" in err
 
 
 def test_writes_the_grid_files_and_metadata(tmp_path, capsys):
@@ -163,3 +164,143 @@ def test_the_script_reports_errors_without_a_traceback(tmp_path, repo_root):
         "error: argument --n_start: must be an integer >= 2 (the SEM is taken over start positions), got 1 "
         "(see --help)"]
     assert not Path(tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- refused up front (probe F5)
+
+def _one_error_nothing_written(tmp_path, capsys, flags):
+    save_dir = tmp_path / "C"
+    code, out, err = run_script(["--save_dir", str(save_dir), "--workers", "1", "--no_progress", *flags], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err and not save_dir.exists()  # no spec.json, not even the folder
+    return lines[0]
+
+
+@pytest.mark.parametrize("n_trials", ["1000000000", "1000000000000"])
+def test_a_grid_too_large_for_memory_is_refused_with_the_estimate(tmp_path, capsys, n_trials):
+    from icl_cmr.unpickling import human_bytes
+
+    line = _one_error_nothing_written(tmp_path, capsys, ["--n_beta", "2", "--n_gamma", "2", "--n_start", "2",
+                                                         "--n_trials", n_trials])
+    settings = CMRSettings(n_trials=int(n_trials), n_start=2)
+    # the draws array alone, [max_draws, n_start * n_trials] int16, exceeds any machine's memory
+    assert settings.max_draws * settings.n_start * settings.n_trials * 2 > 100 * 2 ** 30
+    needed = GridSpec.from_resolution(2, 2, settings).memory_bytes(1)
+    assert line.startswith(f"error: this grid needs about {human_bytes(needed)} of memory (1 worker(s) x ")
+    assert "lower --n_trials, --n_start, --max_draws or --workers" in line
+
+
+def test_start_positions_reaching_the_last_item_are_refused_instead_of_a_nan_grid(tmp_path, capsys):
+    line = _one_error_nothing_written(tmp_path, capsys, ["--n_items", "2", "--n_start", "2", "--max_lag", "5"])
+    assert line == ("error: --n_start (2) must be below --n_items (2): a recall starting at the last item can only "
+                    "draw the end state, so its CRP would be undefined (NaN)")
+
+
+def test_the_engine_refuses_a_start_at_the_last_item_and_lags_beyond_the_list():
+    from icl_cmr.errors import InputError
+
+    with pytest.raises(InputError, match="n_start must be below n_items"):
+        CMRSettings(n_items=3, n_start=3, max_lag=2)
+    with pytest.raises(InputError, match="max_lag must be below n_items"):
+        CMRSettings(n_items=8, n_start=2, max_lag=8)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max_lag", "200"], "error: --n_items (100) must exceed --max_lag (200): lags beyond 99 can never occur; "
+                           "raise --n_items or lower --max_lag (at least 5)"),
+    (["--max_lag", "4"], "error: argument --max_lag: must be an integer >= 5 (the fitting lags are -5..+5), got 4 "
+                         "(see --help)"),
+])
+def test_max_lag_outside_what_a_grid_can_hold_or_the_fits_need_is_refused(tmp_path, capsys, flags, message):
+    assert _one_error_nothing_written(tmp_path, capsys, flags) == message
+
+
+def test_a_grid_with_another_max_lag_is_read_by_the_fitting_code_and_fits_nearly_the_same(tmp_path, capsys):
+    """Each start's CRP is normalised over its own 2 max_lag + 1 lags before the mean over starts, so the
+    cut CRP depends on max_lag only through those per-start weights: a small difference, not none."""
+    from icl_cmr.fitting import cmr_fit_patterns, fit_heads
+    from icl_cmr.score_files import read_cmr_grid
+
+    grids = {}
+    for max_lag in (6, 8):
+        code, _, err = run_script(["--save_dir", str(tmp_path / str(max_lag)), *SMALL_FLAGS, "--max_lag",
+                                   str(max_lag)], capsys)
+        assert code == 0, err
+        grids[max_lag] = read_cmr_grid(tmp_path / str(max_lag) / "cmr_crp_avg_2_3.npy")
+    assert grids[6].lags.tolist() == list(range(-6, 7)) and grids[8].lags.tolist() == list(range(-8, 9))
+    attn = np.random.default_rng(0).normal(size=(3, 4, 16))
+    fits = {max_lag: fit_heads(attn, grid) for max_lag, grid in grids.items()}
+    difference = np.abs(cmr_fit_patterns(grids[6]) - cmr_fit_patterns(grids[8]))
+    assert 0 < difference.max() < 1e-3
+    np.testing.assert_allclose(fits[6].distance, fits[8].distance, rtol=1e-2)
+
+
+def test_a_grid_whose_lags_do_not_reach_the_fitting_lags_is_refused_by_the_reader(tmp_path):
+    from icl_cmr.errors import InputError
+    from icl_cmr.score_files import read_cmr_grid
+
+    mean = np.full((20, 21, 11, 9), 1 / 9)   # lags -4..+4
+    np.save(tmp_path / "grid_avg.npy", mean)
+    with pytest.raises(InputError, match=r"has 9 lags on its last axis; expected 2 m \+ 1 lags -m..m with m >= 5"):
+        read_cmr_grid(tmp_path / "grid_avg.npy")
+
+
+@pytest.mark.parametrize("settings, method", [
+    (CMRSettings(n_items=100, n_trials=1000, max_draws=50, n_start=20), "simulate"),
+    (CMRSettings(n_items=100, n_trials=20000, max_draws=50, n_start=2), "simulate"),
+    (CMRSettings(n_items=30, n_trials=5000, max_draws=15, n_start=3, max_lag=20), "conditional"),
+    (CMRSettings(n_items=400, n_trials=200, max_draws=50, n_start=20), "exact"),
+])
+def test_the_memory_estimate_bounds_the_measured_peak_of_a_grid_point(settings, method):
+    import tracemalloc
+
+    from icl_cmr.cmr import _component_tables, cmr_crp, point_memory_bytes
+    from icl_cmr.cmr_conditional import conditional_cmr_crp
+
+    def compute(beta_enc):
+        rng = np.random.default_rng(0)
+        if method == "conditional":
+            return conditional_cmr_crp(beta_enc, 0.5, 0.4, settings, rng)
+        return cmr_crp(beta_enc, 1.0 if method == "exact" else 0.5, 0.4, settings, rng, method=method)
+
+    compute(0.3)                      # compile the kernels outside the measurement
+    peaks = []
+    for beta_enc in (0.05, 0.3, 0.95):  # long recalls (many draws held) to short ones
+        _component_tables.cache_clear()
+        tracemalloc.start()
+        compute(beta_enc)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    estimate = point_memory_bytes(settings, simulate=method != "exact", exact=method == "exact",
+                                  conditional=method == "conditional")
+    assert max(peaks) <= estimate <= 2.5 * max(peaks)
+
+
+# ----------------------------------------------------------------------------- Ctrl-C with worker processes (F6)
+
+def test_ctrl_c_with_two_workers_prints_one_line_and_keeps_the_finished_slices(tmp_path, repo_root):
+    flags = ["--save_dir", str(tmp_path), "--n_beta", "4", "--n_gamma", "3", "--n_trials", "2000", "--n_items", "60",
+             "--n_start", "5", "--workers", "2", "--no_progress"]
+    slice_dir = tmp_path / ".cmr_crp_4_3.partial"
+    # A terminal sends Ctrl-C (SIGINT) to the whole foreground process group: parent and workers.
+    process = subprocess.Popen([sys.executable, str(repo_root / "src" / "est_cmr_crp.py"), *flags], cwd=repo_root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(slice_dir.glob("slice_*.npy")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted"
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "ForkPoolWorker" not in err
+    n_saved = len(list(slice_dir.glob("slice_*.npy")))
+    assert 1 <= n_saved < 12 and not (tmp_path / "cmr_crp_avg_4_3.npy").exists()
+    resumed = subprocess.run([sys.executable, str(repo_root / "src" / "est_cmr_crp.py"), *flags], cwd=repo_root,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and f"slices resumed" in resumed.stderr

@@ -367,3 +367,60 @@ def test_use_saved_figures_never_overwrite_a_fitting_runs_figures(workspace):
     assert {name: (out / name).read_bytes() for name in fitted} == fitted
     assert sorted(p.name for p in out.iterdir() if p.name not in fitted) == [
         "selection_final_cmr_saved.pdf", "selection_final_induction_saved.pdf", "selection_vs_human_saved.pdf"]
+
+
+def test_select_fit_refuses_more_top_heads_than_the_models_pool_before_fitting(workspace, capsys, monkeypatch):
+    monkeypatch.setattr(select_fit, "fit_over_training", lambda *a: pytest.fail("fitted before the check"))
+    top_dir = workspace["tmp"] / "top"
+    code, errors, _, traceback = _run(select_fit.main, ["--models", "toy-a", "toy-b", "--n_top", "3", "100000",
+                                                        "--checkpoints", *CHECKPOINTS, "--top-heads-dir", str(top_dir)]
+                                      + workspace["common"], capsys)
+    assert code == 2 and not traceback
+    assert errors == ["error: --n_top 100000 is more than the 12 heads pooled over the models (toy-a 6, toy-b 6); "
+                      "give sizes up to 12"]
+    assert _files_under(top_dir) == [] and _files_under(workspace["tmp"] / "figs") == []
+
+
+def test_select_fit_xtra_refuses_more_top_heads_than_a_model_has(workspace, capsys):
+    top_dir = workspace["tmp"] / "top"
+    code, errors, _, traceback = _run(select_fit_xtra.main, ["--models", "toy-a", "--n_top", "7",
+                                                             "--top-heads-dir", str(top_dir)] + workspace["common"],
+                                      capsys)
+    assert code == 2 and not traceback
+    assert errors == ["error: --n_top 7 is more than the heads of a model (toy-a has 6); give sizes up to 6 or leave "
+                      "that model out"]
+
+
+def test_fit_attn_score_says_when_the_score_file_is_a_folder(workspace, capsys):
+    folder = workspace["root"] / "toy-a"
+    code, errors, _, traceback = _run(fit_attn_score.main, ["--all_head_scores", str(folder), "--save_dir", "toy"]
+                                      + workspace["common"], capsys)
+    assert code == 2 and not traceback and len(errors) == 1
+    assert errors[0].startswith(f"error: --all_head_scores {folder} is a folder; give a head-score file in it")
+
+
+def test_fig4_on_a_coarse_grid_warns_names_the_nearest_points_and_draws_each_once(workspace, caplog):
+    import logging
+
+    import matplotlib.pyplot as plt
+
+    from icl_cmr.fit_figures import reference_crp_figure
+    from icl_cmr.score_files import read_cmr_grid
+
+    grid = read_cmr_grid(workspace["tmp"] / "grid_avg.npy")   # beta_enc 0.5, 1; beta_rec 0, 0.5, 1; gamma 0, 1
+    with caplog.at_level(logging.WARNING):
+        figure, _, values = reference_crp_figure(grid, "peers_notask")
+    titles = [ax.get_title() for ax in figure.axes[1:]]
+    plt.close(figure)
+    # (1, 1, 0) is on the grid; (0.7, 0.7, 0) -> (0.5, 0.5, 0); (0.7, 0.7, 0.5) -> the same point (gamma tie: 0);
+    # (0.7, 0.7, 1) -> (0.5, 0.5, 1)
+    assert sorted(values) == [(0.5, 0.5, 0.0), (0.5, 0.5, 1.0), (1.0, 1.0, 0.0)]
+    assert len(titles) == 3 and len(set(titles)) == 3
+    assert [("nearest to" in title) for title in titles] == [False, True, True]
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == ["the grid has no point (0.7, 0.7, 0) of [LI24] Fig 4; drawing the nearest grid point, "
+                        "(0.5, 0.5, 0)",
+                        "the grid has no point (0.7, 0.7, 0.5); its nearest, (0.5, 0.5, 0), is already drawn for "
+                        "(0.7, 0.7, 0), so it is drawn once",
+                        "the grid has no point (0.7, 0.7, 1) of [LI24] Fig 4; drawing the nearest grid point, "
+                        "(0.5, 0.5, 1)"]

@@ -41,6 +41,13 @@ def test_check_writable_dir_refuses_a_read_only_folder(tmp_path):
         folder.chmod(0o700)
 
 
+@pytest.mark.skipif(not os.path.isdir("/sys"), reason="no /sys here")
+def test_check_writable_dir_tries_a_file_where_permission_bits_cannot_tell():
+    with pytest.raises(InputError, match=r"^output folder --figs-dir /sys/x cannot be created: /sys is not writable"):
+        check_writable_dir("/sys/x", "--figs-dir")
+    assert not os.path.exists("/sys/x")
+
+
 def test_pending_writes_write_nothing_until_commit(tmp_path):
     import matplotlib.pyplot as plt
 
@@ -65,6 +72,109 @@ def test_pending_writes_check_every_folder_before_writing_any_file(tmp_path):
     with pytest.raises(InputError, match="is a file"):
         pending.commit()
     assert not (tmp_path / "first.txt").exists()
+
+
+def _tree(folder):
+    """Every file and folder under ``folder`` (relative POSIX paths), hidden ones included."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def _three_outputs(tmp_path):
+    """An earlier result (old.txt) and a pending set that would replace it and add two files."""
+    (tmp_path / "old.txt").write_text("earlier run")
+    pending = PendingWrites()
+    pending.text(tmp_path / "old.txt", "this run")
+    pending.json(tmp_path / "new" / "table.json", {"a": 1})
+    pending.pickle(tmp_path / "new" / "result.pkl", {"x": np.arange(3)})
+    return pending
+
+
+def test_pending_writes_refuse_a_target_that_is_a_folder_before_writing_anything(tmp_path):
+    pending = _three_outputs(tmp_path)
+    (tmp_path / "new" / "result.pkl").mkdir(parents=True)   # the probe's case: one output path is a folder
+    with pytest.raises(InputError, match=r"result.pkl is a folder, not a file; nothing was written"):
+        pending.commit()
+    assert _tree(tmp_path) == ["new", "new/result.pkl", "old.txt"]
+    assert (tmp_path / "old.txt").read_text() == "earlier run"
+
+
+def test_pending_writes_leave_nothing_when_a_file_fails_to_write(tmp_path):
+    import errno
+
+    def disk_full(handle):
+        handle.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    pending = _three_outputs(tmp_path)
+    pending.stream(tmp_path / "new" / "last.bin", disk_full)
+    with pytest.raises(OSError) as caught:
+        pending.commit()
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "new" / "last.bin")
+    # no temporary file, no new file, no folder the commit created; the earlier file as it was
+    assert _tree(tmp_path) == ["old.txt"] and (tmp_path / "old.txt").read_text() == "earlier run"
+
+
+def test_pending_writes_leave_nothing_when_interrupted_while_writing(tmp_path):
+    def interrupted(handle):
+        raise KeyboardInterrupt
+
+    pending = _three_outputs(tmp_path)
+    pending.stream(tmp_path / "new" / "last.bin", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pending.commit()
+    assert _tree(tmp_path) == ["old.txt"] and (tmp_path / "old.txt").read_text() == "earlier run"
+
+
+def test_a_rename_failing_midway_restores_the_files_already_renamed(tmp_path, monkeypatch):
+    import errno
+
+    pending = _three_outputs(tmp_path)
+    real_replace, calls = os.replace, []
+
+    def replace_fails_on_the_third(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_fails_on_the_third)
+    with pytest.raises(InputError) as caught:
+        pending.commit()
+    monkeypatch.undo()
+    assert str(caught.value) == (f"cannot put {tmp_path / 'new' / 'result.pkl'} in place: Input/output error; "
+                                 "the 2 output(s) already in place were restored to their earlier state")
+    assert _tree(tmp_path) == ["old.txt"] and (tmp_path / "old.txt").read_text() == "earlier run"
+
+
+def test_pending_writes_replace_earlier_files_and_leave_no_temporary_or_kept_copy(tmp_path):
+    pending = _three_outputs(tmp_path)
+    assert pending.commit() == [tmp_path / "old.txt", tmp_path / "new" / "table.json", tmp_path / "new" / "result.pkl"]
+    assert _tree(tmp_path) == ["new", "new/result.pkl", "new/table.json", "old.txt"]
+    assert (tmp_path / "old.txt").read_text() == "this run"
+    assert json.loads((tmp_path / "new" / "table.json").read_text()) == {"a": 1}
+
+
+def test_pending_writes_refuse_two_outputs_with_the_same_path(tmp_path):
+    pending = PendingWrites()
+    pending.text(tmp_path / "a.txt", "1")
+    pending.text(tmp_path / "sub" / ".." / "a.txt", "2")
+    with pytest.raises(InputError, match="same file"):
+        pending.commit()
+    assert _tree(tmp_path) == []
+
+
+def test_pending_writes_call_a_path_writer_with_a_temporary_name_beside_the_target(tmp_path):
+    seen = []
+
+    def write(path):
+        seen.append(path)
+        path.write_bytes(b"written by the caller")
+
+    pending = PendingWrites()
+    pending.add(tmp_path / "model.pt", write)
+    pending.commit()
+    assert seen[0].parent == tmp_path and seen[0].name.startswith(".model.pt.")
+    assert _tree(tmp_path) == ["model.pt"] and (tmp_path / "model.pt").read_bytes() == b"written by the caller"
 
 
 # ----------------------------------------------------------------------------- portable paths

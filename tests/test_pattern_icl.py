@@ -145,9 +145,10 @@ def test_mean_ablated_head_output_is_the_average_clean_output(gpt2):
 
 def _run_script(tmp_path, model_dir, *extra, tasks="repetition,category_pairs_4way_a", n_items=4):
     out, figs = tmp_path / "out", tmp_path / "figs"
-    argv = ["--model", str(model_dir), "--tasks", tasks, "--n-items", str(n_items),
-            "--seeds", "0", "1", "--n-random-sets", "2", "--n-reference", "6", "--out-dir", str(out),
-            "--fig-dir", str(figs), *extra]
+    # a prompts file brings its own prompt settings (giving them too is refused)
+    making = [] if "--prompts-file" in extra else ["--n-items", str(n_items), "--seeds", "0", "1"]
+    argv = ["--model", str(model_dir), "--tasks", tasks, *making, "--n-random-sets", "2", "--n-reference", "6",
+            "--out-dir", str(out), "--fig-dir", str(figs), *extra]
     assert pattern_icl.main(argv) == 0
     return out / model_dir.name, figs
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
@@ -88,6 +89,35 @@ def test_an_unwritable_output_folder_is_reported_before_the_first_step(dirs, cap
     assert _snapshot(root) == before
 
 
+def test_an_unreachable_c4_is_reported_before_the_first_step(dirs, capsys, no_step, tiny_model_dirs):
+    """Another model than the bundled one and no --data: step 3 would stream C4 (the tests run offline)."""
+    root, flags = dirs
+    before = _snapshot(root)
+    code = run_cli(run_pipeline.main, [*flags, "--model", str(tiny_model_dirs["gpt2"]), "--device", "cpu"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and errors == ["error: cannot stream allenai/c4 (en, validation): the Hugging Face hub is "
+                                    "unreachable; pass --data PATH with local .txt/.jsonl files instead"]
+    assert "Traceback" not in err and _snapshot(root) == before
+
+
+def test_a_partial_ablation_with_another_fraction_is_reported_before_the_first_step(dirs, capsys, no_step):
+    root, flags = dirs
+    partial = root / "ablation" / ".ablation_experiment_toy_lm.partial"
+    partial.mkdir()
+    (partial / "state.json").write_text(json.dumps({   # what an interrupted run with --fraction 0.25 leaves
+        "model_name": "toy_lm", "dtype": "float32", "method": "value", "ablated_heads": "L1H0,L1H3",
+        "fraction": 0.25, "random_heads": ["L0H1,L1H2"], "n_eval": 721, "seq_len": 256, "batch_size": 8}))
+    before = _snapshot(root)
+    code = run_cli(run_pipeline.main, [*flags, "--fraction", "0.5"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and errors == [f"error: partial results in {partial} were made with other settings (fraction: "
+                                    "0.25 there, 0.5 now); rerun with those settings to resume, or add --restart to "
+                                    "discard them"]
+    assert _snapshot(root) == before
+
+
 @pytest.mark.slow
 def test_pipeline_runs_end_to_end_reruns_without_changes_and_undoes_a_failed_run(tmp_path, capsys, monkeypatch):
     if not run_pipeline.BUNDLED_MODEL.is_dir():
@@ -96,7 +126,12 @@ def test_pipeline_runs_end_to_end_reruns_without_changes_and_undoes_a_failed_run
              "--figs-dir", str(tmp_path / "figs"), "--ablation-dir", str(tmp_path / "ablation")]
     assert run_pipeline.main(flags) == 0
     captured = capsys.readouterr()
-    assert "CMR-like heads (D < 0.5):" in captured.out and "original vs ablated" in captured.out
+    assert "CMR-like heads (D < 0.5):" in captured.out
+    # the statistics once, in the summary; not also ablation.py's own table (its columns include cohens_dz)
+    assert captured.out.count("ICL score") == 1 and "cohens_dz" not in captured.out
+    assert "original vs ablated_rand" in captured.out
+    assert not any(line.startswith("INFO: wrote") for line in captured.err.splitlines())
+    assert "outputs: 0 unchanged, 0 updated, 13 new" in captured.err
     result = load_pickle(tmp_path / "ablation" / "ablation_experiment_toy_lm.pkl")
     assert result["original_icl_score"].shape == (16,)
     assert result["metadata"]["parameters"]["model"] == "saved_models/toy_lm"   # no machine path
@@ -109,7 +144,10 @@ def test_pipeline_runs_end_to_end_reruns_without_changes_and_undoes_a_failed_run
 
     # The same command again: the same numbers, so every file keeps its bytes (a clean checkout).
     assert run_pipeline.main(flags) == 0
-    assert "outputs: 13 unchanged, 0 updated, 0 new" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "outputs: 13 unchanged, 0 updated, 0 new" in err
+    # no step claims to have written a file the run then kept as it was
+    assert not any(line.startswith(("INFO: wrote", "INFO: updated", "INFO: new")) for line in err.splitlines())
     assert {path: content for path, (content, _) in _snapshot(tmp_path).items()} == first
 
     # A run whose last step fails leaves the outputs as they were, though steps 1 and 2 rewrote theirs.

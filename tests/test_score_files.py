@@ -99,6 +99,13 @@ def test_missing_file_names_what_was_expected_where(tmp_path):
         find_score_file(tmp_path / "nowhere", "gpt2-small")
 
 
+def test_the_checkpoints_found_are_listed_in_numeric_order(tmp_path):
+    for k in (142, 20, 0, 100, 10):
+        write(tmp_path / "pythia-70m" / f"all_scores_pythia-70m_cp{k}.pkl", score_dict())
+    with pytest.raises(InputError, match=r"checkpoints found for this model: 0, 10, 20, 100, 142$"):
+        find_score_file(tmp_path, "pythia-70m", 30)
+
+
 def test_two_files_for_one_model_are_ambiguous(tmp_path):
     write(tmp_path / "gpt2-small" / "all_scores_gpt2_small.pkl", score_dict())
     write(tmp_path / "gpt2-small" / "induction_head_all_scores_gpt2-small.pkl", score_dict())

@@ -22,7 +22,11 @@ Argument types (each a callable for ``add_argument(type=...)``; all reject nan a
 ``comma_list(item_type)``   ``"16,32,64"`` -> tuple of items
 ``str2bool``                ``true/false``, ``yes/no``, ``1/0``
 ``device_arg``              ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` that exists here
+``plain_name``              a name used inside file names: no ``/``, ``\\``; not ``.``, ``..``
 ==========================  ==========================================
+
+List flags (``nargs="+"``) whose repeated values would be computed or counted twice take
+``action=UniqueItems``: a repeated value is refused while parsing.
 """
 from __future__ import annotations
 
@@ -86,6 +90,7 @@ SCRIPT_DOCS = {
     "train_induction.py": "docs/induction_task.md",
     "eval_induction.py": "docs/induction_task.md",
     "train_toy_lm.py": "docs/toy_lm.md",
+    "sweep.py": "docs/sweep.md",
 }
 
 
@@ -110,6 +115,50 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:  # noqa: D102 - argparse API
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see --help)\n")
+
+
+# ----------------------------------------------------------------------------- flags that go together
+
+def given_options(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> frozenset:
+    """Destinations (``args`` attribute names) of the options named on the command line.
+
+    argparse fills defaults only into attributes the namespace does not have yet; parsing into a
+    namespace pre-filled with a marker leaves the marker exactly where no option was given.
+    Call after ``parser.parse_args(argv)`` has accepted ``argv`` (this parses it again).
+    """
+    unset = object()
+    namespace = argparse.Namespace(**{action.dest: unset for action in parser._actions
+                                      if action.dest is not argparse.SUPPRESS})
+    parsed = parser.parse_args(argv, namespace)
+    return frozenset(dest for dest, value in vars(parsed).items() if value is not unset)
+
+
+def option_name(parser: argparse.ArgumentParser, dest: str) -> str:
+    """The ``--long`` spelling of the option stored in ``dest`` (for messages)."""
+    for action in parser._actions:
+        if action.dest == dest and action.option_strings:
+            return next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+    return "--" + dest.replace("_", "-")
+
+
+def ignored_options(parser: argparse.ArgumentParser, given: frozenset, dests: Sequence[str],
+                    reason: str) -> Optional[str]:
+    """``"--a, --b have no effect <reason>"`` for the options of ``dests`` that were given, or None."""
+    named = [option_name(parser, dest) for dest in dests if dest in given]
+    if not named:
+        return None
+    return f"{', '.join(named)} {'has' if len(named) == 1 else 'have'} no effect {reason}"
+
+
+def refuse_options(parser: argparse.ArgumentParser, given: frozenset, dests: Sequence[str], reason: str) -> None:
+    """One ``error:`` line (exit 2) when any option of ``dests`` was given: it would be ignored ``reason``.
+
+    Example: ``refuse_options(parser, given, ["shots", "seeds"], "with --prompts-file (the prompts come
+    from the file)")`` -> ``error: --shots, --seeds have no effect with --prompts-file (...); drop them``.
+    """
+    message = ignored_options(parser, given, dests, reason)
+    if message:
+        parser.error(f"{message}; drop {'them' if sum(dest in given for dest in dests) > 1 else 'it'}")
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -247,6 +296,39 @@ def comma_list(item_type: Callable[[str], Any], *, increasing: bool = False) -> 
     return parse
 
 
+def plain_name(text: str) -> str:
+    """argparse type for a flag whose value becomes part of a file or folder name (``--save_dir``, ``--tag``).
+
+    Refuses an empty name, ``/`` and ``\\`` (the value would name a path, possibly outside the
+    output folder), and the names ``.`` and ``..``; a model on the hub is filed as ``owner__name``.
+    """
+    name = str(text)
+    if not name.strip():
+        raise argparse.ArgumentTypeError("must be a non-empty name")
+    if "/" in name or "\\" in name or name in (".", "..") or name.strip() != name or "\0" in name:
+        raise argparse.ArgumentTypeError(
+            f"must be a plain name (no '/' or '\\', not '.' or '..', no surrounding spaces; hub ids are filed as "
+            f"owner__name), got {name!r}")
+    return name
+
+
+class UniqueItems(argparse.Action):
+    """argparse action for list flags (``nargs``): refuse a value given twice.
+
+    Used where a repeated value would be computed twice and counted as new data (a demonstration
+    seed, a percentage of heads, a model pooled into a selection).
+    """
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: D102 - argparse API
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        repeated = [value for index, value in enumerate(values) if value in values[:index]]
+        if repeated:
+            shown = ", ".join(dict.fromkeys(_format_bound(v) if isinstance(v, (int, float)) else str(v)
+                                            for v in repeated))
+            raise argparse.ArgumentError(self, f"repeats {shown}; give each value once")
+        setattr(namespace, self.dest, values)
+
+
 def str2bool(text: str) -> bool:
     """argparse type for the authors' ``--use_saved True/False`` (their ``type=bool`` read "False" as True)."""
     value = str(text).strip().lower()
@@ -267,13 +349,39 @@ def device_arg(text: str) -> str:
 
 # ----------------------------------------------------------------------------- running a script
 
-def setup_logging(verbose: bool = False) -> None:
-    """Log INFO (or DEBUG) lines to stderr in a short ``level: message`` format."""
+def setup_logging(verbose: bool = False, progress: bool = True) -> None:
+    """Log INFO (or DEBUG) lines to stderr in a short ``level: message`` format.
+
+    ``progress=False`` (a script's ``--no-progress``) also hides the progress bars of the Hugging Face
+    libraries (:func:`hide_library_progress_bars`), e.g. transformers' "Loading weights" bar.
+    """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s: %(message)s",
         force=True,
     )
+    if not progress:
+        hide_library_progress_bars()
+
+
+def hide_library_progress_bars() -> None:
+    """Hide the progress bars of huggingface_hub and transformers (and datasets, once imported) in this process.
+
+    transformers takes huggingface_hub's setting when it is imported, so switching the hub's bars off
+    (a light import) covers a transformers imported later; one already imported is switched off
+    directly. No environment variable is set, so processes started later are not affected.
+    """
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
 
 
 def describe_os_error(err: OSError) -> str:

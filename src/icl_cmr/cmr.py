@@ -91,8 +91,14 @@ class CMRSettings:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if self.n_items < 2:
             raise InputError(f"n_items must be at least 2, got {self.n_items}")
-        if self.n_start > self.n_items:
-            raise InputError(f"n_start must be at most n_items ({self.n_items}), got {self.n_start}")
+        if self.n_start >= self.n_items:
+            # From the last item s0 = n_items - 1 only the absorbing state can be drawn: no trial has a
+            # draw and that start's CRP is 0 / 0 (NaN).
+            raise InputError(f"n_start must be below n_items ({self.n_items}): a recall starting at the last item "
+                             f"can only draw the end state, so its CRP is undefined; got {self.n_start}")
+        if self.max_lag >= self.n_items:
+            raise InputError(f"max_lag must be below n_items ({self.n_items}): lags beyond n_items - 1 never "
+                             f"occur; got {self.max_lag}")
         if self.n_start < 2:
             raise InputError(f"n_start must be at least 2 (the SEM is taken over start positions), "
                              f"got {self.n_start}")
@@ -324,6 +330,59 @@ def _simulate_draw_major(beta_enc: float, beta_rec: float, gamma_ft: float, sett
             row_ids, scale, alive = row_ids[kept], scale[kept], alive[kept]
             comp, coef, cum_weight = comp[kept], coef[kept], cum_weight[kept]
     return draws
+
+
+def point_memory_bytes(settings: CMRSettings, simulate: bool = True, exact: bool = False,
+                       conditional: bool = False) -> int:
+    """Estimated peak bytes of the arrays one grid point allocates (an upper bound, for refusing early).
+
+    Counts the largest arrays alive together, from the shapes in :func:`_simulate_draw_major`,
+    :func:`_crp_from_draw_major`, :func:`exact_crp` and :mod:`icl_cmr.cmr_conditional`, with
+    ``R = n_start * n_trials`` trials, ``D = max_draws``, ``L = 2 max_lag + 1`` lags and
+    ``S = n_items + 1`` states:
+
+    * simulation: draws ``[D, R]`` (int16), per-trial components, coefficients and running weights
+      ``[R, D + 1]`` (int16 + 2 x float64), of which compacting finished trials copies up to 3/4;
+    * the CRP of the draws: lags and masks ``[D, R]``, per-trial histograms ``[R, L]`` (float64, 3x);
+    * the conditional lag-CRP (``conditional``): an int64 copy of the draws, int32 then int64
+      counts made and possible ``[R, L]`` and their sums over start positions;
+    * the exact CRP (``exact``): transition products ``[n_start, S, S]`` (float64, 3x) and the
+      backward pass ``[D + 1, n_start, S]``;
+    * with a simulation, building the component tables: up to 9 arrays ``[S + n_start, S]``;
+    * 1 MiB for everything smaller.
+
+    Parameters
+    ----------
+    settings : CMRSettings
+    simulate, exact, conditional : bool
+        Which computations the point may run (the peak is the largest of them).
+
+    Returns
+    -------
+    int
+        Bytes. Measured against ``tracemalloc`` peaks in the tests (within a factor 1-2.5).
+    """
+    trials = int(settings.n_start) * int(settings.n_trials)
+    draws, lags, size = int(settings.max_draws), int(settings.n_lags), int(settings.n_items) + 1
+    index_bytes = 2 if size < np.iinfo(np.int16).max else 4
+    components = size + int(settings.n_start)
+    peak = 0
+    if simulate:
+        state = trials * (draws + 1) * (2 + 8 + 8)
+        simulation = trials * draws * index_bytes + state * 7 // 4 + trials * 41
+        histogram = trials * draws * (2 * index_bytes + 2) + trials * lags * (2 + 3 * 8)
+        peak = max(simulation, histogram) + 9 * components * size * 8  # + the component tables
+        if conditional:
+            peak = max(peak, trials * draws * (index_bytes + 8) + trials * lags * (4 + 4 + 8 + 8 + 8)
+                       + 9 * components * size * 8)
+    if exact:
+        peak = max(peak, 3 * int(settings.n_start) * size * size * 8 + (draws + 1) * int(settings.n_start) * size * 8
+                   + 4 * size * size * 8)
+    return int(peak) + _SMALL_ARRAYS_BYTES
+
+
+#: Allowance for the small arrays of a grid point that :func:`point_memory_bytes` does not list.
+_SMALL_ARRAYS_BYTES = 1 << 20
 
 
 def crp_from_draws(draws: np.ndarray, start_positions: np.ndarray,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from .cmr import CRP_METHODS, CMRSettings, cmr_crp, mean_and_sem_over_starts
+from .cmr import CRP_METHODS, CMRSettings, cmr_crp, has_exact_crp, mean_and_sem_over_starts, point_memory_bytes
 from .cmr_conditional import JACKKNIFE_GROUPS, conditional_cmr_crp
 from .config import BETA_ENC_GRID, BETA_REC_GRID, GAMMA_FT_GRID
 from .errors import BadFileError, FileContentError, InputError
@@ -150,6 +151,25 @@ class GridSpec:
         """The generator of grid point ``(i_enc, j_rec, k_gamma)``: keyed by its C-order flat index."""
         flat_index = int(np.ravel_multi_index((i_enc, j_rec, k_gamma), self.shape))
         return np.random.default_rng(np.random.SeedSequence(int(self.seed), spawn_key=(flat_index,)))
+
+    def point_memory_bytes(self) -> int:
+        """Estimated peak bytes of one grid point of this spec (:func:`icl_cmr.cmr.point_memory_bytes`)."""
+        conditional = self.quantity == "conditional"
+        exact_only = self.method == "exact" and all(has_exact_crp(b) for b in self.beta_rec)
+        exact = not conditional and self.method == "exact" and any(has_exact_crp(b) for b in self.beta_rec)
+        return point_memory_bytes(self.settings, simulate=conditional or not exact_only, exact=exact,
+                                  conditional=conditional)
+
+    def memory_bytes(self, workers: int = 1) -> int:
+        """Estimated peak bytes of :func:`run_grid` with ``workers`` processes.
+
+        Each busy worker (at most one per slice) holds one grid point's arrays
+        (:meth:`point_memory_bytes`); the parent holds the finished slices and, at the end, two
+        more copies of the mean and SEM grids.
+        """
+        busy = min(max(int(workers), 1), self.n_slices)
+        grid_bytes = 2 * self.n_slices * len(self.beta_rec) * self.settings.n_lags * 8
+        return busy * self.point_memory_bytes() + 3 * grid_bytes
 
     def to_json(self) -> Dict[str, Any]:
         """All parameters as JSON-friendly values (stored in metadata, compared on resume)."""
@@ -373,9 +393,20 @@ def _iterate_slices(spec: GridSpec, pending: Iterable[int], workers: int):
         for slice_id in pending:
             yield slice_id, compute_slice(spec, slice_id)
         return
-    with multiprocessing.get_context().Pool(min(workers, len(pending))) as pool:
+    with multiprocessing.get_context().Pool(min(workers, len(pending)), initializer=ignore_interrupts) as pool:
         # Pool.__exit__ terminates the workers if the consumer stops early (error, interrupt).
         yield from pool.imap_unordered(_compute_slice_task, [(spec, slice_id) for slice_id in pending])
+
+
+def ignore_interrupts() -> None:
+    """Pool initializer: a worker ignores SIGINT, so Ctrl-C reaches only the parent.
+
+    A terminal sends Ctrl-C to every process of the foreground group; without this each worker
+    would print its own KeyboardInterrupt traceback. The parent stops the pool (its ``__exit__``
+    terminates the workers), keeps the finished slices and reports one ``interrupted`` line
+    (:func:`icl_cmr.cli.run_cli`).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def grid_description(quantity: str = "crp") -> str:

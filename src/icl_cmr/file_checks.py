@@ -202,6 +202,13 @@ def describe_content(content: Any) -> Optional[str]:
     return None
 
 
+def recorded_model(content: Any) -> Optional[str]:
+    """The model a file of ours says it was made for (``metadata["model"]``), or None (the authors' files)."""
+    metadata = content.get("metadata") if isinstance(content, dict) else None
+    model = metadata.get("model") if isinstance(metadata, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
 def require_dict(content: Any, source: str, kind: str) -> dict:
     """``content`` if it is a dict, else a :class:`FileContentError` saying what it is instead."""
     if not isinstance(content, dict):

@@ -64,6 +64,43 @@ def fit_models(scores_dir: Path, models: Sequence[str], grid: CmrGrid,
     return out
 
 
+def check_top_sizes(n_top: Sequence[int], scores_dir: Path, models: Sequence[str],
+                    checkpoint: Optional[int] = None, pooled: bool = True) -> None:
+    """Refuse top-N sizes larger than the heads there are, before any fitting (a "top500" set of 144 heads
+    would be a mislabelled file).
+
+    Parameters
+    ----------
+    n_top : sequence of int
+        Requested set sizes.
+    scores_dir : Path
+        Root of the head-score files.
+    models : sequence of str
+        Models whose heads are selected from.
+    checkpoint : int, optional
+        The checkpoint selected at (its score file gives each model's [L, H]).
+    pooled : bool
+        True: the sets are drawn from all models' heads together (``select_fit.py``); False: from each
+        model's own heads (``select_fit_xtra.py``), so every model must have at least max(n_top).
+
+    Raises
+    ------
+    InputError
+        Naming the largest size, the head counts and the flag to change.
+    """
+    counts = {model: int(load_model_scores(scores_dir, model, checkpoint).matching_score.size) for model in models}
+    largest = max(n_top)
+    if pooled and largest > sum(counts.values()):
+        detail = ", ".join(f"{model} {count}" for model, count in counts.items())
+        raise InputError(f"--n_top {largest} is more than the {sum(counts.values())} heads pooled over the models "
+                         f"({detail}); give sizes up to {sum(counts.values())}")
+    short = {model: count for model, count in counts.items() if count < largest}
+    if not pooled and short:
+        detail = ", ".join(f"{model} has {count}" for model, count in short.items())
+        raise InputError(f"--n_top {largest} is more than the heads of a model ({detail}); give sizes up to "
+                         f"{min(short.values())} or leave that model out")
+
+
 def fit_over_training(scores_dir: Path, models: Sequence[str], checkpoints: Sequence[Optional[int]],
                       grid: CmrGrid) -> Dict[str, Dict[str, np.ndarray]]:
     """Per model: scores and fits at every checkpoint, arrays [T, L, H] (params [T, L, H, 3]).

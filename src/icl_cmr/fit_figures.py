@@ -7,6 +7,7 @@ head fits, PDF bytes page by page. Callers decide where files go (the fitting sc
 """
 from __future__ import annotations
 
+import logging
 from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -16,9 +17,15 @@ from .fitting import CmrFit, select_lags
 from .layer_stats import HUMAN_FITS, percent_below_threshold, relative_layer_position, summarize_by_layer
 from .score_files import HeadScores, checkpoint_step
 
+logger = logging.getLogger(__name__)
+
 
 #: The CMR points of [LI24] Fig 4 (the authors' ``plot_crp.py``): (beta_enc, beta_rec, gamma_ft).
 FIG4_POINTS = ((1.0, 1.0, 0.0), (0.7, 0.7, 0.0), (0.7, 0.7, 0.5), (0.7, 0.7, 1.0))
+
+
+def _point(values: Sequence[float]) -> str:
+    return ", ".join(f"{float(v):.3g}" for v in values)
 
 
 def reference_crp_figure(grid, dataset: str, max_lag: int = 5):
@@ -37,18 +44,35 @@ def reference_crp_figure(grid, dataset: str, max_lag: int = 5):
     -------
     (Figure, HumanLagCrp, dict)
         The figure, the human curve, and ``{(beta_enc, beta_rec, gamma_ft) actually used: CMR CRP [K]}``.
+
+    Notes
+    -----
+    A grid without one of the paper's points draws the nearest grid point, titled as such, with a
+    warning; when two of the paper's points share a nearest grid point it is drawn once (never two
+    panels with the same title), also with a warning.
     """
     from . import plotting
     from .human_recall import conditional_lag_crp, load_recall_data
 
     lags = np.arange(-max_lag, max_lag + 1)
-    curves, values = {}, {}
+    curves, values, drawn = {}, {}, {}
     for point in FIG4_POINTS:
         index = grid.index_of(*point)
         actual = tuple(float(v) for v in grid.parameters_at(np.array(index)))
+        if actual in drawn:  # two of the paper's points fall on one grid point: draw it once, say so
+            logger.warning("the grid has no point (%s); its nearest, (%s), is already drawn for (%s), so it is drawn "
+                           "once", _point(point), _point(actual), _point(drawn[actual]))
+            continue
+        drawn[actual] = point
+        exact = np.allclose(actual, point, rtol=0, atol=1e-9)
+        if not exact:
+            logger.warning("the grid has no point (%s) of [LI24] Fig 4; drawing the nearest grid point, (%s)",
+                           _point(point), _point(actual))
         crp = select_lags(grid.mean[index], grid.lags, lags)
         sem = select_lags(grid.sem[index], grid.lags, lags) if grid.sem is not None else None
         name = rf"CMR $\beta_{{enc}}$={actual[0]:.2g} $\beta_{{rec}}$={actual[1]:.2g} $\gamma$={actual[2]:.2g}"
+        if not exact:
+            name += f"\n(nearest to {_point(point)})"
         curves[name] = (crp, sem)
         values[actual] = crp
     human = conditional_lag_crp(load_recall_data(dataset), max_lag=max_lag, dataset=dataset)

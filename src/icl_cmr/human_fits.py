@@ -36,7 +36,7 @@ from .fitting import PARAMETER_NAMES, CmrFit, CmrGrid, cmr_distance, cmr_fit_pat
 from .human_recall import UnitLagCrps
 from .io import load_json, load_npy
 from .layer_stats import HeadSelection, gather_selected, select_top_heads
-from .score_files import HeadScores, _grid_axes_from_sidecar, grid_sidecar_candidates
+from .score_files import HeadScores, grid_axes_and_lags, grid_sidecar_candidates
 from .stats import wilson_interval
 
 #: Lags of a person's fit: [LI24]'s -5..+5 without lag 0, never a transition in a conditional lag-CRP.
@@ -109,7 +109,8 @@ def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Pat
     Parameters
     ----------
     path : path, optional
-        ``.npy`` [n_beta_enc, n_beta_rec, n_gamma_ft, 17] (lags -8..+8, lag 0 NaN). Default
+        ``.npy`` [n_beta_enc, n_beta_rec, n_gamma_ft, 2 m + 1] (lags -m..m with m >= 5, lag 0 NaN;
+        the paper's m = 8, :func:`icl_cmr.score_files.grid_lags`). Default
         :data:`DEFAULT_CONDITIONAL_GRID_PATH`.
     sem_path : path, optional
         Its standard errors; default the ``sem`` file beside it when present.
@@ -130,23 +131,19 @@ def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Pat
         raise InputError(f"conditional CMR grid {path} does not exist: make it with "
                          "`python src/est_cmr_crp.py --quantity conditional`, or pass --crp-grid PATH")
     mean = load_npy(path)
-    if mean.ndim != 4 or mean.shape[3] != CMR_CRP_LAGS.size:
-        raise InputError(f"{path} has shape {mean.shape}, expected [n_beta_enc, n_beta_rec, n_gamma_ft, "
-                         f"{CMR_CRP_LAGS.size}] (lags {CMR_CRP_LAGS[0]}..{CMR_CRP_LAGS[-1]})")
+    if mean.ndim != 4:
+        raise InputError(f"{path} has shape {mean.shape}, expected [n_beta_enc, n_beta_rec, n_gamma_ft, n_lags] "
+                         f"(lags -m..m; the paper's {CMR_CRP_LAGS[0]}..{CMR_CRP_LAGS[-1]})")
     if sem_path is None:
         candidate = path.with_name(path.name.replace("avg", "sem")) if "avg" in path.name else None
         sem_path = candidate if candidate is not None and candidate.is_file() else None
     sem = load_npy(sem_path, mean.shape) if sem_path is not None else None
-    axes = None
-    for sidecar in grid_sidecar_candidates(path):
-        if sidecar.is_file():
-            axes = _grid_axes_from_sidecar(load_json(sidecar), sidecar, mean.shape[:3])
-            if axes is not None:
-                break
+    axes, lags = grid_axes_and_lags(path, mean.shape, needed=HUMAN_FIT_LAGS)
     if axes is None:
         raise InputError(f"{path}: no axis values found (expected the JSON sidecar est_cmr_crp.py writes: "
                          f"{' or '.join(str(p) for p in grid_sidecar_candidates(path))})")
-    grid = CmrGrid(mean=mean, beta_enc=axes[0], beta_rec=axes[1], gamma_ft=axes[2], sem=sem, source=str(path))
+    grid = CmrGrid(mean=mean, beta_enc=axes[0], beta_rec=axes[1], gamma_ft=axes[2], lags=lags, sem=sem,
+                   source=str(path))
     check_conditional_grid(grid)
     return grid
 

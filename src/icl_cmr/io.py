@@ -70,6 +70,52 @@ def ensure_writable_dir(directory: "str | os.PathLike[str]") -> Path:
     return path
 
 
+def write_temporary(target: "str | os.PathLike[str]", write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write a new hidden temporary file beside ``target``, to be renamed onto it later.
+
+    The first half of an atomic write (:func:`atomic_write`, :class:`icl_cmr.outputs.PendingWrites`):
+    ``write(handle)`` fills ``.<name>.<random>.tmp`` in ``target``'s folder (which must exist), the
+    data are flushed and synced, and the file gets the permissions a plain ``open()`` would give.
+
+    Parameters
+    ----------
+    target : path-like
+        The final file name; only its folder and name are used.
+    write : callable
+        Receives a binary file handle and writes the content.
+
+    Returns
+    -------
+    Path
+        The temporary file (the caller renames it onto ``target`` or removes it).
+
+    Raises
+    ------
+    OSError
+        When creating, writing or syncing fails, with ``filename`` set to ``target``, also when
+        the writer reported the failure otherwise (torch raises RuntimeError). The temporary
+        file is removed on every failure; other exceptions (and interrupts) pass through
+        after the same clean-up.
+    """
+    target = Path(target)
+    tmp_name = None
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            # mkstemp creates the file 0600; give it the permissions a plain open() would.
+            os.fchmod(handle.fileno(), 0o666 & ~_current_umask())
+            os.fsync(handle.fileno())
+    except BaseException as err:
+        _remove_quietly(tmp_name)
+        os_error = _as_write_error(err, target)
+        if os_error is None:
+            raise
+        raise os_error from err
+    return Path(tmp_name)
+
+
 def atomic_write(path: "str | os.PathLike[str]", write: Callable[[io.BufferedWriter], None]) -> Path:
     """Write a file atomically: ``write(handle)`` fills a temp file that then replaces ``path``.
 
@@ -94,28 +140,35 @@ def atomic_write(path: "str | os.PathLike[str]", write: Callable[[io.BufferedWri
         removed on every failure, and an existing file at ``path`` is left as it was.
     """
     target = Path(path)
-    folder = ensure_writable_dir(target.parent)
-    tmp_name = None
+    ensure_writable_dir(target.parent)
+    tmp_name = write_temporary(target, write)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            # mkstemp creates the file 0600; give it the permissions a plain open() would.
-            os.fchmod(handle.fileno(), 0o666 & ~_current_umask())
-            os.fsync(handle.fileno())
         os.replace(tmp_name, target)
     except BaseException as err:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass  # already gone, or the folder refuses even that: report the first error
-        os_error = _write_os_error(err) if isinstance(err, Exception) else None
+        _remove_quietly(tmp_name)
+        os_error = _as_write_error(err, target)
         if os_error is None:
             raise
-        raise OSError(os_error.errno, _os_error_reason(os_error), str(target)) from err
+        raise os_error from err
     return target
+
+
+def _remove_quietly(path: "str | os.PathLike[str] | None") -> None:
+    """Remove a temporary file; a failure here must not hide the error being reported."""
+    if path is None:
+        return
+    try:
+        os.unlink(path)
+    except OSError:
+        pass  # already gone, or the folder refuses even that: report the first error
+
+
+def _as_write_error(err: BaseException, target: Path) -> Optional[OSError]:
+    """An OSError naming ``target`` for a failed write, or None when ``err`` is not an OS error (re-raise it)."""
+    os_error = _write_os_error(err) if isinstance(err, Exception) else None
+    if os_error is None:
+        return None
+    return OSError(os_error.errno, _os_error_reason(os_error), str(target))
 
 
 #: numpy's message for a short write to a real file (``ndarray.tofile``); it drops errno.
@@ -161,12 +214,23 @@ def save_npy(path: "str | os.PathLike[str]", array: np.ndarray) -> Path:
     return atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
-def save_json(path: "str | os.PathLike[str]", obj: Any, compact: bool = False) -> Path:
-    """Write ``obj`` as JSON atomically (numpy scalars and arrays converted): indented, or ``compact``
-    (no whitespace; for large data files such as saved prompt sets)."""
+def json_bytes(obj: Any, compact: bool = False) -> bytes:
+    """``obj`` as UTF-8 JSON ending in a newline (numpy scalars and arrays converted): indented, or
+    ``compact`` (no whitespace; for large data files such as saved prompt sets).
+
+    Raises
+    ------
+    TypeError
+        If ``obj`` holds something JSON cannot represent.
+    """
     layout = {"separators": (",", ":")} if compact else {"indent": 2}
-    text = json.dumps(obj, sort_keys=False, default=_json_default, **layout)
-    return atomic_write(path, lambda handle: handle.write((text + "\n").encode("utf-8")))
+    return (json.dumps(obj, sort_keys=False, default=_json_default, **layout) + "\n").encode("utf-8")
+
+
+def save_json(path: "str | os.PathLike[str]", obj: Any, compact: bool = False) -> Path:
+    """Write ``obj`` as JSON atomically (:func:`json_bytes`)."""
+    data = json_bytes(obj, compact)
+    return atomic_write(path, lambda handle: handle.write(data))
 
 
 def save_text(path: "str | os.PathLike[str]", text: str) -> Path:

@@ -190,6 +190,134 @@ def _cached_snapshot(spec: ModelSpec) -> Optional[str]:
         return None
 
 
+def _hub_unreachable_error(spec: ModelSpec) -> InputError:
+    """The one line for a hub model that can be neither downloaded nor found in the local cache."""
+    return InputError(
+        f"cannot download {spec.source}: the Hugging Face hub is unreachable and the model is not in "
+        "the local cache; pass a local checkpoint folder instead (--model /path/to/dir saved with "
+        "save_pretrained)")
+
+
+# ----------------------------------------------------------------------------- shape without weights
+
+#: Hugging Face config fields, in TransformerLens 4's order of preference
+#: (``transformer_lens.model_bridge.sources._hf_format.map_default_transformer_lens_config``), so that the
+#: shape read here is the ``model.cfg`` the bridge builds from the same config.
+_LAYER_FIELDS = ("n_layer", "num_hidden_layers", "num_transformer_layers", "num_layers", "n_layers", "n_blocks")
+_HEAD_FIELDS = ("n_head", "num_attention_heads", "num_heads", "n_heads")
+_KV_HEAD_FIELDS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
+_CONTEXT_FIELDS = ("n_positions", "max_position_embeddings", "max_context_length", "max_length", "seq_length",
+                   "max_seq_len", "max_sequence_length")
+#: TransformerLens 4's context for configs without a length field (ALiBi models such as BLOOM).
+FALLBACK_CONTEXT = 2048
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a model's config says about its shape, read without its weights (:func:`read_model_shape`).
+
+    Attributes
+    ----------
+    n_layers, n_heads : int
+        Layers and query heads per layer (the head grid every score, fit and ablation uses).
+    n_kv_heads : int
+        Key/value heads per layer (< ``n_heads`` for grouped-query models).
+    n_ctx : int
+        Longest input in tokens, as TransformerLens 4 sets ``cfg.n_ctx`` (``n_positions``,
+        ``max_position_embeddings``, ...; 2048 for ALiBi models without such a field).
+    vocab_size : int or None
+        Rows of the embedding (``cfg.d_vocab``); None when the config does not say.
+    """
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    n_ctx: int
+    vocab_size: Optional[int] = None
+
+
+def _config_int(config, fields: Sequence[str]) -> Optional[int]:
+    """The first of ``fields`` the config defines, as an int (per-layer lists: their maximum, as TransformerLens)."""
+    for field in fields:
+        try:
+            value = getattr(config, field, None)
+        except Exception:  # transformers >= 5.15 raises on global reads of per-layer fields
+            continue
+        if isinstance(value, (list, tuple)) and value:
+            value = max(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return int(value)
+    return None
+
+
+def model_shape_from_config(config, source: str = "the model") -> ModelShape:
+    """:class:`ModelShape` of a ``transformers`` config (a multimodal model's text config).
+
+    Raises
+    ------
+    InputError
+        If the config names no layer or head count.
+    """
+    text = getattr(config, "text_config", None)
+    if text is None:
+        decoder = getattr(config, "decoder", None)
+        text = decoder if decoder is not None and hasattr(decoder, "hidden_size") else config
+    n_layers, n_heads = _config_int(text, _LAYER_FIELDS), _config_int(text, _HEAD_FIELDS)
+    if n_layers is None or n_heads is None:
+        raise InputError(f"the configuration of {source} names no layer or head count "
+                         f"(looked for {', '.join(_LAYER_FIELDS[:2])} and {', '.join(_HEAD_FIELDS[:2])})")
+    n_kv = _config_int(text, _KV_HEAD_FIELDS)
+    if getattr(text, "multi_query", False) and not getattr(text, "new_decoder_architecture", False):
+        n_kv = 1  # Falcon-7B: multi-query attention whatever num_kv_heads says (FalconAttention)
+    n_ctx = _config_int(text, _CONTEXT_FIELDS)
+    return ModelShape(n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv or n_heads,
+                      n_ctx=n_ctx if n_ctx is not None else FALLBACK_CONTEXT,
+                      vocab_size=_config_int(text, ("vocab_size",)))
+
+
+def read_model_shape(spec: ModelSpec) -> ModelShape:
+    """Read a model's shape from its config alone (``transformers.AutoConfig``; no weights, no tokenizer).
+
+    Scripts call it before :func:`load_model` so that head labels, fit and score files, prompt
+    lengths and token ids are checked against the model before minutes go into loading it.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        From :func:`resolve_model`: a local folder (its ``config.json``) or a hub id (the config
+        is fetched, or taken from the local cache when the hub is unreachable).
+
+    Returns
+    -------
+    ModelShape
+
+    Raises
+    ------
+    InputError
+        Hub unreachable and the model not cached (the same line as :func:`load_model`), or a
+        config that cannot be read or names no layer or head count.
+    """
+    from transformers import AutoConfig
+
+    source, kwargs = spec.source, {}
+    if not spec.is_local:
+        if not hub_reachable():
+            cached = _cached_snapshot(spec)
+            if cached is None:
+                raise _hub_unreachable_error(spec)
+            source = cached
+        elif spec.checkpoint_step is not None:
+            kwargs["revision"] = f"step{spec.checkpoint_step}"
+        if spec.trust_remote_code:
+            kwargs["trust_remote_code"] = True
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except Exception as err:  # OSError, ValueError, KeyError, huggingface_hub's strict-dataclass errors, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot read the configuration of {spec.source}: {first}") from None
+    return model_shape_from_config(config, spec.source)
+
+
 def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32",
                require_hooks: Sequence[str] = ("attn_scores", "pattern")):
     """Load a model with ``TransformerBridge.boot_transformers``.
@@ -230,10 +358,7 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32",
         if not hub_reachable():
             cached = _cached_snapshot(spec)
             if cached is None:
-                raise InputError(
-                    f"cannot download {spec.source}: the Hugging Face hub is unreachable and the model is not in "
-                    "the local cache; pass a local checkpoint folder instead (--model /path/to/dir saved with "
-                    "save_pretrained)")
+                raise _hub_unreachable_error(spec)
             logger.info("hub unreachable; loading %s from the local cache %s", spec.source, cached)
             source = cached
         elif spec.checkpoint_step is not None:

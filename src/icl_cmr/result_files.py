@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from .errors import FileContentError
-from .file_checks import ArraySpec, check_array, check_arrays, describe_content, require_dict
+from .file_checks import ArraySpec, check_array, check_arrays, describe_content, recorded_model, require_dict
 from .io import load_pickle
 
 # ----------------------------------------------------------------------------- CMR fits
@@ -57,6 +57,9 @@ class CmrFitFile:
         Fitted scale 1/tau when present.
     labels : ndarray of str, shape [L, H] or None
     path : str
+    model : str or None
+        The model the fit was made for (``metadata["model"]``); None when the file does not say
+        (the authors' files, and ours made before it was recorded).
     """
 
     distance: np.ndarray
@@ -64,6 +67,7 @@ class CmrFitFile:
     inverse_temperature: Optional[np.ndarray]
     labels: Optional[np.ndarray]
     path: str
+    model: Optional[str] = None
 
 
 def read_cmr_fit(path: "str | Path") -> CmrFitFile:
@@ -79,10 +83,11 @@ def read_cmr_fit(path: "str | Path") -> CmrFitFile:
         Not a fit file (the message says what it looks like instead), or a key of the wrong
         kind or shape (:data:`CMR_FIT_SPECS`).
     """
-    arrays = check_arrays(load_pickle(path), str(path), CMR_FIT_KIND, CMR_FIT_SPECS, ("fitted_MSE",))
+    content = load_pickle(path)
+    arrays = check_arrays(content, str(path), CMR_FIT_KIND, CMR_FIT_SPECS, ("fitted_MSE",))
     return CmrFitFile(distance=arrays["fitted_MSE"], params=arrays.get("fitted_params"),
                       inverse_temperature=arrays.get("fitted_scale_factors"), labels=arrays.get("labels"),
-                      path=str(path))
+                      path=str(path), model=recorded_model(content))
 
 
 # ----------------------------------------------------------------------------- ablation results

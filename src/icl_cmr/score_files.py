@@ -21,9 +21,9 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .config import (ATTN_CRP_LAGS, BETA_ENC_GRID, BETA_REC_GRID, CMR_CRP_LAGS, CMR_GRID_MEAN_FILENAME,
-                     GAMMA_FT_GRID)
+                     FIT_LAGS, GAMMA_FT_GRID)
 from .errors import FileContentError, InputError
-from .file_checks import ArraySpec, check_array, check_arrays
+from .file_checks import ArraySpec, check_array, check_arrays, recorded_model
 from .fitting import CmrGrid
 from .io import load_json, load_pickle
 from .score_format import head_labels
@@ -91,6 +91,31 @@ def fit_result_paths(root: "str | Path", model: str) -> Tuple[Path, Path]:
     return folder / f"cmr_fit_{model}.pkl", folder / f"head_fits_{model}.csv"
 
 
+def other_model_warning(recorded: Optional[str], loaded: str, what: str) -> Optional[str]:
+    """The warning for a score or fit file made for another model than the one loaded, else None.
+
+    Parameters
+    ----------
+    recorded : str or None
+        The model the file names (``HeadScores.model``, ``CmrFitFile.model``); None: the file does not
+        say (the authors' files), and nothing can be compared.
+    loaded : str
+        The loaded model's name (:attr:`icl_cmr.models.ModelSpec.name`).
+    what : str
+        The flag and file, e.g. ``"--fit-file saved_scores/gpt2/cmr_fit_gpt2.pkl"``.
+
+    Names are compared without a hub owner and as :func:`normalise_model_name` makes them, so
+    ``EleutherAI__pythia-70m-deduped-v0``, ``Pythia_70m`` and ``pythia-70m`` are one model.
+    """
+    def bare(name: str) -> str:
+        return normalise_model_name(name.replace("/", "__").split("__")[-1])
+
+    if recorded is None or bare(recorded) == bare(loaded):
+        return None
+    return (f"{what} was made for model {recorded!r}, but the model loaded is {loaded!r}; "
+            "its heads are used as they are")
+
+
 def find_score_file(scores_dir: "str | Path", model: str, checkpoint: Optional[int] = None) -> Path:
     """Find the head-score file of ``model`` (at training checkpoint ``checkpoint``).
 
@@ -139,7 +164,7 @@ def find_score_file(scores_dir: "str | Path", model: str, checkpoint: Optional[i
     expected = " or ".join(f"{prefix}<{model}>{suffix}.pkl" for prefix in SCORE_FILE_PREFIXES)
     if checkpoint is None:
         expected += f" (or _cp{FINAL_CHECKPOINT})"
-    have = sorted(str(k) for k in matches if k is not None)
+    have = [str(k) for k in sorted(k for k in matches if k is not None)]   # numeric order: 0, 10, 20, ..., 142
     hint = f"; checkpoints found for this model: {', '.join(have)}" if have else ""
     raise InputError(f"no head-score file for model {model!r}{'' if checkpoint is None else f' checkpoint {checkpoint}'}: "
                      f"expected {expected} in {root} or {root}/<model folder>{hint}")
@@ -186,6 +211,8 @@ class HeadScores:
         File read.
     prefix_matching_score : ndarray, shape [L, H], optional
         [CS24]'s prefix-matching score when the file has it (ours), else None.
+    model : str, optional
+        The model the file says it scored (``metadata["model"]``, ours); None for the authors' files.
     """
 
     matching_score: np.ndarray
@@ -196,6 +223,7 @@ class HeadScores:
     lags: np.ndarray
     path: str = ""
     prefix_matching_score: Optional[np.ndarray] = None
+    model: Optional[str] = None
 
     @property
     def n_layers(self) -> int:
@@ -252,7 +280,8 @@ def head_scores_from_dict(scores: Any, source: str = "", required: Sequence[str]
     return HeadScores(matching_score=arrays.get("head_scores", nan), copying_score=arrays.get("copying_score", nan),
                       crp=crp, crp_sem=arrays.get("CRP_scores_sem", np.full_like(crp, np.nan)),
                       labels=arrays["labels"] if "labels" in arrays else head_labels(*shape),
-                      lags=lags, path=source, prefix_matching_score=arrays.get("prefix_matching_score"))
+                      lags=lags, path=source, prefix_matching_score=arrays.get("prefix_matching_score"),
+                      model=recorded_model(scores))
 
 
 def read_head_scores(path: "str | Path", required: Sequence[str] = HEAD_SCORE_REQUIRED) -> HeadScores:
@@ -347,6 +376,57 @@ def grid_sidecar_candidates(path: Path) -> List[Path]:
     return candidates
 
 
+def grid_lags(n_lags: int, path: "str | Path", sidecar: Any = None, sidecar_path: "str | Path | None" = None,
+              needed: np.ndarray = FIT_LAGS) -> np.ndarray:
+    """The lags of a CMR grid's last axis: ``-m..m`` for ``2 m + 1`` entries.
+
+    ``est_cmr_crp.py --max_lag m`` writes ``2 m + 1`` lags ([LI24]: m = 8, 17 lags). Any ``m`` that
+    reaches the lags a fit uses is accepted: the fits use lags -5..+5 only (DESIGN.md section 4), and a
+    grid point's CRP cut to those lags and renormalised does not depend on ``m`` (lags beyond ``m``
+    count only in each trial's number of draws, whatever ``m`` is).
+
+    Parameters
+    ----------
+    n_lags : int
+        Length of the grid's last axis.
+    path : path-like
+        The grid file, for messages.
+    sidecar : dict, optional
+        The grid's JSON sidecar; its ``max_lag`` (top level or under ``parameters``), when given,
+        must equal ``m``.
+    sidecar_path : path-like, optional
+        The sidecar file, for messages.
+    needed : ndarray of int
+        Lags the caller needs (default the fitting lags -5..+5).
+
+    Returns
+    -------
+    ndarray of int, shape [n_lags]
+
+    Raises
+    ------
+    InputError
+        An even length, or one too short for ``needed``; a sidecar whose ``max_lag`` disagrees.
+    """
+    reach = int(np.abs(needed).max())
+    max_lag, odd = divmod(int(n_lags) - 1, 2)
+    if odd or max_lag < reach:
+        raise InputError(f"CMR grid {path} has {n_lags} lags on its last axis; expected 2 m + 1 lags -m..m with "
+                         f"m >= {reach} (the fitting lags -{reach}..+{reach}; the paper's grid has "
+                         f"{CMR_CRP_LAGS.size}, lags {CMR_CRP_LAGS[0]}..{CMR_CRP_LAGS[-1]})")
+    if isinstance(sidecar, dict):
+        for container in (sidecar, sidecar.get("parameters")):
+            recorded = container.get("max_lag") if isinstance(container, dict) else None
+            if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded != max_lag:
+                raise FileContentError(sidecar_path or path, f"says max_lag {recorded}, but the grid {path} has "
+                                                             f"{n_lags} lags (max_lag {max_lag})")
+    if max_lag != int(CMR_CRP_LAGS.max()):
+        logger.info("CMR grid %s has lags -%d..+%d, not the paper's %d..+%d: each start position's CRP is "
+                    "normalised over its own lags before the mean over starts, so fits differ slightly from a "
+                    "-8..+8 grid's (docs/cmr_grid.md)", path, max_lag, max_lag, CMR_CRP_LAGS[0], CMR_CRP_LAGS[-1])
+    return np.arange(-max_lag, max_lag + 1)
+
+
 def read_cmr_grid(path: "str | Path | None" = None, sem_path: "str | Path | None" = None) -> CmrGrid:
     """Read a CMR CRP grid file, its optional SEM file and its axis values, as a :class:`CmrGrid`.
 
@@ -356,7 +436,8 @@ def read_cmr_grid(path: "str | Path | None" = None, sem_path: "str | Path | None
     Parameters
     ----------
     path : path, optional
-        ``.npy`` of shape [A, B, C, 17] (lags -8..+8). Default ``saved_crps/cmr_crp_avg_20_11.npy``.
+        ``.npy`` of shape [A, B, C, 2 m + 1] (lags -m..m; the paper's m = 8, and m >= 5 for the
+        fitting lags, :func:`grid_lags`). Default ``saved_crps/cmr_crp_avg_20_11.npy``.
     sem_path : path, optional
         SEM file of the same shape. Default: the file beside ``path`` with ``avg`` replaced by
         ``sem`` in its name, when it exists (it is optional).
@@ -369,7 +450,7 @@ def read_cmr_grid(path: "str | Path | None" = None, sem_path: "str | Path | None
     -----
     Axis values come from a JSON sidecar (:func:`grid_sidecar_candidates`; keys ``beta_enc``,
     ``beta_rec``, ``gamma_ft`` at top level or under ``axes`` or ``parameters``) when present;
-    otherwise the paper's axes (config.py) are used when the shape is [20, 21, 11, 17].
+    otherwise the paper's axes (config.py) are used when the first three axes are [20, 21, 11].
 
     Raises
     ------
@@ -386,22 +467,30 @@ def read_cmr_grid(path: "str | Path | None" = None, sem_path: "str | Path | None
         candidate = path.with_name(path.name.replace("avg", "sem")) if "avg" in path.name else None
         sem_path = candidate if candidate is not None and candidate.is_file() else None
     mean, sem = load_grid_arrays(path, sem_path)
-    if mean.shape[3] != CMR_CRP_LAGS.size:
-        raise InputError(f"CMR grid {path} has shape {mean.shape}, expected [n_beta_enc, n_beta_rec, n_gamma_ft, "
-                         f"{CMR_CRP_LAGS.size}] (lags {CMR_CRP_LAGS[0]}..{CMR_CRP_LAGS[-1]})")
-    axes = None
-    for sidecar in grid_sidecar_candidates(path):
-        if sidecar.is_file():
-            axes = _grid_axes_from_sidecar(load_json(sidecar), sidecar, mean.shape[:3])
-            if axes is not None:
-                logger.debug("grid axes from %s", sidecar)
-                break
-    default_shape = (BETA_ENC_GRID.size, BETA_REC_GRID.size, GAMMA_FT_GRID.size)
+    axes, lags = grid_axes_and_lags(path, mean.shape)
     if axes is None:
+        default_shape = (BETA_ENC_GRID.size, BETA_REC_GRID.size, GAMMA_FT_GRID.size)
         if mean.shape[:3] != default_shape:
             names = " or ".join(str(p) for p in grid_sidecar_candidates(path))
             raise InputError(f"CMR grid {path} has shape {mean.shape}: the axis values of a grid other than "
-                             f"{list(default_shape) + [CMR_CRP_LAGS.size]} must be given in {names} "
+                             f"{list(default_shape)} x lags must be given in {names} "
                              f"(keys beta_enc, beta_rec, gamma_ft)")
         axes = (BETA_ENC_GRID, BETA_REC_GRID, GAMMA_FT_GRID)
-    return CmrGrid(mean=mean, beta_enc=axes[0], beta_rec=axes[1], gamma_ft=axes[2], sem=sem, source=str(path))
+    return CmrGrid(mean=mean, beta_enc=axes[0], beta_rec=axes[1], gamma_ft=axes[2], lags=lags, sem=sem,
+                   source=str(path))
+
+
+def grid_axes_and_lags(path: Path, shape: Tuple[int, ...], needed: np.ndarray = FIT_LAGS
+                       ) -> Tuple[Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]], np.ndarray]:
+    """Axis values from a grid's JSON sidecar (None when it has none) and the lags of its last axis
+    (:func:`grid_lags`, checked against the sidecar's ``max_lag``)."""
+    axes, meta, meta_path = None, None, None
+    for sidecar in grid_sidecar_candidates(path):
+        if sidecar.is_file():
+            content = load_json(sidecar)
+            axes = _grid_axes_from_sidecar(content, sidecar, shape[:3])
+            if axes is not None:
+                logger.debug("grid axes from %s", sidecar)
+                meta, meta_path = content, sidecar
+                break
+    return axes, grid_lags(shape[3], path, meta, meta_path, needed)

@@ -106,6 +106,19 @@ def iter_local_texts(path: "str | Path", field: str = "text") -> Iterator[str]:
             yield record[field]
 
 
+def check_c4_reachable() -> None:
+    """Raise :class:`InputError` (within seconds, no retry loop) when C4 cannot be streamed from the hub.
+
+    Called before any work by scripts that will stream C4 (``run_pipeline.py`` without ``--data``), and
+    by :func:`iter_c4_texts` itself.
+    """
+    from .models import hub_reachable
+
+    if not hub_reachable():
+        raise InputError(f"cannot stream {C4_DATASET} ({C4_CONFIG}, {C4_SPLIT}): the Hugging Face hub is "
+                         "unreachable; pass --data PATH with local .txt/.jsonl files instead")
+
+
 def iter_c4_texts() -> Iterator[str]:
     """Stream the documents of C4 English validation in the dataset's order.
 
@@ -116,14 +129,9 @@ def iter_c4_texts() -> Iterator[str]:
     Raises
     ------
     InputError
-        Within seconds, when the Hugging Face hub cannot be reached (no retry loop).
+        Within seconds, when the Hugging Face hub cannot be reached (:func:`check_c4_reachable`).
     """
-    from .models import hub_reachable
-
-    offline = InputError(f"cannot stream {C4_DATASET} ({C4_CONFIG}, {C4_SPLIT}): the Hugging Face hub is "
-                         "unreachable; pass --data PATH with local .txt/.jsonl files instead")
-    if not hub_reachable():
-        raise offline
+    check_c4_reachable()
     from datasets import load_dataset
 
     try:

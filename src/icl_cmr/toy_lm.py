@@ -158,6 +158,12 @@ class ToyLMConfig:
         """Plain dict of all fields (JSON-serialisable)."""
         return dataclasses.asdict(self)
 
+    def smallest_n_ctx(self) -> int:
+        """The shortest context these settings allow: a training row carries a copied span of up to
+        ``copy_span_max`` tokens twice, a monitor prompt is BOS + 2 x ``monitor_block_len`` tokens, and the
+        ICL score reads a loss after ``icl_early_index`` (the checks of ``__post_init__``)."""
+        return max(2 * self.copy_span_max + 1, 2 * self.monitor_block_len + 1, self.icl_early_index + 3)
+
 
 # ============================================================================ corpus
 
