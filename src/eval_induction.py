@@ -1,24 +1,31 @@
-"""Evaluate induction-task models from 2^6 to 2^20 tokens and show their induction heads.
+"""Evaluate induction-task models from 2^6 to 2^20 tokens and look inside them.
 
-For every model (``saved_models/induction_task/ENC.pt``, written by
-``train_induction.py``) and length 2^k:
+For every model (``saved_models/induction_task/NAME.pt``, written by
+``train_induction.py``: the Transformers ``absolute``, ``rope``, ``alibi``, ``none`` and
+``mamba``) and length 2^k:
 
 * accuracy at the last position on the fixed validation set at that length, with a
   Wilson 95% interval; ``--n_sequences`` sequences (default 256) up to
   ``--full_max_log2`` (default 14, i.e. 2^14), and beyond that as many as
-  ``--long_cpu_seconds`` of CPU time allow per model and length (at least one batch, at
-  most ``--n_sequences``); lengths whose sequences would need more CPU time than
+  ``--long_cpu_seconds`` allow per model and length (at least one batch, at most
+  ``--n_sequences``); lengths whose sequences would need more than
   ``--max_cpu_seconds_per_sequence`` (estimated from the previous length: x2 on the
-  linear path, x4 on the quadratic one) are skipped and logged. Budgets count CPU
-  time, not wall time, because the machine may be shared;
-* wall and CPU time per sequence and the process's peak resident memory (``ru_maxrss``).
+  linear paths, x4 on the quadratic one) are skipped and logged. On the CPU the budgets
+  count CPU time, not wall time, because the machine may be shared; on a GPU, wall time;
+* wall and CPU time per sequence, and the peak memory of that length alone: resident
+  memory (Linux ``VmHWM``, reset before each length; elsewhere the process-wide
+  ``ru_maxrss``) and, on CUDA, the peak memory torch allocated.
 
-Models with ALiBi or no position encoding use the exact linear-time token-type
-path; absolute and RoPE models the blocked path (memory linear, time quadratic),
-see :mod:`icl_cmr.tiny_transformer`.
+How each model runs long inputs: Transformers with ALiBi or no position encoding the
+exact linear-time token-type path; absolute and RoPE the blocked path (memory linear,
+time quadratic; ``scaled_dot_product_attention`` on every device); Mamba the chunked
+recurrent scan (memory independent of length, time linear). See
+:mod:`icl_cmr.tiny_transformer` and :mod:`icl_cmr.induction_mamba`. ``--device``
+(default: cuda when available) and ``--dtype`` (float32, or bfloat16 weights) choose
+where; the validation sets are drawn on the CPU, the same on every device.
 
-It also computes each model's attention by lag (DESIGN.md section 2) on two prompt
-kinds and plots the second layer (0-based layer 1), and stores a third view:
+Looking inside. For each Transformer, its attention by lag (DESIGN.md section 2) on two
+prompt kinds, the second layer (0-based layer 1) plotted, and a third view stored:
 
 * ``task``: induction-task sequences of length 256; query = the final trigger,
   earlier occurrence = the first trigger, so lag +1 is the value to recall;
@@ -29,17 +36,26 @@ kinds and plots the second layer (0-based layer 1), and stores a third view:
   (query = first trigger + 1, lag 0 = the value itself), so lag -1 is the trigger,
   where a first-layer previous-token head looks.
 
-Writes ``--save_dir/accuracy_vs_length_ENC.csv`` (+ ``.json`` metadata) per model, then
-combines every such table in ``--save_dir`` into ``accuracy_vs_length.csv`` (so encodings
-can be evaluated by parallel runs and combined by ``--skip_accuracy``),
-``--save_dir/lag_crp_ENC.json`` and, in ``--fig_dir``, ``accuracy_vs_length.pdf``,
-``training_curves.pdf``, ``lag_crp_layer2.pdf`` (the absolute model, or the first
-one) and ``lag_crp_layer2_ENC.pdf``.
+Mamba has no attention to read; for it, accuracy and the probability of the value against
+the distance between the first trigger and the query
+(:func:`icl_cmr.induction_task.score_by_distance`), ``--inside_sequences`` (64) sequences
+at each of ``--inside_log2`` (2^12 and 2^16) from the validation seed + 2.
+
+Writes ``--save_dir/accuracy_vs_length_NAME.csv`` (+ ``.json`` metadata of this run) per model
+(rows of lengths this run did not evaluate are kept from the table already there), then
+combines every such table in ``--save_dir`` into ``accuracy_vs_length.csv`` (so models
+can be evaluated by separate runs, on different devices, and combined by
+``--skip_accuracy``), ``--save_dir/lag_crp_NAME.json`` (Transformers),
+``--save_dir/distance_NAME.json`` (Mamba) and, in ``--fig_dir``,
+``accuracy_vs_length.pdf`` (with [GD23]'s MHA-Abs and Mamba rows),
+``training_curves.pdf``, ``lag_crp_layer2.pdf`` (the absolute model, or the first one),
+``lag_crp_layer2_NAME.pdf`` and ``accuracy_vs_distance_NAME.pdf``.
 
 Example::
 
     python src/eval_induction.py                        # all trained models, 2^6 .. 2^20
     python src/eval_induction.py --models saved_models/induction_task/absolute.pt --max_log2 12
+    python src/eval_induction.py --models saved_models/induction_task/mamba.pt --device cuda
 """
 from __future__ import annotations
 
@@ -58,28 +74,38 @@ import torch
 from tqdm.auto import tqdm
 
 from icl_cmr import induction_task as task
-from icl_cmr.cli import (OneLineErrorParser, int_range, non_negative_float, non_negative_int, positive_float,
-                         positive_int, run_cli, seed_int, setup_logging)
+from icl_cmr.cli import (OneLineErrorParser, comma_list, device_arg, int_range, non_negative_float, non_negative_int,
+                         positive_float, positive_int, run_cli, seed_int, setup_logging)
 from icl_cmr.config import ATTN_CRP_LAGS
+from icl_cmr.devices import resolve_device
 from icl_cmr.errors import InputError
+from icl_cmr.induction_models import (INDUCTION_DTYPES, MODEL_NAMES, architecture_of, check_memory, fastest_method,
+                                      forward_memory_lower_bound, linear_time, load_induction_model,
+                                      model_config_dict, saved_train_length)
 from icl_cmr.io import make_metadata, read_text, save_figure, save_json, save_text
 from icl_cmr.outputs import check_writable_dir, portable_path
 from icl_cmr.stats import wilson_interval
-from icl_cmr.tiny_transformer import POSITION_ENCODINGS, fastest_exact_method
-from train_induction import DEFAULT_FIG_DIR, DEFAULT_SAVE_DIR, load_model
 
 logger = logging.getLogger("eval_induction")
 
-RESULT_COLUMNS = ("encoding", "length", "log2_length", "n_sequences", "correct", "accuracy",
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SAVE_DIR = REPO_ROOT / "saved_models" / "induction_task"
+DEFAULT_FIG_DIR = REPO_ROOT / "figs" / "induction_task"
+
+RESULT_COLUMNS = ("model", "length", "log2_length", "n_sequences", "correct", "accuracy",
                   "wilson_low", "wilson_high", "method", "batch_size", "seconds_per_sequence",
-                  "cpu_seconds_per_sequence", "peak_rss_gb")
+                  "cpu_seconds_per_sequence", "peak_rss_gb", "device", "dtype", "peak_gpu_gb")
+#: Columns of tables written before Mamba and devices existed, and what their rows were run with.
+LEGACY_COLUMNS = {"encoding": "model"}
+LEGACY_VALUES = {"device": "cpu", "dtype": "float32", "peak_gpu_gb": ""}
+TABLE_PREFIX = "accuracy_vs_length_"
 
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = task.InductionTaskConfig()
     parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, nargs="+", default=None,
-                        help="model files (default: saved_models/induction_task/ENC.pt for every ENC present)")
+                        help="model files (default: every NAME.pt in --save_dir)")
     parser.add_argument("--save_dir", type=Path, default=DEFAULT_SAVE_DIR,
                         help="results folder (default saved_models/induction_task)")
     parser.add_argument("--fig_dir", type=Path, default=DEFAULT_FIG_DIR,
@@ -92,17 +118,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--full_max_log2", type=non_negative_int, default=14,
                         help="lengths up to 2^k get all --n_sequences (default 14, the issue's minimum)")
     parser.add_argument("--long_cpu_seconds", type=non_negative_float, default=60.0,
-                        help="CPU-time budget per model and length beyond --full_max_log2 (default 60)")
+                        help="time budget per model and length beyond --full_max_log2 (CPU time on the CPU, "
+                             "wall time on a GPU; default 60)")
     parser.add_argument("--max_cpu_seconds_per_sequence", type=positive_float, default=120.0,
-                        help="skip a length if one sequence is estimated to need more CPU time (default 120)")
+                        help="skip a length if one sequence is estimated to need more time (default 120)")
     parser.add_argument("--tokens_per_batch", type=positive_int, default=2 ** 15,
                         help="batch size = max(1, this // length) (default 2^15)")
     parser.add_argument("--val_seed", type=seed_int, default=defaults.val_seed,
                         help=f"seed of the fixed validation sets (default {defaults.val_seed})")
+    parser.add_argument("--device", type=device_arg, default=None,
+                        help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", choices=INDUCTION_DTYPES, default="float32",
+                        help="weights and activations (default float32; Mamba's scan always runs in float32)")
     parser.add_argument("--lag_prompts", type=positive_int, default=64,
                         help="prompts per kind for the attention-by-lag statistics (default 64)")
-    parser.add_argument("--skip_accuracy", action="store_true", help="only the lag statistics")
-    parser.add_argument("--skip_lag_crp", action="store_true", help="only the accuracy table")
+    parser.add_argument("--inside_log2", type=comma_list(int_range(2, 30), increasing=True), default=(12, 16),
+                        help="lengths 2^k of Mamba's recall-vs-distance analysis (default 12,16)")
+    parser.add_argument("--inside_sequences", type=positive_int, default=64,
+                        help="sequences per length of that analysis (default 64)")
+    parser.add_argument("--skip_accuracy", action="store_true", help="only the looking-inside analyses")
+    parser.add_argument("--skip_lag_crp", action="store_true", help="skip the looking-inside analyses")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--title", default=None, help="title of accuracy_vs_length.pdf")
     parser.add_argument("--png_dir", type=Path, default=None, help="also save PNG copies of the figures here")
@@ -115,62 +150,93 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.min_log2 > args.max_log2:
         raise InputError(f"--min_log2 ({args.min_log2}) must be <= --max_log2 ({args.max_log2})")
+    args.device = resolve_device(args.device)
     return args
 
 
+def _name_order(name: str) -> tuple:
+    """Known model names first, in MODEL_NAMES order, then the rest alphabetically."""
+    return (MODEL_NAMES.index(name) if name in MODEL_NAMES else len(MODEL_NAMES), name)
+
+
 def _default_models(save_dir: Path) -> List[Path]:
-    found = [save_dir / f"{enc}.pt" for enc in POSITION_ENCODINGS if (save_dir / f"{enc}.pt").is_file()]
+    found = sorted((p for p in save_dir.glob("*.pt") if not p.stem.endswith("_checkpoint")),
+                   key=lambda p: _name_order(p.stem))
     if not found:
-        raise FileNotFoundError(f"no trained model (ENC.pt) in {save_dir}; run train_induction.py first")
+        raise FileNotFoundError(f"no trained model (NAME.pt) in {save_dir}; run train_induction.py first")
     return found
 
 
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux: write 5 to /proc/self/clear_refs); False where impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_rss_gb() -> float:
-    # ru_maxrss is in kilobytes on Linux, bytes on macOS.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Peak resident memory (GiB): since the last reset (Linux VmHWM), else since the process started."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2 ** 20          # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss      # kB on Linux, bytes on macOS
     return peak / (2 ** 30 if sys.platform == "darwin" else 2 ** 20)
 
 
-def evaluate_model(model, encoding: str, args: argparse.Namespace) -> List[dict]:
+def evaluate_model(model, name: str, args: argparse.Namespace) -> List[dict]:
     """Accuracy rows (RESULT_COLUMNS) of one model over the requested lengths."""
-    method = fastest_exact_method(encoding)
+    method = fastest_method(model)
+    growth = 2 if linear_time(model) else 4          # time per doubling of the length
+    on_cpu = args.device == "cpu"
+    clock = time.process_time if on_cpu else time.perf_counter
     rows: List[dict] = []
-    previous_cpu: Optional[float] = None
+    previous: Optional[float] = None
     for log2_length in range(args.min_log2, args.max_log2 + 1):
         length = 2 ** log2_length
-        if previous_cpu is not None:
-            growth = 2 if method == "token_types" else 4   # linear vs quadratic time in length
-            estimate = previous_cpu * growth
-            if estimate > args.max_cpu_seconds_per_sequence:
-                logger.info("%s: skipping 2^%d and beyond (estimated %.0f CPU s per sequence > %.0f s)",
-                            encoding, log2_length, estimate, args.max_cpu_seconds_per_sequence)
-                break
+        if previous is not None and previous * growth > args.max_cpu_seconds_per_sequence:
+            logger.info("%s: skipping 2^%d and beyond (estimated %.0f s per sequence > %.0f s)",
+                        name, log2_length, previous * growth, args.max_cpu_seconds_per_sequence)
+            break
         batch_size = max(1, args.tokens_per_batch // length)
         full = log2_length <= args.full_max_log2
         correct, n_done, seconds, cpu_seconds = 0, 0, [], []
-        started = time.process_time()
+        _reset_peak_rss()
+        if not on_cpu:
+            torch.cuda.reset_peak_memory_stats(args.device)
+        started = clock()
         # Batches until the count (or, beyond --full_max_log2, the time budget) is reached.
         scores = task.iter_validation_scores(model, length, args.n_sequences, args.val_seed, batch_size, method)
         for count, batch_correct, wall, cpu in tqdm(scores, total=-(-args.n_sequences // batch_size),
-                                                    disable=not args.progress, desc=f"{encoding} 2^{log2_length}",
+                                                    disable=not args.progress, desc=f"{name} 2^{log2_length}",
                                                     leave=False):
             correct += batch_correct
             n_done += count
             seconds.append(wall)
             cpu_seconds.append(cpu)
-            if not full and time.process_time() - started >= args.long_cpu_seconds:
+            if not full and clock() - started >= args.long_cpu_seconds:
                 break
         low, high = wilson_interval(correct, n_done)
         per_sequence = float(np.sum(seconds) / n_done)
-        previous_cpu = float(np.sum(cpu_seconds) / n_done)
-        rows.append({"encoding": encoding, "length": length, "log2_length": log2_length,
+        cpu_per_sequence = float(np.sum(cpu_seconds) / n_done)
+        previous = cpu_per_sequence if on_cpu else per_sequence
+        peak_gpu = "" if on_cpu else round(torch.cuda.max_memory_allocated(args.device) / 2 ** 30, 4)
+        rows.append({"model": name, "length": length, "log2_length": log2_length,
                      "n_sequences": n_done, "correct": correct, "accuracy": correct / n_done,
                      "wilson_low": low, "wilson_high": high, "method": method,
                      "batch_size": batch_size, "seconds_per_sequence": per_sequence,
-                     "cpu_seconds_per_sequence": previous_cpu, "peak_rss_gb": _peak_rss_gb()})
+                     "cpu_seconds_per_sequence": cpu_per_sequence, "peak_rss_gb": _peak_rss_gb(),
+                     "device": args.device, "dtype": args.dtype, "peak_gpu_gb": peak_gpu})
         logger.info("%s 2^%d: %d/%d correct (%.1f%%, 95%% CI %.1f-%.1f), %.3g s wall / %.3g s CPU per sequence, "
-                    "peak RSS %.2f GB", encoding, log2_length, correct, n_done, 100 * correct / n_done, 100 * low,
-                    100 * high, per_sequence, previous_cpu, rows[-1]["peak_rss_gb"])
+                    "peak RSS %.2f GB%s", name, log2_length, correct, n_done, 100 * correct / n_done, 100 * low,
+                    100 * high, per_sequence, cpu_per_sequence, rows[-1]["peak_rss_gb"],
+                    "" if on_cpu else f", peak GPU {peak_gpu} GB")
     return rows
 
 
@@ -184,8 +250,10 @@ def lag_statistics(model, n_prompts: int, seed: int, train_length: int = 256) ->
     """
     from icl_cmr.head_scores import attention_crp
 
+    device = model.device
     tokens, _, trigger_positions = task.validation_set(train_length, n_prompts, seed + 1)
-    patterns = model.attention_patterns(torch.from_numpy(tokens)).numpy()     # [layer, B, H, L, L]
+    # [layer, B, H, L, L]
+    patterns = model.attention_patterns(torch.from_numpy(tokens).to(device)).float().cpu().numpy()
     mean, sem, count = task.lag_attention(patterns, np.full((n_prompts, 1), train_length - 1),
                                           trigger_positions[:, None], ATTN_CRP_LAGS)
     results = {"task": {"lags": ATTN_CRP_LAGS.tolist(), "mean": mean, "sem": sem, "count": count,
@@ -199,7 +267,7 @@ def lag_statistics(model, n_prompts: int, seed: int, train_length: int = 256) ->
     rng = np.random.default_rng([seed, 2])
     block = model.config.vocab_size - 1          # every non-trigger id once per block
     rep_tokens, _, _ = task.repeated_block_prompts(rng, n_prompts, block, vocab_size=model.config.vocab_size)
-    patterns = model.attention_patterns(torch.from_numpy(rep_tokens)).numpy()
+    patterns = model.attention_patterns(torch.from_numpy(rep_tokens).to(device)).float().cpu().numpy()
     per_layer = [attention_crp(layer_pattern, block_len=block, offset=0, lags=ATTN_CRP_LAGS)
                  for layer_pattern in patterns]   # a handful of layers
     results["repeated"] = {"lags": ATTN_CRP_LAGS.tolist(), "mean": np.stack([s.mean for s in per_layer]),
@@ -218,10 +286,15 @@ def _write_csv(rows: List[dict]) -> str:
 
 
 def _read_csv(path: Path) -> List[dict]:
+    """Rows of an accuracy table; tables from before Mamba and devices (an ``encoding`` column, no
+    ``device``/``dtype``) are read as CPU float32 runs."""
     rows = list(csv.DictReader(io.StringIO(read_text(path), newline="")))
-    if rows and set(rows[0]) != set(RESULT_COLUMNS):
+    if not rows:
+        return rows
+    columns = {LEGACY_COLUMNS.get(c, c) for c in rows[0]}
+    if not set(RESULT_COLUMNS) - set(LEGACY_VALUES) <= columns or not columns <= set(RESULT_COLUMNS):
         raise InputError(f"{path} does not have the columns {RESULT_COLUMNS}")
-    return rows
+    return [{**LEGACY_VALUES, **{LEGACY_COLUMNS.get(k, k): v for k, v in row.items()}} for row in rows]
 
 
 def _save_figure(fig, path: Path, png_dir: Optional[Path] = None) -> None:
@@ -232,17 +305,41 @@ def _save_figure(fig, path: Path, png_dir: Optional[Path] = None) -> None:
     logger.info("wrote %s", path)
 
 
+def _tables(save_dir: Path) -> Dict[str, Path]:
+    """Per-model accuracy tables in ``save_dir``: ``{name: path}`` in display order."""
+    found = {p.stem[len(TABLE_PREFIX):]: p for p in save_dir.glob(f"{TABLE_PREFIX}*.csv")}
+    return {name: found[name] for name in sorted(found, key=_name_order)}
+
+
 def check_outputs(args: argparse.Namespace, evaluated: Sequence[str] = ()) -> None:
     """Before any work: output folders writable, and the saved tables that will be combined with the new
-    ones (encodings not in ``evaluated``) readable."""
+    ones (models not in ``evaluated``) readable."""
     check_writable_dir(args.save_dir, "--save_dir")
     check_writable_dir(args.fig_dir, "--fig_dir")
     if args.png_dir is not None:
         check_writable_dir(args.png_dir, "--png_dir")
-    for enc in POSITION_ENCODINGS:
-        path = args.save_dir / f"accuracy_vs_length_{enc}.csv"
-        if enc not in evaluated and path.is_file():
+    for name, path in _tables(args.save_dir).items():
+        if name not in evaluated:
             _read_csv(path)
+
+
+def check_evaluation_memory(args: argparse.Namespace, models: Dict[str, object]) -> None:
+    """Refuse, before any evaluation, a longest length whose batch cannot fit in memory (one line).
+
+    The longest batch is ``max(1, --tokens_per_batch // 2^--max_log2)`` sequences of 2^--max_log2
+    tokens (and, for Mamba's distance analysis, of 2^max(--inside_log2)).
+    """
+    for name, model in models.items():
+        architecture = architecture_of(model)
+        log2_lengths = [] if args.skip_accuracy else [args.max_log2]
+        if architecture == "mamba" and not args.skip_lag_crp:
+            log2_lengths.append(max(args.inside_log2))
+        for log2_length in log2_lengths:
+            length = 2 ** log2_length
+            batch_size = max(1, args.tokens_per_batch // length)
+            needed = forward_memory_lower_bound(architecture, model_config_dict(model), batch_size, length,
+                                                training=False)
+            check_memory(needed, args.device, f"{name} at length 2^{log2_length} (batch {batch_size})")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -253,75 +350,119 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     matplotlib.use("Agg")
 
     check_writable_dir(args.save_dir, "--save_dir")
-    paths = args.models or _default_models(args.save_dir)
-    models = {}
+    paths = [Path(p) for p in (args.models or _default_models(args.save_dir))]
+    names: Dict[str, Path] = {}
     for path in paths:
-        model = load_model(path)
-        models[model.config.position_encoding] = (path, model)
-    check_outputs(args, () if args.skip_accuracy else list(models))
+        name = path.stem[:-len("_checkpoint")] if path.stem.endswith("_checkpoint") else path.stem
+        if name in names:
+            raise InputError(f"two models named {name!r} ({names[name]} and {path}); model names are file stems")
+        names[name] = path
+    check_outputs(args, () if args.skip_accuracy else list(names))
+    models = {name: (path, load_induction_model(path, args.device, args.dtype)) for name, path in names.items()}
+    check_evaluation_memory(args, {name: model for name, (_, model) in models.items()})
     # Paths relative to the repository root: shipped files carry no machine paths.
     parameters = {k: (portable_path(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                   if k not in ("progress", "verbose")}
     parameters["models"] = [portable_path(p) for p in paths]
-    train_length = next(iter(models.values()))[1].config.n_trained_positions
+    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    transformers = [m for _, m in models.values() if architecture_of(m) == "transformer"]
+    train_length = saved_train_length(transformers[0]) if transformers else task.InductionTaskConfig().train_length
 
     if not args.skip_accuracy:
-        for encoding, (_, model) in models.items():
-            rows = evaluate_model(model, encoding, args)
-            csv_path = save_text(args.save_dir / f"accuracy_vs_length_{encoding}.csv", _write_csv(rows))
-            save_json(args.save_dir / f"accuracy_vs_length_{encoding}.json",
-                      make_metadata("eval_induction.py", parameters, seed=args.val_seed,
-                                    threads=args.threads, encoding=encoding, rows=rows))
-            logger.info("wrote %s", csv_path)
-    # The combined table and figure: every encoding with a per-encoding table in --save_dir, so
-    # encodings can be evaluated by separate (parallel) runs and combined by a last one.
-    tables = {enc: args.save_dir / f"accuracy_vs_length_{enc}.csv" for enc in POSITION_ENCODINGS}
-    all_rows = [row for enc, path in tables.items() if path.is_file() for row in _read_csv(path)]
+        for name, (_, model) in models.items():
+            rows = evaluate_model(model, name, args)
+            table_path = args.save_dir / f"{TABLE_PREFIX}{name}.csv"
+            # Lengths this run did not evaluate keep their earlier rows (e.g. 2^6..2^14 from a CPU run
+            # beside 2^15..2^20 from a GPU run); each row names its device and dtype.
+            new_lengths = {int(row["length"]) for row in rows}
+            kept = [row for row in (_read_csv(table_path) if table_path.is_file() else [])
+                    if int(row["length"]) not in new_lengths]
+            merged = sorted(kept + rows, key=lambda row: int(row["length"]))
+            csv_path = save_text(table_path, _write_csv(merged))
+            save_json(args.save_dir / f"{TABLE_PREFIX}{name}.json",
+                      make_metadata("eval_induction.py", parameters, seed=args.val_seed, threads=args.threads,
+                                    model=name, architecture=architecture_of(model), device=args.device,
+                                    device_name=device_name, dtype=args.dtype, rows=rows,
+                                    lengths_kept_from_earlier_runs=sorted(int(r["length"]) for r in kept)))
+            logger.info("wrote %s%s", csv_path, f" (kept {len(kept)} earlier rows)" if kept else "")
+    # The combined table and figure: every model with a per-model table in --save_dir, so models can be
+    # evaluated by separate (parallel, or other-device) runs and combined by a last one.
+    all_rows = [row for path in _tables(args.save_dir).values() for row in _read_csv(path)]
     if all_rows:
         csv_path = save_text(args.save_dir / "accuracy_vs_length.csv", _write_csv(all_rows))
         logger.info("wrote %s", csv_path)
         results = {}
-        for encoding in dict.fromkeys(r["encoding"] for r in all_rows):
-            mine = [r for r in all_rows if r["encoding"] == encoding]
-            results[encoding] = {k: np.array([float(r[c]) for r in mine]) for k, c in
-                                 (("length", "length"), ("accuracy", "accuracy"),
-                                  ("low", "wilson_low"), ("high", "wilson_high"))}
+        for name in dict.fromkeys(r["model"] for r in all_rows):
+            mine = [r for r in all_rows if r["model"] == name]
+            results[name] = {k: np.array([float(r[c]) for r in mine]) for k, c in
+                             (("length", "length"), ("accuracy", "accuracy"),
+                              ("low", "wilson_low"), ("high", "wilson_high"))}
         fig = task.plot_accuracy_vs_length(results, train_length, title=args.title)
         _save_figure(fig, args.fig_dir / "accuracy_vs_length.pdf", args.png_dir)
 
     curves = {}
-    for encoding, (path, _) in models.items():
-        curve_path = path.with_name(f"{encoding}_training_curve.csv")
+    for name, (path, _) in models.items():
+        curve_path = path.with_name(f"{name}_training_curve.csv")
         if curve_path.is_file():
             table = np.genfromtxt(io.StringIO(read_text(curve_path)), delimiter=",", names=True)
-            curves[encoding] = {c: np.atleast_1d(table[c]) for c in table.dtype.names}
+            curves[name] = {c: np.atleast_1d(table[c]) for c in table.dtype.names}
     if curves:
         _save_figure(task.plot_training_curves(curves, train_length=train_length),
                      args.fig_dir / "training_curves.pdf", args.png_dir)
 
     if not args.skip_lag_crp:
-        first = "absolute" if "absolute" in models else next(iter(models))
+        names = [n for n, (_, m) in models.items() if architecture_of(m) == "transformer"]
+        first = "absolute" if "absolute" in names else (names[0] if names else None)
         lag_column = {lag: column for column, lag in enumerate(ATTN_CRP_LAGS.tolist())}
-        for encoding, (_, model) in models.items():
+        for name in names:
+            model = models[name][1]
             stats = lag_statistics(model, args.lag_prompts, args.val_seed, model.config.n_trained_positions)
-            save_json(args.save_dir / f"lag_crp_{encoding}.json",
-                      make_metadata("eval_induction.py", parameters, seed=args.val_seed, encoding=encoding,
+            save_json(args.save_dir / f"lag_crp_{name}.json",
+                      make_metadata("eval_induction.py", parameters, seed=args.val_seed, encoding=name,
                                     layout="mean/sem: [layer, head, lag]; count: [lag]", **stats))
             layer = model.config.n_layers - 1
             previous = stats["value_query"]["mean"][0, :, lag_column[-1]]
-            logger.info("%s: layer 0 attention from the value to the trigger (lag -1) by head %s", encoding,
+            logger.info("%s: layer 0 attention from the value to the trigger (lag -1) by head %s", name,
                         np.round(previous, 3))
             for kind in ("task", "repeated"):
                 next_token = stats[kind]["mean"][layer, :, lag_column[1]]
-                logger.info("%s, %s prompts: layer %d lag +1 attention by head %s (max head %d)", encoding,
+                logger.info("%s, %s prompts: layer %d lag +1 attention by head %s (max head %d)", name,
                             kind, layer, np.round(next_token, 3), int(np.nanargmax(next_token)))
             plotted = {kind: stats[kind] for kind in ("task", "repeated")}
-            fig = task.plot_lag_crp_panels(plotted, encoding, layer)
-            _save_figure(fig, args.fig_dir / f"lag_crp_layer2_{encoding}.pdf", args.png_dir)
-            if encoding == first:
-                fig = task.plot_lag_crp_panels(plotted, encoding, layer)
+            fig = task.plot_lag_crp_panels(plotted, name, layer)
+            _save_figure(fig, args.fig_dir / f"lag_crp_layer2_{name}.pdf", args.png_dir)
+            if name == first:
+                fig = task.plot_lag_crp_panels(plotted, name, layer)
                 _save_figure(fig, args.fig_dir / "lag_crp_layer2.pdf", args.png_dir)
+        for name, (_, model) in models.items():
+            if architecture_of(model) == "mamba":
+                distance_analysis(model, name, args, parameters)
     return 0
+
+
+def distance_analysis(model, name: str, args: argparse.Namespace, parameters: dict) -> None:
+    """Mamba's recall against distance (module docstring): ``distance_NAME.json`` and its figure."""
+    seed = args.val_seed + 2          # not the accuracy table's sequences
+    scores, timing = {}, {}
+    for log2_length in args.inside_log2:
+        length = 2 ** log2_length
+        started = time.perf_counter()
+        scores[length] = task.score_by_distance(model, length, args.inside_sequences, seed,
+                                                batch_size=max(1, args.tokens_per_batch // length),
+                                                method=fastest_method(model))
+        timing[length] = time.perf_counter() - started
+        res = scores[length]
+        far = res["distance"] > length // 2
+        logger.info("%s at 2^%d: %d/%d correct; distance <= L/2: %d/%d, > L/2: %d/%d; median p(value) %.3f "
+                    "(%.0f s)", name, log2_length, res["correct"].sum(), res["correct"].size,
+                    res["correct"][~far].sum(), (~far).sum(), res["correct"][far].sum(), far.sum(),
+                    float(np.median(res["p_value"])), timing[length])
+    save_json(args.save_dir / f"distance_{name}.json",
+              make_metadata("eval_induction.py", parameters, seed=seed, model=name, device=args.device,
+                            dtype=args.dtype, wall_seconds={str(k): v for k, v in timing.items()},
+                            by_length={str(k): v for k, v in scores.items()}))
+    _save_figure(task.plot_accuracy_vs_distance(scores, name), args.fig_dir / f"accuracy_vs_distance_{name}.pdf",
+                 args.png_dir)
 
 
 if __name__ == "__main__":

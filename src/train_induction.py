@@ -1,10 +1,15 @@
-"""Train the 2-layer Transformer on the synthetic induction-heads task (DESIGN.md section 7).
+"""Train a 2-layer Transformer or Mamba on the synthetic induction-heads task (DESIGN.md section 7).
 
-Adam with a constant learning rate, batch 8, a fresh batch of length-256 sequences
+``--architecture transformer`` (default; ``--position_encoding`` picks the variant) or
+``--architecture mamba`` (``transformers``' ``MambaForCausalLM``, d_model 64, state 16;
+:mod:`icl_cmr.induction_mamba`). Both get the same data, loss position, optimiser and
+curriculum options. Adam with a constant learning rate, batch 8, a fresh batch of length-256 sequences
 every step, loss and accuracy at the last position only. Every ``--eval_every``
 steps the model is scored on the fixed validation set at length 256; training
 stops when that accuracy reaches ``--target_accuracy`` (default 0.99) or after
-``--max_steps``.
+``--max_steps``. ``--min_steps N`` keeps training at the last stage until step N
+before that rule may stop the run (to study training past the target; [GD23] train
+for a fixed 204,800 steps).
 
 ``--curriculum 16,32,64,128`` trains on shorter sequences first: each stage's
 batches have that stage's length, and the next stage starts once validation
@@ -15,15 +20,19 @@ shipped model uses this curriculum. The position table always has
 ``--train_length`` rows; rows past the current stage's length simply receive no
 gradient yet.
 
+``--device`` (default: cuda when available) and ``--dtype bfloat16`` (autocast; weights and
+Adam state stay float32) choose where and how the forward pass runs; the data stream is
+drawn on the CPU, so every device sees the same batches.
+
 Writes into ``--save_dir`` (default ``saved_models/induction_task/``), for
-encoding ENC:
+the model name ENC (``--name``; default the position encoding, or ``mamba``):
 
 * ``ENC_checkpoint.pt``: weights, Adam state, the data stream's RNG state and the
   curve so far, written atomically at every evaluation. Rerunning the same command
   continues from it (the default, as for every long job of this project) and gives the
   same weights as an uninterrupted run; ``--restart`` starts over, ``--resume`` is
   accepted and changes nothing. Settings other than the checkpoint's are refused
-  (``--max_steps`` and ``--threads`` may change). A checkpoint that cannot be read or
+  (``--max_steps``, ``--threads`` and ``--device`` may change). A checkpoint that cannot be read or
   does not hold a training state (truncated, garbled) cannot be salvaged: it is moved
   to ``ENC_checkpoint.pt.damaged`` with a warning and training starts over;
 * ``ENC.pt``: the final weights with their configs and metadata;
@@ -34,11 +43,14 @@ Example::
 
     python src/train_induction.py --position_encoding absolute
     python src/train_induction.py --position_encoding rope    # again: resumes where it stopped
+    python src/train_induction.py --architecture mamba
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import re
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -48,12 +60,16 @@ import torch
 from tqdm.auto import tqdm
 
 from icl_cmr import induction_task as task
-from icl_cmr.cli import (OneLineErrorParser, comma_list, int_range, positive_float, positive_int, probability, run_cli,
-                         seed_int, setup_logging)
+from icl_cmr.cli import (OneLineErrorParser, comma_list, device_arg, int_range, non_negative_int, positive_float,
+                         positive_int, probability, run_cli, seed_int, setup_logging)
+from icl_cmr.devices import resolve_device
 from icl_cmr.errors import CorruptFileError, FileContentError, InputError
+from icl_cmr.induction_mamba import InductionMambaConfig
+from icl_cmr.induction_models import (ARCHITECTURES, INDUCTION_DTYPES, build_model, check_memory, fastest_method,
+                                      forward_memory_lower_bound, load_induction_model)
 from icl_cmr.io import atomic_write, load_torch, make_metadata
 from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
-from icl_cmr.tiny_transformer import POSITION_ENCODINGS, TinyTransformer, TinyTransformerConfig
+from icl_cmr.tiny_transformer import POSITION_ENCODINGS, TinyTransformerConfig
 
 logger = logging.getLogger("train_induction")
 
@@ -67,12 +83,23 @@ CURVE_COLUMNS = ("step", "length", "train_loss", "train_accuracy", "val_accuracy
 sequence_length = int_range(3)
 
 
+def model_file_name(text: str) -> str:
+    """argparse type: a file-name stem of letters, digits, ``_``, ``-``, ``.`` (not ``*_checkpoint``)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text) or text.endswith("_checkpoint"):
+        raise argparse.ArgumentTypeError(f"--name must be letters, digits, '_', '-' or '.' (not ending in "
+                                         f"'_checkpoint'), got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = task.InductionTaskConfig()
     model_defaults = TinyTransformerConfig()
+    mamba_defaults = InductionMambaConfig()
     parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--position_encoding", choices=POSITION_ENCODINGS, default="absolute",
-                        help="position encoding (default absolute, the assignment's)")
+    parser.add_argument("--architecture", choices=ARCHITECTURES, default="transformer",
+                        help="transformer (default) or mamba")
+    parser.add_argument("--position_encoding", choices=POSITION_ENCODINGS, default=None,
+                        help="Transformer position encoding (default absolute, the assignment's)")
     parser.add_argument("--save_dir", type=Path, default=DEFAULT_SAVE_DIR,
                         help="checkpoints, final weights, curve (default saved_models/induction_task)")
     parser.add_argument("--fig_dir", type=Path, default=DEFAULT_FIG_DIR,
@@ -94,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "each stage ends when its validation accuracy reaches --target_accuracy")
     parser.add_argument("--max_steps", type=positive_int, default=defaults.max_steps,
                         help=f"step budget (default {defaults.max_steps})")
+    parser.add_argument("--min_steps", type=non_negative_int, default=0,
+                        help="train at least this many steps before the target may stop the run (default 0)")
+    parser.add_argument("--name", type=model_file_name, default=None,
+                        help="file-name stem of the outputs (default: the position encoding, or mamba)")
     parser.add_argument("--eval_every", type=positive_int, default=defaults.eval_every,
                         help=f"validate and checkpoint every N steps (default {defaults.eval_every})")
     parser.add_argument("--n_val", type=positive_int, default=defaults.n_val_sequences,
@@ -101,9 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target_accuracy", type=probability, default=defaults.target_accuracy,
                         help=f"stop at this validation accuracy (default {defaults.target_accuracy})")
     parser.add_argument("--d_model", type=positive_int, default=model_defaults.d_model)
-    parser.add_argument("--n_heads", type=positive_int, default=model_defaults.n_heads)
     parser.add_argument("--n_layers", type=positive_int, default=model_defaults.n_layers)
-    parser.add_argument("--d_mlp", type=positive_int, default=model_defaults.d_mlp)
+    parser.add_argument("--n_heads", type=positive_int, default=None,
+                        help=f"Transformer only (default {model_defaults.n_heads})")
+    parser.add_argument("--d_mlp", type=positive_int, default=None,
+                        help=f"Transformer only (default {model_defaults.d_mlp})")
+    parser.add_argument("--d_state", type=positive_int, default=None,
+                        help=f"Mamba only: SSM state size (default {mamba_defaults.d_state})")
+    parser.add_argument("--expand", type=positive_int, default=None,
+                        help=f"Mamba only: d_inner = expand x d_model (default {mamba_defaults.expand})")
+    parser.add_argument("--d_conv", type=positive_int, default=None,
+                        help=f"Mamba only: convolution width (default {mamba_defaults.d_conv})")
+    parser.add_argument("--device", type=device_arg, default=None,
+                        help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", choices=INDUCTION_DTYPES, default="float32",
+                        help="compute dtype of the forward pass (bfloat16: autocast, float32 weights; default float32)")
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch CPU threads; results are reproducible for a fixed count (default 1)")
     parser.add_argument("--no_figure", action="store_true", help="skip the training-curve PDF")
@@ -120,26 +163,48 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         raise InputError(f"--curriculum lengths must be below --train_length {args.train_length}, "
                          f"got {','.join(map(str, args.curriculum))}")
     args.curriculum = list(args.curriculum)
+    mamba_only = ("d_state", "expand", "d_conv")
+    transformer_only = ("position_encoding", "n_heads", "d_mlp")
+    wrong = [f"--{name}" for name in (transformer_only if args.architecture == "mamba" else mamba_only)
+             if getattr(args, name) is not None]
+    if wrong:
+        raise InputError(f"{', '.join(wrong)} do{'es' if len(wrong) == 1 else ''} not apply to "
+                         f"--architecture {args.architecture}")
+    if args.architecture == "transformer":
+        model_defaults = TinyTransformerConfig()
+        args.position_encoding = args.position_encoding or model_defaults.position_encoding
+        args.n_heads = args.n_heads or model_defaults.n_heads
+        args.d_mlp = args.d_mlp or model_defaults.d_mlp
+        TinyTransformerConfig(d_model=args.d_model, n_heads=args.n_heads, position_encoding=args.position_encoding)
+    else:
+        mamba_defaults = InductionMambaConfig()
+        args.d_state = args.d_state or mamba_defaults.d_state
+        args.expand = args.expand or mamba_defaults.expand
+        args.d_conv = args.d_conv or mamba_defaults.d_conv
+    args.device = resolve_device(args.device)
     return args
+
+
+def model_config_for(args: argparse.Namespace) -> dict:
+    """The model config dict of the run (what the checkpoint and ENC.pt store)."""
+    task_defaults = task.InductionTaskConfig()
+    if args.architecture == "mamba":
+        return InductionMambaConfig(vocab_size=task_defaults.vocab_size, d_model=args.d_model,
+                                    n_layers=args.n_layers, d_state=args.d_state, expand=args.expand,
+                                    d_conv=args.d_conv).to_dict()
+    return TinyTransformerConfig(
+        vocab_size=task_defaults.vocab_size, n_layers=args.n_layers, n_heads=args.n_heads,
+        d_model=args.d_model, d_mlp=args.d_mlp, position_encoding=args.position_encoding,
+        n_trained_positions=args.train_length, extra_position_seed=args.seed).to_dict()
 
 
 def _torch_save(path: Path, obj: dict) -> Path:
     return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
-def load_model(path: "str | Path") -> TinyTransformer:
-    """Load a model from ``ENC.pt`` or ``ENC_checkpoint.pt`` (weights only, safe unpickling)."""
-    path = Path(path)
-    try:
-        saved = load_torch(path)
-        model = TinyTransformer(TinyTransformerConfig(**saved["model_config"]))
-        model.load_state_dict(saved["model"])
-    except (FileNotFoundError, InputError):
-        raise
-    except (KeyError, TypeError, RuntimeError, EOFError, ValueError) as err:
-        raise InputError(f"cannot load an induction-task model from {path}: {err}") from None
-    model.eval()
-    return model
+def load_model(path: "str | Path", device: str = "cpu", dtype: str = "float32"):
+    """Load a model from ``ENC.pt`` or ``ENC_checkpoint.pt`` (:func:`icl_cmr.induction_models.load_induction_model`)."""
+    return load_induction_model(path, device, dtype)
 
 
 def _curve_csv(curve: Sequence[dict]) -> str:
@@ -150,8 +215,11 @@ def _curve_csv(curve: Sequence[dict]) -> str:
 
 
 #: Arguments that may differ between a checkpoint and the run resuming it: the step budget, the thread
-#: count (results stay reproducible only for a fixed count; a warning says so), and where things go.
-RESUMABLE_CHANGES = ("max_steps", "threads", "save_dir", "fig_dir")
+#: count and the device (results stay reproducible only for a fixed count and device; a warning says
+#: so), and where things go.
+RESUMABLE_CHANGES = ("max_steps", "min_steps", "threads", "device", "name", "save_dir", "fig_dir")
+#: Values of settings that checkpoints written before the setting existed were trained with.
+LEGACY_SETTINGS = {"architecture": "transformer", "dtype": "float32"}
 #: Keys every training checkpoint holds.
 CHECKPOINT_KEYS = ("model", "optimizer", "rng_state", "step", "stage", "curve", "wall_seconds", "model_config",
                    "parameters")
@@ -187,9 +255,23 @@ def _changed_settings(saved: dict, parameters: dict, model_config: dict) -> List
     changed = ["model_config"] if saved["model_config"] != model_config else []
     stored = saved["parameters"] if isinstance(saved["parameters"], dict) else {}
     for key, value in parameters.items():
-        if key not in RESUMABLE_CHANGES and stored.get(key) != value:
+        if key not in RESUMABLE_CHANGES and stored.get(key, LEGACY_SETTINGS.get(key)) != value:
             changed.append(key)
     return changed
+
+
+def check_training_memory(args: argparse.Namespace, model_config: dict) -> None:
+    """Refuse, before any work, a batch or validation set that cannot fit in memory (one line).
+
+    The largest length is ``--train_length`` (the curriculum's stages are shorter); validation runs
+    :func:`icl_cmr.induction_task.evaluate_accuracy` batches of at most its default 64 sequences.
+    """
+    length = args.train_length
+    check_memory(forward_memory_lower_bound(args.architecture, model_config, args.batch_size, length, training=True),
+                 args.device, f"training at --batch_size {args.batch_size} x --train_length {length}")
+    validation_batch = min(args.n_val, task.VALIDATION_BATCH_SIZE)
+    check_memory(forward_memory_lower_bound(args.architecture, model_config, validation_batch, length, training=False),
+                 args.device, f"validation at {validation_batch} sequences x --train_length {length}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -199,15 +281,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.no_figure:
         check_writable_dir(args.fig_dir, "--fig_dir")
     torch.set_num_threads(args.threads)
-    enc = args.position_encoding
+    enc = args.name or (args.position_encoding if args.architecture == "transformer" else "mamba")
     checkpoint_path = args.save_dir / f"{enc}_checkpoint.pt"
     task_defaults = task.InductionTaskConfig()
-    model_config = TinyTransformerConfig(
-        vocab_size=task_defaults.vocab_size, n_layers=args.n_layers, n_heads=args.n_heads,
-        d_model=args.d_model, d_mlp=args.d_mlp, position_encoding=enc,
-        n_trained_positions=args.train_length, extra_position_seed=args.seed)
+    model_config = model_config_for(args)
+    compute_dtype = getattr(torch, args.dtype)
+    check_training_memory(args, model_config)
     parameters = {k: (portable_path(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                  if k not in ("no_progress", "verbose", "no_figure", "resume", "restart")}
+                  if k not in ("no_progress", "verbose", "no_figure", "resume", "restart") and v is not None}
 
     saved = None
     if checkpoint_path.is_file() and not args.restart:
@@ -219,7 +300,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             logger.warning("checkpoint %s is damaged (%s); nothing in it can be used: moved it to %s and training "
                            "from scratch", checkpoint_path, err.problem, damaged)
         else:
-            changed = _changed_settings(saved, parameters, model_config.to_dict())
+            changed = _changed_settings(saved, parameters, model_config)
             if changed:
                 raise InputError(f"{checkpoint_path} was trained with other settings ({', '.join(changed)}); rerun "
                                  "with those to resume it, or add --restart to train from scratch")
@@ -228,7 +309,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def fresh():
         torch.manual_seed(args.seed)
-        model = TinyTransformer(model_config)
+        # Built on the CPU, then moved: the same initial weights on every device.
+        model = build_model(args.architecture, model_config).to(args.device)
         return model, torch.optim.Adam(model.parameters(), lr=args.learning_rate), \
             np.random.default_rng([args.seed, 7])  # the training stream; validation uses val_seed
 
@@ -253,28 +335,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             step, stage, curve, wall_before = 0, 0, [], 0.0
         else:
             resumed_from = step
-            if saved["parameters"].get("threads") != args.threads:
-                logger.warning("resuming with %d threads; the checkpoint was trained with %s, so the weights may "
-                               "differ in the last digits from an uninterrupted run", args.threads,
-                               saved["parameters"].get("threads"))
+            for key in ("threads", "device"):
+                before = saved["parameters"].get(key, "cpu" if key == "device" else None)
+                if before != getattr(args, key):
+                    logger.warning("resuming with %s %s; the checkpoint was trained with %s, so the weights may "
+                                   "differ in the last digits from an uninterrupted run", key, getattr(args, key),
+                                   before)
             logger.info("resumed %s from step %d (length %d)", checkpoint_path, step, stages[stage])
 
     def checkpoint(wall: float) -> None:
         _torch_save(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "rng_state": rng.bit_generator.state, "step": step, "stage": stage, "curve": curve,
-            "wall_seconds": wall, "model_config": model_config.to_dict(), "parameters": parameters})
+            "wall_seconds": wall, "model_config": model_config, "architecture": args.architecture,
+            "parameters": parameters})
 
     reached = (bool(curve) and stage == len(stages) - 1 and curve[-1]["length"] == args.train_length
                and curve[-1]["val_accuracy"] >= args.target_accuracy)
+    stop = reached and step >= args.min_steps
+    # The Transformer validates on its blocked path (the one it trains on), Mamba on its chunked scan.
+    validation_method = "blocked" if args.architecture == "transformer" else fastest_method(model)
     start = time.perf_counter()
     losses, accuracies = [], []
     model.train()
     bar = tqdm(total=args.max_steps, initial=step, disable=args.no_progress, desc=f"train {enc}")
-    while step < args.max_steps and not reached:
+    while step < args.max_steps and not stop:
         length = stages[stage]
         loss, accuracy = task.training_step(model, optimizer, rng, args.batch_size, length,
-                                            task_defaults.vocab_size, task_defaults.trigger_token)
+                                            task_defaults.vocab_size, task_defaults.trigger_token, compute_dtype)
+        if not math.isfinite(loss):
+            bar.close()
+            kept = f"; {checkpoint_path} (step {curve[-1]['step']}) is kept" if curve else ""
+            raise InputError(f"training diverged: the loss is {loss} at step {step + 1} (length {length}, "
+                             f"--learning_rate {args.learning_rate:g}); nothing was written{kept}. Rerun with a "
+                             "smaller --learning_rate and --restart")
         step += 1
         losses.append(loss)
         accuracies.append(accuracy)
@@ -282,8 +376,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if step % args.eval_every == 0 or step == args.max_steps:
             model.eval()
             correct, _ = task.evaluate_accuracy(model, length, args.n_val, args.val_seed,
-                                                method="blocked", vocab_size=task_defaults.vocab_size,
-                                                trigger_token=task_defaults.trigger_token)
+                                                method=validation_method, vocab_size=task_defaults.vocab_size,
+                                                trigger_token=task_defaults.trigger_token,
+                                                compute_dtype=compute_dtype)
             model.train()
             wall = wall_before + time.perf_counter() - start
             curve.append({"step": step, "length": length, "train_loss": float(np.mean(losses)),
@@ -300,6 +395,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 logger.info("curriculum: length %d passed at step %d; now training at %d",
                             length, step, stages[stage])
             reached = passed and length == args.train_length
+            stop = reached and step >= args.min_steps
             checkpoint(wall)
     bar.close()
     session = time.perf_counter() - start
@@ -309,16 +405,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     final = curve[-1] if curve else {"val_accuracy": float("nan")}
     stage_steps = {int(row["length"]): int(row["step"]) for row in curve}  # last eval at each length
+    first_at_target = next((int(row["step"]) for row in curve if row["length"] == args.train_length
+                            and row["val_accuracy"] >= args.target_accuracy), None)
     metadata = make_metadata("train_induction.py", parameters, seed=args.seed, steps=step,
-                             last_step_per_length=stage_steps,
+                             last_step_per_length=stage_steps, first_step_at_target=first_at_target,
                              wall_seconds=wall, wall_time_this_session_s=session, resumed=resumed_from is not None,
                              resumed_from_step=resumed_from, threads=args.threads, reached_target=reached,
                              final_val_accuracy=final["val_accuracy"],
                              final_val_length=final.get("length", args.train_length),
-                             task_config=task_defaults.to_dict(), model_config=model_config.to_dict())
+                             device=args.device, dtype=args.dtype, architecture=args.architecture,
+                             task_config=task_defaults.to_dict(), model_config=model_config)
     pending = PendingWrites()
     model_path = args.save_dir / f"{enc}.pt"
-    final_state = {"model": model.state_dict(), "model_config": model_config.to_dict(),
+    final_state = {"architecture": args.architecture, "model": model.state_dict(), "model_config": model_config,
                    "metadata": {k: v for k, v in metadata.items() if k != "versions"}}
     pending.add(model_path, lambda p: _torch_save(p, final_state))
     pending.text(args.save_dir / f"{enc}_training_curve.csv", _curve_csv(curve))

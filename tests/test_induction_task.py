@@ -442,7 +442,7 @@ def test_eval_script_writes_table_and_figures(tmp_path):
                                 "--long_cpu_seconds", "0", "--lag_prompts", "3"])
     assert code == 0
     lines = (tmp_path / "accuracy_vs_length.csv").read_text().strip().splitlines()
-    assert lines[0].startswith("encoding,length,")
+    assert lines[0].startswith("model,length,")
     rows = [line.split(",") for line in lines[1:]]
     assert [(r[0], int(r[1])) for r in rows] == [(e, 2 ** k) for e in ("absolute", "alibi") for k in range(4, 8)]
     n_sequences = [int(r[3]) for r in rows]
@@ -459,6 +459,67 @@ def test_eval_script_writes_table_and_figures(tmp_path):
     to_trigger = first_layer[np.arange(3), :, triggers + 1, triggers].mean(axis=0)   # value -> trigger
     lag_minus_one = np.asarray(stats["value_query"]["mean"])[0, :, stats["value_query"]["lags"].index(-1)]
     np.testing.assert_allclose(lag_minus_one, to_trigger, atol=1e-6)
+
+
+def test_eval_combines_a_table_written_before_mamba_and_devices(tmp_path):
+    """An accuracy table with the old ``encoding`` column and no device/dtype is read as a CPU float32 run."""
+    import eval_induction
+
+    old_header = ("encoding,length,log2_length,n_sequences,correct,accuracy,wilson_low,wilson_high,method,"
+                  "batch_size,seconds_per_sequence,cpu_seconds_per_sequence,peak_rss_gb")
+    (tmp_path / "accuracy_vs_length_rope.csv").write_text(
+        old_header + "\nrope,64,6,256,255,0.996094,0.978209,0.99931,blocked,512,0.002,0.0008,0.33\n")
+    assert eval_induction.main(["--models", str(SHIPPED / "alibi.pt"), "--save_dir", str(tmp_path),
+                                "--fig_dir", str(tmp_path), "--min_log2", "6", "--max_log2", "6",
+                                "--n_sequences", "2", "--skip_lag_crp"]) == 0
+    lines = (tmp_path / "accuracy_vs_length.csv").read_text().strip().splitlines()
+    rows = [dict(zip(lines[0].split(","), line.split(","))) for line in lines[1:]]
+    assert [(r["model"], r["correct"], r["device"], r["dtype"]) for r in rows] == [
+        ("rope", "255", "cpu", "float32"), ("alibi", rows[1]["correct"], "cpu", "float32")]
+
+
+def test_eval_refuses_a_table_with_other_columns_before_any_work(tmp_path, capsys):
+    import eval_induction
+    from icl_cmr.cli import run_cli
+
+    (tmp_path / "accuracy_vs_length_rope.csv").write_text("name,score\nrope,1\n")
+    code = run_cli(eval_induction.main, ["--models", str(SHIPPED / "alibi.pt"), "--save_dir", str(tmp_path),
+                                         "--fig_dir", str(tmp_path), "--max_log2", "6"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "does not have the columns" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy_vs_length_rope.csv"]
+
+
+def test_a_checkpoint_from_before_mamba_and_devices_resumes(tmp_path):
+    """Checkpoints written before --architecture/--device/--dtype existed are Transformer, CPU, float32 runs."""
+    import train_induction
+
+    train_induction.main(_train_args(tmp_path / "straight", *TINY_TRAINING, "--max_steps", "6"))
+    split = tmp_path / "split"
+    train_induction.main(_train_args(split, *TINY_TRAINING, "--max_steps", "3"))
+    saved = torch.load(split / "rope_checkpoint.pt", weights_only=True)
+    del saved["architecture"]
+    for key in ("architecture", "device", "dtype", "min_steps"):
+        del saved["parameters"][key]
+    torch.save(saved, split / "rope_checkpoint.pt")
+    train_induction.main(_train_args(split, *TINY_TRAINING, "--max_steps", "6"))
+    a = torch.load(tmp_path / "straight" / "rope.pt", weights_only=True)
+    b = torch.load(split / "rope.pt", weights_only=True)
+    assert b["metadata"]["resumed"] is True
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], atol=0, rtol=0)
+
+
+def test_min_steps_trains_past_the_target(tmp_path):
+    import train_induction
+
+    # Target 0: reached at the first evaluation, yet training goes on to step 9.
+    args = _train_args(tmp_path, *TINY_TRAINING, "--target_accuracy", "0", "--min_steps", "8", "--max_steps", "50",
+                       "--name", "rope_long")
+    assert train_induction.main(args) == 0
+    summary = json.loads((tmp_path / "rope_long_training.json").read_text())
+    assert summary["steps"] == 9 and summary["reached_target"] is True and summary["first_step_at_target"] == 3
+    assert (tmp_path / "rope_long.pt").is_file() and not (tmp_path / "rope.pt").exists()
 
 
 def test_lag_attention_agrees_with_head_score_engine_on_repeated_blocks():
@@ -503,3 +564,97 @@ def test_shipped_absolute_model_retrieves_the_value_at_lag_plus_one_in_layer_two
     second_layer = mean[1]                                              # [head, lag]
     assert np.all(np.nanargmax(second_layer, axis=1) == lags.index(1))  # every head peaks at +1
     assert second_layer[:, lags.index(1)].mean() > 0.9
+
+
+def test_evaluating_some_lengths_keeps_the_other_rows_of_the_table(tmp_path):
+    """A second run over 2^7..2^8 (e.g. on a GPU) replaces those rows and keeps 2^6 from the first run."""
+    import eval_induction
+
+    common = ["--models", str(SHIPPED / "alibi.pt"), "--save_dir", str(tmp_path), "--fig_dir", str(tmp_path),
+              "--n_sequences", "2", "--skip_lag_crp"]
+    assert eval_induction.main(common + ["--min_log2", "6", "--max_log2", "7"]) == 0
+    first = (tmp_path / "accuracy_vs_length_alibi.csv").read_text().splitlines()
+    assert eval_induction.main(common + ["--min_log2", "7", "--max_log2", "8", "--n_sequences", "3"]) == 0
+    second = (tmp_path / "accuracy_vs_length_alibi.csv").read_text().splitlines()
+    rows = [dict(zip(second[0].split(","), line.split(","))) for line in second[1:]]
+    assert [(int(r["length"]), int(r["n_sequences"])) for r in rows] == [(64, 2), (128, 3), (256, 3)]
+    assert second[1] == first[1]                                   # the 2^6 row untouched
+    meta = json.loads((tmp_path / "accuracy_vs_length_alibi.json").read_text())
+    assert meta["lengths_kept_from_earlier_runs"] == [64] and len(meta["rows"]) == 2
+
+
+# ----------------------------------------------------------------------------- memory and divergence
+
+def test_memory_lower_bound_counts_tokens_and_the_streams_that_coexist():
+    from icl_cmr.induction_models import FLOAT32_BYTES, TOKEN_ID_BYTES, forward_memory_lower_bound
+
+    config = {"d_model": 64, "n_layers": 2}
+    positions = 8 * 256
+    assert forward_memory_lower_bound("transformer", config, 8, 256, training=True) == \
+        positions * (TOKEN_ID_BYTES + 2 * 64 * FLOAT32_BYTES)
+    assert forward_memory_lower_bound("mamba", config, 8, 256, training=True) == \
+        positions * (TOKEN_ID_BYTES + 2 * 64 * FLOAT32_BYTES)
+    assert forward_memory_lower_bound("transformer", config, 8, 256, training=False) == \
+        positions * (TOKEN_ID_BYTES + 64 * FLOAT32_BYTES)
+    assert forward_memory_lower_bound("mamba", config, 8, 256, training=False) == positions * TOKEN_ID_BYTES
+
+
+def test_check_memory_refuses_more_than_is_free(monkeypatch):
+    from icl_cmr import unpickling
+    from icl_cmr.induction_models import check_memory
+
+    monkeypatch.setattr(unpickling, "available_memory", lambda: 2 ** 30)
+    check_memory(2 ** 30, "cpu", "this")
+    with pytest.raises(InputError, match=r"this needs at least 2.0 GiB of memory and cpu has 1.0 GiB free"):
+        check_memory(2 ** 31, "cpu", "this")
+    monkeypatch.setattr(unpickling, "available_memory", lambda: None)
+    check_memory(2 ** 60, "cpu", "unknown free memory is not checked")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--batch_size", "1000000000"], "training at --batch_size 1000000000 x --train_length 12 needs at least"),
+    (["--train_length", "10000000000"], "training at --batch_size 8 x --train_length 10000000000 needs at least"),
+    # d_model 16: training holds 8 x 136 bytes per position (10.1 GiB), validation 64 x 72 (42.9 GiB)
+    (["--n_val", "64", "--batch_size", "8", "--train_length", "10000000"],
+     "validation at 64 sequences x --train_length 10000000 needs at least"),
+])
+def test_training_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path, capsys, monkeypatch, extra,
+                                                                       message):
+    import train_induction
+    from icl_cmr import unpickling
+    from icl_cmr.cli import run_cli
+
+    monkeypatch.setattr(unpickling, "available_memory", lambda: 16 * 2 ** 30)
+    code = run_cli(train_induction.main, _train_args(tmp_path, *TINY_TRAINING, *extra))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0] and "16.0 GiB free" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_diverging_run_stops_with_one_line_and_writes_nothing_new(tmp_path, capsys):
+    import train_induction
+    from icl_cmr.cli import run_cli
+
+    code = run_cli(train_induction.main, _train_args(tmp_path, *TINY_TRAINING, "--learning_rate", "1e30",
+                                                     "--max_steps", "30"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: training diverged: the loss is nan at step ")
+    assert "--learning_rate 1e+30" in err[0] and "--restart" in err[0]
+    assert not (tmp_path / "rope.pt").exists() and not (tmp_path / "rope_training.json").exists()
+
+
+def test_eval_refuses_a_longest_length_that_cannot_fit_before_evaluating(tmp_path, capsys):
+    import eval_induction
+    import train_induction
+    from icl_cmr.cli import run_cli
+
+    assert train_induction.main(_train_args(tmp_path, *TINY_TRAINING, "--max_steps", "3")) == 0
+    capsys.readouterr()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = run_cli(eval_induction.main, ["--save_dir", str(tmp_path), "--fig_dir", str(tmp_path / "figs"),
+                                         "--max_log2", "40"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: rope at length 2^40 (batch 1) needs at least ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -7,11 +7,9 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: Known exceptions, each with its reason. run_pipeline.py is the orchestrator that runs three scripts
-#: in-process (their main() with checked arguments); eval_induction.py's import of train_induction.py
-#: is being moved into the engine by the synthetic-task work.
+#: in-process (their main() with checked arguments).
 EXCEPTIONS = {
     "run_pipeline.py": {"ablation", "compute_head_scores", "fit_attn_score"},
-    "eval_induction.py": {"train_induction"},
 }
 
 

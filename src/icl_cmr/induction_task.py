@@ -28,9 +28,17 @@ from .errors import InputError
 #: [GD23] Table 11 ("Induction heads, attention models trained at 2^8"), the MHA-Abs
 #: row: test accuracy (%) at lengths 2^6 .. 2^14; out of memory beyond 2^14 on their
 #: 80 GB GPU. DESIGN.md section 7.
-MAMBA_MHA_ABS_ACCURACY: Dict[int, float] = {
+GD23_MHA_ABS_ACCURACY: Dict[int, float] = {
     2 ** 6: 100.0, 2 ** 7: 99.6, 2 ** 8: 100.0, 2 ** 9: 58.6, 2 ** 10: 26.6,
     2 ** 11: 18.8, 2 ** 12: 9.8, 2 ** 13: 10.9, 2 ** 14: 7.8,
+}
+#: The same table's Mamba row (2 layers, 74K parameters, trained at 2^8): 100% at every
+#: length 2^6 .. 2^20. DESIGN.md section 7.
+GD23_MAMBA_ACCURACY: Dict[int, float] = {2 ** k: 100.0 for k in range(6, 21)}
+#: [GD23] rows drawn beside ours by default: label -> {length: accuracy %}.
+GD23_REFERENCE_ROWS: Dict[str, Dict[int, float]] = {
+    "[GD23] MHA-Abs (Table 11)": GD23_MHA_ABS_ACCURACY,
+    "[GD23] Mamba (Table 11)": GD23_MAMBA_ACCURACY,
 }
 
 
@@ -38,6 +46,9 @@ MAMBA_MHA_ABS_ACCURACY: Dict[int, float] = {
 VOCAB_SIZE = 16
 #: The reserved trigger id. Our choice (the last id); any id works.
 TRIGGER_TOKEN = VOCAB_SIZE - 1
+#: Sequences per forward pass of :func:`evaluate_accuracy` (training's validation): a batch that fits any
+#: machine at the training length.
+VALIDATION_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -273,21 +284,21 @@ def repeated_block_prompts(rng: np.random.Generator, n_prompts: int, block_lengt
 # ----------------------------------------------------------------------------- plots
 
 def plot_accuracy_vs_length(results: "Dict[str, Dict[str, np.ndarray]]", train_length: int = 256,
-                            reference: Optional[Dict[int, float]] = None, ax=None,
+                            reference: Optional[Dict[str, Dict[int, float]]] = None, ax=None,
                             title: Optional[str] = None):
-    """Accuracy with Wilson intervals against log2 length, one line per position encoding.
+    """Accuracy with Wilson intervals against log2 length, one line per model.
 
     Parameters
     ----------
     results : dict
-        ``{encoding: {"length": [n], "accuracy": [n], "low": [n], "high": [n]}}``.
+        ``{model name: {"length": [n], "accuracy": [n], "low": [n], "high": [n]}}``.
     train_length : int
         Drawn as a vertical mark.
     reference : dict, optional
-        ``{length: accuracy %}``, drawn as a dashed reference line (default: [GD23] MHA-Abs,
-        trained at 2^8).
+        ``{label: {length: accuracy %}}``, drawn as dashed reference lines (default:
+        :data:`GD23_REFERENCE_ROWS`, [GD23]'s MHA-Abs and Mamba rows, trained at 2^8).
     title : str, optional
-        Figure title (default names the task and model size).
+        Figure title (default names the task).
 
     Returns
     -------
@@ -295,9 +306,9 @@ def plot_accuracy_vs_length(results: "Dict[str, Dict[str, np.ndarray]]", train_l
     """
     import matplotlib.pyplot as plt
 
-    reference = MAMBA_MHA_ABS_ACCURACY if reference is None else reference
+    reference = GD23_REFERENCE_ROWS if reference is None else reference
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        fig, ax = plt.subplots(figsize=(8.0, 4.0))
     else:
         fig = ax.figure
     for name, res in results.items():
@@ -305,9 +316,10 @@ def plot_accuracy_vs_length(results: "Dict[str, Dict[str, np.ndarray]]", train_l
         acc = 100 * np.asarray(res["accuracy"], dtype=float)
         err = np.vstack([acc - 100 * np.asarray(res["low"]), 100 * np.asarray(res["high"]) - acc])
         ax.errorbar(x, acc, yerr=err, marker="o", ms=3.5, capsize=2.5, lw=1.3, label=f"ours, {name}")
-    ref_x = np.log2(np.array(sorted(reference), dtype=float))
-    ax.plot(ref_x, [reference[k] for k in sorted(reference)], "k--", marker="x", lw=1.0,
-            label="[GD23] MHA-Abs (Table 11)")
+    for (label, row), style in zip(reference.items(), ("k--", "k:", "k-.")):
+        lengths = sorted(row)
+        ax.plot(np.log2(np.array(lengths, dtype=float)), [row[k] for k in lengths], style, marker="x", lw=1.0,
+                label=label)
     ax.axvline(np.log2(train_length), color="grey", lw=0.8, ls=":")
     ax.text(np.log2(train_length) + 0.1, 50, f"train length {train_length}", rotation=90,
             va="center", fontsize=8, color="grey")
@@ -317,9 +329,8 @@ def plot_accuracy_vs_length(results: "Dict[str, Dict[str, np.ndarray]]", train_l
     n_values = VOCAB_SIZE - 1   # chance: a uniform guess among the non-trigger ids
     ax.axhline(100 / n_values, color="grey", lw=0.6, ls="-.")
     ax.text(ax.get_xlim()[1], 100 / n_values + 1.5, f"chance 1/{n_values}", ha="right", fontsize=7, color="grey")
-    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, 0.9))
-    ax.set_title(title or "Induction-heads task: length generalization (2 layers, 8 heads, d_model 64)",
-                 fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # outside: no data hidden
+    ax.set_title(title or "Induction-heads task: length generalization (2 layers, d_model 64)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -350,7 +361,9 @@ def plot_training_curves(curves: "Dict[str, Dict[str, np.ndarray]]", target_accu
             step = curve["step"][index - 1]
             for ax in (ax_loss, ax_acc):
                 ax.axvline(step, color=line.get_color(), lw=0.6, ls="--", alpha=0.6)
-            ax_acc.text(step, 2, f" L={int(lengths[index])}", fontsize=6, color=line.get_color(), rotation=90,
+            # x in data, y in axes coordinates: the label stays inside whatever the accuracy range.
+            ax_acc.text(step, 0.02, f" L={int(lengths[index])}", fontsize=6, color=line.get_color(), rotation=90,
+                        transform=ax_acc.get_xaxis_transform(),
                         va="bottom")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("train loss (mean since last eval)")
@@ -405,18 +418,89 @@ def plot_lag_crp_panels(stats: "Dict[str, dict]", encoding: str, layer: int = 1)
     return fig
 
 
+def plot_accuracy_vs_distance(scores: "Dict[int, Dict[str, np.ndarray]]", name: str, n_bins: int = 6):
+    """Probability of the value against recall distance, one panel per sequence length.
+
+    Parameters
+    ----------
+    scores : dict
+        ``{length: score_by_distance(...) result}``.
+    name : str
+        The model's name, for the title.
+    n_bins : int
+        Equal-width bins of log2 distance for the binned accuracy (Wilson 95% intervals).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    from .stats import wilson_interval
+
+    fig, axes = plt.subplots(1, len(scores), figsize=(4.6 * len(scores), 3.6), squeeze=False)
+    for ax, (length, res) in zip(axes[0], scores.items()):
+        distance = np.asarray(res["distance"], dtype=float)
+        correct = np.asarray(res["correct"], dtype=bool)
+        p_value = np.asarray(res["p_value"], dtype=float)
+        ax.scatter(distance[correct], 100 * p_value[correct], s=12, color="tab:blue", alpha=0.7,
+                   label=f"correct ({correct.sum()})")
+        ax.scatter(distance[~correct], 100 * p_value[~correct], s=14, color="tab:red", marker="x",
+                   label=f"wrong ({(~correct).sum()})")
+        edges = np.linspace(1.0, np.log2(length), n_bins + 1)
+        which = np.clip(np.digitize(np.log2(distance), edges) - 1, 0, n_bins - 1)
+        centres, accuracy, low, high = [], [], [], []
+        for b in range(n_bins):
+            members = which == b
+            if members.any():
+                lo, hi = wilson_interval(int(correct[members].sum()), int(members.sum()))
+                centres.append(2 ** ((edges[b] + edges[b + 1]) / 2))
+                accuracy.append(100 * correct[members].mean())
+                low.append(100 * lo)
+                high.append(100 * hi)
+        accuracy = np.asarray(accuracy)
+        ax.errorbar(centres, accuracy, yerr=[accuracy - np.asarray(low), np.asarray(high) - accuracy], color="k",
+                    marker="s", ms=4, lw=1.0, capsize=2.5, label="accuracy per bin (Wilson 95%)")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-3, 103)
+        ax.axhline(100 / (VOCAB_SIZE - 1), color="grey", lw=0.6, ls="-.")
+        ax.set_xlabel("distance from the first trigger to the query (tokens)")
+        ax.set_ylabel("p(value) at the query (%); accuracy (%)")
+        ax.set_title(f"length {length} (2^{int(np.log2(length))}), {len(distance)} sequences", fontsize=8)
+        ax.legend(fontsize=6, loc="lower left")
+    fig.suptitle(f"{name}: recall against distance", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 # ----------------------------------------------------------------------------- training and evaluation
 
+def _device_of(model):
+    return next(model.parameters()).device
+
+
+def _autocast(device, dtype):
+    """bfloat16 autocast on ``device`` (weights and optimiser stay float32); a no-op for float32."""
+    import torch
+
+    enabled = dtype is not None and dtype != torch.float32
+    return torch.autocast(device_type=device.type, dtype=dtype if enabled else torch.bfloat16, enabled=enabled)
+
+
 def training_step(model, optimizer, rng: np.random.Generator, batch_size: int, length: int,
-                  vocab_size: int = VOCAB_SIZE, trigger_token: int = TRIGGER_TOKEN) -> Tuple[float, float]:
+                  vocab_size: int = VOCAB_SIZE, trigger_token: int = TRIGGER_TOKEN,
+                  compute_dtype=None) -> Tuple[float, float]:
     """One Adam step on a fresh batch; loss and accuracy at the last position only.
 
     Parameters
     ----------
-    model : icl_cmr.tiny_transformer.TinyTransformer
+    model : TinyTransformer or InductionMamba
+        Anything with ``last_logits(tokens [B, L]) -> [B, vocab]``; the batch is moved to its device.
     optimizer : torch.optim.Optimizer
     rng : numpy.random.Generator
-        The training stream (advanced by one batch).
+        The training stream (advanced by one batch; drawn on the CPU, so the same on every device).
+    compute_dtype : torch.dtype, optional
+        ``torch.bfloat16`` runs the forward pass under autocast; default float32.
 
     Returns
     -------
@@ -428,10 +512,12 @@ def training_step(model, optimizer, rng: np.random.Generator, batch_size: int, l
     import torch
     import torch.nn.functional as F
 
+    device = _device_of(model)
     tokens, targets, _ = sample_induction_batch(rng, batch_size, length, vocab_size, trigger_token)
-    targets_t = torch.from_numpy(targets)
-    logits = model.last_logits(torch.from_numpy(tokens), method="blocked")
-    loss = F.cross_entropy(logits, targets_t)
+    targets_t = torch.from_numpy(targets).to(device)
+    with _autocast(device, compute_dtype):
+        logits = model.last_logits(torch.from_numpy(tokens).to(device))
+    loss = F.cross_entropy(logits.float(), targets_t)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -441,51 +527,103 @@ def training_step(model, optimizer, rng: np.random.Generator, batch_size: int, l
 
 def iter_validation_scores(model, length: int, n_sequences: int, seed: int, batch_size: int,
                            method: str = "auto", vocab_size: int = VOCAB_SIZE, trigger_token: int = TRIGGER_TOKEN,
-                           ) -> Iterator[Tuple[int, int, float, float]]:
+                           compute_dtype=None) -> Iterator[Tuple[int, int, float, float]]:
     """Score the fixed validation set at ``length`` batch by batch, in order.
 
     Parameters
     ----------
-    model : icl_cmr.tiny_transformer.TinyTransformer
+    model : TinyTransformer or InductionMamba
+        Batches are moved to its device.
     length, n_sequences, seed : int
         Which validation set (see :func:`validation_set`) and how much of it.
     batch_size : int
         Sequences per forward pass.
     method : str
         Passed to ``model.last_logits``.
+    compute_dtype : torch.dtype, optional
+        ``torch.bfloat16``: autocast (for a float32 model); default: the model's own dtype.
 
     Yields
     ------
     (n_sequences, n_correct, wall_seconds, cpu_seconds) : tuple
         One batch: its size, the sequences answered correctly at the last position,
-        and the forward pass's wall and CPU time.
+        and the forward pass's wall and CPU time (wall time includes waiting for the GPU).
     """
     import time
 
     import torch
 
+    device = _device_of(model)
     for tokens, targets in iter_validation_batches(length, n_sequences, batch_size, seed, vocab_size, trigger_token):
         wall, cpu = time.perf_counter(), time.process_time()
-        with torch.no_grad():
-            logits = model.last_logits(torch.from_numpy(tokens), method=method)
+        with torch.no_grad(), _autocast(device, compute_dtype):
+            logits = model.last_logits(torch.from_numpy(tokens).to(device), method=method)
+        predicted = logits.argmax(dim=-1).cpu().numpy()         # waits for the device
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        yield len(targets), int((logits.argmax(dim=-1).numpy() == targets).sum()), wall, cpu
+        yield len(targets), int((predicted == targets).sum()), wall, cpu
 
 
-def evaluate_accuracy(model, length: int, n_sequences: int, seed: int, batch_size: int = 64,
+def score_by_distance(model, length: int, n_sequences: int, seed: int, batch_size: int = 1,
                       method: str = "auto", vocab_size: int = VOCAB_SIZE, trigger_token: int = TRIGGER_TOKEN,
-                      progress: bool = False) -> Tuple[int, np.ndarray]:
-    """Accuracy at the last position on the fixed validation set at ``length``.
+                      ) -> Dict[str, np.ndarray]:
+    """Per-sequence answers on the fixed validation set at ``length``, with the recall distance.
+
+    The distance is how far back the model must look: from the query (the final
+    trigger, position L - 1) to the first trigger p, ``L - 1 - p`` in ``[2, L - 1]``
+    (uniform, since p is). Used to see whether errors grow with distance (a memory
+    that fades) or not (interference from the filler).
 
     Parameters
     ----------
-    model : icl_cmr.tiny_transformer.TinyTransformer
+    model : TinyTransformer or InductionMamba
     length, n_sequences, seed : int
         Which validation set (see :func:`validation_set`) and how much of it.
     batch_size : int
         Sequences per forward pass.
     method : str
         Passed to ``model.last_logits``.
+
+    Returns
+    -------
+    dict of ndarray, each shape [n_sequences]
+        ``distance`` (int), ``correct`` (bool), ``p_value`` (softmax probability of the
+        value), ``predicted`` (int, argmax), ``target`` (int).
+    """
+    import torch
+
+    device = _device_of(model)
+    columns: Dict[str, list] = {"distance": [], "correct": [], "p_value": [], "predicted": [], "target": []}
+    for start in range(0, n_sequences, batch_size):
+        count = min(batch_size, n_sequences - start)
+        tokens, targets, positions = validation_set(length, count, seed, vocab_size, trigger_token, start=start)
+        with torch.no_grad():
+            logits = model.last_logits(torch.from_numpy(tokens).to(device), method=method).float().cpu()
+        probs = torch.softmax(logits, dim=-1).numpy()
+        predicted = probs.argmax(axis=-1)
+        columns["distance"].append(length - 1 - positions)
+        columns["correct"].append(predicted == targets)
+        columns["p_value"].append(probs[np.arange(count), targets])
+        columns["predicted"].append(predicted)
+        columns["target"].append(targets)
+    return {key: np.concatenate(values) for key, values in columns.items()}
+
+
+def evaluate_accuracy(model, length: int, n_sequences: int, seed: int, batch_size: int = VALIDATION_BATCH_SIZE,
+                      method: str = "auto", vocab_size: int = VOCAB_SIZE, trigger_token: int = TRIGGER_TOKEN,
+                      progress: bool = False, compute_dtype=None) -> Tuple[int, np.ndarray]:
+    """Accuracy at the last position on the fixed validation set at ``length``.
+
+    Parameters
+    ----------
+    model : TinyTransformer or InductionMamba
+    length, n_sequences, seed : int
+        Which validation set (see :func:`validation_set`) and how much of it.
+    batch_size : int
+        Sequences per forward pass.
+    method : str
+        Passed to ``model.last_logits``.
+    compute_dtype : torch.dtype, optional
+        As :func:`iter_validation_scores`.
 
     Returns
     -------
@@ -496,7 +634,8 @@ def evaluate_accuracy(model, length: int, n_sequences: int, seed: int, batch_siz
     """
     from tqdm.auto import tqdm
 
-    scores = iter_validation_scores(model, length, n_sequences, seed, batch_size, method, vocab_size, trigger_token)
+    scores = iter_validation_scores(model, length, n_sequences, seed, batch_size, method, vocab_size, trigger_token,
+                                    compute_dtype)
     correct, seconds = 0, []
     for _, batch_correct, wall, _ in tqdm(scores, total=-(-n_sequences // batch_size), disable=not progress,
                                           desc=f"L={length}", leave=False):

@@ -142,20 +142,20 @@ def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     batch, heads, length, d_head = q.shape
     scale = 1.0 / math.sqrt(d_head)
     out = torch.empty_like(q)
-    slope = None if slopes is None else slopes.to(q.dtype).view(1, heads, 1, 1)
+    slope = None if slopes is None else slopes.to(device=q.device, dtype=q.dtype).view(1, heads, 1, 1)
     # Loops over blocks (not heads or batch): online softmax (Milakov & Gimelshein 2018)
     # keeps one [B, H, block, block] score tile alive at a time.
     for q_start in range(0, length, block_size):
         q_stop = min(length, q_start + block_size)
         q_block = q[:, :, q_start:q_stop] * scale
-        q_pos = torch.arange(q_start, q_stop)
-        running_max = torch.full((batch, heads, q_stop - q_start, 1), -math.inf, dtype=q.dtype)
+        q_pos = torch.arange(q_start, q_stop, device=q.device)
+        running_max = torch.full((batch, heads, q_stop - q_start, 1), -math.inf, dtype=q.dtype, device=q.device)
         running_sum = torch.zeros_like(running_max)
         acc = torch.zeros_like(q_block)
         for k_start in range(0, q_stop, block_size):
             k_stop = min(q_stop, k_start + block_size)
             scores = q_block @ k[:, :, k_start:k_stop].transpose(-1, -2)
-            distance = (q_pos[:, None] - torch.arange(k_start, k_stop)[None, :]).to(q.dtype)
+            distance = (q_pos[:, None] - torch.arange(k_start, k_stop, device=q.device)[None, :]).to(q.dtype)
             if slope is not None:
                 scores = scores - slope * distance
             if k_stop > q_start:  # the diagonal tile: hide future keys
@@ -171,11 +171,15 @@ def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def _rope_cos_sin(positions: torch.Tensor, d_head: int, base: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of position x frequency, [n, d_head / 2], computed in float64 (2^20 * f loses
-    ~0.06 rad in float32)."""
-    inv_freq = base ** (-torch.arange(0, d_head, 2, dtype=torch.float64) / d_head)
-    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]
-    return torch.cos(angles), torch.sin(angles)
+    """cos and sin of position x frequency, [n, d_head / 2], on ``positions``' device.
+
+    Computed in float64 (2^20 * f loses ~0.06 rad in float32); on Apple MPS, which has no
+    float64, on the CPU and then moved.
+    """
+    work = torch.device("cpu") if positions.device.type == "mps" else positions.device
+    inv_freq = base ** (-torch.arange(0, d_head, 2, dtype=torch.float64, device=work) / d_head)
+    angles = positions.to(device=work, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    return torch.cos(angles).to(positions.device), torch.sin(angles).to(positions.device)
 
 
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
@@ -228,7 +232,7 @@ class TinyTransformer(nn.Module):
         self.ln_final = nn.LayerNorm(d)
         self.unembed = nn.Linear(d, config.vocab_size)
         self.register_buffer("slopes", alibi_slopes(config.n_heads), persistent=False)
-        self._extra_rows: Dict[int, torch.Tensor] = {}
+        self._extra_rows: Dict[Tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -244,7 +248,8 @@ class TinyTransformer(nn.Module):
 
         Rows below ``n_trained_positions`` are the trained parameters. Row r beyond
         is N(0, init_std^2), drawn in blocks of 4096 rows by a generator seeded with
-        ``(extra_position_seed, block index)``: the same row whatever the length asked for.
+        ``(extra_position_seed, block index)``: the same row whatever the length asked for,
+        and on every device (drawn on the CPU, then moved to the model's device and dtype).
         """
         n_trained = self.config.n_trained_positions
         parts = []
@@ -260,12 +265,19 @@ class TinyTransformer(nn.Module):
         return torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
 
     def _extra_block(self, block: int) -> torch.Tensor:
-        if block not in self._extra_rows:
+        weight = self.embed.weight
+        key = (block, weight.device, weight.dtype)
+        if key not in self._extra_rows:
             seed = int(np.random.SeedSequence([self.config.extra_position_seed, block]).generate_state(1)[0])
             generator = torch.Generator().manual_seed(seed)
             rows = torch.randn(_EXTRA_POSITION_BLOCK, self.config.d_model, generator=generator)
-            self._extra_rows[block] = (rows * self.config.init_std).to(self.embed.weight.dtype)
-        return self._extra_rows[block]
+            self._extra_rows[key] = (rows * self.config.init_std).to(device=weight.device, dtype=weight.dtype)
+        return self._extra_rows[key]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters live; every tensor the model creates is made there."""
+        return self.embed.weight.device
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)
@@ -315,10 +327,10 @@ class TinyTransformer(nn.Module):
         patterns : Tensor, shape [layer, B, H, L, L] (only with ``return_patterns``)
         """
         length = tokens.shape[1]
-        positions = torch.arange(length)
+        positions = torch.arange(length, device=tokens.device)
         x = self._embed(tokens)
         distance = (positions[:, None] - positions[None, :]).to(x.dtype)        # i - j
-        bias = torch.zeros((self.config.n_heads, length, length), dtype=x.dtype)
+        bias = torch.zeros((self.config.n_heads, length, length), dtype=x.dtype, device=x.device)
         if self.config.position_encoding == "alibi":
             bias = -self.slopes.to(x.dtype)[:, None, None] * distance
         bias = bias.masked_fill(distance < 0, -math.inf)
@@ -369,7 +381,7 @@ class TinyTransformer(nn.Module):
         if method == "token_types" and encoding not in TOKEN_TYPE_ENCODINGS:
             raise InputError(f"method 'token_types' needs position_encoding 'alibi' or 'none', got {encoding!r}")
         length = tokens.shape[1]
-        positions = torch.arange(length)
+        positions = torch.arange(length, device=tokens.device)
         slopes = self.slopes if encoding == "alibi" else None
         blocks = list(self.blocks)
         if method == "token_types":
@@ -415,14 +427,16 @@ class TinyTransformer(nn.Module):
         block = self.blocks[0]
         vocab, heads, d_head = config.vocab_size, config.n_heads, config.d_head
         table = self.embed.weight                                                 # [V, d]
-        q, k, v = self._qkv(block, table[None], torch.arange(vocab))             # [1, H, V, dh]
-        scores = (q[0].double() @ k[0].double().transpose(-1, -2) / math.sqrt(d_head)).numpy()  # [H, Vq, Vk]
+        q, k, v = self._qkv(block, table[None], torch.arange(vocab, device=table.device))  # [1, H, V, dh]
+        # The sums run in float64 numpy on the CPU (linear in length; moved back at the end).
+        q, k, v = (t.detach().to(device="cpu", dtype=torch.float64) for t in (q, k, v))
+        scores = (q[0] @ k[0].transpose(-1, -2) / math.sqrt(d_head)).numpy()      # [H, Vq, Vk]
         # exp(score - row max over all types): any per-row constant cancels in the softmax.
         type_weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
         # Values with a column of ones: one matmul gives numerator and denominator.
-        values = np.concatenate([v[0].double().numpy(), np.ones((heads, vocab, 1))], axis=-1)  # [H, V, dh+1]
+        values = np.concatenate([v[0].numpy(), np.ones((heads, vocab, 1))], axis=-1)  # [H, V, dh+1]
         alibi = config.position_encoding == "alibi"
-        decay = np.exp(-self.slopes.numpy()) if alibi else np.ones(heads)
+        decay = np.exp(-self.slopes.cpu().numpy()) if alibi else np.ones(heads)
         tokens_np = tokens.cpu().numpy()
         batch, length = tokens_np.shape
         out = np.empty((batch, length, heads, d_head))
@@ -451,5 +465,6 @@ class TinyTransformer(nn.Module):
                         exact = np.exp(logits - logits.max(axis=-1, keepdims=True)) * strength[underflow]
                         summed[underflow] = exact @ values[h]
                     out[b, start:start + ids.size, h] = summed[:, :-1] / summed[:, -1:]
-        attn_out = torch.from_numpy(out).to(table.dtype).reshape(batch, length, config.d_model)
+        attn_out = torch.from_numpy(out).to(device=table.device, dtype=table.dtype).reshape(batch, length,
+                                                                                          config.d_model)
         return self.embed(tokens) + block.out(attn_out)

@@ -1,0 +1,183 @@
+"""The induction task's models side by side: build, save-format, load, and how to run each.
+
+Two architectures share the task (DESIGN.md section 7): the Transformer of
+:mod:`icl_cmr.tiny_transformer` (named after its position encoding: ``absolute``,
+``rope``, ``alibi``, ``none``) and the Mamba of :mod:`icl_cmr.induction_mamba`
+(named ``mamba``). A model file ``NAME.pt`` (or a training checkpoint) holds
+``{"architecture", "model": state dict, "model_config": dict, ...}``; files without
+``"architecture"`` are Transformers (written before Mamba existed).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+import torch
+
+from .errors import InputError
+from .io import load_torch
+from .tiny_transformer import POSITION_ENCODINGS, TinyTransformer, TinyTransformerConfig, fastest_exact_method
+
+#: Architectures of the task.
+ARCHITECTURES = ("transformer", "mamba")
+#: Model names: the Transformer's position encodings, and "mamba".
+MODEL_NAMES = tuple(POSITION_ENCODINGS) + ("mamba",)
+#: Compute dtypes the scripts accept ("float32" is the reference; "bfloat16" for GPUs).
+INDUCTION_DTYPES = ("float32", "bfloat16")
+#: Bytes of one token id (batches are int64 arrays, :func:`icl_cmr.induction_task.sample_induction_batch`)
+#: and of one float32 activation.
+TOKEN_ID_BYTES = 8
+FLOAT32_BYTES = 4
+
+
+def architecture_of(model) -> str:
+    """``"transformer"`` or ``"mamba"``."""
+    from .induction_mamba import InductionMamba
+
+    if isinstance(model, InductionMamba):
+        return "mamba"
+    if isinstance(model, TinyTransformer):
+        return "transformer"
+    raise InputError(f"not an induction-task model: {type(model).__name__}")
+
+
+def model_name(model) -> str:
+    """The name used in file names and tables: the position encoding, or ``"mamba"``."""
+    return "mamba" if architecture_of(model) == "mamba" else model.config.position_encoding
+
+
+def model_config_dict(model) -> dict:
+    """The config dict stored with the weights (rebuilds the model with :func:`build_model`)."""
+    if architecture_of(model) == "mamba":
+        return model.induction_config.to_dict()
+    return model.config.to_dict()
+
+
+def build_model(architecture: str, config: dict):
+    """A freshly initialised model (seed torch first for reproducible weights), on the CPU in float32."""
+    if architecture == "transformer":
+        return TinyTransformer(TinyTransformerConfig(**config))
+    if architecture == "mamba":
+        from .induction_mamba import InductionMambaConfig, build_mamba
+
+        return build_mamba(InductionMambaConfig(**config))
+    raise InputError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+
+
+def fastest_method(model) -> str:
+    """The exact ``last_logits`` method for long inputs (see each model's ``last_logits``)."""
+    if architecture_of(model) == "mamba":
+        return "auto"
+    return fastest_exact_method(model.config.position_encoding)
+
+
+def linear_time(model) -> bool:
+    """Whether :func:`fastest_method` takes time linear in length (else quadratic)."""
+    return architecture_of(model) == "mamba" or fastest_method(model) == "token_types"
+
+
+def model_device(model) -> torch.device:
+    """The device of the model's parameters."""
+    return next(model.parameters()).device
+
+
+def load_induction_model(path: "str | Path", device: str = "cpu", dtype: str = "float32"):
+    """Load ``NAME.pt`` or ``NAME_checkpoint.pt`` (weights only, safe unpickling), in eval mode.
+
+    Parameters
+    ----------
+    path : str or Path
+    device : str
+        A validated torch device name (:func:`icl_cmr.devices.resolve_device`).
+    dtype : {"float32", "bfloat16"}
+        Compute dtype; the file holds float32 weights.
+
+    Raises
+    ------
+    InputError
+        The file holds no induction-task model, or an unknown dtype.
+    FileNotFoundError
+    """
+    if dtype not in INDUCTION_DTYPES:
+        raise InputError(f"dtype must be one of {INDUCTION_DTYPES}, got {dtype!r}")
+    path = Path(path)
+    try:
+        saved = load_torch(path)
+        model = build_model(saved.get("architecture", "transformer"), saved["model_config"])
+        model.load_state_dict(saved["model"])
+    except (FileNotFoundError, InputError):
+        raise
+    except (KeyError, TypeError, RuntimeError, EOFError, ValueError, AttributeError) as err:
+        raise InputError(f"cannot load an induction-task model from {path}: {err}") from None
+    model.eval()
+    return model.to(device=device, dtype=getattr(torch, dtype))
+
+
+def saved_train_length(model, default: int = 256) -> int:
+    """The training length: the Transformer's position-table size; Mamba has none, so ``default``."""
+    if architecture_of(model) == "transformer":
+        return model.config.n_trained_positions
+    return default
+
+
+def forward_memory_lower_bound(architecture: str, config: dict, batch_size: int, length: int,
+                               training: bool) -> int:
+    """Bytes a forward pass over a ``[batch_size, length]`` batch holds at once, at the least.
+
+    Counts the int64 token batch, plus float32 ``[batch_size, length, d_model]`` streams that
+    must coexist: one per layer when training (backward needs every layer's input), one when a
+    Transformer evaluates (every first-layer output is a key of the last query), none when Mamba
+    evaluates (its chunked scan carries a state of fixed size). Attention scores, MLP and scan
+    internals come on top, so the true peak is higher; this bound only refuses what cannot fit.
+
+    Parameters
+    ----------
+    architecture : {"transformer", "mamba"}
+    config : dict
+        The model config (:func:`model_config_dict`); ``d_model`` and ``n_layers`` are read.
+    batch_size, length : int
+        The batch shape.
+    training : bool
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    if architecture not in ARCHITECTURES:
+        raise InputError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+    if training:
+        streams = config["n_layers"]
+    else:
+        streams = 1 if architecture == "transformer" else 0
+    positions = int(batch_size) * int(length)
+    return positions * (TOKEN_ID_BYTES + streams * config["d_model"] * FLOAT32_BYTES)
+
+
+def check_memory(needed_bytes: int, device: str, what: str) -> None:
+    """Refuse work that cannot fit in the memory free on ``device`` now.
+
+    Parameters
+    ----------
+    needed_bytes : int
+        A lower bound on the memory the work needs (:func:`forward_memory_lower_bound`).
+    device : str
+        A validated device name; ``"cpu"`` reads Linux ``MemAvailable``, CUDA devices the free
+        memory torch reports. Where neither is known nothing is checked.
+    what : str
+        The work, for the message (e.g. ``"training at batch 8 x length 256"``).
+
+    Raises
+    ------
+    InputError
+        ``needed_bytes`` exceeds the free memory.
+    """
+    from .unpickling import available_memory
+
+    if device.startswith("cuda"):
+        free = torch.cuda.mem_get_info(torch.device(device))[0]
+    elif device == "cpu":
+        free = available_memory()
+    else:
+        free = None
+    if free is not None and needed_bytes > free:
+        raise InputError(f"{what} needs at least {needed_bytes / 2 ** 30:,.1f} GiB of memory and {device} has "
+                         f"{free / 2 ** 30:,.1f} GiB free; use a smaller batch or length")
