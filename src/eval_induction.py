@@ -80,7 +80,7 @@ from icl_cmr.config import ATTN_CRP_LAGS
 from icl_cmr.devices import resolve_device
 from icl_cmr.errors import InputError
 from icl_cmr.induction_models import (INDUCTION_DTYPES, MODEL_NAMES, architecture_of, check_memory, fastest_method,
-                                      forward_memory_lower_bound, linear_time, load_induction_model,
+                                      forward_memory_estimate, linear_time, load_induction_model,
                                       model_config_dict, saved_train_length)
 from icl_cmr.io import make_metadata, read_text, save_figure, save_json, save_text
 from icl_cmr.outputs import check_writable_dir, portable_path
@@ -324,21 +324,21 @@ def check_outputs(args: argparse.Namespace, evaluated: Sequence[str] = ()) -> No
 
 
 def check_evaluation_memory(args: argparse.Namespace, models: Dict[str, object]) -> None:
-    """Refuse, before any evaluation, a longest length whose batch cannot fit in memory (one line).
+    """Refuse, before any evaluation, a length whose batch cannot fit in memory (one line).
 
-    The longest batch is ``max(1, --tokens_per_batch // 2^--max_log2)`` sequences of 2^--max_log2
-    tokens (and, for Mamba's distance analysis, of 2^max(--inside_log2)).
+    Each length 2^k of the table runs batches of ``max(1, --tokens_per_batch // 2^k)`` sequences;
+    Mamba's distance analysis those of 2^--inside_log2.
     """
     for name, model in models.items():
         architecture = architecture_of(model)
-        log2_lengths = [] if args.skip_accuracy else [args.max_log2]
+        log2_lengths = [] if args.skip_accuracy else list(range(args.min_log2, args.max_log2 + 1))
         if architecture == "mamba" and not args.skip_lag_crp:
-            log2_lengths.append(max(args.inside_log2))
+            log2_lengths += list(args.inside_log2)
         for log2_length in log2_lengths:
             length = 2 ** log2_length
             batch_size = max(1, args.tokens_per_batch // length)
-            needed = forward_memory_lower_bound(architecture, model_config_dict(model), batch_size, length,
-                                                training=False)
+            needed = forward_memory_estimate(architecture, model_config_dict(model), batch_size, length,
+                                             training=False)
             check_memory(needed, args.device, f"{name} at length 2^{log2_length} (batch {batch_size})")
 
 

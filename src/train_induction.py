@@ -66,7 +66,7 @@ from icl_cmr.devices import resolve_device
 from icl_cmr.errors import CorruptFileError, FileContentError, InputError
 from icl_cmr.induction_mamba import InductionMambaConfig
 from icl_cmr.induction_models import (ARCHITECTURES, INDUCTION_DTYPES, build_model, check_memory, fastest_method,
-                                      forward_memory_lower_bound, load_induction_model)
+                                      forward_memory_estimate, load_induction_model)
 from icl_cmr.io import atomic_write, load_torch, make_metadata
 from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
 from icl_cmr.tiny_transformer import POSITION_ENCODINGS, TinyTransformerConfig
@@ -261,16 +261,17 @@ def _changed_settings(saved: dict, parameters: dict, model_config: dict) -> List
 
 
 def check_training_memory(args: argparse.Namespace, model_config: dict) -> None:
-    """Refuse, before any work, a batch or validation set that cannot fit in memory (one line).
+    """Refuse, before any work, a training step or validation batch that cannot fit in memory (one line).
 
     The largest length is ``--train_length`` (the curriculum's stages are shorter); validation runs
-    :func:`icl_cmr.induction_task.evaluate_accuracy` batches of at most its default 64 sequences.
+    :func:`icl_cmr.induction_task.evaluate_accuracy` batches of at most
+    :data:`icl_cmr.induction_task.VALIDATION_BATCH_SIZE` sequences.
     """
     length = args.train_length
-    check_memory(forward_memory_lower_bound(args.architecture, model_config, args.batch_size, length, training=True),
+    check_memory(forward_memory_estimate(args.architecture, model_config, args.batch_size, length, training=True),
                  args.device, f"training at --batch_size {args.batch_size} x --train_length {length}")
     validation_batch = min(args.n_val, task.VALIDATION_BATCH_SIZE)
-    check_memory(forward_memory_lower_bound(args.architecture, model_config, validation_batch, length, training=False),
+    check_memory(forward_memory_estimate(args.architecture, model_config, validation_batch, length, training=False),
                  args.device, f"validation at {validation_batch} sequences x --train_length {length}")
 
 

@@ -585,18 +585,34 @@ def test_evaluating_some_lengths_keeps_the_other_rows_of_the_table(tmp_path):
 
 # ----------------------------------------------------------------------------- memory and divergence
 
-def test_memory_lower_bound_counts_tokens_and_the_streams_that_coexist():
-    from icl_cmr.induction_models import FLOAT32_BYTES, TOKEN_ID_BYTES, forward_memory_lower_bound
+def test_memory_estimate_adds_data_activations_and_alibi_attention():
+    from icl_cmr import induction_models as im
 
-    config = {"d_model": 64, "n_layers": 2}
+    transformer = {"d_model": 64, "d_mlp": 256, "n_layers": 2, "n_heads": 8, "position_encoding": "rope"}
     positions = 8 * 256
-    assert forward_memory_lower_bound("transformer", config, 8, 256, training=True) == \
-        positions * (TOKEN_ID_BYTES + 2 * 64 * FLOAT32_BYTES)
-    assert forward_memory_lower_bound("mamba", config, 8, 256, training=True) == \
-        positions * (TOKEN_ID_BYTES + 2 * 64 * FLOAT32_BYTES)
-    assert forward_memory_lower_bound("transformer", config, 8, 256, training=False) == \
-        positions * (TOKEN_ID_BYTES + 64 * FLOAT32_BYTES)
-    assert forward_memory_lower_bound("mamba", config, 8, 256, training=False) == positions * TOKEN_ID_BYTES
+    data = positions * im.DATA_BYTES_PER_POSITION
+    assert im.forward_memory_estimate("transformer", transformer, 8, 256, training=True) == \
+        data + positions * 2 * 320 * im.TRANSFORMER_TRAIN_BYTES
+    assert im.forward_memory_estimate("transformer", transformer, 8, 256, training=False) == \
+        data + positions * 2 * 320 * im.TRANSFORMER_EVAL_BYTES
+    alibi = dict(transformer, position_encoding="alibi")
+    assert im.forward_memory_estimate("transformer", alibi, 8, 256, training=True) == \
+        data + positions * 2 * 320 * im.TRANSFORMER_TRAIN_BYTES + positions * 2 * 8 * 256 * im.ALIBI_TRAIN_BYTES_PER_KEY
+    mamba = {"d_model": 64, "n_layers": 2, "expand": 2, "d_state": 16}
+    assert im.forward_memory_estimate("mamba", mamba, 8, 256, training=True) == \
+        data + positions * 2 * 2048 * im.MAMBA_TRAIN_BYTES
+    # Evaluating, Mamba's activations are those of one chunk, whatever the length.
+    long = 4 * im_chunk()
+    assert im.forward_memory_estimate("mamba", mamba, 1, long, training=False) == \
+        long * im.DATA_BYTES_PER_POSITION + im_chunk() * 2 * 2048 * im.MAMBA_EVAL_CHUNK_BYTES
+    with pytest.raises(InputError):
+        im.forward_memory_estimate("rnn", mamba, 1, 16, training=False)
+
+
+def im_chunk():
+    from icl_cmr.induction_mamba import DEFAULT_CHUNK
+
+    return DEFAULT_CHUNK
 
 
 def test_check_memory_refuses_more_than_is_free(monkeypatch):
@@ -605,18 +621,19 @@ def test_check_memory_refuses_more_than_is_free(monkeypatch):
 
     monkeypatch.setattr(unpickling, "available_memory", lambda: 2 ** 30)
     check_memory(2 ** 30, "cpu", "this")
-    with pytest.raises(InputError, match=r"this needs at least 2.0 GiB of memory and cpu has 1.0 GiB free"):
+    with pytest.raises(InputError, match=r"this needs about 2.0 GiB of memory and cpu has 1.0 GiB free"):
         check_memory(2 ** 31, "cpu", "this")
     monkeypatch.setattr(unpickling, "available_memory", lambda: None)
     check_memory(2 ** 60, "cpu", "unknown free memory is not checked")
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--batch_size", "1000000000"], "training at --batch_size 1000000000 x --train_length 12 needs at least"),
-    (["--train_length", "10000000000"], "training at --batch_size 8 x --train_length 10000000000 needs at least"),
-    # d_model 16: training holds 8 x 136 bytes per position (10.1 GiB), validation 64 x 72 (42.9 GiB)
-    (["--n_val", "64", "--batch_size", "8", "--train_length", "10000000"],
-     "validation at 64 sequences x --train_length 10000000 needs at least"),
+    (["--batch_size", "1000000000"], "training at --batch_size 1000000000 x --train_length 12 needs about"),
+    (["--train_length", "10000000000"], "training at --batch_size 8 x --train_length 10000000000 needs about"),
+    # d_model 16, d_mlp 32, 2 layers: training 8 sequences x (24 + 2 x 48 x 14) bytes (10.5 GiB at 10^6 tokens),
+    # validation 64 x (24 + 2 x 48 x 5) (30.0 GiB)
+    (["--n_val", "64", "--batch_size", "8", "--train_length", "1000000"],
+     "validation at 64 sequences x --train_length 1000000 needs about"),
 ])
 def test_training_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path, capsys, monkeypatch, extra,
                                                                        message):
@@ -644,17 +661,21 @@ def test_a_diverging_run_stops_with_one_line_and_writes_nothing_new(tmp_path, ca
     assert not (tmp_path / "rope.pt").exists() and not (tmp_path / "rope_training.json").exists()
 
 
-def test_eval_refuses_a_longest_length_that_cannot_fit_before_evaluating(tmp_path, capsys):
+def test_eval_refuses_a_longest_length_that_cannot_fit_before_evaluating(tmp_path, capsys, monkeypatch):
     import eval_induction
     import train_induction
+    from icl_cmr import unpickling
     from icl_cmr.cli import run_cli
 
     assert train_induction.main(_train_args(tmp_path, *TINY_TRAINING, "--max_steps", "3")) == 0
     capsys.readouterr()
     before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr(unpickling, "available_memory", lambda: 16 * 2 ** 30)
     code = run_cli(eval_induction.main, ["--save_dir", str(tmp_path), "--fig_dir", str(tmp_path / "figs"),
                                          "--max_log2", "40"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0].startswith("error: rope at length 2^40 (batch 1) needs at least ")
+    # The first length that cannot fit is named: 2^26, at 24 + 2 x 48 x 5 bytes per token 31.5 GiB (2^25: 15.8)
+    assert err[0] == ("error: rope at length 2^26 (batch 1) needs about 31.5 GiB of memory and cpu has 16.0 GiB free; "
+                      "use a smaller batch or length")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
