@@ -679,3 +679,94 @@ def test_eval_refuses_a_longest_length_that_cannot_fit_before_evaluating(tmp_pat
     assert err[0] == ("error: rope at length 2^26 (batch 1) needs about 31.5 GiB of memory and cpu has 16.0 GiB free; "
                       "use a smaller batch or length")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# ----------------------------------------------------------------------------- evaluation outputs
+
+def _eval_common(tmp_path, model, *extra):
+    return ["--models", str(model), "--save_dir", str(tmp_path / "out"), "--fig_dir", str(tmp_path / "figs"),
+            "--n_sequences", "2", "--skip_lag_crp", *extra]
+
+
+def test_rows_of_another_model_file_with_the_same_name_are_replaced_not_combined(tmp_path, capsys):
+    import shutil
+
+    import eval_induction
+
+    assert eval_induction.main(_eval_common(tmp_path, SHIPPED / "alibi.pt", "--min_log2", "6", "--max_log2", "7")) == 0
+    other = tmp_path / "other" / "alibi.pt"          # same name, other weights
+    other.parent.mkdir()
+    shutil.copy(SHIPPED / "none.pt", other)
+    assert eval_induction.main(_eval_common(tmp_path, other, "--min_log2", "8", "--max_log2", "8")) == 0
+    table = (tmp_path / "out" / "accuracy_vs_length_alibi.csv").read_text().splitlines()
+    assert [line.split(",")[1] for line in table[1:]] == ["256"]
+    assert "holds rows of another model file than alibi (SHA-256 differs)" in capsys.readouterr().err
+    meta = json.loads((tmp_path / "out" / "accuracy_vs_length_alibi.json").read_text())
+    assert meta["model_sha256"] == eval_induction.file_sha256(other) and meta["lengths_kept_from_earlier_runs"] == []
+
+
+def test_shipped_tables_record_the_model_files_they_came_from():
+    import eval_induction
+
+    for table in sorted(SHIPPED.glob("accuracy_vs_length_*.json")):
+        name = table.stem[len("accuracy_vs_length_"):]
+        meta = json.loads(table.read_text())
+        assert meta["model_sha256"] == eval_induction.file_sha256(SHIPPED / f"{name}.pt"), name
+
+
+def test_an_interrupted_evaluation_writes_nothing(tmp_path, monkeypatch):
+    import eval_induction
+
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    original = eval_induction.evaluate_model
+    monkeypatch.setattr(eval_induction, "evaluate_model", interrupted)
+    argv = ["--models", str(SHIPPED / "alibi.pt"), str(SHIPPED / "none.pt"), "--save_dir", str(tmp_path / "out"),
+            "--fig_dir", str(tmp_path / "figs"), "--n_sequences", "2", "--max_log2", "6", "--skip_lag_crp"]
+    with pytest.raises(KeyboardInterrupt):
+        eval_induction.main(argv)
+    assert calls == [1]                                   # the first model was evaluated, then Ctrl-C
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "figs").exists() or list((tmp_path / "figs").iterdir()) == []
+
+
+def test_combining_alone_needs_no_model_and_draws_every_training_curve(tmp_path):
+    import shutil
+
+    import eval_induction
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("alibi", "none"):
+        shutil.copy(SHIPPED / f"accuracy_vs_length_{name}.csv", out)
+        shutil.copy(SHIPPED / f"{name}_training_curve.csv", out)
+    assert eval_induction.main(["--save_dir", str(out), "--fig_dir", str(tmp_path / "figs"),
+                                "--skip_accuracy", "--skip_lag_crp"]) == 0
+    combined = (out / "accuracy_vs_length.csv").read_text().splitlines()
+    shipped = (SHIPPED / "accuracy_vs_length.csv").read_text().splitlines()
+    assert combined[0] == shipped[0]
+    assert combined[1:] == [line for line in shipped[1:] if line.split(",")[0] in ("alibi", "none")]
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["accuracy_vs_length.pdf", "training_curves.pdf"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--skip_accuracy", "--n_sequences", "5"], "--n_sequences set the accuracy table, which --skip_accuracy skips"),
+    (["--skip_lag_crp", "--lag_prompts", "5", "--inside_log2", "10"],
+     "--inside_log2, --lag_prompts set the looking-inside analyses, which --skip_lag_crp skips"),
+    (["--inside_log2", "10", "--max_log2", "6"],
+     "--inside_log2 sets an analysis of mamba models, and none is among the models evaluated"),
+])
+def test_flags_of_a_part_that_does_not_run_are_refused(tmp_path, capsys, extra, message):
+    import eval_induction
+    from icl_cmr.cli import run_cli
+
+    code = run_cli(eval_induction.main, ["--models", str(SHIPPED / "alibi.pt"), "--save_dir", str(tmp_path / "out"),
+                                         "--fig_dir", str(tmp_path / "figs"), *extra])
+    assert code == 2 and capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
