@@ -770,3 +770,56 @@ def test_flags_of_a_part_that_does_not_run_are_refused(tmp_path, capsys, extra, 
                                          "--fig_dir", str(tmp_path / "figs"), *extra])
     assert code == 2 and capsys.readouterr().err == f"error: {message}\n"
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--min_steps", "100", "--max_steps", "10"], "--min_steps (100) must be <= --max_steps (10)"),
+    (["--name", "x.pt"], "argument --name: --name must be a file-name stem"),
+])
+def test_training_flags_that_contradict_are_refused(tmp_path, capsys, extra, message):
+    import train_induction
+    from icl_cmr.cli import run_cli
+
+    try:   # argparse exits with 2 on a malformed value; our own checks return 2 through run_cli
+        code = run_cli(train_induction.main, _train_args(tmp_path, *TINY_TRAINING, *extra))
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_damaged_checkpoint_does_not_overwrite_the_first(tmp_path):
+    import train_induction
+
+    for content in (b"first", b"second"):
+        (tmp_path / "rope_checkpoint.pt").write_bytes(content)
+        assert train_induction.main(_train_args(tmp_path, *TINY_TRAINING, "--max_steps", "3")) == 0
+        (tmp_path / "rope_checkpoint.pt").unlink()
+    assert (tmp_path / "rope_checkpoint.pt.damaged").read_bytes() == b"first"
+    assert (tmp_path / "rope_checkpoint.pt.damaged.1").read_bytes() == b"second"
+    meta = json.loads((tmp_path / "rope_training.json").read_text())
+    assert meta["task"] == {"vocab_size": 16, "trigger_token": 15} and "task_config" not in meta
+
+
+def test_files_that_hold_no_usable_model_are_named_in_one_line(tmp_path):
+    from icl_cmr.errors import FileContentError
+    from icl_cmr.induction_models import load_induction_model
+
+    good = torch.load(SHIPPED / "alibi.pt", weights_only=True)
+    cases = {
+        "list": ([1, 2], "not an induction-task model (holds a list; expected a file written by train_induction.py)"),
+        "keys": ({"x": 1}, "not an induction-task model (no 'model' or 'model_config'"),
+        "arch": (dict(good, architecture="rnn"), "holds a model config that cannot be built: architecture must be"),
+        "half": (dict(good, model=dict(list(good["model"].items())[1:])),
+                 "its weights do not fit its model config (1 missing, 0 unexpected; first: embed.weight)"),
+        "shape": (dict(good, model_config=dict(good["model_config"], d_model=32, n_heads=4)),
+                  "its weights do not fit its model config (size mismatch for embed.weight"),
+    }
+    for name, (obj, message) in cases.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(obj, path)
+        with pytest.raises(FileContentError) as caught:
+            load_induction_model(path)
+        assert str(caught.value).startswith(f"{path}: {message}"), name
+        assert "\n" not in str(caught.value) and len(str(caught.value)) < 400

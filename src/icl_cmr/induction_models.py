@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 import torch
 
-from .errors import InputError
+from .errors import FileContentError, InputError
 from .io import load_torch
 from .tiny_transformer import POSITION_ENCODINGS, TinyTransformer, TinyTransformerConfig, fastest_exact_method
 
@@ -106,21 +106,40 @@ def load_induction_model(path: "str | Path", device: str = "cpu", dtype: str = "
 
     Raises
     ------
+    FileContentError
+        The file holds no induction-task model, a config that cannot be built, or weights that do
+        not fit it (the message names the file).
+    CorruptFileError, UnsafeFileError
+        From :func:`icl_cmr.io.load_torch`.
     InputError
-        The file holds no induction-task model, or an unknown dtype.
+        An unknown dtype.
     FileNotFoundError
     """
     if dtype not in INDUCTION_DTYPES:
         raise InputError(f"dtype must be one of {INDUCTION_DTYPES}, got {dtype!r}")
     path = Path(path)
+    saved = load_torch(path)
+    expected = "expected a file written by train_induction.py"
+    if not isinstance(saved, dict):
+        raise FileContentError(path, f"not an induction-task model (holds a {type(saved).__name__}; {expected})")
+    missing = [key for key in ("model", "model_config") if key not in saved]
+    if missing:
+        raise FileContentError(path, f"not an induction-task model (no {' or '.join(map(repr, missing))}; {expected})")
     try:
-        saved = load_torch(path)
         model = build_model(saved.get("architecture", "transformer"), saved["model_config"])
-        model.load_state_dict(saved["model"])
-    except (FileNotFoundError, InputError):
-        raise
-    except (KeyError, TypeError, RuntimeError, EOFError, ValueError, AttributeError) as err:
-        raise InputError(f"cannot load an induction-task model from {path}: {err}") from None
+    except (InputError, TypeError, ValueError) as err:
+        raise FileContentError(path, f"holds a model config that cannot be built: {err}") from None
+    if not isinstance(saved["model"], dict):
+        raise FileContentError(path, f"'model' holds a {type(saved['model']).__name__}, not a state dict")
+    try:
+        result = model.load_state_dict(saved["model"], strict=False)
+    except RuntimeError as err:     # shapes that differ from the config's
+        first = " ".join(str(err).split("\n\t")[1:2]) or str(err).splitlines()[0]
+        raise FileContentError(path, f"its weights do not fit its model config ({first[:200]})") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise FileContentError(path, f"its weights do not fit its model config ({len(result.missing_keys)} missing, "
+                                     f"{len(result.unexpected_keys)} unexpected; first: "
+                                     f"{(result.missing_keys + result.unexpected_keys)[0]})")
     model.eval()
     return model.to(device=device, dtype=getattr(torch, dtype))
 
