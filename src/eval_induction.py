@@ -41,15 +41,20 @@ the distance between the first trigger and the query
 (:func:`icl_cmr.induction_task.score_by_distance`), ``--inside_sequences`` (64) sequences
 at each of ``--inside_log2`` (2^12 and 2^16) from the validation seed + 2.
 
-Writes ``--save_dir/accuracy_vs_length_NAME.csv`` (+ ``.json`` metadata of this run) per model
-(rows of lengths this run did not evaluate are kept from the table already there), then
-combines every such table in ``--save_dir`` into ``accuracy_vs_length.csv`` (so models
-can be evaluated by separate runs, on different devices, and combined by
-``--skip_accuracy``), ``--save_dir/lag_crp_NAME.json`` (Transformers),
-``--save_dir/distance_NAME.json`` (Mamba) and, in ``--fig_dir``,
-``accuracy_vs_length.pdf`` (with [GD23]'s MHA-Abs and Mamba rows),
-``training_curves.pdf``, ``lag_crp_layer2.pdf`` (the absolute model, or the first one),
-``lag_crp_layer2_NAME.pdf`` and ``accuracy_vs_distance_NAME.pdf``.
+Writes ``--save_dir/accuracy_vs_length_NAME.csv`` (+ ``.json`` metadata of this run, with the
+model file's SHA-256) per model; rows of lengths this run did not evaluate are kept from the
+table already there when that table came from the same model file (same SHA-256), and replaced
+with a warning otherwise. Every such table in ``--save_dir`` is combined into
+``accuracy_vs_length.csv`` (so models can be evaluated by separate runs, on different devices,
+and combined by ``--skip_accuracy --skip_lag_crp``, which needs no model file). Also
+``--save_dir/lag_crp_NAME.json`` (Transformers), ``--save_dir/distance_NAME.json`` (Mamba)
+and, in ``--fig_dir``, ``accuracy_vs_length.pdf`` (with [GD23]'s MHA-Abs and Mamba rows),
+``training_curves.pdf`` (every ``NAME_training_curve.csv`` in ``--save_dir`` and beside the
+models), ``lag_crp_layer2.pdf`` (the ``absolute`` model, when evaluated),
+``lag_crp_layer2_NAME.pdf`` and ``accuracy_vs_distance_NAME.pdf``. All files are written
+together when the run ends (an interrupted run leaves the folders as they were). Flags of a part
+that does not run (e.g. ``--n_sequences`` with ``--skip_accuracy``, ``--inside_log2`` without a
+Mamba model) are refused.
 
 Example::
 
@@ -61,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import logging
 import resource
@@ -80,10 +86,10 @@ from icl_cmr.config import ATTN_CRP_LAGS
 from icl_cmr.devices import resolve_device
 from icl_cmr.errors import InputError
 from icl_cmr.induction_models import (INDUCTION_DTYPES, MODEL_NAMES, architecture_of, check_memory, fastest_method,
-                                      forward_memory_lower_bound, linear_time, load_induction_model,
+                                      forward_memory_estimate, linear_time, load_induction_model,
                                       model_config_dict, saved_train_length)
-from icl_cmr.io import make_metadata, read_text, save_figure, save_json, save_text
-from icl_cmr.outputs import check_writable_dir, portable_path
+from icl_cmr.io import load_json, make_metadata, read_text
+from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
 from icl_cmr.stats import wilson_interval
 
 logger = logging.getLogger("eval_induction")
@@ -101,6 +107,14 @@ LEGACY_VALUES = {"device": "cpu", "dtype": "float32", "peak_gpu_gb": ""}
 TABLE_PREFIX = "accuracy_vs_length_"
 
 
+#: Defaults of the flags that apply to one part of the run only (a flag given for a part that does not
+#: run is refused): the accuracy table, the Transformers' lag statistics, Mamba's distance analysis.
+ACCURACY_DEFAULTS = {"min_log2": 6, "max_log2": 20, "n_sequences": 256, "full_max_log2": 14,
+                     "long_cpu_seconds": 60.0, "max_cpu_seconds_per_sequence": 120.0}
+LAG_CRP_DEFAULTS = {"lag_prompts": 64}
+DISTANCE_DEFAULTS = {"inside_log2": (12, 16), "inside_sequences": 64}
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = task.InductionTaskConfig()
     parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
@@ -111,16 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fig_dir", type=Path, default=DEFAULT_FIG_DIR,
                         help="figure folder (default figs/induction_task)")
     # k >= 2: a sequence needs at least 3 tokens (trigger, value, trigger)
-    parser.add_argument("--min_log2", type=int_range(2), default=6, help="shortest length 2^k (default 6)")
-    parser.add_argument("--max_log2", type=int_range(2), default=20, help="longest length 2^k (default 20)")
-    parser.add_argument("--n_sequences", type=positive_int, default=256,
+    parser.add_argument("--min_log2", type=int_range(2), help="shortest length 2^k (default 6)")
+    parser.add_argument("--max_log2", type=int_range(2), help="longest length 2^k (default 20)")
+    parser.add_argument("--n_sequences", type=positive_int,
                         help="sequences per length up to --full_max_log2, and the cap beyond (default 256)")
-    parser.add_argument("--full_max_log2", type=non_negative_int, default=14,
+    parser.add_argument("--full_max_log2", type=non_negative_int,
                         help="lengths up to 2^k get all --n_sequences (default 14, the issue's minimum)")
-    parser.add_argument("--long_cpu_seconds", type=non_negative_float, default=60.0,
+    parser.add_argument("--long_cpu_seconds", type=non_negative_float,
                         help="time budget per model and length beyond --full_max_log2 (CPU time on the CPU, "
                              "wall time on a GPU; default 60)")
-    parser.add_argument("--max_cpu_seconds_per_sequence", type=positive_float, default=120.0,
+    parser.add_argument("--max_cpu_seconds_per_sequence", type=positive_float,
                         help="skip a length if one sequence is estimated to need more time (default 120)")
     parser.add_argument("--tokens_per_batch", type=positive_int, default=2 ** 15,
                         help="batch size = max(1, this // length) (default 2^15)")
@@ -130,14 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=INDUCTION_DTYPES, default="float32",
                         help="weights and activations (default float32; Mamba's scan always runs in float32)")
-    parser.add_argument("--lag_prompts", type=positive_int, default=64,
+    parser.add_argument("--lag_prompts", type=positive_int,
                         help="prompts per kind for the attention-by-lag statistics (default 64)")
-    parser.add_argument("--inside_log2", type=comma_list(int_range(2, 30), increasing=True), default=(12, 16),
+    parser.add_argument("--inside_log2", type=comma_list(int_range(2, 30), increasing=True),
                         help="lengths 2^k of Mamba's recall-vs-distance analysis (default 12,16)")
-    parser.add_argument("--inside_sequences", type=positive_int, default=64,
+    parser.add_argument("--inside_sequences", type=positive_int,
                         help="sequences per length of that analysis (default 64)")
-    parser.add_argument("--skip_accuracy", action="store_true", help="only the looking-inside analyses")
-    parser.add_argument("--skip_lag_crp", action="store_true", help="skip the looking-inside analyses")
+    parser.add_argument("--skip_accuracy", action="store_true",
+                        help="skip the accuracy evaluation (the combined table and figures are still rebuilt from "
+                             "the per-model tables in --save_dir)")
+    parser.add_argument("--skip_lag_crp", action="store_true",
+                        help="skip the looking-inside analyses (with --skip_accuracy: only rebuild the combined "
+                             "table and figures; no model file needed)")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--title", default=None, help="title of accuracy_vs_length.pdf")
     parser.add_argument("--png_dir", type=Path, default=None, help="also save PNG copies of the figures here")
@@ -148,10 +166,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    args.given = {name for name in {**ACCURACY_DEFAULTS, **LAG_CRP_DEFAULTS, **DISTANCE_DEFAULTS}
+                  if getattr(args, name) is not None}
+    if args.skip_accuracy and args.given & set(ACCURACY_DEFAULTS):
+        raise InputError(f"{_flags(args.given & set(ACCURACY_DEFAULTS))} set the accuracy table, which "
+                         "--skip_accuracy skips")
+    if args.skip_lag_crp and args.given & {*LAG_CRP_DEFAULTS, *DISTANCE_DEFAULTS}:
+        raise InputError(f"{_flags(args.given & {*LAG_CRP_DEFAULTS, *DISTANCE_DEFAULTS})} set the looking-inside "
+                         "analyses, which --skip_lag_crp skips")
+    for name, value in {**ACCURACY_DEFAULTS, **LAG_CRP_DEFAULTS, **DISTANCE_DEFAULTS}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.min_log2 > args.max_log2:
         raise InputError(f"--min_log2 ({args.min_log2}) must be <= --max_log2 ({args.max_log2})")
     args.device = resolve_device(args.device)
     return args
+
+
+def _flags(names) -> str:
+    return ", ".join(f"--{name}" for name in sorted(names))
+
+
+def check_unused_flags(args: argparse.Namespace, models: Dict[str, object]) -> None:
+    """Refuse flags of an analysis that no given model gets (lag statistics: Transformers; distance: Mamba)."""
+    if args.skip_lag_crp:
+        return
+    architectures = {architecture_of(model) for model in models.values()}
+    for flags, architecture in ((set(LAG_CRP_DEFAULTS), "transformer"), (set(DISTANCE_DEFAULTS), "mamba")):
+        if args.given & flags and architecture not in architectures:
+            raise InputError(f"{_flags(args.given & flags)} set{'s' if len(args.given & flags) == 1 else ''} an "
+                             f"analysis of {architecture} models, and none is among the models evaluated")
 
 
 def _name_order(name: str) -> tuple:
@@ -297,14 +341,6 @@ def _read_csv(path: Path) -> List[dict]:
     return [{**LEGACY_VALUES, **{LEGACY_COLUMNS.get(k, k): v for k, v in row.items()}} for row in rows]
 
 
-def _save_figure(fig, path: Path, png_dir: Optional[Path] = None) -> None:
-    if png_dir is not None:
-        png_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(png_dir / path.with_suffix(".png").name, dpi=80)
-    save_figure(fig, path)
-    logger.info("wrote %s", path)
-
-
 def _tables(save_dir: Path) -> Dict[str, Path]:
     """Per-model accuracy tables in ``save_dir``: ``{name: path}`` in display order."""
     found = {p.stem[len(TABLE_PREFIX):]: p for p in save_dir.glob(f"{TABLE_PREFIX}*.csv")}
@@ -324,22 +360,69 @@ def check_outputs(args: argparse.Namespace, evaluated: Sequence[str] = ()) -> No
 
 
 def check_evaluation_memory(args: argparse.Namespace, models: Dict[str, object]) -> None:
-    """Refuse, before any evaluation, a longest length whose batch cannot fit in memory (one line).
+    """Refuse, before any evaluation, a length whose batch cannot fit in memory (one line).
 
-    The longest batch is ``max(1, --tokens_per_batch // 2^--max_log2)`` sequences of 2^--max_log2
-    tokens (and, for Mamba's distance analysis, of 2^max(--inside_log2)).
+    Each length 2^k of the table runs batches of ``max(1, --tokens_per_batch // 2^k)`` sequences;
+    Mamba's distance analysis those of 2^--inside_log2.
     """
     for name, model in models.items():
         architecture = architecture_of(model)
-        log2_lengths = [] if args.skip_accuracy else [args.max_log2]
+        log2_lengths = [] if args.skip_accuracy else list(range(args.min_log2, args.max_log2 + 1))
         if architecture == "mamba" and not args.skip_lag_crp:
-            log2_lengths.append(max(args.inside_log2))
+            log2_lengths += list(args.inside_log2)
         for log2_length in log2_lengths:
             length = 2 ** log2_length
             batch_size = max(1, args.tokens_per_batch // length)
-            needed = forward_memory_lower_bound(architecture, model_config_dict(model), batch_size, length,
-                                                training=False)
+            needed = forward_memory_estimate(architecture, model_config_dict(model), batch_size, length,
+                                             training=False)
             check_memory(needed, args.device, f"{name} at length 2^{log2_length} (batch {batch_size})")
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (hex): which model file a table's rows came from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _earlier_rows(args: argparse.Namespace, name: str, digest: str) -> List[dict]:
+    """Rows of ``name``'s saved table that came from the same model file (same SHA-256), else none."""
+    table_path = args.save_dir / f"{TABLE_PREFIX}{name}.csv"
+    if not table_path.is_file():
+        return []
+    sidecar = table_path.with_suffix(".json")
+    saved_digest = load_json(sidecar).get("model_sha256") if sidecar.is_file() else None
+    if saved_digest != digest:
+        logger.warning("%s holds rows of another model file than %s (%s); they are replaced, not combined",
+                       table_path, name, "its model was not recorded" if saved_digest is None else "SHA-256 differs")
+        return []
+    return _read_csv(table_path)
+
+
+def _figure_writer(pending: PendingWrites, png_dir: Optional[Path]):
+    """``add(fig, path)``: queue the PDF (and a PNG copy in ``png_dir``) in ``pending``."""
+    def add(fig, path: Path) -> None:
+        if png_dir is not None:
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=80)
+            pending.data(png_dir / path.with_suffix(".png").name, buffer.getvalue())
+        pending.figure(path, fig)
+    return add
+
+
+def _training_curves(save_dir: Path, model_paths: Sequence[Path]) -> Dict[str, Dict[str, np.ndarray]]:
+    """Every ``NAME_training_curve.csv`` in ``save_dir`` and beside the evaluated models, by name."""
+    found: Dict[str, Path] = {}
+    for folder in dict.fromkeys([save_dir] + [path.parent for path in model_paths]):
+        for path in folder.glob("*_training_curve.csv"):
+            found.setdefault(path.name[:-len("_training_curve.csv")], path)
+    curves = {}
+    for name in sorted(found, key=_name_order):
+        table = np.genfromtxt(io.StringIO(read_text(found[name])), delimiter=",", names=True)
+        curves[name] = {c: np.atleast_1d(table[c]) for c in table.dtype.names}
+    return curves
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -350,7 +433,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     matplotlib.use("Agg")
 
     check_writable_dir(args.save_dir, "--save_dir")
-    paths = [Path(p) for p in (args.models or _default_models(args.save_dir))]
+    only_combine = args.skip_accuracy and args.skip_lag_crp
+    paths = [Path(p) for p in (args.models or ([] if only_combine else _default_models(args.save_dir)))]
     names: Dict[str, Path] = {}
     for path in paths:
         name = path.stem[:-len("_checkpoint")] if path.stem.endswith("_checkpoint") else path.stem
@@ -359,67 +443,68 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         names[name] = path
     check_outputs(args, () if args.skip_accuracy else list(names))
     models = {name: (path, load_induction_model(path, args.device, args.dtype)) for name, path in names.items()}
+    check_unused_flags(args, {name: model for name, (_, model) in models.items()})
     check_evaluation_memory(args, {name: model for name, (_, model) in models.items()})
     # Paths relative to the repository root: shipped files carry no machine paths.
     parameters = {k: (portable_path(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                  if k not in ("progress", "verbose")}
+                  if k not in ("progress", "verbose", "given")}
     parameters["models"] = [portable_path(p) for p in paths]
     device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     transformers = [m for _, m in models.values() if architecture_of(m) == "transformer"]
     train_length = saved_train_length(transformers[0]) if transformers else task.InductionTaskConfig().train_length
+    # Everything is written together at the end (all or nothing): an interrupted run leaves the folder as it was.
+    pending = PendingWrites()
+    add_figure = _figure_writer(pending, args.png_dir)
 
+    tables = {name: _read_csv(path) for name, path in _tables(args.save_dir).items()}
     if not args.skip_accuracy:
-        for name, (_, model) in models.items():
+        for name, (path, model) in models.items():
             rows = evaluate_model(model, name, args)
-            table_path = args.save_dir / f"{TABLE_PREFIX}{name}.csv"
-            # Lengths this run did not evaluate keep their earlier rows (e.g. 2^6..2^14 from a CPU run
-            # beside 2^15..2^20 from a GPU run); each row names its device and dtype.
+            digest = file_sha256(path)
+            # Lengths this run did not evaluate keep their earlier rows when they came from the same model
+            # file (e.g. 2^6..2^14 from a CPU run beside 2^15..2^20 from a GPU run); each row names its
+            # device and dtype.
             new_lengths = {int(row["length"]) for row in rows}
-            kept = [row for row in (_read_csv(table_path) if table_path.is_file() else [])
-                    if int(row["length"]) not in new_lengths]
-            merged = sorted(kept + rows, key=lambda row: int(row["length"]))
-            csv_path = save_text(table_path, _write_csv(merged))
-            save_json(args.save_dir / f"{TABLE_PREFIX}{name}.json",
-                      make_metadata("eval_induction.py", parameters, seed=args.val_seed, threads=args.threads,
-                                    model=name, architecture=architecture_of(model), device=args.device,
-                                    device_name=device_name, dtype=args.dtype, rows=rows,
-                                    lengths_kept_from_earlier_runs=sorted(int(r["length"]) for r in kept)))
-            logger.info("wrote %s%s", csv_path, f" (kept {len(kept)} earlier rows)" if kept else "")
+            kept = [row for row in _earlier_rows(args, name, digest) if int(row["length"]) not in new_lengths]
+            tables[name] = sorted(kept + rows, key=lambda row: int(row["length"]))
+            table_path = args.save_dir / f"{TABLE_PREFIX}{name}.csv"
+            pending.text(table_path, _write_csv(tables[name]))
+            pending.json(table_path.with_suffix(".json"),
+                         make_metadata("eval_induction.py", parameters, seed=args.val_seed, threads=args.threads,
+                                       model=name, model_file=portable_path(path), model_sha256=digest,
+                                       architecture=architecture_of(model), device=args.device,
+                                       device_name=device_name, dtype=args.dtype, rows=rows,
+                                       lengths_kept_from_earlier_runs=sorted(int(r["length"]) for r in kept)))
+            if kept:
+                logger.info("%s: kept %d earlier rows of the same model file", name, len(kept))
     # The combined table and figure: every model with a per-model table in --save_dir, so models can be
     # evaluated by separate (parallel, or other-device) runs and combined by a last one.
-    all_rows = [row for path in _tables(args.save_dir).values() for row in _read_csv(path)]
+    all_rows = [row for name in sorted(tables, key=_name_order) for row in tables[name]]
     if all_rows:
-        csv_path = save_text(args.save_dir / "accuracy_vs_length.csv", _write_csv(all_rows))
-        logger.info("wrote %s", csv_path)
+        pending.text(args.save_dir / "accuracy_vs_length.csv", _write_csv(all_rows))
         results = {}
         for name in dict.fromkeys(r["model"] for r in all_rows):
             mine = [r for r in all_rows if r["model"] == name]
             results[name] = {k: np.array([float(r[c]) for r in mine]) for k, c in
                              (("length", "length"), ("accuracy", "accuracy"),
                               ("low", "wilson_low"), ("high", "wilson_high"))}
-        fig = task.plot_accuracy_vs_length(results, train_length, title=args.title)
-        _save_figure(fig, args.fig_dir / "accuracy_vs_length.pdf", args.png_dir)
+        add_figure(task.plot_accuracy_vs_length(results, train_length, title=args.title),
+                   args.fig_dir / "accuracy_vs_length.pdf")
 
-    curves = {}
-    for name, (path, _) in models.items():
-        curve_path = path.with_name(f"{name}_training_curve.csv")
-        if curve_path.is_file():
-            table = np.genfromtxt(io.StringIO(read_text(curve_path)), delimiter=",", names=True)
-            curves[name] = {c: np.atleast_1d(table[c]) for c in table.dtype.names}
+    curves = _training_curves(args.save_dir, paths)
     if curves:
-        _save_figure(task.plot_training_curves(curves, train_length=train_length),
-                     args.fig_dir / "training_curves.pdf", args.png_dir)
+        add_figure(task.plot_training_curves(curves, train_length=train_length), args.fig_dir / "training_curves.pdf")
 
     if not args.skip_lag_crp:
-        names = [n for n, (_, m) in models.items() if architecture_of(m) == "transformer"]
-        first = "absolute" if "absolute" in names else (names[0] if names else None)
         lag_column = {lag: column for column, lag in enumerate(ATTN_CRP_LAGS.tolist())}
-        for name in names:
-            model = models[name][1]
+        for name, (_, model) in models.items():
+            if architecture_of(model) == "mamba":
+                distance_analysis(model, name, args, parameters, pending, add_figure)
+                continue
             stats = lag_statistics(model, args.lag_prompts, args.val_seed, model.config.n_trained_positions)
-            save_json(args.save_dir / f"lag_crp_{name}.json",
-                      make_metadata("eval_induction.py", parameters, seed=args.val_seed, encoding=name,
-                                    layout="mean/sem: [layer, head, lag]; count: [lag]", **stats))
+            pending.json(args.save_dir / f"lag_crp_{name}.json",
+                         make_metadata("eval_induction.py", parameters, seed=args.val_seed, encoding=name,
+                                       layout="mean/sem: [layer, head, lag]; count: [lag]", **stats))
             layer = model.config.n_layers - 1
             previous = stats["value_query"]["mean"][0, :, lag_column[-1]]
             logger.info("%s: layer 0 attention from the value to the trigger (lag -1) by head %s", name,
@@ -429,19 +514,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 logger.info("%s, %s prompts: layer %d lag +1 attention by head %s (max head %d)", name,
                             kind, layer, np.round(next_token, 3), int(np.nanargmax(next_token)))
             plotted = {kind: stats[kind] for kind in ("task", "repeated")}
-            fig = task.plot_lag_crp_panels(plotted, name, layer)
-            _save_figure(fig, args.fig_dir / f"lag_crp_layer2_{name}.pdf", args.png_dir)
-            if name == first:
-                fig = task.plot_lag_crp_panels(plotted, name, layer)
-                _save_figure(fig, args.fig_dir / "lag_crp_layer2.pdf", args.png_dir)
-        for name, (_, model) in models.items():
-            if architecture_of(model) == "mamba":
-                distance_analysis(model, name, args, parameters)
+            add_figure(task.plot_lag_crp_panels(plotted, name, layer), args.fig_dir / f"lag_crp_layer2_{name}.pdf")
+            if name == "absolute":   # the assignment's model: the figure without a suffix
+                add_figure(task.plot_lag_crp_panels(plotted, name, layer), args.fig_dir / "lag_crp_layer2.pdf")
+    for path in pending.commit():
+        logger.info("wrote %s", path)
     return 0
 
 
-def distance_analysis(model, name: str, args: argparse.Namespace, parameters: dict) -> None:
-    """Mamba's recall against distance (module docstring): ``distance_NAME.json`` and its figure."""
+def distance_analysis(model, name: str, args: argparse.Namespace, parameters: dict, pending: PendingWrites,
+                      add_figure) -> None:
+    """Mamba's recall against distance (module docstring): ``distance_NAME.json`` and its figure, queued."""
     seed = args.val_seed + 2          # not the accuracy table's sequences
     scores, timing = {}, {}
     for log2_length in args.inside_log2:
@@ -457,12 +540,11 @@ def distance_analysis(model, name: str, args: argparse.Namespace, parameters: di
                     "(%.0f s)", name, log2_length, res["correct"].sum(), res["correct"].size,
                     res["correct"][~far].sum(), (~far).sum(), res["correct"][far].sum(), far.sum(),
                     float(np.median(res["p_value"])), timing[length])
-    save_json(args.save_dir / f"distance_{name}.json",
-              make_metadata("eval_induction.py", parameters, seed=seed, model=name, device=args.device,
-                            dtype=args.dtype, wall_seconds={str(k): v for k, v in timing.items()},
-                            by_length={str(k): v for k, v in scores.items()}))
-    _save_figure(task.plot_accuracy_vs_distance(scores, name), args.fig_dir / f"accuracy_vs_distance_{name}.pdf",
-                 args.png_dir)
+    pending.json(args.save_dir / f"distance_{name}.json",
+                 make_metadata("eval_induction.py", parameters, seed=seed, model=name, device=args.device,
+                               dtype=args.dtype, wall_seconds={str(k): v for k, v in timing.items()},
+                               by_length={str(k): v for k, v in scores.items()}))
+    add_figure(task.plot_accuracy_vs_distance(scores, name), args.fig_dir / f"accuracy_vs_distance_{name}.pdf")
 
 
 if __name__ == "__main__":

@@ -32,9 +32,10 @@ the model name ENC (``--name``; default the position encoding, or ``mamba``):
   continues from it (the default, as for every long job of this project) and gives the
   same weights as an uninterrupted run; ``--restart`` starts over, ``--resume`` is
   accepted and changes nothing. Settings other than the checkpoint's are refused
-  (``--max_steps``, ``--threads`` and ``--device`` may change). A checkpoint that cannot be read or
+  (the step budget ``--max_steps`` / ``--min_steps``, ``--threads``, ``--device``, and ``--name`` and
+  the output folders may change). A checkpoint that cannot be read or
   does not hold a training state (truncated, garbled) cannot be salvaged: it is moved
-  to ``ENC_checkpoint.pt.damaged`` with a warning and training starts over;
+  to ``ENC_checkpoint.pt.damaged`` (``.damaged.1``, ... if taken) with a warning and training starts over;
 * ``ENC.pt``: the final weights with their configs and metadata;
 * ``ENC_training_curve.csv`` and ``ENC_training.json`` (steps, wall time, threads);
 * ``figs/induction_task/training_curve_ENC.pdf``.
@@ -66,7 +67,7 @@ from icl_cmr.devices import resolve_device
 from icl_cmr.errors import CorruptFileError, FileContentError, InputError
 from icl_cmr.induction_mamba import InductionMambaConfig
 from icl_cmr.induction_models import (ARCHITECTURES, INDUCTION_DTYPES, build_model, check_memory, fastest_method,
-                                      forward_memory_lower_bound, load_induction_model)
+                                      forward_memory_estimate, load_induction_model)
 from icl_cmr.io import atomic_write, load_torch, make_metadata
 from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
 from icl_cmr.tiny_transformer import POSITION_ENCODINGS, TinyTransformerConfig
@@ -84,11 +85,23 @@ sequence_length = int_range(3)
 
 
 def model_file_name(text: str) -> str:
-    """argparse type: a file-name stem of letters, digits, ``_``, ``-``, ``.`` (not ``*_checkpoint``)."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text) or text.endswith("_checkpoint"):
-        raise argparse.ArgumentTypeError(f"--name must be letters, digits, '_', '-' or '.' (not ending in "
-                                         f"'_checkpoint'), got {text!r}")
+    """argparse type: a file-name stem of letters, digits, ``_``, ``-``, ``.`` (not ``*_checkpoint``, not ``*.pt``)."""
+    if (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text) or text.endswith("_checkpoint")
+            or text.endswith(".pt")):
+        raise argparse.ArgumentTypeError(f"--name must be a file-name stem: letters, digits, '_', '-' or '.' (not "
+                                         f"ending in '_checkpoint' or '.pt'), got {text!r}")
     return text
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to ``NAME.damaged`` (``NAME.damaged.1``, ... when taken); the new path."""
+    target = path.with_name(path.name + ".damaged")
+    index = 0
+    while target.exists():
+        index += 1
+        target = path.with_name(f"{path.name}.damaged.{index}")
+    path.replace(target)
+    return target
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"seed of the fixed validation sets (default {defaults.val_seed})")
     parser.add_argument("--learning_rate", type=positive_float, default=defaults.learning_rate,
                         help=f"constant Adam learning rate (default {defaults.learning_rate})")
-    parser.add_argument("--batch_size", type=positive_int, default=defaults.batch_size)
-    parser.add_argument("--train_length", type=sequence_length, default=defaults.train_length)
+    parser.add_argument("--batch_size", type=positive_int, default=defaults.batch_size,
+                        help=f"sequences per training step (default {defaults.batch_size})")
+    parser.add_argument("--train_length", type=sequence_length, default=defaults.train_length,
+                        help=f"training sequence length, the last curriculum stage (default {defaults.train_length})")
     parser.add_argument("--curriculum", type=comma_list(sequence_length, increasing=True), default=(),
                         help="shorter lengths to train on first, e.g. 16,32,64,128 (default: none); "
                              "each stage ends when its validation accuracy reaches --target_accuracy")
@@ -131,8 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"validation sequences at the training length (default {defaults.n_val_sequences})")
     parser.add_argument("--target_accuracy", type=probability, default=defaults.target_accuracy,
                         help=f"stop at this validation accuracy (default {defaults.target_accuracy})")
-    parser.add_argument("--d_model", type=positive_int, default=model_defaults.d_model)
-    parser.add_argument("--n_layers", type=positive_int, default=model_defaults.n_layers)
+    parser.add_argument("--d_model", type=positive_int, default=model_defaults.d_model,
+                        help=f"residual width (default {model_defaults.d_model}, both architectures)")
+    parser.add_argument("--n_layers", type=positive_int, default=model_defaults.n_layers,
+                        help=f"layers (default {model_defaults.n_layers}, both architectures)")
     parser.add_argument("--n_heads", type=positive_int, default=None,
                         help=f"Transformer only (default {model_defaults.n_heads})")
     parser.add_argument("--d_mlp", type=positive_int, default=None,
@@ -159,6 +176,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.restart and args.resume:
         raise InputError("give --restart (train from scratch) or --resume (the default), not both")
+    if args.min_steps > args.max_steps:
+        raise InputError(f"--min_steps ({args.min_steps}) must be <= --max_steps ({args.max_steps})")
     if args.curriculum and args.curriculum[-1] >= args.train_length:
         raise InputError(f"--curriculum lengths must be below --train_length {args.train_length}, "
                          f"got {','.join(map(str, args.curriculum))}")
@@ -261,16 +280,17 @@ def _changed_settings(saved: dict, parameters: dict, model_config: dict) -> List
 
 
 def check_training_memory(args: argparse.Namespace, model_config: dict) -> None:
-    """Refuse, before any work, a batch or validation set that cannot fit in memory (one line).
+    """Refuse, before any work, a training step or validation batch that cannot fit in memory (one line).
 
     The largest length is ``--train_length`` (the curriculum's stages are shorter); validation runs
-    :func:`icl_cmr.induction_task.evaluate_accuracy` batches of at most its default 64 sequences.
+    :func:`icl_cmr.induction_task.evaluate_accuracy` batches of at most
+    :data:`icl_cmr.induction_task.VALIDATION_BATCH_SIZE` sequences.
     """
     length = args.train_length
-    check_memory(forward_memory_lower_bound(args.architecture, model_config, args.batch_size, length, training=True),
+    check_memory(forward_memory_estimate(args.architecture, model_config, args.batch_size, length, training=True),
                  args.device, f"training at --batch_size {args.batch_size} x --train_length {length}")
     validation_batch = min(args.n_val, task.VALIDATION_BATCH_SIZE)
-    check_memory(forward_memory_lower_bound(args.architecture, model_config, validation_batch, length, training=False),
+    check_memory(forward_memory_estimate(args.architecture, model_config, validation_batch, length, training=False),
                  args.device, f"validation at {validation_batch} sequences x --train_length {length}")
 
 
@@ -295,8 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             saved = read_checkpoint(checkpoint_path)
         except DamagedCheckpoint as err:
-            damaged = checkpoint_path.with_name(checkpoint_path.name + ".damaged")
-            checkpoint_path.replace(damaged)
+            damaged = set_aside(checkpoint_path)
             logger.warning("checkpoint %s is damaged (%s); nothing in it can be used: moved it to %s and training "
                            "from scratch", checkpoint_path, err.problem, damaged)
         else:
@@ -327,8 +346,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not 0 <= stage < len(stages):
                 raise ValueError(f"stage {stage} outside the curriculum")
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
-            damaged = checkpoint_path.with_name(checkpoint_path.name + ".damaged")
-            checkpoint_path.replace(damaged)
+            damaged = set_aside(checkpoint_path)
             logger.warning("checkpoint %s does not fit this model (%s); moved it to %s and training from scratch",
                            checkpoint_path, err, damaged)
             model, optimizer, rng = fresh()
@@ -414,7 +432,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              final_val_accuracy=final["val_accuracy"],
                              final_val_length=final.get("length", args.train_length),
                              device=args.device, dtype=args.dtype, architecture=args.architecture,
-                             task_config=task_defaults.to_dict(), model_config=model_config)
+                             model_config=model_config,
+                             task={"vocab_size": task_defaults.vocab_size,
+                                   "trigger_token": task_defaults.trigger_token})
     pending = PendingWrites()
     model_path = args.save_dir / f"{enc}.pt"
     final_state = {"architecture": args.architecture, "model": model.state_dict(), "model_config": model_config,

@@ -232,6 +232,10 @@ def _raiser(error: BaseException):
     (OSError("We couldn't connect to the hub.\nCheck your connection."),
      "error: We couldn't connect to the hub. Check your connection."),
     (InputError("two\nlines"), "error: two lines"),
+    (MemoryError("Unable to allocate 2.00 GiB for an array with shape (268435456,) and data type int64"),
+     "error: out of memory: Unable to allocate 2.00 GiB for an array with shape (268435456,) and data type int64; "
+     "use smaller batches, lengths or models"),
+    (MemoryError(), "error: out of memory; use smaller batches, lengths or models"),
 ])
 def test_run_cli_turns_os_and_input_errors_into_one_line(error, line, capsys):
     code, out, err = _run(_raiser(error), capsys)

@@ -585,18 +585,34 @@ def test_evaluating_some_lengths_keeps_the_other_rows_of_the_table(tmp_path):
 
 # ----------------------------------------------------------------------------- memory and divergence
 
-def test_memory_lower_bound_counts_tokens_and_the_streams_that_coexist():
-    from icl_cmr.induction_models import FLOAT32_BYTES, TOKEN_ID_BYTES, forward_memory_lower_bound
+def test_memory_estimate_adds_data_activations_and_alibi_attention():
+    from icl_cmr import induction_models as im
 
-    config = {"d_model": 64, "n_layers": 2}
+    transformer = {"d_model": 64, "d_mlp": 256, "n_layers": 2, "n_heads": 8, "position_encoding": "rope"}
     positions = 8 * 256
-    assert forward_memory_lower_bound("transformer", config, 8, 256, training=True) == \
-        positions * (TOKEN_ID_BYTES + 2 * 64 * FLOAT32_BYTES)
-    assert forward_memory_lower_bound("mamba", config, 8, 256, training=True) == \
-        positions * (TOKEN_ID_BYTES + 2 * 64 * FLOAT32_BYTES)
-    assert forward_memory_lower_bound("transformer", config, 8, 256, training=False) == \
-        positions * (TOKEN_ID_BYTES + 64 * FLOAT32_BYTES)
-    assert forward_memory_lower_bound("mamba", config, 8, 256, training=False) == positions * TOKEN_ID_BYTES
+    data = positions * im.DATA_BYTES_PER_POSITION
+    assert im.forward_memory_estimate("transformer", transformer, 8, 256, training=True) == \
+        data + positions * 2 * 320 * im.TRANSFORMER_TRAIN_BYTES
+    assert im.forward_memory_estimate("transformer", transformer, 8, 256, training=False) == \
+        data + positions * 2 * 320 * im.TRANSFORMER_EVAL_BYTES
+    alibi = dict(transformer, position_encoding="alibi")
+    assert im.forward_memory_estimate("transformer", alibi, 8, 256, training=True) == \
+        data + positions * 2 * 320 * im.TRANSFORMER_TRAIN_BYTES + positions * 2 * 8 * 256 * im.ALIBI_TRAIN_BYTES_PER_KEY
+    mamba = {"d_model": 64, "n_layers": 2, "expand": 2, "d_state": 16}
+    assert im.forward_memory_estimate("mamba", mamba, 8, 256, training=True) == \
+        data + positions * 2 * 2048 * im.MAMBA_TRAIN_BYTES
+    # Evaluating, Mamba's activations are those of one chunk, whatever the length.
+    long = 4 * im_chunk()
+    assert im.forward_memory_estimate("mamba", mamba, 1, long, training=False) == \
+        long * im.DATA_BYTES_PER_POSITION + im_chunk() * 2 * 2048 * im.MAMBA_EVAL_CHUNK_BYTES
+    with pytest.raises(InputError):
+        im.forward_memory_estimate("rnn", mamba, 1, 16, training=False)
+
+
+def im_chunk():
+    from icl_cmr.induction_mamba import DEFAULT_CHUNK
+
+    return DEFAULT_CHUNK
 
 
 def test_check_memory_refuses_more_than_is_free(monkeypatch):
@@ -605,18 +621,19 @@ def test_check_memory_refuses_more_than_is_free(monkeypatch):
 
     monkeypatch.setattr(unpickling, "available_memory", lambda: 2 ** 30)
     check_memory(2 ** 30, "cpu", "this")
-    with pytest.raises(InputError, match=r"this needs at least 2.0 GiB of memory and cpu has 1.0 GiB free"):
+    with pytest.raises(InputError, match=r"this needs about 2.0 GiB of memory and cpu has 1.0 GiB free"):
         check_memory(2 ** 31, "cpu", "this")
     monkeypatch.setattr(unpickling, "available_memory", lambda: None)
     check_memory(2 ** 60, "cpu", "unknown free memory is not checked")
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--batch_size", "1000000000"], "training at --batch_size 1000000000 x --train_length 12 needs at least"),
-    (["--train_length", "10000000000"], "training at --batch_size 8 x --train_length 10000000000 needs at least"),
-    # d_model 16: training holds 8 x 136 bytes per position (10.1 GiB), validation 64 x 72 (42.9 GiB)
-    (["--n_val", "64", "--batch_size", "8", "--train_length", "10000000"],
-     "validation at 64 sequences x --train_length 10000000 needs at least"),
+    (["--batch_size", "1000000000"], "training at --batch_size 1000000000 x --train_length 12 needs about"),
+    (["--train_length", "10000000000"], "training at --batch_size 8 x --train_length 10000000000 needs about"),
+    # d_model 16, d_mlp 32, 2 layers: training 8 sequences x (24 + 2 x 48 x 14) bytes (10.5 GiB at 10^6 tokens),
+    # validation 64 x (24 + 2 x 48 x 5) (30.0 GiB)
+    (["--n_val", "64", "--batch_size", "8", "--train_length", "1000000"],
+     "validation at 64 sequences x --train_length 1000000 needs about"),
 ])
 def test_training_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path, capsys, monkeypatch, extra,
                                                                        message):
@@ -644,17 +661,165 @@ def test_a_diverging_run_stops_with_one_line_and_writes_nothing_new(tmp_path, ca
     assert not (tmp_path / "rope.pt").exists() and not (tmp_path / "rope_training.json").exists()
 
 
-def test_eval_refuses_a_longest_length_that_cannot_fit_before_evaluating(tmp_path, capsys):
+def test_eval_refuses_a_longest_length_that_cannot_fit_before_evaluating(tmp_path, capsys, monkeypatch):
     import eval_induction
     import train_induction
+    from icl_cmr import unpickling
     from icl_cmr.cli import run_cli
 
     assert train_induction.main(_train_args(tmp_path, *TINY_TRAINING, "--max_steps", "3")) == 0
     capsys.readouterr()
     before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr(unpickling, "available_memory", lambda: 16 * 2 ** 30)
     code = run_cli(eval_induction.main, ["--save_dir", str(tmp_path), "--fig_dir", str(tmp_path / "figs"),
                                          "--max_log2", "40"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0].startswith("error: rope at length 2^40 (batch 1) needs at least ")
+    # The first length that cannot fit is named: 2^26, at 24 + 2 x 48 x 5 bytes per token 31.5 GiB (2^25: 15.8)
+    assert err[0] == ("error: rope at length 2^26 (batch 1) needs about 31.5 GiB of memory and cpu has 16.0 GiB free; "
+                      "use a smaller batch or length")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# ----------------------------------------------------------------------------- evaluation outputs
+
+def _eval_common(tmp_path, model, *extra):
+    return ["--models", str(model), "--save_dir", str(tmp_path / "out"), "--fig_dir", str(tmp_path / "figs"),
+            "--n_sequences", "2", "--skip_lag_crp", *extra]
+
+
+def test_rows_of_another_model_file_with_the_same_name_are_replaced_not_combined(tmp_path, capsys):
+    import shutil
+
+    import eval_induction
+
+    assert eval_induction.main(_eval_common(tmp_path, SHIPPED / "alibi.pt", "--min_log2", "6", "--max_log2", "7")) == 0
+    other = tmp_path / "other" / "alibi.pt"          # same name, other weights
+    other.parent.mkdir()
+    shutil.copy(SHIPPED / "none.pt", other)
+    assert eval_induction.main(_eval_common(tmp_path, other, "--min_log2", "8", "--max_log2", "8")) == 0
+    table = (tmp_path / "out" / "accuracy_vs_length_alibi.csv").read_text().splitlines()
+    assert [line.split(",")[1] for line in table[1:]] == ["256"]
+    assert "holds rows of another model file than alibi (SHA-256 differs)" in capsys.readouterr().err
+    meta = json.loads((tmp_path / "out" / "accuracy_vs_length_alibi.json").read_text())
+    assert meta["model_sha256"] == eval_induction.file_sha256(other) and meta["lengths_kept_from_earlier_runs"] == []
+
+
+def test_shipped_tables_record_the_model_files_they_came_from():
+    import eval_induction
+
+    for table in sorted(SHIPPED.glob("accuracy_vs_length_*.json")):
+        name = table.stem[len("accuracy_vs_length_"):]
+        meta = json.loads(table.read_text())
+        assert meta["model_sha256"] == eval_induction.file_sha256(SHIPPED / f"{name}.pt"), name
+
+
+def test_an_interrupted_evaluation_writes_nothing(tmp_path, monkeypatch):
+    import eval_induction
+
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    original = eval_induction.evaluate_model
+    monkeypatch.setattr(eval_induction, "evaluate_model", interrupted)
+    argv = ["--models", str(SHIPPED / "alibi.pt"), str(SHIPPED / "none.pt"), "--save_dir", str(tmp_path / "out"),
+            "--fig_dir", str(tmp_path / "figs"), "--n_sequences", "2", "--max_log2", "6", "--skip_lag_crp"]
+    with pytest.raises(KeyboardInterrupt):
+        eval_induction.main(argv)
+    assert calls == [1]                                   # the first model was evaluated, then Ctrl-C
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "figs").exists() or list((tmp_path / "figs").iterdir()) == []
+
+
+def test_combining_alone_needs_no_model_and_draws_every_training_curve(tmp_path):
+    import shutil
+
+    import eval_induction
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("alibi", "none"):
+        shutil.copy(SHIPPED / f"accuracy_vs_length_{name}.csv", out)
+        shutil.copy(SHIPPED / f"{name}_training_curve.csv", out)
+    assert eval_induction.main(["--save_dir", str(out), "--fig_dir", str(tmp_path / "figs"),
+                                "--skip_accuracy", "--skip_lag_crp"]) == 0
+    combined = (out / "accuracy_vs_length.csv").read_text().splitlines()
+    shipped = (SHIPPED / "accuracy_vs_length.csv").read_text().splitlines()
+    assert combined[0] == shipped[0]
+    assert combined[1:] == [line for line in shipped[1:] if line.split(",")[0] in ("alibi", "none")]
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["accuracy_vs_length.pdf", "training_curves.pdf"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--skip_accuracy", "--n_sequences", "5"], "--n_sequences set the accuracy table, which --skip_accuracy skips"),
+    (["--skip_lag_crp", "--lag_prompts", "5", "--inside_log2", "10"],
+     "--inside_log2, --lag_prompts set the looking-inside analyses, which --skip_lag_crp skips"),
+    (["--inside_log2", "10", "--max_log2", "6"],
+     "--inside_log2 sets an analysis of mamba models, and none is among the models evaluated"),
+])
+def test_flags_of_a_part_that_does_not_run_are_refused(tmp_path, capsys, extra, message):
+    import eval_induction
+    from icl_cmr.cli import run_cli
+
+    code = run_cli(eval_induction.main, ["--models", str(SHIPPED / "alibi.pt"), "--save_dir", str(tmp_path / "out"),
+                                         "--fig_dir", str(tmp_path / "figs"), *extra])
+    assert code == 2 and capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--min_steps", "100", "--max_steps", "10"], "--min_steps (100) must be <= --max_steps (10)"),
+    (["--name", "x.pt"], "argument --name: --name must be a file-name stem"),
+])
+def test_training_flags_that_contradict_are_refused(tmp_path, capsys, extra, message):
+    import train_induction
+    from icl_cmr.cli import run_cli
+
+    try:   # argparse exits with 2 on a malformed value; our own checks return 2 through run_cli
+        code = run_cli(train_induction.main, _train_args(tmp_path, *TINY_TRAINING, *extra))
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_damaged_checkpoint_does_not_overwrite_the_first(tmp_path):
+    import train_induction
+
+    for content in (b"first", b"second"):
+        (tmp_path / "rope_checkpoint.pt").write_bytes(content)
+        assert train_induction.main(_train_args(tmp_path, *TINY_TRAINING, "--max_steps", "3")) == 0
+        (tmp_path / "rope_checkpoint.pt").unlink()
+    assert (tmp_path / "rope_checkpoint.pt.damaged").read_bytes() == b"first"
+    assert (tmp_path / "rope_checkpoint.pt.damaged.1").read_bytes() == b"second"
+    meta = json.loads((tmp_path / "rope_training.json").read_text())
+    assert meta["task"] == {"vocab_size": 16, "trigger_token": 15} and "task_config" not in meta
+
+
+def test_files_that_hold_no_usable_model_are_named_in_one_line(tmp_path):
+    from icl_cmr.errors import FileContentError
+    from icl_cmr.induction_models import load_induction_model
+
+    good = torch.load(SHIPPED / "alibi.pt", weights_only=True)
+    cases = {
+        "list": ([1, 2], "not an induction-task model (holds a list; expected a file written by train_induction.py)"),
+        "keys": ({"x": 1}, "not an induction-task model (no 'model' or 'model_config'"),
+        "arch": (dict(good, architecture="rnn"), "holds a model config that cannot be built: architecture must be"),
+        "half": (dict(good, model=dict(list(good["model"].items())[1:])),
+                 "its weights do not fit its model config (1 missing, 0 unexpected; first: embed.weight)"),
+        "shape": (dict(good, model_config=dict(good["model_config"], d_model=32, n_heads=4)),
+                  "its weights do not fit its model config (size mismatch for embed.weight"),
+    }
+    for name, (obj, message) in cases.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(obj, path)
+        with pytest.raises(FileContentError) as caught:
+            load_induction_model(path)
+        assert str(caught.value).startswith(f"{path}: {message}"), name
+        assert "\n" not in str(caught.value) and len(str(caught.value)) < 400

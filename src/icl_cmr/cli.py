@@ -419,7 +419,8 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]],
     -------
     int
         0 on success, 2 on bad input or an OS error (missing file, permission denied,
-        disk full, ...), 130 on Ctrl-C, or whatever ``main`` returned.
+        disk full, ...) or when memory runs out (``MemoryError``: an allocation that a
+        size estimate let through), 130 on Ctrl-C, or whatever ``main`` returned.
     """
     try:
         code = main(argv)
@@ -431,6 +432,13 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]],
         else:
             message = describe_os_error(err)
         print(f"error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError as err:
+        if os.environ.get("ICL_CMR_DEBUG"):
+            raise
+        detail = " ".join(str(err).split())
+        print(f"error: out of memory{': ' + detail if detail else ''}; use smaller batches, lengths or models",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

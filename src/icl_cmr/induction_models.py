@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 import torch
 
-from .errors import InputError
+from .errors import FileContentError, InputError
 from .io import load_torch
 from .tiny_transformer import POSITION_ENCODINGS, TinyTransformer, TinyTransformerConfig, fastest_exact_method
 
@@ -22,10 +22,24 @@ ARCHITECTURES = ("transformer", "mamba")
 MODEL_NAMES = tuple(POSITION_ENCODINGS) + ("mamba",)
 #: Compute dtypes the scripts accept ("float32" is the reference; "bfloat16" for GPUs).
 INDUCTION_DTYPES = ("float32", "bfloat16")
-#: Bytes of one token id (batches are int64 arrays, :func:`icl_cmr.induction_task.sample_induction_batch`)
-#: and of one float32 activation.
-TOKEN_ID_BYTES = 8
-FLOAT32_BYTES = 4
+#: Bytes per position of the int64 token batch and the temporaries drawing it makes
+#: (:func:`icl_cmr.induction_task.sample_induction_batch`, :func:`~icl_cmr.induction_task.validation_set`).
+DATA_BYTES_PER_POSITION = 3 * 8
+#: Peak bytes per position, per layer and per unit of width, measured on the CPU in float32
+#: (``bench/bench_induction_memory.py``: peak resident memory of one training step / one
+#: validation batch above the model's, default widths, batches of 2,000 x 16 to 2 x 16,384), rounded
+#: up. Transformers: width d_model + d_mlp (measured 13.8 per training position at length 256 with
+#: RoPE, 4.5 evaluating); Mamba: width d_inner x d_state, the states its backward pass keeps (12.6).
+TRANSFORMER_TRAIN_BYTES = 14
+TRANSFORMER_EVAL_BYTES = 5
+MAMBA_TRAIN_BYTES = 13
+#: Mamba evaluates in chunks (:data:`icl_cmr.induction_mamba.DEFAULT_CHUNK` positions): bytes per chunk
+#: position, per layer and per unit of d_inner x d_state (measured 1.5 at chunks of 2^14).
+MAMBA_EVAL_CHUNK_BYTES = 2
+#: ALiBi trains through our own online-softmax blocks, which keep a score and a weight (float32) per
+#: head, query and key: 8 bytes per head, layer and key (measured 130 per position and key at 8 heads,
+#: 2 layers, lengths 16 to 1,024).
+ALIBI_TRAIN_BYTES_PER_KEY = 8
 
 
 def architecture_of(model) -> str:
@@ -92,21 +106,40 @@ def load_induction_model(path: "str | Path", device: str = "cpu", dtype: str = "
 
     Raises
     ------
+    FileContentError
+        The file holds no induction-task model, a config that cannot be built, or weights that do
+        not fit it (the message names the file).
+    CorruptFileError, UnsafeFileError
+        From :func:`icl_cmr.io.load_torch`.
     InputError
-        The file holds no induction-task model, or an unknown dtype.
+        An unknown dtype.
     FileNotFoundError
     """
     if dtype not in INDUCTION_DTYPES:
         raise InputError(f"dtype must be one of {INDUCTION_DTYPES}, got {dtype!r}")
     path = Path(path)
+    saved = load_torch(path)
+    expected = "expected a file written by train_induction.py"
+    if not isinstance(saved, dict):
+        raise FileContentError(path, f"not an induction-task model (holds a {type(saved).__name__}; {expected})")
+    missing = [key for key in ("model", "model_config") if key not in saved]
+    if missing:
+        raise FileContentError(path, f"not an induction-task model (no {' or '.join(map(repr, missing))}; {expected})")
     try:
-        saved = load_torch(path)
         model = build_model(saved.get("architecture", "transformer"), saved["model_config"])
-        model.load_state_dict(saved["model"])
-    except (FileNotFoundError, InputError):
-        raise
-    except (KeyError, TypeError, RuntimeError, EOFError, ValueError, AttributeError) as err:
-        raise InputError(f"cannot load an induction-task model from {path}: {err}") from None
+    except (InputError, TypeError, ValueError) as err:
+        raise FileContentError(path, f"holds a model config that cannot be built: {err}") from None
+    if not isinstance(saved["model"], dict):
+        raise FileContentError(path, f"'model' holds a {type(saved['model']).__name__}, not a state dict")
+    try:
+        result = model.load_state_dict(saved["model"], strict=False)
+    except RuntimeError as err:     # shapes that differ from the config's
+        first = " ".join(str(err).split("\n\t")[1:2]) or str(err).splitlines()[0]
+        raise FileContentError(path, f"its weights do not fit its model config ({first[:200]})") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise FileContentError(path, f"its weights do not fit its model config ({len(result.missing_keys)} missing, "
+                                     f"{len(result.unexpected_keys)} unexpected; first: "
+                                     f"{(result.missing_keys + result.unexpected_keys)[0]})")
     model.eval()
     return model.to(device=device, dtype=getattr(torch, dtype))
 
@@ -118,38 +151,49 @@ def saved_train_length(model, default: int = 256) -> int:
     return default
 
 
-def forward_memory_lower_bound(architecture: str, config: dict, batch_size: int, length: int,
-                               training: bool) -> int:
-    """Bytes a forward pass over a ``[batch_size, length]`` batch holds at once, at the least.
+def forward_memory_estimate(architecture: str, config: dict, batch_size: int, length: int,
+                            training: bool) -> int:
+    """Estimated peak bytes of one training step or one evaluation batch of ``[batch_size, length]``.
 
-    Counts the int64 token batch, plus float32 ``[batch_size, length, d_model]`` streams that
-    must coexist: one per layer when training (backward needs every layer's input), one when a
-    Transformer evaluates (every first-layer output is a key of the last query), none when Mamba
-    evaluates (its chunked scan carries a state of fixed size). Attention scores, MLP and scan
-    internals come on top, so the true peak is higher; this bound only refuses what cannot fit.
+    The data (:data:`DATA_BYTES_PER_POSITION`) plus the activations, with the per-layer constants
+    measured on this project's models (module constants; ``bench/bench_induction_memory.py`` prints
+    measured against estimated). Transformers: linear in ``length``, plus a quadratic attention term
+    when ALiBi trains; Mamba evaluating: the chunk's activations only (its state has a fixed size).
 
     Parameters
     ----------
     architecture : {"transformer", "mamba"}
     config : dict
-        The model config (:func:`model_config_dict`); ``d_model`` and ``n_layers`` are read.
+        The model config (:func:`model_config_dict`).
     batch_size, length : int
         The batch shape.
     training : bool
+        A training step (forward and backward) rather than an evaluation batch.
 
     Returns
     -------
     int
-        Bytes.
+        Bytes (an estimate within tens of percent, not a bound).
     """
+    from .induction_mamba import DEFAULT_CHUNK
+
     if architecture not in ARCHITECTURES:
         raise InputError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
-    if training:
-        streams = config["n_layers"]
-    else:
-        streams = 1 if architecture == "transformer" else 0
     positions = int(batch_size) * int(length)
-    return positions * (TOKEN_ID_BYTES + streams * config["d_model"] * FLOAT32_BYTES)
+    total = positions * DATA_BYTES_PER_POSITION
+    layers = config["n_layers"]
+    if architecture == "transformer":
+        width = config["d_model"] + config["d_mlp"]
+        total += positions * layers * width * (TRANSFORMER_TRAIN_BYTES if training else TRANSFORMER_EVAL_BYTES)
+        if training and config.get("position_encoding") == "alibi":
+            total += positions * layers * config["n_heads"] * int(length) * ALIBI_TRAIN_BYTES_PER_KEY
+    else:
+        state_width = config["expand"] * config["d_model"] * config["d_state"]
+        if training:
+            total += positions * layers * state_width * MAMBA_TRAIN_BYTES
+        else:
+            total += int(batch_size) * min(int(length), DEFAULT_CHUNK) * layers * state_width * MAMBA_EVAL_CHUNK_BYTES
+    return total
 
 
 def check_memory(needed_bytes: int, device: str, what: str) -> None:
@@ -158,7 +202,7 @@ def check_memory(needed_bytes: int, device: str, what: str) -> None:
     Parameters
     ----------
     needed_bytes : int
-        A lower bound on the memory the work needs (:func:`forward_memory_lower_bound`).
+        The memory the work needs (:func:`forward_memory_estimate`).
     device : str
         A validated device name; ``"cpu"`` reads Linux ``MemAvailable``, CUDA devices the free
         memory torch reports. Where neither is known nothing is checked.
@@ -179,5 +223,5 @@ def check_memory(needed_bytes: int, device: str, what: str) -> None:
     else:
         free = None
     if free is not None and needed_bytes > free:
-        raise InputError(f"{what} needs at least {needed_bytes / 2 ** 30:,.1f} GiB of memory and {device} has "
+        raise InputError(f"{what} needs about {needed_bytes / 2 ** 30:,.1f} GiB of memory and {device} has "
                          f"{free / 2 ** 30:,.1f} GiB free; use a smaller batch or length")
