@@ -347,16 +347,20 @@ def _tables(save_dir: Path) -> Dict[str, Path]:
     return {name: found[name] for name in sorted(found, key=_name_order)}
 
 
-def check_outputs(args: argparse.Namespace, evaluated: Sequence[str] = ()) -> None:
-    """Before any work: output folders writable, and the saved tables that will be combined with the new
-    ones (models not in ``evaluated``) readable."""
+def check_outputs(args: argparse.Namespace) -> Dict[str, List[dict]]:
+    """Before any work: output folders writable, and the saved per-model tables readable.
+
+    Returns
+    -------
+    dict
+        ``{model name: rows}`` of every ``accuracy_vs_length_NAME.csv`` in ``--save_dir``, in display
+        order: combined with this run's rows, and the source of a re-evaluated model's earlier rows.
+    """
     check_writable_dir(args.save_dir, "--save_dir")
     check_writable_dir(args.fig_dir, "--fig_dir")
     if args.png_dir is not None:
         check_writable_dir(args.png_dir, "--png_dir")
-    for name, path in _tables(args.save_dir).items():
-        if name not in evaluated:
-            _read_csv(path)
+    return {name: _read_csv(path) for name, path in _tables(args.save_dir).items()}
 
 
 def check_evaluation_memory(args: argparse.Namespace, models: Dict[str, object]) -> None:
@@ -387,18 +391,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _earlier_rows(args: argparse.Namespace, name: str, digest: str) -> List[dict]:
-    """Rows of ``name``'s saved table that came from the same model file (same SHA-256), else none."""
-    table_path = args.save_dir / f"{TABLE_PREFIX}{name}.csv"
-    if not table_path.is_file():
+def _earlier_rows(args: argparse.Namespace, name: str, digest: str, saved_rows: List[dict]) -> List[dict]:
+    """``saved_rows`` (``name``'s saved table) if they came from the same model file (same SHA-256), else none."""
+    if not saved_rows:
         return []
+    table_path = args.save_dir / f"{TABLE_PREFIX}{name}.csv"
     sidecar = table_path.with_suffix(".json")
     saved_digest = load_json(sidecar).get("model_sha256") if sidecar.is_file() else None
     if saved_digest != digest:
         logger.warning("%s holds rows of another model file than %s (%s); they are replaced, not combined",
                        table_path, name, "its model was not recorded" if saved_digest is None else "SHA-256 differs")
         return []
-    return _read_csv(table_path)
+    return saved_rows
 
 
 def _figure_writer(pending: PendingWrites, png_dir: Optional[Path]):
@@ -432,7 +436,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import matplotlib
     matplotlib.use("Agg")
 
-    check_writable_dir(args.save_dir, "--save_dir")
+    tables = check_outputs(args)
     only_combine = args.skip_accuracy and args.skip_lag_crp
     paths = [Path(p) for p in (args.models or ([] if only_combine else _default_models(args.save_dir)))]
     names: Dict[str, Path] = {}
@@ -441,10 +445,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if name in names:
             raise InputError(f"two models named {name!r} ({names[name]} and {path}); model names are file stems")
         names[name] = path
-    check_outputs(args, () if args.skip_accuracy else list(names))
     models = {name: (path, load_induction_model(path, args.device, args.dtype)) for name, path in names.items()}
-    check_unused_flags(args, {name: model for name, (_, model) in models.items()})
-    check_evaluation_memory(args, {name: model for name, (_, model) in models.items()})
+    loaded = {name: model for name, (_, model) in models.items()}
+    check_unused_flags(args, loaded)
+    check_evaluation_memory(args, loaded)
     # Paths relative to the repository root: shipped files carry no machine paths.
     parameters = {k: (portable_path(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                   if k not in ("progress", "verbose", "given")}
@@ -456,7 +460,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pending = PendingWrites()
     add_figure = _figure_writer(pending, args.png_dir)
 
-    tables = {name: _read_csv(path) for name, path in _tables(args.save_dir).items()}
     if not args.skip_accuracy:
         for name, (path, model) in models.items():
             rows = evaluate_model(model, name, args)
@@ -465,7 +468,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # file (e.g. 2^6..2^14 from a CPU run beside 2^15..2^20 from a GPU run); each row names its
             # device and dtype.
             new_lengths = {int(row["length"]) for row in rows}
-            kept = [row for row in _earlier_rows(args, name, digest) if int(row["length"]) not in new_lengths]
+            kept = [row for row in _earlier_rows(args, name, digest, tables.get(name, []))
+                    if int(row["length"]) not in new_lengths]
             tables[name] = sorted(kept + rows, key=lambda row: int(row["length"]))
             table_path = args.save_dir / f"{TABLE_PREFIX}{name}.csv"
             pending.text(table_path, _write_csv(tables[name]))

@@ -36,7 +36,7 @@ from pathlib import Path
 import struct
 import zipfile
 import zlib
-from typing import Any, BinaryIO, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterator, Mapping, NoReturn, Optional, Tuple
 
 import numpy as np
 
@@ -108,11 +108,7 @@ def write_temporary(target: "str | os.PathLike[str]", write: Callable[[io.Buffer
             os.fchmod(handle.fileno(), 0o666 & ~_current_umask())
             os.fsync(handle.fileno())
     except BaseException as err:
-        _remove_quietly(tmp_name)
-        os_error = _as_write_error(err, target)
-        if os_error is None:
-            raise
-        raise os_error from err
+        _fail_write(err, tmp_name, target)
     return Path(tmp_name)
 
 
@@ -145,12 +141,18 @@ def atomic_write(path: "str | os.PathLike[str]", write: Callable[[io.BufferedWri
     try:
         os.replace(tmp_name, target)
     except BaseException as err:
-        _remove_quietly(tmp_name)
-        os_error = _as_write_error(err, target)
-        if os_error is None:
-            raise
-        raise os_error from err
+        _fail_write(err, tmp_name, target)
     return target
+
+
+def _fail_write(err: BaseException, tmp_name: "str | os.PathLike[str] | None", target: Path) -> NoReturn:
+    """From inside ``except``: remove the temporary file, then raise ``err`` as an OSError naming ``target``
+    (:func:`_as_write_error`), or re-raise it unchanged when it is not an OS error."""
+    _remove_quietly(tmp_name)
+    os_error = _as_write_error(err, target)
+    if os_error is None:
+        raise
+    raise os_error from err
 
 
 def _remove_quietly(path: "str | os.PathLike[str] | None") -> None:
