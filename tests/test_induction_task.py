@@ -76,7 +76,7 @@ def test_validation_set_is_fixed_prefix_stable_and_differs_by_length():
     tail, _, _ = task.validation_set(64, 6, seed=9, start=4)
     np.testing.assert_array_equal(np.concatenate([head, tail]), a)
     batches = list(task.iter_validation_batches(64, 10, 3, seed=9))
-    np.testing.assert_array_equal(np.concatenate([t for t, _ in batches]), a)
+    np.testing.assert_array_equal(np.concatenate([t for t, _, _ in batches]), a)
     other_seed, _, _ = task.validation_set(64, 10, seed=10)
     assert not np.array_equal(other_seed, a)
     longer, _, _ = task.validation_set(128, 10, seed=9)

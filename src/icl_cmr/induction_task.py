@@ -183,12 +183,12 @@ def validation_set(length: int, n_sequences: int, seed: int, vocab_size: int = V
 
 def iter_validation_batches(length: int, n_sequences: int, batch_size: int, seed: int,
                             vocab_size: int = VOCAB_SIZE, trigger_token: int = TRIGGER_TOKEN,
-                            ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(tokens [b, L], targets [b])`` batches covering the validation set in order."""
+                            ) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield ``(tokens [b, L], targets [b], trigger_positions [b])`` batches covering the validation set in order
+    (:func:`validation_set` of each slice)."""
     for start in range(0, n_sequences, batch_size):
         count = min(batch_size, n_sequences - start)
-        tokens, targets, _ = validation_set(length, count, seed, vocab_size, trigger_token, start=start)
-        yield tokens, targets
+        yield validation_set(length, count, seed, vocab_size, trigger_token, start=start)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -554,7 +554,8 @@ def iter_validation_scores(model, length: int, n_sequences: int, seed: int, batc
     import torch
 
     device = _device_of(model)
-    for tokens, targets in iter_validation_batches(length, n_sequences, batch_size, seed, vocab_size, trigger_token):
+    for tokens, targets, _ in iter_validation_batches(length, n_sequences, batch_size, seed, vocab_size,
+                                                      trigger_token):
         wall, cpu = time.perf_counter(), time.process_time()
         with torch.no_grad(), _autocast(device, compute_dtype):
             logits = model.last_logits(torch.from_numpy(tokens).to(device), method=method)
@@ -593,16 +594,15 @@ def score_by_distance(model, length: int, n_sequences: int, seed: int, batch_siz
 
     device = _device_of(model)
     columns: Dict[str, list] = {"distance": [], "correct": [], "p_value": [], "predicted": [], "target": []}
-    for start in range(0, n_sequences, batch_size):
-        count = min(batch_size, n_sequences - start)
-        tokens, targets, positions = validation_set(length, count, seed, vocab_size, trigger_token, start=start)
+    for tokens, targets, positions in iter_validation_batches(length, n_sequences, batch_size, seed, vocab_size,
+                                                              trigger_token):
         with torch.no_grad():
             logits = model.last_logits(torch.from_numpy(tokens).to(device), method=method).float().cpu()
         probs = torch.softmax(logits, dim=-1).numpy()
         predicted = probs.argmax(axis=-1)
         columns["distance"].append(length - 1 - positions)
         columns["correct"].append(predicted == targets)
-        columns["p_value"].append(probs[np.arange(count), targets])
+        columns["p_value"].append(probs[np.arange(len(targets)), targets])
         columns["predicted"].append(predicted)
         columns["target"].append(targets)
     return {key: np.concatenate(values) for key, values in columns.items()}
