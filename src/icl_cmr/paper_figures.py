@@ -277,13 +277,20 @@ def figure_6b(src: PaperSources, models, out: PaperFigures) -> str:
             f"{said}.\n\n" + layer_band_table(rows, src.threshold))
 
 
-def figure_6c(src: PaperSources, models, out: PaperFigures) -> str:
+def _models_without_checkpoints(src: PaperSources, models) -> List[str]:
+    """The non-Pythia models of Fig 6c / S6: ours with a trained-model file, or the authors' XTRA_MODELS
+    present in ``models``; :class:`Unavailable` when there is none."""
     if src.ours:
         names = [m for m, cps in models.items() if not _is_pythia(m) and _has_trained(cps)]
     else:
         names = [normalise_model_name(m) for m in XTRA_MODELS if normalise_model_name(m) in models]
     if not names:
         raise Unavailable(f"none of {', '.join(XTRA_MODELS)} has a score file in {src.scores_dir}")
+    return names
+
+
+def figure_6c(src: PaperSources, models, out: PaperFigures) -> str:
+    names = _models_without_checkpoints(src, models)
     said, rows = _size_panel(src, names, "fig6c_models", "", out, [] if src.ours else XTRA_MODELS)
     return ("## Fig 6c: the same for other models (`fig6c_models*.pdf`)\n"
             f"{said}.\n\n" + layer_band_table(rows, src.threshold))
@@ -414,12 +421,7 @@ def figure_8(src: PaperSources, models, out: PaperFigures) -> str:
 def figure_s6(src: PaperSources, models, out: PaperFigures) -> str:
     from .fit_figures import selection_bar_figures
 
-    if src.ours:
-        names = [m for m, cps in models.items() if not _is_pythia(m) and _has_trained(cps)]
-    else:
-        names = [normalise_model_name(m) for m in XTRA_MODELS if normalise_model_name(m) in models]
-    if not names:
-        raise Unavailable(f"none of {', '.join(XTRA_MODELS)} has a score file in {src.scores_dir}")
+    names = _models_without_checkpoints(src, models)
     per_model = {}
     lines = ["## Fig S6b-d: top-N heads per model without checkpoints (`figS6b-d_*.pdf`)",
              "The per-model panels of the authors' `select_fit_xtra.py` (our reading of Supplementary Fig S6b-d), "
