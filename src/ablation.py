@@ -59,7 +59,8 @@ from icl_cmr.icl_score import ICLScoreConfig
 from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_npz, make_metadata, read_text, save_json, \
     to_numpy
 from icl_cmr.models import DTYPES, choose_bos, load_model, read_model_shape, resolve_model
-from icl_cmr.outputs import PendingWrites, check_writable_dir, log_written, pin_cpu_kernels, portable_path
+from icl_cmr.outputs import (PendingWrites, check_writable_dir, differing_settings, log_written, pin_cpu_kernels,
+                             portable_path)
 from icl_cmr.result_files import read_ablation_result, read_cmr_fit
 from icl_cmr.score_files import fit_result_paths, other_model_warning
 from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table
@@ -465,8 +466,7 @@ class PartialResults:
                 self.discard()
                 saved = None
             if saved is not None and saved != self.fingerprint:
-                changed = sorted(k for k in set(saved) | set(self.fingerprint)
-                                 if not isinstance(saved, dict) or saved.get(k) != self.fingerprint.get(k))
+                changed = differing_settings(saved, self.fingerprint)
                 raise InputError(f"partial results in {self.folder} were made with other settings ({', '.join(changed)}); "
                                  "rerun with those settings to resume, or add --restart to discard them")
         if not state_path.is_file():

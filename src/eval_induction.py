@@ -89,7 +89,7 @@ from icl_cmr.induction_models import (INDUCTION_DTYPES, MODEL_NAMES, architectur
                                       forward_memory_estimate, linear_time, load_induction_model,
                                       model_config_dict, saved_train_length)
 from icl_cmr.io import load_json, make_metadata, read_text
-from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
+from icl_cmr.outputs import PendingWrites, check_writable_dir, log_written, portable_path
 from icl_cmr.stats import wilson_interval
 
 logger = logging.getLogger("eval_induction")
@@ -521,8 +521,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             add_figure(task.plot_lag_crp_panels(plotted, name, layer), args.fig_dir / f"lag_crp_layer2_{name}.pdf")
             if name == "absolute":   # the assignment's model: the figure without a suffix
                 add_figure(task.plot_lag_crp_panels(plotted, name, layer), args.fig_dir / "lag_crp_layer2.pdf")
-    for path in pending.commit():
-        logger.info("wrote %s", path)
+    log_written(logger, pending.commit())
     return 0
 
 

@@ -69,7 +69,7 @@ from icl_cmr.induction_mamba import InductionMambaConfig
 from icl_cmr.induction_models import (ARCHITECTURES, INDUCTION_DTYPES, build_model, check_memory, fastest_method,
                                       forward_memory_estimate, load_induction_model)
 from icl_cmr.io import atomic_write, load_torch, make_metadata
-from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
+from icl_cmr.outputs import PendingWrites, check_writable_dir, log_written, portable_path
 from icl_cmr.tiny_transformer import POSITION_ENCODINGS, TinyTransformerConfig
 
 logger = logging.getLogger("train_induction")
@@ -450,8 +450,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             {enc: {c: np.array([row[c] for row in curve]) for c in CURVE_COLUMNS}}, args.target_accuracy,
             train_length=args.train_length)
         pending.figure(args.fig_dir / f"training_curve_{enc}.pdf", fig)
-    for path in pending.commit():
-        logger.info("wrote %s", path)
+    log_written(logger, pending.commit())
     logger.info("%s: %d steps, %.0f s wall, val accuracy %.4f, target %s", enc, step, wall, final["val_accuracy"],
                 "reached" if reached else "NOT reached")
     return 0

@@ -303,4 +303,4 @@ def test_ctrl_c_with_two_workers_prints_one_line_and_keeps_the_finished_slices(t
     assert 1 <= n_saved < 12 and not (tmp_path / "cmr_crp_avg_4_3.npy").exists()
     resumed = subprocess.run([sys.executable, str(repo_root / "src" / "est_cmr_crp.py"), *flags], cwd=repo_root,
                              capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0 and f"slices resumed" in resumed.stderr
+    assert resumed.returncode == 0 and "slices resumed" in resumed.stderr

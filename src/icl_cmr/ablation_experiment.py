@@ -182,8 +182,8 @@ class BatchSummary:
             differ between the three kinds, or values that are not finite numbers.
         """
         if "n_prompts" not in arrays:
-            raise FileContentError(source, f"missing 'n_prompts': expected a batch summary with keys 'n_prompts', "
-                                           f"'icl/<condition>', 'loss_sum/<condition>', 'loss_sq_sum/<condition>'")
+            raise FileContentError(source, "missing 'n_prompts': expected a batch summary with keys 'n_prompts', "
+                                           "'icl/<condition>', 'loss_sum/<condition>', 'loss_sq_sum/<condition>'")
         count = np.asarray(arrays["n_prompts"])
         if count.shape != () or count.dtype.kind not in "iu" or int(count) < 1:
             raise FileContentError(source, f"'n_prompts' is {count.tolist()!r:.40}, expected a positive whole number")

@@ -31,6 +31,7 @@ from .cmr_conditional import JACKKNIFE_GROUPS, conditional_cmr_crp
 from .config import BETA_ENC_GRID, BETA_REC_GRID, GAMMA_FT_GRID
 from .errors import BadFileError, FileContentError, InputError
 from .io import load_json, load_npy, save_json, save_npy
+from .outputs import differing_settings
 
 logger = logging.getLogger(__name__)
 
@@ -273,8 +274,7 @@ def _prepare_slice_dir(spec: GridSpec, slice_dir: Path, restart: bool) -> Dict[i
             _discard_partial(slice_dir)
         else:
             if stored != spec.to_json():
-                differing = sorted(key for key in set(stored) | set(spec.to_json())
-                                   if stored.get(key) != spec.to_json().get(key))
+                differing = differing_settings(stored, spec.to_json())
                 raise InputError(f"the unfinished run in {slice_dir} used different parameters "
                                  f"({', '.join(differing)}); rerun with those to resume it, or add --restart to "
                                  "discard it")

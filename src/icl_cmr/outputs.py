@@ -34,7 +34,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -447,6 +447,15 @@ def _write_bytes(path: Path, data: bytes) -> Path:
 
 #: ``extra`` key of a log record that announces written files (:func:`log_written`).
 OUTPUT_FILES_KEY = "output_files"
+
+
+def differing_settings(saved: Mapping[str, Any], current: Mapping[str, Any]) -> List[str]:
+    """Sorted keys whose values differ between a saved unfinished run's settings and this run's.
+
+    A key present on one side only counts as differing. Used to refuse resuming a partial run made
+    with other settings, naming what changed.
+    """
+    return sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
 
 
 def log_written(log: logging.Logger, paths: Iterable["str | os.PathLike[str]"], detail: str = "") -> None:
