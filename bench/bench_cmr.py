@@ -26,9 +26,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from icl_cmr.cmr import CMRSettings, _component_tables, cmr_crp, encoding_matrix, exact_crp  # noqa: E402
-from icl_cmr.cli import OneLineErrorParser, positive_int, seed_int  # noqa: E402
-from icl_cmr.cmr_grid import grid_axes  # noqa: E402
+from icl_cmr.cmr.model import CMRSettings, _component_tables, cmr_crp, encoding_matrix, exact_crp  # noqa: E402
+from icl_cmr.cli.args import OneLineErrorParser, positive_int, seed_int  # noqa: E402
+from icl_cmr.cmr.grid import grid_axes  # noqa: E402
 
 
 def loop_recall_draw_steps(beta_enc, beta_rec, gamma, s0, n_items, n_trials, max_draws, rng):

@@ -1,6 +1,6 @@
 """Benchmark: fit every head of every file in ../shared/official/saved_scores to the CMR grid.
 
-Compares, in one process, :func:`icl_cmr.fitting.fit_heads` (all heads x all grid points at once)
+Compares, in one process, :func:`icl_cmr.fits.distance.fit_heads` (all heads x all grid points at once)
 with the straightforward per-head, per-grid-point loop of DESIGN.md section 4 (the authors'
 ``fit_head_cmr``). The loop is timed on a subset of heads and extrapolated to all heads (said in
 the output); its results on that subset are checked against the engine's.
@@ -19,10 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from icl_cmr.cli import OneLineErrorParser, positive_int  # noqa: E402
+from icl_cmr.cli.args import OneLineErrorParser, positive_int  # noqa: E402
 from icl_cmr.config import ATTN_CRP_LAGS, FIT_LAGS  # noqa: E402
-from icl_cmr.fitting import cmr_fit_patterns, fit_heads, select_lags  # noqa: E402
-from icl_cmr.score_files import read_cmr_grid, read_head_scores  # noqa: E402
+from icl_cmr.fits.distance import cmr_fit_patterns, fit_heads, select_lags  # noqa: E402
+from icl_cmr.files.scores import read_cmr_grid, read_head_scores  # noqa: E402
 
 
 def loop_fit(attn: np.ndarray, cmr: np.ndarray) -> tuple:

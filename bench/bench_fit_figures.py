@@ -2,7 +2,7 @@
 
 Compares, in one process and on the same fitted heads, the former way of drawing a page (a new
 figure per layer with one matplotlib Axes per head, ``tight_layout``, embedded DejaVu glyphs; copied
-below as the baseline) with :class:`icl_cmr.plotting.LayerFitPages` (one reused figure, all panels
+below as the baseline) with :class:`icl_cmr.figures.fits.LayerFitPages` (one reused figure, all panels
 in one Axes, PDF core font). Then times the whole script, ``fit_attn_score.main``, in-process into a
 temporary folder, with and without figures. CPU time (this process) and wall time are both given:
 on a shared machine wall time depends on the other jobs.
@@ -33,10 +33,10 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from icl_cmr.cli import OneLineErrorParser, positive_int, run_cli  # noqa: E402
-from icl_cmr.fit_figures import head_fit_pages  # noqa: E402
-from icl_cmr.fitting import fit_heads, select_lags  # noqa: E402
-from icl_cmr.score_files import DEFAULT_GRID_PATH, read_cmr_grid, read_head_scores  # noqa: E402
+from icl_cmr.cli.args import OneLineErrorParser, positive_int, run_cli  # noqa: E402
+from icl_cmr.figures.fit_sets import head_fit_pages  # noqa: E402
+from icl_cmr.fits.distance import fit_heads, select_lags  # noqa: E402
+from icl_cmr.files.scores import DEFAULT_GRID_PATH, read_cmr_grid, read_head_scores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

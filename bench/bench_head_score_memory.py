@@ -6,12 +6,12 @@ process-wide), models built from configs with random weights (no download):
 1. **Copying score.** A Llama-3-style model (grouped-query 16/4 heads, vocab 128,256,
    d_model 1024, 4 layers: about 1.1 GiB of float32 weights, the CPU proxy of
    Llama-3-8B's vocabulary-dominated weight processing): peak with the streamed copying
-   score (``icl_cmr.copying.model_copying_scores``) against the attention pass alone, and
+   score (``icl_cmr.heads.copying.model_copying_scores``) against the attention pass alone, and
    against the former method (TransformerLens's ``enable_compatibility_mode()`` processed
    weights) as the baseline. Target: with - without <= 25% of the weights' size.
 2. **Layers.** GPT-2 and GPT-NeoX models of the same width (d_model 768, 12 heads) with
    2 and 8 layers: peak above the loaded model during the streaming pass, with and without
-   the release of each layer's retained pattern (``icl_cmr.attention_hooks``). Target: the
+   the release of each layer's retained pattern (``icl_cmr.heads.hooks``). Target: the
    8-layer peak equals the 2-layer peak.
 
     python bench/bench_head_score_memory.py                  # everything (several minutes on 2 cores)
@@ -90,12 +90,12 @@ def run_case(case: str, model_dir: str, n_prompts: int, retain: bool, device: st
     import numpy as np
     import torch
 
-    import icl_cmr.attention_hooks as attention_hooks
+    import icl_cmr.heads.hooks as attention_hooks
     from bench_head_scores import PeakRss
-    from icl_cmr.copying import copying_scores, model_copying_scores
-    from icl_cmr.head_scores import stream_attention_scores
-    from icl_cmr.models import load_model, resolve_model
-    from icl_cmr.prompts import PromptConfig, default_token_pool, make_prompt_sets
+    from icl_cmr.heads.copying import copying_scores, model_copying_scores
+    from icl_cmr.heads.scores import stream_attention_scores
+    from icl_cmr.heads.models import load_model, resolve_model
+    from icl_cmr.heads.prompts import PromptConfig, default_token_pool, make_prompt_sets
 
     torch.set_num_threads(1)
     if retain:  # the baseline: patterns kept on the modules as TransformerLens leaves them
@@ -166,7 +166,7 @@ def copying_part(root: Path, n_prompts: int) -> None:
           f"{PROXY['num_hidden_layers']} layers, GQA {PROXY['num_attention_heads']}/{PROXY['num_key_value_heads']}): "
           f"weights {weights / 1024:.2f} GiB float32; {n_prompts} repeat prompts")
     print(f"  process peak RSS without copying score:      {without / 1024:.2f} GiB")
-    for case, label in (("streamed", "streamed (icl_cmr.copying)"), ("processed", "processed weights (before)")):
+    for case, label in (("streamed", "streamed (icl_cmr.heads.copying)"), ("processed", "processed weights (before)")):
         run = runs[case]
         extra = run["process_peak_mib"] - without
         print(f"  with copying score, {label:<27} {run['process_peak_mib'] / 1024:.2f} GiB: "
@@ -195,7 +195,7 @@ def layers_part(root: Path, n_prompts: int) -> None:
 
 
 def main() -> None:
-    from icl_cmr.cli import OneLineErrorParser, device_arg, positive_int
+    from icl_cmr.cli.args import OneLineErrorParser, device_arg, positive_int
 
     parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=("copying", "layers", "gpu"), default=None,

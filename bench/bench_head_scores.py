@@ -29,12 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from icl_cmr.cli import OneLineErrorParser, positive_int  # noqa: E402
+from icl_cmr.cli.args import OneLineErrorParser, positive_int  # noqa: E402
 from icl_cmr.config import ATTN_CRP_LAGS  # noqa: E402
-from icl_cmr.copying import model_copying_scores  # noqa: E402
-from icl_cmr.head_scores import stream_attention_scores  # noqa: E402
-from icl_cmr.models import hook_name, load_model, resolve_model  # noqa: E402
-from icl_cmr.prompts import PromptConfig, default_token_pool, make_prompt_sets  # noqa: E402
+from icl_cmr.heads.copying import model_copying_scores  # noqa: E402
+from icl_cmr.heads.scores import stream_attention_scores  # noqa: E402
+from icl_cmr.heads.hooks import hook_name
+from icl_cmr.heads.models import load_model, resolve_model  # noqa: E402
+from icl_cmr.heads.prompts import PromptConfig, default_token_pool, make_prompt_sets  # noqa: E402
 
 GPT2_EOS = 50256
 
@@ -123,7 +124,7 @@ def naive_scores(model, repeat, prefix, block_len, prefix_block_len, offset, bat
 
 def reduction_only(model, tokens, block_len, offset) -> None:
     """Time only the reduction of one cached batch (all layers, scores + patterns): vectorised vs loops."""
-    from icl_cmr.head_scores import LagAccumulator
+    from icl_cmr.heads.scores import LagAccumulator
 
     names = [hook_name(layer, kind) for layer in range(model.cfg.n_layers) for kind in ("attn_scores", "pattern")]
     with torch.inference_mode():

@@ -4,8 +4,8 @@ For each case (model, training step or evaluation batch, batch x length), a fres
 the default-width model, warms it up on a tiny batch (numba compilation, Adam state), then runs
 one training step or one validation batch and reports the peak resident memory above the
 warmed-up process (Linux ``VmHWM``, reset before the measured call). Printed beside it:
-:func:`icl_cmr.induction_models.forward_memory_estimate` and the ratio estimate / measured, the
-number the scripts' refusal rests on (the constants in ``icl_cmr.induction_models`` were set from
+:func:`icl_cmr.synthetic.models.forward_memory_estimate` and the ratio estimate / measured, the
+number the scripts' refusal rests on (the constants in ``icl_cmr.synthetic.models`` were set from
 this table, rounded up). Linux only. Usage::
 
     python bench/bench_induction_memory.py
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 sys.path.insert(0, {src!r})
 from icl_cmr import induction_task as task
-from icl_cmr.induction_models import build_model, fastest_method, forward_memory_estimate
-from icl_cmr.induction_mamba import InductionMambaConfig
-from icl_cmr.tiny_transformer import TinyTransformerConfig
+from icl_cmr.synthetic.models import build_model, fastest_method, forward_memory_estimate
+from icl_cmr.synthetic.mamba import InductionMambaConfig
+from icl_cmr.synthetic.transformer import TinyTransformerConfig
 
 name, mode, batch, length = {name!r}, {mode!r}, {batch}, {length}
 torch.set_num_threads(1)

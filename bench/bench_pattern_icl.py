@@ -8,8 +8,8 @@ ways in this process, on the same tokenized prompts and thread count:
   pass, every condition as before: 5 seeded random draws even when they repeat one set,
   mean-ablation references of every layer;
 * ``as shipped``: the same with the shipped batch size (16);
-* ``now``: :func:`icl_cmr.pattern_eval.plan_scoring` once per task and reused by every
-  condition, distinct random draws only (:func:`icl_cmr.head_ablation.draw_random_head_sets`),
+* ``now``: :func:`icl_cmr.interventions.pattern_eval.plan_scoring` once per task and reused by every
+  condition, distinct random draws only (:func:`icl_cmr.interventions.head_ablation.draw_random_head_sets`),
   references of the ablated layers only.
 
 Every condition both ways run is checked to agree (accuracy counts equal, log-likelihoods
@@ -33,14 +33,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from icl_cmr.attention_knockout import batch_knockout_mask, kind_codes, knockout_hooks  # noqa: E402
-from icl_cmr.cli import OneLineErrorParser, positive_int  # noqa: E402
-from icl_cmr.head_ablation import (ablation_hooks, draw_random_head_sets, parse_heads,  # noqa: E402
-                                   random_heads)
-from icl_cmr.models import choose_bos, load_model, resolve_model  # noqa: E402
-from icl_cmr.pattern_eval import (EncodedPrompt, encode_prompts, label_log_likelihoods, plan_scoring,  # noqa: E402
-                                  reference_means, score_choices)
-from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts  # noqa: E402
+from icl_cmr.interventions.knockout import batch_knockout_mask, kind_codes, knockout_hooks  # noqa: E402
+from icl_cmr.cli.args import OneLineErrorParser, positive_int  # noqa: E402
+from icl_cmr.interventions.head_ablation import ablation_hooks, draw_random_head_sets, parse_heads, random_heads
+from icl_cmr.heads.models import choose_bos, load_model, resolve_model  # noqa: E402
+from icl_cmr.interventions.pattern_eval import (EncodedPrompt, encode_prompts, label_log_likelihoods, plan_scoring,
+                                                reference_means, score_choices)
+from icl_cmr.interventions.pattern_tasks import PatternTaskConfig, generate_prompts  # noqa: E402
 
 HEADS = "L1H3,L1H0"
 METHODS = ("mean", "zero", "knockout")

@@ -4,7 +4,7 @@ In one process and one thread, on the same weights (the default 2-layer, d_model
 
 * a training step (forward and backward of the last-position loss) at batch 8 x 256, the
   library's ``MambaForCausalLM.forward`` (its sequential PyTorch scan; ``mamba_ssm`` kernels are
-  CUDA-only) vs :meth:`icl_cmr.induction_mamba.InductionMamba.last_logits` (numba scan);
+  CUDA-only) vs :meth:`icl_cmr.synthetic.mamba.InductionMamba.last_logits` (numba scan);
 * one forward pass of a single sequence at ``--length`` (default 2^14) both ways, with the
   peak resident memory of each (Linux ``VmHWM``, reset before each).
 
@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from icl_cmr.cli import OneLineErrorParser, int_range, positive_int  # noqa: E402
-from icl_cmr.induction_mamba import build_mamba  # noqa: E402
+from icl_cmr.cli.args import OneLineErrorParser, int_range, positive_int  # noqa: E402
+from icl_cmr.synthetic.mamba import build_mamba  # noqa: E402
 
 
 def _reset_peak() -> None:

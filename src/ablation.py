@@ -47,24 +47,26 @@ from typing import Dict, List, Optional, Sequence, Set
 
 import numpy as np
 
-from icl_cmr.ablation_experiment import (ABLATED, ABLATED_RAND, ORIGINAL, AblationConfig, BatchSummary,
-                                         combine_batches, conditions, control_head_sets, evaluate_batch,
-                                         top_fraction_heads)
-from icl_cmr.cli import (OneLineErrorParser, device_arg, fraction, given_options, int_range, non_negative_int,
-                         positive_int, refuse_options, run_cli, seed_int, setup_logging)
+from icl_cmr.interventions.icl_ablation import (ABLATED, ABLATED_RAND, ORIGINAL, AblationConfig, BatchSummary,
+                                                combine_batches, conditions, control_head_sets, evaluate_batch,
+                                                top_fraction_heads)
+from icl_cmr.cli.args import (OneLineErrorParser, device_arg, fraction, given_options, int_range, non_negative_int,
+                              positive_int, refuse_options, run_cli, seed_int, setup_logging)
 from icl_cmr.devices import resolve_device
 from icl_cmr.errors import BadFileError, InputError
-from icl_cmr.head_ablation import ABLATION_METHODS, format_heads, mean_head_activations, parse_heads, validate_heads
-from icl_cmr.icl_score import ICLScoreConfig
-from icl_cmr.io import atomic_write, ensure_writable_dir, load_json, load_npz, make_metadata, read_text, save_json, \
-    to_numpy
-from icl_cmr.models import DTYPES, choose_bos, load_model, read_model_shape, resolve_model
-from icl_cmr.outputs import (PendingWrites, check_writable_dir, differing_settings, log_written, pin_cpu_kernels,
-                             portable_path)
-from icl_cmr.result_files import read_ablation_result, read_cmr_fit
-from icl_cmr.score_files import fit_result_paths, other_model_warning
+from icl_cmr.interventions.head_ablation import (ABLATION_METHODS, format_heads, mean_head_activations, parse_heads,
+                                                 validate_heads)
+from icl_cmr.interventions.icl_score import ICLScoreConfig
+from icl_cmr.files.writing import atomic_write, ensure_writable_dir, make_metadata, save_json
+from icl_cmr.files.reading import load_json, load_npz, read_text, to_numpy
+from icl_cmr.heads.models import DTYPES, choose_bos, load_model, read_model_shape, resolve_model
+from icl_cmr.files.outputs import (PendingWrites, check_writable_dir, differing_settings, log_written,
+                                   pin_cpu_kernels, portable_path)
+from icl_cmr.files.results import read_ablation_result, read_cmr_fit
+from icl_cmr.files.scores import fit_result_paths, other_model_warning
 from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table
-from icl_cmr.text_data import TextDataConfig, check_c4_reachable, iter_c4_texts, iter_local_texts, iter_prompts
+from icl_cmr.interventions.texts import (TextDataConfig, check_c4_reachable, iter_c4_texts, iter_local_texts,
+                                         iter_prompts)
 
 logger = logging.getLogger("ablation")
 
@@ -153,7 +155,7 @@ def read_heads_file(path: Path) -> List[tuple]:
 
 
 def read_fit_file(path: Path):
-    """A fit file (validated by :func:`icl_cmr.result_files.read_cmr_fit`): ``.distance`` [L, H], ``.model``."""
+    """A fit file (validated by :func:`icl_cmr.files.results.read_cmr_fit`): ``.distance`` [L, H], ``.model``."""
     if not path.is_file():
         raise FileNotFoundError(f"--fit-file {path} does not exist")
     return read_cmr_fit(path)
@@ -248,7 +250,7 @@ class Checked:
     icl_config: ICLScoreConfig
     spec: object
     heads: Optional[HeadChoice]
-    shape: object = None  # icl_cmr.models.ModelShape, read from the model's config without its weights
+    shape: object = None  # icl_cmr.heads.models.ModelShape, read from the model's config without its weights
 
 
 def check_data(path: Optional[Path]) -> None:
@@ -329,7 +331,7 @@ def _save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
 
 
 def _load_npz(path: Path) -> Dict[str, np.ndarray]:
-    """Every array of a partial-result file (:func:`icl_cmr.io.load_npz`: sizes and zip CRC-32 checked).
+    """Every array of a partial-result file (:func:`icl_cmr.files.reading.load_npz`: sizes and zip CRC-32 checked).
 
     Raises
     ------
@@ -592,7 +594,7 @@ def loss_curves(result: dict, names: Sequence[str]) -> Optional[tuple]:
 def analyse(result: dict, stem: str, args: argparse.Namespace, title: str, pending: PendingWrites,
             marked_indices: Sequence[int] = ()):
     """Statistics table (printed) and figures of one result dict, queued in ``pending`` (nothing written here)."""
-    from icl_cmr.ablation_plots import plot_icl_score_bars, plot_loss_by_position
+    from icl_cmr.figures.ablation import plot_icl_score_bars, plot_loss_by_position
 
     samples = condition_samples(result)
     curves = loss_curves(result, list(samples))

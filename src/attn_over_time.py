@@ -21,15 +21,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from icl_cmr.cli import (OneLineErrorParser, UniqueItems, non_negative_int, plain_name, positive_float, run_cli,
-                         setup_logging)
+from icl_cmr.cli.args import (OneLineErrorParser, UniqueItems, non_negative_int, plain_name, positive_float, run_cli,
+                              setup_logging)
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
-from icl_cmr.fit_analyses import over_training_table
-from icl_cmr.fit_cli import add_common_arguments, grid_parameters, load_grid
-from icl_cmr.fitting import check_fitted, fit_heads
-from icl_cmr.io import make_metadata
-from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
-from icl_cmr.score_files import CHECKPOINT_INDICES, checkpoint_step, load_checkpoint_series
+from icl_cmr.fits.analyses import over_training_table
+from icl_cmr.cli.fit_args import add_common_arguments, grid_parameters, load_grid
+from icl_cmr.fits.distance import check_fitted, fit_heads
+from icl_cmr.files.writing import make_metadata
+from icl_cmr.files.outputs import PendingWrites, check_writable_dir, portable_path
+from icl_cmr.files.scores import CHECKPOINT_INDICES, checkpoint_step, load_checkpoint_series
 
 logger = logging.getLogger("attn_over_time")
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from icl_cmr.fit_figures import over_training_figures
+    from icl_cmr.figures.fit_sets import over_training_figures
 
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)

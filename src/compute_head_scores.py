@@ -21,21 +21,22 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from icl_cmr.cli import (OneLineErrorParser, device_arg, float_range, int_range, non_negative_int, positive_int,
-                         run_cli, seed_int, setup_logging)
+from icl_cmr.cli.args import (OneLineErrorParser, device_arg, float_range, int_range, non_negative_int, positive_int,
+                              run_cli, seed_int, setup_logging)
 from icl_cmr.config import ATTN_CRP_LAGS
-from icl_cmr.copying import model_copying_scores
+from icl_cmr.heads.copying import model_copying_scores
 from icl_cmr.devices import resolve_device
 from icl_cmr.errors import InputError
-from icl_cmr.head_scores import stream_attention_scores
-from icl_cmr.io import load_json, make_metadata, save_pickle
-from icl_cmr.models import (DTYPES, choose_bos, has_tokenizer, load_model, n_kv_heads, peak_gpu_memory_gib,
-                            read_model_shape, resolve_model)
-from icl_cmr.outputs import check_writable_file, log_written, pin_cpu_kernels, portable_path
-from icl_cmr.prompts import (FREQUENT_TOKEN_FILE, PromptConfig, bpe_merge_ranks, default_token_pool,
-                             make_prompt_sets, parse_token_pool, pool_from_ids, prompt_offset, special_token_ids,
-                             tokenizer_size)
-from icl_cmr.score_format import assemble_score_dict, default_score_path
+from icl_cmr.heads.scores import stream_attention_scores
+from icl_cmr.files.reading import load_json
+from icl_cmr.files.writing import make_metadata, save_pickle
+from icl_cmr.heads.models import (DTYPES, choose_bos, has_tokenizer, load_model, n_kv_heads, peak_gpu_memory_gib,
+                                  read_model_shape, resolve_model)
+from icl_cmr.files.outputs import check_writable_file, log_written, pin_cpu_kernels, portable_path
+from icl_cmr.heads.prompts import (FREQUENT_TOKEN_FILE, PromptConfig, bpe_merge_ranks, default_token_pool,
+                                   make_prompt_sets, parse_token_pool, pool_from_ids, prompt_offset,
+                                   special_token_ids, tokenizer_size)
+from icl_cmr.files.score_format import assemble_score_dict, default_score_path
 
 logger = logging.getLogger("compute_head_scores")
 
@@ -123,7 +124,7 @@ def _check_pool_ids(ids: np.ndarray, config: PromptConfig, vocab_size: Optional[
     """A pool file's ids against the model's vocabulary and the block lengths, before the model loads.
 
     The tokenizer's special ids (and a tokenizer smaller than the embedding) are known only once the
-    model is loaded; :func:`icl_cmr.prompts.pool_from_ids` checks them then.
+    model is loaded; :func:`icl_cmr.heads.prompts.pool_from_ids` checks them then.
     """
     if ids.size == 0:
         raise InputError(f"{source}: the token pool is empty")
@@ -241,7 +242,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "queries_per_lag": attention.crp_scores.count.tolist(),
             "sem": "sample std (ddof 1) across all (prompt, query) pairs / sqrt(count)",
             "copying_weights": "HookedTransformer's processed weights (fold_ln, center_writing_weights, "
-                               "center_unembed), applied algebraically per layer (icl_cmr.copying)",
+                               "center_unembed), applied algebraically per layer (icl_cmr.heads.copying)",
         },
         token_pool=pool.describe(),
         copying_score_error=copying_error,

@@ -24,15 +24,15 @@ import shutil
 import time
 from typing import Optional, Sequence
 
-from icl_cmr.cli import OneLineErrorParser, int_range, positive_int, run_cli, seed_int, setup_logging
-from icl_cmr.cmr import CRP_METHODS, CMRSettings
-from icl_cmr.cmr_grid import (GRID_QUANTITIES, PARTIAL_SUFFIX, GridSpec, grid_description, grid_file_names,
+from icl_cmr.cli.args import OneLineErrorParser, int_range, positive_int, run_cli, seed_int, setup_logging
+from icl_cmr.cmr.model import CRP_METHODS, CMRSettings
+from icl_cmr.cmr.grid import (GRID_QUANTITIES, PARTIAL_SUFFIX, GridSpec, grid_description, grid_file_names,
                               recorded_wall_seconds, run_grid)
 from icl_cmr.config import FIT_LAGS
 from icl_cmr.errors import InputError
-from icl_cmr.io import make_metadata
-from icl_cmr.outputs import PendingWrites, check_output_files, check_writable_dir
-from icl_cmr.unpickling import available_memory, human_bytes
+from icl_cmr.files.writing import make_metadata
+from icl_cmr.files.outputs import PendingWrites, check_output_files, check_writable_dir
+from icl_cmr.files.unpickling import available_memory, human_bytes
 
 logger = logging.getLogger("est_cmr_crp")
 

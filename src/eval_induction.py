@@ -20,7 +20,7 @@ How each model runs long inputs: Transformers with ALiBi or no position encoding
 exact linear-time token-type path; absolute and RoPE the blocked path (memory linear,
 time quadratic; ``scaled_dot_product_attention`` on every device); Mamba the chunked
 recurrent scan (memory independent of length, time linear). See
-:mod:`icl_cmr.tiny_transformer` and :mod:`icl_cmr.induction_mamba`. ``--device``
+:mod:`icl_cmr.synthetic.transformer` and :mod:`icl_cmr.synthetic.mamba`. ``--device``
 (default: cuda when available) and ``--dtype`` (float32, or bfloat16 weights) choose
 where; the validation sets are drawn on the CPU, the same on every device.
 
@@ -38,7 +38,7 @@ prompt kinds, the second layer (0-based layer 1) plotted, and a third view store
 
 Mamba has no attention to read; for it, accuracy and the probability of the value against
 the distance between the first trigger and the query
-(:func:`icl_cmr.induction_task.score_by_distance`), ``--inside_sequences`` (64) sequences
+(:func:`icl_cmr.synthetic.task.score_by_distance`), ``--inside_sequences`` (64) sequences
 at each of ``--inside_log2`` (2^12 and 2^16) from the validation seed + 2.
 
 Writes ``--save_dir/accuracy_vs_length_NAME.csv`` (+ ``.json`` metadata of this run, with the
@@ -79,17 +79,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from icl_cmr import induction_task as task
-from icl_cmr.cli import (OneLineErrorParser, comma_list, device_arg, int_range, non_negative_float, non_negative_int,
-                         positive_float, positive_int, run_cli, seed_int, setup_logging)
+from icl_cmr.synthetic import task
+from icl_cmr.cli.args import (OneLineErrorParser, comma_list, device_arg, int_range, non_negative_float,
+                              non_negative_int, positive_float, positive_int, run_cli, seed_int, setup_logging)
 from icl_cmr.config import ATTN_CRP_LAGS
 from icl_cmr.devices import resolve_device
 from icl_cmr.errors import InputError
-from icl_cmr.induction_models import (INDUCTION_DTYPES, MODEL_NAMES, architecture_of, check_memory, fastest_method,
-                                      forward_memory_estimate, linear_time, load_induction_model,
-                                      model_config_dict, saved_train_length)
-from icl_cmr.io import load_json, make_metadata, read_text
-from icl_cmr.outputs import PendingWrites, check_writable_dir, log_written, portable_path
+from icl_cmr.synthetic.models import (INDUCTION_DTYPES, MODEL_NAMES, architecture_of, check_memory, fastest_method,
+                                      forward_memory_estimate, linear_time, load_induction_model, model_config_dict,
+                                      saved_train_length)
+from icl_cmr.files.reading import load_json, read_text
+from icl_cmr.files.writing import make_metadata
+from icl_cmr.files.outputs import PendingWrites, check_writable_dir, log_written, portable_path
 from icl_cmr.stats import wilson_interval
 
 logger = logging.getLogger("eval_induction")
@@ -288,11 +289,11 @@ def lag_statistics(model, n_prompts: int, seed: int, train_length: int = 256) ->
     """Attention by lag -8..+7 on task prompts and repeated-block prompts (see module docstring).
 
     Repeated blocks go through the project's head-score engine
-    (:func:`icl_cmr.head_scores.attention_crp`, no BOS: offset 0); the task prompts,
+    (:func:`icl_cmr.heads.scores.attention_crp`, no BOS: offset 0); the task prompts,
     whose earlier occurrence sits at a different position in every prompt, through
-    :func:`icl_cmr.induction_task.lag_attention`.
+    :func:`icl_cmr.synthetic.task.lag_attention`.
     """
-    from icl_cmr.head_scores import attention_crp
+    from icl_cmr.heads.scores import attention_crp
 
     device = model.device
     tokens, _, trigger_positions = task.validation_set(train_length, n_prompts, seed + 1)

@@ -27,18 +27,18 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-from icl_cmr.cli import (OneLineErrorParser, given_options, non_negative_int, plain_name, positive_float,
-                         refuse_options, run_cli, setup_logging)
+from icl_cmr.cli.args import (OneLineErrorParser, given_options, non_negative_int, plain_name, positive_float,
+                              refuse_options, run_cli, setup_logging)
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
 from icl_cmr.errors import InputError
-from icl_cmr.fit_analyses import head_table
-from icl_cmr.fit_cli import add_common_arguments, add_figure_arguments, grid_parameters, load_grid
-from icl_cmr.fitting import check_fitted, fit_heads
-from icl_cmr.io import make_metadata
-from icl_cmr.layer_stats import percent_below_threshold
-from icl_cmr.outputs import PendingWrites, check_writable_dir, log_written, portable_path
-from icl_cmr.score_format import plain_metadata
-from icl_cmr.score_files import DEFAULT_SCORES_DIR, HeadScores, fit_result_paths, load_model_scores, read_head_scores
+from icl_cmr.fits.analyses import head_table
+from icl_cmr.cli.fit_args import add_common_arguments, add_figure_arguments, grid_parameters, load_grid
+from icl_cmr.fits.distance import check_fitted, fit_heads
+from icl_cmr.files.writing import make_metadata
+from icl_cmr.fits.layers import percent_below_threshold
+from icl_cmr.files.outputs import PendingWrites, check_writable_dir, log_written, portable_path
+from icl_cmr.files.score_format import plain_metadata
+from icl_cmr.files.scores import DEFAULT_SCORES_DIR, HeadScores, fit_result_paths, load_model_scores, read_head_scores
 
 logger = logging.getLogger("fit_attn_score")
 
@@ -119,7 +119,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pending.pickle(fit_path, result)
     pending.text(table_path, head_table(scores, fit, args.threshold, name).to_csv(index=False))
     if not args.no_figures:
-        from icl_cmr.fit_figures import fit_summary_figures, head_fit_pages
+        from icl_cmr.figures.fit_sets import fit_summary_figures, head_fit_pages
 
         for layer, page in head_fit_pages(scores, fit, name, progress=not args.no_progress):
             pending.data(out_dir / f"head_fit_L{layer}.pdf", page)

@@ -5,7 +5,7 @@ the conditional lag-CRP of CMR's own simulated recalls (``saved_crps/cmr_cond_cr
 made by ``est_cmr_crp.py --quantity conditional``); the heads of each model in ``--models`` are
 fitted, as in [LI24], to the paper's CRP of the same simulator (``--head-grid``, the shipped
 ``saved_crps/cmr_crp_avg_20_11.npy``). Same CMR distance, same grid search, same parameter axes
-(:mod:`icl_cmr.human_fits`).
+(:mod:`icl_cmr.humans.fits`).
 
 Writes, in ``<out-dir>`` (default ``saved_scores/human/``), for ``--dataset peers``:
 
@@ -42,23 +42,23 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from icl_cmr.cli import (OneLineErrorParser, UniqueItems, non_negative_float, positive_float, positive_int, run_cli,
-                         seed_int, setup_logging)
+from icl_cmr.cli.args import (OneLineErrorParser, UniqueItems, non_negative_float, positive_float, positive_int,
+                              run_cli, seed_int, setup_logging)
 from icl_cmr.config import CMR_LIKE_THRESHOLD, FIT_LAGS
 from icl_cmr.errors import InputError
-from icl_cmr.fitting import CmrGrid, fit_heads
-from icl_cmr.human_fits import (COMPARED_QUANTITIES, DEFAULT_CONDITIONAL_GRID_PATH, HUMAN_FIT_LAGS,
-                                NEAR_BEST_TOLERANCE, GroupComparisonConfig, fit_people, grid_simulation_settings,
-                                head_table, near_best_ranges, people_table, people_vs_heads_table,
-                                read_conditional_grid, same_simulation_problem, top_cmr_like_over_training)
-from icl_cmr.human_recall import RECALL_UNITS, lag_crps_by_unit, load_recall_data, resolve_dataset
-from icl_cmr.io import make_metadata
-from icl_cmr.layer_stats import DEFAULT_TOP_N
-from icl_cmr.outputs import REPO_ROOT, PendingWrites, check_writable_dir, portable_path
-from icl_cmr.score_files import (CHECKPOINT_INDICES, DEFAULT_GRID_PATH, DEFAULT_SCORES_DIR, HeadScores,
-                                 checkpoint_step, find_score_file, load_checkpoint_series, read_cmr_grid,
-                                 read_head_scores)
-from icl_cmr.score_format import plain_metadata
+from icl_cmr.fits.distance import CmrGrid, fit_heads
+from icl_cmr.humans.fits import (COMPARED_QUANTITIES, DEFAULT_CONDITIONAL_GRID_PATH, HUMAN_FIT_LAGS,
+                                 NEAR_BEST_TOLERANCE, GroupComparisonConfig, fit_people, grid_simulation_settings,
+                                 head_table, near_best_ranges, people_table, people_vs_heads_table,
+                                 read_conditional_grid, same_simulation_problem, top_cmr_like_over_training)
+from icl_cmr.humans.recall import RECALL_UNITS, lag_crps_by_unit, load_recall_data, resolve_dataset
+from icl_cmr.files.writing import make_metadata
+from icl_cmr.fits.layers import DEFAULT_TOP_N
+from icl_cmr.files.outputs import REPO_ROOT, PendingWrites, check_writable_dir, portable_path
+from icl_cmr.files.scores import (CHECKPOINT_INDICES, DEFAULT_GRID_PATH, DEFAULT_SCORES_DIR, HeadScores,
+                                  checkpoint_step, find_score_file, load_checkpoint_series, read_cmr_grid,
+                                  read_head_scores)
+from icl_cmr.files.score_format import plain_metadata
 
 logger = logging.getLogger("fit_human_recall")
 
@@ -193,7 +193,7 @@ def model_head_table(model: str, scores: HeadScores, grid: CmrGrid, threshold: f
 def training_figure(training: Dict[str, List[HeadScores]], grid: CmrGrid, n_top: Sequence[int],
                     people: pd.DataFrame, dataset: str):
     """[LI24] Fig 7d-g with the people's median and interquartile band (people with D < threshold)."""
-    from icl_cmr import human_plots
+    from icl_cmr.figures import humans as human_plots
 
     quantities = list(COMPARED_QUANTITIES)
     series, final_points = {}, {}
@@ -245,7 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     stem = output_stem(dataset, args.by)
     figs_dir, out_dir = inputs["figs_dir"], inputs["out_dir"]
-    from icl_cmr import human_plots
+    from icl_cmr.figures import humans as human_plots
 
     figures = {}
     like = people[people["cmr_like"]]

@@ -36,12 +36,12 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from icl_cmr.cli import OneLineErrorParser, positive_float, run_cli, setup_logging
+from icl_cmr.cli.args import OneLineErrorParser, positive_float, run_cli, setup_logging
 from icl_cmr.config import CMR_GRID_MEAN_FILENAME, CMR_LIKE_STRICT_THRESHOLD, CMR_LIKE_THRESHOLD
-from icl_cmr.official_data import AUTHORS_ARCHIVE_URL, default_cache_dir, resolve_official_dir
-from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
-from icl_cmr.paper_figures import PaperSources, build_paper_figures, check_sources, summary_markdown
-from icl_cmr.score_files import DEFAULT_GRID_PATH, DEFAULT_SCORES_DIR, read_cmr_grid
+from icl_cmr.files.official import AUTHORS_ARCHIVE_URL, default_cache_dir, resolve_official_dir
+from icl_cmr.files.outputs import PendingWrites, check_writable_dir, portable_path
+from icl_cmr.experiments.paper_figures import PaperSources, build_paper_figures, check_sources, summary_markdown
+from icl_cmr.files.scores import DEFAULT_GRID_PATH, DEFAULT_SCORES_DIR, read_cmr_grid
 
 logger = logging.getLogger("paper_figures")
 
@@ -114,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_flag_combinations(parser, args)
     setup_logging(args.verbose)
     if not args.verbose:  # one "reading <file>" line per score file would bury the progress bar
-        logging.getLogger("icl_cmr.score_files").setLevel(logging.WARNING)
+        logging.getLogger("icl_cmr.files.scores").setLevel(logging.WARNING)
     start = time.perf_counter()
     out_dir = check_writable_dir(args.out_dir, "--out-dir")
     src = sources(args)

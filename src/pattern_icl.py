@@ -1,6 +1,6 @@
 """Few-shot pattern matching under induction-head ablation ([CS24]; DESIGN.md section 6).
 
-Asks a model the abstract pattern tasks of :mod:`icl_cmr.pattern_tasks` (5-shot, made-up
+Asks a model the abstract pattern tasks of :mod:`icl_cmr.interventions.pattern_tasks` (5-shot, made-up
 labels, scored by label log-likelihood) intact, with the top 1% / 3% induction heads (by
 prefix-matching score) ablated, and with layer-matched random heads ablated; three
 interventions: mean ablation of the heads' ``hook_z``, zero ablation, and attention knockout
@@ -29,11 +29,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from icl_cmr.cli import (OneLineErrorParser, UniqueItems, device_arg, float_range, given_options, ignored_options,
-                         positive_int, refuse_options, run_cli, seed_int, setup_logging)
+from icl_cmr.cli.args import (OneLineErrorParser, UniqueItems, device_arg, float_range, given_options,
+                              ignored_options, positive_int, refuse_options, run_cli, seed_int, setup_logging)
 from icl_cmr.devices import resolve_device
 from icl_cmr.errors import InputError
-from icl_cmr.models import DTYPES
+from icl_cmr.heads.models import DTYPES
 
 logger = logging.getLogger("pattern_icl")
 
@@ -57,7 +57,7 @@ def _comma_list(text: str, accepted: Sequence[str], flag: str) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from icl_cmr.pattern_tasks import TASKS
+    from icl_cmr.interventions.pattern_tasks import TASKS
 
     parser = OneLineErrorParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -115,7 +115,7 @@ def _induction_scores(args, spec, n_layers: int, n_heads: int) -> Tuple[np.ndarr
 
     A file made for another model (its ``metadata["model"]``) is used with a warning naming both models.
     """
-    from icl_cmr.score_files import find_score_file, other_model_warning, read_head_scores
+    from icl_cmr.files.scores import find_score_file, other_model_warning, read_head_scores
 
     path = args.scores_file if args.scores_file is not None else find_score_file(args.scores_dir, spec.name)
     scores = read_head_scores(path, required=("prefix_matching_score",))
@@ -134,12 +134,12 @@ def head_sets(args, spec, n_layers: int, n_heads: int, need_heads: bool) -> Tupl
     """``{selection: {"induction": heads, "random": [heads per draw], "random_draws": RandomHeadSets}}``,
     and the head-score file the top heads came from (None with ``--heads`` or when no head is ablated).
 
-    The random draws are pairwise distinct (:func:`icl_cmr.head_ablation.draw_random_head_sets`);
+    The random draws are pairwise distinct (:func:`icl_cmr.interventions.head_ablation.draw_random_head_sets`);
     when fewer layer-matched sets exist than ``--n-random-sets``, every one is used once and a
     warning says so. Needs only the model's shape, so it runs before the model loads.
     """
-    from icl_cmr.head_ablation import draw_random_head_sets, format_heads, parse_heads, validate_heads
-    from icl_cmr.pattern_eval import select_top_heads
+    from icl_cmr.interventions.head_ablation import draw_random_head_sets, format_heads, parse_heads, validate_heads
+    from icl_cmr.interventions.pattern_eval import select_top_heads
 
     scores_file = None
     if not need_heads:
@@ -182,8 +182,8 @@ def conditions(ablate: Sequence[str], methods: Sequence[str], sets: Dict[str, di
 
 
 def _prompts(args, task_names: Sequence[str]):
-    from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts
-    from icl_cmr.result_files import read_pattern_prompts
+    from icl_cmr.interventions.pattern_tasks import PatternTaskConfig, generate_prompts
+    from icl_cmr.files.results import read_pattern_prompts
 
     if args.prompts_file is not None:
         prompts, config = read_pattern_prompts(args.prompts_file)
@@ -198,7 +198,7 @@ def _prompts(args, task_names: Sequence[str]):
 
 
 def _reference_prompts(args, task_names, prompts, config):
-    from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts
+    from icl_cmr.interventions.pattern_tasks import PatternTaskConfig, generate_prompts
 
     if args.reference_corpus == "eval":
         return dict(prompts)
@@ -257,8 +257,8 @@ def check_option_groups(parser: argparse.ArgumentParser, args: argparse.Namespac
 class Checked:
     """Everything :func:`check_arguments` validated before the model loads, for :func:`run`."""
 
-    spec: object                 # icl_cmr.models.ModelSpec
-    shape: object                # icl_cmr.models.ModelShape, from the model's config (no weights)
+    spec: object                 # icl_cmr.heads.models.ModelSpec
+    shape: object                # icl_cmr.heads.models.ModelShape, from the model's config (no weights)
     task_names: List[str]
     ablate: List[str]
     methods: List[str]
@@ -276,10 +276,10 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     InputError, FileNotFoundError
         On the first problem, before the model loads or anything is written.
     """
-    from icl_cmr.head_ablation import parse_heads
-    from icl_cmr.models import read_model_shape, resolve_model
-    from icl_cmr.outputs import check_writable_dir
-    from icl_cmr.pattern_tasks import TASKS
+    from icl_cmr.interventions.head_ablation import parse_heads
+    from icl_cmr.heads.models import read_model_shape, resolve_model
+    from icl_cmr.files.outputs import check_writable_dir
+    from icl_cmr.interventions.pattern_tasks import TASKS
 
     task_names = _comma_list(args.tasks, list(TASKS), "--tasks")
     ablate = _comma_list(args.ablate, ABLATE_CHOICES, "--ablate")
@@ -322,10 +322,10 @@ def run(args, checked: Optional[Checked] = None) -> Tuple[object, dict]:
     import pandas as pd
     import torch
 
-    from icl_cmr.head_ablation import ablation_hooks
-    from icl_cmr.models import choose_bos, load_model
-    from icl_cmr.pattern_eval import (encode_prompts, label_log_likelihoods, plan_scoring, reference_means,
-                                      score_choices)
+    from icl_cmr.interventions.head_ablation import ablation_hooks
+    from icl_cmr.heads.models import choose_bos, load_model
+    from icl_cmr.interventions.pattern_eval import (encode_prompts, label_log_likelihoods, plan_scoring,
+                                                    reference_means, score_choices)
 
     checked = checked or check_arguments(args)
     spec, task_names, methods, prompts, config = (checked.spec, checked.task_names, checked.methods,
@@ -419,8 +419,8 @@ def run(args, checked: Optional[Checked] = None) -> Tuple[object, dict]:
 def _accuracy_rows(items, keys: Sequence[str]):
     import pandas as pd
 
-    from icl_cmr.pattern_eval import accuracy_with_ci
-    from icl_cmr.pattern_tasks import get_task
+    from icl_cmr.interventions.pattern_eval import accuracy_with_ci
+    from icl_cmr.interventions.pattern_tasks import get_task
 
     rows = []
     for key, group in items.groupby(list(keys), sort=False):
@@ -467,7 +467,7 @@ def paired_statistics(items, n_resamples: int = 10000, seed: int = 0):
     """
     import pandas as pd
 
-    from icl_cmr.pattern_eval import mcnemar_exact, paired_permutation_test
+    from icl_cmr.interventions.pattern_eval import mcnemar_exact, paired_permutation_test
 
     key = ["item", "demo_seed"]
     rows = []
@@ -516,7 +516,7 @@ def used_parameters(args: argparse.Namespace, checked: Checked) -> dict:
     scores file is the one the top heads came from, and options that no condition used (the
     percentages with ``--heads``, the reference corpus without mean ablation, ...) are None.
     """
-    from icl_cmr.outputs import portable_path
+    from icl_cmr.files.outputs import portable_path
 
     parameters = {key: (portable_path(value) if isinstance(value, Path) else value)
                   for key, value in vars(args).items()}
@@ -546,11 +546,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     check_option_groups(parser, args, given_options(parser, argv))
-    from icl_cmr.head_ablation import format_heads
-    from icl_cmr.io import make_metadata
-    from icl_cmr.outputs import PendingWrites, portable_path
-    from icl_cmr.pattern_eval import plot_accuracy_bars
-    from icl_cmr.pattern_tasks import prompts_to_json
+    from icl_cmr.interventions.head_ablation import format_heads
+    from icl_cmr.files.writing import make_metadata
+    from icl_cmr.files.outputs import PendingWrites, portable_path
+    from icl_cmr.interventions.pattern_eval import plot_accuracy_bars
+    from icl_cmr.interventions.pattern_tasks import prompts_to_json
 
     started = time.monotonic()
     checked = check_arguments(args)  # everything checkable before the model loads

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 
-from icl_cmr.cli import OneLineErrorParser, positive_int, run_cli, setup_logging
-from icl_cmr.fit_figures import reference_crp_figure
-from icl_cmr.human_recall import DEFAULT_HUMAN_DATASET, HUMAN_DATASETS
-from icl_cmr.outputs import PendingWrites, check_writable_dir
-from icl_cmr.score_files import DEFAULT_GRID_PATH, read_cmr_grid
+from icl_cmr.cli.args import OneLineErrorParser, positive_int, run_cli, setup_logging
+from icl_cmr.figures.fit_sets import reference_crp_figure
+from icl_cmr.humans.recall import DEFAULT_HUMAN_DATASET, HUMAN_DATASETS
+from icl_cmr.files.outputs import PendingWrites, check_writable_dir
+from icl_cmr.files.scores import DEFAULT_GRID_PATH, read_cmr_grid
 
 logger = logging.getLogger("plot_crp")
 

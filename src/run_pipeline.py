@@ -40,17 +40,18 @@ from typing import List, Optional, Sequence
 import ablation
 import compute_head_scores
 import fit_attn_score
-from icl_cmr.cli import OneLineErrorParser, device_arg, fraction, positive_int, run_cli, setup_logging
+from icl_cmr.cli.args import OneLineErrorParser, device_arg, fraction, positive_int, run_cli, setup_logging
 from icl_cmr.config import CMR_LIKE_THRESHOLD
 from icl_cmr.errors import InputError
-from icl_cmr.fit_cli import load_grid
-from icl_cmr.icl_score import ICLScoreConfig
-from icl_cmr.io import load_json, save_text
-from icl_cmr.result_files import read_ablation_result
-from icl_cmr.models import resolve_model
-from icl_cmr.outputs import HoldWrittenLines, OutputGuard, check_writable_dir, pin_cpu_kernels, portable_path
-from icl_cmr.score_files import DEFAULT_GRID_PATH, fit_result_paths
-from icl_cmr.text_data import TextDataConfig
+from icl_cmr.cli.fit_args import load_grid
+from icl_cmr.interventions.icl_score import ICLScoreConfig
+from icl_cmr.files.reading import load_json
+from icl_cmr.files.writing import save_text
+from icl_cmr.files.results import read_ablation_result
+from icl_cmr.heads.models import resolve_model
+from icl_cmr.files.outputs import HoldWrittenLines, OutputGuard, check_writable_dir, pin_cpu_kernels, portable_path
+from icl_cmr.files.scores import DEFAULT_GRID_PATH, fit_result_paths
+from icl_cmr.interventions.texts import TextDataConfig
 
 logger = logging.getLogger("run_pipeline")
 
@@ -124,8 +125,8 @@ def model_context(model_arg: str) -> int:
 
 def write_held_out_jsonl(folder: Path, seq_len: int) -> Path:
     """The bundled model's held-out stdlib files, cut at blank lines, as JSONL for ``ablation.py --data``."""
-    from icl_cmr.text_data import split_at_blank_lines
-    from icl_cmr.toy_lm import held_out_texts
+    from icl_cmr.interventions.texts import split_at_blank_lines
+    from icl_cmr.toy_lm.lm import held_out_texts
 
     path = folder / "stdlib_held_out.jsonl"
     documents = held_out_texts()
@@ -172,7 +173,7 @@ class Plan:
         if data is None and Path(args.model).resolve() == BUNDLED_MODEL.resolve():
             data = write_held_out_jsonl(scratch, seq_len)
             self.data_description = (f"held-out standard-library files of {portable_path(BUNDLED_MODEL)} "
-                                     "(icl_cmr.toy_lm.held_out_texts), cut at blank lines")
+                                     "(icl_cmr.toy_lm.lm.held_out_texts), cut at blank lines")
         self.ablation_argv = ["--model_name", args.model, "--fit-file", str(self.fit_file),
                               "--n-eval", str(args.n_eval), "--fraction", str(args.fraction),
                               "--batch-size", str(args.batch_size), "--seq-len", str(seq_len),

@@ -34,16 +34,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from icl_cmr.cli import (OneLineErrorParser, UniqueItems, non_negative_int, plain_name, positive_int, run_cli,
-                         setup_logging, str2bool)
-from icl_cmr.fit_analyses import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, PYTHIA_MODELS, check_top_sizes,
-                                  fit_over_training, load_saved_selections, make_selections)
-from icl_cmr.fit_cli import add_common_arguments, grid_parameters, load_grid
-from icl_cmr.io import make_metadata
-from icl_cmr.layer_stats import DEFAULT_TOP_N
-from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
-from icl_cmr.score_files import CHECKPOINT_INDICES, checkpoint_step
-from icl_cmr.score_format import plain_metadata
+from icl_cmr.cli.args import (OneLineErrorParser, UniqueItems, non_negative_int, plain_name, positive_int, run_cli,
+                              setup_logging, str2bool)
+from icl_cmr.fits.analyses import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, PYTHIA_MODELS, check_top_sizes,
+                                   fit_over_training, load_saved_selections, make_selections)
+from icl_cmr.cli.fit_args import add_common_arguments, grid_parameters, load_grid
+from icl_cmr.files.writing import make_metadata
+from icl_cmr.fits.layers import DEFAULT_TOP_N
+from icl_cmr.files.outputs import PendingWrites, check_writable_dir, portable_path
+from icl_cmr.files.scores import CHECKPOINT_INDICES, checkpoint_step
+from icl_cmr.files.score_format import plain_metadata
 
 logger = logging.getLogger("select_fit")
 
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from icl_cmr.fit_figures import selection_figures
+    from icl_cmr.figures.fit_sets import selection_figures
 
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)

@@ -23,16 +23,16 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from icl_cmr.cli import OneLineErrorParser, UniqueItems, plain_name, positive_int, run_cli, setup_logging, str2bool
+from icl_cmr.cli.args import OneLineErrorParser, UniqueItems, plain_name, positive_int, run_cli, setup_logging, str2bool
 from icl_cmr.errors import InputError
-from icl_cmr.fit_analyses import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, XTRA_MODELS, check_top_sizes,
-                                  fit_over_training, make_selections)
-from icl_cmr.fit_cli import add_common_arguments, grid_parameters, load_grid
-from icl_cmr.io import make_metadata
-from icl_cmr.layer_stats import DEFAULT_TOP_N
-from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
-from icl_cmr.result_files import read_top_heads
-from icl_cmr.score_format import plain_metadata
+from icl_cmr.fits.analyses import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, XTRA_MODELS, check_top_sizes,
+                                   fit_over_training, make_selections)
+from icl_cmr.cli.fit_args import add_common_arguments, grid_parameters, load_grid
+from icl_cmr.files.writing import make_metadata
+from icl_cmr.fits.layers import DEFAULT_TOP_N
+from icl_cmr.files.outputs import PendingWrites, check_writable_dir, portable_path
+from icl_cmr.files.results import read_top_heads
+from icl_cmr.files.score_format import plain_metadata
 
 logger = logging.getLogger("select_fit_xtra")
 
@@ -92,7 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             np.nanmean(selections["induction"][name]["MSE"]))
             per_model[model] = selections
         suffix = ""
-    from icl_cmr.fit_figures import selection_bar_figures
+    from icl_cmr.figures.fit_sets import selection_bar_figures
 
     pending.figures(out_dir, selection_bar_figures(per_model, suffix))
     logger.info("wrote %s", ", ".join(map(str, pending.commit())))

@@ -28,7 +28,7 @@ import signal
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from icl_cmr.cli import OneLineErrorParser, non_negative_int, positive_int, run_cli, setup_logging
+from icl_cmr.cli.args import OneLineErrorParser, non_negative_int, positive_int, run_cli, setup_logging
 from icl_cmr.errors import InputError
 
 logger = logging.getLogger("sweep")

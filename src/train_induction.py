@@ -2,7 +2,7 @@
 
 ``--architecture transformer`` (default; ``--position_encoding`` picks the variant) or
 ``--architecture mamba`` (``transformers``' ``MambaForCausalLM``, d_model 64, state 16;
-:mod:`icl_cmr.induction_mamba`). Both get the same data, loss position, optimiser and
+:mod:`icl_cmr.synthetic.mamba`). Both get the same data, loss position, optimiser and
 curriculum options. Adam with a constant learning rate, batch 8, a fresh batch of length-256 sequences
 every step, loss and accuracy at the last position only. Every ``--eval_every``
 steps the model is scored on the fixed validation set at length 256; training
@@ -60,17 +60,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from icl_cmr import induction_task as task
-from icl_cmr.cli import (OneLineErrorParser, comma_list, device_arg, int_range, non_negative_int, positive_float,
-                         positive_int, probability, run_cli, seed_int, setup_logging)
+from icl_cmr.synthetic import task
+from icl_cmr.cli.args import (OneLineErrorParser, comma_list, device_arg, int_range, non_negative_int, positive_float,
+                              positive_int, probability, run_cli, seed_int, setup_logging)
 from icl_cmr.devices import resolve_device
 from icl_cmr.errors import CorruptFileError, FileContentError, InputError
-from icl_cmr.induction_mamba import InductionMambaConfig
-from icl_cmr.induction_models import (ARCHITECTURES, INDUCTION_DTYPES, build_model, check_memory, fastest_method,
+from icl_cmr.synthetic.mamba import InductionMambaConfig
+from icl_cmr.synthetic.models import (ARCHITECTURES, INDUCTION_DTYPES, build_model, check_memory, fastest_method,
                                       forward_memory_estimate, load_induction_model)
-from icl_cmr.io import atomic_write, load_torch, make_metadata
-from icl_cmr.outputs import PendingWrites, check_writable_dir, log_written, portable_path
-from icl_cmr.tiny_transformer import POSITION_ENCODINGS, TinyTransformerConfig
+from icl_cmr.files.writing import atomic_write, make_metadata
+from icl_cmr.files.reading import load_torch
+from icl_cmr.files.outputs import PendingWrites, check_writable_dir, log_written, portable_path
+from icl_cmr.synthetic.transformer import POSITION_ENCODINGS, TinyTransformerConfig
 
 logger = logging.getLogger("train_induction")
 
@@ -222,7 +223,7 @@ def _torch_save(path: Path, obj: dict) -> Path:
 
 
 def load_model(path: "str | Path", device: str = "cpu", dtype: str = "float32"):
-    """Load a model from ``ENC.pt`` or ``ENC_checkpoint.pt`` (:func:`icl_cmr.induction_models.load_induction_model`)."""
+    """Load a model from ``ENC.pt`` or ``ENC_checkpoint.pt`` (:func:`icl_cmr.synthetic.models.load_induction_model`)."""
     return load_induction_model(path, device, dtype)
 
 
@@ -249,7 +250,7 @@ class DamagedCheckpoint(FileContentError):
 
 
 def read_checkpoint(path: Path) -> dict:
-    """Load a training checkpoint (:func:`icl_cmr.io.load_torch`: weights only) and check that it holds a
+    """Load a training checkpoint (:func:`icl_cmr.files.reading.load_torch`: weights only) and check that it holds a
     training state.
 
     Raises
@@ -283,8 +284,8 @@ def check_training_memory(args: argparse.Namespace, model_config: dict) -> None:
     """Refuse, before any work, a training step or validation batch that cannot fit in memory (one line).
 
     The largest length is ``--train_length`` (the curriculum's stages are shorter); validation runs
-    :func:`icl_cmr.induction_task.evaluate_accuracy` batches of at most
-    :data:`icl_cmr.induction_task.VALIDATION_BATCH_SIZE` sequences.
+    :func:`icl_cmr.synthetic.task.evaluate_accuracy` batches of at most
+    :data:`icl_cmr.synthetic.task.VALIDATION_BATCH_SIZE` sequences.
     """
     length = args.train_length
     check_memory(forward_memory_estimate(args.architecture, model_config, args.batch_size, length, training=True),

@@ -30,11 +30,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from icl_cmr import toy_lm
-from icl_cmr.cli import OneLineErrorParser, int_range, positive_int, probability, run_cli, seed_int, setup_logging
+from icl_cmr.toy_lm import lm as toy_lm
+from icl_cmr.cli.args import OneLineErrorParser, int_range, positive_int, probability, run_cli, seed_int, setup_logging
 from icl_cmr.errors import InputError
-from icl_cmr.io import load_json, make_metadata, save_figure, save_json, save_text
-from icl_cmr.outputs import PendingWrites, check_writable_dir, portable_path
+from icl_cmr.files.reading import load_json
+from icl_cmr.files.writing import make_metadata, save_figure, save_json, save_text
+from icl_cmr.files.outputs import PendingWrites, check_writable_dir, portable_path
 
 logger = logging.getLogger("train_toy_lm")
 

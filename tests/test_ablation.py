@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 import ablation
-from icl_cmr.ablation_experiment import (AblationConfig, BatchSummary, combine_batches, control_head_sets,
-                                         summarise_losses, top_fraction_heads)
-from icl_cmr.cli import run_cli
-from icl_cmr.icl_score import ICLScoreConfig
-from icl_cmr.io import load_pickle
+from icl_cmr.interventions.icl_ablation import (AblationConfig, BatchSummary, combine_batches, control_head_sets,
+                                                summarise_losses, top_fraction_heads)
+from icl_cmr.cli.args import run_cli
+from icl_cmr.interventions.icl_score import ICLScoreConfig
+from icl_cmr.files.reading import load_pickle
 
 # ----------------------------------------------------------------------------- engine
 

@@ -15,7 +15,7 @@ import pytest
 import ablation
 import fit_attn_score
 import pattern_icl
-from icl_cmr.cli import run_cli
+from icl_cmr.cli.args import run_cli
 from test_fit_scripts import make_grid, scores, dump
 
 

@@ -1,7 +1,7 @@
 """The architecture matrix: on every architecture we accept, the attention hooks hold what their names say.
 
 For each tiny random model of tests/tiny_models.MATRIX_ARCHITECTURES (norm gains drawn
-away from 1), loaded through ``icl_cmr.models.load_model`` (TransformerLens 4's bridge):
+away from 1), loaded through ``icl_cmr.heads.models.load_model`` (TransformerLens 4's bridge):
 
 * ``hook_attn_scores`` equals the softmax input Hugging Face itself computes: ``q . k``
   times the architecture's scale, after its rotary embedding (full, partial or
@@ -32,8 +32,9 @@ import pytest
 import torch
 
 from icl_cmr.errors import InputError
-from icl_cmr.head_scores import repeat_lag_indices, stream_attention_scores
-from icl_cmr.models import hook_name, load_model, resolve_model
+from icl_cmr.heads.scores import repeat_lag_indices, stream_attention_scores
+from icl_cmr.heads.hooks import hook_name
+from icl_cmr.heads.models import load_model, resolve_model
 from tiny_models import MATRIX_ARCHITECTURES, N_LAYERS, REFUSED_ARCHITECTURES
 
 SCORED = tuple(arch for arch in MATRIX_ARCHITECTURES if arch not in REFUSED_ARCHITECTURES)

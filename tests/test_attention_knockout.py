@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from icl_cmr.attention_knockout import (batch_knockout_mask, kind_codes, knockout_edges, knockout_hooks,
-                                        knockout_mask, token_kinds)
+from icl_cmr.interventions.knockout import (batch_knockout_mask, kind_codes, knockout_edges, knockout_hooks,
+                                            knockout_mask, token_kinds)
 from icl_cmr.errors import InputError
-from icl_cmr.models import hook_name, load_model, resolve_model
-from icl_cmr.pattern_tasks import Segment
+from icl_cmr.heads.hooks import hook_name
+from icl_cmr.heads.models import load_model, resolve_model
+from icl_cmr.interventions.pattern_tasks import Segment
 
 
 

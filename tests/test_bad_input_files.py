@@ -25,8 +25,8 @@ import pattern_icl
 import select_fit
 import select_fit_xtra
 import train_induction
-from icl_cmr.cli import run_cli
-from icl_cmr.io import load_pickle
+from icl_cmr.cli.args import run_cli
+from icl_cmr.files.reading import load_pickle
 
 BINARY = bytes(range(256)) * 4  # not UTF-8 from byte 0x80 (offset 128) on
 HUGE = 10 ** 13

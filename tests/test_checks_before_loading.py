@@ -17,10 +17,11 @@ import pytest
 import ablation
 import compute_head_scores
 import pattern_icl
-from icl_cmr.cli import run_cli
+from icl_cmr.cli.args import run_cli
 from icl_cmr.errors import InputError
-from icl_cmr.io import load_json, load_pickle, save_pickle
-from icl_cmr.prompts import PromptConfig
+from icl_cmr.files.reading import load_json, load_pickle
+from icl_cmr.files.writing import save_pickle
+from icl_cmr.heads.prompts import PromptConfig
 from tiny_models import N_CTX
 
 SMALL_SCORES = ["--n-prompts", "2", "--block-len", "6", "--prefix-block-len", "4", "--prefix-n-prompts", "1",
@@ -259,13 +260,13 @@ def test_pattern_icl_refuses_repeated_and_conflicting_flags_while_parsing(tiny_m
 
 def test_pattern_prompts_longer_than_the_context_are_refused_before_any_forward_pass(tiny_model_dirs, tmp_path,
                                                                                      capsys, monkeypatch):
-    import icl_cmr.pattern_eval
+    import icl_cmr.interventions.pattern_eval
 
     def refuse(*args, **kwargs):
         raise AssertionError("a forward pass ran before the prompt length was checked")
 
     for name in ("label_log_likelihoods", "reference_means"):
-        monkeypatch.setattr(icl_cmr.pattern_eval, name, refuse)
+        monkeypatch.setattr(icl_cmr.interventions.pattern_eval, name, refuse)
     argv = _pattern_argv(tiny_model_dirs["gpt2"], tmp_path, "--heads", "L1H3", "--n-items", "2", "--seeds", "0",
                          "--n-reference", "2", "--shots", "300")
     line = _refused(pattern_icl.main, argv, capsys)

@@ -6,7 +6,7 @@ import pytest
 import pattern_icl
 import plot_crp
 import train_toy_lm
-from icl_cmr.cli import run_cli
+from icl_cmr.cli.args import run_cli
 
 
 def _one_error(main, argv, capsys):
@@ -26,12 +26,12 @@ def blocker(tmp_path):
 
 def test_pattern_icl_checks_its_output_folders_before_loading_the_model(tiny_model_dirs, blocker, capsys,
                                                                         monkeypatch):
-    import icl_cmr.models
+    import icl_cmr.heads.models
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad output folder was reported")
 
-    monkeypatch.setattr(icl_cmr.models, "load_model", refuse)
+    monkeypatch.setattr(icl_cmr.heads.models, "load_model", refuse)
     code, errors = _one_error(pattern_icl.main, ["--model", str(tiny_model_dirs["gpt2"]), "--heads", "L1H0",
                                                  "--out-dir", str(blocker / "out")], capsys)
     assert code == 2 and len(errors) == 1 and f"{blocker} is a file" in errors[0] and "--out-dir" in errors[0]

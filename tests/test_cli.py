@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from icl_cmr import cli, devices
-from icl_cmr.cli import (OneLineErrorParser, comma_list, device_arg, float_range, int_range, run_cli, str2bool)
+from icl_cmr.cli import args as cli
+from icl_cmr import devices
+from icl_cmr.cli.args import OneLineErrorParser, comma_list, device_arg, float_range, int_range, run_cli, str2bool
 from icl_cmr.errors import InputError
-from icl_cmr.io import atomic_write, save_json, save_npy, save_pickle
+from icl_cmr.files.writing import atomic_write, save_json, save_npy, save_pickle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(path.stem for path in (REPO_ROOT / "src").glob("*.py"))

@@ -1,6 +1,6 @@
 """Specification tests of the CMR engine (DESIGN.md section 3).
 
-Expected values come from code written here, independently of ``icl_cmr.cmr``:
+Expected values come from code written here, independently of ``icl_cmr.cmr.model``:
 a slow loop simulator that follows DESIGN.md line by line, closed forms derived
 below, and brute-force enumeration of recall paths.
 """
@@ -11,9 +11,9 @@ import itertools
 import numpy as np
 import pytest
 
-from icl_cmr.cmr import (CMRSettings, alias_tables, authors_closed_form_crp, cmr_crp, crp_from_draws,
-                         encoding_matrix, exact_crp, mean_and_sem_over_starts, simulate_recall)
-from icl_cmr.cmr_kernels import first_component_above, overlap_dot
+from icl_cmr.cmr.model import (CMRSettings, alias_tables, authors_closed_form_crp, cmr_crp, crp_from_draws,
+                               encoding_matrix, exact_crp, mean_and_sem_over_starts, simulate_recall)
+from icl_cmr.cmr.kernels import first_component_above, overlap_dot
 from icl_cmr.errors import InputError
 
 MAX_LAG = 8

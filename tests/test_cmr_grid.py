@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from icl_cmr.cmr import CMRSettings, cmr_crp, mean_and_sem_over_starts
-from icl_cmr.cmr_grid import GridSpec, compute_point, grid_axes, grid_file_names, load_cmr_grid, run_grid
+from icl_cmr.cmr.model import CMRSettings, cmr_crp, mean_and_sem_over_starts
+from icl_cmr.cmr.grid import GridSpec, compute_point, grid_axes, grid_file_names, load_cmr_grid, run_grid
 from icl_cmr.config import BETA_ENC_GRID, BETA_REC_GRID, CMR_GRID_MEAN_FILENAME, CMR_GRID_SEM_FILENAME, GAMMA_FT_GRID
 from icl_cmr.errors import InputError
 

@@ -16,11 +16,12 @@ import pytest
 import torch
 
 import compute_head_scores
-from icl_cmr.cli import run_cli
+from icl_cmr.cli.args import run_cli
 from icl_cmr.config import ATTN_CRP_LAGS
-from icl_cmr.io import load_pickle
-from icl_cmr.models import hook_name, load_model, resolve_model
-from icl_cmr.score_format import AUTHOR_KEYS, EXTRA_KEYS
+from icl_cmr.files.reading import load_pickle
+from icl_cmr.heads.hooks import hook_name
+from icl_cmr.heads.models import load_model, resolve_model
+from icl_cmr.files.score_format import AUTHOR_KEYS, EXTRA_KEYS
 from tiny_models import N_HEADS, N_LAYERS
 
 BLOCK_LEN, N_PROMPTS, BATCH = 12, 5, 2

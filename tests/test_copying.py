@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from icl_cmr.copying import (copying_scores, eigenvalue_copying_ratio, kv_head_index, model_copying_scores,
-                             norm_gain, unembed_embed_product)
+from icl_cmr.heads.copying import (copying_scores, eigenvalue_copying_ratio, kv_head_index, model_copying_scores,
+                                   norm_gain, unembed_embed_product)
 from icl_cmr.errors import InputError
-from icl_cmr.models import hook_name, load_model, resolve_model
+from icl_cmr.heads.hooks import hook_name
+from icl_cmr.heads.models import load_model, resolve_model
 from tiny_models import MATRIX_ARCHITECTURES
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from icl_cmr.cli import SCRIPT_DOCS, OneLineErrorParser
+from icl_cmr.cli.args import SCRIPT_DOCS, OneLineErrorParser
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import est_cmr_crp
-from icl_cmr.cli import run_cli
-from icl_cmr.cmr import CMRSettings
-from icl_cmr.cmr_grid import GridSpec, run_grid
+from icl_cmr.cli.args import run_cli
+from icl_cmr.cmr.model import CMRSettings
+from icl_cmr.cmr.grid import GridSpec, run_grid
 
 SMALL_FLAGS = ["--n_beta", "2", "--n_gamma", "3", "--n_trials", "30", "--n_items", "30", "--max_draws", "12",
                "--n_start", "3", "--seed", "4", "--no_progress"]
@@ -179,7 +179,7 @@ def _one_error_nothing_written(tmp_path, capsys, flags):
 
 @pytest.mark.parametrize("n_trials", ["1000000000", "1000000000000"])
 def test_a_grid_too_large_for_memory_is_refused_with_the_estimate(tmp_path, capsys, n_trials):
-    from icl_cmr.unpickling import human_bytes
+    from icl_cmr.files.unpickling import human_bytes
 
     line = _one_error_nothing_written(tmp_path, capsys, ["--n_beta", "2", "--n_gamma", "2", "--n_start", "2",
                                                          "--n_trials", n_trials])
@@ -219,8 +219,8 @@ def test_max_lag_outside_what_a_grid_can_hold_or_the_fits_need_is_refused(tmp_pa
 def test_a_grid_with_another_max_lag_is_read_by_the_fitting_code_and_fits_nearly_the_same(tmp_path, capsys):
     """Each start's CRP is normalised over its own 2 max_lag + 1 lags before the mean over starts, so the
     cut CRP depends on max_lag only through those per-start weights: a small difference, not none."""
-    from icl_cmr.fitting import cmr_fit_patterns, fit_heads
-    from icl_cmr.score_files import read_cmr_grid
+    from icl_cmr.fits.distance import cmr_fit_patterns, fit_heads
+    from icl_cmr.files.scores import read_cmr_grid
 
     grids = {}
     for max_lag in (6, 8):
@@ -238,7 +238,7 @@ def test_a_grid_with_another_max_lag_is_read_by_the_fitting_code_and_fits_nearly
 
 def test_a_grid_whose_lags_do_not_reach_the_fitting_lags_is_refused_by_the_reader(tmp_path):
     from icl_cmr.errors import InputError
-    from icl_cmr.score_files import read_cmr_grid
+    from icl_cmr.files.scores import read_cmr_grid
 
     mean = np.full((20, 21, 11, 9), 1 / 9)   # lags -4..+4
     np.save(tmp_path / "grid_avg.npy", mean)
@@ -255,8 +255,8 @@ def test_a_grid_whose_lags_do_not_reach_the_fitting_lags_is_refused_by_the_reade
 def test_the_memory_estimate_bounds_the_measured_peak_of_a_grid_point(settings, method):
     import tracemalloc
 
-    from icl_cmr.cmr import _component_tables, cmr_crp, point_memory_bytes
-    from icl_cmr.cmr_conditional import conditional_cmr_crp
+    from icl_cmr.cmr.model import _component_tables, cmr_crp, point_memory_bytes
+    from icl_cmr.cmr.conditional import conditional_cmr_crp
 
     def compute(beta_enc):
         rng = np.random.default_rng(0)

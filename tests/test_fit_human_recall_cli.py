@@ -9,9 +9,9 @@ import pytest
 
 import est_cmr_crp
 import fit_human_recall
-from icl_cmr.cli import run_cli
-from icl_cmr.io import load_pickle
-from icl_cmr.result_files import read_cmr_fit
+from icl_cmr.cli.args import run_cli
+from icl_cmr.files.reading import load_pickle
+from icl_cmr.files.results import read_cmr_fit
 
 GRID_FLAGS = ["--n_beta", "4", "--n_gamma", "3", "--n_trials", "40", "--n_items", "40", "--max_draws", "15",
               "--n_start", "5", "--seed", "3", "--workers", "1", "--no_progress"]

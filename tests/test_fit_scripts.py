@@ -14,8 +14,8 @@ import fit_attn_score
 import plot_crp
 import select_fit
 import select_fit_xtra
-from icl_cmr.cli import run_cli, str2bool
-from icl_cmr.io import load_pickle
+from icl_cmr.cli.args import run_cli, str2bool
+from icl_cmr.files.reading import load_pickle
 
 GRID_SHAPE = (2, 3, 2)
 AXES = {"beta_enc": [0.5, 1.0], "beta_rec": [0.0, 0.5, 1.0], "gamma_ft": [0.0, 1.0]}
@@ -116,7 +116,7 @@ def test_fit_attn_score_no_figures_writes_the_fits_and_no_pdf(workspace):
 
 
 def test_layer_fit_pages_draw_every_head_on_one_reused_figure():
-    from icl_cmr.plotting import LayerFitPages
+    from icl_cmr.figures.fits import LayerFitPages
 
     lags = np.arange(-5, 6)
     rng = np.random.default_rng(0)
@@ -404,8 +404,8 @@ def test_fig4_on_a_coarse_grid_warns_names_the_nearest_points_and_draws_each_onc
 
     import matplotlib.pyplot as plt
 
-    from icl_cmr.fit_figures import reference_crp_figure
-    from icl_cmr.score_files import read_cmr_grid
+    from icl_cmr.figures.fit_sets import reference_crp_figure
+    from icl_cmr.files.scores import read_cmr_grid
 
     grid = read_cmr_grid(workspace["tmp"] / "grid_avg.npy")   # beta_enc 0.5, 1; beta_rec 0, 0.5, 1; gamma 0, 1
     with caplog.at_level(logging.WARNING):

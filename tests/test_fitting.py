@@ -6,8 +6,8 @@ import pytest
 
 from icl_cmr.config import ATTN_CRP_LAGS, CMR_CRP_LAGS, FIT_LAGS
 from icl_cmr.errors import InputError
-from icl_cmr.fitting import CmrGrid, cmr_distance, cmr_fit_patterns, fit_heads, select_lags
-from icl_cmr.io import load_npy, load_pickle
+from icl_cmr.fits.distance import CmrGrid, cmr_distance, cmr_fit_patterns, fit_heads, select_lags
+from icl_cmr.files.reading import load_npy, load_pickle
 
 FIT_COLUMNS_ATTN = slice(3, 14)   # lags -5..+5 within -8..+7
 FIT_COLUMNS_CMR = slice(3, 14)    # lags -5..+5 within -8..+8
@@ -239,7 +239,7 @@ def _small_grid():
 
 
 def test_check_fitted_counts_fitted_heads_and_warns_about_the_rest(caplog):
-    from icl_cmr.fitting import check_fitted
+    from icl_cmr.fits.distance import check_fitted
 
     crp = np.random.default_rng(2).normal(size=(2, 3, 16))
     crp[0, 0] = np.nan
@@ -254,7 +254,7 @@ def test_check_fitted_counts_fitted_heads_and_warns_about_the_rest(caplog):
 
 @pytest.mark.parametrize("crp", [np.full((2, 3, 16), np.nan), np.full((2, 3, 16), 0.5), np.zeros((0, 3, 16))])
 def test_check_fitted_refuses_a_file_where_no_head_can_be_fitted(crp):
-    from icl_cmr.fitting import check_fitted
+    from icl_cmr.fits.distance import check_fitted
 
     fit = fit_heads(crp, _small_grid())
     with pytest.raises(InputError, match=r"^f\.pkl: (none of its 6 heads can be fitted|holds no heads)"):
@@ -262,7 +262,7 @@ def test_check_fitted_refuses_a_file_where_no_head_can_be_fitted(crp):
 
 
 def test_check_fitted_looks_at_one_checkpoint_of_a_series():
-    from icl_cmr.fitting import check_fitted
+    from icl_cmr.fits.distance import check_fitted
 
     crp = np.random.default_rng(3).normal(size=(2, 2, 3, 16))
     crp[1] = np.nan                                   # the second checkpoint is unusable

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from icl_cmr.errors import InputError
-from icl_cmr.head_ablation import (ablation_hooks, format_heads, heads_to_mask, mean_ablation_hooks,
-                                   mean_head_activations, parse_heads, random_heads, zero_ablation_hooks)
-from icl_cmr.models import hook_name, load_model, resolve_model
+from icl_cmr.interventions.head_ablation import (ablation_hooks, format_heads, heads_to_mask, mean_ablation_hooks,
+                                                 mean_head_activations, parse_heads, random_heads,
+                                                 zero_ablation_hooks)
+from icl_cmr.heads.hooks import hook_name
+from icl_cmr.heads.models import load_model, resolve_model
 from tiny_models import N_HEADS, N_KV_HEADS
 
 ARCHS = ("gpt2", "neox", "llama_gqa")

@@ -13,10 +13,10 @@ import torch
 
 from icl_cmr.config import ATTN_CRP_LAGS
 from icl_cmr.errors import InputError
-from icl_cmr.head_scores import (LagAccumulator, attention_crp, induction_matching_score, prefix_matching_score,
-                                 repeat_lag_indices, stream_attention_scores)
-from icl_cmr.prompts import (PromptConfig, bpe_merge_ranks, default_token_pool, make_prompt_sets, parse_token_pool,
-                             pool_from_ids, repeated_random_prompts, special_token_ids)
+from icl_cmr.heads.scores import (LagAccumulator, attention_crp, induction_matching_score, prefix_matching_score,
+                                  repeat_lag_indices, stream_attention_scores)
+from icl_cmr.heads.prompts import (PromptConfig, bpe_merge_ranks, default_token_pool, make_prompt_sets,
+                                   parse_token_pool, pool_from_ids, repeated_random_prompts, special_token_ids)
 
 LAGS = list(ATTN_CRP_LAGS)
 
@@ -301,7 +301,7 @@ def _build_exact_model(directory):
 
 @pytest.fixture(scope="module")
 def exact_scores(tmp_path_factory):
-    from icl_cmr.models import load_model, resolve_model
+    from icl_cmr.heads.models import load_model, resolve_model
 
     folder = _build_exact_model(tmp_path_factory.mktemp("exact") / "exact_heads")
     model = load_model(resolve_model(str(folder)))
@@ -348,7 +348,7 @@ def test_uniform_head_matches_the_closed_form(exact_scores):
 
 
 def test_copying_scores_of_the_hand_built_heads_have_the_built_in_signs(exact_scores):
-    from icl_cmr.copying import model_copying_scores
+    from icl_cmr.heads.copying import model_copying_scores
 
     _, model = exact_scores
     copying = model_copying_scores(model)

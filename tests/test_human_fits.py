@@ -5,14 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icl_cmr.cmr import CMRSettings, simulate_recall
-from icl_cmr.cmr_grid import GridSpec, run_grid
+from icl_cmr.cmr.model import CMRSettings, simulate_recall
+from icl_cmr.cmr.grid import GridSpec, run_grid
 from icl_cmr.config import CMR_GRID_MEAN_FILENAME
 from icl_cmr.errors import InputError
-from icl_cmr.fitting import CmrGrid
-from icl_cmr.human_fits import (HUMAN_FIT_LAGS, GroupComparisonConfig, compare_groups, fit_people, near_best_ranges,
-                                people_table, people_vs_heads_table, read_conditional_grid, share_below)
-from icl_cmr.human_recall import UnitLagCrps, lag_crps_by_unit, simulated_recall_table
+from icl_cmr.fits.distance import CmrGrid
+from icl_cmr.humans.fits import (HUMAN_FIT_LAGS, GroupComparisonConfig, compare_groups, fit_people, near_best_ranges,
+                                 people_table, people_vs_heads_table, read_conditional_grid, share_below)
+from icl_cmr.humans.recall import UnitLagCrps, lag_crps_by_unit, simulated_recall_table
 
 GRID_SETTINGS = CMRSettings(n_items=50, n_trials=200, max_draws=20, n_start=10)
 
@@ -132,7 +132,7 @@ def test_near_best_ranges_span_the_points_within_the_slack(small_conditional_gri
     np.testing.assert_allclose(everything["low"][0], [grid.beta_enc.min(), grid.beta_rec.min(), grid.gamma_ft.min()])
     np.testing.assert_allclose(everything["high"][0], [1.0, 1.0, 1.0])
     # a slack between: exactly the points a direct loop over the grid finds within it
-    from icl_cmr.fitting import cmr_distance, cmr_fit_patterns
+    from icl_cmr.fits.distance import cmr_distance, cmr_fit_patterns
 
     distances = np.array([cmr_distance(curve[None, [3, 4, 5, 6, 7, 9, 10, 11, 12, 13]], pattern[None])[0][0, 0]
                           for pattern in cmr_fit_patterns(grid, HUMAN_FIT_LAGS).reshape(-1, 10)])

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from icl_cmr.errors import InputError
-from icl_cmr.human_recall import conditional_lag_crp, lag_crps_by_unit, load_recall_data, resolve_dataset
+from icl_cmr.humans.recall import conditional_lag_crp, lag_crps_by_unit, load_recall_data, resolve_dataset
 
 
 def tiny_study():

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from icl_cmr import induction_task as task
-from icl_cmr.induction_mamba import InductionMambaConfig, build_mamba
-from icl_cmr.tiny_transformer import POSITION_ENCODINGS, TinyTransformer, TinyTransformerConfig
+from icl_cmr.synthetic import task
+from icl_cmr.synthetic.mamba import InductionMambaConfig, build_mamba
+from icl_cmr.synthetic.transformer import POSITION_ENCODINGS, TinyTransformer, TinyTransformerConfig
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SHIPPED = Path(__file__).resolve().parents[1] / "saved_models" / "induction_task"
@@ -104,7 +104,7 @@ def test_mamba_torch_scan_on_each_device_equals_the_cpu_numba_path_at_2_to_the_1
 
 @pytest.mark.parametrize("name", ["absolute", "mamba"])
 def test_bfloat16_keeps_the_shipped_models_answers_at_the_training_length(name):
-    from icl_cmr.induction_models import load_induction_model
+    from icl_cmr.synthetic.models import load_induction_model
 
     path = SHIPPED / f"{name}.pt"
     if not path.is_file():
@@ -138,7 +138,7 @@ def test_bfloat16_training_autocasts_and_keeps_float32_weights(tmp_path):
 def test_cuda_asked_for_without_one_is_a_one_line_error_before_anything_is_written(tmp_path, capsys, script):
     import importlib
 
-    from icl_cmr.cli import run_cli
+    from icl_cmr.cli.args import run_cli
 
     module = importlib.import_module(script)
     try:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from icl_cmr import induction_task as task
+from icl_cmr.synthetic import task
 from icl_cmr.errors import InputError
-from icl_cmr.induction_mamba import InductionMamba, InductionMambaConfig, build_mamba
-from icl_cmr.selective_scan import selective_scan
+from icl_cmr.synthetic.mamba import InductionMamba, InductionMambaConfig, build_mamba
+from icl_cmr.synthetic.scan import selective_scan
 
 
 # ----------------------------------------------------------------------------- the scan
@@ -144,7 +144,7 @@ def test_chunked_inference_equals_the_full_forward(chunk_size):
 def test_saved_state_loads_into_a_plain_library_model(tmp_path):
     from transformers import MambaConfig, MambaForCausalLM
 
-    from icl_cmr.induction_models import load_induction_model
+    from icl_cmr.synthetic.models import load_induction_model
 
     model = _perturbed_mamba(seed=7, d_model=32)
     torch.save({"architecture": "mamba", "model": model.state_dict(),
@@ -203,7 +203,7 @@ def test_mamba_resume_equals_uninterrupted_training(tmp_path):
                                             (["--name", "x_checkpoint"], "--name")])
 def test_transformer_flags_with_mamba_are_a_one_line_error(tmp_path, capsys, flags, message):
     import train_induction
-    from icl_cmr.cli import run_cli
+    from icl_cmr.cli.args import run_cli
 
     try:
         code = run_cli(train_induction.main, _train_args(tmp_path, *TINY_MAMBA, "--max_steps", "3", *flags))
@@ -216,7 +216,7 @@ def test_transformer_flags_with_mamba_are_a_one_line_error(tmp_path, capsys, fla
 
 def test_mamba_flags_with_a_transformer_are_a_one_line_error(tmp_path, capsys):
     import train_induction
-    from icl_cmr.cli import run_cli
+    from icl_cmr.cli.args import run_cli
 
     code = run_cli(train_induction.main, _train_args(tmp_path, "--d_state", "8", "--max_steps", "3"))
     assert code == 2 and "--d_state does not apply to --architecture transformer" in capsys.readouterr().err
@@ -257,7 +257,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "saved_models" / "induction_task
 
 
 def test_shipped_mamba_solves_the_task_at_the_training_length():
-    from icl_cmr.induction_models import load_induction_model
+    from icl_cmr.synthetic.models import load_induction_model
 
     model = load_induction_model(SHIPPED / "mamba.pt")
     assert isinstance(model, InductionMamba) and model.config.hidden_size == 64

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from icl_cmr import induction_task as task
+from icl_cmr.synthetic import task
 from icl_cmr.config import ATTN_CRP_LAGS
 from icl_cmr.errors import InputError
-from icl_cmr.tiny_transformer import (POSITION_ENCODINGS, TinyTransformer, TinyTransformerConfig,
-                                      alibi_slopes, apply_rope, blocked_causal_attention)
+from icl_cmr.synthetic.transformer import (POSITION_ENCODINGS, TinyTransformer, TinyTransformerConfig, alibi_slopes,
+                                           apply_rope, blocked_causal_attention)
 
 TRIGGER = 15
 
@@ -334,7 +334,7 @@ def test_resume_mid_curriculum_equals_uninterrupted_training(tmp_path):
                                                   ("16,x", "integer"), ("16,256", "below --train_length")])
 def test_bad_curriculum_is_a_one_line_error(tmp_path, capsys, curriculum, message):
     import train_induction
-    from icl_cmr.cli import run_cli
+    from icl_cmr.cli.args import run_cli
 
     try:   # argparse exits with 2 on a malformed value; our own checks return 2 through run_cli
         code = run_cli(train_induction.main, _train_args(tmp_path, "--curriculum", curriculum, "--max_steps", "1"))
@@ -376,7 +376,7 @@ def test_rerunning_resumes_by_default_and_records_it(tmp_path):
 
 def test_resuming_with_other_settings_is_a_one_line_error(tmp_path, capsys):
     import train_induction
-    from icl_cmr.cli import run_cli
+    from icl_cmr.cli.args import run_cli
 
     train_induction.main(_train_args(tmp_path, *TINY_TRAINING, "--max_steps", "3"))
     before = (tmp_path / "rope_checkpoint.pt").read_bytes()
@@ -417,7 +417,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_training_starts_over(tmp_path, ca
 
 def test_an_unwritable_figure_folder_is_refused_before_training(tmp_path, capsys):
     import train_induction
-    from icl_cmr.cli import run_cli
+    from icl_cmr.cli.args import run_cli
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -480,7 +480,7 @@ def test_eval_combines_a_table_written_before_mamba_and_devices(tmp_path):
 
 def test_eval_refuses_a_table_with_other_columns_before_any_work(tmp_path, capsys):
     import eval_induction
-    from icl_cmr.cli import run_cli
+    from icl_cmr.cli.args import run_cli
 
     (tmp_path / "accuracy_vs_length_rope.csv").write_text("name,score\nrope,1\n")
     code = run_cli(eval_induction.main, ["--models", str(SHIPPED / "alibi.pt"), "--save_dir", str(tmp_path),
@@ -523,8 +523,8 @@ def test_min_steps_trains_past_the_target(tmp_path):
 
 
 def test_lag_attention_agrees_with_head_score_engine_on_repeated_blocks():
-    """Our general lag statistic equals icl_cmr.head_scores.attention_crp on its own prompt layout."""
-    from icl_cmr.head_scores import attention_crp
+    """Our general lag statistic equals icl_cmr.heads.scores.attention_crp on its own prompt layout."""
+    from icl_cmr.heads.scores import attention_crp
 
     rng = np.random.default_rng(8)
     patterns = rng.random((2, 3, 4, 30, 30))                    # [layer, batch, head, query, key]
@@ -586,7 +586,7 @@ def test_evaluating_some_lengths_keeps_the_other_rows_of_the_table(tmp_path):
 # ----------------------------------------------------------------------------- memory and divergence
 
 def test_memory_estimate_adds_data_activations_and_alibi_attention():
-    from icl_cmr import induction_models as im
+    from icl_cmr.synthetic import models as im
 
     transformer = {"d_model": 64, "d_mlp": 256, "n_layers": 2, "n_heads": 8, "position_encoding": "rope"}
     positions = 8 * 256
@@ -610,14 +610,14 @@ def test_memory_estimate_adds_data_activations_and_alibi_attention():
 
 
 def im_chunk():
-    from icl_cmr.induction_mamba import DEFAULT_CHUNK
+    from icl_cmr.synthetic.mamba import DEFAULT_CHUNK
 
     return DEFAULT_CHUNK
 
 
 def test_check_memory_refuses_more_than_is_free(monkeypatch):
-    from icl_cmr import unpickling
-    from icl_cmr.induction_models import check_memory
+    from icl_cmr.files import unpickling
+    from icl_cmr.synthetic.models import check_memory
 
     monkeypatch.setattr(unpickling, "available_memory", lambda: 2 ** 30)
     check_memory(2 ** 30, "cpu", "this")
@@ -638,8 +638,8 @@ def test_check_memory_refuses_more_than_is_free(monkeypatch):
 def test_training_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path, capsys, monkeypatch, extra,
                                                                        message):
     import train_induction
-    from icl_cmr import unpickling
-    from icl_cmr.cli import run_cli
+    from icl_cmr.files import unpickling
+    from icl_cmr.cli.args import run_cli
 
     monkeypatch.setattr(unpickling, "available_memory", lambda: 16 * 2 ** 30)
     code = run_cli(train_induction.main, _train_args(tmp_path, *TINY_TRAINING, *extra))
@@ -650,7 +650,7 @@ def test_training_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path,
 
 def test_a_diverging_run_stops_with_one_line_and_writes_nothing_new(tmp_path, capsys):
     import train_induction
-    from icl_cmr.cli import run_cli
+    from icl_cmr.cli.args import run_cli
 
     code = run_cli(train_induction.main, _train_args(tmp_path, *TINY_TRAINING, "--learning_rate", "1e30",
                                                      "--max_steps", "30"))
@@ -664,8 +664,8 @@ def test_a_diverging_run_stops_with_one_line_and_writes_nothing_new(tmp_path, ca
 def test_eval_refuses_a_longest_length_that_cannot_fit_before_evaluating(tmp_path, capsys, monkeypatch):
     import eval_induction
     import train_induction
-    from icl_cmr import unpickling
-    from icl_cmr.cli import run_cli
+    from icl_cmr.files import unpickling
+    from icl_cmr.cli.args import run_cli
 
     assert train_induction.main(_train_args(tmp_path, *TINY_TRAINING, "--max_steps", "3")) == 0
     capsys.readouterr()
@@ -764,7 +764,7 @@ def test_combining_alone_needs_no_model_and_draws_every_training_curve(tmp_path)
 ])
 def test_flags_of_a_part_that_does_not_run_are_refused(tmp_path, capsys, extra, message):
     import eval_induction
-    from icl_cmr.cli import run_cli
+    from icl_cmr.cli.args import run_cli
 
     code = run_cli(eval_induction.main, ["--models", str(SHIPPED / "alibi.pt"), "--save_dir", str(tmp_path / "out"),
                                          "--fig_dir", str(tmp_path / "figs"), *extra])
@@ -778,7 +778,7 @@ def test_flags_of_a_part_that_does_not_run_are_refused(tmp_path, capsys, extra, 
 ])
 def test_training_flags_that_contradict_are_refused(tmp_path, capsys, extra, message):
     import train_induction
-    from icl_cmr.cli import run_cli
+    from icl_cmr.cli.args import run_cli
 
     try:   # argparse exits with 2 on a malformed value; our own checks return 2 through run_cli
         code = run_cli(train_induction.main, _train_args(tmp_path, *TINY_TRAINING, *extra))
@@ -804,7 +804,7 @@ def test_a_second_damaged_checkpoint_does_not_overwrite_the_first(tmp_path):
 
 def test_files_that_hold_no_usable_model_are_named_in_one_line(tmp_path):
     from icl_cmr.errors import FileContentError
-    from icl_cmr.induction_models import load_induction_model
+    from icl_cmr.synthetic.models import load_induction_model
 
     good = torch.load(SHIPPED / "alibi.pt", weights_only=True)
     cases = {

@@ -1,4 +1,4 @@
-"""Specification tests of icl_cmr.io: atomic writes, metadata, safe loading of pickles and arrays."""
+"""Specification tests of icl_cmr.files.writing: atomic writes, metadata, safe loading of pickles and arrays."""
 from __future__ import annotations
 
 import io
@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from icl_cmr import io as icl_io
+from icl_cmr.files import writing as icl_io
 from icl_cmr.errors import CorruptFileError, InputError, UnsafeFileError
-from icl_cmr.io import (atomic_write, ensure_writable_dir, iter_jsonl, load_json, load_npy, load_npz, load_pickle,
-                        load_torch, make_metadata, read_text, save_json, save_npy, save_pickle, save_text, to_numpy)
+from icl_cmr.files.writing import (atomic_write, ensure_writable_dir, make_metadata, save_json, save_npy, save_pickle,
+                                   save_text)
+from icl_cmr.files.reading import (iter_jsonl, load_json, load_npy, load_npz, load_pickle, load_torch, read_text,
+                                   to_numpy)
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -433,7 +435,7 @@ def test_a_npz_member_declaring_more_than_the_archive_holds_is_refused(tmp_path)
 
 
 def test_the_size_bound_is_a_multiple_of_the_file_size():
-    from icl_cmr.unpickling import MAX_DECODED_BYTES_PER_FILE_BYTE, DeclaredSizeError, ReadBudget
+    from icl_cmr.files.unpickling import MAX_DECODED_BYTES_PER_FILE_BYTE, DeclaredSizeError, ReadBudget
 
     budget = ReadBudget(1000, memory=10 ** 12)
     budget.claim(MAX_DECODED_BYTES_PER_FILE_BYTE * 1000, "everything")
@@ -442,7 +444,7 @@ def test_the_size_bound_is_a_multiple_of_the_file_size():
 
 
 def test_arrays_beyond_the_available_memory_are_refused_in_one_line():
-    from icl_cmr.unpickling import AvailableMemoryError, ReadBudget
+    from icl_cmr.files.unpickling import AvailableMemoryError, ReadBudget
 
     with pytest.raises(AvailableMemoryError, match="needs 2.0 KiB of memory for its arrays, but only 1000 bytes"):
         ReadBudget(10 ** 6, memory=1000).claim(2048, "an array")

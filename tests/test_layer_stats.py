@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from icl_cmr.errors import InputError
-from icl_cmr.layer_stats import (HUMAN_FITS, gather_selected, percent_below_threshold, relative_layer_position,
+from icl_cmr.fits.layers import (HUMAN_FITS, gather_selected, percent_below_threshold, relative_layer_position,
                                  select_top_heads, summarize_by_layer)
 
 

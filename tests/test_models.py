@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from icl_cmr.errors import InputError
-from icl_cmr.models import (MODEL_REGISTRY, hook_name, load_model, n_kv_heads, resolve_model)
+from icl_cmr.heads.models import MODEL_REGISTRY, load_model, n_kv_heads, resolve_model
+from icl_cmr.heads.hooks import hook_name
 from tiny_models import N_HEADS, N_KV_HEADS, N_LAYERS
 
 

@@ -12,10 +12,11 @@ import pytest
 import ablation
 import fit_attn_score
 import pattern_icl
-from icl_cmr.io import load_json, load_pickle, save_pickle
-from icl_cmr.outputs import portable_path
-from icl_cmr.result_files import read_cmr_fit
-from icl_cmr.score_files import other_model_warning, read_head_scores
+from icl_cmr.files.reading import load_json, load_pickle
+from icl_cmr.files.writing import save_pickle
+from icl_cmr.files.outputs import portable_path
+from icl_cmr.files.results import read_cmr_fit
+from icl_cmr.files.scores import other_model_warning, read_head_scores
 from test_fit_scripts import dump, make_grid, scores
 
 

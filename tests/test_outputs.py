@@ -1,4 +1,4 @@
-"""icl_cmr.outputs: writable-folder checks, pending writes, portable paths, reruns that change nothing."""
+"""icl_cmr.files.outputs: writable-folder checks, pending writes, portable paths, reruns that change nothing."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from icl_cmr.errors import InputError
-from icl_cmr.io import load_pickle, make_metadata, save_pickle
-from icl_cmr.outputs import (REPO_ROOT, OutputGuard, PendingWrites, check_writable_dir, portable_path,
-                             portable_paths_in, same_result)
+from icl_cmr.files.reading import load_pickle
+from icl_cmr.files.writing import make_metadata, save_pickle
+from icl_cmr.files.outputs import (REPO_ROOT, OutputGuard, PendingWrites, check_writable_dir, portable_path,
+                                   portable_paths_in, same_result)
 
 
 # ----------------------------------------------------------------------------- checks before work

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 import paper_figures
-from icl_cmr.cli import run_cli
+from icl_cmr.cli.args import run_cli
 from icl_cmr.errors import InputError
-from icl_cmr.io import load_pickle
-from icl_cmr.layer_stats import authors_sorted_position_mask
-from icl_cmr.official_data import download_official, extract_data_folders
+from icl_cmr.files.reading import load_pickle
+from icl_cmr.fits.layers import authors_sorted_position_mask
+from icl_cmr.files.official import download_official, extract_data_folders
 
 REPO = Path(__file__).resolve().parents[1]
 

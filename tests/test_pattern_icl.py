@@ -9,15 +9,17 @@ import pytest
 import torch
 
 import pattern_icl
-from icl_cmr.cli import run_cli
+from icl_cmr.cli.args import run_cli
 from icl_cmr.errors import InputError
-from icl_cmr.head_ablation import mean_ablation_hooks
-from icl_cmr.io import load_json, save_pickle
-from icl_cmr.models import choose_bos, hook_name, load_model, resolve_model
-from icl_cmr.pattern_eval import (EncodedPrompt, accuracy_with_ci, encode_prompts, label_log_likelihoods,
-                                  mcnemar_exact, paired_permutation_test, reference_means, score_choices,
-                                  select_top_heads)
-from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts
+from icl_cmr.interventions.head_ablation import mean_ablation_hooks
+from icl_cmr.files.reading import load_json
+from icl_cmr.files.writing import save_pickle
+from icl_cmr.heads.models import choose_bos, load_model, resolve_model
+from icl_cmr.heads.hooks import hook_name
+from icl_cmr.interventions.pattern_eval import (EncodedPrompt, accuracy_with_ci, encode_prompts,
+                                                label_log_likelihoods, mcnemar_exact, paired_permutation_test,
+                                                reference_means, score_choices, select_top_heads)
+from icl_cmr.interventions.pattern_tasks import PatternTaskConfig, generate_prompts
 
 
 

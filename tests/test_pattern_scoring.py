@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from icl_cmr.attention_knockout import kind_codes, knockout_hooks, knockout_mask
-from icl_cmr.head_ablation import ablation_hooks
-from icl_cmr.models import choose_bos, load_model, resolve_model
-from icl_cmr.pattern_eval import (EncodedPrompt, encode_prompts, label_log_likelihoods, plan_scoring,
-                                  reference_means, score_choices)
-from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts
+from icl_cmr.interventions.knockout import kind_codes, knockout_hooks, knockout_mask
+from icl_cmr.interventions.head_ablation import ablation_hooks
+from icl_cmr.heads.models import choose_bos, load_model, resolve_model
+from icl_cmr.interventions.pattern_eval import (EncodedPrompt, encode_prompts, label_log_likelihoods, plan_scoring,
+                                                reference_means, score_choices)
+from icl_cmr.interventions.pattern_tasks import PatternTaskConfig, generate_prompts
 
 ARCHS = ("gpt2", "neox", "llama_gqa")
 HEADS = [(1, 2), (0, 1)]

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from icl_cmr.errors import InputError
-from icl_cmr.pattern_tasks import (CATEGORY_WORDS, TASKS, PatternTaskConfig, generate_prompts, get_task,
-                                   prompts_from_json, prompts_to_json)
+from icl_cmr.interventions.pattern_tasks import (CATEGORY_WORDS, TASKS, PatternTaskConfig, generate_prompts, get_task,
+                                                 prompts_from_json, prompts_to_json)
 
 SMALL = PatternTaskConfig(shots=5, n_items=12, demo_seeds=(0, 1, 2), seed=3)
 

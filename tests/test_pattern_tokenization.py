@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from icl_cmr.models import load_model, resolve_model
-from icl_cmr.pattern_eval import encode_prompts, label_log_likelihoods
-from icl_cmr.pattern_tasks import LABELS, PatternTaskConfig, generate_prompts
+from icl_cmr.heads.models import load_model, resolve_model
+from icl_cmr.interventions.pattern_eval import encode_prompts, label_log_likelihoods
+from icl_cmr.interventions.pattern_tasks import LABELS, PatternTaskConfig, generate_prompts
 
 #: Label pieces of the SentencePiece-style vocabulary, each built by three merges (e.g. ▁ F -> ▁F, o o -> oo).
 LABEL_MERGES = {"Foo": [("▁", "F"), ("o", "o"), ("▁F", "oo")], "Bar": [("▁", "B"), ("a", "r"), ("▁B", "ar")],
@@ -86,7 +86,7 @@ def test_a_token_spanning_the_join_falls_back_to_the_label_alone(caplog):
     # A first-priority merge of ":" with the label's "▁" makes the joint text's tokens straddle prompt and label.
     tokenizer = sentencepiece_style_tokenizer(extra_merges=[(":", "▁")])
     prompts = generate_prompts("recursion", PatternTaskConfig(n_items=2, demo_seeds=(0,)))
-    with caplog.at_level(logging.WARNING, logger="icl_cmr.pattern_eval"):
+    with caplog.at_level(logging.WARNING, logger="icl_cmr.interventions.pattern_eval"):
         encoded = encode_prompts(tokenizer, prompts, bos_id=1)
     alone = tokenizer(" Foo", add_special_tokens=False)["input_ids"]
     assert encoded[0].continuation_ids[0].tolist() == alone

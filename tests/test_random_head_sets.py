@@ -7,9 +7,9 @@ import logging
 import numpy as np
 import pytest
 
-from icl_cmr.ablation_experiment import AblationConfig, control_head_sets
+from icl_cmr.interventions.icl_ablation import AblationConfig, control_head_sets
 from icl_cmr.errors import InputError
-from icl_cmr.head_ablation import count_random_head_sets, draw_random_head_sets, random_heads
+from icl_cmr.interventions.head_ablation import count_random_head_sets, draw_random_head_sets, random_heads
 
 
 def _all_heads(n_layers, n_heads, exclude=()):
@@ -87,7 +87,7 @@ def test_too_few_heads_for_one_set_is_an_input_error():
 def test_ablation_controls_are_distinct_and_the_shortfall_is_warned(caplog):
     # 1 layer x 4 heads, 2 ablated: the 2 heads left make the only possible control set of 2.
     config = AblationConfig(n_random_sets=3, seed=0)
-    with caplog.at_level(logging.WARNING, logger="icl_cmr.ablation_experiment"):
+    with caplog.at_level(logging.WARNING, logger="icl_cmr.interventions.icl_ablation"):
         sets, seeds = control_head_sets(1, 4, [(0, 0), (0, 3)], config)
     assert sets == [[(0, 1), (0, 2)]] and len(seeds) == 1
     assert "only 1 distinct random sets of 2 heads exist outside the ablated heads" in caplog.text
@@ -99,7 +99,7 @@ def test_ablation_script_runs_each_distinct_control_once_and_records_the_request
     import json
 
     import ablation
-    from icl_cmr.io import load_pickle
+    from icl_cmr.files.reading import load_pickle
 
     # Layer 1 of a 2 x 4 model ablated: the 4 heads of layer 0 are the only control set of 4.
     data = tmp_path / "docs.jsonl"

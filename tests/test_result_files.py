@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from icl_cmr.ablation_experiment import BatchSummary
+from icl_cmr.interventions.icl_ablation import BatchSummary
 from icl_cmr.errors import FileContentError
-from icl_cmr.io import save_pickle
-from icl_cmr.result_files import read_ablation_result, read_cmr_fit, read_pattern_prompts, read_top_heads
+from icl_cmr.files.writing import save_pickle
+from icl_cmr.files.results import read_ablation_result, read_cmr_fit, read_pattern_prompts, read_top_heads
 
 
 def fit_dict(n_layers=2, n_heads=3):
@@ -190,15 +190,15 @@ def test_a_damaged_batch_summary_is_refused(change, message):
 # ----------------------------------------------------------------------------- pattern-task prompt files
 
 def _prompt_file():
-    from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts, prompts_to_json
+    from icl_cmr.interventions.pattern_tasks import PatternTaskConfig, generate_prompts, prompts_to_json
 
     config = PatternTaskConfig(n_items=2, demo_seeds=(0,))
     return prompts_to_json({"repetition": generate_prompts("repetition", config)}, config)
 
 
 def test_a_prompt_file_round_trips(tmp_path):
-    from icl_cmr.io import save_json
-    from icl_cmr.pattern_tasks import PatternTaskConfig, generate_prompts
+    from icl_cmr.files.writing import save_json
+    from icl_cmr.interventions.pattern_tasks import PatternTaskConfig, generate_prompts
 
     path = save_json(tmp_path / "prompts.json", _prompt_file())
     prompts, config = read_pattern_prompts(path)
@@ -219,7 +219,7 @@ def test_a_prompt_file_round_trips(tmp_path):
     (lambda d: d["tasks"]["repetition"][0].update(extra=1), "unknown extra"),
 ])
 def test_a_prompt_file_with_the_wrong_content_names_the_place(tmp_path, change, message):
-    from icl_cmr.io import save_json
+    from icl_cmr.files.writing import save_json
 
     data = _prompt_file()
     change(data)

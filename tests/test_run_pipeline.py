@@ -9,9 +9,9 @@ import pytest
 import ablation
 import compute_head_scores
 import run_pipeline
-from icl_cmr.cli import run_cli
+from icl_cmr.cli.args import run_cli
 from icl_cmr.errors import InputError
-from icl_cmr.io import load_pickle
+from icl_cmr.files.reading import load_pickle
 
 
 def test_icl_positions_keep_the_papers_500_of_512_when_the_context_allows():

@@ -10,9 +10,9 @@ import torch
 
 from icl_cmr.config import BETA_ENC_GRID
 from icl_cmr.errors import CorruptFileError, FileContentError, InputError
-from icl_cmr.score_files import (CHECKPOINT_INDICES, FINAL_CHECKPOINT, checkpoint_step, find_score_file,
-                                 load_checkpoint_series, read_cmr_grid, normalise_model_name,
-                                 parse_score_file_name, read_head_scores)
+from icl_cmr.files.scores import (CHECKPOINT_INDICES, FINAL_CHECKPOINT, checkpoint_step, find_score_file,
+                                  load_checkpoint_series, read_cmr_grid, normalise_model_name, parse_score_file_name,
+                                  read_head_scores)
 
 
 def score_dict(n_layers=2, n_heads=3, seed=0, torch_tensors=False, extra=True):
@@ -237,8 +237,8 @@ def test_authors_grid_loads_with_sem(official_dir):
 
 
 def test_files_written_by_score_format_are_found_and_read(tmp_path):
-    from icl_cmr.io import save_pickle
-    from icl_cmr.score_format import assemble_score_dict, default_score_path
+    from icl_cmr.files.writing import save_pickle
+    from icl_cmr.files.score_format import assemble_score_dict, default_score_path
 
     rng = np.random.default_rng(3)
     shape = (2, 4)

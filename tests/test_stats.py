@@ -8,7 +8,7 @@ import pytest
 
 from icl_cmr.errors import InputError
 from icl_cmr.stats import (PairedStatsConfig, comparison_table, format_table, paired_comparison, significance_stars,
-                            wilson_interval)
+                           wilson_interval)
 
 
 def test_paired_t_and_cohens_d_follow_their_formulas():

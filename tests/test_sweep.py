@@ -23,8 +23,8 @@ import attn_over_time
 import select_fit
 import select_fit_xtra
 import sweep
-from icl_cmr.cli import run_cli
-from icl_cmr.io import load_pickle
+from icl_cmr.cli.args import run_cli
+from icl_cmr.files.reading import load_pickle
 from icl_cmr.sweeps.manifest import read_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import sweep
-from icl_cmr.cli import run_cli
+from icl_cmr.cli.args import run_cli
 from icl_cmr.errors import InputError
 from icl_cmr.sweeps.execute import error_line, run_command
 from icl_cmr.sweeps.jobs import Job, MetadataCheck, build_jobs, stale_reason

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from icl_cmr.errors import InputError
-from icl_cmr.text_data import TextDataConfig, iter_c4_texts, iter_local_texts, iter_prompts
+from icl_cmr.interventions.texts import TextDataConfig, iter_c4_texts, iter_local_texts, iter_prompts
 
 
 class WordTokenizer:
@@ -80,7 +80,7 @@ def test_c4_fails_fast_with_one_line_when_offline(monkeypatch):
 
 
 def test_split_at_blank_lines_keeps_order_and_minimum_length():
-    from icl_cmr.text_data import split_at_blank_lines
+    from icl_cmr.interventions.texts import split_at_blank_lines
 
     paragraphs = [f"para {i} " + "x" * (10 * (i % 3 + 1)) for i in range(12)]
     text = "\n\n".join(paragraphs)

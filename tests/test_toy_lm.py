@@ -1,4 +1,4 @@
-"""Specification of the bundled small language model (icl_cmr.toy_lm, src/train_toy_lm.py)."""
+"""Specification of the bundled small language model (icl_cmr.toy_lm.lm, src/train_toy_lm.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from icl_cmr import toy_lm
+from icl_cmr.toy_lm import lm as toy_lm
 from icl_cmr.errors import InputError
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "saved_models" / "toy_lm"
@@ -365,7 +365,7 @@ def test_evaluate_only_recomputes_the_same_evaluation(trained_dir):
 
 def test_script_rejects_a_missing_model_for_evaluate_only(tmp_path):
     import train_toy_lm
-    from icl_cmr.cli import run_cli
+    from icl_cmr.cli.args import run_cli
 
     assert run_cli(train_toy_lm.main, ["--evaluate_only", "--save_dir", str(tmp_path / "none")]) == 2
 

@@ -1,7 +1,7 @@
 """Paper constants shared by several modules, each defined once with its source.
 
 Constants used by a single module live in that module's own config dataclass
-(for example the CMR grid in :mod:`icl_cmr.cmr_grid`); the ones here are read
+(for example the CMR grid in :mod:`icl_cmr.cmr.grid`); the ones here are read
 by more than one part of the engine and must agree everywhere.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Which torch device to run on: validate a device name, pick a default.
 
-Scripts take ``--device cpu | cuda | cuda:N | mps`` (:func:`icl_cmr.cli.device_arg`
+Scripts take ``--device cpu | cuda | cuda:N | mps`` (:func:`icl_cmr.cli.args.device_arg`
 checks it while parsing, before any model loads); without the flag they run on
 :func:`resolve_device`'s choice, CUDA when available, else the CPU.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from .errors import InputError
+from icl_cmr.errors import InputError
 
 #: Device names the scripts accept, as shown in messages.
 DEVICE_NAMES = ("cpu", "cuda", "cuda:N", "mps")

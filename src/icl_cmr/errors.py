@@ -2,7 +2,7 @@
 
 Engine functions raise :class:`InputError` (a ``ValueError``) with a message that
 names the bad argument and the accepted values; scripts turn it into a one-line
-message and exit code 2 (see :func:`icl_cmr.cli.run_cli`).
+message and exit code 2 (see :func:`icl_cmr.cli.args.run_cli`).
 
 Files that exist but cannot be used raise a :class:`BadFileError` subclass, whose
 message starts with the file's path:

@@ -13,7 +13,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
+from icl_cmr.errors import InputError
 
 
 @dataclass(frozen=True)

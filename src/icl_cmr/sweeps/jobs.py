@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
-from ..errors import InputError
-from ..io import PACKAGE_VERSION, load_json, load_pickle
-from ..score_files import FINAL_CHECKPOINT, normalise_model_name
-from ..score_format import default_score_path
-from .plan import (ABLATION_SETTINGS, AGGREGATE_SETTINGS, CPU_GROUP, FIT_SETTINGS, SCORES_SETTINGS, ModelEntry,
-                   Plan, setting_argv)
+from icl_cmr.errors import InputError
+from icl_cmr.files.writing import PACKAGE_VERSION
+from icl_cmr.files.reading import load_json, load_pickle
+from icl_cmr.files.scores import FINAL_CHECKPOINT, normalise_model_name
+from icl_cmr.files.score_format import default_score_path
+from icl_cmr.sweeps.plan import (ABLATION_SETTINGS, AGGREGATE_SETTINGS, CPU_GROUP, FIT_SETTINGS, SCORES_SETTINGS,
+                                 ModelEntry, Plan, setting_argv)
 
 #: Where non-final checkpoints' fits go, inside the model's score folder.
 CHECKPOINT_FITS_DIR = "checkpoint_fits"
@@ -138,7 +139,7 @@ def _model_source(entry: ModelEntry, step: Optional[int]) -> Tuple[str, Optional
 
 
 def _default_grid() -> str:
-    from ..score_files import DEFAULT_GRID_PATH
+    from icl_cmr.files.scores import DEFAULT_GRID_PATH
     return str(DEFAULT_GRID_PATH)
 
 
@@ -151,8 +152,8 @@ def _common_fit_argv(plan: Plan) -> List[str]:
 # ----------------------------------------------------------------------------- per-model jobs
 
 def _scores_job(plan: Plan, entry: ModelEntry, step: Optional[int]) -> Job:
-    from ..models import resolve_model
-    from ..prompts import PromptConfig
+    from icl_cmr.heads.models import resolve_model
+    from icl_cmr.heads.prompts import PromptConfig
 
     model_arg, checkpoint = _model_source(entry, step)
     out = score_path(plan, entry, step)
@@ -182,7 +183,7 @@ def _scores_job(plan: Plan, entry: ModelEntry, step: Optional[int]) -> Job:
 
 
 def _fit_job(plan: Plan, entry: ModelEntry, step: Optional[int]) -> Job:
-    from ..config import CMR_LIKE_THRESHOLD
+    from icl_cmr.config import CMR_LIKE_THRESHOLD
 
     scores = score_path(plan, entry, step)
     name, root = fit_name_and_root(plan, entry, step)
@@ -201,7 +202,7 @@ def _fit_job(plan: Plan, entry: ModelEntry, step: Optional[int]) -> Job:
 
 
 def _ablation_job(plan: Plan, entry: ModelEntry) -> Job:
-    from ..models import resolve_model
+    from icl_cmr.heads.models import resolve_model
 
     step = entry.final_step
     fit_file, _ = fit_paths(plan, entry, step)
@@ -232,7 +233,7 @@ def fit_steps(plan: Plan, entry: ModelEntry) -> Tuple[Optional[int], ...]:
 
 def _final_is_default(entry: ModelEntry) -> bool:
     """Whether the fitting scripts find this model's trained-model file without ``--checkpoint``
-    (a file without ``_cp``, else ``_cp142``: :func:`icl_cmr.score_files.find_score_file`)."""
+    (a file without ``_cp``, else ``_cp142``: :func:`icl_cmr.files.scores.find_score_file`)."""
     step = entry.final_step
     return step is None or entry.checkpoint_index(step) == FINAL_CHECKPOINT
 
@@ -257,7 +258,7 @@ def aggregate_jobs(plan: Plan, finished: Optional[Mapping[str, Set[Optional[int]
     common = ["--scores-dir", scores_dir, "--figs-dir", figs_dir,
               *setting_argv({k: v for k, v in FIT_SETTINGS.items() if k in ("crp_grid", "crp_sem")}, plan.fit),
               *setting_argv({"threshold": AGGREGATE_SETTINGS["threshold"]}, plan.aggregate)]
-    from ..config import CMR_LIKE_THRESHOLD
+    from icl_cmr.config import CMR_LIKE_THRESHOLD
     base_expect = {"versions.icl_cmr": PACKAGE_VERSION, "parameters.crp_grid": grid,
                    "parameters.threshold": plan.aggregate.get("threshold", CMR_LIKE_THRESHOLD)}
     path_keys = ("parameters.crp_grid",)
@@ -376,9 +377,9 @@ def _lookup(metadata: Mapping[str, Any], dotted: str) -> Tuple[bool, Any]:
 
 
 def _stored_path(text: str) -> str:
-    """A path as a script stored it (:func:`icl_cmr.outputs.portable_path`: relative to the repository
+    """A path as a script stored it (:func:`icl_cmr.files.outputs.portable_path`: relative to the repository
     root, ``~/...``, or absolute), made absolute."""
-    from ..outputs import REPO_ROOT
+    from icl_cmr.files.outputs import REPO_ROOT
 
     if text.startswith("~/"):
         return os.path.expanduser(text)

@@ -1,6 +1,6 @@
 """The sweep manifest: one record per job with its state, time, peak memory and error line.
 
-Written atomically (:func:`icl_cmr.io.save_json`) after every change of state, at
+Written atomically (:func:`icl_cmr.files.writing.save_json`) after every change of state, at
 ``<scores_dir>/sweeps/<plan>/manifest.json``, so it is whole even when the sweep is killed.
 A job found ``running`` in a manifest whose sweep is gone was cut off and runs again.
 
@@ -14,9 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
 
-from ..io import load_json, save_json
-from .execute import utc_now
-from .jobs import Job
+from icl_cmr.files.reading import load_json
+from icl_cmr.files.writing import save_json
+from icl_cmr.sweeps.execute import utc_now
+from icl_cmr.sweeps.jobs import Job
 
 STATES = ("pending", "running", "done", "skipped", "failed", "blocked", "interrupted")
 #: States whose outputs exist and are current.
@@ -38,7 +39,7 @@ def read_manifest(path: "str | Path") -> Optional[Dict[str, Any]]:
         return None
     data = load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
-        from ..errors import FileContentError
+        from icl_cmr.errors import FileContentError
         raise FileContentError(f"{path}: not a sweep manifest (no 'jobs' list); move it away to start afresh")
     return data
 
@@ -121,8 +122,8 @@ def sweep_lock(sweep_dir: "str | Path") -> Iterator[Path]:
     """
     import fcntl
 
-    from ..errors import InputError
-    from ..io import ensure_writable_dir
+    from icl_cmr.errors import InputError
+    from icl_cmr.files.writing import ensure_writable_dir
 
     path = ensure_writable_dir(sweep_dir) / ".lock"
     with open(path, "a+") as handle:

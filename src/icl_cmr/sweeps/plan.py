@@ -43,9 +43,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from ..cli import (float_range, fraction, int_range, non_negative_int, positive_float, positive_int, seed_int)
-from ..errors import InputError
-from ..io import read_text
+from icl_cmr.cli.args import float_range, fraction, int_range, non_negative_int, positive_float, positive_int, seed_int
+from icl_cmr.errors import InputError
+from icl_cmr.files.reading import read_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -58,11 +58,11 @@ STAGES = ("scores", "fit", "ablation", "aggregate")
 DEFAULT_STAGES = ("scores", "fit", "aggregate")
 
 #: Pythia v0 training steps of [LI24] Fig 7 / S4: 1000 (K + 1) for K = 0, 10, ..., 140, 142
-#: (:data:`icl_cmr.score_files.CHECKPOINT_INDICES`; DESIGN.md section 5).
+#: (:data:`icl_cmr.files.scores.CHECKPOINT_INDICES`; DESIGN.md section 5).
 PAPER_STEPS = tuple(1000 * (k + 1) for k in (*range(0, 143, 10), 142))
 
 #: Steps of local checkpoint folders map to file indices K = step / 1000 - 1, the Pythia v0
-#: spacing every fitting script assumes (:func:`icl_cmr.score_files.checkpoint_step`).
+#: spacing every fitting script assumes (:func:`icl_cmr.files.scores.checkpoint_step`).
 STEP_SPACING = 1000
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -247,7 +247,7 @@ def _safe_name(value: Any) -> str:
 
 
 def _number(kind: Callable[[str], Any]) -> Callable[[Any], Any]:
-    """An ``icl_cmr.cli`` number type applied to a TOML value (booleans are not numbers)."""
+    """An ``icl_cmr.cli.args`` number type applied to a TOML value (booleans are not numbers)."""
     def parse(value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise argparse.ArgumentTypeError(f"must be a number, got {value!r}")
@@ -411,7 +411,7 @@ def _checkpoint_dirs(reader: _Reader, table: Any, where: str) -> Dict[int, str]:
 
 def _read_model(reader: _Reader, entry: Any, number: int, scores_default: Mapping[str, Any],
                 groups: Mapping[str, ResourceGroup]) -> ModelEntry:
-    from ..models import resolve_model
+    from icl_cmr.heads.models import resolve_model
 
     where = f"[[models]] #{number}"
     if not isinstance(entry, dict):

@@ -24,10 +24,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from .execute import JobResult, job_environment, run_command, utc_now
-from .jobs import Job, aggregate_jobs, input_signatures, stale_reason
-from .manifest import FINISHED_OK, save_manifest
-from .plan import Plan
+from icl_cmr.sweeps.execute import JobResult, job_environment, run_command, utc_now
+from icl_cmr.sweeps.jobs import Job, aggregate_jobs, input_signatures, stale_reason
+from icl_cmr.sweeps.manifest import FINISHED_OK, save_manifest
+from icl_cmr.sweeps.plan import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def _finished_scores(plan: Plan, records: Mapping[str, Dict[str, Any]], jobs: Ma
         if job.stage == "scores" and records[job_id]["state"] in FINISHED_OK:
             finished[str(job.model)].add(job.step)
     if "scores" not in plan.stages:
-        from .jobs import score_path
+        from icl_cmr.sweeps.jobs import score_path
         for m in plan.models:
             finished[m.name] = {s for s in m.steps if score_path(plan, m, s).is_file()}
     return finished
@@ -127,7 +127,7 @@ def _peak_gpu(job: Job) -> Optional[float]:
     """Peak GPU memory a score job recorded in its output's metadata (None elsewhere or on CPU)."""
     if job.stage != "scores" or not job.checks:
         return None
-    from .jobs import _read_metadata
+    from icl_cmr.sweeps.jobs import _read_metadata
     metadata = _read_metadata(Path(job.checks[0].path))
     value = (metadata or {}).get("peak_gpu_memory_gib")
     return float(value) if isinstance(value, (int, float)) else None

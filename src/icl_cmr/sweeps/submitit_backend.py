@@ -19,9 +19,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import submitit
 
-from .execute import JobResult, run_job_command, utc_now
-from .jobs import Job
-from .plan import ResourceGroup, SlurmSettings
+from icl_cmr.sweeps.execute import JobResult, run_job_command, utc_now
+from icl_cmr.sweeps.jobs import Job
+from icl_cmr.sweeps.plan import ResourceGroup, SlurmSettings
 
 logger = logging.getLogger(__name__)
 

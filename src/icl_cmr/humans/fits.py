@@ -1,0 +1,443 @@
+"""People and attention heads in one CMR parameter space (issue 16).
+
+A person's conditional lag-CRP (:mod:`icl_cmr.humans.recall`, psifr's definition) is fitted to the
+conditional lag-CRP of CMR's own recalls (:mod:`icl_cmr.cmr.conditional`); a head's attention CRP
+is fitted, as in [LI24], to the paper's CRP (a normalised lag histogram) of the same simulator.
+Both fits use the same CMR distance and grid search (:func:`icl_cmr.fits.distance.fit_heads`, DESIGN.md
+section 4) on the same parameter axes, so each person and each head gets a CMR distance D,
+(beta_enc, beta_rec, gamma_ft) and a scale 1/tau.
+
+What differs, by definition of the two quantities:
+
+* **fitting lags**: heads use [LI24]'s -5..+5; people -5..-1, +1..+5 (:data:`HUMAN_FIT_LAGS`), since
+  lag 0 is never a transition in a conditional lag-CRP;
+* **1/tau** is not on a common scale: a head's is pre-softmax attention score per unit of CMR
+  probability, a person's is probability per unit of CMR probability. It is reported, never
+  compared (:data:`COMPARED_QUANTITIES`).
+
+Statistics (scipy.stats): per quantity, CMR-like people against the CMR-like heads of each model
+(D below the threshold, [LI24]'s 0.5): the difference of medians with a bootstrap confidence
+interval (independent resampling of both groups) and the Mann-Whitney U test (two-sided), plus the
+share of people with D below the threshold and its Wilson interval.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from icl_cmr.cmr.grid import grid_file_names
+from icl_cmr.config import CMR_CRP_LAGS, FIT_LAGS
+from icl_cmr.errors import InputError
+from icl_cmr.fits.distance import (PARAMETER_NAMES, CmrFit, CmrGrid, cmr_distance, cmr_fit_patterns, fit_heads,
+                                   select_lags)
+from icl_cmr.humans.recall import UnitLagCrps
+from icl_cmr.files.reading import load_json, load_npy
+from icl_cmr.fits.layers import HeadSelection, gather_selected, select_top_heads
+from icl_cmr.files.scores import HeadScores, grid_axes_and_lags, grid_sidecar_candidates
+from icl_cmr.stats import wilson_interval
+
+#: Lags of a person's fit: [LI24]'s -5..+5 without lag 0, never a transition in a conditional lag-CRP.
+HUMAN_FIT_LAGS: np.ndarray = FIT_LAGS[FIT_LAGS != 0]
+
+#: The conditional grid made by ``est_cmr_crp.py --quantity conditional`` (shipped).
+DEFAULT_CONDITIONAL_GRID_PATH = Path("saved_crps") / grid_file_names(20, 11, "conditional")[0]
+
+#: Quantities compared between people and heads: D and the three CMR parameters (1/tau is not
+#: on a common scale, see the module docstring).
+COMPARED_QUANTITIES = ("cmr_distance",) + PARAMETER_NAMES
+
+#: Default slack in D of :func:`near_best_ranges` (ours: a quarter of the median PEERS person's best D, 0.081).
+NEAR_BEST_TOLERANCE = 0.02
+
+#: Simulation settings two grids must share to be "the same simulator" (their JSON sidecars).
+SIMULATION_KEYS = ("n_items", "n_trials", "max_draws", "n_start", "max_lag", "seed")
+
+
+@dataclass(frozen=True)
+class GroupComparisonConfig:
+    """Settings of :func:`compare_groups`.
+
+    Attributes
+    ----------
+    n_bootstrap : int
+        Bootstrap resamples of the difference of medians.
+    confidence : float
+        Confidence level of the interval.
+    bootstrap_method : str
+        ``scipy.stats.bootstrap`` method. ``"percentile"`` (default): fitted values sit on a grid, so
+        medians tie often and BCa's jackknife acceleration can be undefined.
+    seed : int
+        Seed of the bootstrap generator.
+    """
+
+    n_bootstrap: int = 10_000
+    confidence: float = 0.95
+    bootstrap_method: str = "percentile"
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------- grids
+
+def check_conditional_grid(grid: CmrGrid) -> None:
+    """Raise :class:`InputError` unless ``grid`` holds conditional lag-CRPs on the fitting lags.
+
+    A conditional lag-CRP is a probability per lag (values in [0, 1]) and lag 0 is never possible
+    (NaN). A grid whose lag 0 is finite is the paper's lag histogram (``est_cmr_crp.py`` without
+    ``--quantity conditional``), a different quantity.
+    """
+    lags = np.asarray(grid.lags)
+    if 0 in lags and np.isfinite(grid.mean[..., int(np.flatnonzero(lags == 0)[0])]).any():
+        raise InputError(f"{grid.source or 'the grid'} holds the paper's CRP (a lag histogram: lag 0 is defined), not "
+                         "the conditional lag-CRP people are fitted to; make that with "
+                         "`python src/est_cmr_crp.py --quantity conditional` (cmr_cond_crp_avg_*.npy)")
+    missing = [int(lag) for lag in HUMAN_FIT_LAGS if lag not in lags]
+    if missing:
+        raise InputError(f"{grid.source or 'the grid'} has no lags {missing}; a conditional grid needs lags "
+                         f"{HUMAN_FIT_LAGS[0]}..{HUMAN_FIT_LAGS[-1]}")
+    values = grid.mean[np.isfinite(grid.mean)]
+    if values.size == 0 or values.min() < 0 or values.max() > 1:
+        raise InputError(f"{grid.source or 'the grid'} is not a conditional lag-CRP grid: values must be "
+                         "probabilities in [0, 1] (NaN where a lag was never possible)")
+
+
+def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Path | None" = None) -> CmrGrid:
+    """Read a conditional lag-CRP grid (``cmr_cond_crp_avg_*.npy``), its standard errors and axes.
+
+    Parameters
+    ----------
+    path : path, optional
+        ``.npy`` [n_beta_enc, n_beta_rec, n_gamma_ft, 2 m + 1] (lags -m..m with m >= 5, lag 0 NaN;
+        the paper's m = 8, :func:`icl_cmr.files.scores.grid_lags`). Default
+        :data:`DEFAULT_CONDITIONAL_GRID_PATH`.
+    sem_path : path, optional
+        Its standard errors; default the ``sem`` file beside it when present.
+
+    Returns
+    -------
+    CmrGrid
+        Axis values from the JSON sidecar ``est_cmr_crp.py`` writes (as
+        :func:`icl_cmr.files.scores.read_cmr_grid`).
+
+    Raises
+    ------
+    InputError
+        Missing or damaged file, wrong shape, or not a conditional grid (:func:`check_conditional_grid`).
+    """
+    path = Path(path) if path is not None else DEFAULT_CONDITIONAL_GRID_PATH
+    if not path.is_file():
+        raise InputError(f"conditional CMR grid {path} does not exist: make it with "
+                         "`python src/est_cmr_crp.py --quantity conditional`, or pass --crp-grid PATH")
+    mean = load_npy(path)
+    if mean.ndim != 4:
+        raise InputError(f"{path} has shape {mean.shape}, expected [n_beta_enc, n_beta_rec, n_gamma_ft, n_lags] "
+                         f"(lags -m..m; the paper's {CMR_CRP_LAGS[0]}..{CMR_CRP_LAGS[-1]})")
+    if sem_path is None:
+        candidate = path.with_name(path.name.replace("avg", "sem")) if "avg" in path.name else None
+        sem_path = candidate if candidate is not None and candidate.is_file() else None
+    sem = load_npy(sem_path, mean.shape) if sem_path is not None else None
+    axes, lags = grid_axes_and_lags(path, mean.shape, needed=HUMAN_FIT_LAGS)
+    if axes is None:
+        raise InputError(f"{path}: no axis values found (expected the JSON sidecar est_cmr_crp.py writes: "
+                         f"{' or '.join(str(p) for p in grid_sidecar_candidates(path))})")
+    grid = CmrGrid(mean=mean, beta_enc=axes[0], beta_rec=axes[1], gamma_ft=axes[2], lags=lags, sem=sem,
+                   source=str(path))
+    check_conditional_grid(grid)
+    return grid
+
+
+def grid_simulation_settings(path: "str | Path") -> Optional[Dict[str, object]]:
+    """Simulation settings of a grid from its JSON sidecar (:data:`SIMULATION_KEYS`), None if it has none."""
+    for sidecar in grid_sidecar_candidates(Path(path)):
+        if sidecar.is_file():
+            meta = load_json(sidecar)
+            parameters = meta.get("parameters", meta) if isinstance(meta, dict) else {}
+            if isinstance(parameters, dict) and all(key in parameters for key in SIMULATION_KEYS):
+                return {key: parameters[key] for key in SIMULATION_KEYS}
+    return None
+
+
+def same_simulation_problem(people_grid: CmrGrid, head_grid: CmrGrid) -> Optional[str]:
+    """Why two grids are not of the same simulator on the same axes, or None (settings unknown count as same;
+    the caller warns about those)."""
+    for name in PARAMETER_NAMES:
+        a, b = getattr(people_grid, name), getattr(head_grid, name)
+        if a.shape != b.shape or not np.allclose(a, b):
+            return f"their {name} axes differ ({a.size} vs {b.size} values)"
+    settings = [grid_simulation_settings(g.source) if g.source else None for g in (people_grid, head_grid)]
+    if None not in settings and settings[0] != settings[1]:
+        differing = [k for k in SIMULATION_KEYS if settings[0][k] != settings[1][k]]
+        return f"they were simulated with different {', '.join(differing)}"
+    return None
+
+
+# ----------------------------------------------------------------------------- fits
+
+def fit_people(crps: UnitLagCrps, grid: CmrGrid) -> CmrFit:
+    """Fit every unit's conditional lag-CRP to a conditional grid on :data:`HUMAN_FIT_LAGS`.
+
+    Parameters
+    ----------
+    crps : UnitLagCrps
+        ``prob`` [U, K] at ``lags`` (must include :data:`HUMAN_FIT_LAGS`).
+    grid : CmrGrid
+        Conditional lag-CRP grid (:func:`read_conditional_grid`).
+
+    Returns
+    -------
+    CmrFit
+        Head axes [U]; NaN where a unit's curve has a NaN or is flat on the fitting lags.
+    """
+    check_conditional_grid(grid)
+    return fit_heads(crps.prob, grid, attn_lags=crps.lags, fit_lags=HUMAN_FIT_LAGS)
+
+
+def near_best_ranges(curves: np.ndarray, curve_lags: np.ndarray, grid: CmrGrid, fit_lags: np.ndarray,
+                     tolerance: float = NEAR_BEST_TOLERANCE, chunk_size: int = 64) -> Dict[str, np.ndarray]:
+    """How tightly each curve pins the parameters down: their range over the near-best grid points.
+
+    The near-best points of a curve are the grid points whose CMR distance is at most its best D plus
+    ``tolerance``; a parameter that spans most of its axis over them is not determined by the curve.
+
+    Parameters
+    ----------
+    curves : ndarray, shape [N, n_lags]
+        Curves as given to :func:`icl_cmr.fits.distance.fit_heads` (any of its inputs, flattened).
+    curve_lags : ndarray of int, shape [n_lags]
+    grid : CmrGrid
+    fit_lags : ndarray of int, shape [K]
+        The lags of the fit (:data:`HUMAN_FIT_LAGS` for people, ``FIT_LAGS`` for heads).
+    tolerance : float
+        Slack in D (>= 0).
+    chunk_size : int
+        Curves per block (memory: ``chunk_size x grid points x K`` floats).
+
+    Returns
+    -------
+    dict
+        ``n_near`` [N] (int; 0 where the curve cannot be fitted), ``low`` and ``high`` [N, 3]: smallest
+        and largest (beta_enc, beta_rec, gamma_ft) over the near-best points (NaN where not fitted).
+    """
+    if tolerance < 0 or not np.isfinite(tolerance):
+        raise InputError(f"tolerance must be a finite number >= 0, got {tolerance}")
+    curves = select_lags(np.asarray(curves, dtype=float), curve_lags, fit_lags)
+    patterns = cmr_fit_patterns(grid, fit_lags).reshape(-1, len(fit_lags))
+    values = grid.parameters_at(np.stack(np.unravel_index(np.arange(patterns.shape[0]), grid.shape), axis=-1))
+    n = curves.shape[0]
+    n_near = np.zeros(n, dtype=np.int64)
+    low, high = np.full((n, 3), np.nan), np.full((n, 3), np.nan)
+    for start in range(0, n, chunk_size):  # blocks of curves bound memory; each block is vectorised
+        with np.errstate(invalid="ignore", divide="ignore"):
+            distance, _ = cmr_distance(curves[start:start + chunk_size], patterns)      # [n_block, G]
+        best = np.nanmin(np.where(np.isfinite(distance), distance, np.nan), axis=1, initial=np.inf)
+        near = np.isfinite(distance) & (distance <= best[:, None] + tolerance)           # [n_block, G]
+        n_near[start:start + chunk_size] = near.sum(axis=1)
+        masked = np.where(near[:, :, None], values[None], np.nan)                         # [n_block, G, 3]
+        with np.errstate(invalid="ignore"):
+            fitted = near.any(axis=1)
+            low[start:start + chunk_size][fitted] = np.nanmin(masked[fitted], axis=1)
+            high[start:start + chunk_size][fitted] = np.nanmax(masked[fitted], axis=1)
+    return {"n_near": n_near, "low": low, "high": high}
+
+
+def near_best_table(ranges: Dict[str, np.ndarray]) -> pd.DataFrame:
+    """Columns ``n_near_best`` and ``<parameter>_near_low`` / ``_near_high`` of :func:`near_best_ranges`."""
+    columns = {"n_near_best": ranges["n_near"]}
+    for i, name in enumerate(PARAMETER_NAMES):
+        columns[f"{name}_near_low"] = ranges["low"][:, i]
+        columns[f"{name}_near_high"] = ranges["high"][:, i]
+    return pd.DataFrame(columns)
+
+
+def fit_table(fit: CmrFit, threshold: float) -> pd.DataFrame:
+    """Per fitted curve: ``cmr_distance``, the three parameters, ``inverse_temperature``, ``cmr_like``.
+
+    Parameters
+    ----------
+    fit : CmrFit
+        Any head shape; rows in C order.
+    threshold : float
+        ``cmr_like`` is ``cmr_distance < threshold`` (False where NaN).
+    """
+    params = fit.params.reshape(-1, 3)
+    distance = fit.distance.ravel()
+    return pd.DataFrame({"cmr_distance": distance, **{name: params[:, i] for i, name in enumerate(PARAMETER_NAMES)},
+                         "inverse_temperature": fit.inverse_temperature.ravel(),
+                         "cmr_like": distance < threshold})
+
+
+def people_table(crps: UnitLagCrps, fit: CmrFit, threshold: float,
+                 near: Optional[Dict[str, np.ndarray]] = None) -> pd.DataFrame:
+    """One row per unit: its identity, the fit, the near-best ranges (when given), its CRP and the fitted
+    CRP on the fitting lags.
+
+    The fitted curve is on the person's scale, ``s (c - min c) + min a`` (DESIGN.md section 4).
+    """
+    columns = {"dataset": crps.dataset, "by": crps.by, **{k: crps.units[k].to_numpy() for k in crps.units.columns}}
+    parts = [pd.DataFrame(columns), fit_table(fit, threshold)] + ([near_best_table(near)] if near else [])
+    table = pd.concat(parts, axis=1)
+    observed = crps.prob[:, np.searchsorted(crps.lags, fit.lags)]
+    fitted = fit.fitted_pattern_scaled + np.nanmin(observed, axis=1, keepdims=True)
+    for i, lag in enumerate(fit.lags):
+        table[f"crp_lag{lag:+d}"] = observed[:, i]
+    for i, lag in enumerate(fit.lags):
+        table[f"fitted_crp_lag{lag:+d}"] = fitted[:, i]
+    return table
+
+
+def head_table(model: str, scores: HeadScores, fit: CmrFit, threshold: float,
+               near: Optional[Dict[str, np.ndarray]] = None) -> pd.DataFrame:
+    """One row per head of one model: label, matching score, the fit (:func:`fit_table`), near-best ranges."""
+    identity = pd.DataFrame({"model": model, "label": scores.labels.ravel(),
+                             "matching_score": scores.matching_score.ravel()})
+    return pd.concat([identity, fit_table(fit, threshold)] + ([near_best_table(near)] if near else []), axis=1)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def compare_groups(people: np.ndarray, heads: np.ndarray,
+                   config: GroupComparisonConfig = GroupComparisonConfig()) -> Dict[str, float]:
+    """People against heads on one quantity: medians, their difference with a bootstrap CI, Mann-Whitney U.
+
+    Parameters
+    ----------
+    people, heads : ndarray, shape [n] and [m]
+        Values of each group; NaN dropped.
+    config : GroupComparisonConfig
+
+    Returns
+    -------
+    dict
+        ``n_people``, ``n_heads``, ``median_people``, ``median_heads``, ``iqr_people_low/high``,
+        ``iqr_heads_low/high`` (25th/75th percentiles), ``median_difference`` (people - heads),
+        ``ci_low``, ``ci_high`` (bootstrap of the difference of medians, both groups resampled
+        independently; NaN when a group has fewer than 2 values), ``mannwhitney_u`` (U of the people),
+        ``p_value`` (two-sided; NaN when a group is empty) and ``prob_people_greater``
+        (U / (n m): the chance that a random person's value exceeds a random head's, ties counting 1/2).
+    """
+    from scipy import stats
+
+    people = np.asarray(people, dtype=float)
+    heads = np.asarray(heads, dtype=float)
+    people, heads = people[np.isfinite(people)], heads[np.isfinite(heads)]
+    n, m = people.size, heads.size
+    out = {"n_people": n, "n_heads": m}
+    for name, values in (("people", people), ("heads", heads)):
+        low, median, high = np.percentile(values, [25, 50, 75]) if values.size else (np.nan,) * 3
+        out.update({f"median_{name}": float(median), f"iqr_{name}_low": float(low), f"iqr_{name}_high": float(high)})
+    out["median_difference"] = out["median_people"] - out["median_heads"]
+    out["ci_low"] = out["ci_high"] = float("nan")
+    if n >= 2 and m >= 2:
+        if np.ptp(people) == 0 and np.ptp(heads) == 0:  # every resample gives the same difference
+            out["ci_low"] = out["ci_high"] = out["median_difference"]
+        else:
+            interval = stats.bootstrap(
+                (people, heads), lambda x, y, axis: np.median(x, axis=axis) - np.median(y, axis=axis),
+                paired=False, vectorized=True, n_resamples=config.n_bootstrap, confidence_level=config.confidence,
+                method=config.bootstrap_method, rng=np.random.default_rng(config.seed)).confidence_interval
+            out["ci_low"], out["ci_high"] = float(interval.low), float(interval.high)
+    out["mannwhitney_u"] = out["p_value"] = out["prob_people_greater"] = float("nan")
+    if n and m:
+        test = stats.mannwhitneyu(people, heads, alternative="two-sided")
+        out.update(mannwhitney_u=float(test.statistic), p_value=float(test.pvalue),
+                   prob_people_greater=float(test.statistic) / (n * m))
+    return out
+
+
+def share_below(distance: np.ndarray, threshold: float, confidence: float = 0.95) -> Dict[str, float]:
+    """How many fitted curves have D below ``threshold``, with a Wilson interval of the share.
+
+    Returns
+    -------
+    dict
+        ``n_below``, ``n_fitted`` (finite D), ``share``, ``share_ci_low``, ``share_ci_high``.
+    """
+    distance = np.asarray(distance, dtype=float)
+    fitted = distance[np.isfinite(distance)]
+    below = int((fitted < threshold).sum())
+    if fitted.size == 0:
+        return {"n_below": 0, "n_fitted": 0, "share": float("nan"), "share_ci_low": float("nan"),
+                "share_ci_high": float("nan")}
+    low, high = wilson_interval(below, int(fitted.size), confidence)
+    return {"n_below": below, "n_fitted": int(fitted.size), "share": below / fitted.size,
+            "share_ci_low": low, "share_ci_high": high}
+
+
+def people_vs_heads_table(people: pd.DataFrame, heads: pd.DataFrame, threshold: float,
+                          config: GroupComparisonConfig = GroupComparisonConfig()) -> pd.DataFrame:
+    """Per model and compared quantity: CMR-like people against that model's CMR-like heads.
+
+    Parameters
+    ----------
+    people : pandas.DataFrame
+        :func:`people_table` (one row per person).
+    heads : pandas.DataFrame
+        :func:`head_table` rows of one or more models (column ``model``).
+    threshold : float
+        CMR-like means ``cmr_distance < threshold`` for both groups.
+    config : GroupComparisonConfig
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``model``, ``quantity``, ``threshold``, then :func:`compare_groups`'s keys, then the
+        people's :func:`share_below` and the model's (``heads_n_below``, ``heads_n_fitted``), and for the
+        three parameters, when both tables have :func:`near_best_table` columns, the median width of the
+        near-best range in each group (``near_range_people``, ``near_range_heads``; NaN for D).
+    """
+    like_people = people[people["cmr_distance"] < threshold]
+    people_share = share_below(people["cmr_distance"].to_numpy(), threshold, config.confidence)
+    rows = []
+    for model, group in heads.groupby("model", sort=False):
+        like_heads = group[group["cmr_distance"] < threshold]
+        head_share = share_below(group["cmr_distance"].to_numpy(), threshold, config.confidence)
+        for quantity in COMPARED_QUANTITIES:
+            widths = {f"near_range_{name}": float(np.nanmedian(group_[f"{quantity}_near_high"]
+                                                                - group_[f"{quantity}_near_low"]))
+                      if f"{quantity}_near_low" in group_ and len(group_) else float("nan")
+                      for name, group_ in (("people", like_people), ("heads", like_heads))}
+            rows.append({"model": model, "quantity": quantity, "threshold": threshold,
+                         **compare_groups(like_people[quantity].to_numpy(), like_heads[quantity].to_numpy(), config),
+                         **{f"people_{k}": v for k, v in people_share.items()},
+                         "heads_n_below": head_share["n_below"], "heads_n_fitted": head_share["n_fitted"], **widths})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- heads over training
+
+def top_cmr_like_over_training(series: Mapping[str, Sequence[HeadScores]], grid: CmrGrid,
+                               n_top: int) -> Tuple[HeadSelection, np.ndarray, np.ndarray]:
+    """The ``n_top`` heads with the lowest D at the last checkpoint (pooled over models), followed back.
+
+    [LI24] Fig 7: heads picked at the final checkpoint, their fits at every checkpoint.
+
+    Parameters
+    ----------
+    series : mapping model -> sequence of HeadScores
+        Each model's scores at the same T checkpoints, oldest first.
+    grid : CmrGrid
+        The (lag-histogram) grid heads are fitted to.
+    n_top : int
+
+    Returns
+    -------
+    selection : HeadSelection
+    distance : ndarray, shape [n, T]
+    params : ndarray, shape [n, T, 3]
+    """
+    if not series:
+        raise InputError("no models to follow over training")
+    lengths = {len(s) for s in series.values()}
+    if len(lengths) != 1:
+        raise InputError(f"models have different numbers of checkpoints: {sorted(lengths)}")
+    # One vectorised fit per model over all its checkpoints and heads.
+    fits = {model: fit_heads(np.stack([s.crp for s in scores]), grid, attn_lags=scores[0].lags)
+            for model, scores in series.items()}
+    selection = select_top_heads({m: f.distance[-1] for m, f in fits.items()}, n_top, largest=False,
+                                 criterion="lowest cmr_distance at the last checkpoint")
+    distance = gather_selected(selection, {m: f.distance for m, f in fits.items()})
+    params = gather_selected(selection, {m: f.params for m, f in fits.items()})
+    return selection, distance, params
