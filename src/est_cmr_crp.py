@@ -19,33 +19,32 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
-import time
 from typing import Optional, Sequence
 
 from icl_cmr.cli.args import OneLineErrorParser, int_range, positive_int, run_cli, seed_int, setup_logging
-from icl_cmr.cmr.model import CRP_METHODS, CMRSettings
-from icl_cmr.cmr.grid import (GRID_QUANTITIES, PARTIAL_SUFFIX, GridSpec, grid_description, grid_file_names,
-                              recorded_wall_seconds, run_grid)
+from icl_cmr.cli.flags import flag_errors
+from icl_cmr.cmr.grid import GRID_QUANTITIES
+from icl_cmr.cmr.model import CRP_METHODS
 from icl_cmr.config import FIT_LAGS
 from icl_cmr.errors import InputError
-from icl_cmr.files.writing import make_metadata
+from icl_cmr.experiments.cmr_grid import CmrGridSettings, check_cmr_grid, run_cmr_grid
+from icl_cmr.files.grids import grid_file_names, grid_partial_folder
 from icl_cmr.files.outputs import PendingWrites, check_output_files, check_writable_dir
-from icl_cmr.files.unpickling import available_memory, human_bytes
+from icl_cmr.files.writing import make_metadata
 
 logger = logging.getLogger("est_cmr_crp")
 
-DEFAULTS = CMRSettings()
+DEFAULTS = CmrGridSettings()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         description="Simulate CMR free recall on a parameter grid and save its CRPs (DESIGN.md section 3).")
     parser.add_argument("--save_dir", default="saved_crps", help="output folder (default: saved_crps)")
-    parser.add_argument("--n_beta", type=positive_int, default=20,
+    parser.add_argument("--n_beta", type=positive_int, default=DEFAULTS.n_beta,
                         help="beta_enc = 1/n .. 1 (n values), beta_rec = 0 .. 1 (n + 1 values) (default: 20, [LI24])")
-    parser.add_argument("--n_gamma", default=11,
+    parser.add_argument("--n_gamma", default=DEFAULTS.n_gamma,
                         type=int_range(2, description="an integer >= 2 (gamma_ft runs from 0 to 1)"),
                         help="gamma_ft = 0 .. 1 in n values, n >= 2 (default: 11, [LI24])")
     parser.add_argument("--n_trials", type=positive_int, default=DEFAULTS.n_trials,
@@ -64,10 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"CRP lags -max_lag .. max_lag, below --n_items (default: {DEFAULTS.max_lag}, [LI24]); "
                              "the fitting scripts read any grid with max_lag >= 5 and fit on lags -5..+5, where the "
                              "CRP does not depend on max_lag")
-    parser.add_argument("--seed", type=seed_int, default=0, help="base random seed (default: 0)")
-    parser.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1),
+    parser.add_argument("--seed", type=seed_int, default=DEFAULTS.seed, help="base random seed (default: 0)")
+    parser.add_argument("--workers", type=positive_int, default=DEFAULTS.workers,
                         help="worker processes; results do not depend on it (default: min(2, CPUs))")
-    parser.add_argument("--quantity", choices=GRID_QUANTITIES, default="crp",
+    parser.add_argument("--quantity", choices=GRID_QUANTITIES, default=DEFAULTS.quantity,
                         help="crp: the paper's CRP, a normalised lag histogram (default); conditional: the "
                              "conditional lag-CRP of the same recalls, as psifr defines it for people "
                              "(fit_human_recall.py; written as cmr_cond_crp_*)")
@@ -89,79 +88,38 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def check_settings(args: argparse.Namespace) -> CMRSettings:
-    """The simulation settings, refused in one line naming the flags when they cannot give a valid grid."""
-    if args.n_start >= args.n_items:
-        raise InputError(f"--n_start ({args.n_start}) must be below --n_items ({args.n_items}): a recall starting at "
-                         "the last item can only draw the end state, so its CRP would be undefined (NaN)")
-    if args.max_lag >= args.n_items:
-        raise InputError(f"--n_items ({args.n_items}) must exceed --max_lag ({args.max_lag}): lags beyond "
-                         f"{args.n_items - 1} can never occur; raise --n_items or lower --max_lag (at least "
-                         f"{int(FIT_LAGS.max())})")
-    try:
-        return CMRSettings(n_items=args.n_items, n_trials=args.n_trials, max_draws=args.max_draws,
-                           n_start=args.n_start, max_lag=args.max_lag)
-    except InputError as err:
-        raise InputError(f"--{err}") from None
-
-
-def check_memory(spec: GridSpec, workers: int) -> None:
-    """Refuse a grid whose largest arrays would not fit in the memory available now (one line with the estimate)."""
-    needed, available = spec.memory_bytes(workers), available_memory()
-    if available is None or needed <= available:
-        return
-    busy = min(workers, spec.n_slices)
-    settings = spec.settings
-    raise InputError(f"this grid needs about {human_bytes(needed)} of memory ({busy} worker(s) x "
-                     f"{human_bytes(spec.point_memory_bytes())} per grid point: {settings.n_trials} trials x "
-                     f"{settings.n_start} start positions x {settings.max_draws} draws), but "
-                     f"{human_bytes(available)} is available; lower --n_trials, --n_start, --max_draws or --workers")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
     if args.restart and args.resume:
         raise InputError("give --restart (discard the finished slices) or --resume (the default), not both")
-    if args.n_gamma < 2:
-        raise InputError(f"--n_gamma must be at least 2 (gamma_ft runs from 0 to 1), got {args.n_gamma}")
-    settings = check_settings(args)
-    method = args.method or ("simulate" if args.quantity == "conditional" else "exact")
-    spec = GridSpec.from_resolution(args.n_beta, args.n_gamma, settings, seed=args.seed, method=method,
-                                    quantity=args.quantity)
-    check_memory(spec, args.workers)
-    save_dir = check_writable_dir(args.save_dir, "--save_dir")
-    mean_name, sem_name, meta_name = grid_file_names(args.n_beta, args.n_gamma, args.quantity)
-    check_output_files([save_dir / mean_name, save_dir / sem_name, save_dir / meta_name])
-    slice_dir = save_dir / f".{meta_name[:-len('.json')]}{PARTIAL_SUFFIX}"
+    settings = CmrGridSettings(n_beta=args.n_beta, n_gamma=args.n_gamma, n_trials=args.n_trials,
+                               max_draws=args.max_draws, n_items=args.n_items, n_start=args.n_start,
+                               max_lag=args.max_lag, seed=args.seed, quantity=args.quantity, method=args.method,
+                               workers=args.workers)
+    with flag_errors(parser):
+        spec = check_cmr_grid(settings)
+        save_dir = check_writable_dir(args.save_dir, "--save_dir")
+        mean_name, sem_name, meta_name = grid_file_names(args.n_beta, args.n_gamma, args.quantity)
+        check_output_files([save_dir / mean_name, save_dir / sem_name, save_dir / meta_name])
+        slice_dir = grid_partial_folder(save_dir, args.n_beta, args.n_gamma, args.quantity)
+        logger.info("CMR grid %s (%d points, %d slices), %d trials x %d starts, <= %d draws, method %s, "
+                    "seed %d, %d workers", "x".join(map(str, spec.shape)), spec.n_slices * len(spec.beta_rec),
+                    spec.n_slices, args.n_trials, args.n_start, args.max_draws, spec.method, spec.seed,
+                    args.workers)
+        grid = run_cmr_grid(settings, slice_dir, restart=args.restart, progress=not args.no_progress)
 
-    logger.info("CMR grid %s (%d points, %d slices), %d trials x %d starts, <= %d draws, method %s, "
-                "seed %d, %d workers", "x".join(map(str, spec.shape)), spec.n_slices * len(spec.beta_rec),
-                spec.n_slices, settings.n_trials, settings.n_start, settings.max_draws, spec.method,
-                spec.seed, args.workers)
-    started = time.perf_counter()
-    mean, sem, n_resumed = run_grid(spec, slice_dir, workers=args.workers, restart=args.restart,
-                                    progress=not args.no_progress)
-    session_time = time.perf_counter() - started
-    wall_time = max(recorded_wall_seconds(slice_dir), session_time) if n_resumed else session_time
-
-    metadata = make_metadata(
-        "est_cmr_crp.py", spec.to_json(), seed=spec.seed,
-        wall_time_s=round(wall_time, 3), wall_time_this_session_s=round(session_time, 3), resumed=bool(n_resumed),
-        workers=args.workers, resumed_slices=n_resumed,
-        n_slices=spec.n_slices, shape=list(mean.shape),
-        axes=["beta_enc", "beta_rec", "gamma_ft", f"lag -{settings.max_lag}..{settings.max_lag}"],
-        files={"mean": mean_name, "sem": sem_name},
-        description=grid_description(spec.quantity),
-    )
+    metadata = make_metadata("est_cmr_crp.py", spec.to_json(), seed=spec.seed,
+                             **grid.metadata_fields(args.workers, files={"mean": mean_name, "sem": sem_name}))
     outputs = PendingWrites()  # the three files together or none of them
-    outputs.npy(save_dir / mean_name, mean)
-    outputs.npy(save_dir / sem_name, sem)
+    outputs.npy(save_dir / mean_name, grid.mean)
+    outputs.npy(save_dir / sem_name, grid.sem)
     outputs.json(save_dir / meta_name, metadata)
     outputs.commit()
     shutil.rmtree(slice_dir, ignore_errors=True)
-    logger.info("wrote %s, %s and %s in %s (%.1f s%s)", mean_name, sem_name, meta_name, save_dir, wall_time,
-                f" over all sessions, {n_resumed} slices resumed" if n_resumed else "")
+    logger.info("wrote %s, %s and %s in %s (%.1f s%s)", mean_name, sem_name, meta_name, save_dir, grid.wall_seconds,
+                f" over all sessions, {grid.n_resumed} slices resumed" if grid.n_resumed else "")
     return 0
 
 

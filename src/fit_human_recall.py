@@ -47,17 +47,18 @@ from icl_cmr.cli.args import (OneLineErrorParser, UniqueItems, non_negative_floa
 from icl_cmr.config import CMR_LIKE_THRESHOLD, FIT_LAGS
 from icl_cmr.errors import InputError
 from icl_cmr.fits.distance import CmrGrid, fit_heads
-from icl_cmr.humans.fits import (COMPARED_QUANTITIES, DEFAULT_CONDITIONAL_GRID_PATH, HUMAN_FIT_LAGS,
-                                 NEAR_BEST_TOLERANCE, GroupComparisonConfig, fit_people, grid_simulation_settings,
-                                 head_table, near_best_ranges, people_table, people_vs_heads_table,
-                                 read_conditional_grid, same_simulation_problem, top_cmr_like_over_training)
+from icl_cmr.humans.fits import (COMPARED_QUANTITIES, HUMAN_FIT_LAGS, NEAR_BEST_TOLERANCE, GroupComparisonConfig,
+                                 fit_people, head_table, near_best_ranges, people_table, people_vs_heads_table,
+                                 same_simulation_problem, top_cmr_like_over_training)
+from icl_cmr.files.grids import DEFAULT_CONDITIONAL_GRID_PATH, grid_simulation_settings, read_conditional_grid
 from icl_cmr.humans.recall import RECALL_UNITS, lag_crps_by_unit, load_recall_data, resolve_dataset
 from icl_cmr.files.writing import make_metadata
 from icl_cmr.fits.layers import DEFAULT_TOP_N
 from icl_cmr.files.outputs import REPO_ROOT, PendingWrites, check_writable_dir, portable_path
-from icl_cmr.files.scores import (CHECKPOINT_INDICES, DEFAULT_GRID_PATH, DEFAULT_SCORES_DIR, HeadScores,
-                                  checkpoint_step, find_score_file, load_checkpoint_series, read_cmr_grid,
-                                  read_head_scores)
+from icl_cmr.files.scores import DEFAULT_SCORES_DIR, find_score_file, load_checkpoint_series, read_head_scores
+from icl_cmr.files.grids import DEFAULT_GRID_PATH, read_cmr_grid
+from icl_cmr.config import CHECKPOINT_INDICES
+from icl_cmr.heads.results import HeadScores, checkpoint_step
 from icl_cmr.files.score_format import plain_metadata
 
 logger = logging.getLogger("fit_human_recall")

@@ -41,7 +41,8 @@ from icl_cmr.config import CMR_GRID_MEAN_FILENAME, CMR_LIKE_STRICT_THRESHOLD, CM
 from icl_cmr.files.official import AUTHORS_ARCHIVE_URL, default_cache_dir, resolve_official_dir
 from icl_cmr.files.outputs import PendingWrites, check_writable_dir, portable_path
 from icl_cmr.experiments.paper_figures import PaperSources, build_paper_figures, check_sources, summary_markdown
-from icl_cmr.files.scores import DEFAULT_GRID_PATH, DEFAULT_SCORES_DIR, read_cmr_grid
+from icl_cmr.files.scores import DEFAULT_SCORES_DIR
+from icl_cmr.files.grids import DEFAULT_GRID_PATH, read_cmr_grid
 
 logger = logging.getLogger("paper_figures")
 

@@ -50,7 +50,8 @@ from icl_cmr.files.writing import save_text
 from icl_cmr.files.results import read_ablation_result
 from icl_cmr.heads.models import resolve_model
 from icl_cmr.files.outputs import HoldWrittenLines, OutputGuard, check_writable_dir, pin_cpu_kernels, portable_path
-from icl_cmr.files.scores import DEFAULT_GRID_PATH, fit_result_paths
+from icl_cmr.files.scores import fit_result_paths
+from icl_cmr.files.grids import DEFAULT_GRID_PATH
 from icl_cmr.interventions.texts import TextDataConfig
 
 logger = logging.getLogger("run_pipeline")

@@ -9,7 +9,9 @@ import pytest
 from icl_cmr.cmr.model import CMRSettings, crp_from_draws, mean_and_sem_over_starts, simulate_recall
 from icl_cmr.cmr.conditional import (conditional_cmr_crp, conditional_lag_counts, crp_and_conditional_crp,
                                      pooled_conditional_crp)
-from icl_cmr.cmr.grid import GridSpec, compute_point, grid_file_names, load_cmr_grid, run_grid
+from icl_cmr.cmr.grid import GridSpec, compute_point
+from icl_cmr.experiments.cmr_grid import run_grid
+from icl_cmr.files.grids import grid_file_names, load_cmr_grid
 from icl_cmr.config import CMR_GRID_MEAN_FILENAME, CMR_GRID_SEM_FILENAME
 from icl_cmr.errors import InputError
 from icl_cmr.humans.recall import lag_crps_by_unit, simulated_recall_table

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from icl_cmr.cmr.model import CMRSettings, cmr_crp, mean_and_sem_over_starts
-from icl_cmr.cmr.grid import GridSpec, compute_point, grid_axes, grid_file_names, load_cmr_grid, run_grid
+from icl_cmr.cmr.grid import GridSpec, compute_point, grid_axes
+from icl_cmr.experiments.cmr_grid import run_grid
+from icl_cmr.files.grids import grid_file_names, load_cmr_grid
 from icl_cmr.config import BETA_ENC_GRID, BETA_REC_GRID, CMR_GRID_MEAN_FILENAME, CMR_GRID_SEM_FILENAME, GAMMA_FT_GRID
 from icl_cmr.errors import InputError
 
@@ -96,7 +98,7 @@ def _interrupted_run(spec, slice_dir, n_slices):
 
 def test_resume_with_other_parameters_is_refused_unless_restarted(tmp_path):
     _interrupted_run(small_spec(seed=1), tmp_path, 2)
-    with pytest.raises(InputError, match=r"seed.*add --restart"):
+    with pytest.raises(InputError, match=r"seed: 1 there, 2 now.*pass restart to discard"):
         run_grid(small_spec(seed=2), tmp_path, workers=1, progress=False)
     mean, _, n_resumed = run_grid(small_spec(seed=2), tmp_path, workers=1, restart=True, progress=False)
     assert n_resumed == 0

@@ -15,7 +15,8 @@ import pytest
 import est_cmr_crp
 from icl_cmr.cli.args import run_cli
 from icl_cmr.cmr.model import CMRSettings
-from icl_cmr.cmr.grid import GridSpec, run_grid
+from icl_cmr.cmr.grid import GridSpec
+from icl_cmr.experiments.cmr_grid import run_grid
 
 SMALL_FLAGS = ["--n_beta", "2", "--n_gamma", "3", "--n_trials", "30", "--n_items", "30", "--max_draws", "12",
                "--n_start", "3", "--seed", "4", "--no_progress"]
@@ -115,7 +116,7 @@ def test_other_settings_than_the_saved_slices_are_refused_in_one_line(tmp_path, 
     _interrupt_after_one_slice(tmp_path)
     other = [flag if flag != "4" else "5" for flag in SMALL_FLAGS]  # --seed 5
     code, out, err = run_script(["--save_dir", str(tmp_path), *other], capsys)
-    assert code == 2 and err.strip().splitlines()[-1].startswith("error:") and "add --restart" in err
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error:") and "pass --restart to discard" in err
     assert "Traceback" not in err and not (tmp_path / "cmr_crp_avg_2_3.npy").exists()
 
 
@@ -200,9 +201,9 @@ def test_start_positions_reaching_the_last_item_are_refused_instead_of_a_nan_gri
 def test_the_engine_refuses_a_start_at_the_last_item_and_lags_beyond_the_list():
     from icl_cmr.errors import InputError
 
-    with pytest.raises(InputError, match="n_start must be below n_items"):
+    with pytest.raises(InputError, match=r"n_start \(3\) must be below n_items \(3\)"):
         CMRSettings(n_items=3, n_start=3, max_lag=2)
-    with pytest.raises(InputError, match="max_lag must be below n_items"):
+    with pytest.raises(InputError, match=r"n_items \(8\) must exceed max_lag \(8\)"):
         CMRSettings(n_items=8, n_start=2, max_lag=8)
 
 
@@ -220,7 +221,7 @@ def test_a_grid_with_another_max_lag_is_read_by_the_fitting_code_and_fits_nearly
     """Each start's CRP is normalised over its own 2 max_lag + 1 lags before the mean over starts, so the
     cut CRP depends on max_lag only through those per-start weights: a small difference, not none."""
     from icl_cmr.fits.distance import cmr_fit_patterns, fit_heads
-    from icl_cmr.files.scores import read_cmr_grid
+    from icl_cmr.files.grids import read_cmr_grid
 
     grids = {}
     for max_lag in (6, 8):
@@ -238,7 +239,7 @@ def test_a_grid_with_another_max_lag_is_read_by_the_fitting_code_and_fits_nearly
 
 def test_a_grid_whose_lags_do_not_reach_the_fitting_lags_is_refused_by_the_reader(tmp_path):
     from icl_cmr.errors import InputError
-    from icl_cmr.files.scores import read_cmr_grid
+    from icl_cmr.files.grids import read_cmr_grid
 
     mean = np.full((20, 21, 11, 9), 1 / 9)   # lags -4..+4
     np.save(tmp_path / "grid_avg.npy", mean)

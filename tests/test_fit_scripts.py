@@ -405,7 +405,7 @@ def test_fig4_on_a_coarse_grid_warns_names_the_nearest_points_and_draws_each_onc
     import matplotlib.pyplot as plt
 
     from icl_cmr.figures.fit_sets import reference_crp_figure
-    from icl_cmr.files.scores import read_cmr_grid
+    from icl_cmr.files.grids import read_cmr_grid
 
     grid = read_cmr_grid(workspace["tmp"] / "grid_avg.npy")   # beta_enc 0.5, 1; beta_rec 0, 0.5, 1; gamma 0, 1
     with caplog.at_level(logging.WARNING):

@@ -6,12 +6,14 @@ import pandas as pd
 import pytest
 
 from icl_cmr.cmr.model import CMRSettings, simulate_recall
-from icl_cmr.cmr.grid import GridSpec, run_grid
+from icl_cmr.cmr.grid import GridSpec
+from icl_cmr.experiments.cmr_grid import run_grid
 from icl_cmr.config import CMR_GRID_MEAN_FILENAME
 from icl_cmr.errors import InputError
 from icl_cmr.fits.distance import CmrGrid
 from icl_cmr.humans.fits import (HUMAN_FIT_LAGS, GroupComparisonConfig, compare_groups, fit_people, near_best_ranges,
-                                 people_table, people_vs_heads_table, read_conditional_grid, share_below)
+                                 people_table, people_vs_heads_table, share_below)
+from icl_cmr.files.grids import read_conditional_grid
 from icl_cmr.humans.recall import UnitLagCrps, lag_crps_by_unit, simulated_recall_table
 
 GRID_SETTINGS = CMRSettings(n_items=50, n_trials=200, max_draws=20, n_start=10)

@@ -10,9 +10,11 @@ import torch
 
 from icl_cmr.config import BETA_ENC_GRID
 from icl_cmr.errors import CorruptFileError, FileContentError, InputError
-from icl_cmr.files.scores import (CHECKPOINT_INDICES, FINAL_CHECKPOINT, checkpoint_step, find_score_file,
-                                  load_checkpoint_series, read_cmr_grid, normalise_model_name, parse_score_file_name,
-                                  read_head_scores)
+from icl_cmr.files.scores import (find_score_file, load_checkpoint_series, normalise_model_name,
+                                  parse_score_file_name, read_head_scores)
+from icl_cmr.files.grids import read_cmr_grid
+from icl_cmr.config import CHECKPOINT_INDICES, FINAL_CHECKPOINT
+from icl_cmr.heads.results import checkpoint_step
 
 
 def score_dict(n_layers=2, n_heads=3, seed=0, torch_tensors=False, extra=True):

@@ -38,3 +38,11 @@ GAMMA_FT_GRID: np.ndarray = np.round(np.arange(0, 11) * 0.1, 10)
 #: authors' names, kept so their scripts and ours read the same files.
 CMR_GRID_MEAN_FILENAME = "cmr_crp_avg_20_11.npy"
 CMR_GRID_SEM_FILENAME = "cmr_crp_sem_20_11.npy"
+
+#: Pythia training checkpoints analysed in [LI24] Fig 7: indices K into TransformerLens's list of
+#: the v0 Pythia checkpoints (training step 1000 (K + 1)). Source: the authors'
+#: ``attn_over_time.py`` (``cp_interv = 10``, ``n_cp = 143``: ``range(0, 143, 10) + [142]``).
+CHECKPOINT_INDICES: tuple[int, ...] = tuple(range(0, 143, 10)) + (142,)
+
+#: The final Pythia checkpoint (step 143000), used as "the trained model".
+FINAL_CHECKPOINT: int = CHECKPOINT_INDICES[-1]

@@ -2,7 +2,10 @@
 
 Engine functions raise :class:`InputError` (a ``ValueError``) with a message that
 names the bad argument and the accepted values; scripts turn it into a one-line
-message and exit code 2 (see :func:`icl_cmr.cli.args.run_cli`).
+message and exit code 2 (see :func:`icl_cmr.cli.args.run_cli`). The engine speaks in
+parameters (``late_index``), never in command-line flags: an error lists the parameters
+its message names in :attr:`InputError.parameters`, and the command-line layer
+(:func:`icl_cmr.cli.flags.flag_errors`) puts each script's flag in their place.
 
 Files that exist but cannot be used raise a :class:`BadFileError` subclass, whose
 message starts with the file's path:
@@ -19,11 +22,24 @@ message starts with the file's path:
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 
 class InputError(ValueError):
-    """Invalid parameters, missing or corrupt input files, unwritable outputs."""
+    """Invalid parameters, missing or corrupt input files, unwritable outputs.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong and what is accepted, naming parameters by their Python names.
+    parameters : sequence of str, optional
+        The parameter names the message uses, e.g. ``("late_index", "seq_len")``: a script
+        replaces each (as a whole word) by its own flag, e.g. ``--late-index``.
+    """
+
+    def __init__(self, message: str = "", parameters: Sequence[str] = ()):
+        super().__init__(message)
+        self.parameters = tuple(parameters)
 
 
 class BadFileError(InputError):

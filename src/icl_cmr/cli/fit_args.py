@@ -15,7 +15,8 @@ from icl_cmr.cli.args import positive_float
 from icl_cmr.config import CMR_LIKE_THRESHOLD
 from icl_cmr.fits.distance import CmrGrid
 from icl_cmr.files.outputs import portable_path
-from icl_cmr.files.scores import DEFAULT_GRID_PATH, DEFAULT_SCORES_DIR, read_cmr_grid
+from icl_cmr.files.scores import DEFAULT_SCORES_DIR
+from icl_cmr.files.grids import DEFAULT_GRID_PATH, read_cmr_grid
 
 logger = logging.getLogger(__name__)
 

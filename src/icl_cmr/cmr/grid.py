@@ -8,37 +8,35 @@
   index of ``(i, j, k)``. Any point can be recomputed alone, and results do not
   depend on the number of workers or the order in which they finish.
 * Work is split into slices, one per ``(beta_enc, gamma_ft)`` pair covering every
-  ``beta_rec`` (the simulator's tables depend on ``beta_enc`` and ``gamma_ft`` only).
-  :func:`run_grid` saves each finished slice atomically, so a killed run resumes
-  where it stopped and produces bit-identical results; each saved slice is verified on
-  resume and a damaged one is recomputed.
+  ``beta_rec`` (the simulator's tables depend on ``beta_enc`` and ``gamma_ft`` only), computed
+  in this process or in worker processes (:func:`iterate_slices`). The resumable run that saves
+  each finished slice is :func:`icl_cmr.experiments.cmr_grid.run_grid`; :func:`slice_problem`
+  says whether a saved slice can be this spec's.
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import signal
-import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from icl_cmr.cmr.model import (CRP_METHODS, CMRSettings, cmr_crp, has_exact_crp, mean_and_sem_over_starts,
-                               point_memory_bytes)
 from icl_cmr.cmr.conditional import JACKKNIFE_GROUPS, conditional_cmr_crp
+from icl_cmr.cmr.model import (
+    CRP_METHODS,
+    CMRSettings,
+    cmr_crp,
+    has_exact_crp,
+    mean_and_sem_over_starts,
+    point_memory_bytes,
+)
 from icl_cmr.config import BETA_ENC_GRID, BETA_REC_GRID, GAMMA_FT_GRID
-from icl_cmr.errors import BadFileError, FileContentError, InputError
-from icl_cmr.files.reading import load_json, load_npy
-from icl_cmr.files.writing import save_json, save_npy
-from icl_cmr.files.outputs import differing_settings
+from icl_cmr.errors import InputError
 
 logger = logging.getLogger(__name__)
-
-#: Folder-name prefix of the per-slice results of an unfinished run.
-PARTIAL_SUFFIX = ".partial"
 
 #: What a grid holds (:attr:`GridSpec.quantity`). ``"crp"``: the paper's CRP, a normalised histogram of
 #: transition lags (repeats allowed), mean and SEM over start positions (DESIGN.md section 3).
@@ -48,7 +46,7 @@ PARTIAL_SUFFIX = ".partial"
 GRID_QUANTITIES = ("crp", "conditional")
 
 
-def grid_axes(n_beta: int = 20, n_gamma: int = 11) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def grid_axes(n_beta: int = 20, n_gamma: int = 11) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The paper's grid axes at a given resolution.
 
     Parameters
@@ -99,9 +97,9 @@ class GridSpec:
         it, so at ``0 < beta_rec < 1`` both quantities come from the same simulated recalls.
     """
 
-    beta_enc: Tuple[float, ...]
-    beta_rec: Tuple[float, ...]
-    gamma_ft: Tuple[float, ...]
+    beta_enc: tuple[float, ...]
+    beta_rec: tuple[float, ...]
+    gamma_ft: tuple[float, ...]
     settings: CMRSettings = field(default_factory=CMRSettings)
     seed: int = 0
     method: str = "exact"
@@ -127,15 +125,15 @@ class GridSpec:
             object.__setattr__(self, name, tuple(float(v) for v in values))
 
     @classmethod
-    def from_resolution(cls, n_beta: int = 20, n_gamma: int = 11, settings: Optional[CMRSettings] = None,
-                        seed: int = 0, method: str = "exact", quantity: str = "crp") -> "GridSpec":
+    def from_resolution(cls, n_beta: int = 20, n_gamma: int = 11, settings: CMRSettings | None = None,
+                        seed: int = 0, method: str = "exact", quantity: str = "crp") -> GridSpec:
         """A spec on the paper's grid at resolution ``n_beta`` x ``n_gamma`` (see :func:`grid_axes`)."""
         beta_enc, beta_rec, gamma_ft = grid_axes(n_beta, n_gamma)
         return cls(tuple(beta_enc), tuple(beta_rec), tuple(gamma_ft),
                    settings if settings is not None else CMRSettings(), seed, method, quantity)
 
     @property
-    def shape(self) -> Tuple[int, int, int]:
+    def shape(self) -> tuple[int, int, int]:
         """``(n_beta_enc, n_beta_rec, n_gamma_ft)``."""
         return len(self.beta_enc), len(self.beta_rec), len(self.gamma_ft)
 
@@ -144,7 +142,7 @@ class GridSpec:
         """One slice per ``(beta_enc, gamma_ft)`` pair."""
         return len(self.beta_enc) * len(self.gamma_ft)
 
-    def slice_position(self, slice_id: int) -> Tuple[int, int]:
+    def slice_position(self, slice_id: int) -> tuple[int, int]:
         """``(beta_enc index, gamma_ft index)`` of a slice."""
         if not 0 <= slice_id < self.n_slices:
             raise InputError(f"slice_id must be in [0, {self.n_slices}), got {slice_id}")
@@ -174,7 +172,7 @@ class GridSpec:
         grid_bytes = 2 * self.n_slices * len(self.beta_rec) * self.settings.n_lags * 8
         return busy * self.point_memory_bytes() + 3 * grid_bytes
 
-    def to_json(self) -> Dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         """All parameters as JSON-friendly values (stored in metadata, compared on resume)."""
         s = self.settings
         return {
@@ -212,28 +210,12 @@ def compute_slice(spec: GridSpec, slice_id: int) -> np.ndarray:
     return np.stack(mean_and_sem_over_starts(curves))
 
 
-def _compute_slice_task(args: Tuple[GridSpec, int]) -> Tuple[int, np.ndarray]:
+def _compute_slice_task(args: tuple[GridSpec, int]) -> tuple[int, np.ndarray]:
     spec, slice_id = args
     return slice_id, compute_slice(spec, slice_id)
 
 
-def slice_path(slice_dir: Path, slice_id: int) -> Path:
-    """File of one finished slice."""
-    return Path(slice_dir) / f"slice_{slice_id:05d}.npy"
-
-
-#: Files of a partial run besides the slices: its spec and the wall time of its sessions so far.
-SPEC_FILE, ELAPSED_FILE = "spec.json", "elapsed.json"
-
-
-def _discard_partial(slice_dir: Path) -> None:
-    """Remove the files a partial run consists of (only names this module writes)."""
-    for path in list(slice_dir.glob("slice_*.npy")) + [slice_dir / SPEC_FILE, slice_dir / ELAPSED_FILE]:
-        if path.is_file():
-            path.unlink()
-
-
-def _slice_problem(spec: GridSpec, array: np.ndarray) -> Optional[str]:
+def slice_problem(spec: GridSpec, array: np.ndarray) -> str | None:
     """Why a loaded slice cannot be this spec's, or None: the mean CRPs must be finite, non-negative and
     sum to 1 over lags; the SEMs finite and non-negative. A conditional lag-CRP slice holds probabilities
     in [0, 1], NaN at lag 0 (never possible) and wherever nothing was possible, and its standard errors
@@ -255,141 +237,25 @@ def _slice_problem(spec: GridSpec, array: np.ndarray) -> Optional[str]:
     return None
 
 
-def _prepare_slice_dir(spec: GridSpec, slice_dir: Path, restart: bool) -> Dict[int, np.ndarray]:
-    """Create/check the folder of finished slices; return those already done and verified.
-
-    A saved run with the same spec is resumed (``restart`` discards it); one with another spec is an
-    error. A damaged spec file, or slices without one, are discarded with a warning; so is each
-    damaged slice (truncated, wrong shape, values that cannot be a CRP), which is then recomputed.
-    """
-    spec_file = slice_dir / SPEC_FILE
-    if restart and slice_dir.is_dir():
-        _discard_partial(slice_dir)
-    if spec_file.exists():
-        try:
-            stored = load_json(spec_file)
-            if not isinstance(stored, dict):
-                raise FileContentError(spec_file, f"holds a {type(stored).__name__}, not the grid settings of a run")
-        except BadFileError as err:
-            logger.warning("the spec file of the unfinished run in %s is damaged (%s); discarding that run and "
-                           "starting over", slice_dir, err.problem)
-            _discard_partial(slice_dir)
-        else:
-            if stored != spec.to_json():
-                differing = differing_settings(stored, spec.to_json())
-                raise InputError(f"the unfinished run in {slice_dir} used different parameters "
-                                 f"({', '.join(differing)}); rerun with those to resume it, or add --restart to "
-                                 "discard it")
-    existing = sorted(slice_dir.glob("slice_*.npy")) if slice_dir.is_dir() else []
-    if existing and not spec_file.exists():
-        logger.warning("discarding %d slices in %s: their spec file is missing, so their parameters are unknown",
-                       len(existing), slice_dir)
-        _discard_partial(slice_dir)
-        existing = []
-    slice_dir.mkdir(parents=True, exist_ok=True)
-    if not spec_file.exists():
-        save_json(spec_file, spec.to_json())
-    done: Dict[int, np.ndarray] = {}
-    shape = (2, len(spec.beta_rec), spec.settings.n_lags)
-    for path in existing:
-        try:
-            slice_id = int(path.stem.split("_")[1])
-        except (IndexError, ValueError):
-            continue
-        if not 0 <= slice_id < spec.n_slices:
-            logger.warning("ignoring %s: the grid has %d slices", path, spec.n_slices)
-            continue
-        try:
-            array = load_npy(path, expected_shape=shape)
-            problem = _slice_problem(spec, array)
-        except BadFileError as err:  # truncated or corrupt file
-            problem = err.problem
-        except InputError as err:    # a sound file of the wrong shape
-            problem = str(err)
-        if problem is not None:
-            logger.warning("discarding damaged slice %s (%s); it will be recomputed", path, problem)
-            path.unlink()
-            continue
-        done[slice_id] = array
-    return done
-
-
-def recorded_wall_seconds(slice_dir: "str | Path") -> float:
-    """Wall seconds of every session of the run in ``slice_dir`` so far (0 when unknown)."""
-    path = Path(slice_dir) / ELAPSED_FILE
-    if not path.is_file():
-        return 0.0
-    try:
-        value = load_json(path)
-        return float(value["wall_seconds"]) if isinstance(value, dict) else 0.0
-    except (BadFileError, KeyError, TypeError, ValueError):
-        logger.warning("%s is damaged; the recorded time of earlier sessions is lost", path)
-        return 0.0
-
-
-def run_grid(spec: GridSpec, slice_dir: "str | Path", workers: int = 1, restart: bool = False,
-             on_slice_done: Optional[Callable[[int, int], None]] = None,
-             progress: bool = True) -> Tuple[np.ndarray, np.ndarray, int]:
-    """Compute the whole grid, saving each finished slice atomically under ``slice_dir``.
+def iterate_slices(spec: GridSpec, pending: Iterable[int], workers: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+    """Compute slices, in this process (``workers=1``) or in worker processes, yielding each as it finishes.
 
     Parameters
     ----------
     spec : GridSpec
-        What to compute.
-    slice_dir : path-like
-        Folder for per-slice results (created). Left in place; the caller removes it
-        once the final files are written.
+    pending : iterable of int
+        Slice indices to compute.
     workers : int
-        Worker processes (1: compute in this process). Results do not depend on it.
-    restart : bool
-        Discard the slices of an unfinished run instead of resuming it. Without it, slices
-        an earlier run with the same spec finished are verified and kept (damaged ones are
-        recomputed, with a warning); an earlier run with a different spec is an error.
-    on_slice_done : callable, optional
-        ``on_slice_done(slice_id, n_done)`` after each slice is saved (progress hooks, tests).
-    progress : bool
-        Show a tqdm bar with an ETA.
+        Worker processes; the results do not depend on it (one generator per grid point).
 
-    Returns
-    -------
-    mean : np.ndarray, shape [n_beta_enc, n_beta_rec, n_gamma_ft, 2 * max_lag + 1]
-    sem : np.ndarray, same shape
-        Mean CRP and its SEM over start positions.
-    n_resumed : int
-        Slices taken from an earlier run.
-
-    Notes
-    -----
-    The wall time of every session is accumulated in ``slice_dir`` (:func:`recorded_wall_seconds`).
+    Yields
+    ------
+    slice_id : int
+    slice : np.ndarray, shape [2, n_beta_rec, 2 * max_lag + 1]
+        :func:`compute_slice`'s result, in the order the slices finish.
     """
     if workers < 1:
-        raise InputError(f"workers must be a positive integer, got {workers}")
-    slice_dir = Path(slice_dir)
-    done = _prepare_slice_dir(spec, slice_dir, restart)
-    n_resumed = len(done)
-    pending = [slice_id for slice_id in range(spec.n_slices) if slice_id not in done]
-    if n_resumed:
-        logger.info("resuming: %d of %d slices already done", n_resumed, spec.n_slices)
-    session_start, before = time.perf_counter(), recorded_wall_seconds(slice_dir)
-
-    with tqdm(total=spec.n_slices, initial=n_resumed, desc="CMR grid slices", unit="slice",
-              disable=not progress, smoothing=0.05) as bar:
-        for slice_id, result in _iterate_slices(spec, pending, workers):
-            save_npy(slice_path(slice_dir, slice_id), result)
-            save_json(slice_dir / ELAPSED_FILE, {"wall_seconds": before + time.perf_counter() - session_start})
-            done[slice_id] = result
-            bar.update(1)
-            if on_slice_done is not None:
-                on_slice_done(slice_id, len(done))
-
-    save_json(slice_dir / ELAPSED_FILE, {"wall_seconds": before + time.perf_counter() - session_start})
-    n_enc, n_rec, n_gamma = spec.shape
-    stacked = np.stack([done[slice_id] for slice_id in range(spec.n_slices)])  # [slices, 2, rec, lags]
-    stacked = stacked.reshape(n_enc, n_gamma, 2, n_rec, -1).transpose(2, 0, 3, 1, 4)
-    return np.ascontiguousarray(stacked[0]), np.ascontiguousarray(stacked[1]), n_resumed
-
-
-def _iterate_slices(spec: GridSpec, pending: Iterable[int], workers: int):
+        raise InputError(f"workers must be a positive integer, got {workers}", parameters=("workers",))
     pending = list(pending)
     if workers == 1 or len(pending) <= 1:
         for slice_id in pending:
@@ -421,50 +287,3 @@ def grid_description(quantity: str = "crp") -> str:
                 f"jackknife over {JACKKNIFE_GROUPS} groups of trials (trial index mod {JACKKNIFE_GROUPS}); " + seeding)
     return ("mean and SEM over start positions s0 = 0..n_start-1 of the normalised CMR CRP; "
             "SEM = std(ddof=1)/sqrt(n_start); " + seeding)
-
-
-def grid_file_names(n_beta: int, n_gamma: int, quantity: str = "crp") -> Tuple[str, str, str]:
-    """Names of the mean, SEM and metadata files (the authors' ``cmr_crp_avg_20_11.npy`` pattern;
-    ``cmr_cond_crp_avg_20_11.npy`` ... for the conditional lag-CRP, :data:`GRID_QUANTITIES`)."""
-    if quantity not in GRID_QUANTITIES:
-        raise InputError(f"quantity must be one of {', '.join(GRID_QUANTITIES)}, got {quantity!r}")
-    stem = "cmr_crp" if quantity == "crp" else "cmr_cond_crp"
-    return (f"{stem}_avg_{n_beta}_{n_gamma}.npy", f"{stem}_sem_{n_beta}_{n_gamma}.npy",
-            f"{stem}_{n_beta}_{n_gamma}.json")
-
-
-def load_cmr_grid(mean_path: "str | Path", sem_path: Optional["str | Path"] = None,
-                  expected_shape: Optional[Tuple[int, ...]] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Load a CRP grid (ours or the authors'), checking shape and values.
-
-    Parameters
-    ----------
-    mean_path, sem_path : path-like
-        ``cmr_crp_avg_*.npy`` and (optionally) ``cmr_crp_sem_*.npy``.
-    expected_shape : tuple, optional
-        E.g. ``(20, 21, 11, 17)``; any 4-d shape is accepted when omitted.
-
-    Returns
-    -------
-    mean : np.ndarray, shape [n_beta_enc, n_beta_rec, n_gamma_ft, n_lags]
-    sem : np.ndarray or None, same shape
-
-    Raises
-    ------
-    InputError
-        Truncated/corrupt file, wrong shape, non-finite or negative values, or curves
-        that do not sum to 1.
-    """
-    mean = load_npy(mean_path, expected_shape)
-    if mean.ndim != 4:
-        raise InputError(f"{mean_path} must be a 4-d grid [beta_enc, beta_rec, gamma_ft, lag], "
-                         f"got shape {mean.shape}")
-    if not np.all(np.isfinite(mean)) or np.any(mean < 0) or not np.allclose(mean.sum(axis=-1), 1.0, atol=1e-6):
-        raise InputError(f"{mean_path} is not a CRP grid: values must be finite, non-negative "
-                         "and sum to 1 over lags")
-    sem = None
-    if sem_path is not None:
-        sem = load_npy(sem_path, mean.shape)
-        if not np.all(np.isfinite(sem)) or np.any(sem < 0):
-            raise InputError(f"{sem_path} must hold finite, non-negative standard errors")
-    return mean, sem

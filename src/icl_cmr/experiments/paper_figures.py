@@ -25,8 +25,9 @@ from icl_cmr.fits.analyses import (CMR_SELECTION_FILE, PYTHIA_MODELS, XTRA_MODEL
                                    load_saved_selections, make_selections, mean_sem, record_matrix)
 from icl_cmr.fits.distance import CmrFit, CmrGrid, fit_heads
 from icl_cmr.fits.layers import DEFAULT_TOP_N, authors_sorted_position_mask, relative_layer_position, summarize_by_layer
-from icl_cmr.files.scores import (CHECKPOINT_INDICES, FINAL_CHECKPOINT, HeadScores, checkpoint_step,
-                                  load_checkpoint_series, normalise_model_name, parse_score_file_name)
+from icl_cmr.files.scores import load_checkpoint_series, normalise_model_name, parse_score_file_name
+from icl_cmr.config import CHECKPOINT_INDICES, FINAL_CHECKPOINT
+from icl_cmr.heads.results import HeadScores, checkpoint_step
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import numpy as np
 from icl_cmr.fits.analyses import QUANTITIES, finite_quantities, mean_sem, record_matrix
 from icl_cmr.fits.distance import CmrFit, select_lags
 from icl_cmr.fits.layers import HUMAN_FITS, percent_below_threshold, relative_layer_position, summarize_by_layer
-from icl_cmr.files.scores import HeadScores, checkpoint_step
+from icl_cmr.heads.results import HeadScores, checkpoint_step
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from icl_cmr.errors import InputError
 from icl_cmr.fits.distance import CmrFit, CmrGrid, check_fitted, fit_heads
 from icl_cmr.fits.layers import (HeadSelection, gather_selected, percent_below_threshold, relative_layer_position,
                                  select_top_heads, summarize_by_layer)
-from icl_cmr.files.scores import HeadScores, load_checkpoint_series, load_model_scores
+from icl_cmr.files.scores import load_checkpoint_series, load_model_scores
+from icl_cmr.heads.results import HeadScores
 
 logger = logging.getLogger(__name__)
 

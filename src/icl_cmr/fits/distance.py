@@ -23,18 +23,30 @@ reported distance and the tie-breaking are exactly those of the direct formula.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Any
 
 import numpy as np
 
-from icl_cmr.config import ATTN_CRP_LAGS, BETA_ENC_GRID, BETA_REC_GRID, CMR_CRP_LAGS, FIT_LAGS, GAMMA_FT_GRID
+from icl_cmr.config import (
+    ATTN_CRP_LAGS,
+    BETA_ENC_GRID,
+    BETA_REC_GRID,
+    CMR_CRP_LAGS,
+    FIT_LAGS,
+    GAMMA_FT_GRID,
+)
 from icl_cmr.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 #: Names of the three CMR parameters, in the order of the grid's axes (DESIGN.md section 3).
 PARAMETER_NAMES = ("beta_enc", "beta_rec", "gamma_ft")
+
+#: Simulation settings a grid records (its JSON sidecar): two grids are of the same simulator only
+#: when these agree (:attr:`CmrGrid.simulation`).
+SIMULATION_SETTINGS = ("n_items", "n_trials", "max_draws", "n_start", "max_lag", "seed")
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,9 @@ class CmrGrid:
         Standard error of ``mean`` (over start positions); None when unknown.
     source : str
         Where the grid came from (a path), for metadata.
+    simulation : dict, optional
+        The simulation settings the grid was made with (:data:`SIMULATION_SETTINGS`), when its
+        file records them; None when unknown.
     """
 
     mean: np.ndarray
@@ -60,8 +75,9 @@ class CmrGrid:
     beta_rec: np.ndarray = field(default_factory=lambda: BETA_REC_GRID.copy())
     gamma_ft: np.ndarray = field(default_factory=lambda: GAMMA_FT_GRID.copy())
     lags: np.ndarray = field(default_factory=lambda: CMR_CRP_LAGS.copy())
-    sem: Optional[np.ndarray] = None
+    sem: np.ndarray | None = None
     source: str = ""
+    simulation: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         mean = np.asarray(self.mean, dtype=float)
@@ -147,7 +163,7 @@ class CmrFit:
     attn_scaled: np.ndarray
     lags: np.ndarray
 
-    def as_authors_dict(self) -> Dict[str, np.ndarray]:
+    def as_authors_dict(self) -> dict[str, np.ndarray]:
         """The authors' ``fit()`` result keys ([LI24] ``fit_attn_score.fit``)."""
         return {
             "fitted_MSE": self.distance,

@@ -22,29 +22,23 @@ share of people with D below the threshold and its Wilson interval.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
-from icl_cmr.cmr.grid import grid_file_names
-from icl_cmr.config import CMR_CRP_LAGS, FIT_LAGS
+from icl_cmr.config import FIT_LAGS
 from icl_cmr.errors import InputError
-from icl_cmr.fits.distance import (PARAMETER_NAMES, CmrFit, CmrGrid, cmr_distance, cmr_fit_patterns, fit_heads,
-                                   select_lags)
-from icl_cmr.humans.recall import UnitLagCrps
-from icl_cmr.files.reading import load_json, load_npy
+from icl_cmr.fits.distance import (PARAMETER_NAMES, SIMULATION_SETTINGS, CmrFit, CmrGrid, cmr_distance,
+                                   cmr_fit_patterns, fit_heads, select_lags)
+from icl_cmr.heads.results import HeadScores
 from icl_cmr.fits.layers import HeadSelection, gather_selected, select_top_heads
-from icl_cmr.files.scores import HeadScores, grid_axes_and_lags, grid_sidecar_candidates
+from icl_cmr.humans.recall import UnitLagCrps
 from icl_cmr.stats import wilson_interval
 
 #: Lags of a person's fit: [LI24]'s -5..+5 without lag 0, never a transition in a conditional lag-CRP.
 HUMAN_FIT_LAGS: np.ndarray = FIT_LAGS[FIT_LAGS != 0]
-
-#: The conditional grid made by ``est_cmr_crp.py --quantity conditional`` (shipped).
-DEFAULT_CONDITIONAL_GRID_PATH = Path("saved_crps") / grid_file_names(20, 11, "conditional")[0]
 
 #: Quantities compared between people and heads: D and the three CMR parameters (1/tau is not
 #: on a common scale, see the module docstring).
@@ -52,10 +46,6 @@ COMPARED_QUANTITIES = ("cmr_distance",) + PARAMETER_NAMES
 
 #: Default slack in D of :func:`near_best_ranges` (ours: a quarter of the median PEERS person's best D, 0.081).
 NEAR_BEST_TOLERANCE = 0.02
-
-#: Simulation settings two grids must share to be "the same simulator" (their JSON sidecars).
-SIMULATION_KEYS = ("n_items", "n_trials", "max_draws", "n_start", "max_lag", "seed")
-
 
 @dataclass(frozen=True)
 class GroupComparisonConfig:
@@ -104,72 +94,16 @@ def check_conditional_grid(grid: CmrGrid) -> None:
                          "probabilities in [0, 1] (NaN where a lag was never possible)")
 
 
-def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Path | None" = None) -> CmrGrid:
-    """Read a conditional lag-CRP grid (``cmr_cond_crp_avg_*.npy``), its standard errors and axes.
-
-    Parameters
-    ----------
-    path : path, optional
-        ``.npy`` [n_beta_enc, n_beta_rec, n_gamma_ft, 2 m + 1] (lags -m..m with m >= 5, lag 0 NaN;
-        the paper's m = 8, :func:`icl_cmr.files.scores.grid_lags`). Default
-        :data:`DEFAULT_CONDITIONAL_GRID_PATH`.
-    sem_path : path, optional
-        Its standard errors; default the ``sem`` file beside it when present.
-
-    Returns
-    -------
-    CmrGrid
-        Axis values from the JSON sidecar ``est_cmr_crp.py`` writes (as
-        :func:`icl_cmr.files.scores.read_cmr_grid`).
-
-    Raises
-    ------
-    InputError
-        Missing or damaged file, wrong shape, or not a conditional grid (:func:`check_conditional_grid`).
-    """
-    path = Path(path) if path is not None else DEFAULT_CONDITIONAL_GRID_PATH
-    if not path.is_file():
-        raise InputError(f"conditional CMR grid {path} does not exist: make it with "
-                         "`python src/est_cmr_crp.py --quantity conditional`, or pass --crp-grid PATH")
-    mean = load_npy(path)
-    if mean.ndim != 4:
-        raise InputError(f"{path} has shape {mean.shape}, expected [n_beta_enc, n_beta_rec, n_gamma_ft, n_lags] "
-                         f"(lags -m..m; the paper's {CMR_CRP_LAGS[0]}..{CMR_CRP_LAGS[-1]})")
-    if sem_path is None:
-        candidate = path.with_name(path.name.replace("avg", "sem")) if "avg" in path.name else None
-        sem_path = candidate if candidate is not None and candidate.is_file() else None
-    sem = load_npy(sem_path, mean.shape) if sem_path is not None else None
-    axes, lags = grid_axes_and_lags(path, mean.shape, needed=HUMAN_FIT_LAGS)
-    if axes is None:
-        raise InputError(f"{path}: no axis values found (expected the JSON sidecar est_cmr_crp.py writes: "
-                         f"{' or '.join(str(p) for p in grid_sidecar_candidates(path))})")
-    grid = CmrGrid(mean=mean, beta_enc=axes[0], beta_rec=axes[1], gamma_ft=axes[2], lags=lags, sem=sem,
-                   source=str(path))
-    check_conditional_grid(grid)
-    return grid
-
-
-def grid_simulation_settings(path: "str | Path") -> Optional[Dict[str, object]]:
-    """Simulation settings of a grid from its JSON sidecar (:data:`SIMULATION_KEYS`), None if it has none."""
-    for sidecar in grid_sidecar_candidates(Path(path)):
-        if sidecar.is_file():
-            meta = load_json(sidecar)
-            parameters = meta.get("parameters", meta) if isinstance(meta, dict) else {}
-            if isinstance(parameters, dict) and all(key in parameters for key in SIMULATION_KEYS):
-                return {key: parameters[key] for key in SIMULATION_KEYS}
-    return None
-
-
-def same_simulation_problem(people_grid: CmrGrid, head_grid: CmrGrid) -> Optional[str]:
+def same_simulation_problem(people_grid: CmrGrid, head_grid: CmrGrid) -> str | None:
     """Why two grids are not of the same simulator on the same axes, or None (settings unknown count as same;
     the caller warns about those)."""
     for name in PARAMETER_NAMES:
         a, b = getattr(people_grid, name), getattr(head_grid, name)
         if a.shape != b.shape or not np.allclose(a, b):
             return f"their {name} axes differ ({a.size} vs {b.size} values)"
-    settings = [grid_simulation_settings(g.source) if g.source else None for g in (people_grid, head_grid)]
+    settings = [people_grid.simulation, head_grid.simulation]
     if None not in settings and settings[0] != settings[1]:
-        differing = [k for k in SIMULATION_KEYS if settings[0][k] != settings[1][k]]
+        differing = [k for k in SIMULATION_SETTINGS if settings[0][k] != settings[1][k]]
         return f"they were simulated with different {', '.join(differing)}"
     return None
 
@@ -196,7 +130,7 @@ def fit_people(crps: UnitLagCrps, grid: CmrGrid) -> CmrFit:
 
 
 def near_best_ranges(curves: np.ndarray, curve_lags: np.ndarray, grid: CmrGrid, fit_lags: np.ndarray,
-                     tolerance: float = NEAR_BEST_TOLERANCE, chunk_size: int = 64) -> Dict[str, np.ndarray]:
+                     tolerance: float = NEAR_BEST_TOLERANCE, chunk_size: int = 64) -> dict[str, np.ndarray]:
     """How tightly each curve pins the parameters down: their range over the near-best grid points.
 
     The near-best points of a curve are the grid points whose CMR distance is at most its best D plus
@@ -243,7 +177,7 @@ def near_best_ranges(curves: np.ndarray, curve_lags: np.ndarray, grid: CmrGrid, 
     return {"n_near": n_near, "low": low, "high": high}
 
 
-def near_best_table(ranges: Dict[str, np.ndarray]) -> pd.DataFrame:
+def near_best_table(ranges: dict[str, np.ndarray]) -> pd.DataFrame:
     """Columns ``n_near_best`` and ``<parameter>_near_low`` / ``_near_high`` of :func:`near_best_ranges`."""
     columns = {"n_near_best": ranges["n_near"]}
     for i, name in enumerate(PARAMETER_NAMES):
@@ -270,7 +204,7 @@ def fit_table(fit: CmrFit, threshold: float) -> pd.DataFrame:
 
 
 def people_table(crps: UnitLagCrps, fit: CmrFit, threshold: float,
-                 near: Optional[Dict[str, np.ndarray]] = None) -> pd.DataFrame:
+                 near: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """One row per unit: its identity, the fit, the near-best ranges (when given), its CRP and the fitted
     CRP on the fitting lags.
 
@@ -289,7 +223,7 @@ def people_table(crps: UnitLagCrps, fit: CmrFit, threshold: float,
 
 
 def head_table(model: str, scores: HeadScores, fit: CmrFit, threshold: float,
-               near: Optional[Dict[str, np.ndarray]] = None) -> pd.DataFrame:
+               near: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """One row per head of one model: label, matching score, the fit (:func:`fit_table`), near-best ranges."""
     identity = pd.DataFrame({"model": model, "label": scores.labels.ravel(),
                              "matching_score": scores.matching_score.ravel()})
@@ -299,7 +233,7 @@ def head_table(model: str, scores: HeadScores, fit: CmrFit, threshold: float,
 # ----------------------------------------------------------------------------- statistics
 
 def compare_groups(people: np.ndarray, heads: np.ndarray,
-                   config: GroupComparisonConfig = GroupComparisonConfig()) -> Dict[str, float]:
+                   config: GroupComparisonConfig = GroupComparisonConfig()) -> dict[str, float]:
     """People against heads on one quantity: medians, their difference with a bootstrap CI, Mann-Whitney U.
 
     Parameters
@@ -347,7 +281,7 @@ def compare_groups(people: np.ndarray, heads: np.ndarray,
     return out
 
 
-def share_below(distance: np.ndarray, threshold: float, confidence: float = 0.95) -> Dict[str, float]:
+def share_below(distance: np.ndarray, threshold: float, confidence: float = 0.95) -> dict[str, float]:
     """How many fitted curves have D below ``threshold``, with a Wilson interval of the share.
 
     Returns
@@ -409,7 +343,7 @@ def people_vs_heads_table(people: pd.DataFrame, heads: pd.DataFrame, threshold: 
 # ----------------------------------------------------------------------------- heads over training
 
 def top_cmr_like_over_training(series: Mapping[str, Sequence[HeadScores]], grid: CmrGrid,
-                               n_top: int) -> Tuple[HeadSelection, np.ndarray, np.ndarray]:
+                               n_top: int) -> tuple[HeadSelection, np.ndarray, np.ndarray]:
     """The ``n_top`` heads with the lowest D at the last checkpoint (pooled over models), followed back.
 
     [LI24] Fig 7: heads picked at the final checkpoint, their fits at every checkpoint.

@@ -28,7 +28,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 from icl_cmr.errors import InputError
 from icl_cmr.files.writing import PACKAGE_VERSION
 from icl_cmr.files.reading import load_json, load_pickle
-from icl_cmr.files.scores import FINAL_CHECKPOINT, normalise_model_name
+from icl_cmr.files.scores import normalise_model_name
+from icl_cmr.config import FINAL_CHECKPOINT
 from icl_cmr.files.score_format import default_score_path
 from icl_cmr.sweeps.plan import (ABLATION_SETTINGS, AGGREGATE_SETTINGS, CPU_GROUP, FIT_SETTINGS, SCORES_SETTINGS,
                                  ModelEntry, Plan, setting_argv)
@@ -139,7 +140,7 @@ def _model_source(entry: ModelEntry, step: Optional[int]) -> Tuple[str, Optional
 
 
 def _default_grid() -> str:
-    from icl_cmr.files.scores import DEFAULT_GRID_PATH
+    from icl_cmr.files.grids import DEFAULT_GRID_PATH
     return str(DEFAULT_GRID_PATH)
 
 

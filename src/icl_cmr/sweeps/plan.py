@@ -58,11 +58,11 @@ STAGES = ("scores", "fit", "ablation", "aggregate")
 DEFAULT_STAGES = ("scores", "fit", "aggregate")
 
 #: Pythia v0 training steps of [LI24] Fig 7 / S4: 1000 (K + 1) for K = 0, 10, ..., 140, 142
-#: (:data:`icl_cmr.files.scores.CHECKPOINT_INDICES`; DESIGN.md section 5).
+#: (:data:`icl_cmr.config.CHECKPOINT_INDICES`; DESIGN.md section 5).
 PAPER_STEPS = tuple(1000 * (k + 1) for k in (*range(0, 143, 10), 142))
 
 #: Steps of local checkpoint folders map to file indices K = step / 1000 - 1, the Pythia v0
-#: spacing every fitting script assumes (:func:`icl_cmr.files.scores.checkpoint_step`).
+#: spacing every fitting script assumes (:func:`icl_cmr.heads.results.checkpoint_step`).
 STEP_SPACING = 1000
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -1,0 +1,282 @@
+"""The CMR CRP grid as a resumable run (DESIGN.md section 3; ``est_cmr_crp.py``).
+
+:class:`CmrGridSettings` holds everything the script's flags set, with the same defaults;
+:func:`run_cmr_grid` computes the grid slice by slice (:mod:`icl_cmr.cmr.grid`), saving each
+finished slice in a :class:`~icl_cmr.files.resume.RunFolder`, so a killed run resumes where it
+stopped and gives bit-identical results. The caller writes the final files
+(:mod:`icl_cmr.files.grids` names them) and then removes the partial folder.
+
+Examples
+--------
+>>> from icl_cmr.experiments.cmr_grid import CmrGridSettings, run_cmr_grid
+>>> settings = CmrGridSettings(n_beta=4, n_gamma=3, n_trials=100, workers=1)   # doctest: +SKIP
+>>> grid = run_cmr_grid(settings, partial_dir="/tmp/grid.partial")              # doctest: +SKIP
+>>> grid.mean.shape                                                             # doctest: +SKIP
+(4, 5, 3, 17)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from icl_cmr.cmr.grid import GRID_QUANTITIES, GridSpec, grid_description, iterate_slices, slice_problem
+from icl_cmr.cmr.model import CMRSettings
+from icl_cmr.errors import InputError
+from icl_cmr.files.reading import load_npy
+from icl_cmr.files.resume import RunFolder
+from icl_cmr.files.unpickling import available_memory, human_bytes
+from icl_cmr.files.writing import save_npy
+
+logger = logging.getLogger(__name__)
+
+#: The partial folder's fingerprint file (the grid's :meth:`GridSpec.to_json`).
+SPEC_FILE = "spec.json"
+
+_CMR_DEFAULTS = CMRSettings()
+
+
+def default_workers() -> int:
+    """Worker processes by default: two, or fewer on a machine with fewer CPUs."""
+    return min(2, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class CmrGridSettings:
+    """A CMR grid run, as ``est_cmr_crp.py``'s flags set it (same names, same defaults).
+
+    Attributes
+    ----------
+    n_beta : int
+        ``beta_enc = 1/n_beta .. 1`` (``n_beta`` values), ``beta_rec = 0 .. 1`` (``n_beta + 1``). [LI24]: 20.
+    n_gamma : int
+        ``gamma_ft = 0 .. 1`` in ``n_gamma`` values, at least 2. [LI24]: 11.
+    n_trials, max_draws, n_items, n_start, max_lag : int
+        The simulation (:class:`icl_cmr.cmr.model.CMRSettings`; DESIGN.md section 3).
+    seed : int
+        Base seed of the per-point generators.
+    quantity : {"crp", "conditional"}
+        The paper's CRP or the conditional lag-CRP of the same recalls (:data:`GRID_QUANTITIES`).
+    method : {"exact", "simulate", "authors"}, optional
+        Default: ``"exact"`` for the CRP, ``"simulate"`` for the conditional lag-CRP (it has no exact form).
+    workers : int
+        Worker processes; the results do not depend on it.
+    """
+
+    n_beta: int = 20
+    n_gamma: int = 11
+    n_trials: int = _CMR_DEFAULTS.n_trials
+    max_draws: int = _CMR_DEFAULTS.max_draws
+    n_items: int = _CMR_DEFAULTS.n_items
+    n_start: int = _CMR_DEFAULTS.n_start
+    max_lag: int = _CMR_DEFAULTS.max_lag
+    seed: int = 0
+    quantity: str = "crp"
+    method: Optional[str] = None
+    workers: int = field(default_factory=default_workers)
+
+    def cmr_settings(self) -> CMRSettings:
+        """The simulation settings (:class:`CMRSettings` refuses, naming the parameters, those that cannot
+        give a valid grid: a start at the last item, lags the list cannot hold, ...)."""
+        return CMRSettings(n_items=self.n_items, n_trials=self.n_trials, max_draws=self.max_draws,
+                           n_start=self.n_start, max_lag=self.max_lag)
+
+    def spec(self) -> GridSpec:
+        """The grid's :class:`GridSpec`: every setting that decides its numbers (validated)."""
+        if self.quantity not in GRID_QUANTITIES:
+            raise InputError(f"quantity must be one of {', '.join(GRID_QUANTITIES)}, got {self.quantity!r}",
+                             parameters=("quantity",))
+        if self.workers < 1:
+            raise InputError(f"workers must be a positive integer, got {self.workers}", parameters=("workers",))
+        method = self.method or ("simulate" if self.quantity == "conditional" else "exact")
+        return GridSpec.from_resolution(self.n_beta, self.n_gamma, self.cmr_settings(), seed=self.seed, method=method,
+                                        quantity=self.quantity)
+
+
+@dataclass
+class CmrGridRun:
+    """A finished grid and how it was made.
+
+    Attributes
+    ----------
+    mean, sem : np.ndarray, shape [n_beta, n_beta + 1, n_gamma, 2 * max_lag + 1]
+        The mean CRP and its SEM over start positions (or the conditional lag-CRP and its jackknife
+        standard error, :data:`GRID_QUANTITIES`).
+    spec : GridSpec
+    n_resumed : int
+        Slices taken from an earlier session.
+    wall_seconds : float
+        Seconds of computing over every session (this one alone when nothing was resumed).
+    session_seconds : float
+        Seconds of this session.
+    """
+
+    mean: np.ndarray
+    sem: np.ndarray
+    spec: GridSpec
+    n_resumed: int
+    wall_seconds: float
+    session_seconds: float
+
+    def metadata_fields(self, workers: int, files: Dict[str, str]) -> Dict[str, Any]:
+        """What the grid's JSON sidecar records besides the spec: times, resumption, shape, axes, file names."""
+        settings = self.spec.settings
+        return dict(wall_time_s=round(self.wall_seconds, 3), wall_time_this_session_s=round(self.session_seconds, 3),
+                    resumed=bool(self.n_resumed), workers=workers, resumed_slices=self.n_resumed,
+                    n_slices=self.spec.n_slices, shape=list(self.mean.shape),
+                    axes=["beta_enc", "beta_rec", "gamma_ft", f"lag -{settings.max_lag}..{settings.max_lag}"],
+                    files=files, description=grid_description(self.spec.quantity))
+
+
+def check_memory(spec: GridSpec, workers: int) -> None:
+    """Refuse a grid whose largest arrays would not fit in the memory available now (one line with the estimate).
+
+    Raises
+    ------
+    InputError
+        With the estimate, what it is made of, and the parameters that lower it.
+    """
+    needed, available = spec.memory_bytes(workers), available_memory()
+    if available is None or needed <= available:
+        return
+    busy = min(workers, spec.n_slices)
+    settings = spec.settings
+    raise InputError(f"this grid needs about {human_bytes(needed)} of memory ({busy} worker(s) x "
+                     f"{human_bytes(spec.point_memory_bytes())} per grid point: {settings.n_trials} trials x "
+                     f"{settings.n_start} start positions x {settings.max_draws} draws), but "
+                     f"{human_bytes(available)} is available; lower n_trials, n_start, max_draws or workers",
+                     parameters=("n_trials", "n_start", "max_draws", "workers"))
+
+
+def grid_run_folder(spec: GridSpec, partial_dir: "str | Path") -> RunFolder:
+    """The resumable folder of a grid's finished slices (fingerprint: the spec)."""
+    return RunFolder(partial_dir, spec.to_json(), ["slice_*.npy"], settings_file=SPEC_FILE,
+                     what="the unfinished run", piece="slice")
+
+
+def slice_path(slice_dir: "str | Path", slice_id: int) -> Path:
+    """File of one finished slice."""
+    return Path(slice_dir) / f"slice_{slice_id:05d}.npy"
+
+
+def _slice_index(path: Path) -> Optional[int]:
+    try:
+        return int(path.stem.split("_")[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def run_grid(spec: GridSpec, slice_dir: "str | Path", workers: int = 1, restart: bool = False,
+             on_slice_done: Optional[Callable[[int, int], None]] = None,
+             progress: bool = True) -> Tuple[np.ndarray, np.ndarray, int]:
+    """Compute the whole grid, saving each finished slice atomically under ``slice_dir``.
+
+    Parameters
+    ----------
+    spec : GridSpec
+        What to compute.
+    slice_dir : path-like
+        Folder for per-slice results (created). Left in place; the caller removes it
+        once the final files are written.
+    workers : int
+        Worker processes (1: compute in this process). Results do not depend on it.
+    restart : bool
+        Discard the slices of an unfinished run instead of resuming it. Without it, slices
+        an earlier run with the same spec finished are verified and kept (damaged ones are
+        recomputed, with a warning); an earlier run with a different spec is an error.
+    on_slice_done : callable, optional
+        ``on_slice_done(slice_id, n_done)`` after each slice is saved (progress hooks, tests).
+    progress : bool
+        Show a tqdm bar with an ETA.
+
+    Returns
+    -------
+    mean : np.ndarray, shape [n_beta_enc, n_beta_rec, n_gamma_ft, 2 * max_lag + 1]
+    sem : np.ndarray, same shape
+        Mean CRP and its SEM over start positions.
+    n_resumed : int
+        Slices taken from an earlier run.
+
+    Notes
+    -----
+    The wall time of every session is accumulated in ``slice_dir`` (:meth:`RunFolder.recorded_seconds`).
+    """
+    if workers < 1:
+        raise InputError(f"workers must be a positive integer, got {workers}", parameters=("workers",))
+    run = grid_run_folder(spec, slice_dir)
+    run.open(restart)
+    shape = (2, len(spec.beta_rec), spec.settings.n_lags)
+    done: Dict[int, np.ndarray] = run.verified_pieces(
+        "slice_*.npy", _slice_index, spec.n_slices, load=lambda path: load_npy(path, expected_shape=shape),
+        problem=lambda _, array: slice_problem(spec, array))
+    n_resumed = len(done)
+    pending = [slice_id for slice_id in range(spec.n_slices) if slice_id not in done]
+    if n_resumed:
+        logger.info("resuming: %d of %d slices already done", n_resumed, spec.n_slices)
+    session_start, before = time.perf_counter(), run.recorded_seconds()
+
+    with tqdm(total=spec.n_slices, initial=n_resumed, desc="CMR grid slices", unit="slice",
+              disable=not progress, smoothing=0.05) as bar:
+        for slice_id, result in iterate_slices(spec, pending, workers):
+            save_npy(slice_path(run.folder, slice_id), result)
+            run.record_seconds(before + time.perf_counter() - session_start)
+            done[slice_id] = result
+            bar.update(1)
+            if on_slice_done is not None:
+                on_slice_done(slice_id, len(done))
+
+    run.record_seconds(before + time.perf_counter() - session_start)
+    n_enc, n_rec, n_gamma = spec.shape
+    stacked = np.stack([done[slice_id] for slice_id in range(spec.n_slices)])  # [slices, 2, rec, lags]
+    stacked = stacked.reshape(n_enc, n_gamma, 2, n_rec, -1).transpose(2, 0, 3, 1, 4)
+    return np.ascontiguousarray(stacked[0]), np.ascontiguousarray(stacked[1]), n_resumed
+
+
+def check_cmr_grid(settings: CmrGridSettings, partial_dir: Optional["str | Path"] = None,
+                   restart: bool = False) -> GridSpec:
+    """Everything checked before any work: the settings, the memory, and a saved unfinished run's spec.
+
+    Returns
+    -------
+    GridSpec
+    """
+    spec = settings.spec()
+    check_memory(spec, settings.workers)
+    if partial_dir is not None and not restart:
+        grid_run_folder(spec, partial_dir).check_settings()
+    return spec
+
+
+def run_cmr_grid(settings: CmrGridSettings, partial_dir: "str | Path", restart: bool = False,
+                 progress: bool = True, on_slice_done: Optional[Callable[[int, int], None]] = None) -> CmrGridRun:
+    """Compute a CMR grid, resuming the unfinished run in ``partial_dir`` when there is one.
+
+    Parameters
+    ----------
+    settings : CmrGridSettings
+    partial_dir : path-like
+        Folder of finished slices (:func:`icl_cmr.files.grids.grid_partial_folder` names the script's).
+    restart : bool
+        Discard an unfinished run's slices instead of resuming them.
+    progress : bool
+        Show a progress bar.
+    on_slice_done : callable, optional
+        ``on_slice_done(slice_id, n_done)`` after each slice is saved.
+
+    Returns
+    -------
+    CmrGridRun
+    """
+    spec = check_cmr_grid(settings, partial_dir, restart)
+    started = time.perf_counter()
+    mean, sem, n_resumed = run_grid(spec, partial_dir, workers=settings.workers, restart=restart,
+                                    on_slice_done=on_slice_done, progress=progress)
+    session = time.perf_counter() - started
+    total = max(grid_run_folder(spec, partial_dir).recorded_seconds(), session) if n_resumed else session
+    return CmrGridRun(mean, sem, spec, n_resumed, total, session)
