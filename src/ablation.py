@@ -53,20 +53,24 @@ from icl_cmr.interventions.icl_ablation import (ABLATED, ABLATED_RAND, ORIGINAL,
 from icl_cmr.cli.args import (OneLineErrorParser, device_arg, fraction, given_options, int_range, non_negative_int,
                               positive_int, refuse_options, run_cli, seed_int, setup_logging)
 from icl_cmr.devices import resolve_device
+from icl_cmr.cli.flags import flag_errors
 from icl_cmr.errors import BadFileError, InputError
 from icl_cmr.interventions.head_ablation import (ABLATION_METHODS, format_heads, mean_head_activations, parse_heads,
                                                  validate_heads)
 from icl_cmr.interventions.icl_score import ICLScoreConfig
-from icl_cmr.files.writing import atomic_write, ensure_writable_dir, make_metadata, save_json
+from icl_cmr.files.writing import atomic_write, make_metadata, save_json
+from icl_cmr.files.folders import ensure_writable_dir
 from icl_cmr.files.reading import load_json, load_npz, read_text, to_numpy
 from icl_cmr.heads.models import DTYPES, choose_bos, load_model, read_model_shape, resolve_model
-from icl_cmr.files.outputs import (PendingWrites, check_writable_dir, differing_settings, log_written,
-                                   pin_cpu_kernels, portable_path)
+from icl_cmr.files.outputs import PendingWrites, log_written, portable_path
+from icl_cmr.files.resume import differing_settings
+from icl_cmr.files.folders import check_writable_dir
+from icl_cmr.devices import pin_cpu_kernels
 from icl_cmr.files.results import read_ablation_result, read_cmr_fit
 from icl_cmr.files.scores import fit_result_paths, other_model_warning
 from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table
-from icl_cmr.interventions.texts import (TextDataConfig, check_c4_reachable, iter_c4_texts, iter_local_texts,
-                                         iter_prompts)
+from icl_cmr.interventions.texts import TextDataConfig, check_c4_reachable, iter_c4_texts, iter_prompts
+from icl_cmr.files.texts import iter_local_texts
 
 logger = logging.getLogger("ablation")
 
@@ -763,10 +767,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[int]:
     args = parser.parse_args(argv)
     check_option_groups(parser, args, given_options(parser, argv))
     setup_logging(args.verbose, progress=not args.no_progress)
-    if args.from_saved is not None:
-        from_saved(args)
-    else:
-        run(args)
+    with flag_errors(parser):
+        if args.from_saved is not None:
+            from_saved(args)
+        else:
+            run(args)
     return None
 
 

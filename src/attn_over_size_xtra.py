@@ -19,7 +19,8 @@ from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
 from icl_cmr.fits.analyses import XTRA_MODELS, fit_models, log_cmr_like_counts
 from icl_cmr.cli.fit_args import add_common_arguments, load_grid
 from icl_cmr.figures.fit_sets import queue_size_outputs
-from icl_cmr.files.outputs import PendingWrites, check_writable_dir
+from icl_cmr.files.outputs import PendingWrites
+from icl_cmr.files.folders import check_writable_dir
 
 logger = logging.getLogger("attn_over_size_xtra")
 

@@ -28,7 +28,8 @@ from icl_cmr.fits.analyses import over_training_table
 from icl_cmr.cli.fit_args import add_common_arguments, grid_parameters, load_grid
 from icl_cmr.fits.distance import check_fitted, fit_heads
 from icl_cmr.files.writing import make_metadata
-from icl_cmr.files.outputs import PendingWrites, check_writable_dir, portable_path
+from icl_cmr.files.outputs import PendingWrites, portable_path
+from icl_cmr.files.folders import check_writable_dir
 from icl_cmr.files.scores import load_checkpoint_series
 from icl_cmr.config import CHECKPOINT_INDICES
 from icl_cmr.heads.results import checkpoint_step

@@ -32,7 +32,9 @@ from icl_cmr.files.reading import load_json
 from icl_cmr.files.writing import make_metadata, save_pickle
 from icl_cmr.heads.models import (DTYPES, choose_bos, has_tokenizer, load_model, n_kv_heads, peak_gpu_memory_gib,
                                   read_model_shape, resolve_model)
-from icl_cmr.files.outputs import check_writable_file, log_written, pin_cpu_kernels, portable_path
+from icl_cmr.files.outputs import log_written, portable_path
+from icl_cmr.files.folders import check_writable_file
+from icl_cmr.devices import pin_cpu_kernels
 from icl_cmr.heads.prompts import (FREQUENT_TOKEN_FILE, PromptConfig, bpe_merge_ranks, default_token_pool,
                                    make_prompt_sets, parse_token_pool, pool_from_ids, prompt_offset,
                                    special_token_ids, tokenizer_size)

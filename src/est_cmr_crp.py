@@ -30,7 +30,8 @@ from icl_cmr.config import FIT_LAGS
 from icl_cmr.errors import InputError
 from icl_cmr.experiments.cmr_grid import CmrGridSettings, check_cmr_grid, run_cmr_grid
 from icl_cmr.files.grids import grid_file_names, grid_partial_folder
-from icl_cmr.files.outputs import PendingWrites, check_output_files, check_writable_dir
+from icl_cmr.files.outputs import PendingWrites, check_output_files
+from icl_cmr.files.folders import check_writable_dir
 from icl_cmr.files.writing import make_metadata
 
 logger = logging.getLogger("est_cmr_crp")

@@ -90,7 +90,8 @@ from icl_cmr.synthetic.models import (INDUCTION_DTYPES, MODEL_NAMES, architectur
                                       saved_train_length)
 from icl_cmr.files.reading import load_json, read_text
 from icl_cmr.files.writing import make_metadata
-from icl_cmr.files.outputs import PendingWrites, check_writable_dir, log_written, portable_path
+from icl_cmr.files.outputs import PendingWrites, log_written, portable_path
+from icl_cmr.files.folders import check_writable_dir
 from icl_cmr.stats import wilson_interval
 
 logger = logging.getLogger("eval_induction")

@@ -36,7 +36,8 @@ from icl_cmr.cli.fit_args import add_common_arguments, add_figure_arguments, gri
 from icl_cmr.fits.distance import check_fitted, fit_heads
 from icl_cmr.files.writing import make_metadata
 from icl_cmr.fits.layers import percent_below_threshold
-from icl_cmr.files.outputs import PendingWrites, check_writable_dir, log_written, portable_path
+from icl_cmr.files.outputs import PendingWrites, log_written, portable_path
+from icl_cmr.files.folders import check_writable_dir
 from icl_cmr.files.score_format import plain_metadata
 from icl_cmr.files.scores import DEFAULT_SCORES_DIR, fit_result_paths, load_model_scores, read_head_scores
 from icl_cmr.heads.results import HeadScores

@@ -54,7 +54,8 @@ from icl_cmr.files.grids import DEFAULT_CONDITIONAL_GRID_PATH, grid_simulation_s
 from icl_cmr.humans.recall import RECALL_UNITS, lag_crps_by_unit, load_recall_data, resolve_dataset
 from icl_cmr.files.writing import make_metadata
 from icl_cmr.fits.layers import DEFAULT_TOP_N
-from icl_cmr.files.outputs import REPO_ROOT, PendingWrites, check_writable_dir, portable_path
+from icl_cmr.files.outputs import REPO_ROOT, PendingWrites, portable_path
+from icl_cmr.files.folders import check_writable_dir
 from icl_cmr.files.scores import DEFAULT_SCORES_DIR, find_score_file, load_checkpoint_series, read_head_scores
 from icl_cmr.files.grids import DEFAULT_GRID_PATH, read_cmr_grid
 from icl_cmr.config import CHECKPOINT_INDICES

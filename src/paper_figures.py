@@ -39,7 +39,8 @@ from typing import Optional, Sequence
 from icl_cmr.cli.args import OneLineErrorParser, positive_float, run_cli, setup_logging
 from icl_cmr.config import CMR_GRID_MEAN_FILENAME, CMR_LIKE_STRICT_THRESHOLD, CMR_LIKE_THRESHOLD
 from icl_cmr.files.official import AUTHORS_ARCHIVE_URL, default_cache_dir, resolve_official_dir
-from icl_cmr.files.outputs import PendingWrites, check_writable_dir, portable_path
+from icl_cmr.files.outputs import PendingWrites, portable_path
+from icl_cmr.files.folders import check_writable_dir
 from icl_cmr.experiments.paper_figures import PaperSources, build_paper_figures, check_sources, summary_markdown
 from icl_cmr.files.scores import DEFAULT_SCORES_DIR
 from icl_cmr.files.grids import DEFAULT_GRID_PATH, read_cmr_grid

@@ -278,7 +278,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     """
     from icl_cmr.interventions.head_ablation import parse_heads
     from icl_cmr.heads.models import read_model_shape, resolve_model
-    from icl_cmr.files.outputs import check_writable_dir
+    from icl_cmr.files.folders import check_writable_dir
     from icl_cmr.interventions.pattern_tasks import TASKS
 
     task_names = _comma_list(args.tasks, list(TASKS), "--tasks")

@@ -42,6 +42,7 @@ import compute_head_scores
 import fit_attn_score
 from icl_cmr.cli.args import OneLineErrorParser, device_arg, fraction, positive_int, run_cli, setup_logging
 from icl_cmr.config import CMR_LIKE_THRESHOLD
+from icl_cmr.cli.flags import flag_errors
 from icl_cmr.errors import InputError
 from icl_cmr.cli.fit_args import load_grid
 from icl_cmr.interventions.icl_score import ICLScoreConfig
@@ -49,7 +50,9 @@ from icl_cmr.files.reading import load_json
 from icl_cmr.files.writing import save_text
 from icl_cmr.files.results import read_ablation_result
 from icl_cmr.heads.models import resolve_model
-from icl_cmr.files.outputs import HoldWrittenLines, OutputGuard, check_writable_dir, pin_cpu_kernels, portable_path
+from icl_cmr.files.outputs import HoldWrittenLines, OutputGuard, portable_path
+from icl_cmr.files.folders import check_writable_dir
+from icl_cmr.devices import pin_cpu_kernels
 from icl_cmr.files.scores import fit_result_paths
 from icl_cmr.files.grids import DEFAULT_GRID_PATH
 from icl_cmr.interventions.texts import TextDataConfig
@@ -205,7 +208,8 @@ class Plan:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import pandas as pd
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.verbose, progress=not args.no_progress)
     if args.restart and args.resume:
         raise InputError("give --restart (redo the ablation) or --resume (the default), not both")
@@ -217,7 +221,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     held, step_loggers = HoldWrittenLines(), (compute_head_scores.logger, fit_attn_score.logger, ablation.logger)
     with tempfile.TemporaryDirectory(prefix="icl_cmr_data_") as scratch:
         plan = Plan(args, spec, Path(scratch))
-        plan.check()
+        with flag_errors(parser):
+            plan.check()
         plan.ablation_args.print_table = False  # the summary below prints the statistics once
         for step_logger in step_loggers:
             step_logger.addFilter(held)

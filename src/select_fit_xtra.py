@@ -30,7 +30,8 @@ from icl_cmr.fits.analyses import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE,
 from icl_cmr.cli.fit_args import add_common_arguments, grid_parameters, load_grid
 from icl_cmr.files.writing import make_metadata
 from icl_cmr.fits.layers import DEFAULT_TOP_N
-from icl_cmr.files.outputs import PendingWrites, check_writable_dir, portable_path
+from icl_cmr.files.outputs import PendingWrites, portable_path
+from icl_cmr.files.folders import check_writable_dir
 from icl_cmr.files.results import read_top_heads
 from icl_cmr.files.score_format import plain_metadata
 

@@ -70,7 +70,8 @@ from icl_cmr.synthetic.models import (ARCHITECTURES, INDUCTION_DTYPES, build_mod
                                       forward_memory_estimate, load_induction_model)
 from icl_cmr.files.writing import atomic_write, make_metadata
 from icl_cmr.files.reading import load_torch
-from icl_cmr.files.outputs import PendingWrites, check_writable_dir, log_written, portable_path
+from icl_cmr.files.outputs import PendingWrites, log_written, portable_path
+from icl_cmr.files.folders import check_writable_dir
 from icl_cmr.synthetic.transformer import POSITION_ENCODINGS, TinyTransformerConfig
 
 logger = logging.getLogger("train_induction")

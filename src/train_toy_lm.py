@@ -35,7 +35,8 @@ from icl_cmr.cli.args import OneLineErrorParser, int_range, positive_int, probab
 from icl_cmr.errors import InputError
 from icl_cmr.files.reading import load_json
 from icl_cmr.files.writing import make_metadata, save_figure, save_json, save_text
-from icl_cmr.files.outputs import PendingWrites, check_writable_dir, portable_path
+from icl_cmr.files.outputs import PendingWrites, portable_path
+from icl_cmr.files.folders import check_writable_dir
 
 logger = logging.getLogger("train_toy_lm")
 

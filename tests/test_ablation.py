@@ -321,5 +321,5 @@ def test_streaming_c4_offline_is_reported_before_the_model_loads(tiny_model_dirs
     code = run_cli(ablation.main, argv)
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and errors == ["error: cannot stream allenai/c4 (en, validation): the Hugging Face hub is "
-                                    "unreachable; pass --data PATH with local .txt/.jsonl files instead"]
+                                    "unreachable; pass --data, a path of local .txt/.jsonl files, instead"]
     assert _outputs(tmp_path) == []

@@ -15,7 +15,7 @@ import select_fit_xtra
 from icl_cmr.cli.args import (OneLineErrorParser, UniqueItems, given_options, plain_name, positive_int,
                               refuse_options, run_cli, seed_int)
 from icl_cmr.errors import InputError
-from icl_cmr.files.outputs import check_writable_file
+from icl_cmr.files.folders import check_writable_file
 
 
 def _files(root):

@@ -11,8 +11,8 @@ import pytest
 from icl_cmr.errors import InputError
 from icl_cmr.files.reading import load_pickle
 from icl_cmr.files.writing import make_metadata, save_pickle
-from icl_cmr.files.outputs import (REPO_ROOT, OutputGuard, PendingWrites, check_writable_dir, portable_path,
-                                   portable_paths_in, same_result)
+from icl_cmr.files.outputs import REPO_ROOT, OutputGuard, PendingWrites, portable_path, portable_paths_in, same_result
+from icl_cmr.files.folders import check_writable_dir
 
 
 # ----------------------------------------------------------------------------- checks before work

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import pickle
-import platform
 import re
 import shutil
 import tempfile
@@ -39,6 +38,7 @@ from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, Optio
 import numpy as np
 
 from icl_cmr.errors import InputError
+from icl_cmr.files.folders import check_writable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -53,121 +53,11 @@ VOLATILE_METADATA_KEYS = frozenset({
     "resumed", "resumed_slices", "resumed_batches", "resumed_from_step", "peak_gpu_memory_gib",
 })
 
-#: torch CPU kernel set used for reproducible numbers (see :func:`pin_cpu_kernels`).
-PINNED_CPU_CAPABILITY = "avx2"
-
 #: Date fields matplotlib writes into every PDF.
 _PDF_DATES = re.compile(rb"/(CreationDate|ModDate) \(D:[^)]*\)")
 
 
 # ----------------------------------------------------------------------------- checks before work
-
-def check_writable_dir(directory: "str | os.PathLike[str]", flag: str = "") -> Path:
-    """Check that ``directory`` exists and is writable, or could be created; leave nothing behind.
-
-    The nearest existing folder is tested by creating and removing a hidden empty file in it, since
-    permission bits do not tell (root passes ``os.access`` on ``/sys`` and read-only mounts).
-
-    Parameters
-    ----------
-    directory : path-like
-        An output folder.
-    flag : str
-        The command-line flag that named it, for the message (e.g. ``"--figs-dir"``).
-
-    Returns
-    -------
-    Path
-
-    Raises
-    ------
-    InputError
-        If the path (or the nearest existing folder above it) is a file or is not writable.
-    """
-    path = Path(directory)
-    named = f"{flag} {path}" if flag else str(path)
-    existing = path
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise InputError(f"output folder {named} cannot be made: {existing} is a file")
-    reason = None if os.access(existing, os.W_OK | os.X_OK) else "permission denied"
-    if reason is None:
-        reason = _probe_write(existing)
-    if reason is not None:
-        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
-        raise InputError(f"output folder {named} {what} ({reason})")
-    return path
-
-
-def _probe_write(folder: Path) -> Optional[str]:
-    """Why a file cannot be created in ``folder`` (created and removed at once to find out), or None."""
-    try:
-        handle, name = tempfile.mkstemp(prefix=".icl_cmr_probe_", dir=folder)
-    except OSError as err:
-        return (err.strerror or str(err)).lower()
-    os.close(handle)
-    try:
-        os.unlink(name)
-    except OSError:
-        pass  # a file we could create but not remove: the folder is writable all the same
-    return None
-
-
-def _nearest_existing(path: Path) -> Path:
-    """``path`` or its nearest existing ancestor (the folder a new path would be created under)."""
-    existing = path
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    return existing
-
-
-def check_writable_file(path: "str | os.PathLike[str]", flag: str = "") -> Path:
-    """Check that an output *file* path can be written, before any work; return it as a Path.
-
-    Refused: an empty name, a name ending in a path separator or naming ``.``/``..``, an existing
-    folder or non-regular file (a device such as ``/dev/null`` would be replaced by the atomic
-    rename), a parent that is a file, and a folder in which no file can be created. The last is
-    probed by creating and removing a hidden temporary file in the nearest existing folder: as
-    root, ``os.access`` says yes to ``/proc`` and ``/sys``, where creating a file fails.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The output file as the user gave it (a ``str`` keeps a trailing ``/`` that ``Path`` drops).
-    flag : str
-        The command-line flag that named it, for the message (e.g. ``"--out"``).
-
-    Returns
-    -------
-    Path
-
-    Raises
-    ------
-    InputError
-        One line naming the flag, the path and what is wrong.
-    """
-    text = os.fspath(path)
-    named = f"{flag} {text!r}" if flag else repr(text)
-    if not text.strip():
-        raise InputError(f"{flag or 'output file'} is empty; give a file name")
-    target = Path(text)
-    if text.endswith(("/", os.sep)) or target.name in ("", ".", ".."):
-        raise InputError(f"{named} names a folder; give a file name")
-    if target.is_dir():
-        raise InputError(f"{named} is an existing folder; give a file name")
-    if target.exists() and not target.is_file():
-        raise InputError(f"{named} exists and is not a regular file (a device, pipe or socket)")
-    existing = _nearest_existing(target.parent if str(target.parent) else Path("."))
-    if not existing.is_dir():
-        raise InputError(f"{named} cannot be written: {existing} is a file, not a folder")
-    reason = _probe_write(existing)
-    if reason is not None:
-        raise InputError(f"{named} cannot be written: no file can be created in {existing} ({reason})")
-    return target
-
 
 @dataclass(frozen=True)
 class _Pending:
@@ -449,15 +339,6 @@ def _write_bytes(path: Path, data: bytes) -> Path:
 OUTPUT_FILES_KEY = "output_files"
 
 
-def differing_settings(saved: Mapping[str, Any], current: Mapping[str, Any]) -> List[str]:
-    """Sorted keys whose values differ between a saved unfinished run's settings and this run's.
-
-    A key present on one side only counts as differing. Used to refuse resuming a partial run made
-    with other settings, naming what changed.
-    """
-    return sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
-
-
 def log_written(log: logging.Logger, paths: Iterable["str | os.PathLike[str]"], detail: str = "") -> None:
     """Log ``wrote <paths><detail>`` at INFO, marked so that a caller running the script as a step can hold
     the line back (:class:`HoldWrittenLines`) and report what really changed instead."""
@@ -553,33 +434,6 @@ def portable_paths_in(value: Any, keys: Iterable[str], root: "str | os.PathLike[
 
 
 # ----------------------------------------------------------------------------- reproducible numbers
-
-def pin_cpu_kernels() -> Optional[str]:
-    """Pin PyTorch's CPU kernels to AVX2 on x86-64 (unless ``ATEN_CPU_CAPABILITY`` is already set).
-
-    PyTorch picks vectorised kernels by the CPU's instruction set the first time a kernel runs;
-    AVX-512 and AVX2 kernels round reductions differently. Measured on the bundled model:
-    the attention CRP differs by up to 2.0e-8 between them, and the shipped files were made with
-    AVX2, which every x86-64 CPU of the last decade has. Call before the first tensor operation.
-
-    Returns
-    -------
-    str or None
-        The kernel set in effect (``torch.backends.cpu.get_cpu_capability()``), or None on other
-        architectures. When torch already ran kernels the pin cannot take effect; a debug line says so.
-    """
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return None
-    os.environ.setdefault("ATEN_CPU_CAPABILITY", PINNED_CPU_CAPABILITY)
-    import torch
-
-    capability = str(torch.backends.cpu.get_cpu_capability())
-    if capability.lower() != os.environ["ATEN_CPU_CAPABILITY"].lower():
-        logger.debug("torch CPU kernels are %s (ATEN_CPU_CAPABILITY=%s could not apply: kernels already chosen "
-                     "or not supported); results may differ from the shipped files in the last digits",
-                     capability, os.environ["ATEN_CPU_CAPABILITY"])
-    return capability
-
 
 # ----------------------------------------------------------------------------- reruns that change nothing
 

@@ -26,32 +26,13 @@ from typing import Any, Callable, Dict, Mapping, NoReturn, Optional
 import numpy as np
 
 from icl_cmr.errors import InputError
+from icl_cmr.files.folders import ensure_writable_dir
 
 #: Version of this package, recorded in every output's metadata.
 PACKAGE_VERSION = "0.1.0"
 
 
 # ----------------------------------------------------------------------------- writing
-
-def ensure_writable_dir(directory: "str | os.PathLike[str]") -> Path:
-    """Create ``directory`` if needed and check that files can be written there.
-
-    Raises
-    ------
-    InputError
-        If the folder cannot be created or is not writable.
-    """
-    path = Path(directory)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"cannot create output folder {path}: {err.strerror or err}") from None
-    if not path.is_dir():
-        raise InputError(f"output path {path} exists and is not a folder")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise InputError(f"output folder {path} is not writable")
-    return path
-
 
 def write_temporary(target: "str | os.PathLike[str]", write: Callable[[io.BufferedWriter], None]) -> Path:
     """Write a new hidden temporary file beside ``target``, to be renamed onto it later.

@@ -4,29 +4,24 @@
 published order, tokenizes each document as TransformerLens ``to_tokens`` does
 (BOS prepended), keeps those of at least 512 tokens and truncates them to 512.
 :func:`iter_prompts` does the same for any text source; :func:`iter_c4_texts`
-and :func:`iter_local_texts` are the two sources. Order is deterministic: the
+and :func:`icl_cmr.files.texts.iter_local_texts` are the two sources. Order is deterministic: the
 stream's order, or sorted file paths and line order for local files.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Iterator, List, Optional
 
 import numpy as np
 
-from icl_cmr.errors import FileContentError, InputError
-from icl_cmr.files.reading import iter_jsonl, read_text
+from icl_cmr.errors import InputError
+from icl_cmr.heads.models import hub_reachable
 
 logger = logging.getLogger(__name__)
 
 #: [LI24] ablation.py: ``load_dataset("allenai/c4", "en", streaming=True)["validation"]``.
 C4_DATASET, C4_CONFIG, C4_SPLIT = "allenai/c4", "en", "validation"
-
-#: Local file types read by :func:`iter_local_texts`.
-LOCAL_SUFFIXES = (".txt", ".jsonl")
-
 
 @dataclass(frozen=True)
 class TextDataConfig:
@@ -58,65 +53,15 @@ class TextDataConfig:
                              "must reach the prompt length")
 
 
-def iter_local_texts(path: "str | Path", field: str = "text") -> Iterator[str]:
-    """Documents from a ``.txt`` file (one document), a ``.jsonl`` file (one per line), or a folder of them.
-
-    Parameters
-    ----------
-    path : path-like
-        A file, or a folder searched recursively for ``*.txt`` and ``*.jsonl``
-        (sorted by path, so the order is reproducible).
-    field : str
-        JSONL field holding the text.
-
-    Yields
-    ------
-    str
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    InputError
-        Unsupported file type, or a folder without such files.
-    CorruptFileError
-        A file that is not UTF-8 text, or a JSONL line that is not valid JSON.
-    FileContentError
-        A JSONL line that is not an object with a string ``field``.
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"--data {path} does not exist")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES)
-        if not files:
-            raise InputError(f"--data folder {path} holds no {' or '.join(LOCAL_SUFFIXES)} files")
-    else:
-        if path.suffix not in LOCAL_SUFFIXES:
-            raise InputError(f"--data {path}: unsupported file type {path.suffix!r}; accepted: "
-                             f"{', '.join(LOCAL_SUFFIXES)} (or a folder of them)")
-        files = [path]
-    for file in files:
-        if file.suffix == ".txt":
-            yield read_text(file)
-            continue
-        for number, record in iter_jsonl(file):
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise FileContentError(file, f"line {number} has no string field {field!r}")
-            yield record[field]
-
-
 def check_c4_reachable() -> None:
     """Raise :class:`InputError` (within seconds, no retry loop) when C4 cannot be streamed from the hub.
 
     Called before any work by scripts that will stream C4 (``run_pipeline.py`` without ``--data``), and
     by :func:`iter_c4_texts` itself.
     """
-    from icl_cmr.heads.models import hub_reachable
-
     if not hub_reachable():
         raise InputError(f"cannot stream {C4_DATASET} ({C4_CONFIG}, {C4_SPLIT}): the Hugging Face hub is "
-                         "unreachable; pass --data PATH with local .txt/.jsonl files instead")
+                         "unreachable; pass data, a path of local .txt/.jsonl files, instead", parameters=("data",))
 
 
 def iter_c4_texts() -> Iterator[str]:

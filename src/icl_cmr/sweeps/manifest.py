@@ -123,7 +123,7 @@ def sweep_lock(sweep_dir: "str | Path") -> Iterator[Path]:
     import fcntl
 
     from icl_cmr.errors import InputError
-    from icl_cmr.files.writing import ensure_writable_dir
+    from icl_cmr.files.folders import ensure_writable_dir
 
     path = ensure_writable_dir(sweep_dir) / ".lock"
     with open(path, "a+") as handle:
