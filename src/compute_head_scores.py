@@ -15,34 +15,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
-
 from icl_cmr.cli.args import (OneLineErrorParser, device_arg, float_range, int_range, non_negative_int, positive_int,
                               run_cli, seed_int, setup_logging)
-from icl_cmr.config import ATTN_CRP_LAGS
-from icl_cmr.heads.copying import model_copying_scores
-from icl_cmr.devices import resolve_device
-from icl_cmr.errors import InputError
-from icl_cmr.heads.scores import stream_attention_scores
-from icl_cmr.files.reading import load_json
-from icl_cmr.files.writing import make_metadata, save_pickle
-from icl_cmr.heads.models import (DTYPES, choose_bos, has_tokenizer, load_model, n_kv_heads, peak_gpu_memory_gib,
-                                  read_model_shape, resolve_model)
-from icl_cmr.files.outputs import log_written, portable_path
+from icl_cmr.cli.flags import flag_errors
+from icl_cmr.experiments.head_scores import HeadScoreSettings, check_head_scores, run_head_scores
 from icl_cmr.files.folders import check_writable_file
-from icl_cmr.devices import pin_cpu_kernels
-from icl_cmr.heads.prompts import (FREQUENT_TOKEN_FILE, PromptConfig, bpe_merge_ranks, default_token_pool,
-                                   make_prompt_sets, parse_token_pool, pool_from_ids, prompt_offset,
-                                   special_token_ids, tokenizer_size)
-from icl_cmr.files.score_format import assemble_score_dict, default_score_path
+from icl_cmr.files.outputs import log_written
+from icl_cmr.files.score_format import default_score_path
+from icl_cmr.files.writing import save_pickle
+from icl_cmr.heads.models import DTYPES, resolve_model
+from icl_cmr.heads.prompts import FREQUENT_TOKEN_FILE, PromptConfig
 
 logger = logging.getLogger("compute_head_scores")
-
-PRODUCER = "compute_head_scores.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,168 +86,31 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def _pool_file(args: argparse.Namespace, spec) -> Optional[Path]:
-    """The token-pool file prompts are drawn from: ``--token-pool``, else a local model folder's frequent ids."""
-    if args.token_pool is not None:
-        if not args.token_pool.is_file():
-            raise FileNotFoundError(f"--token-pool file {args.token_pool} does not exist")
-        return args.token_pool
-    frequent = Path(spec.source) / FREQUENT_TOKEN_FILE if spec.is_local else None
-    if frequent is None or not frequent.is_file():
-        return None
-    if args.exclude_extreme_fraction > 0:
-        raise InputError(f"--exclude-extreme-fraction drops ids from the tokenizer's pool, but {spec.name} draws "
-                         f"from its folder's {FREQUENT_TOKEN_FILE} (ids frequent in its training data); drop the flag")
-    return frequent
-
-
-def _check_prompt_lengths(config: PromptConfig, offset: int, n_ctx: int, bos_known: bool = True) -> None:
-    """Both prompt sets fit the model's context (``offset``: 1 with a BOS token, else 0)."""
-    longest = offset + max(2 * config.block_len, config.prefix_copies * config.prefix_block_len)
-    if longest > n_ctx:
-        raise InputError(f"prompts of {'' if bos_known else 'at least '}{longest} tokens exceed the model's context "
-                         f"of {n_ctx}; lower --block-len / --prefix-block-len / --prefix-copies")
-
-
-def _check_pool_ids(ids: np.ndarray, config: PromptConfig, vocab_size: Optional[int], source: str) -> None:
-    """A pool file's ids against the model's vocabulary and the block lengths, before the model loads.
-
-    The tokenizer's special ids (and a tokenizer smaller than the embedding) are known only once the
-    model is loaded; :func:`icl_cmr.heads.prompts.pool_from_ids` checks them then.
-    """
-    if ids.size == 0:
-        raise InputError(f"{source}: the token pool is empty")
-    if vocab_size is not None:
-        pool_from_ids(ids, vocab_size, source=source)
-    needed = max(config.block_len, config.prefix_block_len)
-    if np.unique(ids).size < needed:
-        raise InputError(f"the token pool {source} has {np.unique(ids).size} distinct ids, fewer than the block "
-                         f"length {needed}; lower --block-len / --prefix-block-len or pass a larger --token-pool")
-
-
-def _token_pool(args: argparse.Namespace, spec, model, pool_file: Optional[Path], pool_ids: Optional[np.ndarray]):
-    """The pool prompts are drawn from (explicit file, model folder's frequent ids, or the tokenizer's ids).
-
-    ``pool_file`` and its parsed ``pool_ids`` come from :func:`_pool_file` (read before the model loads).
-    A checkpoint saved without tokenizer files gets a placeholder tokenizer of one token:
-    the pool is then the model's whole vocabulary minus the config's special ids.
-    """
-    tokenizer = getattr(model, "tokenizer", None) if has_tokenizer(model) else None
-    vocab = tokenizer_size(tokenizer, int(model.cfg.d_vocab))
-    special = special_token_ids(tokenizer)
-    if tokenizer is None:
-        config = getattr(getattr(model, "original_model", None), "config", None)
-        special = np.array(sorted({int(i) for i in (getattr(config, name, None) for name in
-                                                     ("bos_token_id", "eos_token_id", "pad_token_id"))
-                                   if isinstance(i, int) and 0 <= i < vocab}), dtype=np.int64)
-        if args.token_pool is None:
-            logger.warning("%s has no tokenizer files: drawing prompt tokens from all %d ids of the model's "
-                           "vocabulary except the config's special ids %s; pass --token-pool to choose them",
-                           spec.name, vocab, special.tolist())
-    if pool_file is not None:
-        if args.token_pool is None:
-            logger.info("using the model folder's %s as the token pool (ids frequent in its training data)",
-                        FREQUENT_TOKEN_FILE)
-        return pool_from_ids(pool_ids, vocab, special, source=f"file:{portable_path(pool_file)}")
-    ranks = None
-    if args.exclude_extreme_fraction > 0 and tokenizer is not None:
-        ranks = bpe_merge_ranks(tokenizer, vocab)
-        if ranks is None:
-            logger.info("tokenizer has no BPE merge list; ranking ids by id for --exclude-extreme-fraction")
-    return default_token_pool(vocab, special, ranks, args.exclude_extreme_fraction,
-                              source="tokenizer" if tokenizer is not None else "model vocabulary (no tokenizer files)")
+def settings_from(args: argparse.Namespace) -> HeadScoreSettings:
+    """The run's settings from the parsed flags."""
+    return HeadScoreSettings(model=args.model, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
+                             n_prompts=args.n_prompts, block_len=args.block_len, batch_size=args.batch_size,
+                             seed=args.seed, exclude_extreme_fraction=args.exclude_extreme_fraction,
+                             prefix_block_len=args.prefix_block_len, prefix_copies=args.prefix_copies,
+                             prefix_n_prompts=args.prefix_n_prompts, token_pool=args.token_pool, bos=args.bos,
+                             copying=not args.no_copying)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
     args = parse_args(argv)
     setup_logging(args.verbose, progress=not args.no_progress)
-    config = PromptConfig(block_len=args.block_len, n_prompts=args.n_prompts, batch_size=args.batch_size,
-                          seed=args.seed, prepend_bos=args.bos is not False,
-                          exclude_extreme_fraction=args.exclude_extreme_fraction,
-                          prefix_block_len=args.prefix_block_len, prefix_copies=args.prefix_copies,
-                          prefix_n_prompts=args.prefix_n_prompts)
-    spec = resolve_model(args.model, checkpoint=args.checkpoint)
-    # Everything that can be checked without the weights is checked before they load (issue 17, item 10).
-    out = check_writable_file(args.out if args.out is not None else
-                              default_score_path(spec.name, spec.checkpoint_index), "--out")
-    pool_file = _pool_file(args, spec)
-    pool_ids = None if pool_file is None else parse_token_pool(load_json(pool_file), what=str(pool_file))
-    shape = read_model_shape(spec)
-    # The BOS token is known once the tokenizer loads; before, only --bos makes it certain.
-    _check_prompt_lengths(config, int(args.bos is True), shape.n_ctx, bos_known=args.bos is not None)
-    if pool_ids is not None:
-        _check_pool_ids(pool_ids, config, shape.vocab_size, str(pool_file))
-    device = resolve_device(args.device)
-    pin_cpu_kernels()  # the same numbers on CPUs with and without AVX-512
-
-    start = time.monotonic()
-    model = load_model(spec, device=device, dtype=args.dtype, require_hooks=("attn_scores", "pattern"))
-    bos_choice = choose_bos(model, args.bos, spec.trust_remote_code)
-    bos = bos_choice.token_id
-    offset = prompt_offset(bos, config)
-    repeat_len = offset + 2 * config.block_len
-    prefix_len = offset + config.prefix_copies * config.prefix_block_len
-    _check_prompt_lengths(config, offset, int(model.cfg.n_ctx))  # the BOS token is known now
-    pool = _token_pool(args, spec, model, pool_file, pool_ids)
-    repeat_prompts, prefix_prompts = make_prompt_sets(pool, bos, config)
-    logger.info("%s: %d layers x %d heads; %d prompts of %d tokens (BOS %s), %d prefix prompts of %d; "
-                "token pool %d ids (%s)", spec.name, model.cfg.n_layers, model.cfg.n_heads, config.n_prompts,
-                repeat_len, bos if offset else "none", config.prefix_n_prompts, prefix_len, pool.ids.size,
-                pool.source)
-
-    attention = stream_attention_scores(model, repeat_prompts, config.block_len, offset, prefix_prompts,
-                                        config.prefix_block_len, config.batch_size, ATTN_CRP_LAGS,
-                                        progress=not args.no_progress)
-    copying_error = None
-    try:
-        if args.no_copying:
-            copying_error = "skipped (--no-copying)"
-            copying = np.full(attention.matching_score.shape, np.nan)
-        else:
-            copying = model_copying_scores(model)
-    except Exception as err:  # keep the attention scores of a long run; say loudly what is missing
-        copying_error = f"{type(err).__name__}: {err}"
-        logger.error("copying score failed (%s); saving NaN copying scores", copying_error)
-        copying = np.full(attention.matching_score.shape, np.nan)
-    wall = time.monotonic() - start
-    peak_gpu = peak_gpu_memory_gib(device)
-    if peak_gpu is not None:
-        logger.info("peak GPU memory allocated by torch: %.2f GiB", peak_gpu)
-
-    metadata = make_metadata(
-        PRODUCER,
-        {**config.to_dict(), "device": device, "dtype": args.dtype, "lags": ATTN_CRP_LAGS.tolist(),
-         "copying": not args.no_copying},
-        seed=config.seed,
-        model=spec.name, source=portable_path(spec.source) if spec.is_local else spec.source, is_local=spec.is_local,
-        checkpoint_step=spec.checkpoint_step, checkpoint_index=spec.checkpoint_index,
-        n_layers=int(model.cfg.n_layers), n_heads=int(model.cfg.n_heads), n_kv_heads=n_kv_heads(model),
-        prompt_design={
-            "repeat_set": f"[BOS] + {config.block_len} distinct random ids + the same ids again",
-            "prefix_set": f"[BOS] + {config.prefix_copies} copies of {config.prefix_block_len} distinct random ids",
-            "bos_token_id": bos if offset else None,
-            "bos": bos_choice.describe(),
-            "offset": offset, "repeat_prompt_len": repeat_len, "prefix_prompt_len": prefix_len,
-            "queries_per_lag": attention.crp_scores.count.tolist(),
-            "sem": "sample std (ddof 1) across all (prompt, query) pairs / sqrt(count)",
-            "copying_weights": "HookedTransformer's processed weights (fold_ln, center_writing_weights, "
-                               "center_unembed), applied algebraically per layer (icl_cmr.heads.copying)",
-        },
-        token_pool=pool.describe(),
-        copying_score_error=copying_error,
-        wall_time_s=round(wall, 2),
-        peak_gpu_memory_gib=peak_gpu,
-    )
-    scores = assemble_score_dict(attention.matching_score, copying, attention.crp_scores.mean,
-                                 attention.crp_scores.sem, attention.crp_probs.mean, attention.crp_probs.sem,
-                                 attention.prefix_matching_score, metadata, ATTN_CRP_LAGS,
-                                 prompts=repeat_prompts, prefix_prompts=prefix_prompts)
-    save_pickle(out, scores)
-    best = np.unravel_index(np.nanargmax(attention.matching_score), attention.matching_score.shape)
-    logger.info("best induction head L%dH%d: matching score %.3f; %d of %d heads above 0.5",
-                best[0], best[1], attention.matching_score[best], int((attention.matching_score > 0.5).sum()),
-                attention.matching_score.size)
-    log_written(logger, [out], f" ({wall:.1f} s)")
+    settings = settings_from(args)
+    with flag_errors(parser):
+        settings.prompt_config()
+        spec = resolve_model(args.model, checkpoint=args.checkpoint)
+        # Everything that can be checked without the weights is checked before they load.
+        out = check_writable_file(args.out if args.out is not None else
+                                  default_score_path(spec.name, spec.checkpoint_index), "--out")
+        plan = check_head_scores(settings, spec)
+        run = run_head_scores(settings, plan, progress=not args.no_progress)
+    save_pickle(out, run.scores)
+    log_written(logger, [out], f" ({run.wall_seconds:.1f} s)")
     return 0
 
 

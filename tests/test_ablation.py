@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 import ablation
-from icl_cmr.interventions.icl_ablation import (AblationConfig, BatchSummary, combine_batches, control_head_sets,
+from icl_cmr.experiments import ablation as ablation_experiment
+from icl_cmr.experiments.ablation import batch_arrays, batch_from_arrays
+from icl_cmr.interventions.icl_ablation import (AblationConfig, combine_batches, control_head_sets,
                                                 summarise_losses, top_fraction_heads)
 from icl_cmr.cli.args import run_cli
 from icl_cmr.interventions.icl_score import ICLScoreConfig
@@ -46,7 +48,7 @@ def test_combined_batches_equal_statistics_of_all_prompts_at_once():
     config = ICLScoreConfig(late_index=6, early_index=1)
     losses = {name: rng.random((7, 8)) for name in ("original", "ablated", "ablated_rand_0", "ablated_rand_1")}
     batches = [summarise_losses({k: v[i:i + 3] for k, v in losses.items()}, config) for i in (0, 3, 6)]
-    batches = [BatchSummary.from_arrays(b.to_arrays()) for b in batches]  # the on-disk round trip
+    batches = [batch_from_arrays(batch_arrays(b)) for b in batches]  # the on-disk round trip
     result = combine_batches(batches)
     random_mean = (losses["ablated_rand_0"] + losses["ablated_rand_1"]) / 2
     np.testing.assert_allclose(result.icl["ablated_rand"], random_mean[:, 6] - random_mean[:, 1])
@@ -114,7 +116,7 @@ def test_resuming_with_other_settings_is_refused(tiny_model_dirs, text_file, tmp
     model_dir = tiny_model_dirs["gpt2"]
     ablation.main(_args(model_dir, text_file, tmp_path, "--heads", "L1H0", "--stop-after", "3"))
     code = run_cli(ablation.main, _args(model_dir, text_file, tmp_path, "--heads", "L1H1"))
-    assert code == 2 and "add --restart" in capsys.readouterr().err
+    assert code == 2 and "pass --restart to discard it" in capsys.readouterr().err
     assert ablation.main(_args(model_dir, text_file, tmp_path, "--heads", "L1H1", "--restart", "--stop-after", "3")) is None
 
 
@@ -204,7 +206,7 @@ def test_a_damaged_state_file_discards_the_partial_results_with_a_warning(tiny_m
     capsys.readouterr()
     assert run_cli(ablation.main, _args(model_dir, text_file, out, "--heads", "L1H0")) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING:")]
-    assert len(warnings) == 1 and "state file" in warnings[0] and "starting over" in warnings[0]
+    assert len(warnings) == 1 and "settings file" in warnings[0] and "starting over" in warnings[0]
     result = load_pickle(out / "saved" / f"ablation_experiment_{model_dir.name}.pkl")
     assert result["metadata"]["resumed"] is False and result["original_icl_score"].shape == (10,)
 
@@ -234,7 +236,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad input was reported")
 
-    monkeypatch.setattr(ablation, "load_model", refuse)
+    monkeypatch.setattr(ablation_experiment, "load_model", refuse)
 
 
 def _outputs(root):
@@ -282,7 +284,7 @@ def test_an_unwritable_figure_folder_is_reported_before_the_model_loads(tiny_mod
 
 def test_from_saved_with_a_missing_key_writes_nothing(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    result = {key: rng.normal(size=20) for key in ablation.AUTHORS_KEYS}
+    result = {key: rng.normal(size=20) for key in ablation_experiment.AUTHORS_KEYS}
     result["loss_by_position"] = {name: rng.random(9) for name in ("original", "ablated", "ablated_rand")}
     path = tmp_path / "ablation_experiment_x.pkl"   # loss_by_position_sem missing
     with open(path, "wb") as handle:
@@ -304,7 +306,7 @@ def test_a_partial_run_with_other_settings_is_refused_before_the_model_loads(tin
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the settings were compared")
 
-    monkeypatch.setattr(ablation, "load_model", refuse)
+    monkeypatch.setattr(ablation_experiment, "load_model", refuse)
     code = run_cli(ablation.main, _args(model_dir, text_file, tmp_path, "--heads", "L1H0", "--method", "mean",
                                         "--seq-len", "40", "--late-index", "30"))
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
@@ -321,5 +323,5 @@ def test_streaming_c4_offline_is_reported_before_the_model_loads(tiny_model_dirs
     code = run_cli(ablation.main, argv)
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and errors == ["error: cannot stream allenai/c4 (en, validation): the Hugging Face hub is "
-                                    "unreachable; pass --data, a path of local .txt/.jsonl files, instead"]
+                                    "unreachable; pass --data PATH with local .txt/.jsonl files instead"]
     assert _outputs(tmp_path) == []

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import ablation
+from icl_cmr.experiments import ablation as ablation_experiment
 import fit_attn_score
 import pattern_icl
 from icl_cmr.cli.args import run_cli
@@ -74,7 +75,7 @@ def test_ablation_with_figures_under_sys_is_refused_before_the_model_loads(tiny_
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the unwritable folder was reported")
 
-    monkeypatch.setattr(ablation, "load_model", refuse)
+    monkeypatch.setattr(ablation_experiment, "load_model", refuse)
     out = tmp_path / "saved"
     line = _one_error(ablation.main, _ablation_args(tiny_model_dirs["gpt2"], text_file, out, "/sys/x"), capsys)
     assert line.startswith("error: output folder --figs-dir /sys/x/ablation cannot be created: /sys is not writable")

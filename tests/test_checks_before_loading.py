@@ -16,6 +16,7 @@ import pytest
 
 import ablation
 import compute_head_scores
+from icl_cmr.experiments.head_scores import check_prompt_lengths
 import pattern_icl
 from icl_cmr.cli.args import run_cli
 from icl_cmr.errors import InputError
@@ -74,9 +75,9 @@ def test_head_score_prompts_longer_than_the_context_are_refused_before_loading(t
 
 def test_a_prompt_set_that_fills_the_context_exactly_is_accepted():
     config = PromptConfig(block_len=N_CTX // 2, prefix_block_len=N_CTX // 4, prefix_copies=4)
-    compute_head_scores._check_prompt_lengths(config, 0, N_CTX)  # 256 tokens without BOS: fits
+    check_prompt_lengths(config, 0, N_CTX)  # 256 tokens without BOS: fits
     with pytest.raises(InputError, match="257 tokens"):
-        compute_head_scores._check_prompt_lengths(config, 1, N_CTX)
+        check_prompt_lengths(config, 1, N_CTX)
 
 
 @pytest.mark.parametrize("content, message", [

@@ -98,7 +98,7 @@ def _interrupted_run(spec, slice_dir, n_slices):
 
 def test_resume_with_other_parameters_is_refused_unless_restarted(tmp_path):
     _interrupted_run(small_spec(seed=1), tmp_path, 2)
-    with pytest.raises(InputError, match=r"seed: 1 there, 2 now.*pass restart to discard"):
+    with pytest.raises(InputError, match=r"came from other settings \(seed: 1 there, 2 now\).*pass `restart` to discard"):
         run_grid(small_spec(seed=2), tmp_path, workers=1, progress=False)
     mean, _, n_resumed = run_grid(small_spec(seed=2), tmp_path, workers=1, restart=True, progress=False)
     assert n_resumed == 0

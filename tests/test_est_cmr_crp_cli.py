@@ -201,9 +201,9 @@ def test_start_positions_reaching_the_last_item_are_refused_instead_of_a_nan_gri
 def test_the_engine_refuses_a_start_at_the_last_item_and_lags_beyond_the_list():
     from icl_cmr.errors import InputError
 
-    with pytest.raises(InputError, match=r"n_start \(3\) must be below n_items \(3\)"):
+    with pytest.raises(InputError, match=r"`n_start` \(3\) must be below `n_items` \(3\)"):
         CMRSettings(n_items=3, n_start=3, max_lag=2)
-    with pytest.raises(InputError, match=r"n_items \(8\) must exceed max_lag \(8\)"):
+    with pytest.raises(InputError, match=r"`n_items` \(8\) must exceed `max_lag` \(8\)"):
         CMRSettings(n_items=8, n_start=2, max_lag=8)
 
 

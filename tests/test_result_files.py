@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from icl_cmr.experiments.ablation import batch_arrays, batch_from_arrays
 from icl_cmr.interventions.icl_ablation import BatchSummary
 from icl_cmr.errors import FileContentError
 from icl_cmr.files.writing import save_pickle
@@ -167,7 +168,7 @@ def _batch():
 
 
 def test_a_batch_summary_round_trips():
-    again = BatchSummary.from_arrays(_batch().to_arrays())
+    again = batch_from_arrays(batch_arrays(_batch()))
     assert again.n_prompts == 2
     np.testing.assert_array_equal(again.loss_sq_sum["ablated"], np.ones(5) * 4)
 
@@ -181,10 +182,10 @@ def test_a_batch_summary_round_trips():
     (lambda a: a.update({"other/x": np.ones(2)}), "unexpected key 'other/x'"),
 ])
 def test_a_damaged_batch_summary_is_refused(change, message):
-    arrays = _batch().to_arrays()
+    arrays = batch_arrays(_batch())
     change(arrays)
     with pytest.raises(FileContentError, match=message):
-        BatchSummary.from_arrays(arrays, source="batch_000003.npz")
+        batch_from_arrays(arrays, source="batch_000003.npz")
 
 
 # ----------------------------------------------------------------------------- pattern-task prompt files

@@ -97,7 +97,7 @@ def test_an_unreachable_c4_is_reported_before_the_first_step(dirs, capsys, no_st
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and errors == ["error: cannot stream allenai/c4 (en, validation): the Hugging Face hub is "
-                                    "unreachable; pass --data, a path of local .txt/.jsonl files, instead"]
+                                    "unreachable; pass --data PATH with local .txt/.jsonl files instead"]
     assert "Traceback" not in err and _snapshot(root) == before
 
 

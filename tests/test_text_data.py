@@ -58,7 +58,7 @@ def test_local_folder_is_read_in_sorted_path_order(tmp_path):
 
 
 def test_local_data_errors_name_the_problem(tmp_path):
-    with pytest.raises(InputError, match="data .*missing.jsonl does not exist"):
+    with pytest.raises(InputError, match="`data` .*missing.jsonl does not exist"):
         list(iter_local_texts(tmp_path / "missing.jsonl"))
     (tmp_path / "x.csv").write_text("a,b")
     with pytest.raises(InputError, match="unsupported file type '.csv'"):
@@ -75,7 +75,7 @@ def test_local_data_errors_name_the_problem(tmp_path):
 def test_c4_fails_fast_with_one_line_when_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
-    with pytest.raises(InputError, match="pass data, a path of local"):
+    with pytest.raises(InputError, match="pass `data` PATH with local"):
         next(iter_c4_texts())
     assert time.monotonic() - start < 10
 

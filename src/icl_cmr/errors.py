@@ -3,9 +3,9 @@
 Engine functions raise :class:`InputError` (a ``ValueError``) with a message that
 names the bad argument and the accepted values; scripts turn it into a one-line
 message and exit code 2 (see :func:`icl_cmr.cli.args.run_cli`). The engine speaks in
-parameters (``late_index``), never in command-line flags: an error lists the parameters
-its message names in :attr:`InputError.parameters`, and the command-line layer
-(:func:`icl_cmr.cli.flags.flag_errors`) puts each script's flag in their place.
+parameters, between backticks (```late_index` (600) is beyond ...``), never in command-line
+flags: an error lists the parameters its message names in :attr:`InputError.parameters`, and
+the command-line layer (:func:`icl_cmr.cli.flags.flag_errors`) puts each script's flag in their place.
 
 Files that exist but cannot be used raise a :class:`BadFileError` subclass, whose
 message starts with the file's path:
@@ -31,10 +31,11 @@ class InputError(ValueError):
     Parameters
     ----------
     message : str
-        What is wrong and what is accepted, naming parameters by their Python names.
+        What is wrong and what is accepted, naming parameters by their Python names between
+        backticks, e.g. ``"`late_index` (600) is beyond the last loss index 510"``.
     parameters : sequence of str, optional
-        The parameter names the message uses, e.g. ``("late_index", "seq_len")``: a script
-        replaces each (as a whole word) by its own flag, e.g. ``--late-index``.
+        The parameter names the message uses, e.g. ``("late_index",)``: a script replaces each
+        backticked name by its own flag, e.g. ``--late-index``.
     """
 
     def __init__(self, message: str = "", parameters: Sequence[str] = ()):

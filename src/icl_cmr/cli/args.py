@@ -2,7 +2,7 @@
 
 Every script builds its parser with :class:`OneLineErrorParser`, gives every numeric
 flag one of the types below, defines ``main(argv=None)`` and ends with
-``raise SystemExit(run_cli(main))``. Bad input then gives one ``error: ...`` line on
+``raise SystemExit(run_cli(main))``. Bad input then gives one ``error: ... line on
 stderr and exit code 2, never a usage block or a traceback (set ``ICL_CMR_DEBUG=1``
 to see the traceback of an error ``run_cli`` caught).
 
@@ -22,7 +22,7 @@ Argument types (each a callable for ``add_argument(type=...)``; all reject nan a
 ``comma_list(item_type)``   ``"16,32,64"`` -> tuple of items
 ``str2bool``                ``true/false``, ``yes/no``, ``1/0``
 ``device_arg``              ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` that exists here
-``plain_name``              a name used inside file names: no ``/``, ``\\``; not ``.``, ``..``
+``plain_name``              a name used inside file names: no ``/``, ``\\``; not ``., ``..
 ==========================  ==========================================
 
 List flags (``nargs="+"``) whose repeated values would be computed or counted twice take
@@ -189,7 +189,7 @@ class NumberType:
     ------
     argparse.ArgumentTypeError
         When called on text that is not a number of that kind, is nan or infinite, or is
-        out of bounds; argparse turns it into ``argument --flag: must be ..., got ...``.
+        out of bounds; argparse turns it into ``argument --flag: must be ..., got ....
     """
 
     def __init__(self, kind: type, low: Optional[Number] = None, high: Optional[Number] = None, *,
@@ -300,7 +300,7 @@ def plain_name(text: str) -> str:
     """argparse type for a flag whose value becomes part of a file or folder name (``--save_dir``, ``--tag``).
 
     Refuses an empty name, ``/`` and ``\\`` (the value would name a path, possibly outside the
-    output folder), and the names ``.`` and ``..``; a model on the hub is filed as ``owner__name``.
+    output folder), and the names ``. and ``..; a model on the hub is filed as ``owner__name``.
     """
     name = str(text)
     if not name.strip():

@@ -1,15 +1,14 @@
 """The one place where engine parameter names become command-line flags.
 
 Engine code raises :class:`~icl_cmr.errors.InputError` with messages in parameter names
-(``late_index (600) is beyond ...``) and lists those names in ``err.parameters``. A script
+(``late_index (600) is beyond ...) and lists those names in ``err.parameters``. A script
 runs its engine calls inside :func:`flag_errors`, which rewrites each listed name, as a
-whole word, into the flag that sets it (``--late-index (600) is beyond ...``), so a notebook
+whole word, into the flag that sets it (``--late-index (600) is beyond ...), so a notebook
 user reads the parameters they passed and a command-line user the flags they typed.
 """
 from __future__ import annotations
 
 import argparse
-import re
 from contextlib import contextmanager
 from typing import Dict, Iterator, Mapping, Optional
 
@@ -37,15 +36,16 @@ def parser_flags(parser: argparse.ArgumentParser) -> Dict[str, str]:
 
 
 def in_flags(message: str, parameters, flags: Mapping[str, str]) -> str:
-    """``message`` with each of ``parameters`` that ``flags`` maps replaced, as a whole word, by its flag.
+    """``message`` with each backticked name of ``parameters`` that ``flags`` maps replaced by its flag.
 
     Examples
     --------
-    >>> in_flags("late_index 600 is beyond seq_len", ("late_index",), {"late_index": "--late-index"})
+    >>> in_flags("`late_index` 600 is beyond seq_len", ("late_index",), {"late_index": "--late-index"})
     '--late-index 600 is beyond seq_len'
     """
-    for name in sorted((p for p in parameters if p in flags), key=len, reverse=True):
-        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flags[name], message)
+    for name in parameters:
+        if name in flags:
+            message = message.replace(f"`{name}`", flags[name])
     return message
 
 

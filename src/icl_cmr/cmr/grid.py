@@ -255,7 +255,7 @@ def iterate_slices(spec: GridSpec, pending: Iterable[int], workers: int = 1) -> 
         :func:`compute_slice`'s result, in the order the slices finish.
     """
     if workers < 1:
-        raise InputError(f"workers must be a positive integer, got {workers}", parameters=("workers",))
+        raise InputError(f"`workers` must be a positive integer, got {workers}", parameters=("workers",))
     pending = list(pending)
     if workers == 1 or len(pending) <= 1:
         for slice_id in pending:

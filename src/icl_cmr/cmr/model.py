@@ -88,25 +88,25 @@ class CMRSettings:
         for name in ("n_items", "n_trials", "max_draws", "n_start", "max_lag"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise InputError(f"{name} must be a positive integer, got {value!r}", parameters=(name,))
+                raise InputError(f"`{name}` must be a positive integer, got {value!r}", parameters=(name,))
         if self.n_items < 2:
-            raise InputError(f"n_items must be at least 2, got {self.n_items}", parameters=("n_items",))
+            raise InputError(f"`n_items` must be at least 2, got {self.n_items}", parameters=("n_items",))
         if self.n_start >= self.n_items:
             # From the last item s0 = n_items - 1 only the absorbing state can be drawn: no trial has a
             # draw and that start's CRP is 0 / 0 (NaN).
-            raise InputError(f"n_start ({self.n_start}) must be below n_items ({self.n_items}): a recall starting at "
+            raise InputError(f"`n_start` ({self.n_start}) must be below `n_items` ({self.n_items}): a recall starting at "
                              "the last item can only draw the end state, so its CRP would be undefined (NaN)",
                              parameters=("n_start", "n_items"))
         if self.max_lag >= self.n_items:
-            raise InputError(f"n_items ({self.n_items}) must exceed max_lag ({self.max_lag}): lags beyond "
-                             f"{self.n_items - 1} can never occur; raise n_items or lower max_lag (at least "
+            raise InputError(f"`n_items` ({self.n_items}) must exceed `max_lag` ({self.max_lag}): lags beyond "
+                             f"{self.n_items - 1} can never occur; raise `n_items` or lower `max_lag` (at least "
                              f"{int(FIT_LAGS.max())})",
                              parameters=("n_items", "max_lag"))
         if self.n_start < 2:
-            raise InputError(f"n_start must be at least 2 (the SEM is taken over start positions), "
+            raise InputError(f"`n_start` must be at least 2 (the SEM is taken over start positions), "
                              f"got {self.n_start}", parameters=("n_start",))
         if self.max_draws > np.iinfo(np.int32).max:
-            raise InputError(f"max_draws is too large: {self.max_draws}", parameters=("max_draws",))
+            raise InputError(f"`max_draws` is too large: {self.max_draws}", parameters=("max_draws",))
 
     @property
     def start_positions(self) -> np.ndarray:

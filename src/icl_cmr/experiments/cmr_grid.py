@@ -90,10 +90,10 @@ class CmrGridSettings:
     def spec(self) -> GridSpec:
         """The grid's :class:`GridSpec`: every setting that decides its numbers (validated)."""
         if self.quantity not in GRID_QUANTITIES:
-            raise InputError(f"quantity must be one of {', '.join(GRID_QUANTITIES)}, got {self.quantity!r}",
+            raise InputError(f"`quantity` must be one of {', '.join(GRID_QUANTITIES)}, got {self.quantity!r}",
                              parameters=("quantity",))
         if self.workers < 1:
-            raise InputError(f"workers must be a positive integer, got {self.workers}", parameters=("workers",))
+            raise InputError(f"`workers` must be a positive integer, got {self.workers}", parameters=("workers",))
         method = self.method or ("simulate" if self.quantity == "conditional" else "exact")
         return GridSpec.from_resolution(self.n_beta, self.n_gamma, self.cmr_settings(), seed=self.seed, method=method,
                                         quantity=self.quantity)
@@ -150,7 +150,7 @@ def check_memory(spec: GridSpec, workers: int) -> None:
     raise InputError(f"this grid needs about {human_bytes(needed)} of memory ({busy} worker(s) x "
                      f"{human_bytes(spec.point_memory_bytes())} per grid point: {settings.n_trials} trials x "
                      f"{settings.n_start} start positions x {settings.max_draws} draws), but "
-                     f"{human_bytes(available)} is available; lower n_trials, n_start, max_draws or workers",
+                     f"{human_bytes(available)} is available; lower `n_trials`, `n_start`, `max_draws` or `workers`",
                      parameters=("n_trials", "n_start", "max_draws", "workers"))
 
 
@@ -208,7 +208,7 @@ def run_grid(spec: GridSpec, slice_dir: "str | Path", workers: int = 1, restart:
     The wall time of every session is accumulated in ``slice_dir`` (:meth:`RunFolder.recorded_seconds`).
     """
     if workers < 1:
-        raise InputError(f"workers must be a positive integer, got {workers}", parameters=("workers",))
+        raise InputError(f"`workers` must be a positive integer, got {workers}", parameters=("workers",))
     run = grid_run_folder(spec, slice_dir)
     run.open(restart)
     shape = (2, len(spec.beta_rec), spec.settings.n_lags)

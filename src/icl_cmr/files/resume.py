@@ -69,7 +69,7 @@ def refuse_other_settings(saved: Mapping[str, Any], requested: Mapping[str, Any]
     Raises
     ------
     InputError
-        ``<what> in <where> was made with other settings (key: A there, B now; ...); rerun with
+        ``<what> in <where> came from other settings (key: A there, B now; ...); rerun with
         those settings to resume, or pass restart to discard it``; its parameter is ``restart``.
     """
     requested = json.loads(json.dumps(dict(requested)))
@@ -80,8 +80,8 @@ def refuse_other_settings(saved: Mapping[str, Any], requested: Mapping[str, Any]
     if keys:
         changes = "; ".join(f"{key}: {saved.get(key, 'absent')} there, {requested.get(key, 'absent')} now"
                             for key in keys)
-        raise InputError(f"{what} in {where} was made with other settings ({changes}); rerun with those settings "
-                         "to resume, or pass restart to discard it", parameters=("restart",))
+        raise InputError(f"{what} in {where} came from other settings ({changes}); rerun with those settings "
+                         "to resume, or pass `restart` to discard it", parameters=("restart",))
 
 
 class RunFolder:

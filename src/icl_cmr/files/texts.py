@@ -41,14 +41,14 @@ def iter_local_texts(path: "str | Path", field: str = "text") -> Iterator[str]:
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise InputError(f"data {path} does not exist", parameters=("data",))
+        raise InputError(f"`data` {path} does not exist", parameters=("data",))
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES)
         if not files:
-            raise InputError(f"data folder {path} holds no {' or '.join(LOCAL_SUFFIXES)} files", parameters=("data",))
+            raise InputError(f"`data` folder {path} holds no {' or '.join(LOCAL_SUFFIXES)} files", parameters=("data",))
     else:
         if path.suffix not in LOCAL_SUFFIXES:
-            raise InputError(f"data {path}: unsupported file type {path.suffix!r}; accepted: "
+            raise InputError(f"`data` {path}: unsupported file type {path.suffix!r}; accepted: "
                              f"{', '.join(LOCAL_SUFFIXES)} (or a folder of them)", parameters=("data",))
         files = [path]
     for file in files:

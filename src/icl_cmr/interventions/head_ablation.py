@@ -436,7 +436,7 @@ def draw_random_head_sets(n_layers: int, n_heads: int, count: int, n_sets: int, 
                           layer_matched_to: Optional[Sequence[Head]] = None) -> RandomHeadSets:
     """Up to ``n_sets`` pairwise distinct random head sets: the controls of [LI24] Fig 8 and [CS24].
 
-    Set ``k`` is :func:`random_heads` with the next seed of ``seed, seed + 1, ...`` whose draw
+    Set ``k`` is :func:`random_heads` with the next seed of ``seed, seed + 1, ... whose draw
     differs from every set drawn before (a repeated draw is skipped, never counted twice: the
     same heads ablated again add no new data). When fewer than ``n_sets`` distinct sets exist
     (e.g. a layer-matched draw of 2 heads from a 4-head layer holding the 2 ablated heads: one

@@ -1,6 +1,6 @@
 """The [LI24] Fig 8 ablation experiment, engine side: which heads, which controls, how results combine.
 
-The script ``src/ablation.py`` streams prompts, runs :func:`evaluate_batch` per
+The run (:mod:`icl_cmr.experiments.ablation`) streams prompts, runs :func:`evaluate_batch` per
 batch (intact model, top CMR-like heads ablated, one or more random control sets
 ablated), stores each batch's :class:`BatchSummary` (so a stopped run resumes), and
 combines them with :func:`combine_batches` into the authors' result keys
@@ -15,8 +15,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from icl_cmr.errors import FileContentError, InputError
-from icl_cmr.files.checks import ArraySpec, check_array
+from icl_cmr.errors import InputError
 from icl_cmr.interventions.head_ablation import Head, ablation_hooks, draw_random_head_sets
 from icl_cmr.interventions.icl_score import ICLScoreConfig, icl_scores, token_losses
 
@@ -61,9 +60,9 @@ class AblationConfig:
 
     def __post_init__(self):
         if not 0 < self.fraction <= 1:
-            raise InputError(f"--fraction must be in (0, 1], got {self.fraction}")
+            raise InputError(f"`fraction` must be in (0, 1], got {self.fraction}", parameters=("fraction",))
         if self.n_random_sets < 0:
-            raise InputError(f"--n-random-sets must be >= 0, got {self.n_random_sets}")
+            raise InputError(f"`n_random_sets` must be >= 0, got {self.n_random_sets}", parameters=("n_random_sets",))
 
 
 def top_fraction_heads(distance: np.ndarray, fraction: float) -> List[Head]:
@@ -90,7 +89,7 @@ def top_fraction_heads(distance: np.ndarray, fraction: float) -> List[Head]:
     if distance.ndim != 2:
         raise InputError(f"CMR distances must be [n_layers, n_heads], got shape {distance.shape}")
     if not 0 < fraction <= 1:
-        raise InputError(f"--fraction must be in (0, 1], got {fraction}")
+        raise InputError(f"`fraction` must be in (0, 1], got {fraction}", parameters=("fraction",))
     count = max(1, int(np.floor(fraction * distance.size + 1e-9)))
     finite = np.isfinite(distance.ravel())
     if finite.sum() < count:
@@ -123,7 +122,7 @@ def control_head_sets(n_layers: int, n_heads: int, ablated: Sequence[Head],
                                   exclude=exclude)
     if drawn.exhausted:
         logger.warning("only %d distinct random sets of %d heads exist%s; using those %d instead of the %d asked "
-                       "for (--n-random-sets), each once", drawn.n_possible, len(ablated),
+                       "for (n_random_sets), each once", drawn.n_possible, len(ablated),
                        "" if config.allow_overlap else " outside the ablated heads", len(drawn.sets),
                        config.n_random_sets)
     return [list(heads) for heads in drawn.sets], list(drawn.seeds)
@@ -154,55 +153,6 @@ class BatchSummary:
     loss_sum: Dict[str, np.ndarray]
     loss_sq_sum: Dict[str, np.ndarray]
     n_prompts: int
-
-    def to_arrays(self) -> Dict[str, np.ndarray]:
-        """Flat ``{kind/condition: array}`` for ``numpy.savez``."""
-        out = {"n_prompts": np.asarray(self.n_prompts)}
-        for kind in ("icl", "loss_sum", "loss_sq_sum"):
-            for name, value in getattr(self, kind).items():
-                out[f"{kind}/{name}"] = value
-        return out
-
-    @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], source: str = "batch arrays") -> "BatchSummary":
-        """Inverse of :meth:`to_arrays`, checking that the arrays fit together.
-
-        Parameters
-        ----------
-        arrays : mapping of str -> numpy.ndarray
-            As :meth:`to_arrays` wrote them (e.g. :func:`icl_cmr.files.reading.load_npz` of a partial file).
-        source : str
-            File name for messages.
-
-        Raises
-        ------
-        FileContentError
-            ``n_prompts`` missing or not a positive whole number, an unknown key, per-prompt
-            scores that are not [n_prompts], loss sums of differing lengths, conditions that
-            differ between the three kinds, or values that are not finite numbers.
-        """
-        if "n_prompts" not in arrays:
-            raise FileContentError(source, "missing 'n_prompts': expected a batch summary with keys 'n_prompts', "
-                                           "'icl/<condition>', 'loss_sum/<condition>', 'loss_sq_sum/<condition>'")
-        count = np.asarray(arrays["n_prompts"])
-        if count.shape != () or count.dtype.kind not in "iu" or int(count) < 1:
-            raise FileContentError(source, f"'n_prompts' is {count.tolist()!r:.40}, expected a positive whole number")
-        sizes = {"n_prompts": int(count)}
-        parts: Dict[str, Dict[str, np.ndarray]] = {"icl": {}, "loss_sum": {}, "loss_sq_sum": {}}
-        specs = {"icl": ArraySpec(("n_prompts",), nan=False, meaning="ICL scores"),
-                 "loss_sum": ArraySpec(("n_positions",), low=0.0, nan=False, meaning="loss sums"),
-                 "loss_sq_sum": ArraySpec(("n_positions",), low=0.0, nan=False, meaning="squared-loss sums")}
-        for key, value in arrays.items():
-            if key == "n_prompts":
-                continue
-            kind, _, name = key.partition("/")
-            if kind not in parts or not name:
-                raise FileContentError(source, f"unexpected key {key!r} in a batch summary")
-            parts[kind][name] = check_array(value, source, key, specs[kind], sizes)
-        names = {kind: sorted(values) for kind, values in parts.items()}
-        if not names["icl"] or len({tuple(v) for v in names.values()}) > 1:
-            raise FileContentError(source, f"conditions differ between ICL scores and loss sums: {names}")
-        return cls(n_prompts=sizes["n_prompts"], **parts)
 
 
 def summarise_losses(losses: Mapping[str, np.ndarray], icl_config: ICLScoreConfig) -> BatchSummary:

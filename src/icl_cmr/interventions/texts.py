@@ -61,7 +61,7 @@ def check_c4_reachable() -> None:
     """
     if not hub_reachable():
         raise InputError(f"cannot stream {C4_DATASET} ({C4_CONFIG}, {C4_SPLIT}): the Hugging Face hub is "
-                         "unreachable; pass data, a path of local .txt/.jsonl files, instead", parameters=("data",))
+                         "unreachable; pass `data` PATH with local .txt/.jsonl files instead", parameters=("data",))
 
 
 def iter_c4_texts() -> Iterator[str]:

@@ -43,7 +43,7 @@ class JobResult:
     peak_rss_mib : float or None
         Peak resident memory of the job's process (and any child it waited for), MiB.
     error : str or None
-        The ``error: ...`` line the script printed, else the log's last line; None on success.
+        The ``error: ... line the script printed, else the log's last line; None on success.
     started_utc, ended_utc : str
         ISO timestamps.
     """

@@ -7,7 +7,7 @@ One job is one run of one experiment script (``python src/<script>.py <argv>``):
   model's fit at the usual ``<scores_dir>/<model>/cmr_fit_<model>.pkl``; other checkpoints'
   under ``<scores_dir>/<model>/checkpoint_fits/``);
 * ``ablation/<model>``: ``ablation.py`` with the trained model's fit;
-* ``aggregate/...``: ``attn_over_size.py`` (models named ``pythia-<size>``), ``attn_over_size_xtra.py``
+* ``aggregate/...: ``attn_over_size.py`` (models named ``pythia-<size>``), ``attn_over_size_xtra.py``
   (other trained models), ``attn_over_time.py`` and ``select_fit.py`` (models with several
   checkpoints), ``select_fit_xtra.py`` (models with one), on whatever scores finished.
 
@@ -346,7 +346,7 @@ def build_jobs(plan: Plan) -> List[Job]:
     Raises
     ------
     InputError
-        If two models of the plan would share score files (names equal up to case, ``-_.``).
+        If two models of the plan would share score files (names equal up to case, ``-_.).
     """
     seen: Dict[str, str] = {}
     for m in plan.models:
@@ -379,7 +379,7 @@ def _lookup(metadata: Mapping[str, Any], dotted: str) -> Tuple[bool, Any]:
 
 def _stored_path(text: str) -> str:
     """A path as a script stored it (:func:`icl_cmr.files.outputs.portable_path`: relative to the repository
-    root, ``~/...``, or absolute), made absolute."""
+    root, ``~/..., or absolute), made absolute."""
     from icl_cmr.files.outputs import REPO_ROOT
 
     if text.startswith("~/"):
