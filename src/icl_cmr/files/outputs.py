@@ -39,6 +39,8 @@ import numpy as np
 
 from icl_cmr.errors import InputError
 from icl_cmr.files.folders import check_writable_dir
+from icl_cmr.files.reading import load_pickle, to_numpy
+from icl_cmr.files.writing import atomic_write, json_bytes, write_temporary
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +121,6 @@ class PendingWrites:
 
     def json(self, path: "str | os.PathLike[str]", obj: Any, compact: bool = False) -> None:
         """Queue a JSON file (``compact``: no whitespace, see :func:`icl_cmr.files.writing.json_bytes`)."""
-        from icl_cmr.files.writing import json_bytes
 
         self.data(path, json_bytes(obj, compact))
 
@@ -229,7 +230,6 @@ def _make_folders(folders: Iterable[Path]) -> List[Path]:
 
 
 def _write_temporary(item: _Pending) -> Path:
-    from icl_cmr.files.writing import write_temporary
 
     if item.fill is not None:
         return write_temporary(item.path, item.fill)
@@ -330,7 +330,6 @@ def _restore(renamed: Sequence[Path], backups: Mapping[Path, Optional[Path]]) ->
 
 
 def _write_bytes(path: Path, data: bytes) -> Path:
-    from icl_cmr.files.writing import atomic_write
 
     return atomic_write(path, lambda handle: handle.write(data))
 
@@ -455,7 +454,6 @@ def _equal(a: Any, b: Any) -> bool:
             return False
         return all(_equal(a[key], b[key]) for key in a)
     if hasattr(a, "detach") or hasattr(b, "detach") or isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        from icl_cmr.files.reading import to_numpy
 
         x, y = to_numpy(a), to_numpy(b)
         if x.shape != y.shape or x.dtype != y.dtype or type(a) is not type(b):
@@ -487,7 +485,6 @@ def same_result(old: "str | os.PathLike[str]", new: "str | os.PathLike[str]") ->
         if suffix == ".json":
             return _equal(_without_volatile(json.loads(old_bytes)), _without_volatile(json.loads(new_bytes)))
         if suffix == ".pkl":
-            from icl_cmr.files.reading import load_pickle
 
             return _equal(_without_volatile(load_pickle(old)), _without_volatile(load_pickle(new)))
     except (InputError, ValueError, OSError, pickle.UnpicklingError):

@@ -26,7 +26,8 @@ import numpy as np
 
 from icl_cmr.errors import FileContentError
 from icl_cmr.files.checks import ArraySpec, check_array, check_arrays, describe_content, recorded_model, require_dict
-from icl_cmr.files.reading import load_pickle
+from icl_cmr.files.reading import load_json, load_pickle
+from icl_cmr.interventions.pattern_tasks import prompts_from_json
 
 # ----------------------------------------------------------------------------- CMR fits
 
@@ -341,8 +342,6 @@ def read_pattern_prompts(path: "str | Path"):
         shape: the message gives its place, e.g. ``tasks['repetition'][3]: 'label_index' is 2,
         expected an index into its 2 labels``.
     """
-    from icl_cmr.files.reading import load_json
-    from icl_cmr.interventions.pattern_tasks import prompts_from_json
 
     source = str(path)
     data = load_json(path)

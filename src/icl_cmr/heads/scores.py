@@ -32,6 +32,7 @@ import torch
 
 from icl_cmr.config import ATTN_CRP_LAGS
 from icl_cmr.errors import InputError
+from icl_cmr.heads.hooks import hook_name
 
 logger = logging.getLogger(__name__)
 
@@ -379,7 +380,6 @@ def stream_attention_scores(model, repeat_prompts: np.ndarray, block_len: int, o
     """
     from tqdm.auto import tqdm
 
-    from icl_cmr.heads.hooks import hook_name
 
     lags = np.asarray(lags, dtype=np.int64)
     if 1 not in lags:
