@@ -36,7 +36,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from icl_cmr.cli.args import OneLineErrorParser, positive_int, run_cli  # noqa: E402
 from icl_cmr.figures.fit_sets import head_fit_pages  # noqa: E402
 from icl_cmr.fits.distance import fit_heads, select_lags  # noqa: E402
-from icl_cmr.files.scores import DEFAULT_GRID_PATH, read_cmr_grid, read_head_scores  # noqa: E402
+from icl_cmr.files.scores import read_head_scores
+from icl_cmr.files.grids import DEFAULT_GRID_PATH, read_cmr_grid
 
 REPO = Path(__file__).resolve().parents[1]
 

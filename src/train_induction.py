@@ -37,6 +37,10 @@ the model name ENC (``--name``; default the position encoding, or ``mamba``):
   does not hold a training state (truncated, garbled) cannot be salvaged: it is moved
   to ``ENC_checkpoint.pt.damaged`` (``.damaged.1``, ... if taken) with a warning and training starts over;
 * ``ENC.pt``: the final weights with their configs and metadata;
+* with ``--snapshot_every N``, ``ENC_snapshots/ENC_stepSSSSSS.pt`` after every N steps: the weights at that
+  step in ``ENC.pt``'s format (no optimiser state; metadata ``step``), written atomically before that step's
+  checkpoint, so a resumed run never skips one and writes the same weights an uninterrupted run would.
+  ``eval_induction.py --models`` evaluates them like any model (accuracy against training step);
 * ``ENC_training_curve.csv`` and ``ENC_training.json`` (steps, wall time, threads);
 * ``figs/induction_task/training_curve_ENC.pdf``.
 
@@ -45,6 +49,8 @@ Example::
     python src/train_induction.py --position_encoding absolute
     python src/train_induction.py --position_encoding rope    # again: resumes where it stopped
     python src/train_induction.py --architecture mamba
+    python src/train_induction.py --architecture mamba --name mamba_gd23 --max_steps 204800 --min_steps 204800 \
+        --snapshot_every 4000      # [GD23]'s recipe: straight at 256, 204,800 steps, weights every 4,000
 """
 from __future__ import annotations
 
@@ -67,7 +73,8 @@ from icl_cmr.devices import resolve_device
 from icl_cmr.errors import CorruptFileError, FileContentError, InputError
 from icl_cmr.synthetic.mamba import InductionMambaConfig
 from icl_cmr.synthetic.models import (ARCHITECTURES, INDUCTION_DTYPES, build_model, check_memory, fastest_method,
-                                      forward_memory_estimate, load_induction_model)
+                                      forward_memory_estimate, load_induction_model, model_file_contents,
+                                      snapshot_path)
 from icl_cmr.files.writing import atomic_write, make_metadata
 from icl_cmr.files.reading import load_torch
 from icl_cmr.files.outputs import PendingWrites, log_written, portable_path
@@ -142,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train at least this many steps before the target may stop the run (default 0)")
     parser.add_argument("--name", type=model_file_name, default=None,
                         help="file-name stem of the outputs (default: the position encoding, or mamba)")
+    parser.add_argument("--snapshot_every", type=non_negative_int, default=0,
+                        help="keep the weights every N steps in ENC_snapshots/ENC_stepSSSSSS.pt (default 0: none)")
     parser.add_argument("--eval_every", type=positive_int, default=defaults.eval_every,
                         help=f"validate and checkpoint every N steps (default {defaults.eval_every})")
     parser.add_argument("--n_val", type=positive_int, default=defaults.n_val_sequences,
@@ -237,8 +246,8 @@ def _curve_csv(curve: Sequence[dict]) -> str:
 
 #: Arguments that may differ between a checkpoint and the run resuming it: the step budget, the thread
 #: count and the device (results stay reproducible only for a fixed count and device; a warning says
-#: so), and where things go.
-RESUMABLE_CHANGES = ("max_steps", "min_steps", "threads", "device", "name", "save_dir", "fig_dir")
+#: so), and where things go (snapshots included: they do not change the training).
+RESUMABLE_CHANGES = ("max_steps", "min_steps", "threads", "device", "name", "save_dir", "fig_dir", "snapshot_every")
 #: Values of settings that checkpoints written before the setting existed were trained with.
 LEGACY_SETTINGS = {"architecture": "transformer", "dtype": "float32"}
 #: Keys every training checkpoint holds.
@@ -370,6 +379,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "wall_seconds": wall, "model_config": model_config, "architecture": args.architecture,
             "parameters": parameters})
 
+    def snapshot() -> None:
+        metadata = make_metadata("train_induction.py", parameters, seed=args.seed, run=enc, step=step,
+                                 train_length=stages[stage], architecture=args.architecture)
+        metadata.pop("versions")   # as in ENC.pt
+        _torch_save(snapshot_path(args.save_dir, enc, step),
+                    model_file_contents(model, args.architecture, model_config, metadata))
+
     reached = (bool(curve) and stage == len(stages) - 1 and curve[-1]["length"] == args.train_length
                and curve[-1]["val_accuracy"] >= args.target_accuracy)
     stop = reached and step >= args.min_steps
@@ -390,6 +406,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f"--learning_rate {args.learning_rate:g}); nothing was written{kept}. Rerun with a "
                              "smaller --learning_rate and --restart")
         step += 1
+        if args.snapshot_every and step % args.snapshot_every == 0:
+            snapshot()
         losses.append(loss)
         accuracies.append(accuracy)
         bar.update(1)
@@ -439,8 +457,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    "trigger_token": task_defaults.trigger_token})
     pending = PendingWrites()
     model_path = args.save_dir / f"{enc}.pt"
-    final_state = {"architecture": args.architecture, "model": model.state_dict(), "model_config": model_config,
-                   "metadata": {k: v for k, v in metadata.items() if k != "versions"}}
+    final_state = model_file_contents(model, args.architecture, model_config,
+                                      {k: v for k, v in metadata.items() if k != "versions"})
     pending.add(model_path, lambda p: _torch_save(p, final_state))
     pending.text(args.save_dir / f"{enc}_training_curve.csv", _curve_csv(curve))
     pending.json(args.save_dir / f"{enc}_training.json", metadata)

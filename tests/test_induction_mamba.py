@@ -198,6 +198,61 @@ def test_mamba_resume_equals_uninterrupted_training(tmp_path):
         torch.testing.assert_close(a["model"][name], b["model"][name], atol=0, rtol=0)
 
 
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=0, rtol=0)
+
+
+def test_snapshots_hold_the_weights_after_every_n_steps_in_the_model_file_format(tmp_path):
+    import train_induction
+
+    run, short = tmp_path / "run", tmp_path / "short"
+    assert train_induction.main(_train_args(run, *TINY_MAMBA, "--max_steps", "9", "--snapshot_every", "3")) == 0
+    folder = run / "mamba_snapshots"
+    assert sorted(p.name for p in folder.iterdir()) == [f"mamba_step00000{k}.pt" for k in (3, 6, 9)]
+    for step in (3, 6, 9):
+        saved = torch.load(folder / f"mamba_step00000{step}.pt", weights_only=True)
+        assert saved["metadata"]["step"] == step and saved["metadata"]["run"] == "mamba"
+        assert isinstance(train_induction.load_model(folder / f"mamba_step00000{step}.pt"), InductionMamba)
+    # The last snapshot is the final model; the one at step 6 is what a 6-step run ends with.
+    _assert_same_weights(_weights(folder / "mamba_step000009.pt"), _weights(run / "mamba.pt"))
+    train_induction.main(_train_args(short, *TINY_MAMBA, "--max_steps", "6"))
+    _assert_same_weights(_weights(folder / "mamba_step000006.pt"), _weights(short / "mamba.pt"))
+    assert not (short / "mamba_snapshots").exists()         # none unless asked for
+
+
+def test_a_resumed_run_writes_the_same_snapshots_as_an_uninterrupted_one(tmp_path):
+    """Snapshots every 2 steps, checkpoints every 3: the run is cut at step 5, between the two."""
+    import train_induction
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train_induction.main(_train_args(straight, *TINY_MAMBA, "--max_steps", "9", "--snapshot_every", "2"))
+    train_induction.main(_train_args(split, *TINY_MAMBA, "--max_steps", "5", "--snapshot_every", "2"))
+    train_induction.main(_train_args(split, *TINY_MAMBA, "--max_steps", "9", "--snapshot_every", "2"))
+    names = [f"mamba_step00000{k}.pt" for k in (2, 4, 6, 8)]
+    assert sorted(p.name for p in (split / "mamba_snapshots").iterdir()) == names
+    for name in names:
+        _assert_same_weights(_weights(straight / "mamba_snapshots" / name), _weights(split / "mamba_snapshots" / name))
+
+
+def test_snapshots_may_be_asked_for_when_resuming_a_run_that_kept_none(tmp_path):
+    import train_induction
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train_induction.main(_train_args(straight, *TINY_MAMBA, "--max_steps", "9", "--snapshot_every", "2"))
+    train_induction.main(_train_args(split, *TINY_MAMBA, "--max_steps", "5"))
+    assert train_induction.main(_train_args(split, *TINY_MAMBA, "--max_steps", "9", "--snapshot_every", "2")) == 0
+    names = sorted(p.name for p in (split / "mamba_snapshots").iterdir())
+    assert names == ["mamba_step000006.pt", "mamba_step000008.pt"]   # steps before the resume are not recreated
+    for name in names:
+        _assert_same_weights(_weights(straight / "mamba_snapshots" / name), _weights(split / "mamba_snapshots" / name))
+
+
 @pytest.mark.parametrize("flags, message", [(["--n_heads", "4"], "--n_heads does not apply to --architecture mamba"),
                                             (["--position_encoding", "rope"], "--position_encoding does not apply"),
                                             (["--name", "x_checkpoint"], "--name")])

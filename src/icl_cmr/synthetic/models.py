@@ -145,6 +145,36 @@ def load_induction_model(path: "str | Path", device: str = "cpu", dtype: str = "
     return model.to(device=device, dtype=getattr(torch, dtype))
 
 
+def model_file_contents(model, architecture: str, model_config: dict, metadata: dict) -> dict:
+    """What a model file ``NAME.pt`` (or a snapshot of it) holds: read back by :func:`load_induction_model`.
+
+    Parameters
+    ----------
+    model : TinyTransformer or InductionMamba
+        Its state dict is stored (weights only, no optimiser state).
+    architecture : {"transformer", "mamba"}
+    model_config : dict
+        The config that rebuilds the model (:func:`build_model`).
+    metadata : dict
+        What produced the weights (settings, step, ...).
+    """
+    return {"architecture": architecture, "model": model.state_dict(), "model_config": model_config,
+            "metadata": metadata}
+
+
+def snapshot_path(save_dir: "str | Path", name: str, step: int) -> Path:
+    """``save_dir/NAME_snapshots/NAME_stepSSSSSS.pt``: the weights of run ``name`` after ``step`` training steps.
+
+    Each is a model file (:func:`model_file_contents`) whose stem is a model name of its own, so
+    ``eval_induction.py --models`` can evaluate it; kept in a subfolder, so the default evaluation of
+    ``save_dir/*.pt`` does not pick every snapshot up. Six digits of step sort in training order up to
+    999,999 steps.
+    """
+    if step < 0:
+        raise InputError(f"step must be >= 0, got {step}")
+    return Path(save_dir) / f"{name}_snapshots" / f"{name}_step{step:06d}.pt"
+
+
 def saved_train_length(model, default: int = 256) -> int:
     """The training length: the Transformer's position-table size; Mamba has none, so ``default``."""
     if architecture_of(model) == "transformer":
