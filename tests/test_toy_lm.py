@@ -9,12 +9,14 @@ import math
 import shutil
 from pathlib import Path
 
+import matplotlib.pyplot
 import numpy as np
 import pytest
 import torch
 
 from icl_cmr.errors import InputError
-from icl_cmr.toy_lm.config import ToyLMConfig
+from icl_cmr.figures.toy_lm import plot_training_run
+from icl_cmr.toy_lm.config import ToyLMConfig, config_from_saved
 from icl_cmr.toy_lm.corpus import (corpus_split, held_out_texts, read_texts, split_corpus_files, stdlib_dir,
                                    stdlib_source_files)
 from icl_cmr.toy_lm.tokenizer import SPECIAL_TOKEN, frequent_token_ids, tokenize_documents, train_tokenizer
@@ -22,6 +24,7 @@ from icl_cmr.toy_lm.training_rows import build_training_rows
 from icl_cmr.toy_lm.model import make_model, sinusoidal_position_embeddings
 from icl_cmr.toy_lm.scoring import held_out_windows, icl_score, matching_score_from_patterns, repeated_random_prompts
 from icl_cmr.toy_lm.training import learning_rate_at, train
+from icl_cmr.toy_lm.training_run import ToyLMTrainingSettings, check_corpus
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "saved_models" / "toy_lm"
 
@@ -307,6 +310,47 @@ def test_model_has_sinusoidal_positions_and_recipe_shape():
     assert model.config.n_inner == 512 and model.config.n_positions == 256
     np.testing.assert_allclose(model.transformer.wpe.weight.detach().numpy(),
                                sinusoidal_position_embeddings(256, 128, 0.02))
+
+
+# ----------------------------------------------------------------------------- the training run (engine)
+
+def test_default_training_settings_give_the_shipped_config():
+    # The script's defaults: late ICL index n_ctx - 6 = 250 of a 256-token context, everything else ToyLMConfig's.
+    assert ToyLMTrainingSettings().config() == ToyLMConfig()
+    assert ToyLMTrainingSettings(n_ctx=300).config().icl_late_index == 294
+
+
+def test_training_settings_name_the_late_index_parameter():
+    with pytest.raises(InputError) as caught:
+        ToyLMTrainingSettings(icl_late_index=255).config()
+    assert str(caught.value) == ("icl_late_index must be in (50, 254] (after the early index 50, at most n_ctx - 2), "
+                                 "got 255")
+    assert set(caught.value.parameters) == {"icl_late_index", "n_ctx"}
+
+
+def test_check_corpus_names_the_stdlib_dir_parameter(tmp_path):
+    (tmp_path / "notes.txt").write_text("no Python here")
+    with pytest.raises(InputError) as caught:
+        check_corpus(tmp_path, ToyLMConfig())
+    assert str(caught.value) == f"stdlib_dir {tmp_path} holds no .py files"
+    assert caught.value.parameters == ("stdlib_dir",)
+
+
+def test_config_from_saved_reads_back_a_json_round_trip():
+    config = ToyLMConfig(n_ctx=300, icl_late_index=290, vocab_size=600)
+    parameters = json.loads(json.dumps({**config.to_dict(), "added_by_other_code": 1}))
+    assert isinstance(parameters["adam_betas"], list)   # JSON has no tuples
+    assert config_from_saved(parameters) == config
+
+
+def test_loss_curve_title_names_the_run():
+    log = [{"step": step, "train_loss": 6.0 - step, "matching_L0H0": 0.1, "matching_L1H0": 0.2 * step}
+           for step in (1, 2, 3)]
+    evaluation = {"best_head": "L1H0", "best_matching_score": 0.6, "icl_score_mean": -0.25}
+    figure = plot_training_run(log, seed=7, steps=3, evaluation=evaluation)
+    assert figure.get_suptitle() == "toy LM, seed 7: 3 steps; best head L1H0 0.60; held-out ICL -0.25"
+    assert len(figure.axes) == 2
+    matplotlib.pyplot.close(figure)
 
 
 # ----------------------------------------------------------------------------- the script and its folder
