@@ -130,7 +130,7 @@ def model_context(model_arg: str) -> int:
 def write_held_out_jsonl(folder: Path, seq_len: int) -> Path:
     """The bundled model's held-out stdlib files, cut at blank lines, as JSONL for ``ablation.py --data``."""
     from icl_cmr.interventions.texts import split_at_blank_lines
-    from icl_cmr.toy_lm.lm import held_out_texts
+    from icl_cmr.toy_lm.corpus import held_out_texts
 
     path = folder / "stdlib_held_out.jsonl"
     documents = held_out_texts()

@@ -7,6 +7,7 @@ import pattern_icl
 import plot_crp
 import train_toy_lm
 from icl_cmr.cli.args import run_cli
+from icl_cmr.toy_lm import training_run
 
 
 def _one_error(main, argv, capsys):
@@ -44,7 +45,7 @@ def test_plot_crp_checks_its_figure_folder_before_reading_any_data(blocker, caps
 
 
 def test_train_toy_lm_checks_the_snapshot_folder_before_reading_the_corpus(tmp_path, blocker, capsys, monkeypatch):
-    monkeypatch.setattr(train_toy_lm.toy_lm, "corpus_split", lambda *a: pytest.fail("the corpus was read first"))
+    monkeypatch.setattr(training_run, "corpus_split", lambda *a: pytest.fail("the corpus was read first"))
     code, errors = _one_error(train_toy_lm.main, ["--save_dir", str(tmp_path / "model"),
                                                   "--snapshot_dir", str(blocker / "snapshots")], capsys)
     assert code == 2 and len(errors) == 1 and "--snapshot_dir" in errors[0]
@@ -52,7 +53,7 @@ def test_train_toy_lm_checks_the_snapshot_folder_before_reading_the_corpus(tmp_p
 
 
 def test_train_toy_lm_refuses_a_stdlib_folder_without_py_files_before_any_work(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(train_toy_lm.toy_lm, "train_tokenizer", lambda *a: pytest.fail("the tokenizer was trained"))
+    monkeypatch.setattr(training_run, "train_tokenizer", lambda *a: pytest.fail("the tokenizer was trained"))
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "notes.txt").write_text("no Python here")
     code, errors = _one_error(train_toy_lm.main, ["--save_dir", str(tmp_path / "model"),
@@ -62,7 +63,7 @@ def test_train_toy_lm_refuses_a_stdlib_folder_without_py_files_before_any_work(t
 
 
 def test_train_toy_lm_refuses_a_folder_whose_held_out_split_would_be_empty(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(train_toy_lm.toy_lm, "train_tokenizer", lambda *a: pytest.fail("the tokenizer was trained"))
+    monkeypatch.setattr(training_run, "train_tokenizer", lambda *a: pytest.fail("the tokenizer was trained"))
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "a.py").write_text("x = 1\n")   # a.py hashes into the training split
     code, errors = _one_error(train_toy_lm.main, ["--save_dir", str(tmp_path / "model"),
