@@ -323,7 +323,7 @@ def test_default_training_settings_give_the_shipped_config():
 def test_training_settings_name_the_late_index_parameter():
     with pytest.raises(InputError) as caught:
         ToyLMTrainingSettings(icl_late_index=255).config()
-    assert str(caught.value) == ("icl_late_index must be in (50, 254] (after the early index 50, at most n_ctx - 2), "
+    assert str(caught.value) == ("`icl_late_index` must be in (50, 254] (after the early index 50, at most `n_ctx` - 2), "
                                  "got 255")
     assert set(caught.value.parameters) == {"icl_late_index", "n_ctx"}
 
@@ -332,7 +332,7 @@ def test_check_corpus_names_the_stdlib_dir_parameter(tmp_path):
     (tmp_path / "notes.txt").write_text("no Python here")
     with pytest.raises(InputError) as caught:
         check_corpus(tmp_path, ToyLMConfig())
-    assert str(caught.value) == f"stdlib_dir {tmp_path} holds no .py files"
+    assert str(caught.value) == f"`stdlib_dir` {tmp_path} holds no .py files"
     assert caught.value.parameters == ("stdlib_dir",)
 
 

@@ -94,28 +94,28 @@ class ToyLMConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.held_out_percent < 100:
-            raise InputError(f"held_out_percent must be in 1..99, got {self.held_out_percent}",
+            raise InputError(f"`held_out_percent` must be in 1..99, got {self.held_out_percent}",
                              parameters=("held_out_percent",))
         if self.vocab_size < 258:
-            raise InputError(f"vocab_size must be >= 258 (256 bytes + special token + 1 merge), got {self.vocab_size}",
+            raise InputError(f"`vocab_size` must be >= 258 (256 bytes + special token + 1 merge), got {self.vocab_size}",
                              parameters=("vocab_size",))
         if self.d_model % self.n_head:
-            raise InputError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})",
+            raise InputError(f"`d_model` ({self.d_model}) must be divisible by `n_head` ({self.n_head})",
                              parameters=("d_model", "n_head"))
         if not 1 <= self.copy_span_min <= self.copy_span_max:
-            raise InputError(f"need 1 <= copy_span_min <= copy_span_max, got {self.copy_span_min}, "
+            raise InputError(f"need 1 <= `copy_span_min` <= `copy_span_max`, got {self.copy_span_min}, "
                              f"{self.copy_span_max}", parameters=("copy_span_min", "copy_span_max"))
         if 2 * self.copy_span_max >= self.n_ctx:
-            raise InputError(f"copy_span_max ({self.copy_span_max}) must be below n_ctx / 2 ({self.n_ctx / 2})",
+            raise InputError(f"`copy_span_max` ({self.copy_span_max}) must be below `n_ctx` / 2 ({self.n_ctx / 2})",
                              parameters=("copy_span_max", "n_ctx"))
         if not 0.0 <= self.copy_row_fraction <= 1.0:
-            raise InputError(f"copy_row_fraction must be in [0, 1], got {self.copy_row_fraction}",
+            raise InputError(f"`copy_row_fraction` must be in [0, 1], got {self.copy_row_fraction}",
                              parameters=("copy_row_fraction",))
         if 2 * self.monitor_block_len + 1 > self.n_ctx:
-            raise InputError(f"monitor_block_len ({self.monitor_block_len}) needs 2n + 1 <= n_ctx ({self.n_ctx})",
+            raise InputError(f"`monitor_block_len` ({self.monitor_block_len}) needs 2n + 1 <= `n_ctx` ({self.n_ctx})",
                              parameters=("monitor_block_len", "n_ctx"))
         if not 0 <= self.icl_early_index < self.icl_late_index <= self.n_ctx - 2:
-            raise InputError(f"need 0 <= icl_early_index < icl_late_index <= n_ctx - 2, got "
+            raise InputError(f"need 0 <= `icl_early_index` < `icl_late_index` <= `n_ctx` - 2, got "
                              f"{self.icl_early_index}, {self.icl_late_index}",
                              parameters=("icl_early_index", "icl_late_index", "n_ctx"))
 

@@ -30,7 +30,7 @@ def repeated_random_prompts(candidate_ids: np.ndarray, n_prompts: int, block_len
     """
     candidate_ids = np.asarray(candidate_ids, dtype=np.int64)
     if candidate_ids.size < block_len:
-        raise InputError(f"need at least block_len={block_len} candidate ids, got {candidate_ids.size}",
+        raise InputError(f"need at least `block_len`={block_len} candidate ids, got {candidate_ids.size}",
                          parameters=("block_len", "candidate_ids"))
     # permuted() shuffles each row independently: distinct ids within a prompt.
     blocks = rng.permuted(np.broadcast_to(candidate_ids, (n_prompts, candidate_ids.size)), axis=1)[:, :block_len]
@@ -180,6 +180,6 @@ def icl_score(losses: np.ndarray, early_index: int, late_index: int) -> np.ndarr
     """
     losses = np.asarray(losses)
     if not 0 <= early_index < late_index < losses.shape[1]:
-        raise InputError(f"need 0 <= early_index < late_index < {losses.shape[1]}, got {early_index}, {late_index}",
+        raise InputError(f"need 0 <= `early_index` < `late_index` < {losses.shape[1]}, got {early_index}, {late_index}",
                          parameters=("early_index", "late_index"))
     return icl_scores(losses, ICLScoreConfig(late_index=late_index, early_index=early_index))

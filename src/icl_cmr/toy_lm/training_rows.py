@@ -48,10 +48,10 @@ def build_training_rows(token_stream: np.ndarray, n_rows: int, n_ctx: int, rng: 
     """
     stream = np.asarray(token_stream, dtype=np.int64)
     if stream.ndim != 1 or stream.size < n_ctx:
-        raise InputError(f"token_stream must be 1-D with at least n_ctx={n_ctx} tokens, got shape {stream.shape}",
+        raise InputError(f"`token_stream` must be 1-D with at least `n_ctx`={n_ctx} tokens, got shape {stream.shape}",
                          parameters=("token_stream", "n_ctx"))
     if not 1 <= span_min <= span_max or 2 * span_max >= n_ctx:
-        raise InputError(f"need 1 <= span_min <= span_max < n_ctx / 2, got {span_min}, {span_max}, n_ctx={n_ctx}",
+        raise InputError(f"need 1 <= `span_min` <= `span_max` < `n_ctx` / 2, got {span_min}, {span_max}, `n_ctx`={n_ctx}",
                          parameters=("span_min", "span_max", "n_ctx"))
     lengths = rng.integers(span_min, span_max + 1, size=n_rows)
     lengths = np.where(rng.random(n_rows) < copy_fraction, lengths, 0)

@@ -97,8 +97,8 @@ class ToyLMTrainingSettings:
         late = self.icl_late_index if self.icl_late_index is not None else self.n_ctx - ICL_LATE_MARGIN
         early = _DEFAULTS.icl_early_index
         if not early < late <= self.n_ctx - 2:
-            raise InputError(f"icl_late_index must be in ({early}, {self.n_ctx - 2}] (after the early index {early}, "
-                             f"at most n_ctx - 2), got {late}", parameters=("icl_late_index", "n_ctx"))
+            raise InputError(f"`icl_late_index` must be in ({early}, {self.n_ctx - 2}] (after the early index {early}, "
+                             f"at most `n_ctx` - 2), got {late}", parameters=("icl_late_index", "n_ctx"))
         return ToyLMConfig(max_steps=self.max_steps, eval_every=self.eval_every, stop_score=self.stop_score,
                            stop_patience=self.stop_patience, stop_after_steps=self.stop_after_steps,
                            n_ctx=self.n_ctx, icl_late_index=late, vocab_size=self.vocab_size,
@@ -169,10 +169,10 @@ def check_corpus(stdlib_folder: Path, config: ToyLMConfig) -> Tuple[List[Path], 
     """
     train_files, held_files = corpus_split(config, stdlib_folder)
     if not train_files and not held_files:
-        raise InputError(f"stdlib_dir {stdlib_folder} holds no .py files", parameters=("stdlib_dir",))
+        raise InputError(f"`stdlib_dir` {stdlib_folder} holds no .py files", parameters=("stdlib_dir",))
     if not train_files or not held_files:
         empty = "training" if not train_files else "held-out"
-        raise InputError(f"stdlib_dir {stdlib_folder} holds only {len(train_files) + len(held_files)} .py file(s): "
+        raise InputError(f"`stdlib_dir` {stdlib_folder} holds only {len(train_files) + len(held_files)} .py file(s): "
                          f"the {empty} split ({config.held_out_percent}% of files are held out, by a hash of their "
                          "path) is empty; give a folder with more .py files", parameters=("stdlib_dir",))
     return train_files, held_files
@@ -211,7 +211,7 @@ def prepare_training_corpus(settings: ToyLMTrainingSettings, config: ToyLMConfig
     logger.info("tokenizer: vocab %d; %d training tokens; %d ids seen >= %d times",
                 len(tokenizer), stream.size, frequent.size, config.frequent_min_count)
     if frequent.size < config.monitor_block_len:
-        raise InputError(f"the corpus in stdlib_dir {root} is too small: {frequent.size} token ids occur >= "
+        raise InputError(f"the corpus in `stdlib_dir` {root} is too small: {frequent.size} token ids occur >= "
                          f"{config.frequent_min_count} times, and the matching-score prompts need "
                          f"{config.monitor_block_len} distinct ones; give more .py files", parameters=("stdlib_dir",))
     return TrainingCorpus(stdlib_dir=root, train_files=train_files, held_out_files=held_files, tokenizer=tokenizer,
