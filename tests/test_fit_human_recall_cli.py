@@ -1,6 +1,8 @@
-"""fit_human_recall.py and est_cmr_crp.py --quantity conditional end to end (issue 16)."""
+"""fit_human_recall.py and est_cmr_crp.py --quantity conditional end to end (issue 16), and the experiment
+behind the script (icl_cmr.experiments.human_recall) as a notebook calls it."""
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -10,6 +12,9 @@ import pytest
 import est_cmr_crp
 import fit_human_recall
 from icl_cmr.cli.args import run_cli
+from icl_cmr.errors import InputError
+from icl_cmr.experiments.human_recall import HumanRecallSettings, check_human_recall, run_human_recall
+from icl_cmr.figures.humans import page_of_units
 from icl_cmr.files.reading import load_pickle
 from icl_cmr.files.results import read_cmr_fit
 
@@ -162,3 +167,48 @@ def test_shipped_people_fits_are_reproduced(repo_root, tmp_path, capsys):
     rerun = pd.read_csv(tmp_path / "out" / "peers_fits.csv")
     shipped = pd.read_csv(repo_root / "saved_scores" / "human" / "peers_fits.csv")
     pd.testing.assert_frame_equal(rerun, shipped)
+
+
+# ----------------------------------------------------------------------------- the experiment from Python
+
+def test_the_settings_defaults_are_the_command_lines():
+    args = fit_human_recall.build_parser().parse_args([])
+    assert fit_human_recall.settings_from(args) == HumanRecallSettings()
+
+
+def test_a_notebook_run_gives_the_scripts_tables(grids, morton_run):
+    """The same run from Python, settings as the script's flags set them, gives the files' tables."""
+    result = run_human_recall(HumanRecallSettings(dataset="Morton2013", crp_grid=str(grids["people"]),
+                                                  head_grid=grids["heads"], n_bootstrap=300))
+    for name, table in result.tables().items():
+        written = pd.read_csv(morton_run / "out" / name)
+        pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(table.to_csv(index=False))), written)
+    assert list(result.tables()) == ["morton2013_fits.csv", "morton2013_head_fits.csv", "morton2013_vs_heads.csv"]
+    assert result.over_training is None
+
+
+def test_engine_errors_name_parameters_and_the_script_names_its_flags(grids, tmp_path, capsys):
+    settings = HumanRecallSettings(by="all", training_models=["pythia-70m"], crp_grid=grids["people"])
+    with pytest.raises(InputError) as err:
+        check_human_recall(settings)
+    assert str(err.value) == "training_models draws the people's distribution: it needs by subject"
+    assert err.value.parameters == ("training_models", "by")
+    code, _, err_text = run(fit_human_recall.main, fit_flags(grids, tmp_path, "--by", "all", "--training-models",
+                                                             "pythia-70m"), capsys)
+    assert code == 2
+    assert err_text == "error: --training-models draws the people's distribution: it needs --by subject\n"
+
+
+@pytest.mark.parametrize("field, value", [("threshold", 0.0), ("near_best", float("inf")), ("n_bootstrap", 0),
+                                          ("seed", -1), ("n_top", [0]), ("by", "list"), ("dataset", "murdock")])
+def test_bad_settings_are_refused_by_name_before_any_input_is_read(field, value, tmp_path):
+    settings = HumanRecallSettings(crp_grid=tmp_path / "missing.npy", **{field: value})
+    with pytest.raises(InputError) as err:
+        check_human_recall(settings)
+    assert err.value.parameters == (field,) and field in str(err.value)
+
+
+def test_a_page_of_units_spreads_over_the_ranks_of_the_distance():
+    distance = np.array([0.5, np.nan, 0.1, 0.3, 0.2, 0.4])
+    np.testing.assert_array_equal(page_of_units(distance, size=10), [2, 4, 3, 5, 0, 1])   # all, best first
+    np.testing.assert_array_equal(page_of_units(distance, size=3), [2, 3, 1])      # ranks 0, 2.5 -> 2 (even), 5

@@ -1,5 +1,8 @@
-"""People in CMR's parameter space (issue 16): recovery of a simulated subject, the fits, the statistics."""
+"""People in CMR's parameter space (issue 16): recovery of a simulated subject, the fits, the statistics,
+and the top CMR-like heads over training."""
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pandas as pd
@@ -10,9 +13,10 @@ from icl_cmr.cmr.grid import GridSpec
 from icl_cmr.experiments.cmr_grid import run_grid
 from icl_cmr.config import CMR_GRID_MEAN_FILENAME
 from icl_cmr.errors import InputError
-from icl_cmr.fits.distance import CmrGrid
+from icl_cmr.fits.distance import CmrGrid, cmr_distance, cmr_fit_patterns, fit_heads
+from icl_cmr.heads.results import HeadScores
 from icl_cmr.humans.fits import (HUMAN_FIT_LAGS, GroupComparisonConfig, compare_groups, fit_people, near_best_ranges,
-                                 people_table, people_vs_heads_table, share_below)
+                                 people_table, people_vs_heads_table, share_below, top_sets_over_training)
 from icl_cmr.files.grids import read_conditional_grid
 from icl_cmr.humans.recall import UnitLagCrps, lag_crps_by_unit, simulated_recall_table
 
@@ -134,10 +138,68 @@ def test_near_best_ranges_span_the_points_within_the_slack(small_conditional_gri
     np.testing.assert_allclose(everything["low"][0], [grid.beta_enc.min(), grid.beta_rec.min(), grid.gamma_ft.min()])
     np.testing.assert_allclose(everything["high"][0], [1.0, 1.0, 1.0])
     # a slack between: exactly the points a direct loop over the grid finds within it
-    from icl_cmr.fits.distance import cmr_distance, cmr_fit_patterns
-
     distances = np.array([cmr_distance(curve[None, [3, 4, 5, 6, 7, 9, 10, 11, 12, 13]], pattern[None])[0][0, 0]
                           for pattern in cmr_fit_patterns(grid, HUMAN_FIT_LAGS).reshape(-1, 10)])
     within = distances <= distances.min() + 0.05
     middle = near_best_ranges(curve[None], lags, grid, HUMAN_FIT_LAGS, tolerance=0.05)
     assert middle["n_near"][0] == within.sum()
+
+
+# ----------------------------------------------------------------------------- heads over training
+
+def _one_layer(*curves):
+    """HeadScores of a one-layer model whose heads have the given attention CRPs at lags -8..+8."""
+    crp = np.stack(curves)[None]                                                     # [1, H, 17]
+    shape = crp.shape[:2]
+    return HeadScores(matching_score=np.zeros(shape), copying_score=np.zeros(shape), crp=crp,
+                      crp_sem=np.full(crp.shape, np.nan), labels=np.array([[f"L0H{h}" for h in range(shape[1])]]),
+                      lags=np.arange(-8, 9))
+
+
+@pytest.fixture(scope="module")
+def two_models_over_training():
+    """A random lag-histogram grid and two models at two checkpoints: model a's head 0 is an affine copy of a
+    grid point at both (D = 0), its head 1 noise; model b's head 0 a noisy copy, its head 1 flat (never fitted)."""
+    rng = np.random.default_rng(5)
+    mean = rng.uniform(0.01, 1.0, (2, 3, 2, 17))
+    mean /= mean.sum(axis=-1, keepdims=True)
+    grid = CmrGrid(mean=mean, beta_enc=[0.5, 1.0], beta_rec=[0.0, 0.5, 1.0], gamma_ft=[0.0, 1.0])
+    points = [(0, 1, 0), (1, 2, 1)]                                                 # head a0's point at each checkpoint
+    series = {"a": [_one_layer(0.1 + 2 * mean[point], rng.uniform(size=17)) for point in points],
+              "b": [_one_layer(mean[(1, 0, 0)] + rng.normal(0, 0.01, 17), np.full(17, 0.2)) for _ in points]}
+    return grid, points, series
+
+
+def test_the_top_head_is_followed_back_from_the_last_checkpoint(two_models_over_training):
+    grid, points, series = two_models_over_training
+    sets = top_sets_over_training(series, grid, [1], steps=[1000, 2000])
+    expected = np.array([[0.0, *grid.parameters_at(np.array(point))] for point in points])     # [T, Q]
+    np.testing.assert_allclose(sets.mean["top 1"], expected, atol=1e-12)
+    np.testing.assert_array_equal(sets.sem["top 1"], np.zeros((2, 4)))                  # one head: no spread
+    np.testing.assert_allclose(sets.final_points["top 1"], expected[-1:, 1:3])
+    assert sets.selections["top 1"].labels.tolist() == ["a-L0H0"]
+    assert sets.steps.tolist() == [1000, 2000]
+    assert sets.quantities == ("cmr_distance", "beta_enc", "beta_rec", "gamma_ft")
+
+
+def test_a_top_set_larger_than_the_fitted_heads_averages_those_and_warns(two_models_over_training, caplog):
+    grid, _, series = two_models_over_training
+    with caplog.at_level(logging.WARNING):
+        sets = top_sets_over_training(series, grid, [5, 5], steps=[1000, 2000])
+    assert list(sets.mean) == ["top 5"] and len(sets.selections["top 5"]) == 3     # the flat head has no D
+    assert "only 3 heads" in caplog.text
+    # each of the three fitted heads fitted on its own, then averaged by hand
+    values = np.array([[np.r_[fit.distance.ravel()[0], fit.params.reshape(3)]
+                        for fit in (fit_heads(crp[None, None], grid, attn_lags=np.arange(-8, 9))
+                                    for crp in (series["a"][t].crp[0, 0], series["a"][t].crp[0, 1],
+                                                series["b"][t].crp[0, 0]))]
+                       for t in range(2)])                                              # [T, 3 heads, Q]
+    np.testing.assert_allclose(sets.mean["top 5"], values.mean(axis=1))
+    np.testing.assert_allclose(sets.sem["top 5"], values.std(axis=1, ddof=1) / np.sqrt(3))
+
+
+def test_top_sets_need_one_step_per_checkpoint(two_models_over_training):
+    grid, _, series = two_models_over_training
+    with pytest.raises(InputError, match="steps has 3 values for 2 checkpoints") as err:
+        top_sets_over_training(series, grid, [1], steps=[1, 2, 3])
+    assert err.value.parameters == ("steps",)

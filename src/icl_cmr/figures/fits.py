@@ -15,21 +15,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from icl_cmr.figures.style import INVERSE_TEMPERATURE_LABEL as _INV_TEMP_LABEL
+from icl_cmr.figures.style import PARAMETER_LABELS as _PARAM_LABELS
+from icl_cmr.figures.style import SMALL_FONT_SIZE as _SMALL
+from icl_cmr.figures.style import spaced_colors as _colors
+from icl_cmr.figures.style import style_axes as _style
 from icl_cmr.fits.layers import LayerSummary
-
-_PARAM_LABELS = (r"$\beta_{\rm enc}$", r"$\beta_{\rm rec}$", r"$\gamma_{\rm FT}$")
-_INV_TEMP_LABEL = r"$1/\tau$"
-_SMALL = 7
-
-
-def _style(ax) -> None:
-    ax.tick_params(axis="both", labelsize=_SMALL)
-    ax.spines["top"].set_visible(False)
-    ax.spines["right"].set_visible(False)
-
-
-def _colors(n: int, cmap: str = "viridis") -> list:
-    return [matplotlib.colormaps[cmap](i / max(n - 1, 1) * 0.9) for i in range(n)]
 
 
 # ----------------------------------------------------------------------------- Fig 5: one model
