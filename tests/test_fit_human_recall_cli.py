@@ -191,7 +191,7 @@ def test_engine_errors_name_parameters_and_the_script_names_its_flags(grids, tmp
     settings = HumanRecallSettings(by="all", training_models=["pythia-70m"], crp_grid=grids["people"])
     with pytest.raises(InputError) as err:
         check_human_recall(settings)
-    assert str(err.value) == "training_models draws the people's distribution: it needs by subject"
+    assert str(err.value) == "`training_models` draws the people's distribution: it needs `by` subject"
     assert err.value.parameters == ("training_models", "by")
     code, _, err_text = run(fit_human_recall.main, fit_flags(grids, tmp_path, "--by", "all", "--training-models",
                                                              "pythia-70m"), capsys)

@@ -200,6 +200,6 @@ def test_a_top_set_larger_than_the_fitted_heads_averages_those_and_warns(two_mod
 
 def test_top_sets_need_one_step_per_checkpoint(two_models_over_training):
     grid, _, series = two_models_over_training
-    with pytest.raises(InputError, match="steps has 3 values for 2 checkpoints") as err:
+    with pytest.raises(InputError, match="`steps` has 3 values for 2 checkpoints") as err:
         top_sets_over_training(series, grid, [1], steps=[1, 2, 3])
     assert err.value.parameters == ("steps",)

@@ -305,3 +305,11 @@ def test_shipped_outputs_carry_no_machine_paths(repo_root):
         found += [f"{path.relative_to(repo_root)}: {text}" for text in _strings(content)
                   if text.removeprefix("file:").startswith("/") and not text.startswith("/tmp/")]
     assert found == []
+
+
+def test_the_repository_root_is_the_folder_holding_readme_and_src():
+    """Metadata paths are relative to it: a wrong root would record ../saved_scores/... in shipped files."""
+    from icl_cmr.files.outputs import REPO_ROOT, portable_path
+
+    assert (REPO_ROOT / "README.md").is_file() and (REPO_ROOT / "src" / "icl_cmr").is_dir()
+    assert portable_path(REPO_ROOT / "saved_scores" / "toy_lm") == "saved_scores/toy_lm"

@@ -150,7 +150,7 @@ class HumanRecallSettings:
         """Raise :class:`InputError`, naming the parameter, unless every value is one the run accepts."""
         resolve_dataset(self.dataset)
         if self.by not in RECALL_UNITS:
-            raise InputError(f"by must be one of {', '.join(RECALL_UNITS)}, got {self.by!r}", parameters=("by",))
+            raise InputError(f"`by` must be one of {', '.join(RECALL_UNITS)}, got {self.by!r}", parameters=("by",))
         for name, inclusive in (("threshold", False), ("near_best", True)):
             value = getattr(self, name)
             finite = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
@@ -163,13 +163,13 @@ class HumanRecallSettings:
                 raise InputError(f"{name} must be an integer >= {low}, got {value!r}", parameters=(name,))
         if not self.n_top or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1
                                  for n in self.n_top):
-            raise InputError(f"n_top must be one or more positive integers, got {list(self.n_top)}",
+            raise InputError(f"`n_top` must be one or more positive integers, got {list(self.n_top)}",
                              parameters=("n_top",))
         if (self.models or self.training_models) and not self.scores_dirs:
-            raise InputError("scores_dirs is empty: the heads' score files are searched there",
+            raise InputError("`scores_dirs` is empty: the heads' score files are searched there",
                              parameters=("scores_dirs",))
         if self.by != "subject" and self.training_models:
-            raise InputError("training_models draws the people's distribution: it needs by subject",
+            raise InputError("`training_models` draws the people's distribution: it needs `by` subject",
                              parameters=("training_models", "by"))
 
     def comparison_config(self) -> GroupComparisonConfig:
@@ -328,7 +328,7 @@ def check_human_recall(settings: HumanRecallSettings) -> HumanRecallInputs:
         head_grid = read_cmr_grid(settings.head_grid)
         problem = same_simulation_problem(people_grid, head_grid)
         if problem is not None:
-            raise InputError(f"head_grid {settings.head_grid} and crp_grid {settings.crp_grid} are not grids of "
+            raise InputError(f"`head_grid` {settings.head_grid} and `crp_grid` {settings.crp_grid} are not grids of "
                              f"the same simulator: {problem}", parameters=("head_grid", "crp_grid"))
         if None in (people_grid.simulation, head_grid.simulation):
             logger.warning("cannot check that %s and %s come from the same simulation settings (no sidecar "

@@ -159,7 +159,7 @@ def near_best_ranges(curves: np.ndarray, curve_lags: np.ndarray, grid: CmrGrid, 
         and largest (beta_enc, beta_rec, gamma_ft) over the near-best points (NaN where not fitted).
     """
     if tolerance < 0 or not np.isfinite(tolerance):
-        raise InputError(f"tolerance must be a finite number >= 0, got {tolerance}", parameters=("tolerance",))
+        raise InputError(f"`tolerance` must be a finite number >= 0, got {tolerance}", parameters=("tolerance",))
     curves = select_lags(np.asarray(curves, dtype=float), curve_lags, fit_lags)
     patterns = cmr_fit_patterns(grid, fit_lags).reshape(-1, len(fit_lags))
     values = grid.parameters_at(np.stack(np.unravel_index(np.arange(patterns.shape[0]), grid.shape), axis=-1))
@@ -366,10 +366,10 @@ def top_cmr_like_over_training(series: Mapping[str, Sequence[HeadScores]], grid:
     params : ndarray, shape [n, T, 3]
     """
     if not series:
-        raise InputError("series has no models to follow over training", parameters=("series",))
+        raise InputError("`series` has no models to follow over training", parameters=("series",))
     lengths = {len(s) for s in series.values()}
     if len(lengths) != 1:
-        raise InputError(f"the models of series have different numbers of checkpoints: {sorted(lengths)}",
+        raise InputError(f"the models of `series` have different numbers of checkpoints: {sorted(lengths)}",
                          parameters=("series",))
     # One vectorised fit per model over all its checkpoints and heads.
     fits = {model: fit_heads(np.stack([s.crp for s in scores]), grid, attn_lags=scores[0].lags)
@@ -432,7 +432,7 @@ def top_sets_over_training(series: Mapping[str, Sequence[HeadScores]], grid: Cmr
     steps = np.asarray(steps)
     lengths = {len(scores) for scores in series.values()}
     if len(lengths) == 1 and lengths != {steps.size}:
-        raise InputError(f"steps has {steps.size} values for {lengths.pop()} checkpoints", parameters=("steps",))
+        raise InputError(f"`steps` has {steps.size} values for {lengths.pop()} checkpoints", parameters=("steps",))
     quantities = tuple(COMPARED_QUANTITIES)
     mean_of, sem_of, final_points, selections = {}, {}, {}, {}
     for n in sorted(set(n_top)):
