@@ -93,8 +93,8 @@ def _counts_draw_major(draws: np.ndarray, start_positions: np.ndarray, n_trials:
     n_start = n_curves // n_trials
     actual = np.zeros((n_curves, 2 * max_lag + 1), dtype=np.int32)
     possible = np.zeros_like(actual)
-    kernels.conditional_lag_counts_kernel(draws, np.repeat(start_positions.astype(np.int64), n_trials),
-                                          n_items, max_lag, actual, possible)
+    kernels.CACHED.call(kernels.conditional_lag_counts_kernel, draws,
+                        np.repeat(start_positions.astype(np.int64), n_trials), n_items, max_lag, actual, possible)
     shape = (n_start, n_trials, 2 * max_lag + 1)
     return actual.reshape(shape), possible.reshape(shape)
 

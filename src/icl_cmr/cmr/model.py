@@ -323,9 +323,10 @@ def _simulate_draw_major(beta_enc: float, beta_rec: float, gamma_ft: float, sett
     for k in range(n_draws):  # draws are sequential; all trials advance together
         n_held = row_ids.size
         uniforms = rng.random(out=uniform_buffer[:2 * n_held].reshape(2, n_held))
-        n_alive = kernels.draw_step(k, mode, uniforms[0], uniforms[1], comp, coef, cum_weight, scale, alive,
-                                    row_ids, draws[k], tables.strength, tables.alias_prob, tables.alias_index,
-                                    tables.overlap, size, n_comp, absorbing, keep, drift, norm_offset, norm_slope)
+        n_alive = kernels.CACHED.call(kernels.draw_step, k, mode, uniforms[0], uniforms[1], comp, coef, cum_weight,
+                                      scale, alive, row_ids, draws[k], tables.strength, tables.alias_prob,
+                                      tables.alias_index, tables.overlap, size, n_comp, absorbing, keep, drift,
+                                      norm_offset, norm_slope)
         if k + 1 == n_draws or n_alive == 0:
             break
         if n_alive < _COMPACT_BELOW * n_held:
