@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from icl_cmr.cli.args import OneLineErrorParser, positive_int  # noqa: E402
 from icl_cmr.config import ATTN_CRP_LAGS, FIT_LAGS  # noqa: E402
 from icl_cmr.fits.distance import cmr_fit_patterns, fit_heads, select_lags  # noqa: E402
-from icl_cmr.files.scores import read_cmr_grid, read_head_scores  # noqa: E402
+from icl_cmr.files.grids import read_cmr_grid  # noqa: E402
+from icl_cmr.files.scores import read_head_scores  # noqa: E402
 
 
 def loop_fit(attn: np.ndarray, cmr: np.ndarray) -> tuple:
