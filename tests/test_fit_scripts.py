@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,8 +15,16 @@ import fit_attn_score
 import plot_crp
 import select_fit
 import select_fit_xtra
+import icl_cmr.experiments.fits
 from icl_cmr.cli.args import run_cli, str2bool
+from icl_cmr.errors import InputError
+from icl_cmr.experiments.fits import SelectionSettings, run_selection
+from icl_cmr.experiments.head_fits import (HeadFitSettings, head_fit_paths, output_name, queue_head_fit_outputs,
+                                           run_head_fit)
+from icl_cmr.files.grids import read_cmr_grid
+from icl_cmr.files.outputs import PendingWrites
 from icl_cmr.files.reading import load_pickle
+from icl_cmr.fits.analyses import check_top_sizes
 
 GRID_SHAPE = (2, 3, 2)
 AXES = {"beta_enc": [0.5, 1.0], "beta_rec": [0.0, 0.5, 1.0], "gamma_ft": [0.0, 1.0]}
@@ -370,7 +379,7 @@ def test_use_saved_figures_never_overwrite_a_fitting_runs_figures(workspace):
 
 
 def test_select_fit_refuses_more_top_heads_than_the_models_pool_before_fitting(workspace, capsys, monkeypatch):
-    monkeypatch.setattr(select_fit, "fit_over_training", lambda *a: pytest.fail("fitted before the check"))
+    monkeypatch.setattr(icl_cmr.experiments.fits, "fit_over_training", lambda *a: pytest.fail("fitted before the check"))
     top_dir = workspace["tmp"] / "top"
     code, errors, _, traceback = _run(select_fit.main, ["--models", "toy-a", "toy-b", "--n_top", "3", "100000",
                                                         "--checkpoints", *CHECKPOINTS, "--top-heads-dir", str(top_dir)]
@@ -406,10 +415,14 @@ def test_fig4_on_a_coarse_grid_warns_names_the_nearest_points_and_draws_each_onc
 
     from icl_cmr.figures.fit_sets import reference_crp_figure
     from icl_cmr.files.grids import read_cmr_grid
+    from icl_cmr.humans.recall import HumanLagCrp
 
     grid = read_cmr_grid(workspace["tmp"] / "grid_avg.npy")   # beta_enc 0.5, 1; beta_rec 0, 0.5, 1; gamma 0, 1
+    lags = np.arange(-5, 6)
+    human = HumanLagCrp(lags=lags, mean=np.where(lags == 0, np.nan, 0.1), sem=np.full(11, 0.01), n_subjects=3,
+                        dataset="peers_notask")
     with caplog.at_level(logging.WARNING):
-        figure, _, values = reference_crp_figure(grid, "peers_notask")
+        figure, values = reference_crp_figure(grid, human)
     titles = [ax.get_title() for ax in figure.axes[1:]]
     plt.close(figure)
     # (1, 1, 0) is on the grid; (0.7, 0.7, 0) -> (0.5, 0.5, 0); (0.7, 0.7, 0.5) -> the same point (gamma tie: 0);
@@ -424,3 +437,56 @@ def test_fig4_on_a_coarse_grid_warns_names_the_nearest_points_and_draws_each_onc
                         "(0.7, 0.7, 0), so it is drawn once",
                         "the grid has no point (0.7, 0.7, 1) of [LI24] Fig 4; drawing the nearest grid point, "
                         "(0.5, 0.5, 1)"]
+
+
+# ----------------------------------------------------------------------------- the engine, called from Python
+
+def test_top_size_error_of_the_engine_names_the_parameter():
+    with pytest.raises(InputError) as raised:
+        check_top_sizes([2, 7], {"toy-a": 6, "toy-b": 9}, pooled=False)
+    assert raised.value.parameters == ("n_top",)
+    assert str(raised.value) == ("n_top 7 is more than the heads of a model (toy-a has 6); give sizes up to 6 or "
+                                 "leave that model out")
+    with pytest.raises(InputError, match=r"^n_top 16 is more than the 15 heads pooled over the models \(toy-a 6, "
+                                         r"toy-b 9\)") as raised:
+        check_top_sizes([16], {"toy-a": 6, "toy-b": 9}, pooled=True)
+    assert raised.value.parameters == ("n_top",)
+
+
+@pytest.mark.parametrize("per_model", [False, True])
+def test_use_saved_without_files_names_the_parameter(tmp_path, per_model):
+    settings = SelectionSettings(models=("toy-a",), use_saved=True, per_model=per_model, top_heads_dir=tmp_path)
+    with pytest.raises(InputError, match="^use_saved: no saved selections") as raised:
+        run_selection(settings)
+    assert raised.value.parameters == ("use_saved",)
+
+
+def test_output_name_from_a_folderless_path_names_save_dir():
+    with pytest.raises(InputError, match="give save_dir NAME") as raised:
+        output_name(HeadFitSettings(scores_file=Path("/all_scores_x.pkl")))
+    assert raised.value.parameters == ("save_dir",)
+    assert output_name(HeadFitSettings(scores_file=Path("/a/toy-a/all_scores_x.pkl"))) == "toy-a"
+    assert output_name(HeadFitSettings(model="m", save_dir="s")) == "s"
+
+
+def test_head_fit_in_process_writes_what_the_script_writes(workspace):
+    """The API run_pipeline calls in-process: settings -> run_head_fit -> queue_head_fit_outputs."""
+    score_file = workspace["root"] / "toy-a" / "all_scores_toy-a.pkl"
+    assert fit_attn_score.main(["--all_head_scores", str(score_file), "--save_dir", "toy", "--no-figures",
+                                "--fits-dir", str(workspace["tmp"] / "script")] + workspace["common"]) == 0
+    settings = HeadFitSettings(scores_file=score_file, save_dir="toy")
+    result = run_head_fit(settings, read_cmr_grid(workspace["tmp"] / "grid_avg.npy"))
+    paths = head_fit_paths(output_name(settings), workspace["tmp"] / "engine", workspace["tmp"] / "figs-engine")
+    pending = PendingWrites()
+    queue_head_fit_outputs(pending, result, paths, figures=False)
+    assert pending.commit() == [paths.fit, paths.table]
+    assert paths.fit == workspace["tmp"] / "engine" / "toy" / "cmr_fit_toy.pkl"
+    ours, script = load_pickle(paths.fit), load_pickle(workspace["tmp"] / "script" / "toy" / "cmr_fit_toy.pkl")
+    # L0H0 is an exact copy of grid point (1, 0, 1) = (1.0, 0.0, 1.0) at scale 5.
+    np.testing.assert_array_equal(ours["fitted_params"][0, 0], [1.0, 0.0, 1.0])
+    assert ours["fitted_scale_factors"][0, 0] == pytest.approx(5.0)
+    for key in ("fitted_MSE", "fitted_params", "fitted_scale_factors", "labels", "head_scores"):
+        np.testing.assert_array_equal(ours[key], script[key])
+    assert ours["metadata"]["producer"] == "fit_attn_score.py"
+    assert paths.table.read_text() == (workspace["tmp"] / "script" / "toy" / "head_fits_toy.csv").read_text()
+    assert not paths.figures.exists()

@@ -164,6 +164,14 @@ def test_grid_axes_must_match_grid_shape():
         CmrGrid(mean=np.ones((2, 3, 2, 17)), beta_enc=[0.5, 1], beta_rec=[0, 1], gamma_ft=[0, 1])
 
 
+def test_grid_describes_its_shape_and_axes_in_json_types():
+    grid = CmrGrid(mean=np.ones((2, 3, 2, 17)), beta_enc=[0.5, 1], beta_rec=[0, 0.5, 1], gamma_ft=[0, 1])
+    description = grid.describe()
+    assert description == {"grid_shape": [2, 3, 2], "beta_enc": [0.5, 1.0], "beta_rec": [0.0, 0.5, 1.0],
+                           "gamma_ft": [0.0, 1.0]}
+    assert all(type(v) is float for v in description["beta_rec"])
+
+
 def test_any_leading_shape_is_kept():
     rng = np.random.default_rng(9)
     grid = small_grid(rng, (2, 2, 2))

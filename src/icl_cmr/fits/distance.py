@@ -105,6 +105,18 @@ class CmrGrid:
         """Number of grid points along (beta_enc, beta_rec, gamma_ft)."""
         return tuple(self.mean.shape[:3])
 
+    def describe(self) -> dict:
+        """The grid's shape and axis values in JSON types, as the metadata of every fit records them.
+
+        Returns
+        -------
+        dict
+            ``grid_shape`` [A, B, C] and the values of ``beta_enc`` [A], ``beta_rec`` [B], ``gamma_ft`` [C]
+            (where the grid came from is the writer's to add: :func:`icl_cmr.experiments.fits.grid_parameters`).
+        """
+        return {"grid_shape": list(self.shape), "beta_enc": self.beta_enc.tolist(), "beta_rec": self.beta_rec.tolist(),
+                "gamma_ft": self.gamma_ft.tolist()}
+
     def parameters_at(self, index: np.ndarray) -> np.ndarray:
         """Parameter values at integer grid indices.
 
