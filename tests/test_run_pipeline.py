@@ -6,27 +6,26 @@ import json
 
 import pytest
 
-import ablation
-import compute_head_scores
 import run_pipeline
 from icl_cmr.cli.args import run_cli
 from icl_cmr.errors import InputError
+from icl_cmr.experiments import pipeline
 from icl_cmr.files.reading import load_pickle
 
 
 def test_icl_positions_keep_the_papers_500_of_512_when_the_context_allows():
-    assert run_pipeline.icl_positions(1024) == (512, 500)
-    assert run_pipeline.icl_positions(512) == (512, 500)
+    assert pipeline.icl_positions(1024) == (512, 500)
+    assert pipeline.icl_positions(512) == (512, 500)
 
 
 def test_icl_positions_for_a_short_context_stay_inside_it():
-    seq_len, late = run_pipeline.icl_positions(256)
+    seq_len, late = pipeline.icl_positions(256)
     assert seq_len == 256 and 50 < late <= 256 - 2
 
 
 def test_a_context_too_short_for_an_icl_score_is_refused():
     with pytest.raises(InputError, match="too short"):
-        run_pipeline.icl_positions(55)
+        pipeline.icl_positions(55)
 
 
 def _snapshot(root):
@@ -53,9 +52,8 @@ def no_step(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a step ran before the bad argument was reported")
 
-    monkeypatch.setattr(compute_head_scores, "main", refuse)
-    monkeypatch.setattr(run_pipeline.fit_attn_score, "main", refuse)
-    monkeypatch.setattr(ablation, "run", refuse)
+    for step in ("run_head_scores", "run_head_fit", "run_ablation"):
+        monkeypatch.setattr(pipeline, step, refuse)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -112,16 +110,16 @@ def test_a_partial_ablation_with_another_fraction_is_reported_before_the_first_s
     code = run_cli(run_pipeline.main, [*flags, "--fraction", "0.5"])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == 2 and errors == [f"error: partial results in {partial} were made with other settings (fraction: "
-                                    "0.25 there, 0.5 now); rerun with those settings to resume, or add --restart to "
-                                    "discard them"]
+    assert code == 2 and errors == [f"error: partial results in {partial} came from other settings (fraction: "
+                                    "0.25 there, 0.5 now); rerun with those settings to resume, or pass --restart to "
+                                    "discard it"]
     assert _snapshot(root) == before
 
 
 @pytest.mark.slow
 def test_pipeline_runs_end_to_end_reruns_without_changes_and_undoes_a_failed_run(tmp_path, capsys, monkeypatch):
-    if not run_pipeline.BUNDLED_MODEL.is_dir():
-        pytest.skip(f"bundled model not found at {run_pipeline.BUNDLED_MODEL}")
+    if not pipeline.BUNDLED_MODEL.is_dir():
+        pytest.skip(f"bundled model not found at {pipeline.BUNDLED_MODEL}")
     flags = ["--n-eval", "16", "--no-progress", "--scores-dir", str(tmp_path / "scores"),
              "--figs-dir", str(tmp_path / "figs"), "--ablation-dir", str(tmp_path / "ablation")]
     assert run_pipeline.main(flags) == 0
@@ -154,6 +152,6 @@ def test_pipeline_runs_end_to_end_reruns_without_changes_and_undoes_a_failed_run
     def fail(*args, **kwargs):
         raise InputError("step 3 failed")
 
-    monkeypatch.setattr(ablation, "run", fail)
+    monkeypatch.setattr(pipeline, "run_ablation", fail)
     assert run_cli(run_pipeline.main, [*flags, "--restart"]) == 2
     assert {path: content for path, (content, _) in _snapshot(tmp_path).items()} == first

@@ -1,17 +1,10 @@
-"""Scripts are leaves: no script in src/ imports another script (STYLE.md; issue 15 part 5)."""
+"""Scripts are leaves: no script in src/ imports another script (STYLE.md); what they share is in the engine."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-#: Known exceptions, each with its reason. run_pipeline.py is the orchestrator that runs three scripts
-#: in-process (their main() with checked arguments).
-EXCEPTIONS = {
-    "run_pipeline.py": {"ablation", "compute_head_scores", "fit_attn_score"},
-}
-
 
 def imported_modules(path: Path) -> set:
     names = set()
@@ -27,7 +20,7 @@ def test_no_script_imports_another_script():
     scripts = {path.stem: path for path in SRC.glob("*.py")}
     offenders = {}
     for name, path in scripts.items():
-        others = (imported_modules(path) & set(scripts)) - {name} - EXCEPTIONS.get(path.name, set())
+        others = (imported_modules(path) & set(scripts)) - {name}
         if others:
             offenders[path.name] = sorted(others)
     assert offenders == {}
