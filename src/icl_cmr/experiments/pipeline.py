@@ -49,7 +49,7 @@ from icl_cmr.heads.models import ModelSpec, resolve_model
 from icl_cmr.interventions.icl_ablation import AblationConfig
 from icl_cmr.interventions.icl_score import ICLScoreConfig
 from icl_cmr.interventions.texts import TextDataConfig, split_at_blank_lines
-from icl_cmr.toy_lm.corpus import held_out_texts
+from icl_cmr.toy_lm import held_out_texts
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def plan_pipeline(settings: PipelineSettings, scratch: Path) -> PipelinePlan:
     if data is None and Path(settings.model).resolve() == BUNDLED_MODEL.resolve():
         data = held_out_jsonl(scratch, seq_len)
         description = (f"held-out standard-library files of {portable_path(BUNDLED_MODEL)} "
-                       "(icl_cmr.toy_lm.corpus.held_out_texts), cut at blank lines")
+                       "(icl_cmr.toy_lm.held_out_texts), cut at blank lines")
     fit_file = head_fit_paths(spec.name, settings.scores_dir, settings.figs_dir).fit
     ablation = AblationSettings(model=settings.model, fit_file=fit_file, fraction=settings.fraction,
                                 n_eval=settings.n_eval, batch_size=settings.batch_size, seq_len=seq_len,

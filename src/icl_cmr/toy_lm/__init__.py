@@ -14,5 +14,12 @@ downloading anything. Modules, in the order a training run uses them:
 * :mod:`~icl_cmr.toy_lm.evaluation`: the final check of a saved model folder.
 * :mod:`~icl_cmr.toy_lm.training_run`: the whole run as ``train_toy_lm.py`` makes it (settings in).
 
-The loss-curve figure is :mod:`icl_cmr.figures.toy_lm`.
+The loss-curve figure is :mod:`icl_cmr.figures.toy_lm`. The names a user needs most are importable
+from the package itself (``from icl_cmr.toy_lm import held_out_texts``), as they were when the
+model was one module.
 """
+from icl_cmr.toy_lm.config import ToyLMConfig
+from icl_cmr.toy_lm.corpus import held_out_texts
+from icl_cmr.toy_lm.training import train
+
+__all__ = ["ToyLMConfig", "held_out_texts", "train"]
