@@ -1,8 +1,10 @@
-"""Scoring, statistics, mean-ablation reference and the pattern_icl.py script, on tiny offline models."""
+"""Scoring, mean-ablation reference, the pattern-ICL experiment (from Python) and the pattern_icl.py script,
+on tiny offline models. The paired tests of the results are specified in test_stats.py."""
 from __future__ import annotations
 
 import math
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,17 +13,17 @@ import torch
 import pattern_icl
 from icl_cmr.cli.args import run_cli
 from icl_cmr.errors import InputError
-from icl_cmr.interventions.head_ablation import mean_ablation_hooks
+from icl_cmr.experiments.pattern_icl import PatternIclSettings, check_pattern_icl, check_settings, run_pattern_icl
+from icl_cmr.figures.patterns import plot_accuracy_bars
 from icl_cmr.files.reading import load_json
 from icl_cmr.files.writing import save_pickle
-from icl_cmr.heads.models import choose_bos, load_model, resolve_model
 from icl_cmr.heads.hooks import hook_name
+from icl_cmr.heads.models import choose_bos, load_model, resolve_model
+from icl_cmr.interventions.head_ablation import mean_ablation_hooks
 from icl_cmr.interventions.pattern_eval import (EncodedPrompt, accuracy_with_ci, encode_prompts,
-                                                label_log_likelihoods, mcnemar_exact, paired_permutation_test,
-                                                reference_means, score_choices, select_top_heads)
+                                                label_log_likelihoods, reference_means, score_choices,
+                                                select_top_heads)
 from icl_cmr.interventions.pattern_tasks import PatternTaskConfig, generate_prompts
-
-
 
 
 @pytest.fixture(scope="module")
@@ -77,21 +79,6 @@ def test_wilson_interval_matches_its_closed_form():
     accuracy, low, high = accuracy_with_ci(correct)
     assert accuracy == 0.35
     assert low == pytest.approx(centre - half, abs=1e-9) and high == pytest.approx(centre + half, abs=1e-9)
-
-
-def test_exact_mcnemar_on_a_hand_count():
-    # 1 item only a gets right, 5 only b: two-sided binomial p = 2 (C(6,0) + C(6,1)) / 2^6 = 14/64
-    a = np.array([1, 0, 0, 0, 0, 0, 1, 1, 0], dtype=bool)
-    b = np.array([0, 1, 1, 1, 1, 1, 1, 1, 0], dtype=bool)
-    assert mcnemar_exact(a, b) == (1, 5, pytest.approx(14 / 64))
-    assert mcnemar_exact(a, a) == (0, 0, 1.0)
-
-
-def test_exact_paired_permutation_test_on_a_hand_count():
-    # differences 1, 1, 1, 0: of the 16 sign patterns, 4 reach |mean| >= 0.75 -> p = 0.25
-    difference, p = paired_permutation_test(np.array([1, 1, 1, 0.0]), np.zeros(4))
-    assert difference == 0.75 and p == pytest.approx(0.25)
-    assert paired_permutation_test(np.ones(3), np.ones(3)) == (0.0, 1.0)
 
 
 def test_top_heads_count_rounds_the_percentage_and_skips_nan():
@@ -260,3 +247,91 @@ def test_random_controls_that_could_only_repeat_are_run_and_counted_once(tmp_pat
     assert results[results.draw == "pooled"]["n"].tolist() == [8]  # 4 items x 2 seeds, not x 5 draws
     meta = load_json(folder / "metadata.json")
     assert meta["random_sets"]["heads"] == dict(requested=5, distinct=1, possible=1, seeds=[0])
+
+
+# ----------------------------------------------------------------------------- the experiment from Python
+
+def test_settings_defaults_are_the_command_lines():
+    args = pattern_icl.build_parser().parse_args(["--model", "gpt2-small"])
+    assert pattern_icl.settings_from_args(args) == PatternIclSettings(model="gpt2-small")
+    defaults = PatternIclSettings(model="gpt2-small")  # [CS24]: 5 shots, 3 seeds, top 1% and 3% of heads
+    assert (defaults.shots, defaults.seeds, defaults.percentage, defaults.n_items) == (5, (0, 1, 2), (1.0, 3.0), 50)
+    assert len(defaults.tasks) == 7 and defaults.ablate == ("none", "induction", "random")
+    assert defaults.method == ("mean", "knockout")
+
+
+def test_run_from_python_gives_the_scripts_tables(tmp_path, tiny_model_dirs):
+    model_dir = tiny_model_dirs["gpt2"]
+    settings = PatternIclSettings(model=str(model_dir), tasks=("repetition", "category_pairs_4way_a"), n_items=4,
+                                  seeds=(0, 1), heads="L1H0,L0H3", method=("mean", "knockout"), n_random_sets=2,
+                                  n_reference=6)
+    run = run_pattern_icl(settings)
+    folder, _ = _run_script(tmp_path, model_dir, "--heads", "L1H0,L0H3", "--method", "mean,knockout")
+    for name, table in (("items", run.items), ("results", run.results), ("results_by_seed", run.results_by_seed),
+                        ("stats", run.stats)):
+        assert table.to_csv(index=False) == (folder / f"{name}.csv").read_text(), name
+    assert run.heads_json() == load_json(folder / "heads.json")
+    saved = load_json(folder / "metadata.json")
+    assert {key: value for key, value in saved["parameters"].items()
+            if key not in ("out_dir", "fig_dir", "verbose")} == run.parameters
+    assert saved["random_sets"] == run.metadata_fields()["random_sets"]
+    # 2 tasks x 8 prompts x (intact + 2 methods x (induction + 2 random draws))
+    assert len(run.items) == 2 * 8 * (1 + 2 * 3)
+
+
+@pytest.mark.parametrize("change, parameter, message", [
+    (dict(tasks=("repetitions",)), "tasks", "tasks: unknown value(s) repetitions; accepted: repetition,"),
+    (dict(tasks="repetition"), "tasks", "tasks must be a sequence of names"),
+    (dict(ablate=()), "ablate", "ablate is empty; accepted: none, induction, random"),
+    (dict(method=("mean", "mean")), "method", "method repeats mean; give each value once"),
+    (dict(n_items=1), "n_items", "n_items must be >= 2 so both classes are asked"),
+    (dict(shots=0), "shots", "shots must be a positive integer, got 0"),
+    (dict(seeds=(0, 0)), "seeds", "seeds must hold at least one value, each once"),
+    (dict(percentage=(0.0,)), "percentage", "percentage must be in (0, 100]"),
+    (dict(reference_corpus="every"), "reference_corpus", "reference_corpus must be one of task, eval, all"),
+])
+def test_check_names_the_setting_it_refuses(tiny_model_dirs, change, parameter, message):
+    with pytest.raises(InputError) as caught:
+        check_pattern_icl(PatternIclSettings(model=str(tiny_model_dirs["gpt2"]), **change))
+    assert message in str(caught.value) and "--" not in str(caught.value)
+    assert caught.value.parameters == (parameter,)
+
+
+def test_check_settings_names_the_model_before_any_input_file_is_read(tiny_model_dirs, tmp_path):
+    # the script checks its output folder (named after the model) between the two checks, as it always did
+    settings = PatternIclSettings(model=str(tiny_model_dirs["gpt2"]), prompts_file=tmp_path / "missing.json")
+    assert check_settings(settings).name == tiny_model_dirs["gpt2"].name
+    with pytest.raises(OSError):
+        check_pattern_icl(settings)
+
+
+def test_check_chooses_the_heads_and_prompts_without_loading_the_model(tiny_model_dirs, monkeypatch):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers",
+                        lambda *args, **kwargs: pytest.fail("the model was loaded by the check"))
+    plan = check_pattern_icl(PatternIclSettings(model=str(tiny_model_dirs["gpt2"]), tasks=("repetition",),
+                                                n_items=2, seeds=(0,), heads="L1H3,L1H0"))
+    # 2 layers x 4 heads: the only layer-matched pair outside L1H3 and L1H0 is L1H1, L1H2 (5 draws asked)
+    selection = plan.head_sets["heads"]
+    assert selection.induction == [(1, 3), (1, 0)] and selection.random == [[(1, 1), (1, 2)]]
+    assert selection.random_draws.n_requested == 5 and plan.scores_file is None
+    assert len(plan.prompts["repetition"]) == 2 and (plan.shape.n_layers, plan.shape.n_heads) == (2, 4)
+
+
+def test_accuracy_bars_show_intact_induction_and_pooled_random_per_method():
+    rows = []
+    for task, chance in (("repetition", 0.5), ("category_pairs_4way_a", 0.25)):
+        base = dict(task=task, selection="top1%", ci_low=0.0, ci_high=1.0, chance=chance)
+        rows.append({**base, "method": "none", "selection": "none", "ablate": "none", "draw": "", "accuracy": 0.9})
+        for method in ("mean", "knockout"):
+            rows.append({**base, "method": method, "ablate": "induction", "draw": "", "accuracy": 0.6})
+            rows.append({**base, "method": method, "ablate": "random", "draw": "0", "accuracy": 0.1})
+            rows.append({**base, "method": method, "ablate": "random", "draw": "pooled", "accuracy": 0.4})
+    fig = plot_accuracy_bars(pd.DataFrame(rows), title="tiny")
+    try:
+        assert [ax.get_title() for ax in fig.axes] == ["tiny - mean ablation", "tiny - knockout ablation"]
+        for ax in fig.axes:  # 3 conditions x 2 tasks; the single random draw is not drawn, the pooled one is
+            assert sorted(round(bar.get_height(), 6) for bar in ax.patches) == [0.4, 0.4, 0.6, 0.6, 0.9, 0.9]
+    finally:
+        plt.close(fig)

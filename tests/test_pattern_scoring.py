@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from icl_cmr.interventions.knockout import kind_codes, knockout_hooks, knockout_mask
-from icl_cmr.interventions.head_ablation import ablation_hooks
+from icl_cmr.errors import InputError
 from icl_cmr.heads.models import choose_bos, load_model, resolve_model
-from icl_cmr.interventions.pattern_eval import (EncodedPrompt, encode_prompts, label_log_likelihoods, plan_scoring,
-                                                reference_means, score_choices)
+from icl_cmr.interventions.head_ablation import ablation_hooks
+from icl_cmr.interventions.knockout import kind_codes, knockout_hooks, knockout_mask
+from icl_cmr.interventions.pattern_eval import (EncodedPrompt, accuracy_with_ci, encode_prompts,
+                                                label_log_likelihoods, plan_scoring, reference_means, score_choices,
+                                                select_top_heads)
 from icl_cmr.interventions.pattern_tasks import PatternTaskConfig, generate_prompts
 
 ARCHS = ("gpt2", "neox", "llama_gqa")
@@ -102,3 +104,14 @@ def test_a_plan_reused_across_conditions_gives_what_a_fresh_one_gives(tiny_model
     label_log_likelihoods(model, plan, knockout_heads=HEADS)
     np.testing.assert_array_equal(label_log_likelihoods(model, plan, hooks=zeroed), first)
     np.testing.assert_array_equal(label_log_likelihoods(model, encoded, batch_size=4, hooks=zeroed), first)
+
+
+def test_bad_scoring_and_selection_arguments_name_their_parameters():
+    for call, parameter in ((lambda: plan_scoring([_hand_prompt(3, ([33], [34]), ("Foo", "Bar"))], batch_size=0),
+                             "batch_size"),
+                            (lambda: select_top_heads(np.zeros((2, 4)), 120.0), "percentage"),
+                            (lambda: select_top_heads(np.zeros(8), 10.0), "scores"),
+                            (lambda: accuracy_with_ci(np.array([], dtype=bool)), "correct")):
+        with pytest.raises(InputError) as caught:
+            call()
+        assert caught.value.parameters == (parameter,) and str(caught.value).startswith(parameter)

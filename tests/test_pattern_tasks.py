@@ -162,3 +162,13 @@ def test_bad_task_name_and_bad_files_are_clear_errors():
         prompts_from_json({"tasks": {}})
     with pytest.raises(InputError, match="shots"):
         generate_prompts("repetition", PatternTaskConfig(shots=0))
+
+
+@pytest.mark.parametrize("config, parameters", [(PatternTaskConfig(shots=0), ("shots", "n_items")),
+                                                (PatternTaskConfig(n_items=0), ("shots", "n_items")),
+                                                (PatternTaskConfig(demo_seeds=()), ("demo_seeds",))])
+def test_bad_generation_settings_name_their_parameters(config, parameters):
+    with pytest.raises(InputError) as caught:
+        generate_prompts("repetition", config)
+    assert caught.value.parameters == parameters and all(name in str(caught.value) for name in parameters)
+    assert "--" not in str(caught.value)
