@@ -312,9 +312,9 @@ def test_a_partial_run_with_other_settings_is_refused_before_the_model_loads(tin
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     partial = tmp_path / "saved" / f".ablation_experiment_{model_dir.name}.partial"
     assert code == 2 and errors == [
-        f"error: partial results in {partial} were made with other settings (method: value there, mean now; seq_len: "
+        f"error: partial results in {partial} came from other settings (method: value there, mean now; seq_len: "
         "48 there, 40 now; min_tokens: 48 there, 40 now; late_index: 40 there, 30 now); rerun with those settings to "
-        "resume, or add --restart to discard them"]
+        "resume, or pass --restart to discard it"]
 
 
 def test_streaming_c4_offline_is_reported_before_the_model_loads(tiny_model_dirs, tmp_path, capsys, no_model):

@@ -224,6 +224,7 @@ def _pattern_argv(model_dir, tmp_path, *extra):
 
 @pytest.mark.parametrize("extra, message", [
     (("--heads", "foo"), "--heads: cannot parse 'foo'"),
+    (("--heads", "L1H0,L1H0"), "--heads names L1H0 twice; give each head once"),
     (("--heads", "L9H9"), "head L9H9 does not exist"),
     (("--scores-file", "{missing}"), "does not exist"),
     (("--scores-file", "{wrong_shape}"), "prefix_matching_score has shape (3, 4), the model has 2 x 4 heads"),

@@ -445,9 +445,9 @@ def test_top_size_error_of_the_engine_names_the_parameter():
     with pytest.raises(InputError) as raised:
         check_top_sizes([2, 7], {"toy-a": 6, "toy-b": 9}, pooled=False)
     assert raised.value.parameters == ("n_top",)
-    assert str(raised.value) == ("n_top 7 is more than the heads of a model (toy-a has 6); give sizes up to 6 or "
+    assert str(raised.value) == ("`n_top` 7 is more than the heads of a model (toy-a has 6); give sizes up to 6 or "
                                  "leave that model out")
-    with pytest.raises(InputError, match=r"^n_top 16 is more than the 15 heads pooled over the models \(toy-a 6, "
+    with pytest.raises(InputError, match=r"^`n_top` 16 is more than the 15 heads pooled over the models \(toy-a 6, "
                                          r"toy-b 9\)") as raised:
         check_top_sizes([16], {"toy-a": 6, "toy-b": 9}, pooled=True)
     assert raised.value.parameters == ("n_top",)
@@ -456,13 +456,13 @@ def test_top_size_error_of_the_engine_names_the_parameter():
 @pytest.mark.parametrize("per_model", [False, True])
 def test_use_saved_without_files_names_the_parameter(tmp_path, per_model):
     settings = SelectionSettings(models=("toy-a",), use_saved=True, per_model=per_model, top_heads_dir=tmp_path)
-    with pytest.raises(InputError, match="^use_saved: no saved selections") as raised:
+    with pytest.raises(InputError, match="^`use_saved`: no saved selections") as raised:
         run_selection(settings)
     assert raised.value.parameters == ("use_saved",)
 
 
 def test_output_name_from_a_folderless_path_names_save_dir():
-    with pytest.raises(InputError, match="give save_dir NAME") as raised:
+    with pytest.raises(InputError, match="give `save_dir` NAME") as raised:
         output_name(HeadFitSettings(scores_file=Path("/all_scores_x.pkl")))
     assert raised.value.parameters == ("save_dir",)
     assert output_name(HeadFitSettings(scores_file=Path("/a/toy-a/all_scores_x.pkl"))) == "toy-a"

@@ -30,13 +30,21 @@ def _tokens(batch=3, length=12, seed=0):
 
 def test_parse_heads_reads_the_authors_labels():
     assert parse_heads("L5H1,L6H9") == [(5, 1), (6, 9)]
-    assert parse_heads(" l0h3  L10H11,L0H3 ") == [(0, 3), (10, 11)]
+    assert parse_heads(" l0h3  L10H11") == [(0, 3), (10, 11)]
     assert format_heads(parse_heads("L5H1,L6H9")) == "L5H1,L6H9"
 
 
 @pytest.mark.parametrize("text", ["L5", "5.1", "LxH1", ",", ""])
 def test_parse_heads_rejects_malformed_labels(text):
-    with pytest.raises(InputError, match="--heads"):
+    with pytest.raises(InputError, match="`heads`") as err:
+        parse_heads(text)
+    assert err.value.parameters == ("heads",)
+
+
+@pytest.mark.parametrize("text", ["L1H0,L1H0", " l0h3  L10H11,L0H3 "])
+def test_a_head_named_twice_is_refused_not_silently_dropped(text):
+    """Repeats are refused (docs/conventions.md): one ablation, but counted twice in the head count."""
+    with pytest.raises(InputError, match="names L[01]H[03] twice; give each head once"):
         parse_heads(text)
 
 

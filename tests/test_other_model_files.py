@@ -91,7 +91,7 @@ def test_ablation_warns_about_another_models_fit_file_and_records_it(tiny_model_
             "--figs-dir", str(tmp_path / "figs"), "--no-progress", "--n-bootstrap", "20"]
     assert ablation.main(argv) is None
     warnings = [line for line in capsys.readouterr().err.splitlines() if "was made for model" in line]
-    expected = (f"WARNING: --fit-file {fit} was made for model 'gpt2-small', but the model loaded is "
+    expected = (f"WARNING: the fit file {fit} was made for model 'gpt2-small', but the model loaded is "
                 f"'{model_dir.name}'; its heads are used as they are")
     assert warnings == ([expected] if warned else [])
     parameters = load_pickle(tmp_path / "saved" / f"ablation_experiment_{model_dir.name}.pkl")["metadata"]["parameters"]
@@ -109,7 +109,7 @@ def test_pattern_icl_warns_about_another_models_scores_file_and_records_it(tiny_
             "--ablate", "none,induction", "--out-dir", str(tmp_path / "out"), "--fig-dir", str(tmp_path / "figs")]
     assert pattern_icl.main(argv) == 0
     err = capsys.readouterr().err
-    assert (f"WARNING: --scores-file {tmp_path / 'gpt2_scores.pkl'} was made for model 'gpt2-small', but the model "
+    assert (f"WARNING: the scores file {tmp_path / 'gpt2_scores.pkl'} was made for model 'gpt2-small', but the model "
             f"loaded is '{model_dir.name}'") in err
     meta = load_json(tmp_path / "out" / model_dir.name / "metadata.json")["parameters"]
     assert meta["scores_file"] == portable_path(tmp_path / "gpt2_scores.pkl") and meta["percentage"] == [10.0]

@@ -280,15 +280,15 @@ def test_run_from_python_gives_the_scripts_tables(tmp_path, tiny_model_dirs):
 
 
 @pytest.mark.parametrize("change, parameter, message", [
-    (dict(tasks=("repetitions",)), "tasks", "tasks: unknown value(s) repetitions; accepted: repetition,"),
-    (dict(tasks="repetition"), "tasks", "tasks must be a sequence of names"),
-    (dict(ablate=()), "ablate", "ablate is empty; accepted: none, induction, random"),
-    (dict(method=("mean", "mean")), "method", "method repeats mean; give each value once"),
-    (dict(n_items=1), "n_items", "n_items must be >= 2 so both classes are asked"),
-    (dict(shots=0), "shots", "shots must be a positive integer, got 0"),
-    (dict(seeds=(0, 0)), "seeds", "seeds must hold at least one value, each once"),
-    (dict(percentage=(0.0,)), "percentage", "percentage must be in (0, 100]"),
-    (dict(reference_corpus="every"), "reference_corpus", "reference_corpus must be one of task, eval, all"),
+    (dict(tasks=("repetitions",)), "tasks", "`tasks`: unknown value(s) repetitions; accepted: repetition,"),
+    (dict(tasks="repetition"), "tasks", "`tasks` must be a sequence of names"),
+    (dict(ablate=()), "ablate", "`ablate` is empty; accepted: none, induction, random"),
+    (dict(method=("mean", "mean")), "method", "`method` repeats mean; give each value once"),
+    (dict(n_items=1), "n_items", "`n_items` must be >= 2 so both classes are asked"),
+    (dict(shots=0), "shots", "`shots` must be a positive integer, got 0"),
+    (dict(seeds=(0, 0)), "seeds", "`seeds` must hold at least one value, each once"),
+    (dict(percentage=(0.0,)), "percentage", "`percentage` must be in (0, 100]"),
+    (dict(reference_corpus="every"), "reference_corpus", "`reference_corpus` must be one of task, eval, all"),
 ])
 def test_check_names_the_setting_it_refuses(tiny_model_dirs, change, parameter, message):
     with pytest.raises(InputError) as caught:

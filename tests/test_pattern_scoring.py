@@ -114,4 +114,4 @@ def test_bad_scoring_and_selection_arguments_name_their_parameters():
                             (lambda: accuracy_with_ci(np.array([], dtype=bool)), "correct")):
         with pytest.raises(InputError) as caught:
             call()
-        assert caught.value.parameters == (parameter,) and str(caught.value).startswith(parameter)
+        assert caught.value.parameters == (parameter,) and str(caught.value).startswith(f"`{parameter}`")

@@ -206,7 +206,7 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> Tuple[int, in
     """
     correct_a, correct_b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     if correct_a.shape != correct_b.shape:
-        raise InputError(f"correct_a and correct_b differ in shape: {correct_a.shape} vs {correct_b.shape}",
+        raise InputError(f"`correct_a` and `correct_b` differ in shape: {correct_a.shape} vs {correct_b.shape}",
                          parameters=("correct_a", "correct_b"))
     only_a = int(np.sum(correct_a & ~correct_b))
     only_b = int(np.sum(correct_b & ~correct_a))
@@ -240,7 +240,7 @@ def paired_permutation_test(x: np.ndarray, y: np.ndarray, n_resamples: int = 100
     """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
-        raise InputError(f"x and y must be 1-D and equal in shape: {x.shape} vs {y.shape}", parameters=("x", "y"))
+        raise InputError(f"`x` and `y` must be 1-D and equal in shape: {x.shape} vs {y.shape}", parameters=("x", "y"))
     difference = float(np.mean(x - y))
     if not np.any(x != y):
         return difference, 1.0

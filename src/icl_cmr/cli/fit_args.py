@@ -13,10 +13,11 @@ import logging
 from pathlib import Path
 
 from icl_cmr.cli.args import positive_float
+from icl_cmr.cli.flags import flag_errors
 from icl_cmr.config import CMR_LIKE_THRESHOLD
-from icl_cmr.fits.distance import CmrGrid
-from icl_cmr.files.scores import DEFAULT_SCORES_DIR
 from icl_cmr.files.grids import DEFAULT_GRID_PATH, read_cmr_grid
+from icl_cmr.files.scores import DEFAULT_SCORES_DIR
+from icl_cmr.fits.distance import CmrGrid
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_grid(args: argparse.Namespace) -> CmrGrid:
     """The CMR grid named by ``--crp-grid`` / ``--crp-sem``."""
-    grid = read_cmr_grid(args.crp_grid, args.crp_sem)
+    with flag_errors(crp_grid="--crp-grid"):
+        grid = read_cmr_grid(args.crp_grid, args.crp_sem)
     logger.info("CMR grid %s: %s points%s", grid.source, "x".join(map(str, grid.shape)),
                 "" if grid.sem is not None else " (no SEM file)")
     return grid

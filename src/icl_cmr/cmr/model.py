@@ -94,8 +94,8 @@ class CMRSettings:
         if self.n_start >= self.n_items:
             # From the last item s0 = n_items - 1 only the absorbing state can be drawn: no trial has a
             # draw and that start's CRP is 0 / 0 (NaN).
-            raise InputError(f"`n_start` ({self.n_start}) must be below `n_items` ({self.n_items}): a recall starting at "
-                             "the last item can only draw the end state, so its CRP would be undefined (NaN)",
+            raise InputError(f"`n_start` ({self.n_start}) must be below `n_items` ({self.n_items}): a recall "
+                             "starting at the last item can only draw the end state, so its CRP would be undefined (NaN)",
                              parameters=("n_start", "n_items"))
         if self.max_lag >= self.n_items:
             raise InputError(f"`n_items` ({self.n_items}) must exceed `max_lag` ({self.max_lag}): lags beyond "
@@ -125,7 +125,7 @@ def check_parameters(beta_enc: float, beta_rec: float, gamma_ft: float) -> None:
                                   ("gamma_ft", gamma_ft, False)):
         if not np.isfinite(value) or value > 1 or value < 0 or (low_open and value == 0):
             accepted = "(0, 1]" if low_open else "[0, 1]"
-            raise InputError(f"{name} must be in {accepted}, got {value!r}")
+            raise InputError(f"`{name}` must be in {accepted}, got {value!r}", parameters=(name,))
 
 
 # ----------------------------------------------------------------------------- model pieces

@@ -408,7 +408,7 @@ def run_selection(settings: SelectionSettings, grid: Optional[CmrGrid] = None) -
     if settings.use_saved:
         return TopHeadSelections(settings, _saved_selections(settings))
     if grid is None:
-        raise InputError("run_selection needs the CMR grid unless use_saved is set", parameters=("use_saved",))
+        raise InputError("run_selection needs the CMR grid unless `use_saved` is set", parameters=("use_saved",))
     checkpoints = list(settings.checkpoints)
     groups = [[model] for model in settings.models] if settings.per_model else [list(settings.models)]
     selections, files = {}, {}
@@ -438,7 +438,7 @@ def _saved_selections(settings: SelectionSettings) -> Dict[str, Dict[str, Dict[s
         saved = load_saved_selections(settings.top_heads_dir, settings.tag)
         if not saved:
             names = " and/or ".join(pattern.format(tag=settings.tag) for _, pattern in SELECTION_FILES)
-            raise InputError(f"use_saved: no saved selections in {settings.top_heads_dir}: expected {names}",
+            raise InputError(f"`use_saved`: no saved selections in {settings.top_heads_dir}: expected {names}",
                              parameters=("use_saved",))
         return {settings.tag: saved}
     out: Dict[str, Dict[str, Dict[str, dict]]] = {}
@@ -450,7 +450,7 @@ def _saved_selections(settings: SelectionSettings) -> Dict[str, Dict[str, Dict[s
             else:
                 logger.warning("no saved selection %s", path)
     if not out:
-        raise InputError(f"use_saved: no saved selections for {list(settings.models)} in {settings.top_heads_dir}",
+        raise InputError(f"`use_saved`: no saved selections for {list(settings.models)} in {settings.top_heads_dir}",
                          parameters=("use_saved",))
     return out
 

@@ -119,9 +119,9 @@ def output_name(settings: HeadFitSettings) -> str:
     name = settings.save_dir or (Path(settings.scores_file).parent.name if from_folder else settings.model)
     if name in ("", ".", "..") or "/" in name or "\\" in name:
         if from_folder:  # a folder name taken from the score file's path
-            raise InputError(f"cannot name the outputs after the folder of {settings.scores_file}; give save_dir "
+            raise InputError(f"cannot name the outputs after the folder of {settings.scores_file}; give `save_dir` "
                              "NAME", parameters=("save_dir",))
-        raise InputError(f"cannot name the outputs {name!r}: give save_dir NAME, a plain name (no '/' or '..')",
+        raise InputError(f"cannot name the outputs {name!r}: give `save_dir` NAME, a plain name (no '/' or '..')",
                          parameters=("save_dir",))
     return name
 

@@ -155,12 +155,12 @@ class HumanRecallSettings:
             value = getattr(self, name)
             finite = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
             if not finite or value < 0 or (value == 0 and not inclusive):
-                raise InputError(f"{name} must be a finite number {'>=' if inclusive else '>'} 0, got {value!r}",
+                raise InputError(f"`{name}` must be a finite number {'>=' if inclusive else '>'} 0, got {value!r}",
                                  parameters=(name,))
         for name, low in (("n_bootstrap", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise InputError(f"{name} must be an integer >= {low}, got {value!r}", parameters=(name,))
+                raise InputError(f"`{name}` must be an integer >= {low}, got {value!r}", parameters=(name,))
         if not self.n_top or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1
                                  for n in self.n_top):
             raise InputError(f"`n_top` must be one or more positive integers, got {list(self.n_top)}",
@@ -325,7 +325,7 @@ def check_human_recall(settings: HumanRecallSettings) -> HumanRecallInputs:
     people_grid = read_conditional_grid(settings.crp_grid)
     head_grid: Optional[CmrGrid] = None
     if settings.models or settings.training_models:
-        head_grid = read_cmr_grid(settings.head_grid)
+        head_grid = read_cmr_grid(settings.head_grid, parameter="head_grid")
         problem = same_simulation_problem(people_grid, head_grid)
         if problem is not None:
             raise InputError(f"`head_grid` {settings.head_grid} and `crp_grid` {settings.crp_grid} are not grids of "

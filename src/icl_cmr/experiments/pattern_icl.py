@@ -268,18 +268,18 @@ def check_choices(values: Sequence[str], accepted: Sequence[str], parameter: str
         Naming ``parameter`` and the accepted values.
     """
     if isinstance(values, str):
-        raise InputError(f"{parameter} must be a sequence of names such as {tuple(accepted[:2])}, got the string "
+        raise InputError(f"`{parameter}` must be a sequence of names such as {tuple(accepted[:2])}, got the string "
                          f"{values!r}", parameters=(parameter,))
     values = tuple(values)
     if not values:
-        raise InputError(f"{parameter} is empty; accepted: {', '.join(accepted)}", parameters=(parameter,))
+        raise InputError(f"`{parameter}` is empty; accepted: {', '.join(accepted)}", parameters=(parameter,))
     unknown = [value for value in values if value not in accepted]
     if unknown:
-        raise InputError(f"{parameter}: unknown value(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}",
+        raise InputError(f"`{parameter}`: unknown value(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}",
                          parameters=(parameter,))
     repeated = [value for index, value in enumerate(values) if value in values[:index]]
     if repeated:
-        raise InputError(f"{parameter} repeats {', '.join(dict.fromkeys(repeated))}; give each value once",
+        raise InputError(f"`{parameter}` repeats {', '.join(dict.fromkeys(repeated))}; give each value once",
                          parameters=(parameter,))
     return values
 
@@ -289,24 +289,24 @@ def _check_numbers(settings: PatternIclSettings) -> None:
     for name in ("shots", "n_items", "n_random_sets", "n_reference", "batch_size", "threads"):
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}", parameters=(name,))
+            raise InputError(f"`{name}` must be a positive integer, got {value!r}", parameters=(name,))
     for name in ("task_seed", "random_seed", "reference_seed"):
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise InputError(f"{name} must be a non-negative integer, got {value!r}", parameters=(name,))
+            raise InputError(f"`{name}` must be a non-negative integer, got {value!r}", parameters=(name,))
     for name, values in (("seeds", settings.seeds), ("percentage", settings.percentage)):
         if not values or len(set(values)) < len(values):
-            raise InputError(f"{name} must hold at least one value, each once, got {tuple(values)}",
+            raise InputError(f"`{name}` must hold at least one value, each once, got {tuple(values)}",
                              parameters=(name,))
     if any(seed < 0 for seed in settings.seeds):
-        raise InputError(f"seeds must be non-negative, got {tuple(settings.seeds)}", parameters=("seeds",))
+        raise InputError(f"`seeds` must be non-negative, got {tuple(settings.seeds)}", parameters=("seeds",))
     if not all(0 < p <= 100 for p in settings.percentage):
-        raise InputError(f"percentage must be in (0, 100], got {tuple(settings.percentage)}",
+        raise InputError(f"`percentage` must be in (0, 100], got {tuple(settings.percentage)}",
                          parameters=("percentage",))
     for name, accepted in (("reference_corpus", REFERENCE_CHOICES), ("knockout_kind", KNOCKOUT_KIND_CHOICES),
                            ("dtype", DTYPES)):
         if getattr(settings, name) not in accepted:
-            raise InputError(f"{name} must be one of {', '.join(accepted)}, got {getattr(settings, name)!r}",
+            raise InputError(f"`{name}` must be one of {', '.join(accepted)}, got {getattr(settings, name)!r}",
                              parameters=(name,))
     if settings.device is not None:
         validate_device(settings.device)
@@ -325,8 +325,7 @@ def _induction_scores(settings: PatternIclSettings, spec: ModelSpec, shape: Mode
     if matrix.shape != (shape.n_layers, shape.n_heads):
         raise InputError(f"{path}: prefix_matching_score has shape {matrix.shape}, the model has "
                          f"{shape.n_layers} x {shape.n_heads} heads")
-    # The warning keeps the flag's name: the command line's message is the one users know.
-    warning = other_model_warning(scores.model, spec.name, f"--scores-file {path}")
+    warning = other_model_warning(scores.model, spec.name, f"the scores file {path}")
     if warning:
         logger.warning(warning)
     logger.info("prefix-matching scores from %s", path)
@@ -359,7 +358,7 @@ def choose_head_sets(settings: PatternIclSettings, spec: ModelSpec,
         scores, scores_file = _induction_scores(settings, spec, shape)
         chosen = {f"top{p:g}%": pattern_eval.select_top_heads(scores, p) for p in settings.percentage}
         if len({tuple(heads) for heads in chosen.values()}) < len(chosen):
-            logger.warning("some --percentage values select the same heads on this %d-head model: %s",
+            logger.warning("some `percentage` values select the same heads on this %d-head model: %s",
                            shape.n_layers * shape.n_heads, {name: len(heads) for name, heads in chosen.items()})
     sets = {}
     for name, heads in chosen.items():
@@ -367,7 +366,7 @@ def choose_head_sets(settings: PatternIclSettings, spec: ModelSpec,
                                       settings.random_seed, exclude=heads, layer_matched_to=heads)
         if drawn.exhausted:
             logger.warning("%s: only %d distinct layer-matched random set(s) of %d heads exist outside %s; using "
-                           "%s once, not %d draws (--n-random-sets)", name, drawn.n_possible, len(heads),
+                           "%s once, not %d draws (`n_random_sets`)", name, drawn.n_possible, len(heads),
                            format_heads(heads), "it" if drawn.n_possible == 1 else "each", settings.n_random_sets)
         sets[name] = HeadSelection(induction=heads, random_draws=drawn)
     return sets, scores_file
@@ -407,7 +406,7 @@ def check_settings(settings: PatternIclSettings) -> ModelSpec:
     check_choices(settings.ablate, ABLATE_CHOICES, "ablate")
     check_choices(settings.method, METHOD_CHOICES, "method")
     if settings.prompts_file is None and settings.n_items < 2:
-        raise InputError("n_items must be >= 2 so both classes are asked", parameters=("n_items",))
+        raise InputError("`n_items` must be >= 2 so both classes are asked", parameters=("n_items",))
     _check_numbers(settings)
     if settings.heads and settings.needs_heads:
         parse_heads(settings.heads)  # a label that is not L<layer>H<head>: before the model's config is read
@@ -482,14 +481,12 @@ def _check_context(plans: Dict[str, pattern_eval.ScoringPlan], reference_lengths
     longest = {name: max(batch.tokens.shape[1] for batch in plan.batches) for name, plan in plans.items()}
     task = max(longest, key=longest.get)
     if longest[task] > n_ctx:
-        # Names the flag: listing the parameter "shots" would have flag_errors rewrite the count too
-        # ("300 shots" -> "300 --shots"), and the command line's message must stay as it was.
         raise InputError(f"prompts of up to {longest[task]} tokens ({task}, {shots} shots) exceed the model's "
-                         f"context of {n_ctx}; use fewer demonstrations (--shots)")
+                         f"context of {n_ctx}; use fewer demonstrations (`shots`)", parameters=("shots",))
     if reference_lengths and max(reference_lengths.values()) > n_ctx:
         task = max(reference_lengths, key=reference_lengths.get)
         raise InputError(f"mean-ablation reference prompts of up to {reference_lengths[task]} tokens ({task}) exceed "
-                         f"the model's context of {n_ctx}; use fewer demonstrations (shots)", parameters=("shots",))
+                         f"the model's context of {n_ctx}; use fewer demonstrations (`shots`)", parameters=("shots",))
 
 
 def _accuracy_rows(items: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:

@@ -127,7 +127,7 @@ def find_score_file(scores_dir: "str | Path", model: str, checkpoint: Optional[i
     """
     root = Path(scores_dir)
     if not root.is_dir():
-        raise InputError(f"scores folder {root} does not exist (pass --scores-dir)")
+        raise InputError(f"scores folder {root} does not exist (pass `scores_dir`)", parameters=("scores_dir",))
     wanted = normalise_model_name(model)
     folders = [root] + sorted(p for p in root.iterdir() if p.is_dir())
     matches = {}

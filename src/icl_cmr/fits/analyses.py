@@ -63,12 +63,12 @@ def check_top_sizes(n_top: Sequence[int], head_counts: Mapping[str, int], pooled
     total = sum(head_counts.values())
     if pooled and largest > total:
         detail = ", ".join(f"{model} {count}" for model, count in head_counts.items())
-        raise InputError(f"n_top {largest} is more than the {total} heads pooled over the models ({detail}); "
+        raise InputError(f"`n_top` {largest} is more than the {total} heads pooled over the models ({detail}); "
                          f"give sizes up to {total}", parameters=("n_top",))
     short = {model: count for model, count in head_counts.items() if count < largest}
     if not pooled and short:
         detail = ", ".join(f"{model} has {count}" for model, count in short.items())
-        raise InputError(f"n_top {largest} is more than the heads of a model ({detail}); give sizes up to "
+        raise InputError(f"`n_top` {largest} is more than the heads of a model ({detail}); give sizes up to "
                          f"{min(short.values())} or leave that model out", parameters=("n_top",))
 
 

@@ -96,11 +96,13 @@ def resolve_model(model: str, checkpoint: Optional[int] = None) -> ModelSpec:
         published training checkpoints, or the step is not one of them.
     """
     if not model:
-        raise InputError("--model is empty; give a registry name, a Hugging Face id or a local folder")
+        raise InputError("`model` is empty; give a registry name, a Hugging Face id or a local folder",
+                         parameters=("model",))
     local = Path(model).expanduser()
     if local.is_dir():
         if checkpoint is not None:
-            raise InputError(f"--checkpoint applies to hub models with training checkpoints, not the local folder {local}")
+            raise InputError(f"`checkpoint` applies to hub models with training checkpoints, not the local folder "
+                             f"{local}", parameters=("checkpoint",))
         if not (local / "config.json").is_file():
             raise InputError(f"local model folder {local} has no config.json (save it with save_pretrained)")
         return ModelSpec(name=local.resolve().name, source=str(local.resolve()), is_local=True)
@@ -128,10 +130,12 @@ def checkpoint_index(source: str, step: int) -> int:
     try:
         labels, _ = get_checkpoint_labels(source)
     except ValueError:
-        raise InputError(f"model {source} has no published training checkpoints; drop --checkpoint") from None
+        raise InputError(f"model {source} has no published training checkpoints; drop `checkpoint`",
+                         parameters=("checkpoint",)) from None
     if step not in labels:
-        raise InputError(f"--checkpoint {step} is not a training step of {source}; "
-                         f"available: {labels[0]}, {labels[1]}, ..., {labels[-1]} ({len(labels)} steps)")
+        raise InputError(f"`checkpoint` {step} is not a training step of {source}; "
+                         f"available: {labels[0]}, {labels[1]}, ..., {labels[-1]} ({len(labels)} steps)",
+                         parameters=("checkpoint",))
     return labels.index(step)
 
 
@@ -140,7 +144,7 @@ def parse_dtype(dtype: str):
     import torch
 
     if dtype not in DTYPES:
-        raise InputError(f"--dtype {dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
+        raise InputError(f"`dtype` {dtype!r} is not supported; accepted: {', '.join(DTYPES)}", parameters=("dtype",))
     return getattr(torch, dtype)
 
 
@@ -174,8 +178,8 @@ def _hub_unreachable_error(spec: ModelSpec) -> InputError:
     """The one line for a hub model that can be neither downloaded nor found in the local cache."""
     return InputError(
         f"cannot download {spec.source}: the Hugging Face hub is unreachable and the model is not in "
-        "the local cache; pass a local checkpoint folder instead (--model /path/to/dir saved with "
-        "save_pretrained)")
+        "the local cache; pass a local checkpoint folder instead (`model` /path/to/dir saved with "
+        "save_pretrained)", parameters=("model",))
 
 
 # ----------------------------------------------------------------------------- shape without weights
@@ -331,7 +335,8 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32",
 
     torch_dtype = parse_dtype(dtype)
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
+        raise InputError("`device` cuda asked for, but no CUDA GPU is available; use `device` cpu",
+                         parameters=("device",))
     source = spec.source
     kwargs = {}
     if not spec.is_local:
@@ -457,8 +462,8 @@ def choose_bos(model, requested: Optional[bool] = None, trust_remote_code: bool 
     token_id = own_bos_token_id(model, trust_remote_code)
     if requested:
         if token_id is None:
-            raise InputError("--bos: the model's tokenizer defines no BOS token (TransformerLens would put its EOS "
-                             "token there); drop --bos")
+            raise InputError("`bos`: the model's tokenizer defines no BOS token (TransformerLens would put its EOS "
+                             "token there); drop `bos`", parameters=("bos",))
         return BosChoice(token_id, "--bos")
     if token_id is None:
         return BosChoice(None, "none defined")

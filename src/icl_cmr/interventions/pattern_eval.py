@@ -273,7 +273,7 @@ def plan_scoring(encoded: Sequence[EncodedPrompt], batch_size: int = 16) -> Scor
         ``batch_size < 1``, no prompts, or prompts with different numbers of labels.
     """
     if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}", parameters=("batch_size",))
+        raise InputError(f"`batch_size` must be >= 1, got {batch_size}", parameters=("batch_size",))
     if not encoded:
         raise InputError("no prompts to score")
     n_labels = {len(item.continuation_ids) for item in encoded}
@@ -438,9 +438,9 @@ def select_top_heads(scores: np.ndarray, percentage: float) -> List[Head]:
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2:
-        raise InputError(f"scores must be [n_layers, n_heads], got shape {scores.shape}", parameters=("scores",))
+        raise InputError(f"`scores` must be [n_layers, n_heads], got shape {scores.shape}", parameters=("scores",))
     if not 0 < percentage <= 100:
-        raise InputError(f"percentage must be in (0, 100], got {percentage}", parameters=("percentage",))
+        raise InputError(f"`percentage` must be in (0, 100], got {percentage}", parameters=("percentage",))
     count = max(1, int(round(percentage / 100.0 * scores.size)))
     finite = np.isfinite(scores.ravel())
     if finite.sum() < count:
@@ -465,6 +465,6 @@ def accuracy_with_ci(correct: np.ndarray, confidence: float = 0.95) -> Tuple[flo
     """
     correct = np.asarray(correct, dtype=bool)
     if correct.size == 0:
-        raise InputError("correct is empty: the accuracy of zero items is undefined", parameters=("correct",))
+        raise InputError("`correct` is empty: the accuracy of zero items is undefined", parameters=("correct",))
     k, n = int(correct.sum()), int(correct.size)
     return (k / n, *wilson_interval(k, n, confidence))
