@@ -104,7 +104,7 @@ def test_mamba_torch_scan_on_each_device_equals_the_cpu_numba_path_at_2_to_the_1
 
 @pytest.mark.parametrize("name", ["absolute", "mamba"])
 def test_bfloat16_keeps_the_shipped_models_answers_at_the_training_length(name):
-    from icl_cmr.synthetic.models import load_induction_model
+    from icl_cmr.files.induction_models import load_induction_model
 
     path = SHIPPED / f"{name}.pt"
     if not path.is_file():

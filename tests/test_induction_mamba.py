@@ -10,6 +10,7 @@ import torch
 
 from icl_cmr.synthetic import task
 from icl_cmr.errors import InputError
+from icl_cmr.files.induction_models import load_induction_model
 from icl_cmr.synthetic.mamba import InductionMamba, InductionMambaConfig, build_mamba
 from icl_cmr.synthetic.scan import selective_scan
 
@@ -144,8 +145,6 @@ def test_chunked_inference_equals_the_full_forward(chunk_size):
 def test_saved_state_loads_into_a_plain_library_model(tmp_path):
     from transformers import MambaConfig, MambaForCausalLM
 
-    from icl_cmr.synthetic.models import load_induction_model
-
     model = _perturbed_mamba(seed=7, d_model=32)
     torch.save({"architecture": "mamba", "model": model.state_dict(),
                 "model_config": model.induction_config.to_dict()}, tmp_path / "m.pt")
@@ -174,7 +173,7 @@ def test_short_mamba_training_run_learns_the_task(tmp_path):
     assert train_induction.main(_train_args(tmp_path, *small)) == 0
     summary = json.loads((tmp_path / "mamba_training.json").read_text())
     assert summary["reached_target"] is True and summary["architecture"] == "mamba"
-    model = train_induction.load_model(tmp_path / "mamba.pt")
+    model = load_induction_model(tmp_path / "mamba.pt")
     assert isinstance(model, InductionMamba)
     correct, _ = task.evaluate_accuracy(model, 12, 256, seed=12345)      # unseen sequences
     assert correct / 256 > 0.85                                           # chance: 1/15
@@ -218,7 +217,7 @@ def test_snapshots_hold_the_weights_after_every_n_steps_in_the_model_file_format
     for step in (3, 6, 9):
         saved = torch.load(folder / f"mamba_step00000{step}.pt", weights_only=True)
         assert saved["metadata"]["step"] == step and saved["metadata"]["run"] == "mamba"
-        assert isinstance(train_induction.load_model(folder / f"mamba_step00000{step}.pt"), InductionMamba)
+        assert isinstance(load_induction_model(folder / f"mamba_step00000{step}.pt"), InductionMamba)
     # The last snapshot is the final model; the one at step 6 is what a 6-step run ends with.
     _assert_same_weights(_weights(folder / "mamba_step000009.pt"), _weights(run / "mamba.pt"))
     train_induction.main(_train_args(short, *TINY_MAMBA, "--max_steps", "6"))
@@ -312,8 +311,6 @@ SHIPPED = Path(__file__).resolve().parents[1] / "saved_models" / "induction_task
 
 
 def test_shipped_mamba_solves_the_task_at_the_training_length():
-    from icl_cmr.synthetic.models import load_induction_model
-
     model = load_induction_model(SHIPPED / "mamba.pt")
     assert isinstance(model, InductionMamba) and model.config.hidden_size == 64
     correct, _ = task.evaluate_accuracy(model, 256, 256, seed=424242, batch_size=128)   # never validated on

@@ -1,6 +1,7 @@
 """Specifications of the synthetic induction-heads task, its model and scripts (DESIGN.md section 7)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -9,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from icl_cmr.synthetic import task
 from icl_cmr.config import ATTN_CRP_LAGS
 from icl_cmr.errors import InputError
+from icl_cmr.experiments import induction_eval
+from icl_cmr.files.induction_models import load_induction_model
+from icl_cmr.files.induction_tables import file_sha256
+from icl_cmr.synthetic import task
 from icl_cmr.synthetic.transformer import (POSITION_ENCODINGS, TinyTransformer, TinyTransformerConfig, alibi_slopes,
                                            apply_rope, blocked_causal_attention)
 
@@ -259,7 +263,7 @@ def test_short_training_run_learns_the_task(tmp_path):
     summary = json.loads((tmp_path / "absolute_training.json").read_text())
     assert summary["reached_target"] is True
     assert summary["final_val_accuracy"] > 0.9
-    model = train_induction.load_model(tmp_path / "absolute.pt")
+    model = load_induction_model(tmp_path / "absolute.pt")
     # Independent check on unseen validation sequences.
     correct, _ = task.evaluate_accuracy(model, 16, 256, seed=12345, method="blocked")
     assert correct / 256 > 0.85
@@ -453,7 +457,7 @@ def test_eval_script_writes_table_and_figures(tmp_path):
         assert (tmp_path / name).is_file(), name
     stats = json.loads((tmp_path / "lag_crp_alibi.json").read_text())
     assert {"task", "repeated", "value_query"} <= set(stats)
-    model = train_induction.load_model(tmp_path / "alibi.pt")
+    model = load_induction_model(tmp_path / "alibi.pt")
     tokens, _, triggers = task.validation_set(12, 3, seed=task.InductionTaskConfig().val_seed + 1)
     first_layer = model.attention_patterns(torch.from_numpy(tokens))[0].numpy()      # [B, H, L, L]
     to_trigger = first_layer[np.arange(3), :, triggers + 1, triggers].mean(axis=0)   # value -> trigger
@@ -544,9 +548,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "saved_models" / "induction_task
 
 @pytest.mark.parametrize("encoding", POSITION_ENCODINGS)
 def test_shipped_model_solves_the_task_at_the_training_length(encoding):
-    import train_induction
-
-    model = train_induction.load_model(SHIPPED / f"{encoding}.pt")
+    model = load_induction_model(SHIPPED / f"{encoding}.pt")
     assert model.config.n_layers == 2 and model.config.n_heads == 8 and model.config.d_model == 64
     # 256 sequences from a seed the training never validated on.
     correct, _ = task.evaluate_accuracy(model, 256, 256, seed=424242, batch_size=128, method="blocked")
@@ -554,9 +556,7 @@ def test_shipped_model_solves_the_task_at_the_training_length(encoding):
 
 
 def test_shipped_absolute_model_retrieves_the_value_at_lag_plus_one_in_layer_two():
-    import train_induction
-
-    model = train_induction.load_model(SHIPPED / "absolute.pt")
+    model = load_induction_model(SHIPPED / "absolute.pt")
     tokens, _, triggers = task.validation_set(256, 32, seed=31337)
     patterns = model.attention_patterns(torch.from_numpy(tokens)).numpy()
     mean, _, _ = task.lag_attention(patterns, np.full((32, 1), 255), triggers[:, None])
@@ -617,7 +617,7 @@ def im_chunk():
 
 def test_check_memory_refuses_more_than_is_free(monkeypatch):
     from icl_cmr.files import unpickling
-    from icl_cmr.synthetic.models import check_memory
+    from icl_cmr.experiments.induction_train import check_memory
 
     monkeypatch.setattr(unpickling, "available_memory", lambda: 2 ** 30)
     check_memory(2 ** 30, "cpu", "this")
@@ -702,16 +702,14 @@ def test_rows_of_another_model_file_with_the_same_name_are_replaced_not_combined
     assert [line.split(",")[1] for line in table[1:]] == ["256"]
     assert "holds rows of another model file than alibi (SHA-256 differs)" in capsys.readouterr().err
     meta = json.loads((tmp_path / "out" / "accuracy_vs_length_alibi.json").read_text())
-    assert meta["model_sha256"] == eval_induction.file_sha256(other) and meta["lengths_kept_from_earlier_runs"] == []
+    assert meta["model_sha256"] == file_sha256(other) and meta["lengths_kept_from_earlier_runs"] == []
 
 
 def test_shipped_tables_record_the_model_files_they_came_from():
-    import eval_induction
-
     for table in sorted(SHIPPED.glob("accuracy_vs_length_*.json")):
         name = table.stem[len("accuracy_vs_length_"):]
         meta = json.loads(table.read_text())
-        assert meta["model_sha256"] == eval_induction.file_sha256(SHIPPED / f"{name}.pt"), name
+        assert meta["model_sha256"] == file_sha256(SHIPPED / f"{name}.pt"), name
 
 
 def test_an_interrupted_evaluation_writes_nothing(tmp_path, monkeypatch):
@@ -725,8 +723,8 @@ def test_an_interrupted_evaluation_writes_nothing(tmp_path, monkeypatch):
         calls.append(1)
         return original(*args, **kwargs)
 
-    original = eval_induction.evaluate_model
-    monkeypatch.setattr(eval_induction, "evaluate_model", interrupted)
+    original = induction_eval.evaluate_model
+    monkeypatch.setattr(induction_eval, "evaluate_model", interrupted)
     argv = ["--models", str(SHIPPED / "alibi.pt"), str(SHIPPED / "none.pt"), "--save_dir", str(tmp_path / "out"),
             "--fig_dir", str(tmp_path / "figs"), "--n_sequences", "2", "--max_log2", "6", "--skip_lag_crp"]
     with pytest.raises(KeyboardInterrupt):
@@ -804,7 +802,7 @@ def test_a_second_damaged_checkpoint_does_not_overwrite_the_first(tmp_path):
 
 def test_files_that_hold_no_usable_model_are_named_in_one_line(tmp_path):
     from icl_cmr.errors import FileContentError
-    from icl_cmr.synthetic.models import load_induction_model
+    from icl_cmr.files.induction_models import load_induction_model
 
     good = torch.load(SHIPPED / "alibi.pt", weights_only=True)
     cases = {
@@ -823,3 +821,64 @@ def test_files_that_hold_no_usable_model_are_named_in_one_line(tmp_path):
             load_induction_model(path)
         assert str(caught.value).startswith(f"{path}: {message}"), name
         assert "\n" not in str(caught.value) and len(str(caught.value)) < 400
+
+
+# ----------------------------------------------------------------------------- the engine, from Python
+
+def test_the_experiments_have_the_command_lines_defaults():
+    import eval_induction
+    import train_induction
+    from icl_cmr.experiments.induction_eval import InductionEvalSettings
+    from icl_cmr.experiments.induction_train import InductionTrainSettings
+
+    for settings, parser in ((InductionTrainSettings(), train_induction.build_parser()),
+                             (InductionEvalSettings(), eval_induction.build_parser())):
+        defaults = vars(parser.parse_args([]))
+        for name, value in vars(settings).items():
+            if name in defaults:
+                assert defaults[name] == value, name
+
+
+@pytest.mark.parametrize("changes, message, parameters", [
+    (dict(min_steps=10, max_steps=3), "`min_steps` (10) must be <= `max_steps` (3)", {"min_steps", "max_steps"}),
+    (dict(architecture="mamba", n_heads=4), "`n_heads` does not apply to `architecture` mamba",
+     {"n_heads", "architecture"}),
+    (dict(curriculum=(16, 256)), "`curriculum` lengths must be below `train_length` 256",
+     {"curriculum", "train_length"}),
+])
+def test_training_settings_that_contradict_are_refused_naming_their_parameters(changes, message, parameters):
+    from icl_cmr.experiments.induction_train import InductionTrainSettings
+
+    with pytest.raises(InputError) as caught:
+        InductionTrainSettings(**changes).resolved()
+    assert str(caught.value).startswith(message) and set(caught.value.parameters) == parameters
+
+
+def test_eval_settings_of_a_skipped_part_are_refused_naming_their_parameters():
+    from icl_cmr.experiments.induction_eval import InductionEvalSettings
+
+    with pytest.raises(InputError) as caught:
+        InductionEvalSettings(n_sequences=5, skip_accuracy=True).resolved()
+    assert str(caught.value) == "`n_sequences` set the accuracy table, which `skip_accuracy` skips"
+    assert set(caught.value.parameters) == {"n_sequences", "skip_accuracy"}
+    resolved = InductionEvalSettings(lag_prompts=3).resolved()
+    assert resolved.n_sequences == 256 and resolved.given == {"lag_prompts"}
+    assert resolved.resolved().given == {"lag_prompts"}          # resolving twice keeps what was given
+
+
+def test_the_training_run_resumes_from_python_and_refuses_other_settings_naming_restart(tmp_path):
+    from icl_cmr.experiments.induction_train import (InductionTrainSettings, check_induction_training,
+                                                     run_induction_training)
+
+    settings = InductionTrainSettings(position_encoding="rope", train_length=12, d_model=16, n_heads=2, d_mlp=32,
+                                      eval_every=3, n_val=8, max_steps=3, save_dir=tmp_path, device="cpu")
+    first = run_induction_training(settings, progress=False)
+    assert first.steps == 3 and first.resumed_from_step is None and (tmp_path / "rope_checkpoint.pt").is_file()
+    longer = dataclasses.replace(settings, max_steps=6)
+    second = run_induction_training(longer, progress=False)
+    assert second.steps == 6 and second.resumed_from_step == 3 and [r["step"] for r in second.curve] == [3, 6]
+    with pytest.raises(InputError) as caught:
+        check_induction_training(dataclasses.replace(longer, learning_rate=0.01))
+    assert "learning_rate: 0.001 there, 0.01 now" in str(caught.value) and "`restart`" in str(caught.value)
+    assert caught.value.parameters == ("restart",)
+    assert check_induction_training(dataclasses.replace(longer, learning_rate=0.01), restart=True).saved is None

@@ -45,6 +45,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.signal import lfilter
 from torch import nn
 
 from icl_cmr.errors import InputError
@@ -421,8 +422,6 @@ class TinyTransformer(nn.Module):
 
         Exact for ALiBi and no position encoding (module docstring); float64 inside.
         """
-        from scipy.signal import lfilter
-
         config = self.config
         block = self.blocks[0]
         vocab, heads, d_head = config.vocab_size, config.n_heads, config.d_head
