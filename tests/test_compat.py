@@ -1,9 +1,8 @@
 """The former flat module paths (the last release's notebook and docs) still import, with a DeprecationWarning."""
 from __future__ import annotations
 
+import ast
 import importlib
-import json
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -51,10 +50,11 @@ def test_a_former_module_split_in_two_finds_names_in_both():
 def test_the_previous_releases_notebook_imports_still_work():
     """Every ``from icl_cmr.X import a, b`` of the notebook as it was shipped before the layout by family."""
     notebook = (ROOT / "tests" / "data" / "demo_notebook_imports_0.1.txt").read_text()
-    for module, names in re.findall(r"from (icl_cmr[\w.]*) import \(?([\w, \n]+)\)?", notebook):
+    statements = [node for node in ast.parse(notebook).body if isinstance(node, ast.ImportFrom)]
+    assert len(statements) == 12
+    for statement in statements:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            imported = importlib.import_module(module)
-        for name in (n.strip() for n in names.replace("\n", ",").split(",")):
-            if name:
-                assert hasattr(imported, name), f"{module}.{name}"
+            imported = importlib.import_module(statement.module)
+        for alias in statement.names:
+            assert hasattr(imported, alias.name), f"{statement.module}.{alias.name}"

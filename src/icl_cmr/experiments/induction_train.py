@@ -46,7 +46,7 @@ from icl_cmr.files.induction_models import (DamagedCheckpoint, checkpoint_conten
                                             snapshot_path)
 from icl_cmr.files.induction_tables import (CURVE_COLUMNS, training_curve_csv, training_curve_path,
                                             training_summary_path)
-from icl_cmr.files.outputs import PendingWrites, portable_path
+from icl_cmr.files.outputs import REPO_ROOT, PendingWrites, portable_path
 from icl_cmr.files.resume import refuse_other_settings
 from icl_cmr.files.writing import make_metadata
 from icl_cmr.synthetic import task
@@ -59,10 +59,9 @@ logger = logging.getLogger(__name__)
 
 #: The producer recorded in the metadata (the script users run).
 PRODUCER = "train_induction.py"
-#: The repository (``src/icl_cmr/experiments/`` -> three levels up) and the default output folders in it.
-REPOSITORY = Path(__file__).resolve().parents[3]
-DEFAULT_SAVE_DIR = REPOSITORY / "saved_models" / "induction_task"
-DEFAULT_FIG_DIR = REPOSITORY / "figs" / "induction_task"
+#: The default output folders, in the repository.
+DEFAULT_SAVE_DIR = REPO_ROOT / "saved_models" / "induction_task"
+DEFAULT_FIG_DIR = REPO_ROOT / "figs" / "induction_task"
 #: Settings that may differ between a checkpoint and the run resuming it: the step budget, the thread
 #: count and the device (results stay reproducible only for a fixed count and device; a warning says
 #: so), and where things go (snapshots included: they do not change the training).

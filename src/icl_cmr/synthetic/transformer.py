@@ -100,7 +100,7 @@ class TinyTransformerConfig:
             raise InputError("RoPE needs an even d_head")
         for name in ("vocab_size", "n_layers", "n_heads", "d_model", "d_mlp", "n_trained_positions"):
             if getattr(self, name) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"`{name}` must be >= 1, got {getattr(self, name)}", parameters=(name,))
 
     @property
     def d_head(self) -> int:
