@@ -28,14 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from submitit.core.utils import JobPaths, pickle_load
+from submitit.core.utils import JobPaths
 
 from ..errors import InputError
 from .execute import JobResult, result_without_run
 from .jobs import Job
 from .plan import ResourceGroup, SlurmSettings
 from .slurm_queue import SlurmQueue, TaskState, describe_ending
-from .submitit_backend import MAX_ATTEMPTS, SubmititBackend, worker_error
+from .submitit_backend import MAX_ATTEMPTS, SubmititBackend, read_result_file
 
 logger = logging.getLogger(__name__)
 
@@ -114,13 +114,7 @@ class SlurmBackend(SubmititBackend):
                 return None
         except OSError:
             return None
-        try:
-            outcome, value = pickle_load(path)
-        except Exception as err:  # written atomically by submitit, so a bad file stays bad
-            return result_without_run(f"unreadable submitit result {path}: {err}", restarts=task.restarts)
-        if outcome == "success" and isinstance(value, JobResult):
-            return value
-        return result_without_run(worker_error(str(value)), restarts=task.restarts)
+        return read_result_file(path, restarts=task.restarts)
 
     def _ending(self, task: _Task, state: TaskState) -> JobResult:
         started = task.paths.stdout.exists()   # SLURM creates the worker's log when the task starts

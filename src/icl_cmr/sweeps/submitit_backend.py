@@ -23,13 +23,15 @@ import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import submitit
 
 from .execute import JobResult, result_without_run, run_job_command
-from .jobs import Job
-from .plan import ResourceGroup, SlurmSettings
+
+if TYPE_CHECKING:  # not at run time: a worker unpickles SweepTask from this module, and .jobs imports torch
+    from .jobs import Job
+    from .plan import ResourceGroup, SlurmSettings
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +138,23 @@ def worker_error(trace: str) -> str:
     return "worker failed: " + (lines[end - 1][:300] if end else "no traceback")
 
 
+def read_result_file(path: Path, restarts: int = 0) -> Optional[JobResult]:
+    """The JobResult in a worker's submitit result file (``("success", JobResult)`` or ``("error",
+    traceback)``), None while there is no file. Read directly rather than through submitit's job
+    handle, which waits until the whole job (the local executor's controller, a SLURM task) ended."""
+    from submitit.core.utils import pickle_load
+
+    if not path.exists():
+        return None
+    try:
+        outcome, value = pickle_load(path)
+    except Exception as err:  # written atomically by submitit, so a bad file stays bad
+        return result_without_run(f"unreadable submitit result {path}: {err}", restarts=restarts)
+    if outcome == "success" and isinstance(value, JobResult):
+        return value
+    return result_without_run(worker_error(str(value)), restarts=restarts)
+
+
 class SubmititBackend:
     """Jobs through a submitit executor: ``cluster="slurm"`` (sbatch; tracked by
     :class:`~icl_cmr.sweeps.slurm_backend.SlurmBackend`) or ``"local"`` (tests, checks)."""
@@ -201,19 +220,21 @@ class SubmititBackend:
     def wait(self, timeout: float) -> List[Tuple[str, JobResult]]:
         deadline = time.monotonic() + timeout
         while True:  # the local executor's jobs are processes here: look every 0.2 s
-            done = [(job_id, handle) for job_id, handle in self._running.items() if handle.done()]
-            if done or time.monotonic() >= deadline:
+            results = [(job_id, self._result(handle)) for job_id, handle in self._running.items()
+                       if handle.paths.result_pickle.exists() or handle.done()]
+            if results or time.monotonic() >= deadline:
                 break
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-        results = []
-        for job_id, handle in done:
+        for job_id, _ in results:
             del self._running[job_id]
-            results.append((job_id, self._result(handle)))
         return results
 
     @staticmethod
     def _result(handle: Any) -> JobResult:
-        try:
+        result = read_result_file(handle.paths.result_pickle)
+        if result is not None:
+            return result
+        try:   # the job ended without a result file: submitit's handle says why
             return handle.result()
         except Exception as err:  # the worker died: out of memory, time limit after requeues, node failure
             return result_without_run(worker_error(str(err)))
