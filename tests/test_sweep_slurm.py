@@ -164,7 +164,7 @@ def test_a_scheduler_that_does_not_answer_means_unknown_never_gone(tmp_path):
     scheduler.answers = False
     assert backend.wait(timeout=0.0) == [] and "scores/a" in backend._tasks
     with pytest.raises(InputError, match="SLURM does not answer"):
-        backend.reattach([(a_job("b", tmp_path), {"backend_id": "9_0"})])
+        backend.reattach([(a_job("b", tmp_path), {"backend_id": "9_0", "slurm": {"job_id": "9_0"}})])
 
 
 def test_reattach_tells_queued_finished_and_gone_jobs_apart(tmp_path):
@@ -172,11 +172,11 @@ def test_reattach_tells_queued_finished_and_gone_jobs_apart(tmp_path):
     scheduler.queue = {"7_0": ("PENDING", 0), "7_1": ("COMPLETED", 0)}
     backend = fake_backend(tmp_path, scheduler)
     write_result(tmp_path / "submitit", "7_1", job_result())
-    found = backend.reattach([(a_job("a", tmp_path), {"backend_id": "7_0"}),
-                              (a_job("b", tmp_path), {"backend_id": "7_1"}),
-                              (a_job("c", tmp_path), {"backend_id": "7_2"})])
+    found = backend.reattach([(a_job(name, tmp_path), {"backend_id": task, "slurm": {"job_id": task}})
+                              for name, task in (("a", "7_0"), ("b", "7_1"), ("c", "7_2"))]
+                             + [(a_job("d", tmp_path), {"backend_id": "7"})])   # submitit-local's id: not SLURM's
     assert {job: status for job, (status, _, _) in found.items()} == {
-        "scores/a": "alive", "scores/b": "finished", "scores/c": "gone"}
+        "scores/a": "alive", "scores/b": "finished", "scores/c": "gone", "scores/d": "gone"}
     assert found["scores/b"][1].ok
     assert "cancelled by SLURM before it started" in found["scores/c"][2]    # 7_2 never wrote a worker log
     assert list(backend._tasks) == ["scores/a"]                              # followed from now on

@@ -211,12 +211,13 @@ class SlurmBackend(SubmititBackend):
         out: Dict[str, Tuple[str, Optional[JobResult], str]] = {}
         tasks = []
         for job, record in submitted:
-            slurm_id = record.get("backend_id")
-            if not slurm_id:
-                out[job.id] = ("gone", None, "no SLURM job id recorded")
+            slurm = record.get("slurm") or {}   # only what this backend submitted: another's ids are no SLURM jobs
+            if not slurm.get("job_id"):
+                out[job.id] = ("gone", None, "no SLURM job recorded for it (run by another backend)")
                 continue
-            restarts = int((record.get("slurm") or {}).get("restarts") or 0)
-            tasks.append(_Task(job.id, str(slurm_id), JobPaths(self.folder, job_id=str(slurm_id), task_id=0), restarts))
+            slurm_id = str(slurm["job_id"])
+            tasks.append(_Task(job.id, slurm_id, JobPaths(self.folder, job_id=slurm_id, task_id=0),
+                               int(slurm.get("restarts") or 0)))
         states = self.queue.states(task.slurm_id for task in tasks)
         if states is None and tasks:
             raise InputError(f"SLURM does not answer (squeue{'/sacct' if self.queue.accounting else ''}): cannot tell "
