@@ -404,11 +404,14 @@ def cluster(tmp_path):
                                          "slurm", "--no-progress"], cwd=REPO_ROOT, env=self.env(accounting),
                                         stdout=handle, stderr=subprocess.STDOUT)
 
-        def run(self, plan: Path, log: Path, accounting: bool = True, timeout_s: float = 600) -> int:
+        def run(self, plan: Path, log: Path, accounting: bool = True, act=None, timeout_s: float = 600) -> int:
+            """The driver's exit status; ``act(driver)`` runs meanwhile (the fault to inject)."""
             driver = self.start(plan, log, accounting)
             try:
+                if act is not None:
+                    act(driver)
                 return driver.wait(timeout=timeout_s)
-            finally:
+            finally:   # a test that fails halfway leaves no driver behind
                 if driver.poll() is None:
                     driver.kill()
 
@@ -432,6 +435,14 @@ def submitted_ids(tmp_path: Path, plan: str) -> dict:
     found = records(tmp_path, plan)
     running = {job: r["backend_id"] for job, r in found.items() if r["state"] == "running"}
     return running if running and all(running.values()) else {}
+
+
+def running_task(tmp_path: Path, plan: str, job: str = "scores/tiny-gpt2") -> str:
+    """The SLURM task of ``job``, once its script runs (the worker has created the job's log)."""
+    task = wait_for(lambda: submitted_ids(tmp_path, plan), 120, "the job to be submitted")[job]
+    wait_for((sweep_dir(tmp_path, plan) / "logs" / (job.replace("/", "__") + ".log")).is_file, 120,
+             "the script to start")
+    return task
 
 
 def runs_started(tmp_path: Path, plan: str) -> int:
@@ -536,16 +547,16 @@ def test_a_killed_driver_reattaches_to_its_queued_jobs_and_no_job_runs_twice(clu
     # One task of an array at a time, so the second score job is still queued when the driver comes back.
     plan = slurm_plan(tmp_path, "kill", models, ["scores", "fit"], full_extra(sweep_inputs, ["fit"]),
                       array_parallelism=1)
-    driver = cluster.start(plan, tmp_path / "driver.log")
-    try:
-        ids = wait_for(lambda: submitted_ids(tmp_path, "kill"), 120, "the score jobs to be submitted")
+    seen = {}
+
+    def kill_once_submitted(driver):
+        seen["ids"] = wait_for(lambda: submitted_ids(tmp_path, "kill"), 120, "the score jobs to be submitted")
         driver.send_signal(signal.SIGKILL)   # no clean-up at all: a lost login session, a rebooted login node
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+
+    code = cluster.run(plan, tmp_path / "driver.log", act=kill_once_submitted, timeout_s=30)
+    ids = seen["ids"]
     at_kill = squeue_states(ids.values())
-    assert sorted(ids) == ["scores/tiny-gpt2", "scores/tiny-llama"] and driver.returncode == -signal.SIGKILL
+    assert sorted(ids) == ["scores/tiny-gpt2", "scores/tiny-llama"] and code == -signal.SIGKILL
     assert all(at_kill.get(i) in ("PENDING", "RUNNING") for i in ids.values()), at_kill
 
     started = time.monotonic()
@@ -570,19 +581,17 @@ def test_a_killed_driver_reattaches_to_its_queued_jobs_and_no_job_runs_twice(clu
 @slurm_test
 def test_a_requeued_task_is_followed_until_it_really_ends(cluster, sweep_inputs, tmp_path):
     plan = slurm_plan(tmp_path, "requeue", [sweep_inputs["models"]["gpt2"]], ["scores"])
-    job_log = sweep_dir(tmp_path, "requeue") / "logs" / "scores__tiny-gpt2.log"
-    started = time.monotonic()
-    driver = cluster.start(plan, tmp_path / "driver.log")
-    try:
-        [task] = wait_for(lambda: submitted_ids(tmp_path, "requeue"), 120, "the job to be submitted").values()
-        wait_for(job_log.is_file, 120, "the score script to start")    # the task runs: requeue sends SIGTERM
-        requeued = subprocess.run(["scontrol", "requeue", task], capture_output=True, text=True, timeout=30)
+    seen = {}
+
+    def requeue_while_running(driver):
+        seen["task"] = running_task(tmp_path, "requeue")    # running: requeue sends it SIGTERM
+        requeued = subprocess.run(["scontrol", "requeue", seen["task"]], capture_output=True, text=True, timeout=30)
         assert requeued.returncode == 0, requeued.stderr
-        code = driver.wait(timeout=400)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+
+    started = time.monotonic()
+    code = cluster.run(plan, tmp_path / "driver.log", act=requeue_while_running, timeout_s=400)
     wall = time.monotonic() - started
+    task = seen["task"]
     log = (tmp_path / "driver.log").read_text()
     assert code == 0, log
     [record] = records(tmp_path, "requeue").values()
@@ -605,18 +614,17 @@ def test_a_cancelled_pending_task_fails_as_cancelled_and_the_sweep_ends(accounti
     models = [sweep_inputs["models"]["gpt2"], sweep_inputs["models"]["llama"]]
     name = "cancel" if accounting else "cancel-noacct"
     plan = slurm_plan(tmp_path, name, models, ["scores"], array_parallelism=1)   # the second task waits its turn
-    driver = cluster.start(plan, tmp_path / "driver.log", accounting)
-    try:
-        ids = wait_for(lambda: submitted_ids(tmp_path, name), 120, "the jobs to be submitted")
-        pending = ids["scores/tiny-llama"]
+    seen = {}
+
+    def cancel_the_pending_task(driver):
+        seen["task"] = pending = wait_for(lambda: submitted_ids(tmp_path, name), 120, "the jobs to be submitted")[
+            "scores/tiny-llama"]
         assert squeue_states([pending])[pending] == "PENDING"
-        cancelled_at = time.monotonic()
+        seen["at"] = time.monotonic()
         subprocess.run(["scancel", pending], check=True, timeout=30)
-        code = driver.wait(timeout=300)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    settled_s = time.monotonic() - cancelled_at
+
+    code = cluster.run(plan, tmp_path / "driver.log", accounting, act=cancel_the_pending_task, timeout_s=300)
+    settled_s, pending = time.monotonic() - seen["at"], seen["task"]
     log = (tmp_path / "driver.log").read_text()
     assert code == 1, log
     found = records(tmp_path, name)
@@ -634,16 +642,14 @@ def test_a_cancelled_pending_task_fails_as_cancelled_and_the_sweep_ends(accounti
 def test_a_running_task_cancelled_by_scancel_says_so(cluster, sweep_inputs, tmp_path):
     plan = slurm_plan(tmp_path, "scancel", [sweep_inputs["models"]["gpt2"]], ["scores", "fit"],
                       full_extra(sweep_inputs, ["fit"]))
-    job_log = sweep_dir(tmp_path, "scancel") / "logs" / "scores__tiny-gpt2.log"
-    driver = cluster.start(plan, tmp_path / "driver.log")
-    try:
-        [task] = wait_for(lambda: submitted_ids(tmp_path, "scancel"), 120, "the job to be submitted").values()
-        wait_for(job_log.is_file, 120, "the score script to start")
-        subprocess.run(["scancel", task], check=True, timeout=30)
-        code = driver.wait(timeout=300)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+    seen = {}
+
+    def cancel_while_running(driver):
+        seen["task"] = running_task(tmp_path, "scancel")
+        subprocess.run(["scancel", seen["task"]], check=True, timeout=30)
+
+    code = cluster.run(plan, tmp_path / "driver.log", act=cancel_while_running, timeout_s=300)
+    task = seen["task"]
     found = records(tmp_path, "scancel")
     assert code == 1
     assert (found["scores/tiny-gpt2"]["state"], found["scores/tiny-gpt2"]["error"]) == (
