@@ -12,6 +12,10 @@ sweep; a failed job keeps its error line and runs again only with ``--retry-fail
 manifest ``<scores_dir>/sweeps/<plan>/manifest.json`` holds every job's state, time and peak
 memory (``--status`` prints it); job logs are beside it in ``logs/``.
 
+On SLURM a rerun re-attaches to the jobs an earlier (killed) sweep left in the queue instead of
+submitting them again, and a job that SLURM requeues (preemption, ``scontrol requeue``) is followed
+until it really ends (docs/sweep.md, "SLURM").
+
 Examples::
 
     python src/sweep.py paper-pythia-checkpoints --dry-run
@@ -62,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tasks of one job array running at once")
     slurm.add_argument("--gpus", type=non_negative_int, default=None, help="GPUs per score/ablation job")
     slurm.add_argument("--mem-gb", type=positive_int, default=None, help="host memory per score/ablation job, GB")
-    slurm.add_argument("--time-min", type=positive_int, default=None, help="time limit per score/ablation job, min")
+    slurm.add_argument("--time-min", type=positive_int, default=None,
+                       help="time limit per score/ablation job, min (with --backend slurm at least 3: submitit's "
+                            "requeue signal comes 90 s before the limit)")
     slurm.add_argument("--cpus", type=positive_int, default=None, help="CPU cores per score/ablation job")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -94,8 +100,15 @@ def dry_run_table(plan, jobs, backend: str, manifest=None) -> str:
     lines += ["", f"{plan.name}: {len(jobs)} jobs ({', '.join(f'{n} {s}' for s, n in by_stage.items())}); "
                   f"{len(will_run)} would run, {len(jobs) - len(will_run)} up to date"]
     if show_resources:
+        from icl_cmr.sweeps.plan import CPU_GROUP
+
         used = sorted({job.group for job in jobs})
-        lines.append("resources per job: " + "; ".join(f"{g}: {plan.groups[g].describe()}" for g in used))
+        lines.append("resources per job (SLURM holds a job's CPUs and memory while it runs):")
+        for group in used:
+            note = f"  (fits and aggregation; --gpus/--mem-gb/--time-min/--cpus do not change it: set " \
+                   f"[slurm.groups.{group}] in the plan, e.g. cpus = 1 where nodes have few cores)" \
+                if group == CPU_GROUP else ""
+            lines.append(f"  {group}: {plan.groups[group].describe()}{note}")
         extras = {k: v for k, v in (("partition", plan.slurm.partition), ("account", plan.slurm.account),
                                     ("qos", plan.slurm.qos)) if v}
         lines.append(f"slurm: {extras or 'cluster defaults'}; array parallelism {plan.slurm.array_parallelism}, "
@@ -111,10 +124,29 @@ def make_backend(args: argparse.Namespace, plan):
         return LocalBackend(args.jobs or 1, SRC_DIR, log_dir)
     from icl_cmr.sweeps.submitit_backend import SubmititBackend
 
-    cluster = "slurm" if args.backend == "slurm" else "local"
-    n_jobs = None if cluster == "slurm" else (args.jobs or 1)
-    return SubmititBackend(cluster, plan.sweep_dir / "submitit", plan.groups, plan.slurm, SRC_DIR, log_dir,
-                           plan.name, n_jobs=n_jobs)
+    if args.backend == "slurm":
+        from icl_cmr.sweeps.slurm_backend import SlurmBackend
+
+        return SlurmBackend(plan.sweep_dir / "submitit", plan.groups, plan.slurm, SRC_DIR, log_dir, plan.name)
+    return SubmititBackend("local", plan.sweep_dir / "submitit", plan.groups, plan.slurm, SRC_DIR, log_dir,
+                           plan.name, n_jobs=args.jobs or 1)
+
+
+def check_time_limits(args: argparse.Namespace, plan, jobs, plan_file: Path) -> None:
+    """Refuse a SLURM time limit too short for submitit's requeue signal, naming the flag or plan key."""
+    from icl_cmr.sweeps.plan import CPU_GROUP
+    from icl_cmr.sweeps.submitit_backend import (SIGNAL_DELAY_S, SIGNAL_MARGIN_S, minimum_time_min,
+                                                 too_short_time_limits)
+
+    short = too_short_time_limits(plan.groups, {job.group for job in jobs})
+    if short:
+        group, minutes = short[0]
+        where = "argument --time-min" if args.time_min is not None and group != CPU_GROUP \
+            else f"{plan_file}: [slurm.groups.{group}] time_min"
+        raise InputError(f"{where}: must be at least {minimum_time_min()} (minutes) with --backend slurm, got "
+                         f"{minutes}: submitit asks SLURM for its requeue signal {SIGNAL_DELAY_S} s before the time "
+                         f"limit and SLURM may send it up to {SIGNAL_MARGIN_S} s early, so a shorter job is requeued "
+                         "before it can work")
 
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -147,6 +179,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from icl_cmr.sweeps.jobs import build_jobs
 
     jobs = build_jobs(plan)
+    if args.backend == "slurm":
+        check_time_limits(args, plan, jobs, plan_file)
     if args.dry_run:
         print(dry_run_table(plan, jobs, args.backend, read_manifest(manifest_file)))
         return 0

@@ -2,16 +2,16 @@
 
 Every job is a real ``python src/<script>.py`` process, so these tests take a few minutes on a
 busy 2-core machine; the plan keeps each job tiny (2 prompts of 6 tokens, a 2 x 3 x 2 CMR grid).
+The inputs and the local reference sweep come from ``sweep_fixtures`` (session-scoped: built once for
+this file and tests/test_sweep_slurm.py, which compares the SLURM backend's outputs with them).
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,104 +27,11 @@ from icl_cmr.cli.args import run_cli
 from icl_cmr.files.reading import load_pickle
 from icl_cmr.sweeps.manifest import read_manifest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCORES = {"n_prompts": 2, "block_len": 6, "prefix_block_len": 4, "prefix_n_prompts": 1, "device": "cpu"}
-GRID_SHAPE = (2, 3, 2)
-AXES = {"beta_enc": [0.5, 1.0], "beta_rec": [0.0, 0.5, 1.0], "gamma_ft": [0.0, 1.0]}
-SCORE_KEYS = ("head_scores", "copying_score", "CRP_scores", "CRP_scores_sem", "prefix_matching_score")
+pytest.register_assert_rewrite("sweep_fixtures")   # a plugin (below) imported by this module first
+from sweep_fixtures import REPO_ROOT, assert_same_scores, full_extra, states, wait_for, write_plan
 
+pytest_plugins = ("sweep_fixtures",)    # sweep_inputs, reference_run: built once per session
 pytestmark = pytest.mark.slow   # real job processes: 2.5-5 min for the file on a shared 2-core machine
-
-
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
-    return json.dumps(str(value))
-
-
-def write_plan(path: Path, name: str, root: Path, models: list, stages: list, extra: dict = None) -> Path:
-    """A plan file; ``models`` are dicts of [[models]] keys, ``extra`` maps table -> settings."""
-    tables = {"scores": dict(SCORES), "paths": {k: str(root / v) for k, v in (
-        ("scores_dir", "saved_scores"), ("figs_dir", "figs"), ("top_heads_dir", "saved_top_heads"),
-        ("ablation_dir", "saved_ablation"))}}
-    for table, settings in (extra or {}).items():
-        tables.setdefault(table, {}).update(settings)
-    lines = [f"name = {toml_value(name)}", f"stages = {toml_value(stages)}"]
-    for table, settings in tables.items():
-        lines.append(f"[{table}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in settings.items()]
-    for model in models:
-        lines.append("[[models]]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in model.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def inputs(tiny_model_dirs, tmp_path_factory):
-    """Models (NeoX: a second, differently seeded folder stands in for step 1000), grid, ICL text."""
-    from tiny_models import make_tiny_model_dir
-
-    root = tmp_path_factory.mktemp("sweep_inputs")
-    neox_early = make_tiny_model_dir("neox", root / "neox_step1000", seed=1)
-    rng = np.random.default_rng(0)
-    mean = rng.random(GRID_SHAPE + (17,)) + 0.05
-    mean[..., 9] += np.arange(12).reshape(GRID_SHAPE)      # distinct lag +1 peaks
-    mean /= mean.sum(axis=-1, keepdims=True)
-    np.save(root / "grid_avg.npy", mean)
-    (root / "grid_avg.json").write_text(json.dumps(AXES))
-    words = "the quick brown fox jumps over the lazy dog memory recall context item list".split()
-    with open(root / "docs.jsonl", "w") as handle:
-        for _ in range(6):
-            handle.write(json.dumps({"text": " ".join(rng.choice(words, 120))}) + "\n")
-    models = {
-        "gpt2": {"name": "tiny-gpt2", "source": str(tiny_model_dirs["gpt2"])},
-        "neox": {"name": "tiny-neox", "checkpoint_dirs": {"1000": str(neox_early),
-                                                          "143000": str(tiny_model_dirs["neox"])}},
-        "llama": {"name": "tiny-llama", "source": str(tiny_model_dirs["llama_gqa"])},
-    }
-    return {"root": root, "grid": root / "grid_avg.npy", "docs": root / "docs.jsonl", "models": models}
-
-
-def full_extra(inputs) -> dict:
-    return {"fit": {"crp_grid": str(inputs["grid"])},
-            "ablation": {"models": ["tiny-gpt2"], "data": str(inputs["docs"]), "n_eval": 2, "seq_len": 64,
-                         "late_index": 60, "early_index": 10, "device": "cpu"},
-            "aggregate": {"n_top": [2, 4]}}
-
-
-@pytest.fixture(scope="module")
-def reference_run(inputs, tmp_path_factory):
-    """The whole plan (13 jobs) once with the local backend, two jobs at a time."""
-    out = tmp_path_factory.mktemp("sweep_reference")
-    plan = write_plan(out / "tiny.toml", "tiny", out, list(inputs["models"].values()),
-                      ["scores", "fit", "ablation", "aggregate"], full_extra(inputs))
-    started = time.monotonic()
-    code = run_cli(sweep.main, [str(plan), "--jobs", "2", "--no-progress"])
-    wall = time.monotonic() - started
-    manifest = read_manifest(out / "saved_scores" / "sweeps" / "tiny" / "manifest.json")
-    return {"out": out, "plan": plan, "code": code, "manifest": manifest, "wall_s": wall}
-
-
-def states(manifest) -> dict:
-    return {r["id"]: r["state"] for r in manifest["jobs"]}
-
-
-def score_arrays(path) -> dict:
-    data = load_pickle(path)
-    return {key: np.asarray(data[key], dtype=float) for key in SCORE_KEYS}
-
-
-def assert_same_scores(a, b) -> None:
-    left, right = score_arrays(a), score_arrays(b)
-    for key in SCORE_KEYS:
-        np.testing.assert_array_equal(left[key], right[key], err_msg=key)
 
 
 def test_local_sweep_runs_every_stage_and_records_time_and_peak_memory(reference_run):
@@ -156,11 +63,11 @@ def test_outputs_follow_the_usual_layout(reference_run):
     assert (reference_run["out"] / "saved_ablation" / "ablation_experiment_gpt2.pkl").is_file()
 
 
-def test_scores_equal_running_compute_head_scores_by_hand(reference_run, inputs, tmp_path):
+def test_scores_equal_running_compute_head_scores_by_hand(reference_run, sweep_inputs, tmp_path):
     # As a user types it, in a fresh process: the script pins torch's CPU kernels before torch loads,
     # which an in-process call (torch already imported by the tests) cannot do.
     by_hand = tmp_path / "by_hand.pkl"
-    argv = ["--model", inputs["models"]["gpt2"]["source"], "--out", str(by_hand), "--n-prompts", "2",
+    argv = ["--model", sweep_inputs["models"]["gpt2"]["source"], "--out", str(by_hand), "--n-prompts", "2",
             "--block-len", "6", "--prefix-block-len", "4", "--prefix-n-prompts", "1", "--device", "cpu",
             "--no-progress"]
     subprocess.run([sys.executable, str(REPO_ROOT / "src" / "compute_head_scores.py"), *argv], check=True,
@@ -168,9 +75,9 @@ def test_scores_equal_running_compute_head_scores_by_hand(reference_run, inputs,
     assert_same_scores(reference_run["out"] / "saved_scores" / "tiny-gpt2" / "all_scores_tiny-gpt2.pkl", by_hand)
 
 
-def test_aggregated_outputs_equal_running_the_scripts_by_hand(reference_run, inputs, tmp_path):
+def test_aggregated_outputs_equal_running_the_scripts_by_hand(reference_run, sweep_inputs, tmp_path):
     out = reference_run["out"]
-    common = ["--scores-dir", str(out / "saved_scores"), "--crp-grid", str(inputs["grid"]),
+    common = ["--scores-dir", str(out / "saved_scores"), "--crp-grid", str(sweep_inputs["grid"]),
               "--figs-dir", str(tmp_path / "figs")]
     top = ["--top-heads-dir", str(tmp_path / "top"), "--n_top", "2", "4"]
     assert run_cli(attn_over_size_xtra.main, ["--models", "tiny-gpt2", "tiny-neox", "tiny-llama", *common]) == 0
@@ -212,19 +119,19 @@ def test_status_prints_every_job_with_state_time_and_memory(reference_run, capsy
     assert "13 jobs" in text
 
 
-def test_dry_run_says_up_to_date_until_the_plan_changes_then_reruns_dependents(reference_run, inputs, tmp_path,
-                                                                               capsys):
+def test_dry_run_says_up_to_date_until_the_plan_changes_then_reruns_dependents(reference_run, sweep_inputs,
+                                                                               tmp_path, capsys):
     def dry_run(extra):
-        plan = write_plan(tmp_path / "tiny.toml", "tiny", reference_run["out"], list(inputs["models"].values()),
-                          ["scores", "fit", "ablation", "aggregate"], extra)
+        plan = write_plan(tmp_path / "tiny.toml", "tiny", reference_run["out"],
+                          list(sweep_inputs["models"].values()), ["scores", "fit", "ablation", "aggregate"], extra)
         assert run_cli(sweep.main, [str(plan), "--dry-run"]) == 0
         text = capsys.readouterr().out
         return text, {line.split()[0]: line.split()[1] for line in text.splitlines()
                       if line.startswith(("scores/", "fit/", "ablation/", "aggregate/"))}
 
-    text, lines = dry_run(full_extra(inputs))
+    text, lines = dry_run(full_extra(sweep_inputs))
     assert set(lines.values()) == {"up"} and len(lines) == 13 and "0 would run, 13 up to date" in text
-    text, lines = dry_run({**full_extra(inputs), "scores": {"seed": 1}})   # new prompts: everything downstream
+    text, lines = dry_run({**full_extra(sweep_inputs), "scores": {"seed": 1}})   # new prompts: everything downstream
     assert set(lines.values()) == {"run"} and len(lines) == 13
     scores_line = next(line for line in text.splitlines() if line.startswith("scores/tiny-gpt2 "))
     assert "# " in scores_line and "parameters.seed is 0, the plan wants 1" in scores_line
@@ -232,11 +139,12 @@ def test_dry_run_says_up_to_date_until_the_plan_changes_then_reruns_dependents(r
     assert fit_line.endswith("# after scores/tiny-gpt2")
 
 
-def test_submitit_local_executor_runs_every_kind_of_stage(reference_run, inputs, tmp_path):
+def test_submitit_local_executor_runs_every_kind_of_stage(reference_run, sweep_inputs, tmp_path):
     # The SLURM code path (SweepTask pickled to a submitit worker, one submission per resource group)
     # on one model, to keep the suite short: scores (group "small"), fit and aggregation (group "cpu").
-    plan = write_plan(tmp_path / "tiny-submitit.toml", "tiny-submitit", tmp_path, [inputs["models"]["gpt2"]],
-                      ["scores", "fit", "aggregate"], {k: v for k, v in full_extra(inputs).items() if k != "ablation"})
+    stages = ["scores", "fit", "aggregate"]
+    plan = write_plan(tmp_path / "tiny-submitit.toml", "tiny-submitit", tmp_path, [sweep_inputs["models"]["gpt2"]],
+                      stages, full_extra(sweep_inputs, stages))
     assert run_cli(sweep.main, [str(plan), "--backend", "submitit-local", "--jobs", "2", "--no-progress"]) == 0
     manifest = read_manifest(tmp_path / "saved_scores" / "sweeps" / "tiny-submitit" / "manifest.json")
     assert states(manifest) == {"scores/tiny-gpt2": "done", "fit/tiny-gpt2": "done",
@@ -251,18 +159,8 @@ def test_submitit_local_executor_runs_every_kind_of_stage(reference_run, inputs,
     np.testing.assert_array_equal(swept["top4"]["MSE"], expected["top4"]["MSE"])
 
 
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def test_interrupted_sweep_resumes_only_unfinished_jobs(reference_run, inputs, tmp_path):
-    models = [inputs["models"]["gpt2"], inputs["models"]["llama"]]
+def test_interrupted_sweep_resumes_only_unfinished_jobs(reference_run, sweep_inputs, tmp_path):
+    models = [sweep_inputs["models"]["gpt2"], sweep_inputs["models"]["llama"]]
     plan = write_plan(tmp_path / "cut.toml", "cut", tmp_path, models, ["scores"], {})
     manifest_file = tmp_path / "saved_scores" / "sweeps" / "cut" / "manifest.json"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
@@ -296,12 +194,13 @@ def test_interrupted_sweep_resumes_only_unfinished_jobs(reference_run, inputs, t
         assert_same_scores(path, reference_run["out"] / "saved_scores" / path.parent.name / path.name)
 
 
-def test_failed_job_is_recorded_does_not_stop_the_others_and_retry_failed_reruns_only_it(inputs, tmp_path, capsys):
-    good = Path(inputs["models"]["gpt2"]["source"])
+def test_failed_job_is_recorded_does_not_stop_the_others_and_retry_failed_reruns_only_it(sweep_inputs, tmp_path,
+                                                                                         capsys):
+    good = Path(sweep_inputs["models"]["gpt2"]["source"])
     broken = tmp_path / "broken_model"
     shutil.copytree(good, broken)
     (broken / "model.safetensors").write_bytes(b"\0" * 100)      # a truncated weights file
-    models = [{"name": "broken", "source": str(broken)}, inputs["models"]["gpt2"]]
+    models = [{"name": "broken", "source": str(broken)}, sweep_inputs["models"]["gpt2"]]
     plan = write_plan(tmp_path / "fail.toml", "fail", tmp_path, models, ["scores"], {})
     manifest_file = tmp_path / "saved_scores" / "sweeps" / "fail" / "manifest.json"
 
