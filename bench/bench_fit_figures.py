@@ -36,7 +36,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import fit_attn_score  # noqa: E402  (the script, timed whole in-process)
 from icl_cmr.cli.args import OneLineErrorParser, positive_int, run_cli  # noqa: E402
 from icl_cmr.figures.fit_sets import head_fit_pages  # noqa: E402
-from icl_cmr.files.grids import DEFAULT_GRID_PATH, read_cmr_grid  # noqa: E402
+from icl_cmr.files.grids import read_cmr_grid
+from icl_cmr.config import DEFAULT_GRID_PATH
 from icl_cmr.files.scores import read_head_scores  # noqa: E402
 from icl_cmr.fits.distance import fit_heads, select_lags  # noqa: E402
 

@@ -44,7 +44,8 @@ from icl_cmr.files.outputs import PendingWrites, portable_path
 from icl_cmr.files.folders import check_writable_dir
 from icl_cmr.experiments.paper_figures import PaperSources, build_paper_figures, check_sources, summary_markdown
 from icl_cmr.files.scores import DEFAULT_SCORES_DIR
-from icl_cmr.files.grids import DEFAULT_GRID_PATH, read_cmr_grid
+from icl_cmr.files.grids import read_cmr_grid
+from icl_cmr.config import DEFAULT_GRID_PATH
 
 logger = logging.getLogger("paper_figures")
 

@@ -26,7 +26,8 @@ from icl_cmr.cli.args import OneLineErrorParser, positive_int, run_cli, setup_lo
 from icl_cmr.cli.flags import flag_errors
 from icl_cmr.figures.fit_sets import reference_crp_figure
 from icl_cmr.files.folders import check_writable_dir
-from icl_cmr.files.grids import DEFAULT_GRID_PATH, read_cmr_grid
+from icl_cmr.files.grids import read_cmr_grid
+from icl_cmr.config import DEFAULT_GRID_PATH
 from icl_cmr.files.outputs import PendingWrites
 from icl_cmr.humans.recall import DEFAULT_HUMAN_DATASET, HUMAN_DATASETS, conditional_lag_crp, load_recall_data
 

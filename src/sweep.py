@@ -34,6 +34,13 @@ from typing import List, Optional, Sequence
 
 from icl_cmr.cli.args import OneLineErrorParser, non_negative_int, positive_int, run_cli, setup_logging
 from icl_cmr.errors import InputError
+from icl_cmr.sweeps.jobs import build_jobs, stale_reason
+from icl_cmr.sweeps.manifest import build_manifest, count_states, manifest_path, read_manifest, status_table, sweep_lock
+from icl_cmr.sweeps.plan import CPU_GROUP, find_plan, load_plan, override_slurm
+from icl_cmr.sweeps.scheduler import LocalBackend, run_sweep
+from icl_cmr.sweeps.slurm_backend import SlurmBackend
+from icl_cmr.sweeps.submitit_backend import (SIGNAL_DELAY_S, SIGNAL_MARGIN_S, SubmititBackend, minimum_time_min,
+                                             too_short_time_limits)
 
 logger = logging.getLogger("sweep")
 
@@ -77,8 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def dry_run_table(plan, jobs, backend: str, manifest=None) -> str:
     """One line per job: id, run / up to date, group and resources (cluster backends), command, why it runs."""
-    from icl_cmr.sweeps.jobs import stale_reason
-
     recorded = {r["id"]: r.get("input_signatures") for r in (manifest or {}).get("jobs", [])}
 
     will_run: set = set()
@@ -100,8 +105,6 @@ def dry_run_table(plan, jobs, backend: str, manifest=None) -> str:
     lines += ["", f"{plan.name}: {len(jobs)} jobs ({', '.join(f'{n} {s}' for s, n in by_stage.items())}); "
                   f"{len(will_run)} would run, {len(jobs) - len(will_run)} up to date"]
     if show_resources:
-        from icl_cmr.sweeps.plan import CPU_GROUP
-
         used = sorted({job.group for job in jobs})
         lines.append("resources per job (SLURM holds a job's CPUs and memory while it runs):")
         for group in used:
@@ -117,16 +120,12 @@ def dry_run_table(plan, jobs, backend: str, manifest=None) -> str:
 
 
 def make_backend(args: argparse.Namespace, plan):
-    from icl_cmr.sweeps.scheduler import LocalBackend
-
+    """The backend that runs the jobs: local processes, SLURM, or submitit's local executor."""
     log_dir = plan.sweep_dir / "logs"
     if args.backend == "local":
         return LocalBackend(args.jobs or 1, SRC_DIR, log_dir)
-    from icl_cmr.sweeps.submitit_backend import SubmititBackend
 
     if args.backend == "slurm":
-        from icl_cmr.sweeps.slurm_backend import SlurmBackend
-
         return SlurmBackend(plan.sweep_dir / "submitit", plan.groups, plan.slurm, SRC_DIR, log_dir, plan.name)
     return SubmititBackend("local", plan.sweep_dir / "submitit", plan.groups, plan.slurm, SRC_DIR, log_dir,
                            plan.name, n_jobs=args.jobs or 1)
@@ -134,10 +133,6 @@ def make_backend(args: argparse.Namespace, plan):
 
 def check_time_limits(args: argparse.Namespace, plan, jobs, plan_file: Path) -> None:
     """Refuse a SLURM time limit too short for submitit's requeue signal, naming the flag or plan key."""
-    from icl_cmr.sweeps.plan import CPU_GROUP
-    from icl_cmr.sweeps.submitit_backend import (SIGNAL_DELAY_S, SIGNAL_MARGIN_S, minimum_time_min,
-                                                 too_short_time_limits)
-
     short = too_short_time_limits(plan.groups, {job.group for job in jobs})
     if short:
         group, minutes = short[0]
@@ -156,10 +151,6 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from icl_cmr.sweeps.manifest import (build_manifest, count_states, manifest_path, read_manifest, status_table,
-                                         sweep_lock)
-    from icl_cmr.sweeps.plan import find_plan, load_plan, override_slurm
-
     if args.jobs is not None and args.backend == "slurm":
         raise InputError("--jobs applies to --backend local and submitit-local; SLURM limits concurrency with "
                          "--array-parallelism")
@@ -176,8 +167,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plan = override_slurm(plan, partition=args.partition, account=args.account, qos=args.qos,
                           array_parallelism=args.array_parallelism, gpus=args.gpus, mem_gb=args.mem_gb,
                           time_min=args.time_min, cpus=args.cpus)
-    from icl_cmr.sweeps.jobs import build_jobs
-
     jobs = build_jobs(plan)
     if args.backend == "slurm":
         check_time_limits(args, plan, jobs, plan_file)
@@ -187,9 +176,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.backend == "slurm" and shutil.which("sbatch") is None:
         raise InputError("--backend slurm needs sbatch on this machine (run the sweep on a login node), "
                          "or use --backend local / submitit-local")
-
-    from icl_cmr.sweeps.scheduler import run_sweep
-
     with sweep_lock(plan.sweep_dir):
         manifest = build_manifest(plan.name, str(plan_file), args.backend, jobs, read_manifest(manifest_file))
         backend = make_backend(args, plan)

@@ -34,7 +34,8 @@ import torch
 from icl_cmr.errors import InputError
 from icl_cmr.heads.scores import repeat_lag_indices, stream_attention_scores
 from icl_cmr.heads.hooks import hook_name
-from icl_cmr.heads.models import load_model, resolve_model
+from icl_cmr.heads.models import load_model
+from icl_cmr.heads.registry import resolve_model
 from tiny_models import MATRIX_ARCHITECTURES, N_LAYERS, REFUSED_ARCHITECTURES
 
 SCORED = tuple(arch for arch in MATRIX_ARCHITECTURES if arch not in REFUSED_ARCHITECTURES)

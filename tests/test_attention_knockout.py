@@ -9,7 +9,8 @@ from icl_cmr.interventions.knockout import (batch_knockout_mask, kind_codes, kno
                                             knockout_mask, token_kinds)
 from icl_cmr.errors import InputError
 from icl_cmr.heads.hooks import hook_name
-from icl_cmr.heads.models import load_model, resolve_model
+from icl_cmr.heads.models import load_model
+from icl_cmr.heads.registry import resolve_model
 from icl_cmr.interventions.pattern_tasks import Segment
 
 

@@ -17,7 +17,8 @@ import compute_head_scores
 from icl_cmr.cli.args import run_cli
 from icl_cmr.errors import InputError
 from icl_cmr.files.reading import load_pickle
-from icl_cmr.heads.models import choose_bos, has_tokenizer, load_model, resolve_model
+from icl_cmr.heads.models import choose_bos, has_tokenizer, load_model
+from icl_cmr.heads.registry import resolve_model
 from tiny_models import BOS_TOKEN, make_tokenizer, tiny_config
 
 SMALL = ["--n-prompts", "2", "--block-len", "6", "--batch-size", "2", "--prefix-block-len", "4",

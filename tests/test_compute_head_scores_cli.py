@@ -20,7 +20,8 @@ from icl_cmr.cli.args import run_cli
 from icl_cmr.config import ATTN_CRP_LAGS
 from icl_cmr.files.reading import load_pickle
 from icl_cmr.heads.hooks import hook_name
-from icl_cmr.heads.models import load_model, resolve_model
+from icl_cmr.heads.models import load_model
+from icl_cmr.heads.registry import resolve_model
 from icl_cmr.files.score_format import AUTHOR_KEYS, EXTRA_KEYS
 from tiny_models import N_HEADS, N_LAYERS
 

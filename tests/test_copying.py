@@ -9,7 +9,8 @@ from icl_cmr.heads.copying import (copying_scores, eigenvalue_copying_ratio, kv_
                                    norm_gain, unembed_embed_product)
 from icl_cmr.errors import InputError
 from icl_cmr.heads.hooks import hook_name
-from icl_cmr.heads.models import load_model, resolve_model
+from icl_cmr.heads.models import load_model
+from icl_cmr.heads.registry import resolve_model
 from tiny_models import MATRIX_ARCHITECTURES
 
 

@@ -10,7 +10,8 @@ from icl_cmr.interventions.head_ablation import (ablation_hooks, format_heads, h
                                                  mean_head_activations, parse_heads, random_heads,
                                                  zero_ablation_hooks)
 from icl_cmr.heads.hooks import hook_name
-from icl_cmr.heads.models import load_model, resolve_model
+from icl_cmr.heads.models import load_model
+from icl_cmr.heads.registry import resolve_model
 from tiny_models import N_HEADS, N_KV_HEADS
 
 ARCHS = ("gpt2", "neox", "llama_gqa")

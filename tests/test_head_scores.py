@@ -301,7 +301,8 @@ def _build_exact_model(directory):
 
 @pytest.fixture(scope="module")
 def exact_scores(tmp_path_factory):
-    from icl_cmr.heads.models import load_model, resolve_model
+    from icl_cmr.heads.models import load_model
+    from icl_cmr.heads.registry import resolve_model
 
     folder = _build_exact_model(tmp_path_factory.mktemp("exact") / "exact_heads")
     model = load_model(resolve_model(str(folder)))

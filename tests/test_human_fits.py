@@ -15,8 +15,9 @@ from icl_cmr.config import CMR_GRID_MEAN_FILENAME
 from icl_cmr.errors import InputError
 from icl_cmr.fits.distance import CmrGrid, cmr_distance, cmr_fit_patterns, fit_heads
 from icl_cmr.heads.results import HeadScores
-from icl_cmr.humans.fits import (HUMAN_FIT_LAGS, GroupComparisonConfig, compare_groups, fit_people, near_best_ranges,
-                                 people_table, people_vs_heads_table, share_below, top_sets_over_training)
+from icl_cmr.humans.fits import (GroupComparisonConfig, compare_groups, fit_people, near_best_ranges, people_table,
+                                 people_vs_heads_table, share_below, top_sets_over_training)
+from icl_cmr.config import HUMAN_FIT_LAGS
 from icl_cmr.files.grids import read_conditional_grid
 from icl_cmr.humans.recall import UnitLagCrps, lag_crps_by_unit, simulated_recall_table
 

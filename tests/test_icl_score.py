@@ -7,7 +7,8 @@ import torch
 
 from icl_cmr.errors import InputError
 from icl_cmr.interventions.icl_score import ICLScoreConfig, icl_scores, per_token_loss, token_losses
-from icl_cmr.heads.models import load_model, resolve_model
+from icl_cmr.heads.models import load_model
+from icl_cmr.heads.registry import resolve_model
 
 
 def test_uniform_logits_give_log_vocab_loss_everywhere():

@@ -1,4 +1,4 @@
-"""A model's shape read from its config alone (icl_cmr.heads.models.read_model_shape), before any weights load."""
+"""A model's shape read from its config alone (icl_cmr.heads.registry.read_model_shape), before any weights load."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,8 @@ import json
 import pytest
 
 from icl_cmr.errors import InputError
-from icl_cmr.heads.models import load_model, model_shape_from_config, read_model_shape, resolve_model
+from icl_cmr.heads.models import load_model
+from icl_cmr.heads.registry import model_shape_from_config, read_model_shape, resolve_model
 from tiny_models import ARCHITECTURES, MATRIX_ARCHITECTURES, N_HEADS, N_KV_HEADS, N_LAYERS, tiny_config
 
 

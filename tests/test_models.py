@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from icl_cmr.errors import InputError
-from icl_cmr.heads.models import MODEL_REGISTRY, load_model, n_kv_heads, resolve_model
+from icl_cmr.heads.models import load_model, n_kv_heads
+from icl_cmr.heads.registry import MODEL_REGISTRY, resolve_model
 from icl_cmr.heads.hooks import hook_name
 from tiny_models import N_HEADS, N_KV_HEADS, N_LAYERS
 

@@ -18,7 +18,8 @@ from icl_cmr.figures.patterns import plot_accuracy_bars
 from icl_cmr.files.reading import load_json
 from icl_cmr.files.writing import save_pickle
 from icl_cmr.heads.hooks import hook_name
-from icl_cmr.heads.models import choose_bos, load_model, resolve_model
+from icl_cmr.heads.models import choose_bos, load_model
+from icl_cmr.heads.registry import resolve_model
 from icl_cmr.interventions.head_ablation import mean_ablation_hooks
 from icl_cmr.interventions.pattern_eval import (EncodedPrompt, accuracy_with_ci, encode_prompts,
                                                 label_log_likelihoods, reference_means, score_choices,

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from icl_cmr.errors import InputError
-from icl_cmr.heads.models import choose_bos, load_model, resolve_model
+from icl_cmr.heads.models import choose_bos, load_model
+from icl_cmr.heads.registry import resolve_model
 from icl_cmr.interventions.head_ablation import ablation_hooks
 from icl_cmr.interventions.knockout import kind_codes, knockout_hooks, knockout_mask
 from icl_cmr.interventions.pattern_eval import (EncodedPrompt, accuracy_with_ci, encode_prompts,

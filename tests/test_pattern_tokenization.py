@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from icl_cmr.heads.models import load_model, resolve_model
+from icl_cmr.heads.models import load_model
+from icl_cmr.heads.registry import resolve_model
 from icl_cmr.interventions.pattern_eval import encode_prompts, label_log_likelihoods
 from icl_cmr.interventions.pattern_tasks import LABELS, PatternTaskConfig, generate_prompts
 

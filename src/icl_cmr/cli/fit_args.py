@@ -15,7 +15,8 @@ from pathlib import Path
 from icl_cmr.cli.args import positive_float
 from icl_cmr.cli.flags import flag_errors
 from icl_cmr.config import CMR_LIKE_THRESHOLD
-from icl_cmr.files.grids import DEFAULT_GRID_PATH, read_cmr_grid
+from icl_cmr.files.grids import read_cmr_grid
+from icl_cmr.config import DEFAULT_GRID_PATH
 from icl_cmr.files.scores import DEFAULT_SCORES_DIR
 from icl_cmr.fits.distance import CmrGrid
 

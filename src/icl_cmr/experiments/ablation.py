@@ -50,7 +50,8 @@ from icl_cmr.files.scores import fit_result_paths, other_model_warning
 from icl_cmr.files.texts import iter_local_texts
 from icl_cmr.files.writing import atomic_write, make_metadata
 from icl_cmr.devices import pin_cpu_kernels, resolve_device
-from icl_cmr.heads.models import ModelShape, ModelSpec, choose_bos, load_model, read_model_shape, resolve_model
+from icl_cmr.heads.models import choose_bos, load_model
+from icl_cmr.heads.registry import ModelShape, ModelSpec, read_model_shape, resolve_model
 from icl_cmr.interventions.head_ablation import Head, format_heads, mean_head_activations, parse_heads, validate_heads
 from icl_cmr.interventions.icl_ablation import (ABLATED, ABLATED_RAND, ORIGINAL, AblationConfig, BatchSummary,
                                                 combine_batches, conditions, control_head_sets, evaluate_batch,

@@ -41,16 +41,17 @@ from matplotlib.figure import Figure
 from icl_cmr.config import CHECKPOINT_INDICES, CMR_LIKE_THRESHOLD, FIT_LAGS
 from icl_cmr.errors import InputError
 from icl_cmr.figures.humans import parameters_figure, training_reference_figure, unit_fits_figure
-from icl_cmr.files.grids import (DEFAULT_CONDITIONAL_GRID_PATH, DEFAULT_GRID_PATH, read_cmr_grid,
-                                 read_conditional_grid)
+from icl_cmr.files.grids import DEFAULT_CONDITIONAL_GRID_PATH, read_cmr_grid, read_conditional_grid
+from icl_cmr.config import DEFAULT_GRID_PATH
 from icl_cmr.files.outputs import REPO_ROOT, portable_path
 from icl_cmr.files.scores import DEFAULT_SCORES_DIR, find_score_file, load_checkpoint_series, read_head_scores
 from icl_cmr.fits.distance import CmrFit, CmrGrid, fit_heads
 from icl_cmr.fits.layers import DEFAULT_TOP_N
 from icl_cmr.heads.results import HeadScores, checkpoint_step
-from icl_cmr.humans.fits import (COMPARED_QUANTITIES, HUMAN_FIT_LAGS, NEAR_BEST_TOLERANCE, GroupComparisonConfig,
-                                 TopSetsOverTraining, fit_people, head_table, near_best_ranges, people_table,
-                                 people_vs_heads_table, same_simulation_problem, top_sets_over_training)
+from icl_cmr.humans.fits import (COMPARED_QUANTITIES, NEAR_BEST_TOLERANCE, GroupComparisonConfig, TopSetsOverTraining,
+                                 fit_people, head_table, near_best_ranges, people_table, people_vs_heads_table,
+                                 same_simulation_problem, top_sets_over_training)
+from icl_cmr.config import HUMAN_FIT_LAGS
 from icl_cmr.humans.recall import (RECALL_UNITS, UnitLagCrps, lag_crps_by_unit, load_recall_data,
                                    resolve_dataset)
 
@@ -219,7 +220,7 @@ class HumanRecallResult:
     crps : UnitLagCrps
         Each unit's conditional lag-CRP, [U, K] at lags -8..+8.
     people_fit : CmrFit
-        The units' fits, head axes [U], on :data:`icl_cmr.humans.fits.HUMAN_FIT_LAGS`.
+        The units' fits, head axes [U], on :data:`icl_cmr.config.HUMAN_FIT_LAGS`.
     people : pandas.DataFrame
         :func:`icl_cmr.humans.fits.people_table`: one row per unit.
     heads : pandas.DataFrame or None

@@ -37,7 +37,8 @@ from icl_cmr.files.scores import find_score_file, other_model_warning, read_head
 # pattern_eval.label_log_likelihoods, ...) so that a test can replace them to prove that the
 # checks come first.
 from icl_cmr.heads import models
-from icl_cmr.heads.models import DTYPES, ModelShape, ModelSpec, choose_bos, read_model_shape, resolve_model
+from icl_cmr.heads.models import DTYPES, choose_bos
+from icl_cmr.heads.registry import ModelShape, ModelSpec, read_model_shape, resolve_model
 from icl_cmr.interventions import pattern_eval
 from icl_cmr.interventions.head_ablation import (RandomHeadSets, ablation_hooks, draw_random_head_sets,
                                                  format_heads, parse_heads, validate_heads)

@@ -39,13 +39,14 @@ from icl_cmr.experiments.ablation import (AblationPlan, AblationSettings, check_
 from icl_cmr.experiments.head_fits import HeadFitSettings, head_fit_paths, queue_head_fit_outputs, run_head_fit
 from icl_cmr.experiments.head_scores import HeadScorePlan, HeadScoreSettings, check_head_scores, run_head_scores
 from icl_cmr.files.folders import check_writable_dir, check_writable_file
-from icl_cmr.files.grids import DEFAULT_GRID_PATH, read_cmr_grid
+from icl_cmr.files.grids import read_cmr_grid
+from icl_cmr.config import DEFAULT_GRID_PATH
 from icl_cmr.files.outputs import REPO_ROOT, OutputGuard, PendingWrites, portable_path
 from icl_cmr.files.reading import load_json
 from icl_cmr.files.results import read_ablation_result
 from icl_cmr.files.writing import save_pickle, save_text
 from icl_cmr.fits.distance import CmrGrid
-from icl_cmr.heads.models import ModelSpec, resolve_model
+from icl_cmr.heads.registry import ModelSpec, resolve_model
 from icl_cmr.interventions.icl_ablation import AblationConfig
 from icl_cmr.interventions.icl_score import ICLScoreConfig
 from icl_cmr.interventions.texts import TextDataConfig, split_at_blank_lines

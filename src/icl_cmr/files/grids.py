@@ -14,13 +14,12 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from icl_cmr.cmr.grid import GRID_QUANTITIES
-from icl_cmr.config import (BETA_ENC_GRID, BETA_REC_GRID, CMR_CRP_LAGS, CMR_GRID_MEAN_FILENAME, FIT_LAGS,
-                            GAMMA_FT_GRID)
+from icl_cmr.config import (BETA_ENC_GRID, BETA_REC_GRID, CMR_CRP_LAGS, CMR_GRID_MEAN_FILENAME, DEFAULT_GRID_PATH,
+                            FIT_LAGS, GAMMA_FT_GRID, HUMAN_FIT_LAGS)
 from icl_cmr.errors import FileContentError, InputError
 from icl_cmr.files.checks import ArraySpec, check_array
 from icl_cmr.files.reading import load_json, load_npy
-from icl_cmr.fits.distance import SIMULATION_SETTINGS, CmrGrid
-from icl_cmr.humans.fits import HUMAN_FIT_LAGS, check_conditional_grid
+from icl_cmr.fits.distance import SIMULATION_SETTINGS, CmrGrid, check_conditional_grid
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +74,6 @@ def load_cmr_grid(mean_path: "str | Path", sem_path: Optional["str | Path"] = No
     return mean, sem
 
 
-DEFAULT_GRID_PATH = Path("saved_crps") / CMR_GRID_MEAN_FILENAME
 
 
 def _grid_axes_from_sidecar(meta: Any, path: Path,

@@ -84,7 +84,7 @@ def other_model_warning(recorded: Optional[str], loaded: str, what: str) -> Opti
         The model the file names (``HeadScores.model``, ``CmrFitFile.model``); None: the file does not
         say (the authors' files), and nothing can be compared.
     loaded : str
-        The loaded model's name (:attr:`icl_cmr.heads.models.ModelSpec.name`).
+        The loaded model's name (:attr:`icl_cmr.heads.registry.ModelSpec.name`).
     what : str
         The flag and file, e.g. ``"--fit-file saved_scores/gpt2/cmr_fit_gpt2.pkl"``.
 

@@ -9,7 +9,7 @@ section 4) on the same parameter axes, so each person and each head gets a CMR d
 
 What differs, by definition of the two quantities:
 
-* **fitting lags**: heads use [LI24]'s -5..+5; people -5..-1, +1..+5 (:data:`HUMAN_FIT_LAGS`), since
+* **fitting lags**: heads use [LI24]'s -5..+5; people -5..-1, +1..+5 (:data:`~icl_cmr.config.HUMAN_FIT_LAGS`), since
   lag 0 is never a transition in a conditional lag-CRP;
 * **1/tau** is not on a common scale: a head's is pre-softmax attention score per unit of CMR
   probability, a person's is probability per unit of CMR probability. It is reported, never
@@ -29,19 +29,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from icl_cmr.config import FIT_LAGS
+from icl_cmr.config import HUMAN_FIT_LAGS
 from icl_cmr.errors import InputError
-from icl_cmr.fits.distance import (PARAMETER_NAMES, SIMULATION_SETTINGS, CmrFit, CmrGrid, cmr_distance,
-                                   cmr_fit_patterns, fit_heads, select_lags)
-from icl_cmr.heads.results import HeadScores
+from icl_cmr.fits.distance import (PARAMETER_NAMES, SIMULATION_SETTINGS, CmrFit, CmrGrid, check_conditional_grid,
+                                   cmr_distance, cmr_fit_patterns, fit_heads, select_lags)
 from icl_cmr.fits.layers import HeadSelection, gather_selected, select_top_heads
+from icl_cmr.heads.results import HeadScores
 from icl_cmr.humans.recall import UnitLagCrps
 from icl_cmr.stats import wilson_interval
 
 logger = logging.getLogger(__name__)
-
-#: Lags of a person's fit: [LI24]'s -5..+5 without lag 0, never a transition in a conditional lag-CRP.
-HUMAN_FIT_LAGS: np.ndarray = FIT_LAGS[FIT_LAGS != 0]
 
 #: Quantities compared between people and heads: D and the three CMR parameters (1/tau is not
 #: on a common scale, see the module docstring).
@@ -75,28 +72,6 @@ class GroupComparisonConfig:
 
 # ----------------------------------------------------------------------------- grids
 
-def check_conditional_grid(grid: CmrGrid) -> None:
-    """Raise :class:`InputError` unless ``grid`` holds conditional lag-CRPs on the fitting lags.
-
-    A conditional lag-CRP is a probability per lag (values in [0, 1]) and lag 0 is never possible
-    (NaN). A grid whose lag 0 is finite is the paper's lag histogram (``est_cmr_crp.py`` without
-    ``--quantity conditional``), a different quantity.
-    """
-    lags = np.asarray(grid.lags)
-    if 0 in lags and np.isfinite(grid.mean[..., int(np.flatnonzero(lags == 0)[0])]).any():
-        raise InputError(f"{grid.source or 'the grid'} holds the paper's CRP (a lag histogram: lag 0 is defined), not "
-                         "the conditional lag-CRP people are fitted to; make that with "
-                         "`python src/est_cmr_crp.py --quantity conditional` (cmr_cond_crp_avg_*.npy)")
-    missing = [int(lag) for lag in HUMAN_FIT_LAGS if lag not in lags]
-    if missing:
-        raise InputError(f"{grid.source or 'the grid'} has no lags {missing}; a conditional grid needs lags "
-                         f"{HUMAN_FIT_LAGS[0]}..{HUMAN_FIT_LAGS[-1]}")
-    values = grid.mean[np.isfinite(grid.mean)]
-    if values.size == 0 or values.min() < 0 or values.max() > 1:
-        raise InputError(f"{grid.source or 'the grid'} is not a conditional lag-CRP grid: values must be "
-                         "probabilities in [0, 1] (NaN where a lag was never possible)")
-
-
 def same_simulation_problem(people_grid: CmrGrid, head_grid: CmrGrid) -> str | None:
     """Why two grids are not of the same simulator on the same axes, or None (settings unknown count as same;
     the caller warns about those)."""
@@ -114,12 +89,12 @@ def same_simulation_problem(people_grid: CmrGrid, head_grid: CmrGrid) -> str | N
 # ----------------------------------------------------------------------------- fits
 
 def fit_people(crps: UnitLagCrps, grid: CmrGrid) -> CmrFit:
-    """Fit every unit's conditional lag-CRP to a conditional grid on :data:`HUMAN_FIT_LAGS`.
+    """Fit every unit's conditional lag-CRP to a conditional grid on :data:`~icl_cmr.config.HUMAN_FIT_LAGS`.
 
     Parameters
     ----------
     crps : UnitLagCrps
-        ``prob`` [U, K] at ``lags`` (must include :data:`HUMAN_FIT_LAGS`).
+        ``prob`` [U, K] at ``lags`` (must include :data:`~icl_cmr.config.HUMAN_FIT_LAGS`).
     grid : CmrGrid
         Conditional lag-CRP grid (:func:`read_conditional_grid`).
 
@@ -146,7 +121,7 @@ def near_best_ranges(curves: np.ndarray, curve_lags: np.ndarray, grid: CmrGrid, 
     curve_lags : ndarray of int, shape [n_lags]
     grid : CmrGrid
     fit_lags : ndarray of int, shape [K]
-        The lags of the fit (:data:`HUMAN_FIT_LAGS` for people, ``FIT_LAGS`` for heads).
+        The lags of the fit (:data:`~icl_cmr.config.HUMAN_FIT_LAGS` for people, ``FIT_LAGS`` for heads).
     tolerance : float
         Slack in D (>= 0).
     chunk_size : int

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
 
+from icl_cmr.errors import FileContentError, InputError
+from icl_cmr.files.folders import ensure_writable_dir
 from icl_cmr.files.reading import load_json
 from icl_cmr.files.writing import save_json
 from icl_cmr.sweeps.execute import utc_now
@@ -41,7 +43,6 @@ def read_manifest(path: "str | Path") -> Optional[Dict[str, Any]]:
         return None
     data = load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
-        from icl_cmr.errors import FileContentError
         raise FileContentError(f"{path}: not a sweep manifest (no 'jobs' list); move it away to start afresh")
     return data
 
@@ -123,10 +124,7 @@ def sweep_lock(sweep_dir: "str | Path") -> Iterator[Path]:
     InputError
         If another process holds it (the lock dies with its process, so a killed sweep frees it).
     """
-    import fcntl
-
-    from icl_cmr.errors import InputError
-    from icl_cmr.files.folders import ensure_writable_dir
+    import fcntl  # POSIX only, and only a running sweep needs the lock
 
     path = ensure_writable_dir(sweep_dir) / ".lock"
     with open(path, "a+") as handle:

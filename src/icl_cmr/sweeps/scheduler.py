@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from icl_cmr.sweeps.execute import JobResult, job_environment, run_command, utc_now
-from icl_cmr.sweeps.jobs import Job, aggregate_jobs, input_signatures, stale_reason
+from icl_cmr.sweeps.jobs import Job, aggregate_jobs, input_signatures, read_metadata, score_path, stale_reason
 from icl_cmr.sweeps.manifest import FINISHED_OK, save_manifest
 from icl_cmr.sweeps.plan import Plan
 
@@ -121,7 +121,6 @@ def _finished_scores(plan: Plan, records: Mapping[str, Dict[str, Any]], jobs: Ma
         if job.stage == "scores" and records[job_id]["state"] in FINISHED_OK:
             finished[str(job.model)].add(job.step)
     if "scores" not in plan.stages:
-        from icl_cmr.sweeps.jobs import score_path
         for m in plan.models:
             finished[m.name] = {s for s in m.steps if score_path(plan, m, s).is_file()}
     return finished
@@ -131,8 +130,7 @@ def _peak_gpu(job: Job) -> Optional[float]:
     """Peak GPU memory a score job recorded in its output's metadata (None elsewhere or on CPU)."""
     if job.stage != "scores" or not job.checks:
         return None
-    from icl_cmr.sweeps.jobs import _read_metadata
-    metadata = _read_metadata(Path(job.checks[0].path))
+    metadata = read_metadata(Path(job.checks[0].path))
     value = (metadata or {}).get("peak_gpu_memory_gib")
     return float(value) if isinstance(value, (int, float)) else None
 

@@ -23,15 +23,13 @@ import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import submitit
 
 from icl_cmr.sweeps.execute import JobResult, result_without_run, run_job_command
-
-if TYPE_CHECKING:  # not at run time: a worker unpickles SweepTask from this module, and .jobs imports torch
-    from icl_cmr.sweeps.jobs import Job
-    from icl_cmr.sweeps.plan import ResourceGroup, SlurmSettings
+from icl_cmr.sweeps.jobs import Job
+from icl_cmr.sweeps.plan import ResourceGroup, SlurmSettings
 
 logger = logging.getLogger(__name__)
 
