@@ -58,3 +58,9 @@ def test_the_previous_releases_notebook_imports_still_work():
             imported = importlib.import_module(statement.module)
         for alias in statement.names:
             assert hasattr(imported, alias.name), f"{statement.module}.{alias.name}"
+
+
+@pytest.mark.parametrize("package", ["cmr", "toy_lm", "cli"])
+def test_no_former_path_names_a_package_that_exists(package):
+    """A finder is consulted only for names that do not exist: an entry for a package would be dead."""
+    assert package not in _compat.FORMER_MODULES
