@@ -248,6 +248,9 @@ def test_methods_are_compared_by_rank_and_median():
     assert table.loc["B_enc", "median_likelihood"] == pytest.approx(0.75)
     assert table.loc["B_enc", "median_likelihood_li24"] == pytest.approx(np.median(li24_beta_enc([0.6, 0.8, 0.9, 0.7])))
     assert table.loc["B_enc", "median_grid"] == pytest.approx(0.55)
+    differences = li24_beta_enc(np.array([0.6, 0.8, 0.9, 0.7])) - np.array([0.4, 0.6, 0.7, 0.5])
+    assert table.loc["B_enc", "median_difference_li24"] == pytest.approx(np.median(differences))
+    assert math.isnan(table.loc["B_rec", "wilcoxon_p"])
     assert table.loc["Lfc", "median_likelihood_li24"] == table.loc["Lfc", "median_likelihood"] == pytest.approx(0.4)
 
 

@@ -340,7 +340,9 @@ def compare_methods(likelihood: pd.DataFrame, grid: pd.DataFrame) -> pd.DataFram
         One row per pair of :data:`METHOD_PAIRS`: ``likelihood``, ``grid`` (column names), ``n`` (people in
         both), ``spearman_rho``, ``spearman_p`` (scipy.stats.spearmanr), ``median_likelihood``,
         ``median_likelihood_li24`` (on [LI24]'s scale: ``li24_beta_enc``, ``li24_beta_rec``; the same value for Lfc,
-        which has no conversion), ``median_grid``.
+        which has no conversion), ``median_grid``; for B_enc only (the one conversion that holds person by
+        person), ``median_difference_li24`` (median over people of likelihood minus grid on [LI24]'s scale) and
+        ``wilcoxon_p`` (scipy.stats.wilcoxon, two-sided, paired); NaN for the others.
     """
     missing = [column for column in ("subject",) + tuple(p[0] for p in METHOD_PAIRS) if column not in likelihood]
     missing += [column for column in ("subject",) + tuple(p[1] for p in METHOD_PAIRS) if column not in grid]
@@ -356,7 +358,12 @@ def compare_methods(likelihood: pd.DataFrame, grid: pd.DataFrame) -> pd.DataFram
         native_median = float(both[native.get(mine, mine)].median())
         li24_median = float(to_li24.get(mine, lambda x: x)(native_median)) if mine != "beta_enc_li24" else \
             float(both[mine].median())
+        difference, wilcoxon_p = math.nan, math.nan
+        if mine == "beta_enc_li24":
+            difference = float((both[mine] - both[grid_column]).median())
+            wilcoxon_p = float(stats.wilcoxon(both[mine], both[grid_column]).pvalue) if len(both) > 1 else math.nan
         rows.append({"likelihood": native.get(mine, mine), "grid": theirs, "n": len(both), "spearman_rho": float(rho),
                      "spearman_p": float(p_value), "median_likelihood": native_median,
-                     "median_likelihood_li24": li24_median, "median_grid": float(both[grid_column].median())})
+                     "median_likelihood_li24": li24_median, "median_grid": float(both[grid_column].median()),
+                     "median_difference_li24": difference, "wilcoxon_p": wilcoxon_p})
     return pd.DataFrame(rows)
