@@ -257,7 +257,8 @@ def _differential_evolution(objective, names: Tuple[str, ...], config: Likelihoo
     errors = standard_errors(objective, values, config.bounds)
     return PartFit(values=values, neg_log_likelihood=float(best.fun), standard_errors=errors,
                    converged=bool(best.success), message=str(best.message),
-                   n_objective_calls=int(sum(run.nfev for run in runs)), n_generations=int(sum(run.nit for run in runs)),
+                   n_objective_calls=int(sum(run.nfev for run in runs)),
+                   n_generations=int(sum(run.nit for run in runs)),
                    spread=float(optima.max() - optima.min()))
 
 
@@ -316,7 +317,7 @@ def fit_row(subject: "int | str", fit: SubjectLikelihoodFit) -> Dict[str, object
     """One row of the per-person table (see :func:`compare_methods` for the columns it uses)."""
     return {"subject": subject, "n_lists": fit.n_lists, "n_recalls": fit.n_recalls, "n_events": fit.n_events,
             **fit.parameters, "beta_enc_li24": float(li24_beta_enc(fit.parameters["B_enc"])),
-            **{f"{name}_se": error for name, error in {**fit.choice.standard_errors, **fit.stop.standard_errors}.items()},
+            **{f"{name}_se": error for part in (fit.choice, fit.stop) for name, error in part.standard_errors.items()},
             "neg_log_likelihood": fit.neg_log_likelihood, "choice_nll": fit.choice.neg_log_likelihood,
             "stop_nll": fit.stop.neg_log_likelihood, "converged": fit.choice.converged and fit.stop.converged,
             "choice_spread": fit.choice.spread, "stop_spread": fit.stop.spread, "at_bounds": ";".join(fit.at_bounds),
