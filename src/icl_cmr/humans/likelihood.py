@@ -20,8 +20,8 @@ Study (PNK09 eq. 2, 4; cymr ``study_list``)
     Context starts at ``c = e_start``. Item i presents ``c_in = M^FC f_i / |M^FC f_i| = e_i`` (nothing was
     learned for i yet; at ``Lfc = 1`` its limit, where cymr would divide 0 by 0) with ``B = B_enc``; then
     ``M^FC_exp += Lfc c_i f_i^T`` and ``M^CF_exp += Lcf_i f_i c_i^T``, ``c_i`` the context just after
-    item i, with the primacy gradient ``Lcf_i = Lcf + P1 exp(-P2 i)`` (MP16; cymr ``primacy``). Because ``e_i`` is orthogonal to every
-    earlier context, ``rho = sqrt(1 - B_enc^2)`` at every study step and, closed form,
+    item i, with the primacy gradient ``Lcf_i = Lcf + P1 exp(-P2 i)`` (MP16; cymr ``primacy``). Because
+    ``e_i`` is orthogonal to every earlier context, ``rho = sqrt(1 - B_enc^2)`` at every study step and, closed form,
     ``c_i = rho^(i+1) e_start + B_enc sum_{j<=i} rho^(i-j) e_j``: the gradient [LI24]'s
     ``1 - beta_enc`` stands for, hence ``beta_enc = 1 - sqrt(1 - B_enc^2)`` (:func:`li24_beta_enc`).
     After the list, the start context is reinstated: one update with ``c_in = e_start``, ``B = B_start``.
