@@ -31,7 +31,9 @@ pytest.register_assert_rewrite("sweep_fixtures")   # a plugin (below) imported b
 from sweep_fixtures import REPO_ROOT, assert_same_scores, full_extra, states, wait_for, write_plan
 
 pytest_plugins = ("sweep_fixtures",)    # sweep_inputs, reference_run: built once per session
-pytestmark = pytest.mark.slow   # real job processes: 2.5-5 min for the file on a shared 2-core machine
+#: Real job processes (minutes). One xdist worker takes every sweep test (--dist loadgroup), so the local reference
+#: sweep shared with tests/sweeps/test_sweep_slurm.py is built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sweeps")]
 
 
 def test_local_sweep_runs_every_stage_and_records_time_and_peak_memory(reference_run):

@@ -36,6 +36,9 @@ pytest.register_assert_rewrite("sweep_fixtures")   # a plugin (below) imported b
 from sweep_fixtures import REPO_ROOT, full_extra, wait_for, write_plan
 
 pytest_plugins = ("sweep_fixtures",)    # sweep_inputs, reference_run: built once per session
+#: On the worker that runs tests/sweeps/test_sweep.py (--dist loadgroup): the reference sweep is built once, and the
+#: jobs of one test never share the scheduler with another test's.
+pytestmark = pytest.mark.xdist_group("sweeps")
 
 #: What sacct prints (stderr, exit 1) on a cluster without accounting, as measured with .ci/slurm.sh --no-accounting.
 NO_ACCOUNTING = "Slurm accounting storage is disabled"
