@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 
 from icl_cmr.errors import InputError
 from icl_cmr.heads.hooks import prepare_attention_hooks
-from icl_cmr.heads.registry import ModelSpec, cached_snapshot, hub_reachable, hub_unreachable_error
+from icl_cmr.heads.registry import (ModelSpec, cached_snapshot, check_model_files, hub_reachable,
+                                   hub_unreachable_error)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32",
     InputError
         Hub unreachable and the model not cached; CUDA asked for but absent; an
         architecture whose required hooks cannot hold what their names say.
+    CorruptFileError
+        A config, tokenizer or weight file of the folder cut short or damaged (named, in one line).
     """
     import torch
     from transformer_lens.model_bridge import TransformerBridge
@@ -82,6 +85,8 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32",
             kwargs["checkpoint_value"] = spec.checkpoint_step
         if spec.trust_remote_code:
             kwargs["trust_remote_code"] = True
+    if spec.is_local or source != spec.source:
+        check_model_files(source)  # a file cut short is named here, before transformers fails inside it
     logger.info("loading %s (%s, %s)", source, device, dtype)
     try:
         model = TransformerBridge.boot_transformers(source, device=device, dtype=torch_dtype, **kwargs)
