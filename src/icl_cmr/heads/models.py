@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from icl_cmr.errors import InputError
-from icl_cmr.heads.hooks import prepare_attention_hooks
+from icl_cmr.heads.hooks import describe_exception, prepare_attention_hooks, transformer_lens_version
 from icl_cmr.heads.registry import (ModelSpec, cached_snapshot, check_model_files, hub_reachable,
                                    hub_unreachable_error)
 
@@ -91,11 +91,26 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32",
     try:
         model = TransformerBridge.boot_transformers(source, device=device, dtype=torch_dtype, **kwargs)
     except OSError as err:
-        raise InputError(f"cannot load {spec.source}: {str(err).splitlines()[0]}") from None
+        raise InputError(f"cannot load {spec.source}: {(str(err).splitlines() or [type(err).__name__])[0]}") from None
+    except (InputError, MemoryError):
+        raise
+    except Exception as err:  # an adapter that cannot map this configuration (AssertionError, RuntimeError, ...)
+        raise InputError(f"{spec.source} ({model_type_of(source)}) cannot be loaded by TransformerLens "
+                         f"{transformer_lens_version()}: {describe_exception(err)}") from err
     model.eval()
 
     prepare_attention_hooks(model, require=require_hooks)
     return model
+
+
+def model_type_of(source: str) -> str:
+    """The ``model_type`` of a model's config (``gpt2``, ``llama``, ...), for messages; ``"?"`` when unreadable."""
+    from transformers import AutoConfig  # heavy (seconds to import): only an error message needs it
+
+    try:
+        return str(AutoConfig.from_pretrained(source).model_type)
+    except Exception:  # only a message depends on it
+        return "?"
 
 
 def n_kv_heads(model) -> int:
