@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
@@ -200,6 +201,18 @@ def test_the_hugging_face_pass_reuses_the_bridges_weights_and_gives_them_back(ar
     assert [(name, id(module)) for name, module in hf_model.named_modules()] == before
     assert relative_gap(logits, hugging_face_logits(folder, tokens)) < 1e-6
     assert compare_with_hugging_face(model).agrees
+
+
+def test_an_error_raised_outside_the_libraries_is_not_reported_as_an_unsupported_model(tiny_model_dirs,
+                                                                                      monkeypatch):
+    """Only what TransformerLens, transformers or torch raise becomes a one-line refusal; a caller's own
+    failure (here a test's stand-in for loading) keeps its type and traceback."""
+    def fail(*args, **kwargs):
+        raise AssertionError("raised by the caller")
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", fail)
+    with pytest.raises(AssertionError, match="raised by the caller"):
+        load_model(resolve_model(str(tiny_model_dirs["gpt2"])))
 
 
 class _quiet:

@@ -65,6 +65,21 @@ def describe_exception(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
+#: Packages whose exceptions, raised while a model loads or runs its probe, mean that the library cannot
+#: handle this model (an adapter's AssertionError or RuntimeError), not a bug of ours or of a caller.
+_LIBRARY_PACKAGES = frozenset({"transformer_lens", "transformers", "torch", "safetensors", "tokenizers",
+                               "huggingface_hub", "accelerate"})
+
+
+def raised_by_libraries(err: BaseException) -> bool:
+    """Whether ``err`` was raised inside TransformerLens, transformers, torch, ... (its innermost Python frame)."""
+    trace, module = err.__traceback__, ""
+    while trace is not None:
+        module = trace.tb_frame.f_globals.get("__name__", "")
+        trace = trace.tb_next
+    return module.split(".")[0] in _LIBRARY_PACKAGES
+
+
 def transformer_lens_version() -> str:
     """The installed TransformerLens version, named in refusals: adapters change between releases."""
     try:
@@ -231,9 +246,9 @@ def _run(model, tokens: torch.Tensor, hooks) -> torch.Tensor:
     try:
         with torch.inference_mode():
             return model.run_with_hooks(tokens, fwd_hooks=hooks, return_type="logits")
-    except (InputError, MemoryError):
-        raise
     except Exception as err:  # an adapter that loads a configuration it cannot run (RuntimeError, AssertionError, ...)
+        if isinstance(err, (InputError, MemoryError)) or not raised_by_libraries(err):
+            raise
         raise InputError(f"{describe_model(model)} is not supported by TransformerLens {transformer_lens_version()}: "
                          f"its forward pass fails on a probe of {PROBE_TOKENS} tokens ({describe_exception(err)})") from err
 
@@ -357,6 +372,16 @@ def hugging_face_modules(hf_model: torch.nn.Module) -> Iterator[torch.nn.Module]
     its ``_original_component``, so calling the Hugging Face model runs the bridge's code. Inside
     this context every bridge component (and every list of bridged blocks) is swapped back for the
     module it wraps: the same objects and weights, nothing copied; on exit the bridge is put back.
+
+    Parameters
+    ----------
+    hf_model : torch.nn.Module
+        ``bridge.original_model``.
+
+    Yields
+    ------
+    torch.nn.Module
+        ``hf_model`` itself, whose forward now runs Hugging Face's code only.
     """
     swaps: List[Tuple[torch.nn.Module, str, torch.nn.Module]] = []
     visited = set()
@@ -397,7 +422,7 @@ def _hugging_face_forward(model, tokens: torch.Tensor, layer: int) -> Tuple[torc
     pattern [batch, head, query, key] or None when the layer's module returns none)``.
     """
     hf_model = model.original_model
-    attention = model.blocks[layer].attn.original_component
+    attention = getattr(model.blocks[layer].attn, "original_component", None)
     batch, n_pos = tokens.shape
     found: Dict[str, torch.Tensor] = {}
 
@@ -477,6 +502,7 @@ class BridgeAgreement:
 
     @property
     def agrees(self) -> bool:
+        """Whether both gaps are within the dtype's tolerances."""
         return self.logit_gap <= self.logit_tolerance * self.largest_logit and (
             self.pattern_gap is None or self.pattern_gap <= self.pattern_tolerance)
 
@@ -533,9 +559,9 @@ def _fidelity_problem(model, tokens: torch.Tensor) -> Optional[str]:
     """Why the bridge cannot be trusted to compute what the Hugging Face model it wraps computes, or None."""
     try:
         agreement = compare_with_hugging_face(model, tokens)
-    except (InputError, MemoryError):
-        raise
     except Exception as err:  # the reference itself cannot run: nothing to compare against
+        if isinstance(err, (InputError, MemoryError)) or not raised_by_libraries(err):
+            raise
         return (f"the wrapped Hugging Face model's own forward pass fails on a probe of {PROBE_TOKENS} tokens "
                 f"({describe_exception(err)}), so TransformerLens's cannot be checked against it")
     if agreement.agrees:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from icl_cmr.errors import InputError
-from icl_cmr.heads.hooks import describe_exception, prepare_attention_hooks, transformer_lens_version
+from icl_cmr.heads.hooks import (describe_exception, prepare_attention_hooks, raised_by_libraries,
+                                transformer_lens_version)
 from icl_cmr.heads.registry import (ModelSpec, cached_snapshot, check_model_files, hub_reachable,
                                    hub_unreachable_error)
 
@@ -92,9 +93,9 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32",
         model = TransformerBridge.boot_transformers(source, device=device, dtype=torch_dtype, **kwargs)
     except OSError as err:
         raise InputError(f"cannot load {spec.source}: {(str(err).splitlines() or [type(err).__name__])[0]}") from None
-    except (InputError, MemoryError):
-        raise
     except Exception as err:  # an adapter that cannot map this configuration (AssertionError, RuntimeError, ...)
+        if isinstance(err, (InputError, MemoryError)) or not raised_by_libraries(err):
+            raise
         raise InputError(f"{spec.source} ({model_type_of(source)}) cannot be loaded by TransformerLens "
                          f"{transformer_lens_version()}: {describe_exception(err)}") from err
     model.eval()
