@@ -348,11 +348,13 @@ def describe_model(model) -> str:
 # ----------------------------------------------------------------------------- the bridge against Hugging Face
 
 #: Largest logit difference accepted between the bridge and the wrapped Hugging Face model on the
-#: probe, relative to the largest |logit|: float32 kernel rounding (measured <= 3e-7 on 15
-#: architectures), half precision (bfloat16: 8-bit mantissa).
+#: probe, relative to the largest |logit|: float32 kernel rounding (measured <= 4e-7 on the 15
+#: architectures of tests/test_architectures.py), half precision (bfloat16: 8-bit mantissa; OPT's
+#: rerouted attention, scored in float32, measured 4e-3).
 _FIDELITY_LOGIT_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
-#: Largest attention-probability difference accepted (absolute; measured <= 3e-6 in float32).
+#: Largest attention-probability difference accepted (absolute; measured <= 3e-6 in float32, <= 4e-3,
+#: one bfloat16 step, in bfloat16).
 _FIDELITY_PATTERN_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 #: Config attributes a TransformerLens 4 adapter reads nowhere, per ``model_type``, with the value its
