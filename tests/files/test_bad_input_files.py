@@ -2,7 +2,8 @@
 
 Issue 17 items 1-4 and 9, issue 12 item 6: files that are binary where text is expected,
 pickles holding the wrong arrays, allocation bombs, selection files of the wrong kind,
-crafted checkpoints, and score files saved on a GPU (which must load on the CPU).
+crafted checkpoints, and score files saved on a GPU (which must load on the CPU). Issue 25 item 2: model,
+config, tokenizer and checkpoint files cut in half.
 Each script runs in-process through ``run_cli``, as ``python src/<script>.py`` does.
 """
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import struct
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import ablation
 import compute_head_scores
@@ -25,6 +28,7 @@ import pattern_icl
 import select_fit
 import select_fit_xtra
 import train_induction
+import train_toy_lm
 from icl_cmr.cli.args import run_cli
 from icl_cmr.files.reading import load_pickle
 
@@ -322,3 +326,69 @@ def test_eval_induction_refuses_a_checkpoint_declaring_huge_storages(capsys, tmp
                       str(tmp_path / "absolute.pt"), "zip records declare")
     assert files_under(tmp_path / "out") == []
 
+
+
+# ----------------------------------------------------------------------------- model files cut short (issue 25, item 2)
+
+def cut_in_half(path):
+    """Keep the first half of a file's bytes, as an interrupted save, copy or download leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.fixture()
+def damaged_model(tiny_model_dirs, tmp_path):
+    """``damaged_model(name)``: a copy of the tiny GPT-2 folder with file ``name`` cut in half."""
+    def make(name, weights_as_bin=False):
+        folder = tmp_path / "model"
+        shutil.copytree(tiny_model_dirs["gpt2"], folder)
+        if weights_as_bin:  # the pre-safetensors format: a torch zip archive of the state dict
+            torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+            (folder / "model.safetensors").unlink()
+        return cut_in_half(folder / name)
+    return make
+
+
+@pytest.mark.parametrize("name, weights_as_bin", [("model.safetensors", False), ("pytorch_model.bin", True),
+                                                  ("config.json", False), ("tokenizer.json", False)])
+def test_compute_head_scores_names_a_model_file_cut_in_half(capsys, tmp_path, damaged_model, name, weights_as_bin):
+    damaged = damaged_model(name, weights_as_bin)
+    out = tmp_path / "out" / "scores.pkl"
+    fails_in_one_line(capsys, compute_head_scores, ["--model", str(damaged.parent), "--out", str(out),
+                                                    "--n-prompts", "2", "--block-len", "8", "--no-progress",
+                                                    "--device", "cpu"],
+                      f"{damaged}: damaged or incomplete", "save or download the model again")
+    assert files_under(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("name, weights_as_bin", [("model.safetensors", False), ("pytorch_model.bin", True)])
+def test_ablation_names_a_weight_file_cut_in_half(capsys, tmp_path, damaged_model, name, weights_as_bin):
+    damaged = damaged_model(name, weights_as_bin)
+    data = tmp_path / "docs.txt"
+    data.write_text("word " * 100)
+    fails_in_one_line(capsys, ablation, ["--model_name", str(damaged.parent), "--heads", "L0H0", "--data", str(data),
+                                         "--seq-len", "24", "--late-index", "20", "--early-index", "3", "--n-eval", "2",
+                                         "--out-dir", str(tmp_path / "out" / "saved"), "--figs-dir",
+                                         str(tmp_path / "out" / "figs"), "--no-progress", "--device", "cpu"],
+                      f"{damaged}: damaged or incomplete")
+    assert files_under(tmp_path / "out") == []
+
+
+def test_toy_lm_evaluate_only_names_its_weights_cut_in_half_and_changes_nothing(capsys, tmp_path, repo_root):
+    folder = tmp_path / "toy_lm"
+    shutil.copytree(repo_root / "saved_models" / "toy_lm", folder)
+    damaged = cut_in_half(folder / "model.safetensors")
+    before = {path: path.read_bytes() for path in files_under(folder)}
+    fails_in_one_line(capsys, train_toy_lm, ["--evaluate_only", "--save_dir", str(folder), "--no_progress"],
+                      f"{damaged}: damaged or incomplete")
+    assert {path: path.read_bytes() for path in files_under(folder)} == before
+
+
+def test_eval_induction_names_a_checkpoint_cut_in_half(capsys, tmp_path, repo_root):
+    shutil.copy(repo_root / "saved_models" / "induction_task" / "absolute.pt", tmp_path / "absolute.pt")
+    damaged = cut_in_half(tmp_path / "absolute.pt")
+    fails_in_one_line(capsys, eval_induction, ["--models", str(damaged), "--save_dir", str(tmp_path / "out"),
+                                               "--fig_dir", str(tmp_path / "figs"), "--max_log2", "6"],
+                      str(damaged), "truncated")
+    assert files_under(tmp_path / "out") == [] and files_under(tmp_path / "figs") == []

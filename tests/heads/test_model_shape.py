@@ -59,8 +59,8 @@ def test_an_uncached_hub_model_offline_gives_the_hub_line(monkeypatch):
 
 
 def test_a_config_that_cannot_be_read_is_one_line(tmp_path):
-    (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(InputError, match="cannot read the configuration of"):
+    (tmp_path / "config.json").write_text("{not json")  # named as damaged (issue 25, item 2)
+    with pytest.raises(InputError, match=r"config.json: damaged or incomplete \(not valid JSON"):
         read_model_shape(resolve_model(str(tmp_path)))
 
 

@@ -1,14 +1,17 @@
-"""Model loading: registry, local folders, offline failure, hook names."""
+"""Model loading: registry, local folders, offline failure, damaged model files, hook names."""
 from __future__ import annotations
 
+import json
+import shutil
 import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from icl_cmr.errors import InputError
+from icl_cmr.errors import CorruptFileError, InputError
 from icl_cmr.heads.models import load_model, n_kv_heads
-from icl_cmr.heads.registry import MODEL_REGISTRY, resolve_model
+from icl_cmr.heads.registry import MODEL_REGISTRY, check_model_files, read_model_shape, resolve_model
 from icl_cmr.heads.hooks import hook_name
 from tiny_models import N_HEADS, N_KV_HEADS, N_LAYERS
 
@@ -62,3 +65,61 @@ def test_local_tiny_models_load_with_per_query_head_hooks(tiny_model_dirs, arch)
     assert tuple(cache[names[0]].shape) == (2, N_HEADS, 7, 7)
     assert tuple(cache[names[1]].shape) == (2, 7, N_HEADS, model.cfg.d_head)
     assert tuple(cache[names[2]].shape) == (2, 7, n_kv_heads(model), model.cfg.d_head)
+
+
+# ----------------------------------------------------------------------------- damaged model files (issue 25, item 2)
+
+@pytest.fixture()
+def model_copy(tiny_model_dirs, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dirs["gpt2"], folder)
+    return folder
+
+
+def test_an_intact_model_folder_passes_the_file_check(model_copy):
+    check_model_files(model_copy)
+
+
+@pytest.mark.parametrize("keep", [4, 100, "half", -1])
+def test_a_safetensors_file_cut_anywhere_is_named_as_damaged(model_copy, keep):
+    path = model_copy / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 if keep == "half" else keep])
+    with pytest.raises(CorruptFileError, match="damaged or incomplete") as error:
+        check_model_files(model_copy)
+    assert error.value.path == str(path) and "\n" not in str(error.value)
+
+
+def test_a_safetensors_file_with_bytes_beyond_its_tensors_is_damaged(model_copy):
+    path = model_copy / "model.safetensors"
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes() + b"\0" * 10)
+    with pytest.raises(CorruptFileError, match=f"declares {size:,} bytes, the file holds {size + 10:,}"):
+        check_model_files(model_copy)
+
+
+def test_a_pytorch_bin_checkpoint_is_checked_intact_and_cut_short(model_copy):
+    path = model_copy / "pytorch_model.bin"
+    torch.save(load_file(model_copy / "model.safetensors"), path)
+    (model_copy / "model.safetensors").unlink()
+    check_model_files(model_copy)
+    path.write_bytes(path.read_bytes()[:-100])  # only the end of the zip directory is gone
+    with pytest.raises(CorruptFileError, match="pytorch_model.bin: damaged or incomplete"):
+        check_model_files(model_copy)
+
+
+def test_a_sharded_checkpoint_missing_a_shard_names_its_index(model_copy):
+    index = model_copy / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(CorruptFileError, match=r"index.json: damaged or incomplete \(1 of its 2 shards missing, "
+                                               r"e.g. model-00002-of-00002.safetensors\)"):
+        check_model_files(model_copy)
+
+
+def test_a_damaged_folder_is_refused_before_its_config_or_weights_are_read(model_copy):
+    config = model_copy / "config.json"
+    config.write_bytes(config.read_bytes()[:40])
+    spec = resolve_model(str(model_copy))
+    for read in (read_model_shape, load_model):
+        with pytest.raises(CorruptFileError, match=f"{config}: damaged or incomplete \\(not valid JSON"):
+            read(spec)
