@@ -270,3 +270,20 @@ def test_grid_of_the_standard_rule_is_simulated_and_records_its_rule():
     expected = crp_and_conditional_crp(spec.beta_enc[1], spec.beta_rec[2], spec.gamma_ft[0], settings,
                                        spec.point_rng(1, 2, 0))
     np.testing.assert_array_equal(point, np.stack(expected[1:]))
+
+
+def test_file_names_and_recorded_rule_of_standard_grids(tmp_path, repo_root):
+    from icl_cmr.files.grids import conditional_grid_path, grid_file_names, grid_partial_folder, grid_recall_rule
+
+    assert grid_file_names(20, 11) == ("cmr_crp_avg_20_11.npy", "cmr_crp_sem_20_11.npy", "cmr_crp_20_11.json")
+    assert grid_file_names(20, 11, "conditional", "standard") == (
+        "cmr_std_cond_crp_avg_20_11.npy", "cmr_std_cond_crp_sem_20_11.npy", "cmr_std_cond_crp_20_11.json")
+    assert grid_file_names(20, 11, "crp", "standard", 0.05)[0] == "cmr_std_stop0.05_crp_avg_20_11.npy"
+    assert grid_partial_folder(tmp_path, 20, 11, "conditional", "standard").name == ".cmr_std_cond_crp_20_11.partial"
+    assert conditional_grid_path("standard").name == "cmr_std_cond_crp_avg_20_11.npy"
+    with pytest.raises(InputError, match="recall_rule"):
+        grid_file_names(20, 11, "crp", "other")
+    # the shipped [LI24]-rule grids record no rule: they are li24
+    assert grid_recall_rule(repo_root / "saved_crps" / "cmr_cond_crp_avg_20_11.npy") == "li24"
+    (tmp_path / "cmr_std_cond_crp_2_2.json").write_text('{"parameters": {"recall_rule": "standard"}}')
+    assert grid_recall_rule(tmp_path / "cmr_std_cond_crp_avg_2_2.npy") == "standard"
