@@ -27,7 +27,8 @@ from icl_cmr.interventions.icl_ablation import conditions  # noqa: E402
 from icl_cmr.cli.args import OneLineErrorParser, device_arg, int_range, positive_int  # noqa: E402
 from icl_cmr.interventions.head_ablation import ablation_hooks, random_heads  # noqa: E402
 from icl_cmr.interventions.icl_score import ICLScoreConfig, icl_scores, token_losses  # noqa: E402
-from icl_cmr.heads.models import load_model, resolve_model  # noqa: E402
+from icl_cmr.heads.models import load_model
+from icl_cmr.heads.registry import resolve_model
 
 #: [LI24]'s GPT-2 head list has 14 heads (10% of 144).
 N_ABLATED = 14

@@ -33,11 +33,13 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import fit_attn_score  # noqa: E402  (the script, timed whole in-process)
 from icl_cmr.cli.args import OneLineErrorParser, positive_int, run_cli  # noqa: E402
 from icl_cmr.figures.fit_sets import head_fit_pages  # noqa: E402
+from icl_cmr.files.grids import read_cmr_grid
+from icl_cmr.config import DEFAULT_GRID_PATH
+from icl_cmr.files.scores import read_head_scores  # noqa: E402
 from icl_cmr.fits.distance import fit_heads, select_lags  # noqa: E402
-from icl_cmr.files.scores import read_head_scores
-from icl_cmr.files.grids import DEFAULT_GRID_PATH, read_cmr_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,8 +132,6 @@ def main(argv=None) -> int:
               f" -> {new_cpu:.1f} s CPU, {new_wall:.1f} s wall")
         print(f"speed-up per page: {base_cpu / n_base / (new_cpu / n_new):.1f}x CPU, "
               f"{base_wall / n_base / (new_wall / n_new):.1f}x wall")
-
-        import fit_attn_score
 
         common = ["--all_head_scores", str(scores_path), "--crp-grid", str(grid_path), "--save_dir", "bench",
                   "--figs-dir", str(tmp / "figs"), "--fits-dir", str(tmp / "fits"), "--no-progress"]

@@ -94,7 +94,8 @@ def run_case(case: str, model_dir: str, n_prompts: int, retain: bool, device: st
     from bench_head_scores import PeakRss
     from icl_cmr.heads.copying import copying_scores, model_copying_scores
     from icl_cmr.heads.scores import stream_attention_scores
-    from icl_cmr.heads.models import load_model, resolve_model
+    from icl_cmr.heads.models import load_model
+    from icl_cmr.heads.registry import resolve_model
     from icl_cmr.heads.prompts import PromptConfig, default_token_pool, make_prompt_sets
 
     torch.set_num_threads(1)

@@ -34,7 +34,8 @@ from icl_cmr.config import ATTN_CRP_LAGS  # noqa: E402
 from icl_cmr.heads.copying import model_copying_scores  # noqa: E402
 from icl_cmr.heads.scores import stream_attention_scores  # noqa: E402
 from icl_cmr.heads.hooks import hook_name
-from icl_cmr.heads.models import load_model, resolve_model  # noqa: E402
+from icl_cmr.heads.models import load_model
+from icl_cmr.heads.registry import resolve_model
 from icl_cmr.heads.prompts import PromptConfig, default_token_pool, make_prompt_sets  # noqa: E402
 
 GPT2_EOS = 50256

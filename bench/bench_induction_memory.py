@@ -34,7 +34,7 @@ import sys
 import numpy as np
 import torch
 sys.path.insert(0, {src!r})
-from icl_cmr import induction_task as task
+from icl_cmr.synthetic import task
 from icl_cmr.synthetic.models import build_model, fastest_method, forward_memory_estimate
 from icl_cmr.synthetic.mamba import InductionMambaConfig
 from icl_cmr.synthetic.transformer import TinyTransformerConfig

@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from icl_cmr.interventions.knockout import batch_knockout_mask, kind_codes, knockout_hooks  # noqa: E402
 from icl_cmr.cli.args import OneLineErrorParser, positive_int  # noqa: E402
 from icl_cmr.interventions.head_ablation import ablation_hooks, draw_random_head_sets, parse_heads, random_heads
-from icl_cmr.heads.models import choose_bos, load_model, resolve_model  # noqa: E402
+from icl_cmr.heads.models import choose_bos, load_model
+from icl_cmr.heads.registry import resolve_model
 from icl_cmr.interventions.pattern_eval import (EncodedPrompt, encode_prompts, label_log_likelihoods, plan_scoring,
                                                 reference_means, score_choices)
 from icl_cmr.interventions.pattern_tasks import PatternTaskConfig, generate_prompts  # noqa: E402

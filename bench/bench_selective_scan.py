@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import MambaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -63,8 +64,6 @@ def main() -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     ours = build_mamba().train()
-    from transformers import MambaForCausalLM
-
     library = MambaForCausalLM(ours.config).train()
     library.load_state_dict(ours.state_dict())
     tokens = torch.randint(0, 15, (8, 256), generator=torch.Generator().manual_seed(1))

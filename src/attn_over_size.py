@@ -17,12 +17,13 @@ import logging
 from typing import Optional, Sequence
 
 from icl_cmr.cli.args import OneLineErrorParser, UniqueItems, non_negative_int, positive_float, run_cli, setup_logging
-from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
-from icl_cmr.fits.analyses import PYTHIA_SIZES, fit_models, log_cmr_like_counts
 from icl_cmr.cli.fit_args import add_common_arguments, load_grid
-from icl_cmr.figures.fit_sets import queue_size_outputs
-from icl_cmr.files.outputs import PendingWrites
+from icl_cmr.cli.flags import flag_errors
+from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
+from icl_cmr.experiments.fits import OverSizeSettings, queue_over_size_outputs, run_over_size
 from icl_cmr.files.folders import check_writable_dir
+from icl_cmr.files.outputs import PendingWrites
+from icl_cmr.fits.analyses import PYTHIA_SIZES, log_cmr_like_counts
 
 logger = logging.getLogger("attn_over_size")
 
@@ -40,17 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
     grid = load_grid(args)
     out_dir = check_writable_dir(args.figs_dir / "attn_over_size", "--figs-dir")
-    models = [f"pythia-{size}" for size in args.model_size]
-    fits = fit_models(args.scores_dir, models, grid, args.checkpoint)
+    settings = OverSizeSettings(models=tuple(f"pythia-{size}" for size in args.model_size),
+                                scores_dir=args.scores_dir, checkpoint=args.checkpoint, threshold=args.threshold,
+                                strict_threshold=args.strict_threshold)
+    with flag_errors(parser):
+        result = run_over_size(settings, grid)
     pending = PendingWrites()
-    queue_size_outputs(pending, fits, out_dir, args.threshold, args.strict_threshold, grid, "attn_over_size.py",
-                       "Pythia")
+    queue_over_size_outputs(pending, result, out_dir, "attn_over_size.py", title="Pythia")
     pending.commit()
-    log_cmr_like_counts(fits, args.threshold)
+    log_cmr_like_counts(result.fits, args.threshold)
     logger.info("wrote figures and layer_summary.csv to %s", out_dir)
     return 0
 

@@ -19,20 +19,14 @@ import argparse
 import logging
 from typing import Optional, Sequence
 
-import numpy as np
-
 from icl_cmr.cli.args import (OneLineErrorParser, UniqueItems, non_negative_int, plain_name, positive_float, run_cli,
                               setup_logging)
-from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
-from icl_cmr.fits.analyses import over_training_table
-from icl_cmr.cli.fit_args import add_common_arguments, grid_parameters, load_grid
-from icl_cmr.fits.distance import check_fitted, fit_heads
-from icl_cmr.files.writing import make_metadata
-from icl_cmr.files.outputs import PendingWrites, portable_path
+from icl_cmr.cli.fit_args import add_common_arguments, load_grid
+from icl_cmr.cli.flags import flag_errors
+from icl_cmr.config import CHECKPOINT_INDICES, CMR_LIKE_STRICT_THRESHOLD
+from icl_cmr.experiments.fits import OverTimeSettings, queue_over_time_outputs, run_over_time
 from icl_cmr.files.folders import check_writable_dir
-from icl_cmr.files.scores import load_checkpoint_series
-from icl_cmr.config import CHECKPOINT_INDICES
-from icl_cmr.heads.results import checkpoint_step
+from icl_cmr.files.outputs import PendingWrites
 
 logger = logging.getLogger("attn_over_time")
 
@@ -53,32 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from icl_cmr.figures.fit_sets import over_training_figures
-
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
     grid = load_grid(args)
     out_dir = check_writable_dir(args.figs_dir / "attn_over_time" / args.model_name, "--figs-dir")
-    checkpoints = sorted(set(args.checkpoints))
-    series = load_checkpoint_series(args.scores_dir, args.model_name, checkpoints)
-    crp = np.stack([s.crp for s in series])                              # [T, L, H, 16]
-    fit = fit_heads(crp, grid, attn_lags=series[0].lags)
-    for t, scores in enumerate(series):  # one check per file (16 at most), for messages naming the file
-        check_fitted(fit, scores.path, index=(t,))
-    steps = np.array([checkpoint_step(k) for k in checkpoints])
-    thresholds = (args.threshold, args.strict_threshold)
-
+    settings = OverTimeSettings(model_name=args.model_name, checkpoints=tuple(args.checkpoints),
+                                scores_dir=args.scores_dir, threshold=args.threshold,
+                                strict_threshold=args.strict_threshold)
+    with flag_errors(parser):
+        result = run_over_time(settings, grid)
     pending = PendingWrites()
-    pending.figures(out_dir, over_training_figures(fit, steps, thresholds, args.model_name))
-    table = over_training_table(fit, checkpoints, steps, thresholds)
-    pending.text(out_dir / "layer_over_time.csv", table.to_csv(index=False))
-    pending.json(out_dir / "layer_over_time.json", {"metadata": make_metadata(
-        "attn_over_time.py", {"model": args.model_name, "checkpoints": checkpoints,
-                              "scores_files": [portable_path(s.path) for s in series], "threshold": args.threshold,
-                              "strict_threshold": args.strict_threshold, **grid_parameters(grid)})})
+    queue_over_time_outputs(pending, result, out_dir, "attn_over_time.py")
     pending.commit()
     logger.info("%s: heads with D < %g by checkpoint: %s", args.model_name, args.threshold,
-                ", ".join(str(int(n)) for n in (fit.distance < args.threshold).sum(axis=(1, 2))))
+                ", ".join(str(int(n)) for n in (result.fit.distance < args.threshold).sum(axis=(1, 2))))
     logger.info("wrote figures and layer_over_time.csv to %s", out_dir)
     return 0
 

@@ -26,7 +26,8 @@ from icl_cmr.files.folders import check_writable_file
 from icl_cmr.files.outputs import log_written
 from icl_cmr.files.score_format import default_score_path
 from icl_cmr.files.writing import save_pickle
-from icl_cmr.heads.models import DTYPES, resolve_model
+from icl_cmr.heads.models import DTYPES
+from icl_cmr.heads.registry import resolve_model
 from icl_cmr.heads.prompts import FREQUENT_TOKEN_FILE, PromptConfig
 
 logger = logging.getLogger("compute_head_scores")

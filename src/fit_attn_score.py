@@ -29,22 +29,17 @@ from typing import Optional, Sequence
 
 from icl_cmr.cli.args import (OneLineErrorParser, given_options, non_negative_int, plain_name, positive_float,
                               refuse_options, run_cli, setup_logging)
+from icl_cmr.cli.fit_args import add_common_arguments, add_figure_arguments, load_grid
+from icl_cmr.cli.flags import flag_errors
 from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD
 from icl_cmr.errors import InputError
-from icl_cmr.fits.analyses import head_table
-from icl_cmr.cli.fit_args import add_common_arguments, add_figure_arguments, grid_parameters, load_grid
-from icl_cmr.fits.distance import check_fitted, fit_heads
-from icl_cmr.files.writing import make_metadata
-from icl_cmr.fits.layers import percent_below_threshold
-from icl_cmr.files.outputs import PendingWrites, log_written, portable_path
+from icl_cmr.experiments.head_fits import (HeadFitSettings, head_fit_paths, output_name, queue_head_fit_outputs,
+                                           read_scores, run_head_fit)
 from icl_cmr.files.folders import check_writable_dir
-from icl_cmr.files.score_format import plain_metadata
-from icl_cmr.files.scores import DEFAULT_SCORES_DIR, fit_result_paths, load_model_scores, read_head_scores
-from icl_cmr.heads.results import HeadScores
+from icl_cmr.files.outputs import PendingWrites, log_written
+from icl_cmr.files.scores import DEFAULT_SCORES_DIR
 
 logger = logging.getLogger("fit_attn_score")
-
-PRODUCER = "fit_attn_score.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,10 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_scores(args: argparse.Namespace) -> HeadScores:
-    """The head scores named by ``--all_head_scores`` (path, or relative to --scores-dir) or ``--model``."""
+def resolve_scores_file(args: argparse.Namespace) -> Optional[Path]:
+    """The file ``--all_head_scores`` names (a path, or a path relative to --scores-dir), or None without it."""
     if args.all_head_scores is None:
-        return load_model_scores(args.scores_dir, args.model, args.checkpoint)
+        return None
     path = args.all_head_scores
     if not path.is_file() and not path.is_absolute() and (args.scores_dir / path).is_file():
         path = args.scores_dir / path
@@ -80,8 +75,7 @@ def resolve_scores(args: argparse.Namespace) -> HeadScores:
                          "(all_scores_<model>.pkl), or --model NAME --scores-dir FOLDER to find one")
     if not path.is_file():
         raise InputError(f"head-score file {args.all_head_scores} not found (also looked in {args.scores_dir})")
-    logger.info("reading %s", path)
-    return read_head_scores(path)
+    return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -91,41 +85,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         refuse_options(parser, given_options(parser, argv), ("model", "checkpoint"),
                        "with --all_head_scores (the file names the scores)")
     setup_logging(args.verbose)
-    scores = resolve_scores(args)
-    grid = load_grid(args)
-    name = args.save_dir or (args.model if args.all_head_scores is None else Path(scores.path).parent.name)
-    if name in ("", ".", "..") or "/" in name or "\\" in name:  # a folder name taken from the score file's path
-        raise InputError(f"cannot name the outputs after the folder of {scores.path}; give --save_dir NAME")
-    out_dir = args.figs_dir / "fit_attn_score" / name
-    if not args.no_figures:
-        check_writable_dir(out_dir, "--figs-dir")
-    fit_path, table_path = fit_result_paths(args.fits_dir, name)
-    check_writable_dir(fit_path.parent, "--fits-dir")
-
-    fit = fit_heads(scores.crp, grid, attn_lags=scores.lags)
-    n_fitted = check_fitted(fit, scores.path)
-    n_like = int((fit.distance < args.threshold).sum())
-    logger.info("%s: %d of %d heads fitted; %d with D < %g", name, n_fitted, fit.distance.size, n_like, args.threshold)
-    logger.info("%% below %g by layer: %s", args.threshold,
-                ", ".join(f"{p:.1f}" for p in percent_below_threshold(fit.distance, args.threshold)))
-
-    result = dict(fit.as_authors_dict())
-    result.update(labels=scores.labels, head_scores=scores.matching_score, copying_score=scores.copying_score,
-                  fitted_param_index=fit.param_index, fit_lags=fit.lags,
-                  metadata=plain_metadata(make_metadata(PRODUCER, {
-                      "scores_file": portable_path(scores.path), "threshold": args.threshold,
-                      "fit_lags": fit.lags.tolist(), **grid_parameters(grid)},
-                      model=scores.model)))  # the scores file's model (None for the authors' files)
+    settings = HeadFitSettings(scores_file=resolve_scores_file(args), model=args.model, checkpoint=args.checkpoint,
+                               scores_dir=args.scores_dir, save_dir=args.save_dir, threshold=args.threshold,
+                               strict_threshold=args.strict_threshold)
+    with flag_errors(parser):
+        scores = read_scores(settings)
+        grid = load_grid(args)
+        paths = head_fit_paths(output_name(settings), args.fits_dir, args.figs_dir)
+        if not args.no_figures:
+            check_writable_dir(paths.figures, "--figs-dir")
+        check_writable_dir(paths.fit.parent, "--fits-dir")
+        result = run_head_fit(settings, grid, scores)
     # Everything is computed and rendered before the first file is written.
     pending = PendingWrites()
-    pending.pickle(fit_path, result)
-    pending.text(table_path, head_table(scores, fit, args.threshold, name).to_csv(index=False))
-    if not args.no_figures:
-        from icl_cmr.figures.fit_sets import fit_summary_figures, head_fit_pages
-
-        for layer, page in head_fit_pages(scores, fit, name, progress=not args.no_progress):
-            pending.data(out_dir / f"head_fit_L{layer}.pdf", page)
-        pending.figures(out_dir, fit_summary_figures(scores, fit, args.threshold, args.strict_threshold, name))
+    queue_head_fit_outputs(pending, result, paths, figures=not args.no_figures, progress=not args.no_progress)
     log_written(logger, pending.commit())
     return 0
 

@@ -37,13 +37,15 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from icl_cmr.cli.args import OneLineErrorParser, positive_float, run_cli, setup_logging
+from icl_cmr.cli.flags import flag_errors
 from icl_cmr.config import CMR_GRID_MEAN_FILENAME, CMR_LIKE_STRICT_THRESHOLD, CMR_LIKE_THRESHOLD
 from icl_cmr.files.official import AUTHORS_ARCHIVE_URL, default_cache_dir, resolve_official_dir
 from icl_cmr.files.outputs import PendingWrites, portable_path
 from icl_cmr.files.folders import check_writable_dir
 from icl_cmr.experiments.paper_figures import PaperSources, build_paper_figures, check_sources, summary_markdown
 from icl_cmr.files.scores import DEFAULT_SCORES_DIR
-from icl_cmr.files.grids import DEFAULT_GRID_PATH, read_cmr_grid
+from icl_cmr.files.grids import read_cmr_grid
+from icl_cmr.config import DEFAULT_GRID_PATH
 
 logger = logging.getLogger("paper_figures")
 
@@ -119,9 +121,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.getLogger("icl_cmr.files.scores").setLevel(logging.WARNING)
     start = time.perf_counter()
     out_dir = check_writable_dir(args.out_dir, "--out-dir")
-    src = sources(args)
-    check_sources(src)
-    result = build_paper_figures(src, progress=not args.no_progress)
+    with flag_errors(parser):
+        src = sources(args)
+        check_sources(src)
+        result = build_paper_figures(src, progress=not args.no_progress)
     given = sys.argv[1:] if argv is None else argv
     command = "python src/paper_figures.py " + " ".join(shlex.quote(a) for a in given)
     pending = PendingWrites()

@@ -22,13 +22,14 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-
 from icl_cmr.cli.args import OneLineErrorParser, positive_int, run_cli, setup_logging
+from icl_cmr.cli.flags import flag_errors
 from icl_cmr.figures.fit_sets import reference_crp_figure
-from icl_cmr.humans.recall import DEFAULT_HUMAN_DATASET, HUMAN_DATASETS
-from icl_cmr.files.outputs import PendingWrites
 from icl_cmr.files.folders import check_writable_dir
-from icl_cmr.files.grids import DEFAULT_GRID_PATH, read_cmr_grid
+from icl_cmr.files.grids import read_cmr_grid
+from icl_cmr.config import DEFAULT_GRID_PATH
+from icl_cmr.files.outputs import PendingWrites
+from icl_cmr.humans.recall import DEFAULT_HUMAN_DATASET, HUMAN_DATASETS, conditional_lag_crp, load_recall_data
 
 logger = logging.getLogger("plot_crp")
 
@@ -49,11 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
     out_dir = check_writable_dir(args.figs_dir / "plot_crp", "--figs-dir")
-    grid = read_cmr_grid(args.crp_grid, args.crp_sem)
-    figure, human, _ = reference_crp_figure(grid, args.dataset, args.max_lag)
+    with flag_errors(parser):
+        grid = read_cmr_grid(args.crp_grid, args.crp_sem)
+        human = conditional_lag_crp(load_recall_data(args.dataset), max_lag=args.max_lag, dataset=args.dataset)
+        figure, _ = reference_crp_figure(grid, human, args.max_lag)
     pending = PendingWrites()
     pending.figure(out_dir / "reference_crps.pdf", figure)
     table = "lag,conditional_lag_crp_mean,sem\n" + "".join(

@@ -32,20 +32,17 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
-
 from icl_cmr.cli.args import (OneLineErrorParser, UniqueItems, non_negative_int, plain_name, positive_int, run_cli,
                               setup_logging, str2bool)
-from icl_cmr.fits.analyses import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, PYTHIA_MODELS, check_top_sizes,
-                                   fit_over_training, load_saved_selections, make_selections)
-from icl_cmr.cli.fit_args import add_common_arguments, grid_parameters, load_grid
-from icl_cmr.files.writing import make_metadata
-from icl_cmr.fits.layers import DEFAULT_TOP_N
-from icl_cmr.files.outputs import PendingWrites, portable_path
-from icl_cmr.files.folders import check_writable_dir
+from icl_cmr.cli.fit_args import add_common_arguments, load_grid
+from icl_cmr.cli.flags import flag_errors
 from icl_cmr.config import CHECKPOINT_INDICES
-from icl_cmr.heads.results import checkpoint_step
-from icl_cmr.files.score_format import plain_metadata
+from icl_cmr.experiments.fits import (DEFAULT_TOP_HEADS_DIR, SelectionSettings, check_selection,
+                                      queue_selection_outputs, run_selection)
+from icl_cmr.files.folders import check_writable_dir
+from icl_cmr.files.outputs import PendingWrites
+from icl_cmr.fits.analyses import PYTHIA_MODELS
+from icl_cmr.fits.layers import DEFAULT_TOP_N
 
 logger = logging.getLogger("select_fit")
 
@@ -63,44 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoint indices K; selection at the last one (default: the paper's 16)")
     parser.add_argument("--tag", type=plain_name, default="pythia",
                         help="name in the saved files, a plain name (default: %(default)s)")
-    parser.add_argument("--top-heads-dir", type=Path, default=Path("saved_top_heads"),
+    parser.add_argument("--top-heads-dir", type=Path, default=DEFAULT_TOP_HEADS_DIR,
                         help="folder of the saved selections (default: %(default)s)")
     add_common_arguments(parser)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from icl_cmr.figures.fit_sets import selection_figures
-
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
     out_dir = check_writable_dir(args.figs_dir / "select_fit", "--figs-dir")
-    if args.use_saved:
-        selections = load_saved_selections(args.top_heads_dir, args.tag)
-        pending = PendingWrites()
-        # Own names, so that redrawing saved selections never overwrites the figures of a fitting run.
-        pending.figures(out_dir, selection_figures(selections, title=f"saved selections ({args.tag})",
-                                                   suffix=f"_saved_{args.tag}"))
-        logger.info("wrote %s", ", ".join(map(str, pending.commit())))
-        return 0
-    top_dir = check_writable_dir(args.top_heads_dir, "--top-heads-dir")
-    checkpoints = sorted(set(args.checkpoints))
-    check_top_sizes(args.n_top, args.scores_dir, args.models, checkpoints[-1], pooled=True)
-    grid = load_grid(args)
-    per_model = fit_over_training(args.scores_dir, args.models, checkpoints, grid)
-    selections = make_selections(per_model, args.n_top, checkpoints)
-    metadata = plain_metadata(make_metadata("select_fit.py", {
-        "models": list(args.models), "n_top": sorted(set(args.n_top)), "checkpoints": checkpoints,
-        "scores_files": {m: [portable_path(f) for f in v["files"]] for m, v in per_model.items()},
-        **grid_parameters(grid)}))
+    settings = SelectionSettings(models=tuple(args.models), n_top=tuple(args.n_top),
+                                 checkpoints=tuple(args.checkpoints), tag=args.tag, use_saved=args.use_saved,
+                                 top_heads_dir=args.top_heads_dir, scores_dir=args.scores_dir)
+    with flag_errors(parser):
+        if not args.use_saved:
+            check_writable_dir(args.top_heads_dir, "--top-heads-dir")
+            check_selection(settings)  # before the grid is read: a size larger than the heads pooled is refused
+        result = run_selection(settings, None if args.use_saved else load_grid(args))
     pending = PendingWrites()
-    for kind, pattern in (("cmr", CMR_SELECTION_FILE), ("induction", INDUCTION_SELECTION_FILE)):
-        pending.pickle(top_dir / pattern.format(tag=args.tag), {**selections[kind], "metadata": metadata})
-    for name, record in selections["cmr"].items():
-        logger.info("%s CMR-like: mean D %.4g at step %d; induction %s: mean D %.4g", name,
-                    np.nanmean(record["MSE"]), checkpoint_step(checkpoints[-1]), name,
-                    np.nanmean(selections["induction"][name]["MSE"]))
-    pending.figures(out_dir, selection_figures(selections, title=", ".join(args.models)))
+    queue_selection_outputs(pending, result, out_dir, "select_fit.py")
     logger.info("wrote %s", ", ".join(map(str, pending.commit())))
     return 0
 

@@ -19,26 +19,19 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Dict, Optional, Sequence
-
-import numpy as np
+from typing import Optional, Sequence
 
 from icl_cmr.cli.args import OneLineErrorParser, UniqueItems, plain_name, positive_int, run_cli, setup_logging, str2bool
-from icl_cmr.errors import InputError
-from icl_cmr.fits.analyses import (CMR_SELECTION_FILE, INDUCTION_SELECTION_FILE, XTRA_MODELS, check_top_sizes,
-                                   fit_over_training, make_selections)
-from icl_cmr.cli.fit_args import add_common_arguments, grid_parameters, load_grid
-from icl_cmr.files.writing import make_metadata
-from icl_cmr.fits.layers import DEFAULT_TOP_N
-from icl_cmr.files.outputs import PendingWrites, portable_path
+from icl_cmr.cli.fit_args import add_common_arguments, load_grid
+from icl_cmr.cli.flags import flag_errors
+from icl_cmr.experiments.fits import (DEFAULT_TOP_HEADS_DIR, TRAINED_MODEL, SelectionSettings, check_selection,
+                                      queue_selection_outputs, run_selection)
 from icl_cmr.files.folders import check_writable_dir
-from icl_cmr.files.results import read_top_heads
-from icl_cmr.files.score_format import plain_metadata
+from icl_cmr.files.outputs import PendingWrites
+from icl_cmr.fits.analyses import XTRA_MODELS
+from icl_cmr.fits.layers import DEFAULT_TOP_N
 
 logger = logging.getLogger("select_fit_xtra")
-
-_OVER_TRAINING_KEYS = ("MSE_over_training", "params_over_training", "scale_factors_over_training",
-                       "head_scores_over_training", "copy_scores_over_training", "checkpoints")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,53 +42,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="set sizes N (default: %(default)s)")
     parser.add_argument("-u", "--use_saved", type=str2bool, nargs="?", const=True, default=False,
                         help="redraw from saved selections instead of fitting (--use_saved, or --use_saved True/False)")
-    parser.add_argument("--top-heads-dir", type=Path, default=Path("saved_top_heads"),
+    parser.add_argument("--top-heads-dir", type=Path, default=DEFAULT_TOP_HEADS_DIR,
                         help="folder of the saved selections (default: %(default)s)")
     add_common_arguments(parser)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
     out_dir = check_writable_dir(args.figs_dir / "select_fit_xtra", "--figs-dir")
-    per_model: Dict[str, Dict[str, Dict[str, dict]]] = {}
+    settings = SelectionSettings(models=tuple(args.models), n_top=tuple(args.n_top), checkpoints=TRAINED_MODEL,
+                                 per_model=True, use_saved=args.use_saved, top_heads_dir=args.top_heads_dir,
+                                 scores_dir=args.scores_dir)
+    with flag_errors(parser):
+        if not args.use_saved:
+            check_writable_dir(args.top_heads_dir, "--top-heads-dir")
+            check_selection(settings)  # before the grid is read: a size larger than a model's heads is refused
+        result = run_selection(settings, None if args.use_saved else load_grid(args))
     pending = PendingWrites()
-    if args.use_saved:
-        for model in args.models:
-            for kind, pattern in (("cmr", CMR_SELECTION_FILE), ("induction", INDUCTION_SELECTION_FILE)):
-                path = args.top_heads_dir / pattern.format(tag=model)
-                if path.is_file():
-                    per_model.setdefault(model, {})[kind] = read_top_heads(path)
-                else:
-                    logger.warning("no saved selection %s", path)
-        if not per_model:
-            raise InputError(f"--use_saved: no saved selections for {args.models} in {args.top_heads_dir}")
-        suffix = "_saved"  # never overwrite the figures of a fitting run
-    else:
-        top_dir = check_writable_dir(args.top_heads_dir, "--top-heads-dir")
-        check_top_sizes(args.n_top, args.scores_dir, args.models, pooled=False)
-        grid = load_grid(args)
-        for model in args.models:  # selections are per model, as in the authors' script
-            fits = fit_over_training(args.scores_dir, [model], [None], grid)
-            selections = make_selections(fits, args.n_top, [None])
-            for records in selections.values():
-                for record in records.values():
-                    for key in _OVER_TRAINING_KEYS:
-                        record.pop(key)
-            metadata = plain_metadata(make_metadata("select_fit_xtra.py", {
-                "model": model, "n_top": sorted(set(args.n_top)), "scores_file": portable_path(fits[model]["files"][0]),
-                **grid_parameters(grid)}))
-            for kind, pattern in (("cmr", CMR_SELECTION_FILE), ("induction", INDUCTION_SELECTION_FILE)):
-                pending.pickle(top_dir / pattern.format(tag=model), {**selections[kind], "metadata": metadata})
-            for name, record in selections["cmr"].items():
-                logger.info("%s %s: mean D %.4g CMR-like, %.4g induction", model, name, np.nanmean(record["MSE"]),
-                            np.nanmean(selections["induction"][name]["MSE"]))
-            per_model[model] = selections
-        suffix = ""
-    from icl_cmr.figures.fit_sets import selection_bar_figures
-
-    pending.figures(out_dir, selection_bar_figures(per_model, suffix))
+    queue_selection_outputs(pending, result, out_dir, "select_fit_xtra.py")
     logger.info("wrote %s", ", ".join(map(str, pending.commit())))
     return 0
 

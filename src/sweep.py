@@ -12,6 +12,10 @@ sweep; a failed job keeps its error line and runs again only with ``--retry-fail
 manifest ``<scores_dir>/sweeps/<plan>/manifest.json`` holds every job's state, time and peak
 memory (``--status`` prints it); job logs are beside it in ``logs/``.
 
+On SLURM a rerun re-attaches to the jobs an earlier (killed) sweep left in the queue instead of
+submitting them again, and a job that SLURM requeues (preemption, ``scontrol requeue``) is followed
+until it really ends (docs/sweep.md, "SLURM").
+
 Examples::
 
     python src/sweep.py paper-pythia-checkpoints --dry-run
@@ -30,6 +34,13 @@ from typing import List, Optional, Sequence
 
 from icl_cmr.cli.args import OneLineErrorParser, non_negative_int, positive_int, run_cli, setup_logging
 from icl_cmr.errors import InputError
+from icl_cmr.sweeps.jobs import build_jobs, stale_reason
+from icl_cmr.sweeps.manifest import build_manifest, count_states, manifest_path, read_manifest, status_table, sweep_lock
+from icl_cmr.sweeps.plan import CPU_GROUP, find_plan, load_plan, override_slurm
+from icl_cmr.sweeps.scheduler import LocalBackend, run_sweep
+from icl_cmr.sweeps.slurm_backend import SlurmBackend
+from icl_cmr.sweeps.submitit_backend import (SIGNAL_DELAY_S, SIGNAL_MARGIN_S, SubmititBackend, minimum_time_min,
+                                             too_short_time_limits)
 
 logger = logging.getLogger("sweep")
 
@@ -62,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tasks of one job array running at once")
     slurm.add_argument("--gpus", type=non_negative_int, default=None, help="GPUs per score/ablation job")
     slurm.add_argument("--mem-gb", type=positive_int, default=None, help="host memory per score/ablation job, GB")
-    slurm.add_argument("--time-min", type=positive_int, default=None, help="time limit per score/ablation job, min")
+    slurm.add_argument("--time-min", type=positive_int, default=None,
+                       help="time limit per score/ablation job, min (with --backend slurm at least 3: submitit's "
+                            "requeue signal comes 90 s before the limit)")
     slurm.add_argument("--cpus", type=positive_int, default=None, help="CPU cores per score/ablation job")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -71,8 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def dry_run_table(plan, jobs, backend: str, manifest=None) -> str:
     """One line per job: id, run / up to date, group and resources (cluster backends), command, why it runs."""
-    from icl_cmr.sweeps.jobs import stale_reason
-
     recorded = {r["id"]: r.get("input_signatures") for r in (manifest or {}).get("jobs", [])}
 
     will_run: set = set()
@@ -95,7 +106,12 @@ def dry_run_table(plan, jobs, backend: str, manifest=None) -> str:
                   f"{len(will_run)} would run, {len(jobs) - len(will_run)} up to date"]
     if show_resources:
         used = sorted({job.group for job in jobs})
-        lines.append("resources per job: " + "; ".join(f"{g}: {plan.groups[g].describe()}" for g in used))
+        lines.append("resources per job (SLURM holds a job's CPUs and memory while it runs):")
+        for group in used:
+            note = f"  (fits and aggregation; --gpus/--mem-gb/--time-min/--cpus do not change it: set " \
+                   f"[slurm.groups.{group}] in the plan, e.g. cpus = 1 where nodes have few cores)" \
+                if group == CPU_GROUP else ""
+            lines.append(f"  {group}: {plan.groups[group].describe()}{note}")
         extras = {k: v for k, v in (("partition", plan.slurm.partition), ("account", plan.slurm.account),
                                     ("qos", plan.slurm.qos)) if v}
         lines.append(f"slurm: {extras or 'cluster defaults'}; array parallelism {plan.slurm.array_parallelism}, "
@@ -104,17 +120,28 @@ def dry_run_table(plan, jobs, backend: str, manifest=None) -> str:
 
 
 def make_backend(args: argparse.Namespace, plan):
-    from icl_cmr.sweeps.scheduler import LocalBackend
-
+    """The backend that runs the jobs: local processes, SLURM, or submitit's local executor."""
     log_dir = plan.sweep_dir / "logs"
     if args.backend == "local":
         return LocalBackend(args.jobs or 1, SRC_DIR, log_dir)
-    from icl_cmr.sweeps.submitit_backend import SubmititBackend
 
-    cluster = "slurm" if args.backend == "slurm" else "local"
-    n_jobs = None if cluster == "slurm" else (args.jobs or 1)
-    return SubmititBackend(cluster, plan.sweep_dir / "submitit", plan.groups, plan.slurm, SRC_DIR, log_dir,
-                           plan.name, n_jobs=n_jobs)
+    if args.backend == "slurm":
+        return SlurmBackend(plan.sweep_dir / "submitit", plan.groups, plan.slurm, SRC_DIR, log_dir, plan.name)
+    return SubmititBackend("local", plan.sweep_dir / "submitit", plan.groups, plan.slurm, SRC_DIR, log_dir,
+                           plan.name, n_jobs=args.jobs or 1)
+
+
+def check_time_limits(args: argparse.Namespace, plan, jobs, plan_file: Path) -> None:
+    """Refuse a SLURM time limit too short for submitit's requeue signal, naming the flag or plan key."""
+    short = too_short_time_limits(plan.groups, {job.group for job in jobs})
+    if short:
+        group, minutes = short[0]
+        where = "argument --time-min" if args.time_min is not None and group != CPU_GROUP \
+            else f"{plan_file}: [slurm.groups.{group}] time_min"
+        raise InputError(f"{where}: must be at least {minimum_time_min()} (minutes) with --backend slurm, got "
+                         f"{minutes}: submitit asks SLURM for its requeue signal {SIGNAL_DELAY_S} s before the time "
+                         f"limit and SLURM may send it up to {SIGNAL_MARGIN_S} s early, so a shorter job is requeued "
+                         "before it can work")
 
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -124,10 +151,6 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from icl_cmr.sweeps.manifest import (build_manifest, count_states, manifest_path, read_manifest, status_table,
-                                         sweep_lock)
-    from icl_cmr.sweeps.plan import find_plan, load_plan, override_slurm
-
     if args.jobs is not None and args.backend == "slurm":
         raise InputError("--jobs applies to --backend local and submitit-local; SLURM limits concurrency with "
                          "--array-parallelism")
@@ -144,18 +167,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plan = override_slurm(plan, partition=args.partition, account=args.account, qos=args.qos,
                           array_parallelism=args.array_parallelism, gpus=args.gpus, mem_gb=args.mem_gb,
                           time_min=args.time_min, cpus=args.cpus)
-    from icl_cmr.sweeps.jobs import build_jobs
-
     jobs = build_jobs(plan)
+    if args.backend == "slurm":
+        check_time_limits(args, plan, jobs, plan_file)
     if args.dry_run:
         print(dry_run_table(plan, jobs, args.backend, read_manifest(manifest_file)))
         return 0
     if args.backend == "slurm" and shutil.which("sbatch") is None:
         raise InputError("--backend slurm needs sbatch on this machine (run the sweep on a login node), "
                          "or use --backend local / submitit-local")
-
-    from icl_cmr.sweeps.scheduler import run_sweep
-
     with sweep_lock(plan.sweep_dir):
         manifest = build_manifest(plan.name, str(plan_file), args.backend, jobs, read_manifest(manifest_file))
         backend = make_backend(args, plan)

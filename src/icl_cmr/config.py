@@ -6,6 +6,8 @@ by more than one part of the engine and must agree everywhere.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 #: Lags of the attention CRP stored in head-score files: -8..+7 (16 values).
@@ -19,6 +21,10 @@ CMR_CRP_LAGS: np.ndarray = np.arange(-8, 9)
 #: Lags used when fitting a head to CMR: -5..+5. DESIGN.md section 4
 #: ([LI24] ``fit_attn_score.py``).
 FIT_LAGS: np.ndarray = np.arange(-5, 6)
+
+#: Lags of a person's fit: [LI24]'s -5..+5 without lag 0, never a transition in a conditional lag-CRP.
+HUMAN_FIT_LAGS: np.ndarray = FIT_LAGS[FIT_LAGS != 0]
+
 
 #: A head is "CMR-like" when its CMR distance is below this. [LI24] Fig 5/6,
 #: DESIGN.md section 4.
@@ -38,6 +44,9 @@ GAMMA_FT_GRID: np.ndarray = np.round(np.arange(0, 11) * 0.1, 10)
 #: authors' names, kept so their scripts and ours read the same files.
 CMR_GRID_MEAN_FILENAME = "cmr_crp_avg_20_11.npy"
 CMR_GRID_SEM_FILENAME = "cmr_crp_sem_20_11.npy"
+
+#: The shipped grid, relative to the working directory (the repository root), as in [LI24].
+DEFAULT_GRID_PATH = Path("saved_crps") / CMR_GRID_MEAN_FILENAME
 
 #: Pythia training checkpoints analysed in [LI24] Fig 7: indices K into TransformerLens's list of
 #: the v0 Pythia checkpoints (training step 1000 (K + 1)). Source: the authors'

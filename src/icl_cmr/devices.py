@@ -1,4 +1,4 @@
-"""Which torch device to run on: validate a device name, pick a default.
+"""Where and how compiled code runs: torch devices, torch's CPU kernels, numba's cached kernels.
 
 Scripts take ``--device cpu | cuda | cuda:N | mps`` (:func:`icl_cmr.cli.args.device_arg`
 checks it while parsing, before any model loads); without the flag they run on
@@ -122,3 +122,49 @@ def pin_cpu_kernels() -> Optional[str]:
                      capability, os.environ["ATEN_CPU_CAPABILITY"])
     return capability
 
+
+
+class CompiledKernels:
+    """Calls a module's numba kernels (compiled with ``cache=True``), surviving a damaged on-disk cache.
+
+    numba keeps compiled kernels in ``__pycache__`` and reads them back with ``pickle``; a file cut
+    short (a full disk, a killed job, a copied tree) makes every later first call fail with an
+    ``UnpicklingError`` until someone deletes the cache by hand. :meth:`call` catches exactly the
+    errors that come from numba's cache reader, empties the cache of every kernel of the module (a
+    kernel's cache also holds what it inlines from the others), logs one warning, and calls again,
+    which compiles afresh and writes a sound cache.
+
+    Parameters
+    ----------
+    module : str
+        The kernels' module, for the warning.
+    *kernels : numba dispatchers
+        Every cached kernel of that module.
+    """
+
+    def __init__(self, module: str, *kernels):
+        self.module = module
+        self.kernels = kernels
+
+    def call(self, kernel, *args):
+        """``kernel(*args)``, recompiling once if the compiled-code cache cannot be read back."""
+        try:
+            return kernel(*args)
+        except Exception as err:  # only the errors raised inside numba's cache reader are handled below
+            if not _raised_by_numba_cache(err):
+                raise
+            logger.warning("the compiled-code cache of %s is damaged (%s: %s); recompiling", self.module,
+                           type(err).__name__, err)
+            for cached in self.kernels:
+                cached._cache.flush()  # numba's own API for a stale cache: the index is emptied
+            return kernel(*args)
+
+
+def _raised_by_numba_cache(err: BaseException) -> bool:
+    """Whether an exception was raised while numba read a cached kernel back (its ``caching`` module)."""
+    frame = err.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_filename.replace("\\", "/").endswith("numba/core/caching.py"):
+            return True
+        frame = frame.tb_next
+    return False

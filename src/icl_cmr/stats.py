@@ -1,10 +1,18 @@
-"""Paired comparisons of per-prompt scores (ablation conditions) and a tidy results table.
+"""Paired statistics: the project's one home for comparing conditions on the same items.
 
-[LI24] compared ICL scores between conditions with paired t-tests
-(``scipy.stats.ttest_rel``). We report, per pair of conditions on the same prompts:
-the paired t-test, the Wilcoxon signed-rank test (no normality assumption), the
-mean difference with a seeded bootstrap 95% confidence interval, and Cohen's d for
-paired samples (d_z = mean difference / SD of the differences, ddof 1).
+* Scores (the ablation experiment, [LI24] Fig 8): [LI24] compared ICL scores between conditions
+  with paired t-tests (``scipy.stats.ttest_rel``). We report, per pair of conditions on the same
+  prompts: the paired t-test, the Wilcoxon signed-rank test (no normality assumption), the mean
+  difference with a seeded bootstrap 95% confidence interval, and Cohen's d for paired samples
+  (d_z = mean difference / SD of the differences, ddof 1): :func:`paired_comparison`,
+  :func:`comparison_table`.
+* Correctness (the pattern tasks, [CS24]; DESIGN.md section 6): the exact McNemar test
+  (:func:`mcnemar_exact`), the sign-flip permutation test (:func:`paired_permutation_test`) and
+  the table of both over tasks and conditions with Benjamini-Hochberg q-values
+  (:func:`accuracy_comparison_table`).
+* :func:`wilson_interval` of a proportion, :func:`significance_stars`.
+
+Every test is ``scipy.stats``'s own.
 """
 from __future__ import annotations
 
@@ -12,6 +20,8 @@ from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
+from scipy import stats
 
 from icl_cmr.errors import InputError
 
@@ -62,12 +72,10 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> Tu
     -------
     (low, high) : tuple of float
     """
-    from scipy.stats import binomtest
-
     successes, trials = int(successes), int(trials)
     if trials < 1 or not 0 <= successes <= trials:
         raise InputError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
-    interval = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
+    interval = stats.binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
     return float(interval.low), float(interval.high)
 
 
@@ -95,8 +103,6 @@ def paired_comparison(a: np.ndarray, b: np.ndarray,
     InputError
         Different lengths, or fewer than 2 complete pairs.
     """
-    from scipy import stats
-
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
         raise InputError(f"paired samples must be 1-D arrays of equal length, got {a.shape} and {b.shape}")
@@ -149,8 +155,6 @@ def comparison_table(samples: Mapping[str, np.ndarray], pairs: Sequence[Tuple[st
     pandas.DataFrame
         Columns ``a``, ``b`` and the keys of :func:`paired_comparison`.
     """
-    import pandas as pd
-
     rows = []
     for name_a, name_b in pairs:
         for name in (name_a, name_b):
@@ -174,3 +178,144 @@ def format_table(table, columns: Optional[Sequence[str]] = None) -> str:
                                "p_wilcoxon", "cohens_dz", "stars"])
     formatters = {name: "{:.3g}".format for name in ("p_t", "p_wilcoxon")}
     return table[columns].to_string(index=False, float_format=lambda value: f"{value:.4f}", formatters=formatters)
+
+
+# ----------------------------------------------------------------------------- paired correctness ([CS24])
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> Tuple[int, int, float]:
+    """Exact McNemar test of paired correctness: a two-sided binomial test on the discordant items.
+
+    Parameters
+    ----------
+    correct_a, correct_b : numpy.ndarray of bool, shape [n]
+        The same items under two conditions.
+
+    Returns
+    -------
+    only_a : int
+        Items right under a and wrong under b.
+    only_b : int
+        Items right under b and wrong under a.
+    p_value : float
+        Two-sided ``scipy.stats.binomtest(only_a, only_a + only_b, 0.5)``; 1.0 when no item is discordant.
+
+    Examples
+    --------
+    >>> mcnemar_exact(np.array([True, False, False]), np.array([False, True, True]))
+    (1, 2, 1.0)
+    """
+    correct_a, correct_b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if correct_a.shape != correct_b.shape:
+        raise InputError(f"`correct_a` and `correct_b` differ in shape: {correct_a.shape} vs {correct_b.shape}",
+                         parameters=("correct_a", "correct_b"))
+    only_a = int(np.sum(correct_a & ~correct_b))
+    only_b = int(np.sum(correct_b & ~correct_a))
+    if only_a + only_b == 0:
+        return only_a, only_b, 1.0
+    return only_a, only_b, float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def paired_permutation_test(x: np.ndarray, y: np.ndarray, n_resamples: int = 10000,
+                            seed: int = 0) -> Tuple[float, float]:
+    """Sign-flip permutation test of the mean paired difference ``mean(x - y)``.
+
+    ``scipy.stats.permutation_test`` with ``permutation_type="samples"``: exact (all ``2^n`` sign
+    patterns) when ``2^n <= n_resamples``, else Monte Carlo drawn from ``numpy.random.default_rng(seed)``.
+    The saved p-values of every run so far come from that generator's stream; another
+    implementation (or another stream) would change the Monte Carlo ones.
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray of float, shape [n]
+        Per-item values under two conditions (correctness 0/1, or a mean over random draws).
+    n_resamples : int
+        Most sign patterns drawn.
+    seed : int
+        Seed of the Monte Carlo draws.
+
+    Returns
+    -------
+    (mean_difference, p_value) : tuple of float
+        Two-sided p-value; 1.0 when every difference is 0.
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise InputError(f"`x` and `y` must be 1-D and equal in shape: {x.shape} vs {y.shape}", parameters=("x", "y"))
+    difference = float(np.mean(x - y))
+    if not np.any(x != y):
+        return difference, 1.0
+    result = stats.permutation_test((x, y), lambda a, b, axis: np.mean(a - b, axis=axis), vectorized=True,
+                                    permutation_type="samples", n_resamples=n_resamples, alternative="two-sided",
+                                    random_state=np.random.default_rng(seed))
+    return difference, float(result.pvalue)
+
+
+#: The comparisons of :func:`accuracy_comparison_table`, ``(a, b)`` meaning a - b.
+ACCURACY_COMPARISONS = (("intact", "induction"), ("intact", "random"), ("random", "induction"))
+
+
+def accuracy_comparison_table(items: pd.DataFrame, n_resamples: int = 10000, seed: int = 0) -> pd.DataFrame:
+    """Per task, method and selection: intact vs induction, intact vs random, induction vs random.
+
+    Items are paired by (item, demonstration seed). Random-head correctness is averaged over
+    draws per item. McNemar's exact test is given when both sides are single 0/1 outcomes
+    (random with one draw counts); the sign-flip permutation test on per-item correctness
+    always.
+
+    Parameters
+    ----------
+    items : pandas.DataFrame
+        One row per prompt and condition (``pattern_icl.py``'s ``items.csv``): columns task, item,
+        demo_seed, method, selection, ablate (``"none"``, ``"induction"`` or ``"random"``), draw, correct.
+    n_resamples, seed : int
+        Of :func:`paired_permutation_test`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns task, method, selection, comparison, n, accuracy_a, accuracy_b, difference,
+        permutation_p, mcnemar_only_a, mcnemar_only_b, mcnemar_p, and permutation_q_bh (the
+        permutation p-values adjusted by Benjamini-Hochberg, ``scipy.stats.false_discovery_control``,
+        over every row of the table).
+
+    Raises
+    ------
+    InputError
+        Two conditions of a task that were not run on the same prompts.
+    """
+    key = ["item", "demo_seed"]
+    rows = []
+    for task, task_items in items.groupby("task", sort=False):
+        intact = task_items[task_items["ablate"] == "none"].set_index(key)["correct"].astype(float)
+        ablated = task_items[task_items["ablate"] != "none"]
+        for (method, selection), group in ablated.groupby(["method", "selection"], sort=False):
+            sides = {}
+            induction = group[group["ablate"] == "induction"]
+            if len(induction):
+                sides["induction"] = (induction.set_index(key)["correct"].astype(float), True)
+            random = group[group["ablate"] == "random"]
+            if len(random):
+                n_draws = random["draw"].nunique()
+                sides["random"] = (random.groupby(key)["correct"].mean(), n_draws == 1)
+            if len(intact):
+                sides["intact"] = (intact, True)
+            for a, b in ACCURACY_COMPARISONS:
+                if a not in sides or b not in sides:
+                    continue
+                (x, x_binary), (y, y_binary) = sides[a], sides[b]
+                y = y.reindex(x.index)
+                if y.isna().any():
+                    raise InputError(f"{task}: conditions {a} and {b} were not run on the same prompts")
+                difference, p_perm = paired_permutation_test(x.to_numpy(), y.to_numpy(), n_resamples, seed)
+                row = dict(task=task, method=method, selection=selection, comparison=f"{a} - {b}", n=len(x),
+                           accuracy_a=float(x.mean()), accuracy_b=float(y.mean()), difference=difference,
+                           permutation_p=p_perm, mcnemar_only_a=np.nan, mcnemar_only_b=np.nan, mcnemar_p=np.nan)
+                if x_binary and y_binary:
+                    only_a, only_b, p_mc = mcnemar_exact(x.to_numpy() > 0.5, y.to_numpy() > 0.5)
+                    row.update(mcnemar_only_a=only_a, mcnemar_only_b=only_b, mcnemar_p=p_mc)
+                rows.append(row)
+    table = pd.DataFrame(rows)
+    if len(table):
+        # Many tasks x conditions are tested at once: Benjamini-Hochberg over the whole table.
+        table["permutation_q_bh"] = stats.false_discovery_control(table["permutation_p"].to_numpy())
+    return table

@@ -1,9 +1,10 @@
-"""Command-line pieces shared by the scripts that fit heads to CMR and draw the paper's figures.
+"""The flags shared by the scripts that fit heads to CMR.
 
-``fit_attn_score.py``, ``attn_over_size*.py``, ``attn_over_time.py``, ``select_fit*.py`` and
-``paper_figures.py`` read the same inputs (head-score folder, CMR grid), write figures to the same
-root and use the same CMR-like threshold. Scripts are leaves (no script imports another), so what
-they share lives here.
+``fit_attn_score.py``, ``attn_over_size*.py``, ``attn_over_time.py`` and ``select_fit*.py`` read the
+same inputs (head-score folder, CMR grid), write figures to the same root and use the same CMR-like
+threshold. Scripts are leaves (no script imports another), so their shared flags live here, with
+:func:`load_grid`, which reads the grid those flags name. What the scripts compute is
+:mod:`icl_cmr.experiments.fits` and :mod:`icl_cmr.experiments.head_fits`.
 """
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import logging
 from pathlib import Path
 
 from icl_cmr.cli.args import positive_float
+from icl_cmr.cli.flags import flag_errors
 from icl_cmr.config import CMR_LIKE_THRESHOLD
-from icl_cmr.fits.distance import CmrGrid
-from icl_cmr.files.outputs import portable_path
+from icl_cmr.files.grids import read_cmr_grid
+from icl_cmr.config import DEFAULT_GRID_PATH
 from icl_cmr.files.scores import DEFAULT_SCORES_DIR
-from icl_cmr.files.grids import DEFAULT_GRID_PATH, read_cmr_grid
+from icl_cmr.fits.distance import CmrGrid
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +52,8 @@ def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_grid(args: argparse.Namespace) -> CmrGrid:
     """The CMR grid named by ``--crp-grid`` / ``--crp-sem``."""
-    grid = read_cmr_grid(args.crp_grid, args.crp_sem)
+    with flag_errors(crp_grid="--crp-grid"):
+        grid = read_cmr_grid(args.crp_grid, args.crp_sem)
     logger.info("CMR grid %s: %s points%s", grid.source, "x".join(map(str, grid.shape)),
                 "" if grid.sem is not None else " (no SEM file)")
     return grid
-
-
-def grid_parameters(grid: CmrGrid) -> dict:
-    """Grid description for metadata (the grid's path relative to the repository root when inside it)."""
-    return {"crp_grid": portable_path(grid.source) if grid.source else grid.source, "grid_shape": list(grid.shape),
-            "beta_enc": grid.beta_enc.tolist(), "beta_rec": grid.beta_rec.tolist(), "gamma_ft": grid.gamma_ft.tolist()}

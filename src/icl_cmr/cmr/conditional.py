@@ -95,8 +95,8 @@ def _counts_draw_major(draws: np.ndarray, start_positions: np.ndarray, n_trials:
     n_start = n_curves // n_trials
     actual = np.zeros((n_curves, 2 * max_lag + 1), dtype=np.int32)
     possible = np.zeros_like(actual)
-    kernels.conditional_lag_counts_kernel(draws, np.repeat(start_positions.astype(np.int64), n_trials),
-                                          n_items, max_lag, actual, possible)
+    kernels.CACHED.call(kernels.conditional_lag_counts_kernel, draws,
+                        np.repeat(start_positions.astype(np.int64), n_trials), n_items, max_lag, actual, possible)
     shape = (n_start, n_trials, 2 * max_lag + 1)
     return actual.reshape(shape), possible.reshape(shape)
 
@@ -207,8 +207,8 @@ def recall_statistics(draws: np.ndarray, start_positions: np.ndarray, n_items: i
                          parameters=("max_draws",))
     draw_major = np.ascontiguousarray(draws.reshape(n_start * n_trials, n_draws).T.astype(np.int64))
     first = np.zeros(draw_major.shape, dtype=np.bool_)
-    kernels.first_recall_mask(draw_major, np.repeat(np.asarray(start_positions, dtype=np.int64), n_trials),
-                              int(n_items), first)
+    kernels.CACHED.call(kernels.first_recall_mask, draw_major,
+                        np.repeat(np.asarray(start_positions, dtype=np.int64), n_trials), int(n_items), first)
     valid = draw_major >= 0
     # A counted transition ends at a first occurrence whose predecessor (s0 for the first draw) is one too.
     counted = first[0].sum() + (first[1:] & first[:-1]).sum()

@@ -122,10 +122,11 @@ class GridSpec:
         for name in ("beta_enc", "beta_rec", "gamma_ft"):
             values = np.asarray(getattr(self, name), dtype=float)
             if values.ndim != 1 or values.size == 0:
-                raise InputError(f"{name} must be a non-empty list of values")
+                raise InputError(f"`{name}` must be a non-empty list of values", parameters=(name,))
             low_open = name == "beta_enc"
             if np.any(values > 1) or np.any(values < 0) or (low_open and np.any(values == 0)):
-                raise InputError(f"{name} values must lie in {'(0, 1]' if low_open else '[0, 1]'}")
+                raise InputError(f"`{name}` values must lie in {'(0, 1]' if low_open else '[0, 1]'}",
+                                 parameters=(name,))
             object.__setattr__(self, name, tuple(float(v) for v in values))
 
     @classmethod

@@ -21,6 +21,8 @@ import math
 import numpy as np
 from numba import njit
 
+from icl_cmr.devices import CompiledKernels
+
 #: Shape of the summation in numpy's float64 ``einsum("ij,ij->i")`` kernel (numpy's x86-64
 #: baseline, ``einsum_sumprod.c.src``): 2 SIMD lanes, unrolled 4 vectors deep, multiply then add.
 #: The grid was first shipped with that kernel; :func:`overlap_dot` replays its order.
@@ -337,3 +339,8 @@ def first_recall_mask(draws, start_items, n_items, first):
             if recalled_in[item] != trial:
                 first[m, trial] = True
                 recalled_in[item] = trial
+
+
+#: The kernels as Python code calls them: a damaged on-disk cache is recompiled with a warning.
+CACHED = CompiledKernels(__name__, overlap_dot, first_component_above, draw_step, conditional_lag_counts_kernel,
+                         standard_recall_kernel, first_recall_mask)

@@ -126,8 +126,8 @@ class CMRSettings:
         if self.n_start >= self.n_items:
             # From the last item s0 = n_items - 1 only the absorbing state can be drawn: no trial has a
             # draw and that start's CRP is 0 / 0 (NaN).
-            raise InputError(f"`n_start` ({self.n_start}) must be below `n_items` ({self.n_items}): a recall starting at "
-                             "the last item can only draw the end state, so its CRP would be undefined (NaN)",
+            raise InputError(f"`n_start` ({self.n_start}) must be below `n_items` ({self.n_items}): a recall "
+                             "starting at the last item can only draw the end state, so its CRP would be undefined (NaN)",
                              parameters=("n_start", "n_items"))
         if self.max_lag >= self.n_items:
             raise InputError(f"`n_items` ({self.n_items}) must exceed `max_lag` ({self.max_lag}): lags beyond "
@@ -170,7 +170,7 @@ def check_parameters(beta_enc: float, beta_rec: float, gamma_ft: float) -> None:
                                   ("gamma_ft", gamma_ft, False)):
         if not np.isfinite(value) or value > 1 or value < 0 or (low_open and value == 0):
             accepted = "(0, 1]" if low_open else "[0, 1]"
-            raise InputError(f"{name} must be in {accepted}, got {value!r}")
+            raise InputError(f"`{name}` must be in {accepted}, got {value!r}", parameters=(name,))
 
 
 # ----------------------------------------------------------------------------- model pieces
@@ -383,9 +383,10 @@ def _simulate_draw_major(beta_enc: float, beta_rec: float, gamma_ft: float, sett
     for k in range(n_draws):  # draws are sequential; all trials advance together
         n_held = row_ids.size
         uniforms = rng.random(out=uniform_buffer[:2 * n_held].reshape(2, n_held))
-        n_alive = kernels.draw_step(k, mode, uniforms[0], uniforms[1], comp, coef, cum_weight, scale, alive,
-                                    row_ids, draws[k], tables.strength, tables.alias_prob, tables.alias_index,
-                                    tables.overlap, size, n_comp, absorbing, keep, drift, norm_offset, norm_slope)
+        n_alive = kernels.CACHED.call(kernels.draw_step, k, mode, uniforms[0], uniforms[1], comp, coef, cum_weight,
+                                      scale, alive, row_ids, draws[k], tables.strength, tables.alias_prob,
+                                      tables.alias_index, tables.overlap, size, n_comp, absorbing, keep, drift,
+                                      norm_offset, norm_slope)
         if k + 1 == n_draws or n_alive == 0:
             break
         if n_alive < _COMPACT_BELOW * n_held:

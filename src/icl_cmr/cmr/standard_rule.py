@@ -69,9 +69,9 @@ def simulate_standard_draw_major(assoc: np.ndarray, inputs: np.ndarray, start_po
     item_uniforms = rng.random((max_draws, starts.size))
     stop_uniforms = rng.random((max_draws, starts.size)) if stop_probability > 0 else np.zeros((1, 1))
     retrieval = np.ascontiguousarray(inputs @ assoc)  # row j: (M^T t_in(j))^T
-    kernels.standard_recall_kernel(starts, np.ascontiguousarray(assoc), np.ascontiguousarray(inputs), retrieval,
-                                   1.0 - beta_rec, float(beta_rec), size - 1, item_uniforms, stop_uniforms,
-                                   float(stop_probability), draws)
+    kernels.CACHED.call(kernels.standard_recall_kernel, starts, np.ascontiguousarray(assoc),
+                        np.ascontiguousarray(inputs), retrieval, 1.0 - beta_rec, float(beta_rec), size - 1,
+                        item_uniforms, stop_uniforms, float(stop_probability), draws)
     return draws
 
 

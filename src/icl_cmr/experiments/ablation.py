@@ -50,7 +50,8 @@ from icl_cmr.files.scores import fit_result_paths, other_model_warning
 from icl_cmr.files.texts import iter_local_texts
 from icl_cmr.files.writing import atomic_write, make_metadata
 from icl_cmr.devices import pin_cpu_kernels, resolve_device
-from icl_cmr.heads.models import ModelShape, ModelSpec, choose_bos, load_model, read_model_shape, resolve_model
+from icl_cmr.heads.models import choose_bos, load_model
+from icl_cmr.heads.registry import ModelShape, ModelSpec, read_model_shape, resolve_model
 from icl_cmr.interventions.head_ablation import Head, format_heads, mean_head_activations, parse_heads, validate_heads
 from icl_cmr.interventions.icl_ablation import (ABLATED, ABLATED_RAND, ORIGINAL, AblationConfig, BatchSummary,
                                                 combine_batches, conditions, control_head_sets, evaluate_batch,
@@ -754,7 +755,8 @@ def ablation_outputs(result: Mapping[str, Any], stem: str, out_dir: "str | Path"
     pending.text(out_dir / f"{stem}_stats.csv", table.to_csv(index=False))
     pending.text(out_dir / f"{stem}_stats.txt", text + "\n")
     means = {name: float(np.nanmean(values)) for name, values in samples.items()}
-    sems = {name: float(np.nanstd(values, ddof=1) / np.sqrt(np.isfinite(values).sum())) for name, values in samples.items()}
+    sems = {name: float(np.nanstd(values, ddof=1) / np.sqrt(np.isfinite(values).sum()))
+            for name, values in samples.items()}
     brackets = [(row.a, row.b, row.stars) for row in table.itertuples()]
     pending.figure(figs_dir / f"{stem}_icl_bars.pdf", plot_icl_score_bars(means, sems, brackets, title=title))
     if curves is not None:
@@ -792,8 +794,9 @@ def saved_result_outputs(path: "str | Path", out_dir: "str | Path", figs_dir: "s
     stem = path.stem
     model = stem[len("ablation_experiment_"):] if stem.startswith("ablation_experiment_") else stem
     try:
-        _, text = ablation_outputs(result, stem, out_dir, figs_dir, f"{model} (n = {len(result['original_icl_score'])})",
-                                   n_bootstrap, seed, pending, marked_indices=result["marked_indices"])
+        title = f"{model} (n = {len(result['original_icl_score'])})"
+        _, text = ablation_outputs(result, stem, out_dir, figs_dir, title, n_bootstrap, seed, pending,
+                                   marked_indices=result["marked_indices"])
     except InputError as err:
         raise InputError(f"{path}: {err}") from None
     return text

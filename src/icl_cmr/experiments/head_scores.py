@@ -31,8 +31,8 @@ from icl_cmr.files.reading import load_json
 from icl_cmr.files.score_format import assemble_score_dict
 from icl_cmr.files.writing import make_metadata
 from icl_cmr.heads.copying import model_copying_scores
-from icl_cmr.heads.models import (ModelShape, ModelSpec, choose_bos, has_tokenizer, load_model, n_kv_heads,
-                                  peak_gpu_memory_gib, read_model_shape, resolve_model)
+from icl_cmr.heads.models import choose_bos, has_tokenizer, load_model, n_kv_heads, peak_gpu_memory_gib
+from icl_cmr.heads.registry import ModelShape, ModelSpec, read_model_shape, resolve_model
 from icl_cmr.heads.prompts import (FREQUENT_TOKEN_FILE, PromptConfig, TokenPool, bpe_merge_ranks, default_token_pool,
                                    make_prompt_sets, parse_token_pool, pool_from_ids, prompt_offset, special_token_ids,
                                    tokenizer_size)

@@ -3,7 +3,9 @@
 :func:`build_paper_figures` draws the figures into memory (file name -> Figure or PDF bytes) and
 writes the text of ``SUMMARY.md``: CMR-like heads per model and per layer band, top-head parameter
 means, ablation t statistics, the correction of Fig 7b / S2, and which figures could not be made
-and why. ``src/paper_figures.py`` decides where the data comes from and writes the files.
+and why. It composes the fitting runs (:mod:`icl_cmr.experiments.fits`) with the figure sets
+(:mod:`icl_cmr.figures.fit_sets`) under the paper's figure numbers. ``src/paper_figures.py`` decides
+where the data comes from and writes the files.
 
 Two sources (:class:`PaperSources`): the authors' published outputs (their ``saved_*`` layout) with
 their CMR grid, or ours (``--ours``: our grid, our head-score files, our ablation results; the
@@ -11,28 +13,39 @@ bundled model is always there). Each figure uses what the source holds and says 
 """
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import matplotlib.pyplot as plt
 import numpy as np
+from tqdm.auto import tqdm
 
-from icl_cmr.config import CMR_LIKE_STRICT_THRESHOLD, CMR_LIKE_THRESHOLD
+from icl_cmr.config import CHECKPOINT_INDICES, CMR_LIKE_STRICT_THRESHOLD, CMR_LIKE_THRESHOLD, FINAL_CHECKPOINT
 from icl_cmr.errors import InputError
-from icl_cmr.fits.analyses import (CMR_SELECTION_FILE, PYTHIA_MODELS, XTRA_MODELS, fit_models, fit_over_training,
-                                   load_saved_selections, make_selections, mean_sem, record_matrix)
-from icl_cmr.fits.distance import CmrFit, CmrGrid, fit_heads
-from icl_cmr.fits.layers import DEFAULT_TOP_N, authors_sorted_position_mask, relative_layer_position, summarize_by_layer
+from icl_cmr.experiments.fits import CMR_SELECTION_FILE, fit_models, fit_over_training, load_saved_selections
+from icl_cmr.figures.ablation import plot_icl_score_bars
+from icl_cmr.figures.fit_sets import (fit_summary_figures, over_training_figures, reference_crp_figure,
+                                      selection_bar_figures, selection_figures, size_figures)
+from icl_cmr.figures.fits import LayerFitPages
+from icl_cmr.files.results import read_ablation_result
 from icl_cmr.files.scores import load_checkpoint_series, normalise_model_name, parse_score_file_name
-from icl_cmr.config import CHECKPOINT_INDICES, FINAL_CHECKPOINT
+from icl_cmr.fits.analyses import PYTHIA_MODELS, XTRA_MODELS, make_selections, mean_sem, record_matrix
+from icl_cmr.fits.distance import CmrFit, CmrGrid, fit_heads, select_lags
+from icl_cmr.fits.layers import DEFAULT_TOP_N, authors_sorted_position_mask, relative_layer_position, summarize_by_layer
 from icl_cmr.heads.results import HeadScores, checkpoint_step
+from icl_cmr.humans.recall import conditional_lag_crp, load_recall_data
+from icl_cmr.stats import PairedStatsConfig, comparison_table
 
 logger = logging.getLogger(__name__)
 
 #: The GPT-2 model of [LI24] Fig 5 / 6a.
 GPT2 = "gpt2-small"
+#: The human free-recall study of Fig 4 (psifr's bundled PEERS data, as ``plot_crp.py``'s default).
+HUMAN_DATASET = "peers_notask"
 #: Heads drawn in Fig 5: the top induction heads by matching score.
 FIG5_N_HEADS = 12
 #: Relative layer position bands of the summary table (%, [lo, hi)).
@@ -185,9 +198,8 @@ def selection_table(selections: Dict[str, Dict[str, dict]], source: str) -> str:
 # ----------------------------------------------------------------------------- the figures
 
 def figure_4(src: PaperSources, models, out: PaperFigures) -> str:
-    from icl_cmr.figures.fit_sets import reference_crp_figure
-
-    figure, human, values = reference_crp_figure(src.grid, "peers_notask")
+    human = conditional_lag_crp(load_recall_data(HUMAN_DATASET), max_lag=5, dataset=HUMAN_DATASET)
+    figure, values = reference_crp_figure(src.grid, human)
     out.files["fig4_cmr_crps.pdf"] = figure
     lags = np.arange(-5, 6)
     rows = [f"| CMR ({p[0]:.2g}, {p[1]:.2g}, {p[2]:.2g}) | {crp[lags == -1][0]:.3f} | {crp[lags == 1][0]:.3f} |"
@@ -211,9 +223,6 @@ def _single_model(src: PaperSources, models) -> str:
 
 
 def figures_5_6a(src: PaperSources, models, out: PaperFigures) -> str:
-    from icl_cmr.figures.fit_sets import fit_summary_figures
-    from icl_cmr.figures.fits import LayerFitPages
-
     model = _single_model(src, models)
     name = _display(model)
     (scores, fit), = fit_models(src.scores_dir, [model], src.grid).values()
@@ -227,8 +236,6 @@ def figures_5_6a(src: PaperSources, models, out: PaperFigures) -> str:
     out.files[f"fig5_{name}_heads.pdf"] = pages.render(
         scores.labels.ravel()[top], attn, sem, fitted, fit.distance.ravel()[top], fit.params.reshape(-1, 3)[top],
         title=f"{name}: the {top.size} heads with the highest induction matching score, with their CMR fits")
-    import matplotlib.pyplot as plt
-
     summary = fit_summary_figures(scores, fit, src.threshold, src.strict_threshold, name)
     out.files[f"fig6a_{name}_distance_vs_matching.pdf"] = summary["score_against_fit.pdf"]
     out.files[f"fig6a_{name}_cmr_like_by_layer.pdf"] = summary["fit_against_layer.pdf"]
@@ -246,15 +253,11 @@ def figures_5_6a(src: PaperSources, models, out: PaperFigures) -> str:
 
 
 def _fit_lags(values, scores: HeadScores, fit: CmrFit):
-    from icl_cmr.fits.distance import select_lags
-
     return select_lags(values, scores.lags, fit.lags)
 
 
 def _size_panel(src: PaperSources, names: Sequence[str], prefix: str, title: str, out: PaperFigures,
                 wanted: Sequence[str]) -> Tuple[str, list]:
-    from icl_cmr.figures.fit_sets import size_figures
-
     fits = fit_models(src.scores_dir, names, src.grid)
     fits = {_display(m): v for m, v in fits.items()}
     figures = size_figures(fits, src.threshold, src.strict_threshold, title)
@@ -302,10 +305,6 @@ def _over_training_models(models) -> List[str]:
 
 
 def figure_7b(src: PaperSources, models, out: PaperFigures) -> str:
-    import matplotlib.pyplot as plt
-
-    from icl_cmr.figures.fit_sets import over_training_figures
-
     names = _over_training_models(models)
     if not names:
         raise Unavailable(f"no Pythia model with all {len(CHECKPOINT_INDICES)} training checkpoints in "
@@ -352,8 +351,6 @@ def figure_7b(src: PaperSources, models, out: PaperFigures) -> str:
 
 
 def figure_7c_g(src: PaperSources, models, out: PaperFigures) -> str:
-    from icl_cmr.figures.fit_sets import selection_figures
-
     names = _over_training_models(models)
     lines = ["## Fig 7c-g: top-N CMR-like and induction heads (`fig7c-f_*.pdf`, `fig7g_*.pdf`)"]
     if names:
@@ -387,10 +384,6 @@ def figure_7c_g(src: PaperSources, models, out: PaperFigures) -> str:
 
 
 def figure_8(src: PaperSources, models, out: PaperFigures) -> str:
-    from icl_cmr.figures.ablation import plot_icl_score_bars
-    from icl_cmr.files.results import read_ablation_result
-    from icl_cmr.stats import PairedStatsConfig, comparison_table
-
     folder = src.ablation_dir
     prefix = "ablation_experiment_"
     candidates = sorted(Path(folder).glob(f"{prefix}*.pkl")) if folder is not None and Path(folder).is_dir() else []
@@ -420,8 +413,6 @@ def figure_8(src: PaperSources, models, out: PaperFigures) -> str:
 
 
 def figure_s6(src: PaperSources, models, out: PaperFigures) -> str:
-    from icl_cmr.figures.fit_sets import selection_bar_figures
-
     names = _models_without_checkpoints(src, models)
     per_model = {}
     lines = ["## Fig S6b-d: top-N heads per model without checkpoints (`figS6b-d_*.pdf`)",
@@ -456,8 +447,6 @@ def build_paper_figures(src: PaperSources, progress: bool = False) -> PaperFigur
     InputError
         From the validating readers, naming the file.
     """
-    from tqdm.auto import tqdm
-
     models = available_models(src.scores_dir)
     out = PaperFigures()
     for name, builder in tqdm(FIGURES, desc="paper figures", unit="figure", disable=not progress):
@@ -474,10 +463,6 @@ def build_paper_figures(src: PaperSources, progress: bool = False) -> PaperFigur
 
 def _pdf_bytes(figure) -> bytes:
     """A figure rendered to PDF bytes, then closed."""
-    import io
-
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     try:
         figure.savefig(buffer, format="pdf")

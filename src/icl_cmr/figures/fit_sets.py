@@ -1,9 +1,11 @@
-"""The figures of the fitting analyses ([LI24] Fig 5-7), built from fitted heads.
+"""The figures of the fitting analyses ([LI24] Fig 4-7), built from fitted heads.
 
-Each function takes results (:mod:`icl_cmr.fits.analyses`, :mod:`icl_cmr.fits.distance`) and returns
-figures by file name (``{"score_against_fit.pdf": Figure, ...}``) or, for the one-page-per-layer
-head fits, PDF bytes page by page. Callers decide where files go (the fitting scripts under
-``figs/<script>/``, ``paper_figures.py`` under ``figs/paper/`` with the paper's figure numbers).
+Each function takes results (:mod:`icl_cmr.fits.analyses`, :mod:`icl_cmr.fits.distance`, the human
+curve of :mod:`icl_cmr.humans.recall`) and returns figures by file name
+(``{"score_against_fit.pdf": Figure, ...}``) or, for the one-page-per-layer head fits, PDF bytes page
+by page. Nothing here reads or writes a file: callers decide where files go (the fitting runs of
+:mod:`icl_cmr.experiments.fits` under ``figs/<script>/``, ``paper_figures`` under ``figs/paper/`` with
+the paper's figure numbers).
 """
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ import logging
 from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from icl_cmr.figures import fits as plotting
 from icl_cmr.fits.analyses import QUANTITIES, finite_quantities, mean_sem, record_matrix
-from icl_cmr.fits.distance import CmrFit, select_lags
+from icl_cmr.fits.distance import CmrFit, CmrGrid, select_lags
 from icl_cmr.fits.layers import HUMAN_FITS, percent_below_threshold, relative_layer_position, summarize_by_layer
 from icl_cmr.heads.results import HeadScores, checkpoint_step
 
@@ -28,22 +32,23 @@ def _point(values: Sequence[float]) -> str:
     return ", ".join(f"{float(v):.3g}" for v in values)
 
 
-def reference_crp_figure(grid, dataset: str, max_lag: int = 5):
+def reference_crp_figure(grid: CmrGrid, human, max_lag: int = 5):
     """[LI24] Fig 4: the grid's CMR CRP at :data:`FIG4_POINTS` beside the human conditional lag-CRP.
 
     Parameters
     ----------
     grid : CmrGrid
         SEM bars are drawn when the grid has its SEM.
-    dataset : str
-        psifr's bundled study (:data:`icl_cmr.humans.recall.HUMAN_DATASETS`).
+    human : HumanLagCrp
+        The human curve (:func:`icl_cmr.humans.recall.conditional_lag_crp`), lags [K'], with its
+        ``dataset`` and ``n_subjects`` for the label.
     max_lag : int
-        Largest |lag| drawn.
+        Largest |lag| of the CMR curves.
 
     Returns
     -------
-    (Figure, HumanLagCrp, dict)
-        The figure, the human curve, and ``{(beta_enc, beta_rec, gamma_ft) actually used: CMR CRP [K]}``.
+    (Figure, dict)
+        The figure, and ``{(beta_enc, beta_rec, gamma_ft) actually used: CMR CRP [2 max_lag + 1]}``.
 
     Notes
     -----
@@ -51,9 +56,6 @@ def reference_crp_figure(grid, dataset: str, max_lag: int = 5):
     warning; when two of the paper's points share a nearest grid point it is drawn once (never two
     panels with the same title), also with a warning.
     """
-    from icl_cmr.figures import fits as plotting
-    from icl_cmr.humans.recall import conditional_lag_crp, load_recall_data
-
     lags = np.arange(-max_lag, max_lag + 1)
     curves, values, drawn = {}, {}, {}
     for point in FIG4_POINTS:
@@ -75,10 +77,9 @@ def reference_crp_figure(grid, dataset: str, max_lag: int = 5):
             name += f"\n(nearest to {_point(point)})"
         curves[name] = (crp, sem)
         values[actual] = crp
-    human = conditional_lag_crp(load_recall_data(dataset), max_lag=max_lag, dataset=dataset)
-    label = f"human ({'PEERS' if dataset == 'peers_notask' else dataset}, n={human.n_subjects})"
+    label = f"human ({'PEERS' if human.dataset == 'peers_notask' else human.dataset}, n={human.n_subjects})"
     figure = plotting.plot_reference_crps(lags, curves, human.lags, human.mean, human.sem, label)
-    return figure, human, values
+    return figure, values
 
 
 def head_fit_pages(scores: HeadScores, fit: CmrFit, name: str, layers: Optional[Sequence[int]] = None,
@@ -106,15 +107,11 @@ def head_fit_pages(scores: HeadScores, fit: CmrFit, name: str, layers: Optional[
     (int, bytes)
         Layer index and its page as a PDF.
     """
-    from tqdm.auto import tqdm
-
-    from icl_cmr.figures.fits import LayerFitPages
-
     attn = select_lags(scores.crp, scores.lags, fit.lags)                     # [L, H, K]
     attn_sem = select_lags(scores.crp_sem, scores.lags, fit.lags)
     fitted_on_attn_scale = fit.fitted_pattern_scaled + attn.min(axis=-1, keepdims=True)
     order = np.argsort(-np.nan_to_num(scores.matching_score, nan=-np.inf), axis=1, kind="stable")   # [L, H]
-    pages = LayerFitPages(scores.n_heads, fit.lags)
+    pages = plotting.LayerFitPages(scores.n_heads, fit.lags)
     layers = range(scores.n_layers) if layers is None else layers
     for layer in tqdm(layers, desc=f"{name}: head-fit pages", unit="page", disable=not progress):
         o = order[layer]
@@ -131,8 +128,6 @@ def fit_summary_figures(scores: HeadScores, fit: CmrFit, threshold: float, stric
     ``score_against_scale_factor.pdf`` (1/tau against matching score) and ``fit_against_layer.pdf``
     (% heads with D below each threshold by relative layer position).
     """
-    from icl_cmr.figures import fits as plotting
-
     position = relative_layer_position(scores.n_layers)
     curves = {f"D < {t}": percent_below_threshold(fit.distance, t) for t in (threshold, strict_threshold)}
     return {
@@ -153,8 +148,6 @@ def size_figures(fits: Mapping[str, Tuple[HeadScores, CmrFit]], threshold: float
     curve per model) and ``params_over_size_thres<threshold>.pdf`` (mean fitted parameters and 1/tau
     of the CMR-like heads, min-max bands).
     """
-    from icl_cmr.figures import fits as plotting
-
     out = {}
     positions = {m: relative_layer_position(s.n_layers) for m, (s, _) in fits.items()}
     for t in (threshold, strict_threshold):
@@ -165,28 +158,6 @@ def size_figures(fits: Mapping[str, Tuple[HeadScores, CmrFit]], threshold: float
     inv = {m: summarize_by_layer(f.inverse_temperature, f.distance < threshold) for m, (_, f) in fits.items()}
     out[f"params_over_size_thres{threshold}.pdf"] = plotting.plot_layer_summaries(positions, params, inv, threshold)
     return out
-
-
-def queue_size_outputs(pending, fits: Mapping[str, Tuple[HeadScores, CmrFit]], out_dir, threshold: float,
-                       strict_threshold: float, grid, producer: str, title: str) -> None:
-    """Queue the outputs of ``attn_over_size*.py`` into ``pending`` (:class:`icl_cmr.files.outputs.PendingWrites`).
-
-    :func:`size_figures`, ``layer_summary.csv`` (:func:`icl_cmr.fits.analyses.layer_table`) and
-    ``layer_summary.json`` (metadata: models, score files, thresholds, grid).
-    """
-    from pathlib import Path
-
-    from icl_cmr.fits.analyses import layer_table
-    from icl_cmr.cli.fit_args import grid_parameters
-    from icl_cmr.files.writing import make_metadata
-    from icl_cmr.files.outputs import portable_path
-
-    out_dir = Path(out_dir)
-    pending.figures(out_dir, size_figures(fits, threshold, strict_threshold, title))
-    pending.text(out_dir / "layer_summary.csv", layer_table(fits, threshold, strict_threshold).to_csv(index=False))
-    pending.json(out_dir / "layer_summary.json", {"metadata": make_metadata(
-        producer, {"models": list(fits), "scores_files": [portable_path(s.path) for s, _ in fits.values()],
-                   "threshold": threshold, "strict_threshold": strict_threshold, **grid_parameters(grid)})})
 
 
 def over_training_figures(fit: CmrFit, steps: np.ndarray, thresholds: Sequence[float], name: str,
@@ -212,8 +183,6 @@ def over_training_figures(fit: CmrFit, steps: np.ndarray, thresholds: Sequence[f
     title_suffix : str
         Appended to the parameter figure's title.
     """
-    from icl_cmr.figures import fits as plotting
-
     out = {}
     for t in thresholds:
         percent = percent_below_threshold(fit.distance, t)                       # [T, L]
@@ -237,8 +206,6 @@ def selection_figures(selections: Mapping[str, Mapping[str, dict]], title: str,
     human CMR fits). Quantities a record lacks (the authors' CMR-like records have no matching
     scores) are left out.
     """
-    from icl_cmr.figures import fits as plotting
-
     out = {}
     kinds = {"cmr": "CMR-like (lowest D)", "induction": "induction (highest match)"}
     over_training = all("MSE_over_training" in r for sel in selections.values() for r in sel.values())
@@ -272,8 +239,6 @@ def smallest_set_points(selections: Mapping[str, Mapping[str, dict]], prefix: st
 def selection_bar_figures(per_model: Mapping[str, Mapping[str, Mapping[str, dict]]],
                           suffix: str = "") -> Dict[str, object]:
     """Figures of ``select_fit_xtra.py``: bars per set grouped by model, per kind, and the human comparison."""
-    from icl_cmr.figures import fits as plotting
-
     out = {}
     names = {"cmr": "top CMR-like heads (lowest D)", "induction": "top induction heads (highest matching score)"}
     for kind, title in names.items():

@@ -7,29 +7,24 @@ Nothing here computes a statistic; every function takes arrays produced by
 from __future__ import annotations
 
 import io
+import logging
 import math
 from typing import Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
+from icl_cmr.figures.style import INVERSE_TEMPERATURE_LABEL as _INV_TEMP_LABEL
+from icl_cmr.figures.style import PARAMETER_LABELS as _PARAM_LABELS
+from icl_cmr.figures.style import SMALL_FONT_SIZE as _SMALL
+from icl_cmr.figures.style import spaced_colors as _colors
+from icl_cmr.figures.style import style_axes as _style
 from icl_cmr.fits.layers import LayerSummary
-
-_PARAM_LABELS = (r"$\beta_{\rm enc}$", r"$\beta_{\rm rec}$", r"$\gamma_{\rm FT}$")
-_INV_TEMP_LABEL = r"$1/\tau$"
-_SMALL = 7
-
-
-def _style(ax) -> None:
-    ax.tick_params(axis="both", labelsize=_SMALL)
-    ax.spines["top"].set_visible(False)
-    ax.spines["right"].set_visible(False)
-
-
-def _colors(n: int, cmap: str = "viridis") -> list:
-    return [matplotlib.colormaps[cmap](i / max(n - 1, 1) * 0.9) for i in range(n)]
 
 
 # ----------------------------------------------------------------------------- Fig 5: one model
@@ -82,9 +77,6 @@ class LayerFitPages:
         self._ax.set_xlim(0, 1)
         self._ax.set_ylim(0, 1)
         self._ax.set_axis_off()
-        from matplotlib.collections import LineCollection
-        from matplotlib.lines import Line2D
-
         self._frames = LineCollection([], colors="k", linewidths=0.6)
         self._zero = LineCollection([], colors="grey", linewidths=0.5, linestyles="--")
         self._errors = LineCollection([], colors="k", linewidths=0.6)
@@ -115,8 +107,6 @@ class LayerFitPages:
         Text is set in the PDF core font Helvetica (not embedded, so ASCII text only), which
         renders about 4x faster than embedded DejaVu glyphs.
         """
-        import logging
-
         self.draw(labels, attn, attn_sem, fitted, distance, params, title)
         buffer = io.BytesIO()
         font_log = logging.getLogger("matplotlib.font_manager")
@@ -144,8 +134,6 @@ class LayerFitPages:
         params : ndarray, shape [H, 3]
         title : str
         """
-        from matplotlib.ticker import MaxNLocator
-
         attn, sem, fitted = (np.asarray(a, dtype=float) for a in (attn, attn_sem, fitted))
         if attn.shape != (self.n_heads, self.lags.size):
             raise ValueError(f"attn must have shape {(self.n_heads, self.lags.size)}, got {attn.shape}")

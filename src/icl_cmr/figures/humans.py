@@ -1,7 +1,9 @@
-"""Figures of people and heads in one CMR parameter space (issue 16). ``plot_*`` only: results in, Figure out.
+"""Figures of people and heads in one CMR parameter space (issue 16): results in, Figure out.
 
-Every function takes arrays made by :mod:`icl_cmr.humans.fits` / :mod:`icl_cmr.humans.recall` and returns a
-``matplotlib.figure.Figure`` (the caller saves and closes it).
+The ``plot_*`` functions draw arrays; the ``*_figure`` functions above them compose one figure of
+``fit_human_recall.py`` from the results of :mod:`icl_cmr.humans.fits` and :mod:`icl_cmr.humans.recall`
+(which rows, which columns, the titles). Every function returns a ``matplotlib.figure.Figure`` (the
+caller saves and closes it).
 """
 from __future__ import annotations
 
@@ -10,21 +12,129 @@ from typing import Mapping, Optional, Sequence, Tuple
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from icl_cmr.figures.fits import _PARAM_LABELS, _SMALL, _colors, _style
+from icl_cmr.figures.style import PARAMETER_LABELS, SMALL_FONT_SIZE, spaced_colors, style_axes
+from icl_cmr.fits.distance import CmrFit
+from icl_cmr.humans.fits import COMPARED_QUANTITIES, TopSetsOverTraining
+from icl_cmr.humans.recall import UnitLagCrps
 
 #: Axis label of each quantity in :data:`icl_cmr.humans.fits.COMPARED_QUANTITIES` order.
-QUANTITY_LABELS = {"cmr_distance": "CMR distance D", "beta_enc": _PARAM_LABELS[0], "beta_rec": _PARAM_LABELS[1],
-                   "gamma_ft": _PARAM_LABELS[2]}
+QUANTITY_LABELS = {"cmr_distance": "CMR distance D", "beta_enc": PARAMETER_LABELS[0],
+                   "beta_rec": PARAMETER_LABELS[1], "gamma_ft": PARAMETER_LABELS[2]}
+
+#: Units per page of the CRP-fit figure (6 x 5 panels).
+PAGE_SIZE = 30
 
 _PEOPLE_COLOR = "k"
 
 
+# ----------------------------------------------------------------------------- figures of results
+
+def parameters_figure(people: pd.DataFrame, heads: Optional[pd.DataFrame], threshold: float,
+                      dataset: str) -> Figure:
+    """Each compared quantity of the CMR-like people and of each model's CMR-like heads.
+
+    Parameters
+    ----------
+    people : pandas.DataFrame
+        :func:`icl_cmr.humans.fits.people_table` (column ``cmr_like``).
+    heads : pandas.DataFrame, optional
+        :func:`icl_cmr.humans.fits.head_table` rows of one or more models (column ``model``); None: people only.
+    threshold : float
+        The CMR-like threshold on D (drawn on the D panel and named in the title).
+    dataset : str
+        The people's study, for labels.
+    """
+    like = people[people["cmr_like"]]
+    groups = {f"{dataset} people": {q: like[q].to_numpy() for q in COMPARED_QUANTITIES}}
+    if heads is not None:
+        for model, group in heads[heads["cmr_like"]].groupby("model", sort=False):
+            groups[model] = {q: group[q].to_numpy() for q in COMPARED_QUANTITIES}
+    return plot_parameter_distributions(
+        groups, list(COMPARED_QUANTITIES), threshold,
+        title=f"CMR fits with D < {threshold:g}: {dataset} people (conditional lag-CRP) and each model's "
+              "heads (the paper's lag-histogram CRP)")
+
+
+def page_of_units(distance: np.ndarray, size: int = PAGE_SIZE) -> np.ndarray:
+    """Indices of up to ``size`` units evenly spread over the ranks of D (best fit first), so one page
+    shows the whole range of fits; units without a fit come last.
+
+    Parameters
+    ----------
+    distance : ndarray, shape [U]
+        Each unit's CMR distance (NaN: not fitted).
+    size : int
+
+    Returns
+    -------
+    ndarray of int, shape [min(U, size)]
+    """
+    order = np.argsort(np.where(np.isfinite(distance), distance, np.inf), kind="stable")
+    if order.size <= size:
+        return order
+    return order[np.unique(np.round(np.linspace(0, order.size - 1, size)).astype(int))]
+
+
+def unit_fits_figure(crps: UnitLagCrps, fit: CmrFit, people: pd.DataFrame, size: int = PAGE_SIZE) -> Figure:
+    """One page of units (:func:`page_of_units`) with their conditional lag-CRPs and CMR fits.
+
+    Parameters
+    ----------
+    crps : UnitLagCrps
+        The units' curves (their labels, dataset and kind of unit).
+    fit : CmrFit
+        Their fits, head axes [U].
+    people : pandas.DataFrame
+        :func:`icl_cmr.humans.fits.people_table` of the same units: the curves and fitted curves on the
+        fitting lags.
+    size : int
+        Units on the page.
+    """
+    page = page_of_units(fit.distance, size)
+    fitted_cols = [f"fitted_crp_lag{lag:+d}" for lag in fit.lags]
+    observed_cols = [f"crp_lag{lag:+d}" for lag in fit.lags]
+    return plot_unit_fits(
+        crps.labels[page], fit.lags, people[observed_cols].to_numpy()[page], people[fitted_cols].to_numpy()[page],
+        fit.distance[page], fit.params[page],
+        title=f"{crps.dataset}, by {crps.by}: {len(page)} of {len(people)} units, spread over the ranks of D")
+
+
+def training_reference_figure(top_sets: TopSetsOverTraining, like_people: pd.DataFrame, dataset: str,
+                              models: Sequence[str]) -> Figure:
+    """[LI24] Fig 7d-g with the people's median and interquartile band (people with D < threshold).
+
+    Parameters
+    ----------
+    top_sets : TopSetsOverTraining
+        The top-N CMR-like head sets of ``models`` over training.
+    like_people : pandas.DataFrame
+        The CMR-like rows of :func:`icl_cmr.humans.fits.people_table`.
+    dataset : str
+        The people's study, for labels.
+    models : sequence of str
+        The models whose heads the sets hold, for the title.
+    """
+    quantities = list(top_sets.quantities)
+    human = like_people[quantities].to_numpy(dtype=float)
+    median = np.nanmedian(human, axis=0)
+    iqr = np.nanpercentile(human, [25, 75], axis=0).T
+    series = {name: (top_sets.mean[name], top_sets.sem[name]) for name in top_sets.mean}
+    return plot_training_with_human_band(
+        top_sets.steps, series, quantities, median, iqr, f"{dataset}: median, IQR (n={len(like_people)})",
+        top_sets.final_points, like_people[["beta_enc", "beta_rec"]].to_numpy(),
+        title=f"top-N CMR-like heads of {', '.join(models)} over training; people of {dataset} with D < threshold")
+
+
+# ----------------------------------------------------------------------------- plots of arrays
+
+
 def _group_colors(names: Sequence[str]) -> list:
     """Black for the people (first group), a colour per model after it."""
-    models = _colors(max(len(names) - 1, 1), "tab10" if len(names) <= 11 else "viridis")
+    models = spaced_colors(max(len(names) - 1, 1), "tab10" if len(names) <= 11 else "viridis")
     return [_PEOPLE_COLOR] + models[: len(names) - 1]
 
 
@@ -61,8 +171,8 @@ def plot_parameter_distributions(groups: Mapping[str, Mapping[str, np.ndarray]],
         ax.set_xticks(range(len(names)), [f"{n} (n={np.isfinite(np.asarray(groups[n][quantity], float)).sum()})"
                                            for n in names], fontsize=5.5, rotation=45, ha="right",
                       rotation_mode="anchor")
-        ax.set_ylabel(QUANTITY_LABELS.get(quantity, quantity), fontsize=_SMALL)
-        _style(ax)
+        ax.set_ylabel(QUANTITY_LABELS.get(quantity, quantity), fontsize=SMALL_FONT_SIZE)
+        style_axes(ax)
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
@@ -103,7 +213,7 @@ def plot_unit_fits(labels: Sequence[str], lags: np.ndarray, observed: np.ndarray
         be, br, g = params[i]
         ax.set_title(f"{labels[i]}  D={distance[i]:.2f}\n({be:.2f}, {br:.2f}, {g:.1f})", fontsize=5.5, pad=2)
         ax.set_ylim(bottom=0)
-        _style(ax)
+        style_axes(ax)
         ax.tick_params(labelsize=5)
     for ax in axes[-1]:
         ax.set_xlabel("lag", fontsize=6)
@@ -143,7 +253,7 @@ def plot_training_with_human_band(steps: np.ndarray, series: Mapping[str, Tuple[
     """
     n_q = len(quantities)
     fig, axes = plt.subplots(1, n_q + 1, figsize=(2.3 * (n_q + 1) + 1.2, 2.5), squeeze=False)
-    colors = _colors(len(series), "viridis")
+    colors = spaced_colors(len(series), "viridis")
     for q, (ax, quantity) in enumerate(zip(axes[0], quantities)):
         ax.axhspan(human_iqr[q, 0], human_iqr[q, 1], color="tab:red", alpha=0.15, lw=0)
         ax.axhline(human_median[q], color="tab:red", lw=1.0, ls="--")
@@ -151,9 +261,9 @@ def plot_training_with_human_band(steps: np.ndarray, series: Mapping[str, Tuple[
             ax.plot(steps, mean[:, q], color=color, lw=1.2, label=name)
             ax.fill_between(steps, mean[:, q] - sem[:, q], mean[:, q] + sem[:, q], color=color, alpha=0.2, lw=0)
         ax.set_xscale("log")
-        ax.set_xlabel("training step", fontsize=_SMALL)
-        ax.set_ylabel(QUANTITY_LABELS.get(quantity, quantity), fontsize=_SMALL)
-        _style(ax)
+        ax.set_xlabel("training step", fontsize=SMALL_FONT_SIZE)
+        ax.set_ylabel(QUANTITY_LABELS.get(quantity, quantity), fontsize=SMALL_FONT_SIZE)
+        style_axes(ax)
     plane = axes[0, -1]
     people_points = np.asarray(people_points, dtype=float)
     people_points = people_points[np.isfinite(people_points).all(axis=1)]
@@ -176,9 +286,9 @@ def plot_training_with_human_band(steps: np.ndarray, series: Mapping[str, Tuple[
                           edgecolor="k", lw=0.5, zorder=6, label=f"{name} (median)")
     plane.set_xlim(0, 1.05)
     plane.set_ylim(-0.02, 1.05)
-    plane.set_xlabel(_PARAM_LABELS[0], fontsize=_SMALL)
-    plane.set_ylabel(_PARAM_LABELS[1], fontsize=_SMALL)
-    _style(plane)
+    plane.set_xlabel(PARAMETER_LABELS[0], fontsize=SMALL_FONT_SIZE)
+    plane.set_ylabel(PARAMETER_LABELS[1], fontsize=SMALL_FONT_SIZE)
+    style_axes(plane)
     handles, names = plane.get_legend_handles_labels()
     line_handles, line_names = axes[0, 0].get_legend_handles_labels()
     fig.legend(line_handles + handles, line_names + names, fontsize=6, frameon=False, loc="center right")

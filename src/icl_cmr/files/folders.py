@@ -11,9 +11,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from icl_cmr.errors import InputError
+
+
+def _named(flag: str) -> Tuple[str, ...]:
+    """The parameter a backticked ``flag`` names, for :attr:`InputError.parameters`."""
+    return (flag.strip("`"),) if flag.startswith("`") and flag.endswith("`") else ()
 
 
 def check_writable_dir(directory: "str | os.PathLike[str]", flag: str = "") -> Path:
@@ -27,7 +32,9 @@ def check_writable_dir(directory: "str | os.PathLike[str]", flag: str = "") -> P
     directory : path-like
         An output folder.
     flag : str
-        The command-line flag that named it, for the message (e.g. ``"--figs-dir"``).
+        What named it, for the message: a script's flag (``"--figs-dir"``), or in engine code a
+        parameter between backticks (``"`figs_dir`"``), which the script's
+        :func:`~icl_cmr.cli.flags.flag_errors` turns into its flag.
 
     Returns
     -------
@@ -42,13 +49,13 @@ def check_writable_dir(directory: "str | os.PathLike[str]", flag: str = "") -> P
     named = f"{flag} {path}" if flag else str(path)
     existing = _nearest_existing(path)
     if existing.exists() and not existing.is_dir():
-        raise InputError(f"output folder {named} cannot be made: {existing} is a file")
+        raise InputError(f"output folder {named} cannot be made: {existing} is a file", parameters=_named(flag))
     reason = None if os.access(existing, os.W_OK | os.X_OK) else "permission denied"
     if reason is None:
         reason = _probe_write(existing)
     if reason is not None:
         what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
-        raise InputError(f"output folder {named} {what} ({reason})")
+        raise InputError(f"output folder {named} {what} ({reason})", parameters=_named(flag))
     return path
 
 
@@ -88,7 +95,7 @@ def check_writable_file(path: "str | os.PathLike[str]", flag: str = "") -> Path:
     path : str or path-like
         The output file as the user gave it (a ``str`` keeps a trailing ``/`` that ``Path`` drops).
     flag : str
-        The command-line flag that named it, for the message (e.g. ``"--out"``).
+        What named it, for the message (see :func:`check_writable_dir`).
 
     Returns
     -------
@@ -102,20 +109,22 @@ def check_writable_file(path: "str | os.PathLike[str]", flag: str = "") -> Path:
     text = os.fspath(path)
     named = f"{flag} {text!r}" if flag else repr(text)
     if not text.strip():
-        raise InputError(f"{flag or 'output file'} is empty; give a file name")
+        raise InputError(f"{flag or 'output file'} is empty; give a file name", parameters=_named(flag))
     target = Path(text)
     if text.endswith(("/", os.sep)) or target.name in ("", ".", ".."):
-        raise InputError(f"{named} names a folder; give a file name")
+        raise InputError(f"{named} names a folder; give a file name", parameters=_named(flag))
     if target.is_dir():
-        raise InputError(f"{named} is an existing folder; give a file name")
+        raise InputError(f"{named} is an existing folder; give a file name", parameters=_named(flag))
     if target.exists() and not target.is_file():
-        raise InputError(f"{named} exists and is not a regular file (a device, pipe or socket)")
+        raise InputError(f"{named} exists and is not a regular file (a device, pipe or socket)",
+                         parameters=_named(flag))
     existing = _nearest_existing(target.parent if str(target.parent) else Path("."))
     if not existing.is_dir():
-        raise InputError(f"{named} cannot be written: {existing} is a file, not a folder")
+        raise InputError(f"{named} cannot be written: {existing} is a file, not a folder", parameters=_named(flag))
     reason = _probe_write(existing)
     if reason is not None:
-        raise InputError(f"{named} cannot be written: no file can be created in {existing} ({reason})")
+        raise InputError(f"{named} cannot be written: no file can be created in {existing} ({reason})",
+                         parameters=_named(flag))
     return target
 
 
@@ -132,6 +141,6 @@ def ensure_writable_dir(directory: "str | os.PathLike[str]", flag: str = "") -> 
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise InputError(f"{flag + ' ' if flag else ''}cannot create output folder {path}: {err.strerror or err}"
-                         ) from None
+        raise InputError(f"{flag + ' ' if flag else ''}cannot create output folder {path}: {err.strerror or err}",
+                         parameters=_named(flag)) from None
     return path

@@ -17,13 +17,12 @@ import numpy as np
 
 from icl_cmr.cmr.grid import GRID_QUANTITIES
 from icl_cmr.cmr.model import RECALL_RULES
-from icl_cmr.config import (BETA_ENC_GRID, BETA_REC_GRID, CMR_CRP_LAGS, CMR_GRID_MEAN_FILENAME, FIT_LAGS,
-                            GAMMA_FT_GRID)
+from icl_cmr.config import (BETA_ENC_GRID, BETA_REC_GRID, CMR_CRP_LAGS, CMR_GRID_MEAN_FILENAME, DEFAULT_GRID_PATH,
+                            FIT_LAGS, GAMMA_FT_GRID, HUMAN_FIT_LAGS)
 from icl_cmr.errors import FileContentError, InputError
 from icl_cmr.files.checks import ArraySpec, check_array
 from icl_cmr.files.reading import load_json, load_npy
-from icl_cmr.fits.distance import SIMULATION_SETTINGS, CmrGrid
-from icl_cmr.humans.fits import HUMAN_FIT_LAGS, check_conditional_grid
+from icl_cmr.fits.distance import SIMULATION_SETTINGS, CmrGrid, check_conditional_grid
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +84,6 @@ def load_cmr_grid(mean_path: "str | Path", sem_path: Optional["str | Path"] = No
     return mean, sem
 
 
-DEFAULT_GRID_PATH = Path("saved_crps") / CMR_GRID_MEAN_FILENAME
 
 
 def _grid_axes_from_sidecar(meta: Any, path: Path,
@@ -175,7 +173,8 @@ def grid_lags(n_lags: int, path: "str | Path", sidecar: Any = None, sidecar_path
     return np.arange(-max_lag, max_lag + 1)
 
 
-def read_cmr_grid(path: "str | Path | None" = None, sem_path: "str | Path | None" = None) -> CmrGrid:
+def read_cmr_grid(path: "str | Path | None" = None, sem_path: "str | Path | None" = None,
+                  parameter: str = "crp_grid") -> CmrGrid:
     """Read a CMR CRP grid file, its optional SEM file and its axis values, as a :class:`CmrGrid`.
 
     The arrays are read and validated by :func:`icl_cmr.files.grids.load_cmr_grid` (finite,
@@ -189,6 +188,8 @@ def read_cmr_grid(path: "str | Path | None" = None, sem_path: "str | Path | None
     sem_path : path, optional
         SEM file of the same shape. Default: the file beside ``path`` with ``avg`` replaced by
         ``sem`` in its name, when it exists (it is optional).
+    parameter : str
+        The caller's parameter that gave ``path``, named in the message when the file is missing.
 
     Returns
     -------
@@ -207,8 +208,9 @@ def read_cmr_grid(path: "str | Path | None" = None, sem_path: "str | Path | None
     """
     path = Path(path) if path is not None else DEFAULT_GRID_PATH
     if not path.is_file():
-        raise InputError(f"CMR grid {path} does not exist: run est_cmr_crp.py to make it, or pass --crp-grid PATH "
-                         f"(a [20, 21, 11, 17] .npy; the authors' is {CMR_GRID_MEAN_FILENAME})")
+        raise InputError(f"CMR grid {path} does not exist: run est_cmr_crp.py to make it, or pass `{parameter}` PATH "
+                         f"(a [20, 21, 11, 17] .npy; the authors' is {CMR_GRID_MEAN_FILENAME})",
+                         parameters=(parameter,))
     if sem_path is None:
         candidate = path.with_name(path.name.replace("avg", "sem")) if "avg" in path.name else None
         sem_path = candidate if candidate is not None and candidate.is_file() else None
@@ -276,7 +278,8 @@ def grid_recall_rule(path: "str | Path") -> str:
 SIMULATION_KEYS = SIMULATION_SETTINGS
 
 
-def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Path | None" = None) -> CmrGrid:
+def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Path | None" = None,
+                          parameter: str = "crp_grid") -> CmrGrid:
     """Read a conditional lag-CRP grid (``cmr_cond_crp_avg_*.npy``), its standard errors and axes.
 
     Parameters
@@ -287,6 +290,8 @@ def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Pat
         :data:`DEFAULT_CONDITIONAL_GRID_PATH`.
     sem_path : path, optional
         Its standard errors; default the ``sem`` file beside it when present.
+    parameter : str
+        The caller's parameter that gave ``path``, named in the message when the file is missing.
 
     Returns
     -------
@@ -302,7 +307,8 @@ def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Pat
     path = Path(path) if path is not None else DEFAULT_CONDITIONAL_GRID_PATH
     if not path.is_file():
         raise InputError(f"conditional CMR grid {path} does not exist: make it with "
-                         "`python src/est_cmr_crp.py --quantity conditional`, or pass --crp-grid PATH")
+                         f"`python src/est_cmr_crp.py --quantity conditional`, or pass `{parameter}` PATH",
+                         parameters=(parameter,))
     mean = load_npy(path)
     if mean.ndim != 4:
         raise InputError(f"{path} has shape {mean.shape}, expected [n_beta_enc, n_beta_rec, n_gamma_ft, n_lags] "

@@ -56,7 +56,7 @@ def default_cache_dir() -> Path:
 
 def how_to_get_the_data() -> str:
     """The sentence every 'no data' message ends with."""
-    return (f"pass --official DIR with a clone of {AUTHORS_REPOSITORY} (git clone {AUTHORS_REPOSITORY}.git) or any "
+    return (f"pass `official` DIR with a clone of {AUTHORS_REPOSITORY} (git clone {AUTHORS_REPOSITORY}.git) or any "
             f"folder with its {', '.join(DATA_FOLDERS)} layout")
 
 
@@ -70,11 +70,11 @@ def check_official_dir(path: "str | os.PathLike[str]") -> Path:
     """
     path = Path(path)
     if not path.is_dir():
-        raise InputError(f"--official {path}: no such folder; {how_to_get_the_data()}")
+        raise InputError(f"`official` {path}: no such folder; {how_to_get_the_data()}", parameters=("official",))
     missing = [name for name in DATA_FOLDERS[:2] if not (path / name).is_dir()]
     if missing:
-        raise InputError(f"--official {path}: no {' or '.join(m + '/' for m in missing)} folder there: expected the "
-                         f"authors' layout ({', '.join(m + '/' for m in DATA_FOLDERS)})")
+        raise InputError(f"`official` {path}: no {' or '.join(m + '/' for m in missing)} folder there: expected the "
+                         f"authors' layout ({', '.join(m + '/' for m in DATA_FOLDERS)})", parameters=("official",))
     return path
 
 
@@ -157,7 +157,7 @@ def _fetch(url: str, target: Path, progress: bool, timeout: float) -> None:
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
         raise InputError(f"cannot download the authors' data from {url} ({reason}); offline? "
-                         f"{how_to_get_the_data()}") from None
+                         f"{how_to_get_the_data()}", parameters=("official",)) from None
     with response, open(target, "wb") as handle:
         total = response.headers.get("Content-Length") if hasattr(response, "headers") else None
         with tqdm(total=int(total) if total and total.isdigit() else None, unit="B", unit_scale=True,
@@ -171,7 +171,7 @@ def _fetch(url: str, target: Path, progress: bool, timeout: float) -> None:
                     bar.update(len(chunk))
             except OSError as err:
                 raise InputError(f"the download from {url} broke off ({err}); run again, or "
-                                 f"{how_to_get_the_data()}") from None
+                                 f"{how_to_get_the_data()}", parameters=("official",)) from None
 
 
 def _safe_relative(name: str, url: str) -> PurePosixPath:
@@ -257,7 +257,7 @@ def _extract(container, target: Path, url: str) -> int:
     missing = [name for name in DATA_FOLDERS[:2] if name not in present]
     if missing:
         raise InputError(f"the archive from {url} has no {' or '.join(m + '/' for m in missing)} folder: not the "
-                         f"authors' repository? {how_to_get_the_data()}")
+                         f"authors' repository? {how_to_get_the_data()}", parameters=("official",))
     n_files = 0
     target.mkdir(parents=True, exist_ok=True)
     for relative, kind, info in wanted:

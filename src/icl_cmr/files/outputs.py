@@ -44,8 +44,8 @@ from icl_cmr.files.writing import atomic_write, json_bytes, write_temporary
 
 logger = logging.getLogger(__name__)
 
-#: The repository root (``src/icl_cmr/outputs.py`` -> two levels up); metadata paths are relative to it.
-REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The repository root (three folders above ``src/icl_cmr/files/outputs.py``); metadata paths are relative to it.
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 #: Metadata fields that describe a run rather than its result: a rerun may change them without the
 #: result changing. They are ignored when a new output is compared with the saved one.

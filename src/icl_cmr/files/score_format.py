@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
-import torch
 
 from icl_cmr.config import ATTN_CRP_LAGS
 from icl_cmr.errors import InputError
@@ -86,6 +85,8 @@ def assemble_score_dict(matching_score: np.ndarray, copying_score: np.ndarray, c
         ``head_scores`` is a torch float32 tensor as in the authors' files; the rest are
         numpy arrays (float64, ``sorted_head_scores`` float32 like theirs).
     """
+    import torch  # heavy; only writing a score file needs it (the authors stored head_scores as a tensor)
+
     matching = np.asarray(matching_score, dtype=np.float32)
     n_layers, n_heads = matching.shape
     per_head = {"copying_score": copying_score, "prefix_matching_score": prefix_matching_score}

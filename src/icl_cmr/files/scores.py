@@ -84,7 +84,7 @@ def other_model_warning(recorded: Optional[str], loaded: str, what: str) -> Opti
         The model the file names (``HeadScores.model``, ``CmrFitFile.model``); None: the file does not
         say (the authors' files), and nothing can be compared.
     loaded : str
-        The loaded model's name (:attr:`icl_cmr.heads.models.ModelSpec.name`).
+        The loaded model's name (:attr:`icl_cmr.heads.registry.ModelSpec.name`).
     what : str
         The flag and file, e.g. ``"--fit-file saved_scores/gpt2/cmr_fit_gpt2.pkl"``.
 
@@ -127,7 +127,7 @@ def find_score_file(scores_dir: "str | Path", model: str, checkpoint: Optional[i
     """
     root = Path(scores_dir)
     if not root.is_dir():
-        raise InputError(f"scores folder {root} does not exist (pass --scores-dir)")
+        raise InputError(f"scores folder {root} does not exist (pass `scores_dir`)", parameters=("scores_dir",))
     wanted = normalise_model_name(model)
     folders = [root] + sorted(p for p in root.iterdir() if p.is_dir())
     matches = {}

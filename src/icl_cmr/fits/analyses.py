@@ -1,27 +1,25 @@
-"""The analyses behind [LI24] Fig 5-7 on fitted heads: per-model fits, per-layer tables, top-N selections.
+"""The analyses behind [LI24] Fig 5-7 on fitted heads: per-layer tables and top-N selections.
 
-Shared by the fitting scripts (``fit_attn_score.py``, ``attn_over_size*.py``, ``attn_over_time.py``,
-``select_fit*.py``) and ``paper_figures.py``; DESIGN.md sections 4-5.
+Arrays and fits in, tables and records out; nothing here reads or writes a file (the runs over
+saved score files are :mod:`icl_cmr.experiments.fits`). DESIGN.md sections 4-5.
 
-* :func:`fit_models`, :func:`fit_over_training`: read score files and fit every head (vectorized over
-  heads and checkpoints; one loop iteration per model file).
 * :func:`head_table`, :func:`layer_table`, :func:`over_training_table`: tidy tables (pandas).
-* :func:`make_selections`, :func:`record_matrix`, :func:`load_saved_selections`: top-N CMR-like and
-  induction heads, in the authors' record layout.
+* :func:`make_selections`, :func:`selection_record`, :func:`final_values_only`, :func:`record_matrix`,
+  :func:`mean_sem`: top-N CMR-like and induction heads, in the authors' record layout.
+* :func:`check_top_sizes`: top-N sizes against the heads there are.
 """
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 
 from icl_cmr.errors import InputError
-from icl_cmr.fits.distance import CmrFit, CmrGrid, check_fitted, fit_heads
+from icl_cmr.fits.distance import CmrFit
 from icl_cmr.fits.layers import (HeadSelection, gather_selected, percent_below_threshold, relative_layer_position,
                                  select_top_heads, summarize_by_layer)
-from icl_cmr.files.scores import load_checkpoint_series, load_model_scores
 from icl_cmr.heads.results import HeadScores
 
 logger = logging.getLogger(__name__)
@@ -33,10 +31,6 @@ PYTHIA_MODELS = tuple(f"pythia-{size}" for size in PYTHIA_SIZES)
 #: Models of [LI24] Fig 6c (the authors' ``attn_over_size_xtra.py`` / ``select_fit_xtra.py`` defaults).
 XTRA_MODELS = ("qwen-7b", "mistral-7b", "llama3-8b")
 
-#: File names of the saved selections (the authors' names), per tag.
-CMR_SELECTION_FILE = "cmr_top_crp_fit_{tag}.pkl"
-INDUCTION_SELECTION_FILE = "cmr_top_head_score_{tag}.pkl"
-
 #: Quantities drawn per selection: (name in the record, axis label).
 QUANTITIES = (("MSE", "CMR distance D"), ("beta_enc", r"$\beta_{\rm enc}$"), ("beta_rec", r"$\beta_{\rm rec}$"),
               ("gamma_ft", r"$\gamma_{\rm FT}$"), ("scale_factors", r"$1/\tau$"), ("head_scores", "matching score"))
@@ -44,42 +38,18 @@ QUANTITIES = (("MSE", "CMR distance D"), ("beta_enc", r"$\beta_{\rm enc}$"), ("b
 _PARAMETERS = ("beta_enc", "beta_rec", "gamma_ft")
 
 
-# ----------------------------------------------------------------------------- fitting score files
+# ----------------------------------------------------------------------------- checks and logs on fitted heads
 
-def fit_models(scores_dir: Path, models: Sequence[str], grid: CmrGrid,
-               checkpoint: Optional[int] = None) -> Dict[str, Tuple[HeadScores, CmrFit]]:
-    """Read and fit every head of each model (trained model, or checkpoint ``checkpoint``).
-
-    Raises
-    ------
-    InputError
-        A model without a score file, or whose file has no head that can be fitted
-        (:func:`icl_cmr.fits.distance.check_fitted`).
-    """
-    out = {}
-    for model in models:  # one file per model; each fit is vectorized over all its heads
-        scores = load_model_scores(scores_dir, model, checkpoint)
-        fit = fit_heads(scores.crp, grid, attn_lags=scores.lags)
-        check_fitted(fit, scores.path)
-        out[model] = (scores, fit)
-    return out
-
-
-def check_top_sizes(n_top: Sequence[int], scores_dir: Path, models: Sequence[str],
-                    checkpoint: Optional[int] = None, pooled: bool = True) -> None:
-    """Refuse top-N sizes larger than the heads there are, before any fitting (a "top500" set of 144 heads
-    would be a mislabelled file).
+def check_top_sizes(n_top: Sequence[int], head_counts: Mapping[str, int], pooled: bool = True) -> None:
+    """Refuse top-N sizes larger than the heads there are (a "top500" set of 144 heads would be a
+    mislabelled file).
 
     Parameters
     ----------
     n_top : sequence of int
         Requested set sizes.
-    scores_dir : Path
-        Root of the head-score files.
-    models : sequence of str
-        Models whose heads are selected from.
-    checkpoint : int, optional
-        The checkpoint selected at (its score file gives each model's [L, H]).
+    head_counts : mapping of str -> int
+        Heads of each model (L * H), in the order the models were given.
     pooled : bool
         True: the sets are drawn from all models' heads together (``select_fit.py``); False: from each
         model's own heads (``select_fit_xtra.py``), so every model must have at least max(n_top).
@@ -87,43 +57,19 @@ def check_top_sizes(n_top: Sequence[int], scores_dir: Path, models: Sequence[str
     Raises
     ------
     InputError
-        Naming the largest size, the head counts and the flag to change.
+        Naming the largest size (parameter ``n_top``) and the head counts.
     """
-    counts = {model: int(load_model_scores(scores_dir, model, checkpoint).matching_score.size) for model in models}
     largest = max(n_top)
-    if pooled and largest > sum(counts.values()):
-        detail = ", ".join(f"{model} {count}" for model, count in counts.items())
-        raise InputError(f"--n_top {largest} is more than the {sum(counts.values())} heads pooled over the models "
-                         f"({detail}); give sizes up to {sum(counts.values())}")
-    short = {model: count for model, count in counts.items() if count < largest}
+    total = sum(head_counts.values())
+    if pooled and largest > total:
+        detail = ", ".join(f"{model} {count}" for model, count in head_counts.items())
+        raise InputError(f"`n_top` {largest} is more than the {total} heads pooled over the models ({detail}); "
+                         f"give sizes up to {total}", parameters=("n_top",))
+    short = {model: count for model, count in head_counts.items() if count < largest}
     if not pooled and short:
         detail = ", ".join(f"{model} has {count}" for model, count in short.items())
-        raise InputError(f"--n_top {largest} is more than the heads of a model ({detail}); give sizes up to "
-                         f"{min(short.values())} or leave that model out")
-
-
-def fit_over_training(scores_dir: Path, models: Sequence[str], checkpoints: Sequence[Optional[int]],
-                      grid: CmrGrid) -> Dict[str, Dict[str, np.ndarray]]:
-    """Per model: scores and fits at every checkpoint, arrays [T, L, H] (params [T, L, H, 3]).
-
-    ``checkpoints`` may be ``[None]`` for a model without training checkpoints (the trained model).
-
-    Raises
-    ------
-    InputError
-        If a score file is missing or has no head that can be fitted.
-    """
-    out = {}
-    for model in models:  # one vectorized fit per model over all its checkpoints and heads
-        series = load_checkpoint_series(scores_dir, model, checkpoints)
-        fit = fit_heads(np.stack([s.crp for s in series]), grid, attn_lags=series[0].lags)
-        for t, scores in enumerate(series):  # one check per file, for messages naming it
-            check_fitted(fit, scores.path, index=(t,))
-        out[model] = {"MSE": fit.distance, "params": fit.params, "scale_factors": fit.inverse_temperature,
-                      "head_scores": np.stack([s.matching_score for s in series]),
-                      "copy_scores": np.stack([s.copying_score for s in series]),
-                      "files": [s.path for s in series]}
-    return out
+        raise InputError(f"`n_top` {largest} is more than the heads of a model ({detail}); give sizes up to "
+                         f"{min(short.values())} or leave that model out", parameters=("n_top",))
 
 
 def log_cmr_like_counts(fits: Mapping[str, Tuple[HeadScores, CmrFit]], threshold: float) -> None:
@@ -137,8 +83,6 @@ def log_cmr_like_counts(fits: Mapping[str, Tuple[HeadScores, CmrFit]], threshold
 
 def head_table(scores: HeadScores, fit: CmrFit, threshold: float, model: str):
     """Tidy table, one row per head (pandas DataFrame)."""
-    import pandas as pd
-
     layers, heads = np.meshgrid(np.arange(scores.n_layers), np.arange(scores.n_heads), indexing="ij")
     return pd.DataFrame({
         "model": model,
@@ -158,8 +102,6 @@ def head_table(scores: HeadScores, fit: CmrFit, threshold: float, model: str):
 
 def layer_table(fits: Mapping[str, Tuple[HeadScores, CmrFit]], threshold: float, strict_threshold: float):
     """Per model and layer: % CMR-like (both thresholds) and mean params / 1/tau of CMR-like heads."""
-    import pandas as pd
-
     frames = []
     for model, (scores, fit) in fits.items():
         like = fit.distance < threshold
@@ -184,8 +126,6 @@ def over_training_table(fit: CmrFit, checkpoints: Sequence[int], steps: Sequence
     The heads summarised at every checkpoint are those with D < threshold at the **last** checkpoint
     (the same heads throughout; [LI24] Fig 7b, S2 as intended).
     """
-    import pandas as pd
-
     n_layers = fit.distance.shape[1]
     rows = []
     for threshold in thresholds:
@@ -226,6 +166,17 @@ def make_selections(per_model: Mapping[str, Mapping[str, np.ndarray]], n_top: Se
                     checkpoints: Sequence[Optional[int]]) -> Dict[str, Dict[str, dict]]:
     """Top-N CMR-like (lowest final D) and top-N induction heads (highest final matching score).
 
+    Parameters
+    ----------
+    per_model : mapping of str -> dict
+        Per model (:func:`icl_cmr.experiments.fits.fit_over_training`): ``MSE``, ``scale_factors``,
+        ``head_scores``, ``copy_scores`` [T, L, H], ``params`` [T, L, H, 3], and ``files`` (the T score
+        files, named in messages); the last of the T checkpoints is the one selected at.
+    n_top : sequence of int
+        Set sizes N.
+    checkpoints : sequence of int or None
+        The T checkpoint indices (``[None]``: the trained model only), stored in the records.
+
     Returns
     -------
     dict
@@ -259,6 +210,19 @@ def make_selections(per_model: Mapping[str, Mapping[str, np.ndarray]], n_top: Se
     return out
 
 
+#: Keys of a selection record that hold values over training (:func:`selection_record`).
+OVER_TRAINING_KEYS = ("MSE_over_training", "params_over_training", "scale_factors_over_training",
+                      "head_scores_over_training", "copy_scores_over_training", "checkpoints")
+
+
+def final_values_only(selections: Mapping[str, Mapping[str, dict]]) -> Dict[str, Dict[str, dict]]:
+    """The records of :func:`make_selections` without their over-training arrays (:data:`OVER_TRAINING_KEYS`),
+    as saved for a model fitted at one checkpoint (``select_fit_xtra.py``)."""
+    return {kind: {name: {key: value for key, value in record.items() if key not in OVER_TRAINING_KEYS}
+                   for name, record in records.items()}
+            for kind, records in selections.items()}
+
+
 def mean_sem(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Mean and SEM (ddof 1) over the first axis (heads), ignoring NaN; NaN where too few values."""
     finite = np.isfinite(values)
@@ -288,27 +252,3 @@ def record_matrix(record: Mapping[str, np.ndarray], over_training: bool) -> np.n
 def finite_quantities(matrices: Sequence[np.ndarray]) -> List[int]:
     """Indices of the quantities (last axis) with at least one finite value in any matrix."""
     return [q for q in range(len(QUANTITIES)) if any(np.isfinite(m[..., q]).any() for m in matrices)]
-
-
-def load_saved_selections(top_dir: Path, tag: str) -> Dict[str, Dict[str, dict]]:
-    """Saved selections ``{"cmr": {...}, "induction": {...}}`` of ``tag``; at least one file must exist.
-
-    Raises
-    ------
-    InputError
-        Neither file exists in ``top_dir``.
-    """
-    from icl_cmr.files.results import read_top_heads
-
-    out: Dict[str, Dict[str, dict]] = {}
-    for kind, pattern in (("cmr", CMR_SELECTION_FILE), ("induction", INDUCTION_SELECTION_FILE)):
-        path = Path(top_dir) / pattern.format(tag=tag)
-        if path.is_file():
-            out[kind] = read_top_heads(path)
-            logger.info("read %s (%s)", path, ", ".join(out[kind]))
-        else:
-            logger.warning("no saved selection %s", path)
-    if not out:
-        raise InputError(f"--use_saved: no saved selections in {top_dir}: expected "
-                         f"{CMR_SELECTION_FILE.format(tag=tag)} and/or {INDUCTION_SELECTION_FILE.format(tag=tag)}")
-    return out

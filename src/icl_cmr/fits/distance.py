@@ -29,14 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from icl_cmr.config import (
-    ATTN_CRP_LAGS,
-    BETA_ENC_GRID,
-    BETA_REC_GRID,
-    CMR_CRP_LAGS,
-    FIT_LAGS,
-    GAMMA_FT_GRID,
-)
+from icl_cmr.config import (ATTN_CRP_LAGS, BETA_ENC_GRID, BETA_REC_GRID, CMR_CRP_LAGS, FIT_LAGS, GAMMA_FT_GRID,
+                            HUMAN_FIT_LAGS)
 from icl_cmr.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -104,6 +98,18 @@ class CmrGrid:
     def shape(self) -> tuple:
         """Number of grid points along (beta_enc, beta_rec, gamma_ft)."""
         return tuple(self.mean.shape[:3])
+
+    def describe(self) -> dict:
+        """The grid's shape and axis values in JSON types, as the metadata of every fit records them.
+
+        Returns
+        -------
+        dict
+            ``grid_shape`` [A, B, C] and the values of ``beta_enc`` [A], ``beta_rec`` [B], ``gamma_ft`` [C]
+            (where the grid came from is the writer's to add: :func:`icl_cmr.experiments.fits.grid_parameters`).
+        """
+        return {"grid_shape": list(self.shape), "beta_enc": self.beta_enc.tolist(), "beta_rec": self.beta_rec.tolist(),
+                "gamma_ft": self.gamma_ft.tolist()}
 
     def parameters_at(self, index: np.ndarray) -> np.ndarray:
         """Parameter values at integer grid indices.
@@ -407,3 +413,27 @@ def check_fitted(fit: CmrFit, source: str, index: tuple = ()) -> int:
     logger.warning("%s: only %d of %d heads could be fitted to CMR; %d are left out (NaN) because their attention "
                    "CRP on %s is not usable (%s)", source, fitted, n_heads, n_heads - fitted, lags, reasons)
     return fitted
+
+
+def check_conditional_grid(grid: CmrGrid, fit_lags: np.ndarray = HUMAN_FIT_LAGS) -> None:
+    """Raise :class:`InputError` unless ``grid`` holds conditional lag-CRPs on the fitting lags.
+
+    ``fit_lags`` are the lags a person's fit reads (:data:`icl_cmr.config.HUMAN_FIT_LAGS`).
+    A conditional lag-CRP is a probability per lag (values in [0, 1]) and lag 0 is never possible
+    (NaN). A grid whose lag 0 is finite is the paper's lag histogram (``est_cmr_crp.py`` without
+    ``--quantity conditional``), a different quantity.
+    """
+    lags = np.asarray(grid.lags)
+    if 0 in lags and np.isfinite(grid.mean[..., int(np.flatnonzero(lags == 0)[0])]).any():
+        raise InputError(f"{grid.source or 'the grid'} holds the paper's CRP (a lag histogram: lag 0 is defined), not "
+                         "the conditional lag-CRP people are fitted to; make that with "
+                         "`python src/est_cmr_crp.py --quantity conditional` (cmr_cond_crp_avg_*.npy)")
+    missing = [int(lag) for lag in fit_lags if lag not in lags]
+    if missing:
+        raise InputError(f"{grid.source or 'the grid'} has no lags {missing}; a conditional grid needs lags "
+                         f"{fit_lags[0]}..{fit_lags[-1]}")
+    values = grid.mean[np.isfinite(grid.mean)]
+    if values.size == 0 or values.min() < 0 or values.max() > 1:
+        raise InputError(f"{grid.source or 'the grid'} is not a conditional lag-CRP grid: values must be "
+                         "probabilities in [0, 1] (NaN where a lag was never possible)")
+

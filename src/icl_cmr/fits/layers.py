@@ -35,7 +35,7 @@ def relative_layer_position(n_layers: int) -> np.ndarray:
     ndarray, shape [n_layers]
     """
     if n_layers < 1:
-        raise InputError(f"n_layers must be >= 1, got {n_layers}")
+        raise InputError(f"`n_layers` must be >= 1, got {n_layers}", parameters=("n_layers",))
     return np.arange(n_layers) / n_layers * 100.0
 
 
@@ -101,12 +101,14 @@ def summarize_by_layer(values: np.ndarray, mask: np.ndarray, n_trailing: int = 0
     mask = np.asarray(mask, dtype=bool)
     head_axis = values.ndim - 1 - n_trailing
     if head_axis < 1:
-        raise InputError(f"values of shape {values.shape} have no [layer, head] axes before {n_trailing} trailing axes")
+        raise InputError(f"`values` of shape {values.shape} have no [layer, head] axes before {n_trailing} trailing axes",
+                         parameters=("values", "n_trailing"))
     full_mask = mask.reshape(mask.shape + (1,) * n_trailing)
     try:
         full_mask = np.broadcast_to(full_mask, values.shape) & np.isfinite(values)
     except ValueError:
-        raise InputError(f"mask of shape {mask.shape} does not match values of shape {values.shape}") from None
+        raise InputError(f"`mask` of shape {mask.shape} does not match `values` of shape {values.shape}",
+                         parameters=("mask", "values")) from None
     count = full_mask.sum(axis=head_axis)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(full_mask, values, 0.0).sum(axis=head_axis) / count
@@ -179,14 +181,15 @@ def select_top_heads(values: Mapping[str, np.ndarray], n: int, largest: bool,
         Best first; ties keep pool order (models in the given order, layer-major heads).
     """
     if n < 1:
-        raise InputError(f"n must be >= 1, got {n}")
+        raise InputError(f"`n` must be >= 1, got {n}", parameters=("n",))
     if not values:
         raise InputError("no models to select heads from")
     models, layers, heads, pooled = [], [], [], []
     for model, array in values.items():
         array = np.asarray(array, dtype=float)
         if array.ndim != 2:
-            raise InputError(f"values of model {model!r} must be [n_layers, n_heads], got shape {array.shape}")
+            raise InputError(f"`values` of model {model!r} must be [n_layers, n_heads], got shape {array.shape}",
+                             parameters=("values",))
         layer_index, head_index = np.unravel_index(np.arange(array.size), array.shape)
         models.append(np.full(array.size, model, dtype=object))
         layers.append(layer_index)
@@ -265,7 +268,8 @@ def authors_sorted_position_mask(distance: np.ndarray, matching: np.ndarray, thr
     distance = np.asarray(distance, dtype=float)
     matching = np.asarray(matching, dtype=float)
     if distance.ndim != 3 or distance.shape != matching.shape:
-        raise InputError(f"distance and matching must both be [T, L, H], got {distance.shape} and {matching.shape}")
+        raise InputError(f"`distance` and `matching` must both be [T, L, H], got {distance.shape} and {matching.shape}",
+                         parameters=("distance", "matching"))
     order = np.argsort(-np.nan_to_num(matching, nan=-np.inf), axis=-1, kind="stable")        # [T, L, H]
     final_sorted_mask = np.take_along_axis(distance[-1], order[-1], axis=-1) < threshold      # [L, H] by position
     mask = np.zeros(distance.shape, dtype=bool)

@@ -1,8 +1,8 @@
-"""Loading Transformer language models through TransformerLens 4, and the model-name registry.
+"""Loading Transformer language models through TransformerLens 4.
 
 All models load with ``TransformerBridge.boot_transformers`` from a Hugging Face id
 or a local checkpoint folder (GPT-2, GPT-NeoX/Pythia, Llama-style grouped-query
-models alike). Names used in the paper map to hub ids in :data:`MODEL_REGISTRY`.
+models alike), as :func:`icl_cmr.heads.registry.resolve_model` names them.
 When the hub cannot be reached and the model is not in the local cache, loading
 fails within seconds with one :class:`~icl_cmr.errors.InputError` line saying how to
 pass a local folder instead.
@@ -12,127 +12,19 @@ Hook names are data: :func:`icl_cmr.heads.hooks.hook_name` is the only place tha
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
-from urllib.parse import urlparse
 
 from icl_cmr.errors import InputError
-from icl_cmr.heads.hooks import prepare_attention_hooks
+from icl_cmr.heads.hooks import (describe_exception, prepare_attention_hooks, raised_by_libraries,
+                                transformer_lens_version)
+from icl_cmr.heads.registry import (ModelSpec, cached_snapshot, check_model_files, hub_reachable,
+                                   hub_unreachable_error)
 
 logger = logging.getLogger(__name__)
 
-#: Paper names -> Hugging Face ids. [LI24] used GPT-2 small, the deduplicated
-#: Pythia v0 suite (70m..12b), Qwen-7B, Mistral-7B and Llama-3-8B (Fig 6).
-MODEL_REGISTRY = {
-    "gpt2-small": "gpt2",
-    **{f"pythia-{size}": f"EleutherAI/pythia-{size}-deduped-v0"
-       for size in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")},
-    "qwen-7b": "Qwen/Qwen-7B",
-    "mistral-7b": "mistralai/Mistral-7B-v0.1",
-    "llama3-8b": "meta-llama/Meta-Llama-3-8B",
-}
-
-#: Registry names whose hub code needs ``trust_remote_code=True`` (Qwen-7B ships its own modelling code).
-REMOTE_CODE_MODELS = frozenset({"qwen-7b"})
-
+#: Weight precisions a model can load in.
 DTYPES = ("float32", "bfloat16", "float16")
-
-#: Seconds to wait for the hub before declaring it unreachable.
-HUB_PROBE_TIMEOUT_S = 3.0
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What to load and how to name its outputs.
-
-    Attributes
-    ----------
-    name : str
-        The name outputs are filed under (``saved_scores/<name>/``): the registry
-        name, a local folder's basename, or a hub id with ``/`` replaced by ``__``.
-    source : str
-        Hub id or local folder passed to ``boot_transformers``.
-    is_local : bool
-        Whether ``source`` is a local folder.
-    checkpoint_step : int or None
-        Training step of a Pythia checkpoint (None: final model).
-    checkpoint_index : int or None
-        Index of that step in TransformerLens's checkpoint list (the authors'
-        ``cp<K>`` file suffix; Pythia v0: step = 1000 (K + 1)).
-    trust_remote_code : bool
-        Whether the hub model needs its own modelling code.
-    """
-
-    name: str
-    source: str
-    is_local: bool
-    checkpoint_step: Optional[int] = None
-    checkpoint_index: Optional[int] = None
-    trust_remote_code: bool = False
-
-
-def resolve_model(model: str, checkpoint: Optional[int] = None) -> ModelSpec:
-    """Turn a user's model argument into a :class:`ModelSpec`.
-
-    Parameters
-    ----------
-    model : str
-        A registry name (``gpt2-small``, ``pythia-70m``, ...), any Hugging Face id,
-        or a local checkpoint folder.
-    checkpoint : int, optional
-        Training step of a Pythia checkpoint (e.g. 143000 for the final v0 model).
-
-    Returns
-    -------
-    ModelSpec
-
-    Raises
-    ------
-    InputError
-        If a checkpoint is asked of a local folder or of a model without
-        published training checkpoints, or the step is not one of them.
-    """
-    if not model:
-        raise InputError("--model is empty; give a registry name, a Hugging Face id or a local folder")
-    local = Path(model).expanduser()
-    if local.is_dir():
-        if checkpoint is not None:
-            raise InputError(f"--checkpoint applies to hub models with training checkpoints, not the local folder {local}")
-        if not (local / "config.json").is_file():
-            raise InputError(f"local model folder {local} has no config.json (save it with save_pretrained)")
-        return ModelSpec(name=local.resolve().name, source=str(local.resolve()), is_local=True)
-    if model.startswith((".", "/", "~")):
-        raise InputError(f"local model folder {model} does not exist")
-    source = MODEL_REGISTRY.get(model, model)
-    name = model.replace("/", "__")
-    index = None
-    if checkpoint is not None:
-        index = checkpoint_index(source, checkpoint)
-    return ModelSpec(name=name, source=source, is_local=False, checkpoint_step=checkpoint,
-                     checkpoint_index=index, trust_remote_code=model in REMOTE_CODE_MODELS)
-
-
-def checkpoint_index(source: str, step: int) -> int:
-    """Index of training ``step`` in TransformerLens's checkpoint list for hub model ``source``.
-
-    Raises
-    ------
-    InputError
-        If ``source`` has no published checkpoints or ``step`` is not among them.
-    """
-    from transformer_lens.tools.model_registry.checkpoints import get_checkpoint_labels
-
-    try:
-        labels, _ = get_checkpoint_labels(source)
-    except ValueError:
-        raise InputError(f"model {source} has no published training checkpoints; drop --checkpoint") from None
-    if step not in labels:
-        raise InputError(f"--checkpoint {step} is not a training step of {source}; "
-                         f"available: {labels[0]}, {labels[1]}, ..., {labels[-1]} ({len(labels)} steps)")
-    return labels.index(step)
 
 
 def parse_dtype(dtype: str):
@@ -140,162 +32,8 @@ def parse_dtype(dtype: str):
     import torch
 
     if dtype not in DTYPES:
-        raise InputError(f"--dtype {dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
+        raise InputError(f"`dtype` {dtype!r} is not supported; accepted: {', '.join(DTYPES)}", parameters=("dtype",))
     return getattr(torch, dtype)
-
-
-def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """Whether the Hugging Face hub (``$HF_ENDPOINT``) answers within ``timeout`` s; False when HF_HUB_OFFLINE is set."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parsed = urlparse(endpoint)
-    host = parsed.hostname or "huggingface.co"
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _cached_snapshot(spec: ModelSpec) -> Optional[str]:
-    """The local cache folder of a hub model (and revision), or None when not cached."""
-    from huggingface_hub import snapshot_download
-
-    revision = f"step{spec.checkpoint_step}" if spec.checkpoint_step is not None else None
-    try:
-        return snapshot_download(spec.source, revision=revision, local_files_only=True)
-    except Exception:  # any failure here means "not usable from the cache"
-        return None
-
-
-def _hub_unreachable_error(spec: ModelSpec) -> InputError:
-    """The one line for a hub model that can be neither downloaded nor found in the local cache."""
-    return InputError(
-        f"cannot download {spec.source}: the Hugging Face hub is unreachable and the model is not in "
-        "the local cache; pass a local checkpoint folder instead (--model /path/to/dir saved with "
-        "save_pretrained)")
-
-
-# ----------------------------------------------------------------------------- shape without weights
-
-#: Hugging Face config fields, in TransformerLens 4's order of preference
-#: (``transformer_lens.model_bridge.sources._hf_format.map_default_transformer_lens_config``), so that the
-#: shape read here is the ``model.cfg`` the bridge builds from the same config.
-_LAYER_FIELDS = ("n_layer", "num_hidden_layers", "num_transformer_layers", "num_layers", "n_layers", "n_blocks")
-_HEAD_FIELDS = ("n_head", "num_attention_heads", "num_heads", "n_heads")
-_KV_HEAD_FIELDS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
-_CONTEXT_FIELDS = ("n_positions", "max_position_embeddings", "max_context_length", "max_length", "seq_length",
-                   "max_seq_len", "max_sequence_length")
-#: TransformerLens 4's context for configs without a length field (ALiBi models such as BLOOM).
-FALLBACK_CONTEXT = 2048
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What a model's config says about its shape, read without its weights (:func:`read_model_shape`).
-
-    Attributes
-    ----------
-    n_layers, n_heads : int
-        Layers and query heads per layer (the head grid every score, fit and ablation uses).
-    n_kv_heads : int
-        Key/value heads per layer (< ``n_heads`` for grouped-query models).
-    n_ctx : int
-        Longest input in tokens, as TransformerLens 4 sets ``cfg.n_ctx`` (``n_positions``,
-        ``max_position_embeddings``, ...; 2048 for ALiBi models without such a field).
-    vocab_size : int or None
-        Rows of the embedding (``cfg.d_vocab``); None when the config does not say.
-    """
-
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    n_ctx: int
-    vocab_size: Optional[int] = None
-
-
-def _config_int(config, fields: Sequence[str]) -> Optional[int]:
-    """The first of ``fields`` the config defines, as an int (per-layer lists: their maximum, as TransformerLens)."""
-    for field in fields:
-        try:
-            value = getattr(config, field, None)
-        except Exception:  # transformers >= 5.15 raises on global reads of per-layer fields
-            continue
-        if isinstance(value, (list, tuple)) and value:
-            value = max(value)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return int(value)
-    return None
-
-
-def model_shape_from_config(config, source: str = "the model") -> ModelShape:
-    """:class:`ModelShape` of a ``transformers`` config (a multimodal model's text config).
-
-    Raises
-    ------
-    InputError
-        If the config names no layer or head count.
-    """
-    text = getattr(config, "text_config", None)
-    if text is None:
-        decoder = getattr(config, "decoder", None)
-        text = decoder if decoder is not None and hasattr(decoder, "hidden_size") else config
-    n_layers, n_heads = _config_int(text, _LAYER_FIELDS), _config_int(text, _HEAD_FIELDS)
-    if n_layers is None or n_heads is None:
-        raise InputError(f"the configuration of {source} names no layer or head count "
-                         f"(looked for {', '.join(_LAYER_FIELDS[:2])} and {', '.join(_HEAD_FIELDS[:2])})")
-    n_kv = _config_int(text, _KV_HEAD_FIELDS)
-    if getattr(text, "multi_query", False) and not getattr(text, "new_decoder_architecture", False):
-        n_kv = 1  # Falcon-7B: multi-query attention whatever num_kv_heads says (FalconAttention)
-    n_ctx = _config_int(text, _CONTEXT_FIELDS)
-    return ModelShape(n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv or n_heads,
-                      n_ctx=n_ctx if n_ctx is not None else FALLBACK_CONTEXT,
-                      vocab_size=_config_int(text, ("vocab_size",)))
-
-
-def read_model_shape(spec: ModelSpec) -> ModelShape:
-    """Read a model's shape from its config alone (``transformers.AutoConfig``; no weights, no tokenizer).
-
-    Scripts call it before :func:`load_model` so that head labels, fit and score files, prompt
-    lengths and token ids are checked against the model before minutes go into loading it.
-
-    Parameters
-    ----------
-    spec : ModelSpec
-        From :func:`resolve_model`: a local folder (its ``config.json``) or a hub id (the config
-        is fetched, or taken from the local cache when the hub is unreachable).
-
-    Returns
-    -------
-    ModelShape
-
-    Raises
-    ------
-    InputError
-        Hub unreachable and the model not cached (the same line as :func:`load_model`), or a
-        config that cannot be read or names no layer or head count.
-    """
-    from transformers import AutoConfig
-
-    source, kwargs = spec.source, {}
-    if not spec.is_local:
-        if not hub_reachable():
-            cached = _cached_snapshot(spec)
-            if cached is None:
-                raise _hub_unreachable_error(spec)
-            source = cached
-        elif spec.checkpoint_step is not None:
-            kwargs["revision"] = f"step{spec.checkpoint_step}"
-        if spec.trust_remote_code:
-            kwargs["trust_remote_code"] = True
-    try:
-        config = AutoConfig.from_pretrained(source, **kwargs)
-    except Exception as err:  # OSError, ValueError, KeyError, huggingface_hub's strict-dataclass errors, ...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"cannot read the configuration of {spec.source}: {first}") from None
-    return model_shape_from_config(config, spec.source)
 
 
 def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32",
@@ -325,35 +63,55 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32",
     InputError
         Hub unreachable and the model not cached; CUDA asked for but absent; an
         architecture whose required hooks cannot hold what their names say.
+    CorruptFileError
+        A config, tokenizer or weight file of the folder cut short or damaged (named, in one line).
     """
     import torch
     from transformer_lens.model_bridge import TransformerBridge
 
     torch_dtype = parse_dtype(dtype)
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
+        raise InputError("`device` cuda asked for, but no CUDA GPU is available; use `device` cpu",
+                         parameters=("device",))
     source = spec.source
     kwargs = {}
     if not spec.is_local:
         if not hub_reachable():
-            cached = _cached_snapshot(spec)
+            cached = cached_snapshot(spec)
             if cached is None:
-                raise _hub_unreachable_error(spec)
+                raise hub_unreachable_error(spec)
             logger.info("hub unreachable; loading %s from the local cache %s", spec.source, cached)
             source = cached
         elif spec.checkpoint_step is not None:
             kwargs["checkpoint_value"] = spec.checkpoint_step
         if spec.trust_remote_code:
             kwargs["trust_remote_code"] = True
+    if spec.is_local or source != spec.source:
+        check_model_files(source)  # a file cut short is named here, before transformers fails inside it
     logger.info("loading %s (%s, %s)", source, device, dtype)
     try:
         model = TransformerBridge.boot_transformers(source, device=device, dtype=torch_dtype, **kwargs)
     except OSError as err:
-        raise InputError(f"cannot load {spec.source}: {str(err).splitlines()[0]}") from None
+        raise InputError(f"cannot load {spec.source}: {(str(err).splitlines() or [type(err).__name__])[0]}") from None
+    except Exception as err:  # an adapter that cannot map this configuration (AssertionError, RuntimeError, ...)
+        if isinstance(err, (InputError, MemoryError)) or not raised_by_libraries(err):
+            raise
+        raise InputError(f"{spec.source} ({model_type_of(source)}) cannot be loaded by TransformerLens "
+                         f"{transformer_lens_version()}: {describe_exception(err)}") from err
     model.eval()
 
     prepare_attention_hooks(model, require=require_hooks)
     return model
+
+
+def model_type_of(source: str) -> str:
+    """The ``model_type`` of a model's config (``gpt2``, ``llama``, ...), for messages; ``"?"`` when unreadable."""
+    from transformers import AutoConfig  # heavy (seconds to import): only an error message needs it
+
+    try:
+        return str(AutoConfig.from_pretrained(source).model_type)
+    except Exception:  # only a message depends on it
+        return "?"
 
 
 def n_kv_heads(model) -> int:
@@ -457,8 +215,8 @@ def choose_bos(model, requested: Optional[bool] = None, trust_remote_code: bool 
     token_id = own_bos_token_id(model, trust_remote_code)
     if requested:
         if token_id is None:
-            raise InputError("--bos: the model's tokenizer defines no BOS token (TransformerLens would put its EOS "
-                             "token there); drop --bos")
+            raise InputError("`bos`: the model's tokenizer defines no BOS token (TransformerLens would put its EOS "
+                             "token there); drop `bos`", parameters=("bos",))
         return BosChoice(token_id, "--bos")
     if token_id is None:
         return BosChoice(None, "none defined")

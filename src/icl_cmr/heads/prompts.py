@@ -73,15 +73,20 @@ class PromptConfig:
     def __post_init__(self) -> None:
         for name in ("block_len", "n_prompts", "batch_size", "prefix_block_len", "prefix_n_prompts"):
             if getattr(self, name) < 1:
-                raise InputError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                raise InputError(f"`{name}` must be a positive integer, got {getattr(self, name)}",
+                                 parameters=(name,))
         if self.block_len < 2:
-            raise InputError(f"block_len must be >= 2 (lag +1 needs two items), got {self.block_len}")
+            raise InputError(f"`block_len` must be >= 2 (lag +1 needs two items), got {self.block_len}",
+                             parameters=("block_len",))
         if self.prefix_block_len < 2:
-            raise InputError(f"prefix_block_len must be >= 2, got {self.prefix_block_len}")
+            raise InputError(f"`prefix_block_len` must be >= 2, got {self.prefix_block_len}",
+                             parameters=("prefix_block_len",))
         if self.prefix_copies < 2:
-            raise InputError(f"prefix_copies must be >= 2 (queries live in copies 2..), got {self.prefix_copies}")
+            raise InputError(f"`prefix_copies` must be >= 2 (queries live in copies 2..), got {self.prefix_copies}",
+                             parameters=("prefix_copies",))
         if not 0.0 <= self.exclude_extreme_fraction < 0.5:
-            raise InputError(f"exclude_extreme_fraction must be in [0, 0.5), got {self.exclude_extreme_fraction}")
+            raise InputError(f"`exclude_extreme_fraction` must be in [0, 0.5), got {self.exclude_extreme_fraction}",
+                             parameters=("exclude_extreme_fraction",))
 
     def to_dict(self) -> Dict[str, Any]:
         """All fields as a plain dict (for metadata)."""
@@ -220,9 +225,10 @@ def default_token_pool(vocab_size: int, special_ids: Iterable[int] = (), ranks: 
     TokenPool
     """
     if vocab_size < 1:
-        raise InputError(f"vocab_size must be positive, got {vocab_size}")
+        raise InputError(f"`vocab_size` must be positive, got {vocab_size}", parameters=("vocab_size",))
     if not 0.0 <= exclude_extreme_fraction < 0.5:
-        raise InputError(f"exclude_extreme_fraction must be in [0, 0.5), got {exclude_extreme_fraction}")
+        raise InputError(f"`exclude_extreme_fraction` must be in [0, 0.5), got {exclude_extreme_fraction}",
+                         parameters=("exclude_extreme_fraction",))
     ids = np.arange(vocab_size, dtype=np.int64)
     special = np.unique(np.asarray(list(special_ids), dtype=np.int64))
     keep = ~np.isin(ids, special)
@@ -308,7 +314,8 @@ def repeated_random_prompts(pool: np.ndarray, n_prompts: int, block_len: int, n_
     pool = np.asarray(pool, dtype=np.int64)
     if pool.size < block_len:
         raise InputError(f"the token pool has {pool.size} ids, fewer than the block length {block_len}; "
-                         "lower --block-len / --prefix-block-len or pass a larger --token-pool")
+                         "lower `block_len` / `prefix_block_len` or pass a larger `token_pool`",
+                         parameters=("block_len", "prefix_block_len", "token_pool"))
     # One draw per prompt (sampling without replacement from a pool of up to ~150k ids);
     # n_prompts is small and this runs once, so a loop is clearer than a permuted copy of the pool per row.
     blocks = np.stack([rng.choice(pool, size=block_len, replace=False) for _ in range(n_prompts)])

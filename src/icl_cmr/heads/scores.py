@@ -159,7 +159,7 @@ class LagAccumulator:
             masked = (values <= torch.finfo(attn.dtype).min / 2) & (weight > 0)
             if bool(masked.any()):
                 raise InputError("the model masks keys at the lags being scored (sliding-window or local attention "
-                                 "narrower than the prompt); lower --block-len")
+                                 "narrower than the prompt); lower `block_len`", parameters=("block_len",))
         values = values.to(torch.float64)
         if self._shift is None:
             # Any constant works as the shift; the first batch's mean keeps values near 0.

@@ -9,7 +9,7 @@ section 4) on the same parameter axes, so each person and each head gets a CMR d
 
 What differs, by definition of the two quantities:
 
-* **fitting lags**: heads use [LI24]'s -5..+5; people -5..-1, +1..+5 (:data:`HUMAN_FIT_LAGS`), since
+* **fitting lags**: heads use [LI24]'s -5..+5; people -5..-1, +1..+5 (:data:`~icl_cmr.config.HUMAN_FIT_LAGS`), since
   lag 0 is never a transition in a conditional lag-CRP;
 * **1/tau** is not on a common scale: a head's is pre-softmax attention score per unit of CMR
   probability, a person's is probability per unit of CMR probability. It is reported, never
@@ -22,23 +22,23 @@ share of people with D below the threshold and its Wilson interval.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from icl_cmr.config import FIT_LAGS
+from icl_cmr.config import HUMAN_FIT_LAGS
 from icl_cmr.errors import InputError
-from icl_cmr.fits.distance import (PARAMETER_NAMES, SIMULATION_SETTINGS, CmrFit, CmrGrid, cmr_distance,
-                                   cmr_fit_patterns, fit_heads, select_lags)
-from icl_cmr.heads.results import HeadScores
+from icl_cmr.fits.distance import (PARAMETER_NAMES, SIMULATION_SETTINGS, CmrFit, CmrGrid, check_conditional_grid,
+                                   cmr_distance, cmr_fit_patterns, fit_heads, select_lags)
 from icl_cmr.fits.layers import HeadSelection, gather_selected, select_top_heads
+from icl_cmr.heads.results import HeadScores
 from icl_cmr.humans.recall import UnitLagCrps
 from icl_cmr.stats import wilson_interval
 
-#: Lags of a person's fit: [LI24]'s -5..+5 without lag 0, never a transition in a conditional lag-CRP.
-HUMAN_FIT_LAGS: np.ndarray = FIT_LAGS[FIT_LAGS != 0]
+logger = logging.getLogger(__name__)
 
 #: Quantities compared between people and heads: D and the three CMR parameters (1/tau is not
 #: on a common scale, see the module docstring).
@@ -72,28 +72,6 @@ class GroupComparisonConfig:
 
 # ----------------------------------------------------------------------------- grids
 
-def check_conditional_grid(grid: CmrGrid) -> None:
-    """Raise :class:`InputError` unless ``grid`` holds conditional lag-CRPs on the fitting lags.
-
-    A conditional lag-CRP is a probability per lag (values in [0, 1]) and lag 0 is never possible
-    (NaN). A grid whose lag 0 is finite is the paper's lag histogram (``est_cmr_crp.py`` without
-    ``--quantity conditional``), a different quantity.
-    """
-    lags = np.asarray(grid.lags)
-    if 0 in lags and np.isfinite(grid.mean[..., int(np.flatnonzero(lags == 0)[0])]).any():
-        raise InputError(f"{grid.source or 'the grid'} holds the paper's CRP (a lag histogram: lag 0 is defined), not "
-                         "the conditional lag-CRP people are fitted to; make that with "
-                         "`python src/est_cmr_crp.py --quantity conditional` (cmr_cond_crp_avg_*.npy)")
-    missing = [int(lag) for lag in HUMAN_FIT_LAGS if lag not in lags]
-    if missing:
-        raise InputError(f"{grid.source or 'the grid'} has no lags {missing}; a conditional grid needs lags "
-                         f"{HUMAN_FIT_LAGS[0]}..{HUMAN_FIT_LAGS[-1]}")
-    values = grid.mean[np.isfinite(grid.mean)]
-    if values.size == 0 or values.min() < 0 or values.max() > 1:
-        raise InputError(f"{grid.source or 'the grid'} is not a conditional lag-CRP grid: values must be "
-                         "probabilities in [0, 1] (NaN where a lag was never possible)")
-
-
 def same_simulation_problem(people_grid: CmrGrid, head_grid: CmrGrid) -> str | None:
     """Why two grids are not of the same simulator on the same axes, or None (settings unknown count as same;
     the caller warns about those)."""
@@ -111,12 +89,12 @@ def same_simulation_problem(people_grid: CmrGrid, head_grid: CmrGrid) -> str | N
 # ----------------------------------------------------------------------------- fits
 
 def fit_people(crps: UnitLagCrps, grid: CmrGrid) -> CmrFit:
-    """Fit every unit's conditional lag-CRP to a conditional grid on :data:`HUMAN_FIT_LAGS`.
+    """Fit every unit's conditional lag-CRP to a conditional grid on :data:`~icl_cmr.config.HUMAN_FIT_LAGS`.
 
     Parameters
     ----------
     crps : UnitLagCrps
-        ``prob`` [U, K] at ``lags`` (must include :data:`HUMAN_FIT_LAGS`).
+        ``prob`` [U, K] at ``lags`` (must include :data:`~icl_cmr.config.HUMAN_FIT_LAGS`).
     grid : CmrGrid
         Conditional lag-CRP grid (:func:`read_conditional_grid`).
 
@@ -143,7 +121,7 @@ def near_best_ranges(curves: np.ndarray, curve_lags: np.ndarray, grid: CmrGrid, 
     curve_lags : ndarray of int, shape [n_lags]
     grid : CmrGrid
     fit_lags : ndarray of int, shape [K]
-        The lags of the fit (:data:`HUMAN_FIT_LAGS` for people, ``FIT_LAGS`` for heads).
+        The lags of the fit (:data:`~icl_cmr.config.HUMAN_FIT_LAGS` for people, ``FIT_LAGS`` for heads).
     tolerance : float
         Slack in D (>= 0).
     chunk_size : int
@@ -156,7 +134,7 @@ def near_best_ranges(curves: np.ndarray, curve_lags: np.ndarray, grid: CmrGrid, 
         and largest (beta_enc, beta_rec, gamma_ft) over the near-best points (NaN where not fitted).
     """
     if tolerance < 0 or not np.isfinite(tolerance):
-        raise InputError(f"tolerance must be a finite number >= 0, got {tolerance}")
+        raise InputError(f"`tolerance` must be a finite number >= 0, got {tolerance}", parameters=("tolerance",))
     curves = select_lags(np.asarray(curves, dtype=float), curve_lags, fit_lags)
     patterns = cmr_fit_patterns(grid, fit_lags).reshape(-1, len(fit_lags))
     values = grid.parameters_at(np.stack(np.unravel_index(np.arange(patterns.shape[0]), grid.shape), axis=-1))
@@ -252,7 +230,7 @@ def compare_groups(people: np.ndarray, heads: np.ndarray,
         ``p_value`` (two-sided; NaN when a group is empty) and ``prob_people_greater``
         (U / (n m): the chance that a random person's value exceeds a random head's, ties counting 1/2).
     """
-    from scipy import stats
+    from scipy import stats  # heavy to import and needed only here (icl_cmr.stats does the same)
 
     people = np.asarray(people, dtype=float)
     heads = np.asarray(heads, dtype=float)
@@ -363,10 +341,11 @@ def top_cmr_like_over_training(series: Mapping[str, Sequence[HeadScores]], grid:
     params : ndarray, shape [n, T, 3]
     """
     if not series:
-        raise InputError("no models to follow over training")
+        raise InputError("`series` has no models to follow over training", parameters=("series",))
     lengths = {len(s) for s in series.values()}
     if len(lengths) != 1:
-        raise InputError(f"models have different numbers of checkpoints: {sorted(lengths)}")
+        raise InputError(f"the models of `series` have different numbers of checkpoints: {sorted(lengths)}",
+                         parameters=("series",))
     # One vectorised fit per model over all its checkpoints and heads.
     fits = {model: fit_heads(np.stack([s.crp for s in scores]), grid, attn_lags=scores[0].lags)
             for model, scores in series.items()}
@@ -375,3 +354,74 @@ def top_cmr_like_over_training(series: Mapping[str, Sequence[HeadScores]], grid:
     distance = gather_selected(selection, {m: f.distance for m, f in fits.items()})
     params = gather_selected(selection, {m: f.params for m, f in fits.items()})
     return selection, distance, params
+
+
+@dataclass(frozen=True)
+class TopSetsOverTraining:
+    """Top-N CMR-like head sets followed over training ([LI24] Fig 7d-g), one set per N.
+
+    Each set is named ``"top N"``; T is the number of checkpoints, Q = len(:data:`COMPARED_QUANTITIES`).
+
+    Attributes
+    ----------
+    steps : ndarray of int, shape [T]
+        Training step of each checkpoint.
+    quantities : tuple of str, length Q
+        :data:`COMPARED_QUANTITIES`: D then (beta_enc, beta_rec, gamma_ft).
+    mean, sem : dict set name -> ndarray, shape [T, Q]
+        Mean over the set's heads of each quantity at each checkpoint, and its standard error (ddof 1,
+        NaN-aware; 0 for a set of one head, NaN for an empty set's mean).
+    final_points : dict set name -> ndarray, shape [n, 2]
+        (beta_enc, beta_rec) of each of the set's n heads at the last checkpoint.
+    selections : dict set name -> HeadSelection
+        Which heads each set holds.
+    """
+
+    steps: np.ndarray
+    quantities: tuple
+    mean: dict
+    sem: dict
+    final_points: dict
+    selections: dict
+
+
+def top_sets_over_training(series: Mapping[str, Sequence[HeadScores]], grid: CmrGrid, n_top: Sequence[int],
+                           steps: Sequence[int]) -> TopSetsOverTraining:
+    """Mean D and parameters of the top-N CMR-like heads at every checkpoint, for each N ([LI24] Fig 7d-g).
+
+    Parameters
+    ----------
+    series : mapping model -> sequence of HeadScores
+        Each model's scores at the same T checkpoints, oldest first (:func:`top_cmr_like_over_training`).
+    grid : CmrGrid
+        The (lag-histogram) grid heads are fitted to.
+    n_top : sequence of int
+        Set sizes; repeats are dropped and sets are kept in increasing size.
+    steps : sequence of int, length T
+        Training step of each checkpoint.
+
+    Returns
+    -------
+    TopSetsOverTraining
+    """
+    steps = np.asarray(steps)
+    lengths = {len(scores) for scores in series.values()}
+    if len(lengths) == 1 and lengths != {steps.size}:
+        raise InputError(f"`steps` has {steps.size} values for {lengths.pop()} checkpoints", parameters=("steps",))
+    quantities = tuple(COMPARED_QUANTITIES)
+    mean_of, sem_of, final_points, selections = {}, {}, {}, {}
+    for n in sorted(set(n_top)):
+        selection, distance, params = top_cmr_like_over_training(series, grid, n)
+        if len(selection) < n:
+            logger.warning("only %d heads with a finite CMR distance for top %d", len(selection), n)
+        values = np.concatenate([distance[..., None], params], axis=-1)         # [n, T, Q]
+        count = np.isfinite(values).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.nanmean(values, axis=0) if len(selection) else np.full(values.shape[1:], np.nan)
+            sem = np.nanstd(values, axis=0, ddof=1) / np.sqrt(count) if len(selection) > 1 else np.zeros_like(mean)
+        name = f"top {n}"
+        mean_of[name], sem_of[name] = mean, sem
+        final_points[name] = params[:, -1, :2]
+        selections[name] = selection
+    return TopSetsOverTraining(steps=steps, quantities=quantities, mean=mean_of, sem=sem_of,
+                               final_points=final_points, selections=selections)

@@ -40,8 +40,8 @@ def resolve_dataset(name: str) -> str:
     """psifr's name of a dataset given as ``peers``, ``morton2013`` or psifr's own name (any case)."""
     key = str(name).lower()
     if key not in DATASET_NAMES:
-        raise InputError(f"dataset must be one of peers, morton2013 (or psifr's names {', '.join(HUMAN_DATASETS)}), "
-                         f"got {name!r}")
+        raise InputError(f"`dataset` must be one of peers, morton2013 (or psifr's names {', '.join(HUMAN_DATASETS)}), "
+                         f"got {name!r}", parameters=("dataset",))
     return DATASET_NAMES[key]
 
 
@@ -118,8 +118,8 @@ def load_recall_data(dataset: str = DEFAULT_HUMAN_DATASET) -> pd.DataFrame:
         psifr's merged table (one row per studied or recalled item), with the list's ``session``.
     """
     if dataset not in HUMAN_DATASETS:
-        raise InputError(f"dataset must be one of {list(HUMAN_DATASETS)}, got {dataset!r}")
-    from psifr import fr
+        raise InputError(f"`dataset` must be one of {list(HUMAN_DATASETS)}, got {dataset!r}", parameters=("dataset",))
+    from psifr import fr  # optional dependency, needed only to read the human data
 
     raw = fr.sample_data(dataset)
     return fr.merge_free_recall(raw, list_keys=[key for key in ("session",) if key in raw.columns])
@@ -146,14 +146,14 @@ def lag_crps_by_unit(merged: pd.DataFrame, by: str = "subject", max_lag: int = 8
     UnitLagCrps
     """
     if by not in RECALL_UNITS:
-        raise InputError(f"by must be one of {', '.join(RECALL_UNITS)}, got {by!r}")
+        raise InputError(f"`by` must be one of {', '.join(RECALL_UNITS)}, got {by!r}", parameters=("by",))
     if max_lag < 1:
-        raise InputError(f"max_lag must be >= 1, got {max_lag}")
-    from psifr import fr
+        raise InputError(f"`max_lag` must be >= 1, got {max_lag}", parameters=("max_lag",))
+    from psifr import fr  # optional dependency, needed only to read the human data
 
     keys = ["subject", "session"] if by == "session" else ["subject"]
     if by == "session" and "session" not in merged.columns:
-        raise InputError("by='session' needs a 'session' column in the recall table")
+        raise InputError("`by`='session' needs a 'session' column in `merged`", parameters=("by", "merged"))
     groups = merged.groupby(keys, sort=True)
     units = groups["list"].nunique().rename("n_lists").reset_index()
     # psifr groups by its 'subject' column: give it the unit's number (the row of `units`).

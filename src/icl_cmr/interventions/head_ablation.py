@@ -67,12 +67,13 @@ def parse_heads(text: str) -> List[Head]:
     Returns
     -------
     list of (int, int)
-        ``(layer, head)`` pairs in the order given, duplicates removed.
+        ``(layer, head)`` pairs in the order given.
 
     Raises
     ------
     InputError
-        If a label does not match ``L<int>H<int>`` or nothing is given.
+        If a label does not match ``L<int>H<int>``, names a head twice (it would be ablated once
+        but counted twice), or nothing is given.
 
     Examples
     --------
@@ -85,12 +86,14 @@ def parse_heads(text: str) -> List[Head]:
             continue
         match = _HEAD_LABEL.match(label)
         if match is None:
-            raise InputError(f"--heads: cannot parse {label!r}; expected labels like L5H1 (layer 5, head 1)")
+            raise InputError(f"`heads`: cannot parse {label!r}; expected labels like L5H1 (layer 5, head 1)",
+                             parameters=("heads",))
         head = (int(match.group(1)), int(match.group(2)))
-        if head not in heads:
-            heads.append(head)
+        if head in heads:
+            raise InputError(f"`heads` names L{head[0]}H{head[1]} twice; give each head once", parameters=("heads",))
+        heads.append(head)
     if not heads:
-        raise InputError("--heads is empty; give labels like L5H1,L6H9")
+        raise InputError("`heads` is empty; give labels like L5H1,L6H9", parameters=("heads",))
     return heads
 
 

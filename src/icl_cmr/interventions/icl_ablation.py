@@ -122,7 +122,7 @@ def control_head_sets(n_layers: int, n_heads: int, ablated: Sequence[Head],
                                   exclude=exclude)
     if drawn.exhausted:
         logger.warning("only %d distinct random sets of %d heads exist%s; using those %d instead of the %d asked "
-                       "for (n_random_sets), each once", drawn.n_possible, len(ablated),
+                       "for (`n_random_sets`), each once", drawn.n_possible, len(ablated),
                        "" if config.allow_overlap else " outside the ablated heads", len(drawn.sets),
                        config.n_random_sets)
     return [list(heads) for heads in drawn.sets], list(drawn.seeds)

@@ -1,4 +1,4 @@
-"""Scoring pattern prompts by label log-likelihood, and the statistics of [CS24]-style results.
+"""Scoring pattern prompts by label log-likelihood ([CS24]; DESIGN.md section 6).
 
 * :func:`encode_prompts`: token ids of each prompt (BOS prepended when the tokenizer has
   one) and of each label continuation, with every token's kind for the knockout.
@@ -8,8 +8,10 @@
   knockout (:mod:`icl_cmr.interventions.knockout`).
 * :func:`reference_means`: the mean-ablation reference (``hook_z`` per position over a
   reference corpus), extended to any length.
-* :func:`accuracy_with_ci` (Wilson 95% interval), :func:`mcnemar_exact`,
-  :func:`paired_permutation_test`, :func:`select_top_heads`.
+* :func:`accuracy_with_ci` (Wilson 95% interval), :func:`select_top_heads`.
+
+The paired tests of the results (McNemar, permutation, Benjamini-Hochberg) live in
+:mod:`icl_cmr.stats`; the bar chart in :mod:`icl_cmr.figures.patterns`.
 """
 from __future__ import annotations
 
@@ -18,9 +20,12 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-from icl_cmr.interventions.knockout import batch_knockout_mask, kind_codes, knockout_hooks, token_kinds
 from icl_cmr.errors import InputError
+from icl_cmr.interventions.head_ablation import mean_head_activations
+from icl_cmr.interventions.knockout import batch_knockout_mask, kind_codes, knockout_hooks, token_kinds
 from icl_cmr.interventions.pattern_tasks import KIND_SPACE, PatternPrompt, Segment
 from icl_cmr.stats import wilson_interval
 
@@ -268,7 +273,7 @@ def plan_scoring(encoded: Sequence[EncodedPrompt], batch_size: int = 16) -> Scor
         ``batch_size < 1``, no prompts, or prompts with different numbers of labels.
     """
     if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"`batch_size` must be >= 1, got {batch_size}", parameters=("batch_size",))
     if not encoded:
         raise InputError("no prompts to score")
     n_labels = {len(item.continuation_ids) for item in encoded}
@@ -318,9 +323,6 @@ def label_log_likelihoods(model, encoded: "Sequence[EncodedPrompt] | ScoringPlan
     numpy.ndarray of float64, shape [n_prompts, n_labels]
         Summed log-probability of each label's tokens.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     plan = encoded if isinstance(encoded, ScoringPlan) else plan_scoring(encoded, batch_size)
     result = np.zeros((plan.n_prompts, plan.n_labels), dtype=np.float64)
     device = next(model.parameters()).device
@@ -394,10 +396,6 @@ def reference_means(model, reference: Sequence[EncodedPrompt], layers: Sequence[
     reference_length : int
         ``L_ref``.
     """
-    import torch
-
-    from icl_cmr.interventions.head_ablation import mean_head_activations
-
     if not reference:
         raise InputError("the mean-ablation reference corpus is empty")
     device = next(model.parameters()).device
@@ -440,9 +438,9 @@ def select_top_heads(scores: np.ndarray, percentage: float) -> List[Head]:
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2:
-        raise InputError(f"head scores must be [n_layers, n_heads], got shape {scores.shape}")
+        raise InputError(f"`scores` must be [n_layers, n_heads], got shape {scores.shape}", parameters=("scores",))
     if not 0 < percentage <= 100:
-        raise InputError(f"--percentage must be in (0, 100], got {percentage}")
+        raise InputError(f"`percentage` must be in (0, 100], got {percentage}", parameters=("percentage",))
     count = max(1, int(round(percentage / 100.0 * scores.size)))
     finite = np.isfinite(scores.ravel())
     if finite.sum() < count:
@@ -452,7 +450,7 @@ def select_top_heads(scores: np.ndarray, percentage: float) -> List[Head]:
     return [(int(flat // n_heads), int(flat % n_heads)) for flat in order]
 
 
-# ----------------------------------------------------------------------------- statistics
+# ----------------------------------------------------------------------------- accuracy
 
 def accuracy_with_ci(correct: np.ndarray, confidence: float = 0.95) -> Tuple[float, float, float]:
     """Accuracy and its Wilson score interval.
@@ -467,123 +465,6 @@ def accuracy_with_ci(correct: np.ndarray, confidence: float = 0.95) -> Tuple[flo
     """
     correct = np.asarray(correct, dtype=bool)
     if correct.size == 0:
-        raise InputError("accuracy of zero items is undefined")
+        raise InputError("`correct` is empty: the accuracy of zero items is undefined", parameters=("correct",))
     k, n = int(correct.sum()), int(correct.size)
     return (k / n, *wilson_interval(k, n, confidence))
-
-
-def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> Tuple[int, int, float]:
-    """Exact (binomial) McNemar test of paired correctness.
-
-    Parameters
-    ----------
-    correct_a, correct_b : numpy.ndarray of bool, shape [n]
-        The same items under two conditions.
-
-    Returns
-    -------
-    only_a : int
-        Items right under a and wrong under b.
-    only_b : int
-        Items right under b and wrong under a.
-    p_value : float
-        Two-sided; 1.0 when there is no discordant item.
-    """
-    from scipy.stats import binomtest
-
-    correct_a, correct_b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
-    if correct_a.shape != correct_b.shape:
-        raise InputError(f"paired arrays differ in shape: {correct_a.shape} vs {correct_b.shape}")
-    only_a = int(np.sum(correct_a & ~correct_b))
-    only_b = int(np.sum(correct_b & ~correct_a))
-    if only_a + only_b == 0:
-        return only_a, only_b, 1.0
-    return only_a, only_b, float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
-
-
-def paired_permutation_test(x: np.ndarray, y: np.ndarray, n_resamples: int = 10000,
-                            seed: int = 0) -> Tuple[float, float]:
-    """Sign-flip permutation test of the mean paired difference ``mean(x - y)``.
-
-    Exact (all ``2^n`` sign patterns) when ``2^n <= n_resamples``, else Monte Carlo
-    (``scipy.stats.permutation_test`` with ``permutation_type="samples"``).
-
-    Parameters
-    ----------
-    x, y : numpy.ndarray of float, shape [n]
-        Per-item values under two conditions (correctness 0/1, or a mean over random draws).
-
-    Returns
-    -------
-    (mean_difference, p_value) : tuple of float
-        Two-sided p-value; 1.0 when every difference is 0.
-    """
-    from scipy.stats import permutation_test
-
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if x.shape != y.shape or x.ndim != 1:
-        raise InputError(f"paired arrays must be 1-D and equal in shape: {x.shape} vs {y.shape}")
-    difference = float(np.mean(x - y))
-    if not np.any(x != y):
-        return difference, 1.0
-    result = permutation_test((x, y), lambda a, b, axis: np.mean(a - b, axis=axis), vectorized=True,
-                              permutation_type="samples", n_resamples=n_resamples, alternative="two-sided",
-                              random_state=np.random.default_rng(seed))
-    return difference, float(result.pvalue)
-
-
-# ----------------------------------------------------------------------------- plotting
-
-def plot_accuracy_bars(results, title: str = ""):
-    """Grouped bar chart: accuracy per task, one bar per condition, one panel per method.
-
-    Parameters
-    ----------
-    results : pandas.DataFrame
-        From ``pattern_icl.summarise``: columns task, method, selection, ablate, draw,
-        accuracy, ci_low, ci_high, chance. Random heads are drawn from their pooled row.
-    title : str
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        Bars with Wilson 95% intervals; a dashed line at each task's chance level.
-    """
-    import matplotlib.pyplot as plt
-
-    rows = results[(results["ablate"] != "random") | (results["draw"] == "pooled")]
-    tasks = list(dict.fromkeys(rows["task"]))
-    intact = rows[rows["ablate"] == "none"]
-    methods = [m for m in dict.fromkeys(rows["method"]) if m != "none"] or ["none"]
-    fig, axes = plt.subplots(len(methods), 1, figsize=(max(7.0, 1.4 * len(tasks) + 3.5), 2.6 * len(methods)),
-                             squeeze=False, sharex=True)
-    for ax, method in zip(axes[:, 0], methods):
-        panel = rows[rows["method"] == method] if method != "none" else rows.iloc[:0]
-        series = [("intact", intact)] if len(intact) else []
-        for selection in dict.fromkeys(panel["selection"]):
-            for ablate in ("induction", "random"):
-                chosen = panel[(panel["selection"] == selection) & (panel["ablate"] == ablate)]
-                if len(chosen):
-                    series.append((f"{selection} {ablate}", chosen))
-        width = 0.8 / max(1, len(series))
-        colors = plt.get_cmap("tab10").colors
-        for index, (name, frame) in enumerate(series):
-            frame = frame.set_index("task").reindex(tasks)
-            x = np.arange(len(tasks)) - 0.4 + width * (index + 0.5)
-            accuracy = frame["accuracy"].to_numpy(dtype=float)
-            errors = np.vstack([accuracy - frame["ci_low"].to_numpy(dtype=float),
-                                frame["ci_high"].to_numpy(dtype=float) - accuracy])
-            ax.bar(x, accuracy, width, yerr=errors, capsize=2, label=name, color=colors[index % len(colors)])
-        chance = rows.drop_duplicates("task").set_index("task").reindex(tasks)["chance"].to_numpy(dtype=float)
-        for position, level in enumerate(chance):
-            ax.hlines(level, position - 0.45, position + 0.45, colors="k", linestyles="--", linewidth=1,
-                      label="chance" if position == 0 else None)
-        ax.set_ylim(0, 1.05)
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"{title} - {method} ablation" if method != "none" else title, fontsize=10)
-        ax.spines[["top", "right"]].set_visible(False)
-        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    axes[-1, 0].set_xticks(np.arange(len(tasks)))
-    axes[-1, 0].set_xticklabels([t.replace("_", "\n", 1) for t in tasks], fontsize=8)
-    fig.tight_layout()
-    return fig

@@ -338,9 +338,10 @@ def generate_prompts(task: "PatternTask | str", config: PatternTaskConfig = Patt
     """
     task = get_task(task) if isinstance(task, str) else task
     if config.shots < 1 or config.n_items < 1:
-        raise InputError(f"shots and n_items must be >= 1, got shots={config.shots}, n_items={config.n_items}")
+        raise InputError(f"`shots` and `n_items` must be >= 1, got `shots`={config.shots}, `n_items`={config.n_items}",
+                         parameters=("shots", "n_items"))
     if not config.demo_seeds:
-        raise InputError("at least one demonstration seed is needed (--seeds)")
+        raise InputError("at least one demonstration seed is needed (`demo_seeds`)", parameters=("demo_seeds",))
     n_classes = len(task.classes)
     query_rng = np.random.default_rng([config.seed, _task_stream(task)])
     query_classes = balanced_classes(config.n_items, n_classes, query_rng)

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, List, Optional
 import numpy as np
 
 from icl_cmr.errors import InputError
-from icl_cmr.heads.models import hub_reachable
+from icl_cmr.heads.registry import hub_reachable
 
 logger = logging.getLogger(__name__)
 

@@ -46,6 +46,8 @@ class JobResult:
         The ``error: ... line the script printed, else the log's last line; None on success.
     started_utc, ended_utc : str
         ISO timestamps.
+    restarts : int
+        How often SLURM had requeued the job before this run (``SLURM_RESTART_COUNT``; 0 elsewhere).
     """
 
     returncode: int
@@ -54,6 +56,7 @@ class JobResult:
     error: Optional[str]
     started_utc: str
     ended_utc: str
+    restarts: int = 0
 
     @property
     def ok(self) -> bool:
@@ -62,6 +65,13 @@ class JobResult:
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def result_without_run(error: str, returncode: int = 1, restarts: int = 0) -> JobResult:
+    """A :class:`JobResult` for a job that ended with nothing measured (cancelled, lost, stopped)."""
+    now = utc_now()
+    return JobResult(returncode=returncode, wall_s=0.0, peak_rss_mib=None, error=error, started_utc=now,
+                     ended_utc=now, restarts=restarts)
 
 
 def error_line(log_text: str, returncode: int) -> str:
@@ -152,6 +162,7 @@ def run_command(command: Sequence[str], log_path: "str | Path", env: Optional[di
                      started_utc=started, ended_utc=utc_now())
 
 
-def run_job_command(command: Sequence[str], log_path: str, src_dir: str) -> JobResult:
+def run_job_command(command: Sequence[str], log_path: str, src_dir: str,
+                    on_start: Optional[Callable[[subprocess.Popen], None]] = None) -> JobResult:
     """What a SLURM (submitit) worker runs: :func:`run_command` with :func:`job_environment`."""
-    return run_command(command, log_path, env=job_environment(src_dir))
+    return run_command(command, log_path, env=job_environment(src_dir), on_start=on_start)

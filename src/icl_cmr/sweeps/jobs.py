@@ -25,12 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
+from icl_cmr.config import CMR_LIKE_THRESHOLD, DEFAULT_GRID_PATH, FINAL_CHECKPOINT
 from icl_cmr.errors import InputError
-from icl_cmr.files.writing import PACKAGE_VERSION
+from icl_cmr.files.outputs import REPO_ROOT
 from icl_cmr.files.reading import load_json, load_pickle
-from icl_cmr.files.scores import normalise_model_name
-from icl_cmr.config import FINAL_CHECKPOINT
 from icl_cmr.files.score_format import default_score_path
+from icl_cmr.files.scores import normalise_model_name
+from icl_cmr.files.writing import PACKAGE_VERSION
+from icl_cmr.heads.prompts import PromptConfig
+from icl_cmr.heads.registry import resolve_model
 from icl_cmr.sweeps.plan import (ABLATION_SETTINGS, AGGREGATE_SETTINGS, CPU_GROUP, FIT_SETTINGS, SCORES_SETTINGS,
                                  ModelEntry, Plan, setting_argv)
 
@@ -140,7 +143,6 @@ def _model_source(entry: ModelEntry, step: Optional[int]) -> Tuple[str, Optional
 
 
 def _default_grid() -> str:
-    from icl_cmr.files.grids import DEFAULT_GRID_PATH
     return str(DEFAULT_GRID_PATH)
 
 
@@ -153,8 +155,6 @@ def _common_fit_argv(plan: Plan) -> List[str]:
 # ----------------------------------------------------------------------------- per-model jobs
 
 def _scores_job(plan: Plan, entry: ModelEntry, step: Optional[int]) -> Job:
-    from icl_cmr.heads.models import resolve_model
-    from icl_cmr.heads.prompts import PromptConfig
 
     model_arg, checkpoint = _model_source(entry, step)
     out = score_path(plan, entry, step)
@@ -184,7 +184,6 @@ def _scores_job(plan: Plan, entry: ModelEntry, step: Optional[int]) -> Job:
 
 
 def _fit_job(plan: Plan, entry: ModelEntry, step: Optional[int]) -> Job:
-    from icl_cmr.config import CMR_LIKE_THRESHOLD
 
     scores = score_path(plan, entry, step)
     name, root = fit_name_and_root(plan, entry, step)
@@ -203,7 +202,6 @@ def _fit_job(plan: Plan, entry: ModelEntry, step: Optional[int]) -> Job:
 
 
 def _ablation_job(plan: Plan, entry: ModelEntry) -> Job:
-    from icl_cmr.heads.models import resolve_model
 
     step = entry.final_step
     fit_file, _ = fit_paths(plan, entry, step)
@@ -259,7 +257,6 @@ def aggregate_jobs(plan: Plan, finished: Optional[Mapping[str, Set[Optional[int]
     common = ["--scores-dir", scores_dir, "--figs-dir", figs_dir,
               *setting_argv({k: v for k, v in FIT_SETTINGS.items() if k in ("crp_grid", "crp_sem")}, plan.fit),
               *setting_argv({"threshold": AGGREGATE_SETTINGS["threshold"]}, plan.aggregate)]
-    from icl_cmr.config import CMR_LIKE_THRESHOLD
     base_expect = {"versions.icl_cmr": PACKAGE_VERSION, "parameters.crp_grid": grid,
                    "parameters.threshold": plan.aggregate.get("threshold", CMR_LIKE_THRESHOLD)}
     path_keys = ("parameters.crp_grid",)
@@ -380,7 +377,6 @@ def _lookup(metadata: Mapping[str, Any], dotted: str) -> Tuple[bool, Any]:
 def _stored_path(text: str) -> str:
     """A path as a script stored it (:func:`icl_cmr.files.outputs.portable_path`: relative to the repository
     root, ``~/..., or absolute), made absolute."""
-    from icl_cmr.files.outputs import REPO_ROOT
 
     if text.startswith("~/"):
         return os.path.expanduser(text)
@@ -398,7 +394,7 @@ def _same(expected: Any, found: Any, is_path: bool) -> bool:
     return type(expected) is type(found) and expected == found
 
 
-def _read_metadata(path: Path) -> Optional[Mapping[str, Any]]:
+def read_metadata(path: Path) -> Optional[Mapping[str, Any]]:
     try:
         content = load_json(path) if path.suffix == ".json" else load_pickle(path)
     except (InputError, OSError):
@@ -442,7 +438,7 @@ def stale_reason(job: Job, recorded_inputs: Optional[Mapping[str, Any]] = None) 
         except OSError:
             return f"no {output}"
     for check in job.checks:
-        metadata = _read_metadata(Path(check.path))
+        metadata = read_metadata(Path(check.path))
         if metadata is None:
             return f"{check.path} has no readable metadata"
         for key, expected in check.expect.items():

@@ -2,7 +2,9 @@
 
 Written atomically (:func:`icl_cmr.files.writing.save_json`) after every change of state, at
 ``<scores_dir>/sweeps/<plan>/manifest.json``, so it is whole even when the sweep is killed.
-A job found ``running`` in a manifest whose sweep is gone was cut off and runs again.
+A job found ``running`` in a manifest whose sweep is gone was cut off: on SLURM the next sweep asks
+the queue about it (``backend_id``, ``slurm``: array job and task) and re-attaches to it while it
+is queued or running; elsewhere it runs again.
 
 States: ``pending`` (to run), ``running``, ``done`` (ran and succeeded), ``skipped`` (outputs
 already current), ``failed`` (the error line says why; rerun only with ``--retry-failed``),
@@ -14,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
 
+from icl_cmr.errors import FileContentError, InputError
+from icl_cmr.files.folders import ensure_writable_dir
 from icl_cmr.files.reading import load_json
 from icl_cmr.files.writing import save_json
 from icl_cmr.sweeps.execute import utc_now
@@ -25,7 +29,7 @@ FINISHED_OK = ("done", "skipped")
 #: Manifest format version.
 MANIFEST_VERSION = 1
 #: Fields measured by a run, kept while a job is later found up to date.
-_MEASURED = ("started_utc", "ended_utc", "wall_s", "peak_rss_mib", "peak_gpu_gib")
+_MEASURED = ("started_utc", "ended_utc", "wall_s", "peak_rss_mib", "peak_gpu_gib", "requeues")
 
 
 def manifest_path(sweep_dir: "str | Path") -> Path:
@@ -39,7 +43,6 @@ def read_manifest(path: "str | Path") -> Optional[Dict[str, Any]]:
         return None
     data = load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
-        from icl_cmr.errors import FileContentError
         raise FileContentError(f"{path}: not a sweep manifest (no 'jobs' list); move it away to start afresh")
     return data
 
@@ -50,10 +53,10 @@ def new_record(job: Job, previous: Optional[Mapping[str, Any]] = None) -> Dict[s
         "id": job.id, "stage": job.stage, "model": job.model, "step": job.step, "script": job.script,
         "argv": list(job.argv), "group": job.group, "outputs": list(job.outputs), "log": job.log_name,
         "state": "pending", "reason": None, "error": None, "attempts": 0, "backend_id": None,
-        "input_signatures": None, **{key: None for key in _MEASURED},
+        "slurm": None, "input_signatures": None, **{key: None for key in _MEASURED},
     }
     if previous:
-        for key in ("state", "error", "attempts", "backend_id", "input_signatures", *_MEASURED):
+        for key in ("state", "error", "attempts", "backend_id", "slurm", "input_signatures", *_MEASURED):
             record[key] = previous.get(key, record[key])
         if record["state"] not in STATES:
             record["state"] = "pending"
@@ -95,7 +98,8 @@ def status_table(manifest: Mapping[str, Any], width: int = 60) -> str:
     header = ("job", "state", "time", "peak RSS", "peak GPU", "runs", "error / note")
     rows = [header]
     for r in records:
-        note = r.get("error") or r.get("reason") or ""
+        requeued = f"requeued {r['requeues']}x by SLURM" if r.get("requeues") else ""
+        note = r.get("error") or r.get("reason") or requeued
         if len(note) > width:
             note = note[: width - 3] + "..."
         rows.append((r["id"], r["state"], _fmt(r.get("wall_s"), " s"), _fmt(r.get("peak_rss_mib"), " MiB"),
@@ -120,10 +124,7 @@ def sweep_lock(sweep_dir: "str | Path") -> Iterator[Path]:
     InputError
         If another process holds it (the lock dies with its process, so a killed sweep frees it).
     """
-    import fcntl
-
-    from icl_cmr.errors import InputError
-    from icl_cmr.files.folders import ensure_writable_dir
+    import fcntl  # POSIX only, and only a running sweep needs the lock
 
     path = ensure_writable_dir(sweep_dir) / ".lock"
     with open(path, "a+") as handle:

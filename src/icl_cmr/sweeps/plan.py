@@ -46,6 +46,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from icl_cmr.cli.args import float_range, fraction, int_range, non_negative_int, positive_float, positive_int, seed_int
 from icl_cmr.errors import InputError
 from icl_cmr.files.reading import read_text
+from icl_cmr.heads.registry import resolve_model
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -411,7 +412,6 @@ def _checkpoint_dirs(reader: _Reader, table: Any, where: str) -> Dict[int, str]:
 
 def _read_model(reader: _Reader, entry: Any, number: int, scores_default: Mapping[str, Any],
                 groups: Mapping[str, ResourceGroup]) -> ModelEntry:
-    from icl_cmr.heads.models import resolve_model
 
     where = f"[[models]] #{number}"
     if not isinstance(entry, dict):

@@ -1,10 +1,13 @@
 """Run a sweep's jobs in dependency order on a backend, keeping the manifest current.
 
-Backends share one small interface (``capacity``, ``submit``, ``wait``, ``interrupt``):
+Backends share one small interface (``capacity``, ``submit``, ``wait``, ``interrupt``); a
+backend whose jobs outlive the sweep also has ``reattach`` (what became of the jobs a killed
+sweep submitted) and ``updates`` (manifest fields of running jobs that changed, e.g. a requeue):
 
 * :class:`LocalBackend`: up to ``--jobs N`` job processes at once on this machine;
-* :class:`~icl_cmr.sweeps.submitit_backend.SubmititBackend`: SLURM through ``submitit``
-  (job arrays per resource group, preemption requeue), or submitit's local executor.
+* :class:`~icl_cmr.sweeps.slurm_backend.SlurmBackend`: SLURM job arrays through ``submitit``,
+  followed through ``squeue``/``sacct`` (requeue, preemption, cancellation, no accounting);
+* :class:`~icl_cmr.sweeps.submitit_backend.SubmititBackend`: submitit's local executor.
 
 The loop (:func:`run_sweep`) settles every job once: a job whose dependencies failed is
 ``blocked``; one whose outputs are current (and none of whose dependencies ran again) is ``skipped``; one that failed before stays
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from icl_cmr.sweeps.execute import JobResult, job_environment, run_command, utc_now
-from icl_cmr.sweeps.jobs import Job, aggregate_jobs, input_signatures, stale_reason
+from icl_cmr.sweeps.jobs import Job, aggregate_jobs, input_signatures, read_metadata, score_path, stale_reason
 from icl_cmr.sweeps.manifest import FINISHED_OK, save_manifest
 from icl_cmr.sweeps.plan import Plan
 
@@ -60,12 +63,13 @@ class LocalBackend:
                 self._processes[job_id] = process
         return remember
 
-    def submit(self, jobs: Sequence[Job]) -> Dict[str, Optional[str]]:
+    def submit(self, jobs: Sequence[Job]) -> Dict[str, Dict[str, Any]]:
+        """Start ``jobs``; ``{job id: fields for its manifest record}`` (none here)."""
         for job in jobs:
             future = self._pool.submit(run_command, job.command(self.src_dir, self.python),
                                        self.log_dir / job.log_name, self._env, self._remember(job.id))
             self._futures[future] = job.id
-        return {job.id: None for job in jobs}
+        return {job.id: {} for job in jobs}
 
     def wait(self, timeout: float) -> List[Tuple[str, JobResult]]:
         if not self._futures:
@@ -117,7 +121,6 @@ def _finished_scores(plan: Plan, records: Mapping[str, Dict[str, Any]], jobs: Ma
         if job.stage == "scores" and records[job_id]["state"] in FINISHED_OK:
             finished[str(job.model)].add(job.step)
     if "scores" not in plan.stages:
-        from icl_cmr.sweeps.jobs import score_path
         for m in plan.models:
             finished[m.name] = {s for s in m.steps if score_path(plan, m, s).is_file()}
     return finished
@@ -127,8 +130,7 @@ def _peak_gpu(job: Job) -> Optional[float]:
     """Peak GPU memory a score job recorded in its output's metadata (None elsewhere or on CPU)."""
     if job.stage != "scores" or not job.checks:
         return None
-    from icl_cmr.sweeps.jobs import _read_metadata
-    metadata = _read_metadata(Path(job.checks[0].path))
+    metadata = read_metadata(Path(job.checks[0].path))
     value = (metadata or {}).get("peak_gpu_memory_gib")
     return float(value) if isinstance(value, (int, float)) else None
 
@@ -143,7 +145,7 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
     jobs : sequence of Job
         From :func:`icl_cmr.sweeps.jobs.build_jobs`, in run order; ``manifest["jobs"]`` has one
         record per job, in the same order.
-    backend : LocalBackend or SubmititBackend
+    backend : LocalBackend, SlurmBackend or SubmititBackend
     manifest : dict
         From :func:`icl_cmr.sweeps.manifest.build_manifest` (previous states carried over).
     manifest_file : Path
@@ -170,6 +172,8 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
     records = {r["id"]: r for r in manifest["jobs"]}
     by_id = {job.id: job for job in jobs}
     earlier_failure = {job_id for job_id, r in records.items() if r["state"] == "failed"}
+    # Jobs a killed sweep left running: a backend whose jobs outlive it looks for them (SLURM); others run them again.
+    submitted = [(by_id[job_id], dict(r)) for job_id, r in records.items() if r["state"] == "running"]
     for record in records.values():
         record["state"], record["reason"] = "pending", None
         if record["id"] not in earlier_failure:
@@ -192,7 +196,7 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
         record = records[job_id]
         running.discard(job_id)
         record.update(wall_s=result.wall_s, peak_rss_mib=result.peak_rss_mib, started_utc=result.started_utc,
-                      ended_utc=result.ended_utc, error=result.error)
+                      ended_utc=result.ended_utc, error=result.error, requeues=result.restarts)
         if result.ok:
             record["peak_gpu_gib"] = _peak_gpu(by_id[job_id])
             record["input_signatures"] = started_with.get(job_id)
@@ -203,11 +207,34 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
             record["state"] = "interrupted"
         else:
             settle(job_id, "failed")
-            logger.error("failed %s: %s (log: %s)", job_id, result.error, backend.log_dir / by_id[job_id].log_name)
+            log = backend.log_dir / by_id[job_id].log_name
+            logger.error("failed %s: %s%s", job_id, result.error, f" (log: {log})" if log.exists() else "")
+
+    def reattach() -> None:
+        """Settle what became of the jobs a killed sweep submitted, before anything is submitted again."""
+        for job_id, (found, result, note) in backend.reattach(submitted).items():
+            record = records[job_id]
+            if found == "alive":
+                record.update(state="running", reason=note)
+                running.add(job_id)
+                started_with[job_id] = input_signatures(by_id[job_id])   # its inputs were final when it was submitted
+                logger.info("%s: %s", job_id, note)
+            elif found == "finished" and result is not None:
+                started_with[job_id] = input_signatures(by_id[job_id])
+                logger.info("%s: %s", job_id, note)
+                record_result(job_id, result)
+            else:   # runs again below, if its outputs are not there; its first run counted as an attempt
+                record.update(error=None)
+                logger.warning("%s: %s; it runs again", job_id, note)
 
     stopping = False
     bar = tqdm(total=len(jobs), desc=f"sweep {plan.name}", unit="job", disable=not progress)
     try:
+        if submitted and hasattr(backend, "reattach"):
+            reattach()
+        elif submitted:
+            logger.warning("%d job(s) were running when the last sweep of this plan stopped; they run again",
+                           len(submitted))
         save()
         while unsettled:
             before = len(unsettled)
@@ -235,7 +262,7 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
                 recorded = records[job_id].get("input_signatures")
                 reason = f"{reran[0]} ran again" if reran else stale_reason(job, recorded)
                 if reason is None:
-                    records[job_id]["input_signatures"] = recorded or input_signatures(job)
+                    records[job_id].update(input_signatures=recorded or input_signatures(job), error=None)
                     settle(job_id, "skipped", "outputs up to date")
                     continue
                 if job_id in earlier_failure and not retry_failed:
@@ -250,11 +277,12 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
             if start:
                 for job in start:
                     started_with[job.id] = input_signatures(job)
-                ids = backend.submit(start)
+                fields = backend.submit(start)
                 for job in start:
                     record = records[job.id]
-                    record.update(state="running", attempts=int(record.get("attempts") or 0) + 1,
-                                  backend_id=ids.get(job.id), error=None, started_utc=utc_now(), ended_utc=None)
+                    record.update(state="running", attempts=int(record.get("attempts") or 0) + 1, backend_id=None,
+                                  slurm=None, requeues=0, error=None, started_utc=utc_now(), ended_utc=None)
+                    record.update(fields.get(job.id, {}))
                     running.add(job.id)
                     ran += 1
                     logger.info("start %s: %s", job.id, record["reason"])
@@ -266,7 +294,11 @@ def run_sweep(plan: Plan, jobs: Sequence[Job], backend: Any, manifest: Dict[str,
             finished = backend.wait(timeout=poll_s)
             for job_id, result in finished:
                 record_result(job_id, result)
-            if finished:
+            updates = backend.updates() if hasattr(backend, "updates") else {}
+            for job_id, changed in updates.items():
+                if job_id in running:
+                    records[job_id].update(changed)
+            if finished or updates:
                 save()
         save()
     except KeyboardInterrupt:

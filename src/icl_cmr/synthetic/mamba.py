@@ -50,7 +50,7 @@ class InductionMambaConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "d_state", "expand", "d_conv"):
             if getattr(self, name) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"`{name}` must be >= 1, got {getattr(self, name)}", parameters=(name,))
 
     def to_dict(self) -> dict:
         return asdict(self)

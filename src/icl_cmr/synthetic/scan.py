@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from numba import njit
 
+from icl_cmr.devices import CompiledKernels
 from icl_cmr.errors import InputError
 
 #: Scan implementations; "auto" picks numba on the CPU and torch elsewhere.
@@ -124,6 +125,10 @@ def _scan_backward_kernel(decay, u, delta, A, B, C, h0, states, grad_y, grad_h_l
                 grad_h0[b, d, n] = grad_h[n]
 
 
+#: The kernels as Python code calls them: a damaged on-disk cache is recompiled with a warning.
+_CACHED = CompiledKernels(__name__, _scan_forward_kernel, _scan_forward_store_kernel, _scan_backward_kernel)
+
+
 def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().to(torch.float32).numpy())
 
@@ -138,12 +143,12 @@ class _NumbaScan(torch.autograd.Function):
         if any(ctx.needs_input_grad):
             states = np.empty(u_.shape + A_.shape[1:], dtype=np.float32)
             decay = np.empty_like(states)
-            _scan_forward_store_kernel(u_, delta_, A_, B_, C_, h0_, y, states, decay)
+            _CACHED.call(_scan_forward_store_kernel, u_, delta_, A_, B_, C_, h0_, y, states, decay)
             h_last = states[:, -1].copy()
             ctx.arrays = (decay, u_, delta_, A_, B_, C_, h0_, states)
         else:
             h_last = np.empty(h0_.shape, dtype=np.float32)
-            _scan_forward_kernel(u_, delta_, A_, B_, C_, h0_, y, h_last)
+            _CACHED.call(_scan_forward_kernel, u_, delta_, A_, B_, C_, h0_, y, h_last)
         return torch.from_numpy(y), torch.from_numpy(h_last)
 
     @staticmethod
@@ -152,7 +157,7 @@ class _NumbaScan(torch.autograd.Function):
         grad_y = np.zeros_like(u) if grad_y is None else _as_numpy(grad_y)
         grad_h_last = np.zeros_like(h0) if grad_h_last is None else _as_numpy(grad_h_last)
         grads = [np.zeros_like(a) for a in (u, delta, A, B, C, h0)]
-        _scan_backward_kernel(decay, u, delta, A, B, C, h0, states, grad_y, grad_h_last, *grads)
+        _CACHED.call(_scan_backward_kernel, decay, u, delta, A, B, C, h0, states, grad_y, grad_h_last, *grads)
         del ctx.arrays
         return tuple(torch.from_numpy(g) for g in grads)
 

@@ -45,6 +45,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.signal import lfilter
 from torch import nn
 
 from icl_cmr.errors import InputError
@@ -99,7 +100,7 @@ class TinyTransformerConfig:
             raise InputError("RoPE needs an even d_head")
         for name in ("vocab_size", "n_layers", "n_heads", "d_model", "d_mlp", "n_trained_positions"):
             if getattr(self, name) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"`{name}` must be >= 1, got {getattr(self, name)}", parameters=(name,))
 
     @property
     def d_head(self) -> int:
@@ -421,8 +422,6 @@ class TinyTransformer(nn.Module):
 
         Exact for ALiBi and no position encoding (module docstring); float64 inside.
         """
-        from scipy.signal import lfilter
-
         config = self.config
         block = self.blocks[0]
         vocab, heads, d_head = config.vocab_size, config.n_heads, config.d_head

@@ -1,0 +1,420 @@
+"""People and attention heads fitted in one CMR space, and compared (issue 16; ``fit_human_recall.py``).
+
+:class:`HumanRecallSettings` holds everything the script's flags set, with the same defaults;
+:func:`check_human_recall` reads and checks every input before any work (the grids, the head-score
+files); :func:`run_human_recall` fits each person's conditional lag-CRP (psifr's PEERS or Morton 2013)
+to CMR's conditional grid, fits every head of each model to the paper's grid of the same simulator,
+compares the CMR-like people with each model's CMR-like heads, and follows the top-N CMR-like heads
+over training. It writes nothing: :func:`human_recall_figures` draws the figures of a result, and the
+caller saves the tables, :meth:`HumanRecallResult.fit_record` and the figures.
+
+The science lives in :mod:`icl_cmr.humans.fits` (fits, tables, statistics) and
+:mod:`icl_cmr.humans.recall` (psifr's data and lag-CRPs); docs/human_recall.md describes the method.
+
+Adding an option (a second CMR recall rule, another way of fitting people): give
+:class:`HumanRecallSettings` a field whose default is today's behaviour, check its value in
+:meth:`HumanRecallSettings.check`, branch in :func:`fit_people_units` (people) or :func:`fit_model_heads`
+(heads), which return the same tables whatever the method, and record it in
+:meth:`HumanRecallResult.metadata_parameters`.
+
+Examples
+--------
+>>> from icl_cmr.experiments.human_recall import HumanRecallSettings, run_human_recall
+>>> result = run_human_recall(HumanRecallSettings(dataset="morton2013"))          # doctest: +SKIP
+>>> result.people[["cmr_distance", "beta_enc"]].median()                          # doctest: +SKIP
+>>> figures = human_recall_figures(result)          # {file name: Figure}           # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from icl_cmr.config import CHECKPOINT_INDICES, CMR_LIKE_THRESHOLD, FIT_LAGS
+from icl_cmr.errors import InputError
+from icl_cmr.figures.humans import parameters_figure, training_reference_figure, unit_fits_figure
+from icl_cmr.files.grids import DEFAULT_CONDITIONAL_GRID_PATH, read_cmr_grid, read_conditional_grid
+from icl_cmr.config import DEFAULT_GRID_PATH
+from icl_cmr.files.outputs import REPO_ROOT, portable_path
+from icl_cmr.files.scores import DEFAULT_SCORES_DIR, find_score_file, load_checkpoint_series, read_head_scores
+from icl_cmr.fits.distance import CmrFit, CmrGrid, fit_heads
+from icl_cmr.fits.layers import DEFAULT_TOP_N
+from icl_cmr.heads.results import HeadScores, checkpoint_step
+from icl_cmr.humans.fits import (COMPARED_QUANTITIES, NEAR_BEST_TOLERANCE, GroupComparisonConfig, TopSetsOverTraining,
+                                 fit_people, head_table, near_best_ranges, people_table, people_vs_heads_table,
+                                 same_simulation_problem, top_sets_over_training)
+from icl_cmr.config import HUMAN_FIT_LAGS
+from icl_cmr.humans.recall import (RECALL_UNITS, UnitLagCrps, lag_crps_by_unit, load_recall_data,
+                                   resolve_dataset)
+
+logger = logging.getLogger(__name__)
+
+#: The command line's name of psifr's PEERS study (psifr calls it ``peers_notask``).
+_DATASET_ALIASES = {"peers_notask": "peers"}
+
+
+def dataset_name(name: str) -> str:
+    """The name a dataset goes by in file names and labels: lower case, ``peers`` for psifr's ``peers_notask``.
+
+    Examples
+    --------
+    >>> dataset_name("Morton2013"), dataset_name("peers_notask")
+    ('morton2013', 'peers')
+    """
+    key = str(name).lower()
+    return _DATASET_ALIASES.get(key, key)
+
+
+def _as_sequence(value: Any) -> Sequence:
+    """``value`` itself when it is a sequence, else a one-item tuple (a notebook's ``models="gpt2-small"``)."""
+    return (value,) if isinstance(value, (str, os.PathLike, numbers.Number)) else value
+
+
+def _unique_names(names: Any) -> Tuple[str, ...]:
+    """Names in their first order, each once."""
+    return tuple(dict.fromkeys(_as_sequence(names)))
+
+
+@dataclass(frozen=True)
+class HumanRecallSettings:
+    """A people-vs-heads run, as ``fit_human_recall.py``'s flags set it (same defaults; each field is named as
+    its flag, ``--scores-dir`` being ``scores_dirs``). The output folders are the script's: a run writes nothing.
+
+    Sequences may be given as lists and paths as strings: they are stored as tuples and ``Path``;
+    repeated models are kept once.
+
+    Attributes
+    ----------
+    dataset : str
+        psifr's bundled study: ``"peers"`` (126 subjects) or ``"morton2013"`` (40); psifr's names work too
+        (:func:`icl_cmr.humans.recall.resolve_dataset`).
+    by : {"subject", "session", "all"}
+        One CRP per subject, per (subject, session), or every list pooled; the statistics and the
+        over-training reference need ``"subject"``.
+    crp_grid : Path
+        The conditional lag-CRP grid people are fitted to (``est_cmr_crp.py --quantity conditional``).
+    near_best : float
+        Slack in D defining a fit's near-best grid points, whose parameter ranges the tables report.
+    head_grid : Path
+        The paper's CRP grid of the same simulator, heads are fitted to; read only when there are heads.
+    models : tuple of str
+        Models whose heads are compared (empty: people only).
+    scores_dirs : tuple of Path
+        Folders of head-score files, searched in order.
+    training_models : tuple of str
+        Models with the 16 training checkpoints, for the over-training reference ([LI24] Fig 7d-g).
+    n_top : tuple of int
+        Sizes of the top-N CMR-like head sets followed over training ([LI24]).
+    threshold : float
+        CMR distance below which a person or a head is CMR-like ([LI24]: 0.5).
+    n_bootstrap : int
+        Bootstrap resamples of each difference of medians.
+    seed : int
+        Bootstrap seed.
+    """
+
+    # people: the recall data, its units and their fits
+    dataset: str = "peers"
+    by: str = "subject"
+    crp_grid: Path = DEFAULT_CONDITIONAL_GRID_PATH
+    near_best: float = NEAR_BEST_TOLERANCE
+    # heads: which models, where their scores are, and the grid they are fitted to
+    head_grid: Path = DEFAULT_GRID_PATH
+    models: Tuple[str, ...] = ("toy_lm",)
+    scores_dirs: Tuple[Path, ...] = (DEFAULT_SCORES_DIR,)
+    training_models: Tuple[str, ...] = ()
+    n_top: Tuple[int, ...] = DEFAULT_TOP_N
+    # comparison of the CMR-like people with the CMR-like heads
+    threshold: float = CMR_LIKE_THRESHOLD
+    n_bootstrap: int = GroupComparisonConfig.n_bootstrap
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Normalised here so that a notebook's lists and strings give the same settings as the command line.
+        object.__setattr__(self, "dataset", dataset_name(self.dataset))
+        object.__setattr__(self, "crp_grid", Path(self.crp_grid))
+        object.__setattr__(self, "head_grid", Path(self.head_grid))
+        object.__setattr__(self, "models", _unique_names(self.models))
+        object.__setattr__(self, "scores_dirs", tuple(Path(folder) for folder in _as_sequence(self.scores_dirs)))
+        object.__setattr__(self, "training_models", _unique_names(self.training_models))
+        object.__setattr__(self, "n_top", tuple(_as_sequence(self.n_top)))
+
+    def check(self) -> None:
+        """Raise :class:`InputError`, naming the parameter, unless every value is one the run accepts."""
+        resolve_dataset(self.dataset)
+        if self.by not in RECALL_UNITS:
+            raise InputError(f"`by` must be one of {', '.join(RECALL_UNITS)}, got {self.by!r}", parameters=("by",))
+        for name, inclusive in (("threshold", False), ("near_best", True)):
+            value = getattr(self, name)
+            finite = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            if not finite or value < 0 or (value == 0 and not inclusive):
+                raise InputError(f"`{name}` must be a finite number {'>=' if inclusive else '>'} 0, got {value!r}",
+                                 parameters=(name,))
+        for name, low in (("n_bootstrap", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise InputError(f"`{name}` must be an integer >= {low}, got {value!r}", parameters=(name,))
+        if not self.n_top or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1
+                                 for n in self.n_top):
+            raise InputError(f"`n_top` must be one or more positive integers, got {list(self.n_top)}",
+                             parameters=("n_top",))
+        if (self.models or self.training_models) and not self.scores_dirs:
+            raise InputError("`scores_dirs` is empty: the heads' score files are searched there",
+                             parameters=("scores_dirs",))
+        if self.by != "subject" and self.training_models:
+            raise InputError("`training_models` draws the people's distribution: it needs `by` subject",
+                             parameters=("training_models", "by"))
+
+    def comparison_config(self) -> GroupComparisonConfig:
+        """The statistics' settings (:func:`icl_cmr.humans.fits.compare_groups`)."""
+        return GroupComparisonConfig(n_bootstrap=self.n_bootstrap, seed=self.seed)
+
+    @property
+    def stem(self) -> str:
+        """Start of every output name: ``peers`` for one unit per subject, ``peers_session`` / ``peers_all``."""
+        return self.dataset if self.by == "subject" else f"{self.dataset}_{self.by}"
+
+
+@dataclass
+class HumanRecallInputs:
+    """Every input of a run, read and checked (:func:`check_human_recall`).
+
+    Attributes
+    ----------
+    settings : HumanRecallSettings
+        The settings they were read for.
+    people_grid : CmrGrid
+        The conditional lag-CRP grid.
+    head_grid : CmrGrid or None
+        The paper's CRP grid; None when there are no heads (no models, no training models).
+    scores : dict model -> HeadScores
+        Each model's head scores.
+    training : dict model -> list of HeadScores
+        Each training model's scores at :data:`icl_cmr.config.CHECKPOINT_INDICES`, oldest first.
+    """
+
+    settings: HumanRecallSettings
+    people_grid: CmrGrid
+    head_grid: Optional[CmrGrid]
+    scores: Dict[str, HeadScores]
+    training: Dict[str, List[HeadScores]]
+
+
+@dataclass
+class HumanRecallResult:
+    """A finished run: the people's fits, the heads', their comparison and the heads over training.
+
+    Attributes
+    ----------
+    settings : HumanRecallSettings
+    inputs : HumanRecallInputs
+        The grids and score files used (their paths go into the metadata).
+    crps : UnitLagCrps
+        Each unit's conditional lag-CRP, [U, K] at lags -8..+8.
+    people_fit : CmrFit
+        The units' fits, head axes [U], on :data:`icl_cmr.config.HUMAN_FIT_LAGS`.
+    people : pandas.DataFrame
+        :func:`icl_cmr.humans.fits.people_table`: one row per unit.
+    heads : pandas.DataFrame or None
+        :func:`icl_cmr.humans.fits.head_table` rows of every model, with ``scores_file``; None without models.
+    comparison : pandas.DataFrame or None
+        :func:`icl_cmr.humans.fits.people_vs_heads_table`; None without models, and unless ``by="subject"``
+        (the statistics compare one unit per person).
+    over_training : TopSetsOverTraining or None
+        The top-N CMR-like heads of the training models over training; None without training models.
+    wall_seconds : float
+        Seconds of computing (inputs read before excluded).
+    """
+
+    settings: HumanRecallSettings
+    inputs: HumanRecallInputs
+    crps: UnitLagCrps
+    people_fit: CmrFit
+    people: pd.DataFrame
+    heads: Optional[pd.DataFrame]
+    comparison: Optional[pd.DataFrame]
+    over_training: Optional[TopSetsOverTraining]
+    wall_seconds: float = field(default=0.0)
+
+    @property
+    def cmr_like_people(self) -> pd.DataFrame:
+        """The rows of :attr:`people` with D below the threshold."""
+        return self.people[self.people["cmr_like"]]
+
+    def tables(self) -> Dict[str, pd.DataFrame]:
+        """``{file name: table}`` of the CSV outputs, in the order they are listed in the metadata."""
+        stem = self.settings.stem
+        tables = {f"{stem}_fits.csv": self.people}
+        if self.heads is not None:
+            tables[f"{stem}_head_fits.csv"] = self.heads
+        if self.comparison is not None:
+            tables[f"{stem}_vs_heads.csv"] = self.comparison
+        return tables
+
+    def metadata_parameters(self) -> Dict[str, Any]:
+        """What the metadata records as the run's parameters: settings, inputs (as stored paths), fitting lags."""
+        settings, inputs = self.settings, self.inputs
+        config = settings.comparison_config()
+        return {
+            "dataset": settings.dataset, "psifr_dataset": resolve_dataset(settings.dataset), "by": settings.by,
+            "threshold": settings.threshold, "people_grid": stored_path(settings.crp_grid),
+            "people_grid_settings": inputs.people_grid.simulation, "people_fit_lags": self.people_fit.lags.tolist(),
+            "head_grid": stored_path(settings.head_grid) if inputs.head_grid is not None else None,
+            "head_fit_lags": FIT_LAGS.tolist(),
+            "models": {model: stored_path(scores.path) for model, scores in inputs.scores.items()},
+            "training_models": {model: [stored_path(scores.path) for scores in series]
+                                for model, series in inputs.training.items()},
+            "n_top": sorted(set(settings.n_top)), "n_bootstrap": settings.n_bootstrap,
+            "near_best_tolerance": settings.near_best, "bootstrap_method": config.bootstrap_method,
+            "confidence": config.confidence,
+        }
+
+    def fit_record(self, metadata: Dict[str, Any]) -> Dict[str, Any]:
+        """The people's fits in the fit format of ``fit_attn_score.py`` (arrays [1, U, ...], as the authors'
+        fits of one set of heads), with the units, their full CRPs and counts, and ``metadata``."""
+        fit, crps = self.people_fit, self.crps
+        record = {key: value[None] for key, value in fit.as_authors_dict().items()}   # [1, U, ...]
+        record.update(labels=crps.labels[None], fit_lags=fit.lags, fitted_param_index=fit.param_index[None],
+                      units=crps.units.to_dict(orient="list"), crp_lags=crps.lags, crp=crps.prob,
+                      crp_actual=crps.actual, crp_possible=crps.possible, metadata=metadata)
+        return record
+
+
+def stored_path(path: "str | Path | None") -> Optional[str]:
+    """A path as metadata stores it: relative to the repository root, also when it lies beside the checkout
+    (the authors' files in ``../shared/official``), so shipped files carry no machine paths."""
+    if path is None:
+        return None
+    portable = portable_path(path)
+    return portable if not Path(portable).is_absolute() else Path(os.path.relpath(portable, REPO_ROOT)).as_posix()
+
+
+def find_scores(scores_dirs: Sequence[Path], model: str, checkpoint: Optional[int] = None) -> Path:
+    """The score file of ``model`` (at ``checkpoint``) in the first of ``scores_dirs`` that has one."""
+    problems = []
+    for folder in scores_dirs:
+        try:
+            return find_score_file(folder, model, checkpoint)
+        except InputError as err:
+            problems.append(str(err))
+    raise InputError(problems[0] if len(problems) == 1 else
+                     f"no head-score file for model {model!r} in {', '.join(map(str, scores_dirs))}")
+
+
+def check_human_recall(settings: HumanRecallSettings) -> HumanRecallInputs:
+    """Check the settings and read every input before any work: the grids, the head-score files.
+
+    Returns
+    -------
+    HumanRecallInputs
+
+    Raises
+    ------
+    InputError
+        A bad setting (naming it), a missing or damaged grid or score file, or grids that are not of the
+        same simulator.
+    """
+    settings.check()
+    people_grid = read_conditional_grid(settings.crp_grid)
+    head_grid: Optional[CmrGrid] = None
+    if settings.models or settings.training_models:
+        head_grid = read_cmr_grid(settings.head_grid, parameter="head_grid")
+        problem = same_simulation_problem(people_grid, head_grid)
+        if problem is not None:
+            raise InputError(f"`head_grid` {settings.head_grid} and `crp_grid` {settings.crp_grid} are not grids of "
+                             f"the same simulator: {problem}", parameters=("head_grid", "crp_grid"))
+        if None in (people_grid.simulation, head_grid.simulation):
+            logger.warning("cannot check that %s and %s come from the same simulation settings (no sidecar "
+                           "metadata); their axes agree", settings.crp_grid, settings.head_grid)
+    scores = {model: read_head_scores(find_scores(settings.scores_dirs, model)) for model in settings.models}
+    training = {}
+    for model in settings.training_models:
+        folder = Path(find_scores(settings.scores_dirs, model, CHECKPOINT_INDICES[-1])).parent.parent
+        training[model] = load_checkpoint_series(folder, model, CHECKPOINT_INDICES)
+    return HumanRecallInputs(settings, people_grid, head_grid, scores, training)
+
+
+def fit_people_units(settings: HumanRecallSettings, crps: UnitLagCrps,
+                     grid: CmrGrid) -> Tuple[CmrFit, pd.DataFrame]:
+    """Fit every unit's conditional lag-CRP to the conditional grid (CMR distance, grid search).
+
+    Returns
+    -------
+    fit : CmrFit
+        Head axes [U].
+    table : pandas.DataFrame
+        :func:`icl_cmr.humans.fits.people_table`, with the near-best ranges.
+    """
+    fit = fit_people(crps, grid)
+    near = near_best_ranges(crps.prob, crps.lags, grid, HUMAN_FIT_LAGS, settings.near_best)
+    return fit, people_table(crps, fit, settings.threshold, near)
+
+
+def fit_model_heads(settings: HumanRecallSettings, model: str, scores: HeadScores, grid: CmrGrid) -> pd.DataFrame:
+    """Every head of one model fitted as in [LI24] (lags -5..+5), with its near-best ranges and score file."""
+    fit = fit_heads(scores.crp, grid, attn_lags=scores.lags)
+    near = near_best_ranges(scores.crp.reshape(-1, scores.lags.size), scores.lags, grid, fit.lags,
+                            settings.near_best)
+    return head_table(model, scores, fit, settings.threshold, near).assign(scores_file=stored_path(scores.path))
+
+
+def run_human_recall(settings: HumanRecallSettings, inputs: Optional[HumanRecallInputs] = None) -> HumanRecallResult:
+    """Fit people and heads in one CMR space and compare them.
+
+    Parameters
+    ----------
+    settings : HumanRecallSettings
+    inputs : HumanRecallInputs, optional
+        From :func:`check_human_recall` with the same settings; read here when not given.
+
+    Returns
+    -------
+    HumanRecallResult
+    """
+    if inputs is None:
+        inputs = check_human_recall(settings)
+    elif inputs.settings != settings:
+        raise ValueError("inputs were read for other settings: pass check_human_recall(settings)")
+    started = time.perf_counter()
+    crps = lag_crps_by_unit(load_recall_data(resolve_dataset(settings.dataset)), settings.by,
+                            dataset=settings.dataset)
+    people_fit, people = fit_people_units(settings, crps, inputs.people_grid)
+    logger.info("%s: %d units (%s); %d fitted, %d with D < %g; medians of those: D %.3f, beta_enc %.2f, "
+                "beta_rec %.2f, gamma_ft %.2f", settings.dataset, len(people), settings.by,
+                int(people["cmr_distance"].notna().sum()), int(people["cmr_like"].sum()), settings.threshold,
+                *people.loc[people["cmr_like"], list(COMPARED_QUANTITIES)].median())
+
+    heads = pd.concat([fit_model_heads(settings, model, scores, inputs.head_grid)
+                       for model, scores in inputs.scores.items()], ignore_index=True) if inputs.scores else None
+    comparison = None
+    if heads is not None and settings.by == "subject":
+        comparison = people_vs_heads_table(people, heads, settings.threshold, settings.comparison_config())
+    over_training = None
+    if inputs.training:
+        over_training = top_sets_over_training(inputs.training, inputs.head_grid, settings.n_top,
+                                               steps=[checkpoint_step(k) for k in CHECKPOINT_INDICES])
+    return HumanRecallResult(settings, inputs, crps, people_fit, people, heads, comparison, over_training,
+                             wall_seconds=time.perf_counter() - started)
+
+
+def human_recall_figures(result: HumanRecallResult) -> Dict[str, Figure]:
+    """The run's figures, ``{file name: Figure}``: the parameter distributions (not with ``by="all"``: one
+    unit), a page of units with their fits, and the over-training reference when there are training models."""
+    settings = result.settings
+    figures = {}
+    if settings.by != "all":
+        figures[f"{settings.stem}_parameters.pdf"] = parameters_figure(result.people, result.heads,
+                                                                        settings.threshold, settings.dataset)
+    figures[f"{settings.stem}_crp_fits.pdf"] = unit_fits_figure(result.crps, result.people_fit, result.people)
+    if result.over_training is not None:
+        figures[f"{settings.stem}_fig7_human_reference.pdf"] = training_reference_figure(
+            result.over_training, result.cmr_like_people, settings.dataset, list(result.inputs.training))
+    return figures
