@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from icl_cmr.config import HUMAN_FIT_LAGS
+from icl_cmr.config import FIT_LAGS, HUMAN_FIT_LAGS
 from icl_cmr.errors import InputError
 from icl_cmr.fits.distance import (PARAMETER_NAMES, SIMULATION_SETTINGS, CmrFit, CmrGrid, check_conditional_grid,
                                    cmr_distance, cmr_fit_patterns, fit_heads, select_lags)
@@ -331,8 +331,10 @@ def top_cmr_like_over_training(series: Mapping[str, Sequence[HeadScores]], grid:
     series : mapping model -> sequence of HeadScores
         Each model's scores at the same T checkpoints, oldest first.
     grid : CmrGrid
-        The (lag-histogram) grid heads are fitted to.
+        The grid heads are fitted to (the lag histogram under [LI24]'s recall rule).
     n_top : int
+    fit_lags : ndarray of int, shape [K]
+        Lags of the fits ([LI24]'s -5..+5; :data:`~icl_cmr.config.HUMAN_FIT_LAGS` on a conditional grid).
 
     Returns
     -------
@@ -347,7 +349,7 @@ def top_cmr_like_over_training(series: Mapping[str, Sequence[HeadScores]], grid:
         raise InputError(f"the models of `series` have different numbers of checkpoints: {sorted(lengths)}",
                          parameters=("series",))
     # One vectorised fit per model over all its checkpoints and heads.
-    fits = {model: fit_heads(np.stack([s.crp for s in scores]), grid, attn_lags=scores[0].lags)
+    fits = {model: fit_heads(np.stack([s.crp for s in scores]), grid, attn_lags=scores[0].lags, fit_lags=fit_lags)
             for model, scores in series.items()}
     selection = select_top_heads({m: f.distance[-1] for m, f in fits.items()}, n_top, largest=False,
                                  criterion="lowest cmr_distance at the last checkpoint")
@@ -386,7 +388,7 @@ class TopSetsOverTraining:
 
 
 def top_sets_over_training(series: Mapping[str, Sequence[HeadScores]], grid: CmrGrid, n_top: Sequence[int],
-                           steps: Sequence[int]) -> TopSetsOverTraining:
+                           steps: Sequence[int], fit_lags: np.ndarray = FIT_LAGS) -> TopSetsOverTraining:
     """Mean D and parameters of the top-N CMR-like heads at every checkpoint, for each N ([LI24] Fig 7d-g).
 
     Parameters
@@ -399,6 +401,8 @@ def top_sets_over_training(series: Mapping[str, Sequence[HeadScores]], grid: Cmr
         Set sizes; repeats are dropped and sets are kept in increasing size.
     steps : sequence of int, length T
         Training step of each checkpoint.
+    fit_lags : ndarray of int, shape [K]
+        Lags of the heads' fits (:func:`top_cmr_like_over_training`).
 
     Returns
     -------
@@ -411,7 +415,7 @@ def top_sets_over_training(series: Mapping[str, Sequence[HeadScores]], grid: Cmr
     quantities = tuple(COMPARED_QUANTITIES)
     mean_of, sem_of, final_points, selections = {}, {}, {}, {}
     for n in sorted(set(n_top)):
-        selection, distance, params = top_cmr_like_over_training(series, grid, n)
+        selection, distance, params = top_cmr_like_over_training(series, grid, n, fit_lags)
         if len(selection) < n:
             logger.warning("only %d heads with a finite CMR distance for top %d", len(selection), n)
         values = np.concatenate([distance[..., None], params], axis=-1)         # [n, T, Q]
