@@ -6,6 +6,8 @@ compiled kernel; hand-built cases check the draws themselves, closed forms the s
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from icl_cmr.cmr.conditional import (conditional_lag_counts, crp_and_conditional
 from icl_cmr.cmr.grid import GridSpec, compute_point
 from icl_cmr.cmr.model import CMRSettings, cmr_crp, crp_from_draws, exact_crp, point_memory_bytes, simulate_recall
 from icl_cmr.errors import InputError
+from icl_cmr.files.grids import conditional_grid_path, grid_file_names, grid_partial_folder, grid_recall_rule
 
 MAX_LAG = 8
 
@@ -276,8 +279,6 @@ def test_grid_of_the_standard_rule_is_simulated_and_records_its_rule():
 
 
 def test_file_names_and_recorded_rule_of_standard_grids(tmp_path, repo_root):
-    from icl_cmr.files.grids import conditional_grid_path, grid_file_names, grid_partial_folder, grid_recall_rule
-
     assert grid_file_names(20, 11) == ("cmr_crp_avg_20_11.npy", "cmr_crp_sem_20_11.npy", "cmr_crp_20_11.json")
     assert grid_file_names(20, 11, "conditional", "standard") == (
         "cmr_std_cond_crp_avg_20_11.npy", "cmr_std_cond_crp_sem_20_11.npy", "cmr_std_cond_crp_20_11.json")
@@ -290,3 +291,23 @@ def test_file_names_and_recorded_rule_of_standard_grids(tmp_path, repo_root):
     assert grid_recall_rule(repo_root / "saved_crps" / "cmr_cond_crp_avg_20_11.npy") == "li24"
     (tmp_path / "cmr_std_cond_crp_2_2.json").write_text('{"parameters": {"recall_rule": "standard"}}')
     assert grid_recall_rule(tmp_path / "cmr_std_cond_crp_avg_2_2.npy") == "standard"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", [(7, 6, 8), (19, 0, 0), (0, 20, 10)])
+def test_shipped_standard_rule_grid_points_are_reproduced_bit_for_bit(repo_root, point):
+    """The shipped standard-rule conditional grid is complete and is this code's output: points recomputed from their
+    own generators equal the file, and the sidecar records the settings that made it."""
+    names = grid_file_names(20, 11, "conditional", "standard")
+    shipped = np.load(repo_root / "saved_crps" / names[0])
+    shipped_se = np.load(repo_root / "saved_crps" / names[1])
+    assert shipped.shape == (20, 21, 11, 17)
+    assert np.isnan(shipped[..., 8]).all() and np.isfinite(np.delete(shipped, 8, axis=-1)).all()
+    spec = GridSpec.from_resolution(method="simulate", quantity="conditional",
+                                    settings=CMRSettings(recall_rule="standard"))
+    recomputed = compute_point(spec, *point)
+    np.testing.assert_array_equal(recomputed[0], shipped[point])
+    np.testing.assert_array_equal(recomputed[1], shipped_se[point])
+    meta = json.loads((repo_root / "saved_crps" / names[2]).read_text())
+    assert meta["parameters"] == spec.to_json() and meta["parameters"]["max_draws"] == 99
+    assert grid_recall_rule(repo_root / "saved_crps" / names[0]) == "standard"
