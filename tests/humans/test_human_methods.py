@@ -15,7 +15,8 @@ from icl_cmr.errors import InputError
 from icl_cmr.experiments.human_methods import MethodComparisonSettings, run_method_comparison
 from icl_cmr.figures.fits import plot_selection_vs_human
 from icl_cmr.fits.layers import HUMAN_FITS
-from icl_cmr.humans.fits import GroupComparisonConfig, likelihood_vs_heads_table, method_correlations
+from icl_cmr.humans.fits import (GroupComparisonConfig, likelihood_vs_heads_table, method_correlations,
+                                 method_people_table)
 
 matplotlib.use("Agg")
 
@@ -73,6 +74,20 @@ def test_method_correlations_rank_people_and_put_medians_on_li24s_scale():
     assert (table["n"] == 6).all()
 
 
+def test_each_person_gets_one_row_with_every_methods_parameters():
+    grid = pd.DataFrame({"subject": [3, 1], "cmr_distance": [0.1, 0.2], "beta_enc": [0.7, 0.5], "beta_rec": [1.0, 0.5],
+                         "gamma_ft": [1.0, 0.0]})
+    likelihood = pd.DataFrame({"subject": [1, 2], "B_enc": [0.8, np.nan], "B_rec": [0.9, 0.8], "Lfc": [0.1, 0.2]})
+    table = method_people_table({"likelihood": likelihood, "grid_li24": grid})
+    assert table["subject"].tolist() == [1, 2, 3]                  # everyone in any table, by subject
+    assert list(table.columns[:5]) == ["subject", "cmr_distance_grid_li24", "beta_enc_grid_li24",
+                                       "beta_rec_grid_li24", "gamma_ft_grid_li24"]
+    row = table.set_index("subject")
+    assert row.loc[1, "beta_enc_grid_li24"] == 0.5 and row.loc[1, "B_enc"] == 0.8
+    assert row.loc[1, "beta_enc_likelihood"] == pytest.approx(0.4)      # 1 - sqrt(1 - 0.64)
+    assert math.isnan(row.loc[2, "beta_enc_likelihood"]) and math.isnan(row.loc[3, "B_enc"])
+
+
 # ----------------------------------------------------------------------------- the comparison on shipped tables
 
 @pytest.mark.slow
@@ -88,8 +103,9 @@ def test_grid_rows_of_the_methods_table_are_fit_human_recalls_statistics(repo_ro
     likelihood = result.vs_heads[result.vs_heads["method"] == "likelihood"]
     b_enc = pd.read_csv(human / f"{dataset}_likelihood_fits.csv")["B_enc"]
     assert likelihood["median_people"].iloc[0] == pytest.approx(np.median(1 - np.sqrt(1 - b_enc ** 2)))
-    shipped = pd.read_csv(human / f"{dataset}_methods_vs_heads.csv")
-    pd.testing.assert_frame_equal(result.vs_heads.reset_index(drop=True), shipped, check_dtype=False)
+    for table, name in ((result.vs_heads, "vs_heads"), (result.correlations, "correlations"), (result.people, "people")):
+        shipped = pd.read_csv(human / f"{dataset}_methods_{name}.csv")
+        pd.testing.assert_frame_equal(table.reset_index(drop=True), shipped, check_dtype=False)
 
 
 def test_a_missing_table_is_named_with_the_run_that_makes_it(tmp_path):

@@ -14,8 +14,10 @@ Three methods put people on [LI24]'s parameter scale beside the heads (:data:`ic
 model's CMR-like heads under every method (:func:`icl_cmr.humans.fits.people_vs_heads_table`,
 :func:`~icl_cmr.humans.fits.likelihood_vs_heads_table`; same bootstrap settings as ``fit_human_recall.py``, so the
 grid rows equal its ``*_vs_heads.csv``) and correlates each person's parameters across methods
-(:func:`~icl_cmr.humans.fits.method_correlations`). :func:`method_comparison_outputs` queues
-``<dataset>_methods_vs_heads.csv``, ``<dataset>_methods_correlations.csv`` and ``<dataset>_methods_metadata.json``.
+(:func:`~icl_cmr.humans.fits.method_correlations`), and lists each person's parameters under every method
+(:func:`~icl_cmr.humans.fits.method_people_table`). :func:`method_comparison_outputs` queues
+``<dataset>_methods_vs_heads.csv``, ``<dataset>_methods_correlations.csv``, ``<dataset>_methods_people.csv`` and
+``<dataset>_methods_metadata.json``.
 
 Examples
 --------
@@ -42,7 +44,7 @@ from icl_cmr.files.score_format import plain_metadata
 from icl_cmr.files.scores import DEFAULT_SCORES_DIR
 from icl_cmr.files.writing import make_metadata
 from icl_cmr.humans.fits import (METHODS, GroupComparisonConfig, likelihood_vs_heads_table, method_correlations,
-                                 people_vs_heads_table)
+                                 method_people_table, people_vs_heads_table)
 
 PRODUCER = "icl_cmr.experiments.human_methods"
 
@@ -97,12 +99,15 @@ class MethodComparison:
         :func:`~icl_cmr.humans.fits.people_vs_heads_table` (the likelihood's rows: beta_enc only, no shares).
     correlations : pandas.DataFrame
         :func:`~icl_cmr.humans.fits.method_correlations` of every pair of methods.
+    people : pandas.DataFrame
+        :func:`~icl_cmr.humans.fits.method_people_table`: each person's parameters under every method.
     wall_seconds : float
     """
 
     settings: MethodComparisonSettings
     vs_heads: pd.DataFrame
     correlations: pd.DataFrame
+    people: pd.DataFrame
     wall_seconds: float = 0.0
 
 
@@ -141,17 +146,20 @@ def run_method_comparison(settings: MethodComparisonSettings) -> MethodCompariso
     parts.append(likelihood.assign(method="likelihood"))
     vs_heads = pd.concat(parts, ignore_index=True)
     vs_heads = vs_heads[["method"] + [c for c in vs_heads.columns if c != "method"]]
-    correlations = method_correlations({method: tables[f"{method}_people"] for method in METHODS})
-    return MethodComparison(settings, vs_heads, correlations, wall_seconds=time.perf_counter() - started)
+    people = {method: tables[f"{method}_people"] for method in METHODS}
+    return MethodComparison(settings, vs_heads, method_correlations(people), method_people_table(people),
+                            wall_seconds=time.perf_counter() - started)
 
 
 def method_comparison_outputs(result: MethodComparison, out_dir: "str | Path") -> PendingWrites:
-    """Queue ``<dataset>_methods_vs_heads.csv``, ``<dataset>_methods_correlations.csv`` and
-    ``<dataset>_methods_metadata.json`` in ``out_dir``; the caller commits them, all or nothing."""
+    """Queue ``<dataset>_methods_vs_heads.csv``, ``<dataset>_methods_correlations.csv``,
+    ``<dataset>_methods_people.csv`` and ``<dataset>_methods_metadata.json`` in ``out_dir``; the caller commits them,
+    all or nothing."""
     out_dir, stem = Path(out_dir), f"{result.settings.dataset}_methods"
     pending = PendingWrites()
     pending.text(out_dir / f"{stem}_vs_heads.csv", result.vs_heads.to_csv(index=False))
     pending.text(out_dir / f"{stem}_correlations.csv", result.correlations.to_csv(index=False))
+    pending.text(out_dir / f"{stem}_people.csv", result.people.to_csv(index=False))
     parameters: Dict[str, Any] = {**asdict(result.settings), "human_dir": stored_path(result.settings.human_dir),
                                   "inputs": {role: stored_path(path)
                                              for role, path in result.settings.table_paths().items()},

@@ -368,6 +368,38 @@ def likelihood_vs_heads_table(likelihood: pd.DataFrame, heads: pd.DataFrame, thr
     return pd.DataFrame(rows)
 
 
+def method_people_table(fits: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per person with the parameters under every method, side by side.
+
+    Parameters
+    ----------
+    fits : mapping method -> pandas.DataFrame
+        As :func:`method_correlations`: :func:`people_table` rows for a grid method (``subject``, ``cmr_distance``,
+        the three parameters), likelihood rows (``subject``, ``B_enc``, ``B_rec``, ``Lfc``) for ``"likelihood"``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``subject``, then for each grid method ``<quantity>_<method>`` (``cmr_distance`` and the three parameters),
+        and for ``"likelihood"`` ``B_enc``, ``B_rec``, ``Lfc`` and ``beta_enc_likelihood`` (B_enc on [LI24]'s scale,
+        :func:`icl_cmr.cmr.scales.li24_encoding_rate`); people in any table, ordered by subject.
+    """
+    table = None
+    for method in [m for m in METHODS if m in fits] + [m for m in fits if m not in METHODS]:
+        if method == "likelihood":
+            part = fits[method][["subject", "B_enc", "B_rec", "Lfc"]].copy()
+            b_enc = part["B_enc"].to_numpy(dtype=float)
+            converted = np.full(b_enc.shape, np.nan)
+            finite = np.isfinite(b_enc)
+            converted[finite] = li24_encoding_rate(b_enc[finite])
+            part["beta_enc_likelihood"] = converted
+        else:
+            columns = ("cmr_distance",) + PARAMETER_NAMES
+            part = fits[method][["subject", *columns]].rename(columns={c: f"{c}_{method}" for c in columns})
+        table = part if table is None else table.merge(part, on="subject", how="outer")
+    return table.sort_values("subject", kind="stable").reset_index(drop=True)
+
+
 def _median_on_li24_scale(column: str, method: str, median: float) -> float:
     """A median on [LI24]'s scale: a grid's as it is, a likelihood B_enc converted, NaN for B_rec and Lfc."""
     if method != "likelihood":
