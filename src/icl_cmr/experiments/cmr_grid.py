@@ -57,14 +57,22 @@ class CmrGridSettings:
         ``beta_enc = 1/n_beta .. 1`` (``n_beta`` values), ``beta_rec = 0 .. 1`` (``n_beta + 1``). [LI24]: 20.
     n_gamma : int
         ``gamma_ft = 0 .. 1`` in ``n_gamma`` values, at least 2. [LI24]: 11.
-    n_trials, max_draws, n_items, n_start, max_lag : int
+    n_trials, n_items, n_start, max_lag : int
         The simulation (:class:`icl_cmr.cmr.model.CMRSettings`; DESIGN.md section 3).
+    max_draws : int, optional
+        Draw cap; default 50 under [LI24]'s rule, ``n_items - 1`` (no cap) under the standard rule.
     seed : int
         Base seed of the per-point generators.
     quantity : {"crp", "conditional"}
         The paper's CRP or the conditional lag-CRP of the same recalls (:data:`GRID_QUANTITIES`).
+    recall_rule : {"li24", "standard"}
+        [LI24]'s recall rule (repeats, draw cap; the default) or the standard one (recalled items excluded,
+        :mod:`icl_cmr.cmr.standard_rule`).
+    stop_probability : float
+        Standard rule only: probability of ending the recall before each draw (default 0).
     method : {"exact", "simulate", "authors"}, optional
-        Default: ``"exact"`` for the CRP, ``"simulate"`` for the conditional lag-CRP (it has no exact form).
+        Default: ``"exact"`` for the CRP under [LI24]'s rule; ``"simulate"`` for the conditional lag-CRP and under
+        the standard rule (they have no exact form).
     workers : int
         Worker processes; the results do not depend on it.
     """
@@ -72,20 +80,23 @@ class CmrGridSettings:
     n_beta: int = 20
     n_gamma: int = 11
     n_trials: int = _CMR_DEFAULTS.n_trials
-    max_draws: int = _CMR_DEFAULTS.max_draws
+    max_draws: Optional[int] = None
     n_items: int = _CMR_DEFAULTS.n_items
     n_start: int = _CMR_DEFAULTS.n_start
     max_lag: int = _CMR_DEFAULTS.max_lag
     seed: int = 0
     quantity: str = "crp"
     method: Optional[str] = None
+    recall_rule: str = _CMR_DEFAULTS.recall_rule
+    stop_probability: float = _CMR_DEFAULTS.stop_probability
     workers: int = field(default_factory=default_workers)
 
     def cmr_settings(self) -> CMRSettings:
         """The simulation settings (:class:`CMRSettings` refuses, naming the parameters, those that cannot
         give a valid grid: a start at the last item, lags the list cannot hold, ...)."""
         return CMRSettings(n_items=self.n_items, n_trials=self.n_trials, max_draws=self.max_draws,
-                           n_start=self.n_start, max_lag=self.max_lag)
+                           n_start=self.n_start, max_lag=self.max_lag, recall_rule=self.recall_rule,
+                           stop_probability=self.stop_probability)
 
     def spec(self) -> GridSpec:
         """The grid's :class:`GridSpec`: every setting that decides its numbers (validated)."""
@@ -94,7 +105,8 @@ class CmrGridSettings:
                              parameters=("quantity",))
         if self.workers < 1:
             raise InputError(f"`workers` must be a positive integer, got {self.workers}", parameters=("workers",))
-        method = self.method or ("simulate" if self.quantity == "conditional" else "exact")
+        always_simulated = self.quantity == "conditional" or self.recall_rule != "li24"
+        method = self.method or ("simulate" if always_simulated else "exact")
         return GridSpec.from_resolution(self.n_beta, self.n_gamma, self.cmr_settings(), seed=self.seed, method=method,
                                         quantity=self.quantity)
 
@@ -131,7 +143,7 @@ class CmrGridRun:
                     resumed=bool(self.n_resumed), workers=workers, resumed_slices=self.n_resumed,
                     n_slices=self.spec.n_slices, shape=list(self.mean.shape),
                     axes=["beta_enc", "beta_rec", "gamma_ft", f"lag -{settings.max_lag}..{settings.max_lag}"],
-                    files=files, description=grid_description(self.spec.quantity))
+                    files=files, description=grid_description(self.spec.quantity, settings.recall_rule))
 
 
 def check_memory(spec: GridSpec, workers: int) -> None:
