@@ -159,8 +159,8 @@ def test_every_script_is_short(path):
 
 
 #: Engine strings that look like flags but are data, not messages: what a file records as the head source or the BOS
-#: rule, and a command the user is told to run.
-FLAG_LIKE_DATA = ("--heads", "--bos", "--no-bos", "skipped (--no-copying)", "python src/")
+#: rule, and a command the user is told to run (a script followed by its flags).
+FLAG_LIKE_DATA = ("--heads", "--bos", "--no-bos", "skipped (--no-copying)", "python src/", ".py --")
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")
 
 
