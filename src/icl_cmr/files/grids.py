@@ -30,6 +30,18 @@ logger = logging.getLogger(__name__)
 PARTIAL_SUFFIX = ".partial"
 
 
+def stop_name(stop_probability: float) -> str:
+    """``stop<p>``: a stop probability as output names spell it, exactly (``repr`` of the float: the shortest text
+    that reads back as the same number, where ``%g`` would round 0.12345671 and 0.12345679 to one name).
+
+    Examples
+    --------
+    >>> stop_name(0.1), stop_name(0.99999999)
+    ('stop0.1', 'stop0.99999999')
+    """
+    return f"stop{float(stop_probability)!r}"
+
+
 def grid_file_names(n_beta: int, n_gamma: int, quantity: str = "crp", recall_rule: str = "li24",
                     stop_probability: float = 0.0) -> Tuple[str, str, str]:
     """Names of the mean, SEM and metadata files (the authors' ``cmr_crp_avg_20_11.npy`` pattern;
@@ -41,7 +53,7 @@ def grid_file_names(n_beta: int, n_gamma: int, quantity: str = "crp", recall_rul
     if recall_rule not in RECALL_RULES:
         raise InputError(f"recall_rule must be one of {', '.join(RECALL_RULES)}, got {recall_rule!r}",
                          parameters=("recall_rule",))
-    rule = "" if recall_rule == "li24" else "std_" + (f"stop{stop_probability:g}_" if stop_probability else "")
+    rule = "" if recall_rule == "li24" else "std_" + (stop_name(stop_probability) + "_" if stop_probability else "")
     stem = f"cmr_{rule}crp" if quantity == "crp" else f"cmr_{rule}cond_crp"
     return (f"{stem}_avg_{n_beta}_{n_gamma}.npy", f"{stem}_sem_{n_beta}_{n_gamma}.npy",
             f"{stem}_{n_beta}_{n_gamma}.json")
