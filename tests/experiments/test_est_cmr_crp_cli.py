@@ -122,6 +122,30 @@ def test_other_settings_than_the_saved_slices_are_refused_in_one_line(tmp_path, 
     assert "Traceback" not in err and not (tmp_path / "cmr_crp_avg_2_3.npy").exists()
 
 
+def _grid_files(folder):
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_a_finished_grid_made_with_other_settings_is_refused_before_work_and_kept(tmp_path, capsys):
+    code, _, err = run_script(["--save_dir", str(tmp_path), *SMALL_FLAGS], capsys)
+    assert code == 0, err
+    finished = _grid_files(tmp_path)
+    code, out, err = run_script(["--save_dir", str(tmp_path), *SMALL_FLAGS, "--max_draws", "13"], capsys)
+    assert code == 2 and out == "" and err.strip().splitlines() == [
+        f"error: the finished grid in {tmp_path / 'cmr_crp_2_3.json'} came from other settings (max_draws: 12 there, "
+        "13 now); rerun with those settings, or pass --restart to replace it"]
+    assert _grid_files(tmp_path) == finished   # nothing replaced, no partial folder made
+
+
+@pytest.mark.slow
+def test_restart_replaces_a_finished_grid_made_with_other_settings(tmp_path, capsys):
+    code, _, err = run_script(["--save_dir", str(tmp_path), *SMALL_FLAGS], capsys)
+    assert code == 0, err
+    code, _, err = run_script(["--save_dir", str(tmp_path), *SMALL_FLAGS, "--max_draws", "13", "--restart"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "cmr_crp_2_3.json").read_text())["parameters"]["max_draws"] == 13
+
+
 def test_resume_and_restart_together_are_refused(tmp_path, capsys):
     code, _, err = run_script(["--save_dir", str(tmp_path), "--resume", "--restart", *SMALL_FLAGS], capsys)
     assert code == 2 and err.strip().splitlines() == [

@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 
 from icl_cmr.cmr.grid import GRID_QUANTITIES, GridSpec, grid_description, iterate_slices, slice_problem
 from icl_cmr.cmr.model import CMRSettings
-from icl_cmr.errors import InputError
-from icl_cmr.files.reading import load_npy
-from icl_cmr.files.resume import RunFolder
+from icl_cmr.errors import BadFileError, InputError
+from icl_cmr.files.reading import load_json, load_npy
+from icl_cmr.files.resume import REPLACE_REMEDY, RunFolder, refuse_other_settings
 from icl_cmr.files.unpickling import available_memory, human_bytes
 from icl_cmr.files.writing import save_npy
 
@@ -263,6 +263,34 @@ def check_cmr_grid(settings: CmrGridSettings, partial_dir: Optional["str | Path"
     if partial_dir is not None and not restart:
         grid_run_folder(spec, partial_dir).check_settings()
     return spec
+
+
+def check_finished_grid(spec: GridSpec, sidecar: "str | Path", restart: bool = False) -> None:
+    """Refuse to replace a finished grid made with other settings (read-only; before any work).
+
+    The finished grid's JSON sidecar (``cmr_crp_<n_beta>_<n_gamma>.json``, written by ``est_cmr_crp.py``) records
+    the spec that made it under ``parameters``; a run with another spec would write its files under the same names.
+    The same spec (the grid is recomputed bit for bit), no sidecar, or ``restart`` let the run go on.
+
+    Raises
+    ------
+    InputError
+        ``the finished grid in <sidecar> came from other settings (max_draws: 19 there, 50 now); rerun with those
+        settings, or pass `restart` to replace it``; also when the sidecar is damaged or records no settings.
+    """
+    sidecar = Path(sidecar)
+    if restart or not sidecar.is_file():
+        return
+    try:
+        recorded = load_json(sidecar)
+    except BadFileError as err:
+        raise InputError(f"the finished grid's sidecar {sidecar} cannot be read ({err.problem}); pass `restart` to "
+                         "replace the grid", parameters=("restart",)) from None
+    saved = recorded.get("parameters") if isinstance(recorded, dict) else None
+    if not isinstance(saved, dict):
+        raise InputError(f"the finished grid's sidecar {sidecar} records no settings, so they cannot be compared "
+                         "with this run's; pass `restart` to replace the grid", parameters=("restart",))
+    refuse_other_settings(saved, spec.to_json(), sidecar, "the finished grid", remedy=REPLACE_REMEDY)
 
 
 def run_cmr_grid(settings: CmrGridSettings, partial_dir: "str | Path", restart: bool = False,
