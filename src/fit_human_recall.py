@@ -149,11 +149,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Everything is computed and rendered before the first file is written; then all files or none.
     pending = PendingWrites()
     pending.figures(figs_dir, figures)
-    pending.pickle(out_dir / f"{settings.stem}_fits.pkl", result.fit_record(metadata))
+    pending.pickle(out_dir / f"{result.stem}_fits.pkl", result.fit_record(metadata))
     for name, table in result.tables().items():
         pending.text(out_dir / name, table.to_csv(index=False))
     written = [path.name for path in pending.paths if path.parent == out_dir]
-    pending.json(out_dir / f"{settings.stem}_metadata.json", {**metadata, "files": written, "figures": sorted(figures)})
+    pending.json(out_dir / f"{result.stem}_metadata.json", {**metadata, "files": written, "figures": sorted(figures)})
     pending.commit()
     if result.comparison is not None:
         for model, rows in result.comparison.groupby("model", sort=False):

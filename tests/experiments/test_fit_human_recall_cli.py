@@ -309,3 +309,52 @@ def test_shipped_standard_rule_people_fits_are_reproduced(repo_root, tmp_path, c
     assert code == 0, err
     shipped = repo_root / "saved_scores" / "human" / "peers_std_fits.csv"
     assert (tmp_path / "out" / "peers_std_fits.csv").read_bytes() == shipped.read_bytes()
+
+
+# ----------------------------------------------------------------------------- a stop probability (issue 24 review)
+
+@pytest.fixture(scope="module")
+def stop_grid(standard_grid, tmp_path_factory):
+    """The standard grid's files as a grid of stop probability 0.1 would be named and recorded (its numbers are not
+    what p = 0.1 gives: only the names and the sidecar matter here)."""
+    folder = tmp_path_factory.mktemp("stop_grid")
+    for kind in ("avg", "sem"):
+        (folder / f"cmr_std_stop0.1_cond_crp_{kind}_4_3.npy").write_bytes(
+            standard_grid.with_name(f"cmr_std_cond_crp_{kind}_4_3.npy").read_bytes())
+    meta = json.loads(standard_grid.with_name("cmr_std_cond_crp_4_3.json").read_text())
+    meta["parameters"]["stop_probability"] = 0.1
+    (folder / "cmr_std_stop0.1_cond_crp_4_3.json").write_text(json.dumps(meta))
+    return folder / "cmr_std_stop0.1_cond_crp_avg_4_3.npy"
+
+
+def test_grids_of_different_stop_probabilities_are_refused_as_different_simulators(stop_grid, standard_grid, tmp_path,
+                                                                                   capsys):
+    settings = HumanRecallSettings(recall_rule="standard", crp_grid=stop_grid, head_grid=standard_grid)
+    with pytest.raises(InputError) as err:
+        check_human_recall(settings)
+    assert "not grids of the same simulator: they were simulated with different stop_probability 0.1 vs 0.0" in str(
+        err.value)
+    assert err.value.parameters == ("head_grid", "crp_grid")
+    code, _, text = run(fit_human_recall.main, ["--recall_rule", "standard", "--crp-grid", str(stop_grid),
+                                                "--head-grid", str(standard_grid), "--out-dir", str(tmp_path / "out"),
+                                                "--figs-dir", str(tmp_path / "figs")], capsys)
+    assert code == 2 and len(text.strip().splitlines()) == 1 and text.startswith(f"error: --head-grid {standard_grid}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stop_probability_goes_into_the_output_names():
+    standard = HumanRecallSettings(recall_rule="standard")
+    assert standard.output_stem(0.1) == "peers_std_stop0.1" and standard.output_stem(0.0) == standard.stem
+    assert HumanRecallSettings(recall_rule="standard", by="session").output_stem(0.25) == "peers_std_stop0.25_session"
+
+
+@pytest.mark.slow
+def test_a_grid_with_a_stop_probability_writes_its_own_names_and_records_it(stop_grid, tmp_path, capsys):
+    code, _, err = run(fit_human_recall.main, ["--dataset", "morton2013", "--recall_rule", "standard", "--models",
+                                               "--crp-grid", str(stop_grid), "--out-dir", str(tmp_path / "out"),
+                                               "--figs-dir", str(tmp_path / "figs")], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "morton2013_std_stop0.1_fits.csv", "morton2013_std_stop0.1_fits.pkl", "morton2013_std_stop0.1_metadata.json"]
+    meta = json.loads((tmp_path / "out" / "morton2013_std_stop0.1_metadata.json").read_text())["parameters"]
+    assert meta["people_grid_settings"]["stop_probability"] == 0.1

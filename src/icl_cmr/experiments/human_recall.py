@@ -44,7 +44,8 @@ from icl_cmr.cmr.model import RECALL_RULES
 from icl_cmr.config import CHECKPOINT_INDICES, CMR_LIKE_THRESHOLD, DEFAULT_GRID_PATH, FIT_LAGS, HUMAN_FIT_LAGS
 from icl_cmr.errors import InputError
 from icl_cmr.figures.humans import parameters_figure, training_reference_figure, unit_fits_figure
-from icl_cmr.files.grids import conditional_grid_path, grid_recall_rule, read_cmr_grid, read_conditional_grid
+from icl_cmr.files.grids import (conditional_grid_path, grid_recall_rule, read_cmr_grid, read_conditional_grid,
+                                 stop_name)
 from icl_cmr.files.outputs import REPO_ROOT, portable_path
 from icl_cmr.files.scores import DEFAULT_SCORES_DIR, find_score_file, load_checkpoint_series, read_head_scores
 from icl_cmr.fits.distance import CmrFit, CmrGrid, fit_heads
@@ -211,8 +212,16 @@ class HumanRecallSettings:
     @property
     def stem(self) -> str:
         """Start of every output name: ``peers`` for one unit per subject, ``peers_session`` / ``peers_all``;
-        ``peers_std`` (``peers_std_session``, ...) under the standard recall rule."""
-        stem = self.dataset + RULE_STEMS[self.recall_rule]
+        ``peers_std`` (``peers_std_session``, ...) under the standard recall rule (with grids of stop probability 0;
+        :meth:`output_stem`)."""
+        return self.output_stem()
+
+    def output_stem(self, stop_probability: float = 0.0) -> str:
+        """Start of every output name for grids simulated with ``stop_probability``: :attr:`stem`, with the grids'
+        ``stop<p>`` after the rule when p is not 0 (``peers_std_stop0.1``, as the grid's own name,
+        :func:`icl_cmr.files.grids.stop_name`), so their outputs never replace those of stop probability 0."""
+        stem = self.dataset + RULE_STEMS[self.recall_rule] + (f"_{stop_name(stop_probability)}"
+                                                               if stop_probability else "")
         return stem if self.by == "subject" else f"{stem}_{self.by}"
 
     @property
@@ -245,6 +254,12 @@ class HumanRecallInputs:
     head_grid: Optional[CmrGrid]
     scores: Dict[str, HeadScores]
     training: Dict[str, List[HeadScores]]
+
+    @property
+    def stop_probability(self) -> float:
+        """The grids' stop probability (standard rule; the heads' grid, when read, has the same): 0 unless the
+        people's grid records another (:data:`icl_cmr.fits.distance.OPTIONAL_SIMULATION_SETTINGS`)."""
+        return float((self.people_grid.simulation or {}).get("stop_probability", 0.0))
 
 
 @dataclass
@@ -284,13 +299,18 @@ class HumanRecallResult:
     wall_seconds: float = field(default=0.0)
 
     @property
+    def stem(self) -> str:
+        """Start of every output name (:meth:`HumanRecallSettings.output_stem` of the grids' stop probability)."""
+        return self.settings.output_stem(self.inputs.stop_probability)
+
+    @property
     def cmr_like_people(self) -> pd.DataFrame:
         """The rows of :attr:`people` with D below the threshold."""
         return self.people[self.people["cmr_like"]]
 
     def tables(self) -> Dict[str, pd.DataFrame]:
         """``{file name: table}`` of the CSV outputs, in the order they are listed in the metadata."""
-        stem = self.settings.stem
+        stem = self.stem
         tables = {f"{stem}_fits.csv": self.people}
         if self.heads is not None:
             tables[f"{stem}_head_fits.csv"] = self.heads
@@ -463,15 +483,15 @@ def run_human_recall(settings: HumanRecallSettings, inputs: Optional[HumanRecall
 def human_recall_figures(result: HumanRecallResult) -> Dict[str, Figure]:
     """The run's figures, ``{file name: Figure}``: the parameter distributions (not with ``by="all"``: one
     unit), a page of units with their fits, and the over-training reference when there are training models."""
-    settings = result.settings
+    settings, stem = result.settings, result.stem
     figures = {}
     if settings.by != "all":
-        figures[f"{settings.stem}_parameters.pdf"] = parameters_figure(
+        figures[f"{stem}_parameters.pdf"] = parameters_figure(
             result.people, result.heads, settings.threshold, settings.dataset, settings.recall_rule)
-    figures[f"{settings.stem}_crp_fits.pdf"] = unit_fits_figure(result.crps, result.people_fit, result.people,
+    figures[f"{stem}_crp_fits.pdf"] = unit_fits_figure(result.crps, result.people_fit, result.people,
                                                                 recall_rule=settings.recall_rule)
     if result.over_training is not None:
-        figures[f"{settings.stem}_fig7_human_reference.pdf"] = training_reference_figure(
+        figures[f"{stem}_fig7_human_reference.pdf"] = training_reference_figure(
             result.over_training, result.cmr_like_people, settings.dataset, list(result.inputs.training),
             settings.recall_rule)
     return figures

@@ -22,7 +22,7 @@ from icl_cmr.config import (BETA_ENC_GRID, BETA_REC_GRID, CMR_CRP_LAGS, CMR_GRID
 from icl_cmr.errors import FileContentError, InputError
 from icl_cmr.files.checks import ArraySpec, check_array
 from icl_cmr.files.reading import load_json, load_npy
-from icl_cmr.fits.distance import SIMULATION_SETTINGS, CmrGrid, check_conditional_grid
+from icl_cmr.fits.distance import OPTIONAL_SIMULATION_SETTINGS, SIMULATION_SETTINGS, CmrGrid, check_conditional_grid
 
 logger = logging.getLogger(__name__)
 
@@ -340,13 +340,18 @@ def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Pat
 
 
 def grid_simulation_settings(path: "str | Path") -> Optional[Dict[str, object]]:
-    """Simulation settings of a grid from its JSON sidecar (:data:`SIMULATION_KEYS`), None if it has none."""
+    """Simulation settings of a grid from its JSON sidecar (:data:`SIMULATION_KEYS`), None if it has none; with
+    the settings of :data:`~icl_cmr.fits.distance.OPTIONAL_SIMULATION_SETTINGS` (``stop_probability``) that are not
+    at their default, as the sidecar records them."""
     for sidecar in grid_sidecar_candidates(Path(path)):
         if sidecar.is_file():
             meta = load_json(sidecar)
             parameters = meta.get("parameters", meta) if isinstance(meta, dict) else {}
             if isinstance(parameters, dict) and all(key in parameters for key in SIMULATION_KEYS):
-                return {key: parameters[key] for key in SIMULATION_KEYS}
+                settings = {key: parameters[key] for key in SIMULATION_KEYS}
+                settings.update({key: parameters[key] for key, default in OPTIONAL_SIMULATION_SETTINGS.items()
+                                 if parameters.get(key, default) != default})
+                return settings
     return None
 
 

@@ -42,6 +42,10 @@ PARAMETER_NAMES = ("beta_enc", "beta_rec", "gamma_ft")
 #: when these agree (:attr:`CmrGrid.simulation`).
 SIMULATION_SETTINGS = ("n_items", "n_trials", "max_draws", "n_start", "max_lag", "seed")
 
+#: Simulation settings a sidecar records only when they differ from their default (the default here): a grid
+#: without the key was made with the default (every grid made before the setting existed).
+OPTIONAL_SIMULATION_SETTINGS = {"stop_probability": 0.0}
+
 
 @dataclass(frozen=True)
 class CmrGrid:
