@@ -33,7 +33,8 @@ from icl_cmr.cmr.grid import GRID_QUANTITIES
 from icl_cmr.cmr.model import CRP_METHODS, LI24_MAX_DRAWS, RECALL_RULES
 from icl_cmr.config import FIT_LAGS
 from icl_cmr.errors import InputError
-from icl_cmr.experiments.cmr_grid import CmrGridSettings, check_cmr_grid, check_finished_grid, run_cmr_grid
+from icl_cmr.experiments.cmr_grid import (CmrGridSettings, check_cmr_grid, check_finished_grid, run_cmr_grid,
+                                          unusable_points_problem)
 from icl_cmr.files.grids import grid_file_names, grid_partial_folder
 from icl_cmr.files.outputs import PendingWrites, check_output_files
 from icl_cmr.files.folders import check_writable_dir
@@ -128,6 +129,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     spec.n_slices, args.n_trials, args.n_start, spec.settings.max_draws, spec.method,
                     "" if args.recall_rule == "li24" else f"{args.recall_rule} recall rule, ", spec.seed, args.workers)
         grid = run_cmr_grid(settings, slice_dir, restart=args.restart, progress=not args.no_progress)
+        try:
+            nan_warning = unusable_points_problem(grid)
+        except InputError:
+            shutil.rmtree(slice_dir, ignore_errors=True)   # resuming would give the same unusable grid
+            raise
+    if nan_warning is not None:
+        logger.warning("%s", nan_warning)
 
     metadata = make_metadata("est_cmr_crp.py", spec.to_json(), seed=spec.seed,
                              **grid.metadata_fields(args.workers, files={"mean": mean_name, "sem": sem_name}))

@@ -372,3 +372,15 @@ def test_li24_rule_output_names_and_spec_are_unchanged(tmp_path, capsys):
 def test_standard_rule_flags_are_checked_before_work(tmp_path, capsys, flags, message):
     line = _one_error_nothing_written(tmp_path, capsys, ["--n_beta", "2", "--n_gamma", "2", *flags])
     assert line.startswith(message), line
+
+
+def test_a_grid_of_nan_points_only_is_refused_and_nothing_is_left(tmp_path, capsys):
+    code, out, err = run_script(["--save_dir", str(tmp_path), "--recall_rule", "standard", "--stop_probability", "0.99",
+                                 "--n_beta", "2", "--n_gamma", "2", "--n_trials", "20", "--n_items", "30", "--n_start",
+                                 "3", "--workers", "1", "--no_progress"], capsys)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1] == (
+        "error: every one of the 12 grid points is NaN or flat on the fitting lags -5..5 (at some start position, none "
+        "of its 20 recalls made a transition on those lags, recall stopping with probability 0.99 before each draw), "
+        "so no fit could use this grid; it was not written: raise --n_trials or lower --stop_probability")
+    assert list(tmp_path.iterdir()) == []   # no grid files, no partial folder

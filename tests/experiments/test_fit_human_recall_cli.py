@@ -358,3 +358,34 @@ def test_a_grid_with_a_stop_probability_writes_its_own_names_and_records_it(stop
         "morton2013_std_stop0.1_fits.csv", "morton2013_std_stop0.1_fits.pkl", "morton2013_std_stop0.1_metadata.json"]
     meta = json.loads((tmp_path / "out" / "morton2013_std_stop0.1_metadata.json").read_text())["parameters"]
     assert meta["people_grid_settings"]["stop_probability"] == 0.1
+
+
+def _grid_with_nan_points(grids, folder, share):
+    """The small conditional grid's axes with a hand-made curve at every point (0.5 / (1 + |lag|), NaN at lag 0) and
+    the first ``share`` of its points NaN."""
+    (folder / "cmr_cond_crp_4_3.json").write_bytes((grids["folder"] / "cmr_cond_crp_4_3.json").read_bytes())
+    lags = np.arange(-8, 9)
+    curve = np.where(lags == 0, np.nan, 0.5 / (1 + np.abs(lags)))
+    mean = np.broadcast_to(curve, (4, 5, 3, 17)).copy()
+    flat = mean.reshape(-1, 17)
+    flat[:int(share * len(flat))] = np.nan
+    np.save(folder / "cmr_cond_crp_avg_4_3.npy", mean)
+    return folder / "cmr_cond_crp_avg_4_3.npy"
+
+
+def test_a_grid_mostly_of_nan_points_is_refused_naming_the_flag(grids, tmp_path, capsys):
+    path = _grid_with_nan_points(grids, tmp_path, share=0.6)   # 36 of 60 points
+    with pytest.raises(InputError) as err:
+        check_human_recall(HumanRecallSettings(crp_grid=path, models=()))
+    assert str(err.value).startswith(f"36 of 60 points of `crp_grid` {path} are NaN or flat on the fitting lags -5..5 except 0 "
+                                     "((beta_enc, beta_rec, gamma_ft) = (0.25, 0, 0), (0.25, 0, 0.5), (0.25, 0, 1), ...)")
+    assert err.value.parameters == ("crp_grid",) and "60% of its grid" in str(err.value)
+    code, _, text = run(fit_human_recall.main, ["--crp-grid", str(path), "--models", "--out-dir",
+                                                str(tmp_path / "out"), "--figs-dir", str(tmp_path / "figs")], capsys)
+    assert code == 2 and text.startswith(f"error: 36 of 60 points of --crp-grid {path}") and not (tmp_path / "out").exists()
+
+
+def test_a_grid_with_few_nan_points_is_used_with_a_warning(grids, tmp_path, caplog):
+    path = _grid_with_nan_points(grids, tmp_path, share=0.1)   # 6 of 60 points
+    check_human_recall(HumanRecallSettings(crp_grid=path, models=()))
+    assert any(record.getMessage().startswith(f"6 of 60 points of `crp_grid` {path}") for record in caplog.records)

@@ -28,11 +28,13 @@ from tqdm.auto import tqdm
 
 from icl_cmr.cmr.grid import GRID_QUANTITIES, GridSpec, grid_description, iterate_slices, slice_problem
 from icl_cmr.cmr.model import CMRSettings
+from icl_cmr.config import FIT_LAGS, HUMAN_FIT_LAGS
 from icl_cmr.errors import BadFileError, InputError
 from icl_cmr.files.reading import load_json, load_npy
 from icl_cmr.files.resume import REPLACE_REMEDY, RunFolder, refuse_other_settings
 from icl_cmr.files.unpickling import available_memory, human_bytes
 from icl_cmr.files.writing import save_npy
+from icl_cmr.fits.distance import CmrGrid, describe_grid_points, usable_grid_points
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +146,45 @@ class CmrGridRun:
                     n_slices=self.spec.n_slices, shape=list(self.mean.shape),
                     axes=["beta_enc", "beta_rec", "gamma_ft", f"lag -{settings.max_lag}..{settings.max_lag}"],
                     files=files, description=grid_description(self.spec.quantity, settings.recall_rule))
+
+
+def unusable_points_problem(run: CmrGridRun) -> Optional[str]:
+    """Why some points of a finished grid cannot be fitted, or None when every point can.
+
+    A point is unusable when its curve is NaN or flat on the lags the fits read (-5..+5 for the CRP; -5..-1, +1..+5
+    for the conditional lag-CRP, :func:`icl_cmr.fits.distance.usable_grid_points`): a start position of the paper's
+    CRP without any transition, or no transition at those lags at all, which too few trials or a high stop
+    probability give.
+
+    Returns
+    -------
+    str or None
+        A warning naming the count and the first points.
+
+    Raises
+    ------
+    InputError
+        When no point can be fitted: such a grid is not written (naming ``n_trials`` and ``stop_probability``).
+    """
+    spec, settings = run.spec, run.spec.settings
+    fit_lags = HUMAN_FIT_LAGS if spec.quantity == "conditional" else FIT_LAGS
+    grid = CmrGrid(mean=run.mean, beta_enc=spec.beta_enc, beta_rec=spec.beta_rec, gamma_ft=spec.gamma_ft,
+                   lags=np.arange(-settings.max_lag, settings.max_lag + 1))
+    unusable = ~usable_grid_points(grid, fit_lags)
+    if not unusable.any():
+        return None
+    why = (("none of the recalls" if spec.quantity == "conditional" else "at some start position, none of its "
+            f"{settings.n_trials} recalls") + " made a transition on those lags" +
+           (f", recall stopping with probability {settings.stop_probability!r} before each draw"
+            if settings.stop_probability else ""))
+    where = f"NaN or flat on the fitting lags {fit_lags[0]}..{fit_lags[-1]}{'' if 0 in fit_lags else ' except 0'} ({why})"
+    if unusable.all():
+        raise InputError(f"every one of the {unusable.size} grid points is {where}, so no fit could use this grid; "
+                         f"it was not written: raise `n_trials`" + (" or lower `stop_probability`"
+                                                                   if settings.stop_probability else ""),
+                         parameters=("n_trials", "stop_probability"))
+    return (f"{int(unusable.sum())} of {unusable.size} grid points are {where}; fits skip them: "
+            f"(beta_enc, beta_rec, gamma_ft) = {describe_grid_points(grid, unusable)}")
 
 
 def check_memory(spec: GridSpec, workers: int) -> None:

@@ -48,7 +48,7 @@ from icl_cmr.files.grids import (conditional_grid_path, grid_recall_rule, read_c
                                  stop_name)
 from icl_cmr.files.outputs import REPO_ROOT, portable_path
 from icl_cmr.files.scores import DEFAULT_SCORES_DIR, find_score_file, load_checkpoint_series, read_head_scores
-from icl_cmr.fits.distance import CmrFit, CmrGrid, fit_heads
+from icl_cmr.fits.distance import CmrFit, CmrGrid, describe_grid_points, fit_heads, usable_grid_points
 from icl_cmr.fits.layers import DEFAULT_TOP_N
 from icl_cmr.heads.results import HeadScores, checkpoint_step
 from icl_cmr.humans.fits import (COMPARED_QUANTITIES, NEAR_BEST_TOLERANCE, GroupComparisonConfig, TopSetsOverTraining,
@@ -61,6 +61,10 @@ logger = logging.getLogger(__name__)
 
 #: The command line's name of psifr's PEERS study (psifr calls it ``peers_notask``).
 _DATASET_ALIASES = {"peers_notask": "peers"}
+
+#: Largest share of a grid's points that may be NaN or flat on the fitting lags: a grid search missing more than half
+#: of its points no longer spans the parameter space, and its fits would only look like answers.
+MAX_UNUSABLE_SHARE = 0.5
 
 #: What the output names of a recall rule carry after the dataset (none for [LI24]'s rule: the shipped names).
 RULE_STEMS = {"li24": "", "standard": "_std"}
@@ -385,12 +389,14 @@ def check_human_recall(settings: HumanRecallSettings) -> HumanRecallInputs:
     settings.check()
     people_grid = read_conditional_grid(settings.crp_grid)
     check_grid_rule(settings.crp_grid, settings.recall_rule, "crp_grid")
+    check_grid_points(people_grid, HUMAN_FIT_LAGS, "crp_grid")
     head_grid: Optional[CmrGrid] = None
     if settings.models or settings.training_models:
         # [LI24] fit heads to the lag histogram; under the standard rule heads share the people's conditional grid.
         read_head_grid = read_cmr_grid if settings.recall_rule == "li24" else read_conditional_grid
         head_grid = read_head_grid(settings.head_grid, parameter="head_grid")
         check_grid_rule(settings.head_grid, settings.recall_rule, "head_grid")
+        check_grid_points(head_grid, settings.head_fit_lags, "head_grid")
         problem = same_simulation_problem(people_grid, head_grid)
         if problem is not None:
             raise InputError(f"`head_grid` {settings.head_grid} and `crp_grid` {settings.crp_grid} are not grids of "
@@ -413,6 +419,29 @@ def check_grid_rule(path: Path, recall_rule: str, parameter: str) -> None:
     if made_with != recall_rule:
         raise InputError(f"`{parameter}` {path} was made under the {made_with} recall rule, but `recall_rule` is "
                          f"{recall_rule}", parameters=(parameter, "recall_rule"))
+
+
+def check_grid_points(grid: CmrGrid, fit_lags: np.ndarray, parameter: str) -> None:
+    """Refuse a grid of which more than :data:`MAX_UNUSABLE_SHARE` of the points are NaN or flat on ``fit_lags``
+    (:func:`icl_cmr.fits.distance.usable_grid_points`), naming ``parameter``; warn when some are.
+
+    Raises
+    ------
+    InputError
+        With the count, the first such points and why they are NaN.
+    """
+    unusable = ~usable_grid_points(grid, fit_lags)
+    if not unusable.any():
+        return
+    share = unusable.mean()
+    problem = (f"{int(unusable.sum())} of {unusable.size} points of `{parameter}` {grid.source} are NaN or flat on the "
+               f"fitting lags {fit_lags[0]}..{fit_lags[-1]}{'' if 0 in fit_lags else ' except 0'} ((beta_enc, beta_rec, gamma_ft) = "
+               f"{describe_grid_points(grid, unusable)}): no simulated recall made a transition there")
+    if share > MAX_UNUSABLE_SHARE:
+        raise InputError(f"{problem}; a grid search without {share:.0%} of its grid cannot be trusted: remake the "
+                         "grid with more trials or a lower stop probability (est_cmr_crp.py --n_trials, "
+                         "--stop_probability)", parameters=(parameter,))
+    logger.warning("%s; the fits skip them", problem)
 
 
 def fit_people_units(settings: HumanRecallSettings, crps: UnitLagCrps,

@@ -231,6 +231,41 @@ def cmr_fit_patterns(grid: CmrGrid, fit_lags: np.ndarray = FIT_LAGS) -> np.ndarr
         return cut / cut.sum(axis=-1, keepdims=True)
 
 
+def usable_grid_points(grid: CmrGrid, fit_lags: np.ndarray = FIT_LAGS) -> np.ndarray:
+    """Which grid points a fit can choose: a CRP finite and not flat on ``fit_lags`` once renormalised there.
+
+    A point is NaN where the simulation counted no transition at those lags (the paper's CRP is normalised per start
+    position, so one start without a transition makes the mean NaN; too few trials, or a high stop probability under
+    the standard rule); a flat pattern has no scale (section 4's max c~ = 0).
+
+    Parameters
+    ----------
+    grid : CmrGrid
+    fit_lags : ndarray of int, shape [K]
+
+    Returns
+    -------
+    ndarray of bool, shape [A, B, C]
+    """
+    cmr = cmr_fit_patterns(grid, fit_lags)
+    spread = cmr.max(axis=-1) - cmr.min(axis=-1)
+    return np.isfinite(spread) & (spread > 0)
+
+
+def describe_grid_points(grid: CmrGrid, mask: np.ndarray, n_shown: int = 3) -> str:
+    """The first ``n_shown`` points of ``mask`` [A, B, C] as ``(beta_enc, beta_rec, gamma_ft)`` values, for messages.
+
+    Examples
+    --------
+    >>> grid = CmrGrid(mean=np.full((1, 2, 1, 17), 1 / 17), beta_enc=[0.5], beta_rec=[0, 1], gamma_ft=[0])
+    >>> describe_grid_points(grid, np.array([[[True], [True]]]), n_shown=1)
+    '(0.5, 0, 0), ...'
+    """
+    points = np.argwhere(mask)
+    shown = [f"({grid.beta_enc[i]:g}, {grid.beta_rec[j]:g}, {grid.gamma_ft[k]:g})" for i, j, k in points[:n_shown]]
+    return ", ".join(shown) + (", ..." if len(points) > n_shown else "")
+
+
 def cmr_distance(attn: np.ndarray, cmr: np.ndarray) -> tuple:
     """CMR distance and scale between every head and every CMR pattern (direct formula).
 
