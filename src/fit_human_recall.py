@@ -161,7 +161,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f"{r.quantity} people {r.median_people:.3g} vs heads {r.median_heads:.3g} (n={r.n_heads}), "
                 f"diff {r.median_difference:+.3g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}], p={r.p_value:.2g}"
                 for r in rows.itertuples()))
-    logger.info("wrote %s in %s and %d figures in %s", ", ".join(written), out_dir, len(figures), figs_dir)
+    logger.info("wrote %s in %s and %d figure%s in %s", ", ".join(written + [f"{result.stem}_metadata.json"]), out_dir,
+                len(figures), "" if len(figures) == 1 else "s", figs_dir)
     return 0
 
 

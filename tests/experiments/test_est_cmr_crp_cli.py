@@ -16,6 +16,7 @@ import est_cmr_crp
 from icl_cmr.cli.args import run_cli
 from icl_cmr.cmr.model import CMRSettings
 from icl_cmr.cmr.grid import GridSpec
+from icl_cmr.errors import InputError
 from icl_cmr.experiments.cmr_grid import run_grid
 
 SMALL_FLAGS = ["--n_beta", "2", "--n_gamma", "3", "--n_trials", "30", "--n_items", "30", "--max_draws", "12",
@@ -384,3 +385,18 @@ def test_a_grid_of_nan_points_only_is_refused_and_nothing_is_left(tmp_path, caps
         "of its 20 recalls made a transition on those lags, recall stopping with probability 0.99 before each draw), "
         "so no fit could use this grid; it was not written: raise --n_trials or lower --stop_probability")
     assert list(tmp_path.iterdir()) == []   # no grid files, no partial folder
+
+
+@pytest.mark.parametrize("flags", [["--recall_rule", "standard"], ["--quantity", "conditional"]])
+def test_a_method_other_than_simulation_is_refused_naming_the_method_flag(tmp_path, capsys, flags):
+    line = _one_error_nothing_written(tmp_path, capsys, ["--n_beta", "2", "--n_gamma", "2", "--method", "exact", *flags])
+    assert line.endswith("(it has no exact form): --method must be 'simulate', got 'exact'"), line
+
+
+def test_the_engine_names_the_method_parameter_when_it_cannot_be_exact():
+    with pytest.raises(InputError) as err:
+        GridSpec.from_resolution(2, 2, CMRSettings(recall_rule="standard"), method="exact")
+    assert "`method` must be 'simulate'" in str(err.value) and err.value.parameters == ("method", "recall_rule")
+    with pytest.raises(InputError) as err:
+        GridSpec.from_resolution(2, 2, CMRSettings(), method="exact", quantity="conditional")
+    assert "`method` must be 'simulate'" in str(err.value) and err.value.parameters == ("method", "quantity")

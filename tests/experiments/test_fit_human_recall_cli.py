@@ -389,3 +389,13 @@ def test_a_grid_with_few_nan_points_is_used_with_a_warning(grids, tmp_path, capl
     path = _grid_with_nan_points(grids, tmp_path, share=0.1)   # 6 of 60 points
     check_human_recall(HumanRecallSettings(crp_grid=path, models=()))
     assert any(record.getMessage().startswith(f"6 of 60 points of `crp_grid` {path}") for record in caplog.records)
+
+
+@pytest.mark.slow
+def test_the_success_line_lists_every_file_written_and_counts_figures_in_words(grids, tmp_path, capsys):
+    code, _, err = run(fit_human_recall.main, fit_flags(grids, tmp_path, "--dataset", "morton2013", "--by", "all",
+                                                        "--models"), capsys)
+    assert code == 0, err
+    (line,) = [line for line in err.splitlines() if line.startswith("INFO: wrote ")]
+    assert line == (f"INFO: wrote morton2013_all_fits.pkl, morton2013_all_fits.csv, morton2013_all_metadata.json in "
+                    f"{tmp_path / 'out'} and 1 figure in {tmp_path / 'figs' / 'humans_vs_heads'}")

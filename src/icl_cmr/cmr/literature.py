@@ -7,9 +7,9 @@ published numbers sit on standard CMR's scale (:mod:`icl_cmr.cmr.scales`). Drawn
 as the paper does, an encoding rate ``B_enc`` of 0.79 reads as [LI24]'s 0.79 although the same gradient is
 [LI24]'s 0.387.
 
-What was checked, and how (issue 24; docs/cmr_scales.md): for each source, the context update of the code that
-implements its model. For TCM-A (Sederberg et al. 2008) only the family's definition (Howard & Kahana 2002's
-TCM) could be read; for CMR (Polyn et al. 2009) the update of ``cymr`` (Morton & Polyn 2016's implementation,
+What was checked, and how (issue 24; docs/cmr_grid.md#scales-li24s-parameters-are-not-standard-cmrs): for each
+source, the context update of the code that implements its model. For TCM-A (Sederberg et al. 2008) only the
+family's definition (Howard & Kahana 2002's TCM) could be read; for CMR (Polyn et al. 2009) the update of ``cymr`` (Morton & Polyn 2016's implementation,
 ``operations.pyx``: ``calc_rho``); for CMR2 (Lohnas et al. 2015) the Python port of the paper's MATLAB code
 (``pyCMR2.advance_context``); for Zhang et al. (2023) the CMR code their group released, "modified from"
 pyCMR2 (``advance_context``, the same normalised step). The numbers themselves are [LI24]'s; none could be

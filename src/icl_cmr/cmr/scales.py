@@ -1,4 +1,5 @@
-"""[LI24]'s CMR parameters on standard CMR's scale, and back (issue 24; docs/cmr_scales.md).
+"""[LI24]'s CMR parameters on standard CMR's scale, and back (issue 24; the section "Scales" of docs/cmr_grid.md,
+``docs/cmr_grid.md#scales-li24s-parameters-are-not-standard-cmrs``).
 
 [LI24]'s CMR (DESIGN.md section 3, :mod:`icl_cmr.cmr.model`) and standard CMR (Howard & Kahana 2002's TCM;
 Polyn, Norman & Kahana 2009; Lohnas, Polyn & Kahana 2015; Morton & Polyn 2016's ``cymr``) name their drift rates
