@@ -385,10 +385,9 @@ def test_a_grid_mostly_of_nan_points_is_refused_naming_the_flag(grids, tmp_path,
     assert code == 2 and text.startswith(f"error: 36 of 60 points of --crp-grid {path}") and not (tmp_path / "out").exists()
 
 
-def test_a_grid_with_few_nan_points_is_used_with_a_warning(grids, tmp_path, caplog):
-    path = _grid_with_nan_points(grids, tmp_path, share=0.1)   # 6 of 60 points
-    check_human_recall(HumanRecallSettings(crp_grid=path, models=()))
-    assert any(record.getMessage().startswith(f"6 of 60 points of `crp_grid` {path}") for record in caplog.records)
+def test_a_grid_with_half_its_points_nan_is_still_used(grids, tmp_path):
+    path = _grid_with_nan_points(grids, tmp_path, share=0.5)   # 30 of 60 points: the fits skip them, with a warning
+    assert check_human_recall(HumanRecallSettings(crp_grid=path, models=())).people_grid.source == str(path)
 
 
 @pytest.mark.slow
@@ -399,3 +398,51 @@ def test_the_success_line_lists_every_file_written_and_counts_figures_in_words(g
     (line,) = [line for line in err.splitlines() if line.startswith("INFO: wrote ")]
     assert line == (f"INFO: wrote morton2013_all_fits.pkl, morton2013_all_fits.csv, morton2013_all_metadata.json in "
                     f"{tmp_path / 'out'} and 1 figure in {tmp_path / 'figs' / 'humans_vs_heads'}")
+
+
+# ----------------------------------------------------------------------------- messages name the rule's grid and flag
+
+def _one_error(argv, tmp_path, capsys):
+    code, out, err = run(fit_human_recall.main, [*argv, "--out-dir", str(tmp_path / "out"), "--figs-dir",
+                                                 str(tmp_path / "figs")], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1 and not (tmp_path / "out").exists(), err
+    return lines[0]
+
+
+STANDARD_HINT = ("`python src/est_cmr_crp.py --quantity conditional --recall_rule standard` "
+                 "(cmr_std_cond_crp_avg_*.npy)")
+
+
+def test_a_missing_grid_under_the_standard_rule_says_how_to_make_that_rules_grid(tmp_path, capsys):
+    line = _one_error(["--recall_rule", "standard", "--crp-grid", str(tmp_path / "none.npy")], tmp_path, capsys)
+    assert line == (f"error: conditional CMR grid {tmp_path / 'none.npy'} (--crp-grid) does not exist: make it with "
+                    f"{STANDARD_HINT}, or pass --crp-grid PATH")
+
+
+def test_a_lag_histogram_as_the_standard_rules_people_grid_names_the_flag_and_the_rules_grid(grids, tmp_path, capsys):
+    line = _one_error(["--recall_rule", "standard", "--crp-grid", str(grids["heads"])], tmp_path, capsys)
+    assert line == (f"error: --crp-grid {grids['heads']} holds the paper's CRP (a lag histogram: lag 0 is defined), "
+                    f"not the conditional lag-CRP fitted here; make that with {STANDARD_HINT}")
+
+
+def test_a_conditional_grid_as_the_li24_head_grid_is_named_as_such(grids, tmp_path, capsys):
+    line = _one_error(["--crp-grid", str(grids["people"]), "--head-grid", str(grids["people"])], tmp_path, capsys)
+    assert line.startswith(f"error: --head-grid {grids['people']} holds the conditional lag-CRP (lag 0 undefined), "
+                           "not the paper's CRP (a lag histogram, cmr_crp_avg_*.npy")
+
+
+@pytest.mark.parametrize("rule, other", [("li24", "standard"), ("standard", "li24")])
+def test_a_grid_of_the_other_rule_suggests_that_rule(grids, standard_grid, tmp_path, capsys, rule, other):
+    path = standard_grid if other == "standard" else grids["people"]
+    line = _one_error(["--recall_rule", rule, "--crp-grid", str(path), "--models"], tmp_path, capsys)
+    assert line == (f"error: --crp-grid {path} was made under the {other} recall rule, but --recall_rule is {rule}: "
+                    f"pass --recall_rule {other} to fit with this grid, or a grid of the {rule} rule")
+
+
+def test_only_a_people_grid_under_the_standard_rule_suggests_passing_the_head_grid_too(standard_grid, tmp_path, capsys):
+    line = _one_error(["--recall_rule", "standard", "--crp-grid", str(standard_grid)], tmp_path, capsys)
+    assert line.startswith(f"error: --head-grid saved_crps/cmr_std_cond_crp_avg_20_11.npy and --crp-grid {standard_grid} "
+                           "are not grids of the same simulator")
+    assert line.endswith("; --head-grid is the shipped grid: pass --head-grid too, the heads' grid of the same "
+                         "simulation as --crp-grid (the same conditional grid)")

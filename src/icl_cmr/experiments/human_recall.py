@@ -387,20 +387,26 @@ def check_human_recall(settings: HumanRecallSettings) -> HumanRecallInputs:
         same simulator.
     """
     settings.check()
-    people_grid = read_conditional_grid(settings.crp_grid)
+    people_grid = read_conditional_grid(settings.crp_grid, recall_rule=settings.recall_rule)
     check_grid_rule(settings.crp_grid, settings.recall_rule, "crp_grid")
     check_grid_points(people_grid, HUMAN_FIT_LAGS, "crp_grid")
     head_grid: Optional[CmrGrid] = None
     if settings.models or settings.training_models:
         # [LI24] fit heads to the lag histogram; under the standard rule heads share the people's conditional grid.
-        read_head_grid = read_cmr_grid if settings.recall_rule == "li24" else read_conditional_grid
-        head_grid = read_head_grid(settings.head_grid, parameter="head_grid")
+        head_grid = (read_cmr_grid(settings.head_grid, parameter="head_grid") if settings.recall_rule == "li24" else
+                     read_conditional_grid(settings.head_grid, parameter="head_grid", recall_rule=settings.recall_rule))
         check_grid_rule(settings.head_grid, settings.recall_rule, "head_grid")
         check_grid_points(head_grid, settings.head_fit_lags, "head_grid")
         problem = same_simulation_problem(people_grid, head_grid)
         if problem is not None:
+            shipped = default_grids(settings.recall_rule)
+            same = ("the same conditional grid" if settings.recall_rule == "standard" else
+                    "its lag-histogram grid, cmr_crp_avg_*.npy")
+            hint = (f"; `head_grid` is the shipped grid: pass `head_grid` too, the heads' grid of the same simulation "
+                    f"as `crp_grid` ({same})" if settings.head_grid == shipped[1] and settings.crp_grid != shipped[0]
+                    else "")
             raise InputError(f"`head_grid` {settings.head_grid} and `crp_grid` {settings.crp_grid} are not grids of "
-                             f"the same simulator: {problem}", parameters=("head_grid", "crp_grid"))
+                             f"the same simulator: {problem}{hint}", parameters=("head_grid", "crp_grid"))
         if None in (people_grid.simulation, head_grid.simulation):
             logger.warning("cannot check that %s and %s come from the same simulation settings (no sidecar "
                            "metadata); their axes agree", settings.crp_grid, settings.head_grid)
@@ -418,12 +424,14 @@ def check_grid_rule(path: Path, recall_rule: str, parameter: str) -> None:
     made_with = grid_recall_rule(path)
     if made_with != recall_rule:
         raise InputError(f"`{parameter}` {path} was made under the {made_with} recall rule, but `recall_rule` is "
-                         f"{recall_rule}", parameters=(parameter, "recall_rule"))
+                         f"{recall_rule}: pass `recall_rule` {made_with} to fit with this grid, or a grid of the "
+                         f"{recall_rule} rule", parameters=(parameter, "recall_rule"))
 
 
 def check_grid_points(grid: CmrGrid, fit_lags: np.ndarray, parameter: str) -> None:
     """Refuse a grid of which more than :data:`MAX_UNUSABLE_SHARE` of the points are NaN or flat on ``fit_lags``
-    (:func:`icl_cmr.fits.distance.usable_grid_points`), naming ``parameter``; warn when some are.
+    (:func:`icl_cmr.fits.distance.usable_grid_points`), naming ``parameter``. Fewer are left to the fits, which skip
+    them with a warning (:func:`icl_cmr.fits.distance.fit_heads`).
 
     Raises
     ------
@@ -431,17 +439,15 @@ def check_grid_points(grid: CmrGrid, fit_lags: np.ndarray, parameter: str) -> No
         With the count, the first such points and why they are NaN.
     """
     unusable = ~usable_grid_points(grid, fit_lags)
-    if not unusable.any():
-        return
     share = unusable.mean()
+    if share <= MAX_UNUSABLE_SHARE:
+        return
     problem = (f"{int(unusable.sum())} of {unusable.size} points of `{parameter}` {grid.source} are NaN or flat on the "
                f"fitting lags {fit_lags[0]}..{fit_lags[-1]}{'' if 0 in fit_lags else ' except 0'} ((beta_enc, beta_rec, gamma_ft) = "
                f"{describe_grid_points(grid, unusable)}): no simulated recall made a transition there")
-    if share > MAX_UNUSABLE_SHARE:
-        raise InputError(f"{problem}; a grid search without {share:.0%} of its grid cannot be trusted: remake the "
-                         "grid with more trials or a lower stop probability (est_cmr_crp.py --n_trials, "
-                         "--stop_probability)", parameters=(parameter,))
-    logger.warning("%s; the fits skip them", problem)
+    raise InputError(f"{problem}; a grid search without {share:.0%} of its grid cannot be trusted: remake the "
+                     "grid with more trials or a lower stop probability (est_cmr_crp.py --n_trials, "
+                     "--stop_probability)", parameters=(parameter,))
 
 
 def fit_people_units(settings: HumanRecallSettings, crps: UnitLagCrps,

@@ -22,7 +22,8 @@ from icl_cmr.config import (BETA_ENC_GRID, BETA_REC_GRID, CMR_CRP_LAGS, CMR_GRID
 from icl_cmr.errors import FileContentError, InputError
 from icl_cmr.files.checks import ArraySpec, check_array
 from icl_cmr.files.reading import load_json, load_npy
-from icl_cmr.fits.distance import OPTIONAL_SIMULATION_SETTINGS, SIMULATION_SETTINGS, CmrGrid, check_conditional_grid
+from icl_cmr.fits.distance import (OPTIONAL_SIMULATION_SETTINGS, SIMULATION_SETTINGS, CmrGrid, check_conditional_grid,
+                                   conditional_grid_hint)
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +227,7 @@ def read_cmr_grid(path: "str | Path | None" = None, sem_path: "str | Path | None
     if sem_path is None:
         candidate = path.with_name(path.name.replace("avg", "sem")) if "avg" in path.name else None
         sem_path = candidate if candidate is not None and candidate.is_file() else None
+    refuse_conditional_grid(path, parameter)
     mean, sem = load_cmr_grid(path, sem_path)
     axes, lags = grid_axes_and_lags(path, mean.shape)
     if axes is None:
@@ -238,6 +240,26 @@ def read_cmr_grid(path: "str | Path | None" = None, sem_path: "str | Path | None
         axes = (BETA_ENC_GRID, BETA_REC_GRID, GAMMA_FT_GRID)
     return CmrGrid(mean=mean, beta_enc=axes[0], beta_rec=axes[1], gamma_ft=axes[2], lags=lags, sem=sem,
                    source=str(path), simulation=grid_simulation_settings(path))
+
+
+def refuse_conditional_grid(path: Path, parameter: str) -> None:
+    """Raise :class:`InputError` naming ``parameter`` when ``path`` holds a conditional lag-CRP grid (its sidecar says
+    ``quantity: conditional``, or its middle lag is NaN everywhere), where the paper's CRP is needed."""
+    quantity = None
+    for sidecar in grid_sidecar_candidates(path):
+        if sidecar.is_file():
+            meta = load_json(sidecar)
+            parameters = meta.get("parameters", meta) if isinstance(meta, dict) else None
+            quantity = parameters.get("quantity") if isinstance(parameters, dict) else None
+            break
+    if quantity is None:
+        mean = load_npy(path)
+        conditional = mean.ndim == 4 and mean.shape[3] % 2 == 1 and np.isnan(mean[..., mean.shape[3] // 2]).all()
+        quantity = "conditional" if conditional and mean.size else None
+    if quantity == "conditional":
+        raise InputError(f"`{parameter}` {path} holds the conditional lag-CRP (lag 0 undefined), not the paper's CRP "
+                         "(a lag histogram, cmr_crp_avg_*.npy, made by `python src/est_cmr_crp.py` without "
+                         "--quantity conditional) that this fit needs", parameters=(parameter,))
 
 
 def grid_axes_and_lags(path: Path, shape: Tuple[int, ...], needed: np.ndarray = FIT_LAGS
@@ -291,7 +313,7 @@ SIMULATION_KEYS = SIMULATION_SETTINGS
 
 
 def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Path | None" = None,
-                          parameter: str = "crp_grid") -> CmrGrid:
+                          parameter: str = "crp_grid", recall_rule: str = "li24") -> CmrGrid:
     """Read a conditional lag-CRP grid (``cmr_cond_crp_avg_*.npy``), its standard errors and axes.
 
     Parameters
@@ -303,7 +325,10 @@ def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Pat
     sem_path : path, optional
         Its standard errors; default the ``sem`` file beside it when present.
     parameter : str
-        The caller's parameter that gave ``path``, named in the message when the file is missing.
+        The caller's parameter that gave ``path``, named in the messages.
+    recall_rule : str
+        The rule whose grid the caller wants: the messages say how to make that one
+        (:func:`icl_cmr.fits.distance.conditional_grid_hint`).
 
     Returns
     -------
@@ -318,9 +343,8 @@ def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Pat
     """
     path = Path(path) if path is not None else DEFAULT_CONDITIONAL_GRID_PATH
     if not path.is_file():
-        raise InputError(f"conditional CMR grid {path} does not exist: make it with "
-                         f"`python src/est_cmr_crp.py --quantity conditional`, or pass `{parameter}` PATH",
-                         parameters=(parameter,))
+        raise InputError(f"conditional CMR grid {path} (`{parameter}`) does not exist: make it with "
+                         f"{conditional_grid_hint(recall_rule)}, or pass `{parameter}` PATH", parameters=(parameter,))
     mean = load_npy(path)
     if mean.ndim != 4:
         raise InputError(f"{path} has shape {mean.shape}, expected [n_beta_enc, n_beta_rec, n_gamma_ft, n_lags] "
@@ -335,7 +359,7 @@ def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Pat
                          f"{' or '.join(str(p) for p in grid_sidecar_candidates(path))})")
     grid = CmrGrid(mean=mean, beta_enc=axes[0], beta_rec=axes[1], gamma_ft=axes[2], lags=lags, sem=sem,
                    source=str(path), simulation=grid_simulation_settings(path))
-    check_conditional_grid(grid)
+    check_conditional_grid(grid, parameter=parameter, recall_rule=recall_rule)
     return grid
 
 

@@ -454,19 +454,35 @@ def check_fitted(fit: CmrFit, source: str, index: tuple = ()) -> int:
     return fitted
 
 
-def check_conditional_grid(grid: CmrGrid, fit_lags: np.ndarray = HUMAN_FIT_LAGS) -> None:
+def conditional_grid_hint(recall_rule: str = "li24") -> str:
+    """How to make the conditional grid of a recall rule, and the names it gets, for messages.
+
+    Examples
+    --------
+    >>> conditional_grid_hint("standard")
+    '`python src/est_cmr_crp.py --quantity conditional --recall_rule standard` (cmr_std_cond_crp_avg_*.npy)'
+    """
+    rule = "" if recall_rule == "li24" else f" --recall_rule {recall_rule}"
+    stem = "cmr_cond_crp" if recall_rule == "li24" else "cmr_std_cond_crp"
+    return f"`python src/est_cmr_crp.py --quantity conditional{rule}` ({stem}_avg_*.npy)"
+
+
+def check_conditional_grid(grid: CmrGrid, fit_lags: np.ndarray = HUMAN_FIT_LAGS, parameter: str | None = None,
+                           recall_rule: str = "li24") -> None:
     """Raise :class:`InputError` unless ``grid`` holds conditional lag-CRPs on the fitting lags.
 
     ``fit_lags`` are the lags a person's fit reads (:data:`icl_cmr.config.HUMAN_FIT_LAGS`).
     A conditional lag-CRP is a probability per lag (values in [0, 1]) and lag 0 is never possible
     (NaN). A grid whose lag 0 is finite is the paper's lag histogram (``est_cmr_crp.py`` without
-    ``--quantity conditional``), a different quantity.
+    ``--quantity conditional``), a different quantity. ``parameter`` (the caller's, named in messages) and
+    ``recall_rule`` (the rule whose grid to make, :func:`conditional_grid_hint`) only shape the messages.
     """
     lags = np.asarray(grid.lags)
+    where = f"`{parameter}` {grid.source}" if parameter else (grid.source or "the grid")
     if 0 in lags and np.isfinite(grid.mean[..., int(np.flatnonzero(lags == 0)[0])]).any():
-        raise InputError(f"{grid.source or 'the grid'} holds the paper's CRP (a lag histogram: lag 0 is defined), not "
-                         "the conditional lag-CRP people are fitted to; make that with "
-                         "`python src/est_cmr_crp.py --quantity conditional` (cmr_cond_crp_avg_*.npy)")
+        raise InputError(f"{where} holds the paper's CRP (a lag histogram: lag 0 is defined), not the conditional "
+                         f"lag-CRP fitted here; make that with {conditional_grid_hint(recall_rule)}",
+                         parameters=(parameter,) if parameter else ())
     missing = [int(lag) for lag in fit_lags if lag not in lags]
     if missing:
         raise InputError(f"{grid.source or 'the grid'} has no lags {missing}; a conditional grid needs lags "
