@@ -134,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     settings = settings_from(args)
-    with flag_errors(parser, scores_dirs="--scores-dir"):
+    with flag_errors(parser, scores_dirs="--scores-dir", scores_dir="--scores-dir"):
         inputs = check_human_recall(settings)   # every input read and checked, then the output folders
         out_dir = check_writable_dir(args.out_dir, "--out-dir")
         figs_dir = check_writable_dir(args.figs_dir / "humans_vs_heads", "--figs-dir")

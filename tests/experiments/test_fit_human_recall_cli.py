@@ -15,6 +15,7 @@ from icl_cmr.cli.args import run_cli
 from icl_cmr.errors import InputError
 from icl_cmr.experiments.human_recall import HumanRecallSettings, check_human_recall, run_human_recall
 from icl_cmr.figures.humans import page_of_units
+from icl_cmr.files.outputs import REPO_ROOT
 from icl_cmr.files.reading import load_pickle
 from icl_cmr.files.results import read_cmr_fit
 from icl_cmr.files.scores import read_head_scores
@@ -446,3 +447,23 @@ def test_only_a_people_grid_under_the_standard_rule_suggests_passing_the_head_gr
                            "are not grids of the same simulator")
     assert line.endswith("; --head-grid is the shipped grid: pass --head-grid too, the heads' grid of the same "
                          "simulation as --crp-grid (the same conditional grid)")
+
+
+# ----------------------------------------------------------------------------- default paths from another folder
+
+def test_default_grids_missing_from_another_working_folder_show_where_they_were_looked_for(tmp_path, capsys,
+                                                                                             monkeypatch, repo_root):
+    monkeypatch.chdir(tmp_path)
+    line = _one_error([], tmp_path, capsys)
+    assert line.startswith("error: conditional CMR grid saved_crps/cmr_cond_crp_avg_20_11.npy (--crp-grid) does not "
+                           f"exist (looked for at {tmp_path / 'saved_crps' / 'cmr_cond_crp_avg_20_11.npy'}; the "
+                           f"default paths are relative to the repository root, {repo_root.resolve()}): make it with")
+
+
+def test_the_default_scores_folder_missing_from_another_working_folder_names_the_flag_and_the_place(
+        grids, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = _one_error(["--crp-grid", str(grids["people"]), "--head-grid", str(grids["heads"])], tmp_path, capsys)
+    assert line == (f"error: scores folder saved_scores does not exist (looked for at {tmp_path / 'saved_scores'}; "
+                    f"the default paths are relative to the repository root, {REPO_ROOT}) "
+                    "(pass --scores-dir)")

@@ -206,3 +206,12 @@ def test_a_people_table_covering_fewer_people_gets_a_warning(caplog):
     check_tables_agree(MethodComparisonSettings(dataset="morton2013", human_dir="/nonexistent"), tables)
     (warning,) = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert warning.startswith("likelihood covers 2 of the 3 people of the three methods' tables")
+
+
+def test_a_missing_table_under_a_relative_folder_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as err:
+        run_method_comparison(MethodComparisonSettings(dataset="peers"))   # the default saved_scores/human
+    assert str(err.value).startswith("`human_dir` has no peers_fits.csv (grid li24 people) (looked for at "
+                                     f"{tmp_path / 'saved_scores' / 'human' / 'peers_fits.csv'}; the default paths are "
+                                     "relative to the repository root")

@@ -42,7 +42,7 @@ import pandas as pd
 from icl_cmr.config import CMR_LIKE_THRESHOLD
 from icl_cmr.errors import InputError
 from icl_cmr.experiments.human_recall import RULE_STEMS, dataset_name, stored_path
-from icl_cmr.files.outputs import PendingWrites
+from icl_cmr.files.outputs import PendingWrites, searched_at
 from icl_cmr.files.reading import load_json, read_text
 from icl_cmr.files.score_format import plain_metadata
 from icl_cmr.files.scores import DEFAULT_SCORES_DIR
@@ -156,7 +156,8 @@ def read_table(path: Path, role: str) -> pd.DataFrame:
         maker = ("fit_human_recall.py --recall_rule standard" if role.startswith("grid_standard") else
                  "fit_human_recall.py" if role.startswith("grid_li24") else
                  "icl_cmr.experiments.human_likelihood (docs/human_recall.md)")
-        raise InputError(f"`human_dir` has no {path.name} ({role.replace('_', ' ')}): make it with {maker}",
+        raise InputError(f"`human_dir` has no {path.name} ({role.replace('_', ' ')}){searched_at(path)}: make it "
+                         f"with {maker}",
                          parameters=("human_dir",))
     try:
         return pd.read_csv(io.StringIO(read_text(path)))

@@ -368,9 +368,10 @@ def find_scores(scores_dirs: Sequence[Path], model: str, checkpoint: Optional[in
         try:
             return find_score_file(folder, model, checkpoint)
         except InputError as err:
-            problems.append(str(err))
-    raise InputError(problems[0] if len(problems) == 1 else
-                     f"no head-score file for model {model!r} in {', '.join(map(str, scores_dirs))}")
+            problems.append(err)
+    if len(problems) == 1:
+        raise InputError(str(problems[0]), parameters=problems[0].parameters)
+    raise InputError(f"no head-score file for model {model!r} in {', '.join(map(str, scores_dirs))}")
 
 
 def check_human_recall(settings: HumanRecallSettings) -> HumanRecallInputs:

@@ -21,6 +21,7 @@ from icl_cmr.config import (BETA_ENC_GRID, BETA_REC_GRID, CMR_CRP_LAGS, CMR_GRID
                             FIT_LAGS, GAMMA_FT_GRID, HUMAN_FIT_LAGS)
 from icl_cmr.errors import FileContentError, InputError
 from icl_cmr.files.checks import ArraySpec, check_array
+from icl_cmr.files.outputs import searched_at
 from icl_cmr.files.reading import load_json, load_npy
 from icl_cmr.fits.distance import (OPTIONAL_SIMULATION_SETTINGS, SIMULATION_SETTINGS, CmrGrid, check_conditional_grid,
                                    conditional_grid_hint)
@@ -221,7 +222,7 @@ def read_cmr_grid(path: "str | Path | None" = None, sem_path: "str | Path | None
     """
     path = Path(path) if path is not None else DEFAULT_GRID_PATH
     if not path.is_file():
-        raise InputError(f"CMR grid {path} does not exist: run est_cmr_crp.py to make it, or pass `{parameter}` PATH "
+        raise InputError(f"CMR grid {path} does not exist{searched_at(path)}: run est_cmr_crp.py to make it, or pass `{parameter}` PATH "
                          f"(a [20, 21, 11, 17] .npy; the authors' is {CMR_GRID_MEAN_FILENAME})",
                          parameters=(parameter,))
     if sem_path is None:
@@ -343,7 +344,7 @@ def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Pat
     """
     path = Path(path) if path is not None else DEFAULT_CONDITIONAL_GRID_PATH
     if not path.is_file():
-        raise InputError(f"conditional CMR grid {path} (`{parameter}`) does not exist: make it with "
+        raise InputError(f"conditional CMR grid {path} (`{parameter}`) does not exist{searched_at(path)}: make it with "
                          f"{conditional_grid_hint(recall_rule)}, or pass `{parameter}` PATH", parameters=(parameter,))
     mean = load_npy(path)
     if mean.ndim != 4:
