@@ -158,9 +158,7 @@ def morton_tables(repo_root, tmp_path):
 
 
 def _spoil(folder, name, change):
-    table = pd.read_csv(folder / name)
-    change(table)
-    table.to_csv(folder / name, index=False)
+    change(pd.read_csv(folder / name)).to_csv(folder / name, index=False)
 
 
 def _refusal(folder):
@@ -171,14 +169,13 @@ def _refusal(folder):
 
 
 def test_a_table_without_a_column_the_comparison_reads_is_refused(morton_tables):
-    _spoil(morton_tables, "morton2013_likelihood_fits.csv", lambda t: t.drop(columns="B_enc", inplace=True))
+    _spoil(morton_tables, "morton2013_likelihood_fits.csv", lambda t: t.drop(columns="B_enc"))
     assert _refusal(morton_tables) == (f"`human_dir`: {morton_tables / 'morton2013_likelihood_fits.csv'} (likelihood "
                                        "people) has no column B_enc")
 
 
 def test_a_value_out_of_range_is_refused_naming_its_column_and_row(morton_tables):
-    _spoil(morton_tables, "morton2013_std_fits.csv", lambda t: t.__setitem__("beta_enc", t["beta_enc"].where(
-        t.index != 2, 1.5)))
+    _spoil(morton_tables, "morton2013_std_fits.csv", lambda t: t.assign(beta_enc=t["beta_enc"].where(t.index != 2, 1.5)))
     assert _refusal(morton_tables) == (f"`human_dir`: {morton_tables / 'morton2013_std_fits.csv'} column beta_enc row "
                                        "3 holds 1.5; expected a number in [0, 1] (or empty)")
 
@@ -193,8 +190,7 @@ def test_standard_tables_recorded_under_the_other_rule_are_refused(morton_tables
 
 
 def test_heads_tables_of_different_models_are_refused_naming_the_models(morton_tables):
-    _spoil(morton_tables, "morton2013_std_head_fits.csv", lambda t: t.drop(t.index[t["model"] == "qwen-7b"],
-                                                                           inplace=True))
+    _spoil(morton_tables, "morton2013_std_head_fits.csv", lambda t: t[t["model"] != "qwen-7b"])
     assert _refusal(morton_tables).startswith("`human_dir`: the heads tables cover different models (only in "
                                               "grid_li24: qwen-7b), so")
 

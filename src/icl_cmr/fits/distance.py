@@ -462,9 +462,9 @@ def conditional_grid_hint(recall_rule: str = "li24") -> str:
     >>> conditional_grid_hint("standard")
     '`python src/est_cmr_crp.py --quantity conditional --recall_rule standard` (cmr_std_cond_crp_avg_*.npy)'
     """
-    rule = "" if recall_rule == "li24" else f" --recall_rule {recall_rule}"
-    stem = "cmr_cond_crp" if recall_rule == "li24" else "cmr_std_cond_crp"
-    return f"`python src/est_cmr_crp.py --quantity conditional{rule}` ({stem}_avg_*.npy)"
+    if recall_rule == "li24":
+        return "`python src/est_cmr_crp.py --quantity conditional` (cmr_cond_crp_avg_*.npy)"
+    return f"`python src/est_cmr_crp.py --quantity conditional --recall_rule {recall_rule}` (cmr_std_cond_crp_avg_*.npy)"
 
 
 def check_conditional_grid(grid: CmrGrid, fit_lags: np.ndarray = HUMAN_FIT_LAGS, parameter: str | None = None,
