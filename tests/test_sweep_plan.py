@@ -67,8 +67,11 @@ def test_a_bad_plan_stops_with_one_error_line_before_anything_is_written(tmp_pat
 
 
 def test_two_models_whose_score_files_would_collide_are_refused(tmp_path, model_dir):
+    other = tmp_path / "other_model"   # another model: the same source would be refused as work done twice
+    other.mkdir()
+    (other / "config.json").write_text("{}")
     plan = plan_text(tmp_path, model_dir, models=f'[[models]]\nname = "Tiny_A"\nsource = "{model_dir}"\n'
-                                                 f'[[models]]\nname = "tiny-a"\nsource = "{model_dir}"\n')
+                                                 f'[[models]]\nname = "tiny-a"\nsource = "{other}"\n')
     with pytest.raises(InputError, match="would share score files"):
         build_jobs(load_plan(plan))
 

@@ -48,6 +48,36 @@ class PairedStatsConfig:
     seed: int = 0
 
 
+#: Resamples :func:`paired_comparison` draws at once (``scipy.stats.bootstrap``'s ``batch``): bounds memory at large n.
+BOOTSTRAP_BATCH = 1000
+
+
+def bootstrap_memory_bytes(n_bootstrap: int, n_samples: int, batch: Optional[int] = BOOTSTRAP_BATCH) -> int:
+    """Estimated peak bytes of one ``scipy.stats.bootstrap`` interval over ``n_samples`` values, for refusing
+    a resample count that cannot fit before any work.
+
+    scipy keeps every resample's statistic (float64; with its sorted copy and the BCa temporaries, 4 x 8
+    bytes each), draws ``batch`` resamples at a time (all at once when None) as indices and values
+    ``[batch, n_samples]``, and BCa's jackknife holds ``[n_samples, n_samples - 1]``.
+
+    Parameters
+    ----------
+    n_bootstrap : int
+        Resamples.
+    n_samples : int
+        Values resampled (all samples together).
+    batch : int or None
+        Resamples drawn at once.
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    at_once = int(n_bootstrap) if batch is None else min(int(batch), int(n_bootstrap))
+    return 4 * 8 * int(n_bootstrap) + 2 * 8 * at_once * int(n_samples) + 8 * int(n_samples) ** 2
+
+
 def significance_stars(p_value: float) -> str:
     """``"***"`` p < 0.001, ``"**"`` p < 0.01, ``"*"`` p < 0.05, else ``"n.s."``."""
     if not np.isfinite(p_value):
@@ -121,7 +151,7 @@ def paired_comparison(a: np.ndarray, b: np.ndarray,
         w, p_w = float("nan"), float("nan")
     if sd_diff > 0:
         ci = stats.bootstrap((diff,), np.mean, n_resamples=config.n_bootstrap, confidence_level=config.confidence,
-                             method=config.bootstrap_method, batch=1000,  # batches bound memory at large n
+                             method=config.bootstrap_method, batch=BOOTSTRAP_BATCH,
                              rng=np.random.default_rng(config.seed)).confidence_interval
         ci_low, ci_high = float(ci.low), float(ci.high)
     else:  # every difference equal: the interval collapses to that value
