@@ -7,8 +7,8 @@ module whose attributes are looked up, in order, in the modules that hold them n
 of an old path warns (``DeprecationWarning``) and names the new one. Nothing is imported until an
 old path is used. The finder and the table go in the release after next.
 
-Two former modules are packages now and answer through their own face: ``icl_cmr.cmr`` (the
-model's functions, :mod:`icl_cmr.cmr`) and ``icl_cmr.toy_lm``.
+Three former modules are packages now: ``icl_cmr.cmr`` and ``icl_cmr.toy_lm`` answer the names
+users imported from them through their package's face; ``icl_cmr.cli`` is :mod:`icl_cmr.cli.args`.
 """
 from __future__ import annotations
 
@@ -60,7 +60,6 @@ FORMER_MODULES: Dict[str, Tuple[str, ...]] = {
     "score_format": ("files.score_format",),
     "result_files": ("files.results",),
     "outputs": ("files.outputs", "files.folders", "files.resume", "devices"),
-    "cli": ("cli.args",),
     "fit_cli": ("cli.fit_args",),
 }
 
