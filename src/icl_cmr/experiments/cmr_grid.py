@@ -31,7 +31,7 @@ from icl_cmr.cmr.grid import GRID_QUANTITIES, GridSpec, grid_description, iterat
 from icl_cmr.cmr.model import CMRSettings
 from icl_cmr.devices import check_worker_count
 from icl_cmr.errors import InputError
-from icl_cmr.files.memory import free_memory, memory_drivers
+from icl_cmr.files.memory import free_memory, memory_drivers, named_list
 from icl_cmr.files.reading import load_npy
 from icl_cmr.files.resume import RunFolder
 from icl_cmr.files.unpickling import human_bytes
@@ -140,22 +140,48 @@ class CmrGridRun:
                     files=files, description=grid_description(self.spec.quantity))
 
 
-#: The settings that size the grid's memory (:func:`grid_memory_bytes`), in the order messages name them.
+#: The settings that size the grid's memory (:func:`grid_memory`), in the order messages name them.
 MEMORY_SETTINGS = ("n_beta", "n_gamma", "n_trials", "n_start", "max_draws", "n_items", "max_lag", "workers")
 
 
-def grid_memory_bytes(settings: CmrGridSettings) -> int:
-    """Estimated peak bytes of the run, as :meth:`GridSpec.memory_bytes`, from the settings' counts alone.
+@dataclass(frozen=True)
+class GridMemory:
+    """The parts of a grid run's estimated peak memory (:meth:`GridSpec.memory_bytes`), from the settings alone.
 
-    The axes are not built: ``n_beta`` = 10^9 would take minutes and 8 GB before any estimate. One grid
-    point's arrays do not depend on the grid's size, only on whether the grid has points with an exact
-    CRP and points to simulate, which a grid of at most 2 x 2 values has exactly when the full one has.
+    Attributes
+    ----------
+    busy_workers : int
+        Workers with a grid point at once (at most one per slice).
+    point_bytes : int
+        One grid point's arrays (:meth:`GridSpec.point_memory_bytes`).
+    grids_bytes : int
+        The finished slices held by the parent and, at the end, two more copies of the mean and SEM grids.
+    n_lags : int
+        Lags of each CRP.
+    """
+
+    busy_workers: int
+    point_bytes: int
+    grids_bytes: int
+    n_lags: int
+
+    @property
+    def total(self) -> int:
+        return self.busy_workers * self.point_bytes + self.grids_bytes
+
+
+def grid_memory(settings: CmrGridSettings) -> GridMemory:
+    """The run's estimated peak memory, as :meth:`GridSpec.memory_bytes`, without building the grid's axes.
+
+    ``n_beta`` = 10^9 would take minutes and 8 GB before any estimate. One grid point's arrays do not
+    depend on the grid's size, only on whether the grid has points with an exact CRP and points to
+    simulate, which a grid of at most 2 x 2 values has exactly when the full one has (``beta_rec`` =
+    0, 1/n_beta, ..., 1: all exact at n_beta = 1, both kinds from 2 on).
     """
     small = dataclasses.replace(settings, n_beta=min(settings.n_beta, 2), n_gamma=2, workers=1).spec()
-    n_slices = settings.n_beta * settings.n_gamma
-    busy = min(settings.workers, n_slices)
-    grid_bytes = 2 * n_slices * (settings.n_beta + 1) * small.settings.n_lags * 8
-    return busy * small.point_memory_bytes() + 3 * grid_bytes
+    n_slices, n_lags = settings.n_beta * settings.n_gamma, small.settings.n_lags
+    mean_and_sem = 2 * n_slices * (settings.n_beta + 1) * n_lags * np.dtype(np.float64).itemsize
+    return GridMemory(min(settings.workers, n_slices), small.point_memory_bytes(), 3 * mean_and_sem, n_lags)
 
 
 def check_memory(settings: CmrGridSettings) -> None:
@@ -168,30 +194,20 @@ def check_memory(settings: CmrGridSettings) -> None:
     InputError
         With the estimate, what it is made of, and the parameters that lower it.
     """
-    needed, available = grid_memory_bytes(settings), free_memory("cpu")
-    if available is None or needed <= available:
+    memory, available = grid_memory(settings), free_memory("cpu")
+    if available is None or memory.total <= available:
         return
     defaults = CmrGridSettings(workers=1)
     values = {name: int(getattr(settings, name)) for name in MEMORY_SETTINGS}
     modest = {name: min(values[name], int(getattr(defaults, name))) for name in MEMORY_SETTINGS}
-    drivers = memory_drivers(lambda changed: grid_memory_bytes(dataclasses.replace(settings, **changed)), values,
+    drivers = memory_drivers(lambda changed: grid_memory(dataclasses.replace(settings, **changed)).total, values,
                              modest, available)
-    small = dataclasses.replace(settings, n_beta=min(settings.n_beta, 2), n_gamma=2, workers=1).spec()
-    n_slices = settings.n_beta * settings.n_gamma
-    point, lags = small.point_memory_bytes(), small.settings.n_lags
-    grid_bytes = 3 * 2 * n_slices * (settings.n_beta + 1) * lags * 8
     s = settings
-    raise InputError(f"this grid needs about {human_bytes(needed)} of memory ({min(s.workers, n_slices)} worker(s) x "
-                     f"{human_bytes(point)} per grid point: {s.n_trials} trials x {s.n_start} start positions x "
-                     f"{s.max_draws} draws of {s.n_items} items; {human_bytes(grid_bytes)} for the {s.n_beta} x "
-                     f"{s.n_beta + 1} x {s.n_gamma} grid of {lags} lags), but {human_bytes(available)} is available; "
-                     f"lower {_listed(drivers)}", parameters=drivers)
-
-
-def _listed(names) -> str:
-    """```a`, `b` or `c``` for a message."""
-    named = [f"`{name}`" for name in names]
-    return named[0] if len(named) == 1 else f"{', '.join(named[:-1])} or {named[-1]}"
+    raise InputError(f"this grid needs about {human_bytes(memory.total)} of memory ({memory.busy_workers} worker(s) x "
+                     f"{human_bytes(memory.point_bytes)} per grid point: {s.n_trials} trials x {s.n_start} start "
+                     f"positions x {s.max_draws} draws of {s.n_items} items; {human_bytes(memory.grids_bytes)} for "
+                     f"the {s.n_beta} x {s.n_beta + 1} x {s.n_gamma} grid of {memory.n_lags} lags), but "
+                     f"{human_bytes(available)} is available; lower {named_list(drivers)}", parameters=drivers)
 
 
 def grid_run_folder(spec: GridSpec, partial_dir: "str | Path") -> RunFolder:
@@ -292,7 +308,7 @@ def check_cmr_grid(settings: CmrGridSettings, partial_dir: Optional["str | Path"
     """
     settings.cmr_settings()          # the simulation's own checks, named, before the estimate uses them
     dataclasses.replace(settings, n_beta=1, n_gamma=2).spec()   # quantity, method, workers: cheap to check
-    check_memory(settings)           # before the axes are built (see grid_memory_bytes)
+    check_memory(settings)           # before the axes are built (see grid_memory)
     spec = settings.spec()
     if partial_dir is not None and not restart:
         grid_run_folder(spec, partial_dir).check_settings()

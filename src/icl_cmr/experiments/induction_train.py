@@ -239,14 +239,22 @@ _MODEL_SIZE_SETTINGS = ("d_model", "n_layers", "n_heads", "d_mlp", "d_state", "e
 def parameter_count(architecture: str, config: dict) -> int:
     """Parameters of the model ``config`` describes, counted on torch's meta device (nothing is allocated).
 
-    A model too large for torch to describe (a dimension past 2^63 elements) counts as 2^62.
+    Models of one and of two layers are built and the per-layer count extrapolated to ``n_layers``
+    (every layer has the same shape), so that ``n_layers`` = 10^8 costs no more than 2. A model too
+    large for torch to describe (a dimension past 2^63 elements) counts as 2^62.
     """
     try:
-        with torch.device("meta"):
-            model = build_model(architecture, config)
-        return int(sum(parameter.numel() for parameter in model.parameters()))
+        one, two = (_meta_parameter_count(architecture, {**config, "n_layers": layers}) for layers in (1, 2))
     except (RuntimeError, ValueError, OverflowError, TypeError):
         return 2 ** 62
+    return one + (int(config["n_layers"]) - 1) * (two - one)
+
+
+def _meta_parameter_count(architecture: str, config: dict) -> int:
+    """Parameters of ``build_model(architecture, config)`` built on the meta device."""
+    with torch.device("meta"):
+        model = build_model(architecture, config)
+    return int(sum(parameter.numel() for parameter in model.parameters()))
 
 
 def training_memory_bytes(settings: InductionTrainSettings) -> int:

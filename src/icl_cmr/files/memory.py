@@ -36,8 +36,8 @@ def free_memory(device: str = "cpu") -> Optional[int]:
     return None
 
 
-def _named(parameters: Sequence[str]) -> str:
-    """```a`, `b` or `c``` for a message."""
+def named_list(parameters: Sequence[str]) -> str:
+    """``"`a`, `b` or `c`"`` for a message (each name once, between backticks)."""
     names = [f"`{name}`" for name in dict.fromkeys(parameters)]
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
@@ -68,7 +68,7 @@ def check_memory(needed_bytes: int, device: str, what: str, parameters: Sequence
     """
     free = free_memory(device)
     if free is not None and needed_bytes > free:
-        advice = f"lower {_named(parameters)}" if parameters else "use a smaller batch or length"
+        advice = f"lower {named_list(parameters)}" if parameters else "use a smaller batch or length"
         raise InputError(f"{what} needs about {needed_bytes / 2 ** 30:,.1f} GiB of memory and {device} has "
                          f"{free / 2 ** 30:,.1f} GiB free; {advice}", parameters=(*parameters, *mentioned))
 

@@ -26,13 +26,13 @@ import train_toy_lm
 from icl_cmr.cli.args import run_cli
 from icl_cmr.devices import WORKERS_PER_CPU, check_worker_count, max_workers, usable_cpus
 from icl_cmr.errors import InputError
-from icl_cmr.experiments.cmr_grid import CmrGridSettings, check_cmr_grid
+from icl_cmr.experiments.cmr_grid import CmrGridSettings, check_cmr_grid, grid_memory
 from icl_cmr.experiments.induction_train import InductionTrainSettings
 from icl_cmr.files import unpickling
 from icl_cmr.files.memory import memory_drivers
 from icl_cmr.fits.distance import select_lags
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HUGE = str(10 ** 12)
 FREE = 16 * 2 ** 30
 
@@ -132,6 +132,13 @@ def test_a_grid_too_large_for_memory_names_the_setting_that_makes_it_so(flags, n
     assert line.startswith("error: this grid needs about ") and line.endswith(f"is available; lower {named}")
     assert "16.0 GiB is available" in line
     assert not (tmp_path / "C").exists()
+
+
+@pytest.mark.parametrize("n_beta, n_gamma, workers, quantity", [(20, 11, 1, "crp"), (1, 3, 2, "crp"), (2, 2, 3, "crp"),
+                                                              (3, 4, 2, "conditional")])
+def test_the_grid_estimate_from_the_settings_alone_is_the_one_of_the_built_grid(n_beta, n_gamma, workers, quantity):
+    settings = CmrGridSettings(n_beta=n_beta, n_gamma=n_gamma, workers=min(workers, max_workers()), quantity=quantity)
+    assert grid_memory(settings).total == settings.spec().memory_bytes(settings.workers)
 
 
 # ----------------------------------------------------------------------------- compute_head_scores.py
@@ -284,5 +291,5 @@ def test_the_setting_whose_modest_value_alone_fits_is_named():
 
     assert memory_drivers(estimate, {"n": 10 ** 12, "length": 100}, {"n": 100, "length": 100}, 2 ** 30) == ("n",)
     # both too large: neither alone fits, both are named, the larger effect first
-    both = memory_drivers(estimate, {"n": 10 ** 9, "length": 10 ** 6}, {"n": 100, "length": 100}, 2 ** 30)
+    both = memory_drivers(estimate, {"n": 10 ** 9, "length": 10 ** 7}, {"n": 100, "length": 100}, 2 ** 30)
     assert both == ("n", "length")
