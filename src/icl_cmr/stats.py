@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from icl_cmr.config import MIN_PAIRS
 from icl_cmr.errors import InputError
 
 
@@ -131,7 +132,7 @@ def paired_comparison(a: np.ndarray, b: np.ndarray,
     Raises
     ------
     InputError
-        Different lengths, or fewer than 2 complete pairs.
+        Different lengths, or fewer than :data:`~icl_cmr.config.MIN_PAIRS` complete pairs.
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
@@ -139,8 +140,8 @@ def paired_comparison(a: np.ndarray, b: np.ndarray,
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
     n = int(a.size)
-    if n < 2:
-        raise InputError(f"a paired comparison needs at least 2 complete pairs, got {n}")
+    if n < MIN_PAIRS:
+        raise InputError(f"a paired comparison needs at least {MIN_PAIRS} complete pairs, got {n}")
     diff = a - b
     sd_diff = diff.std(ddof=1)
     t_result = stats.ttest_rel(a, b)

@@ -42,6 +42,7 @@ from typing import Any, Callable, NoReturn, Optional, Sequence, Tuple, Union
 
 from tqdm import tqdm
 
+from icl_cmr.config import MIN_PAIRS
 from icl_cmr.devices import WORKERS_PER_CPU, max_workers, usable_cpus, validate_device
 from icl_cmr.errors import InputError
 from icl_cmr.files.folders import removing_new_folders_on_failure
@@ -269,7 +270,8 @@ non_negative_float = float_range(0.0, description="a finite number >= 0")
 probability = float_range(0.0, 1.0)
 fraction = float_range(0.0, 1.0, low_open=True)
 #: Samples compared in pairs (the ablation's prompts): the paired statistics need two.
-paired_count = int_range(2, description="an integer >= 2 (the paired statistics need two prompts)")
+paired_count = int_range(MIN_PAIRS, description=f"an integer >= {MIN_PAIRS} (the paired statistics need {MIN_PAIRS} "
+                                                 "prompts)")
 #: Former name of :data:`probability`, kept for callers that import it.
 unit_interval_float = probability
 

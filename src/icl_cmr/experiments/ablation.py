@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from icl_cmr.config import MIN_PAIRS
 from icl_cmr.errors import BadFileError, FileContentError, InputError
 from icl_cmr.files.memory import check_dataclass_memory, check_memory
 from icl_cmr.figures.ablation import plot_icl_score_bars, plot_loss_by_position
@@ -313,7 +314,7 @@ def _check_partial_settings(plan: AblationPlan, folder: Path) -> None:
 
 
 #: At least this many prompts: the statistics compare the conditions over prompts, in pairs.
-MIN_PROMPTS = 2
+MIN_PROMPTS = MIN_PAIRS
 
 
 def check_ablation_memory(settings: AblationSettings, shape: ModelShape) -> None:
@@ -359,8 +360,7 @@ def check_ablation(settings: AblationSettings, out_dir: Optional["str | Path"] =
     """
     config, data_config, icl_config = settings.ablation_config(), settings.text_config(), settings.icl_config()
     icl_config.validate(data_config.seq_len)
-    if settings.n_eval < MIN_PROMPTS:
-        check_prompt_count(settings.n_eval, f"`n_eval` is {settings.n_eval}")
+    check_prompt_count(settings.n_eval, f"`n_eval` is {settings.n_eval}")
     spec = resolve_model(settings.model)
     heads = choose_heads(settings, spec.name, fit_file_pending)
     if settings.data is not None:
@@ -585,9 +585,9 @@ def load_prompts(settings: AblationSettings, tokenizer, bos: Optional[int], data
     prompts = list(islice(iter_prompts(texts, tokenizer, bos, data_config), settings.n_eval))
     if not prompts:
         raise InputError(f"no document of the data reaches {data_config.min_tokens} tokens")
-    if len(prompts) < MIN_PROMPTS:  # before the partial results' folder is made: a refusal leaves nothing behind
-        check_prompt_count(len(prompts), f"only {len(prompts)} document of the data reaches "
-                                         f"{data_config.min_tokens} tokens")
+    # before the partial results' folder is made and before any forward pass: a refusal leaves nothing behind
+    check_prompt_count(len(prompts), f"only {len(prompts)} document of the data reaches {data_config.min_tokens} "
+                                     "tokens")
     if len(prompts) < settings.n_eval:
         logger.warning("only %d documents reach %d tokens; evaluating %d prompts instead of n_eval %d",
                        len(prompts), data_config.min_tokens, len(prompts), settings.n_eval)

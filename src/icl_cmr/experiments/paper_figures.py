@@ -24,7 +24,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from tqdm.auto import tqdm
 
-from icl_cmr.config import CHECKPOINT_INDICES, CMR_LIKE_STRICT_THRESHOLD, CMR_LIKE_THRESHOLD, FINAL_CHECKPOINT
+from icl_cmr.config import (CHECKPOINT_INDICES, CMR_LIKE_STRICT_THRESHOLD, CMR_LIKE_THRESHOLD, FINAL_CHECKPOINT,
+                            MIN_PAIRS)
 from icl_cmr.errors import InputError
 from icl_cmr.experiments.fits import CMR_SELECTION_FILE, fit_models, fit_over_training, load_saved_selections
 from icl_cmr.figures.ablation import plot_icl_score_bars
@@ -531,8 +532,9 @@ def check_sources(src: PaperSources) -> None:
     path = ablation_file(src)
     if path is not None:
         n = len(read_ablation_result(path)["original_icl_score"])
-        if n < 2:
-            raise InputError(f"{path} holds {n} prompt: Fig 8's paired statistics need at least 2")
+        if n < MIN_PAIRS:
+            raise InputError(f"{path} holds {n} prompt{'s' if n != 1 else ''}: Fig 8's paired statistics need at "
+                             f"least {MIN_PAIRS}")
     saved = None if src.ours or src.top_heads_dir is None else Path(src.top_heads_dir)
     if saved is not None and (saved / CMR_SELECTION_FILE.format(tag="pythia")).is_file():
         load_saved_selections(saved, "pythia")
