@@ -309,6 +309,8 @@ def check_induction_eval(settings: InductionEvalSettings) -> EvalPlan:
     names: Dict[str, Path] = {}
     for path in paths:
         name = model_name_of(path)
+        if name in names and names[name].resolve() == path.resolve():
+            raise InputError(f"`models` repeats {path}; give each model once", parameters=("models",))
         if name in names:
             raise InputError(f"two models named {name!r} ({names[name]} and {path}); model names are file stems")
         names[name] = path
