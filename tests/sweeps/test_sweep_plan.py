@@ -65,6 +65,8 @@ def plan_text(tmp_path, model_dir, extra: str = "", models: str = None) -> Path:
      "[ablation] models: repeats m; give each value once"),
     ("stages = [\"scores\", \"aggregate\"]\n[aggregate]\nn_top = [5, 10, 5]", None,
      "[aggregate] n_top: repeats 5; give each value once"),
+    ("stages = [\"scores\", \"ablation\"]\n[ablation]\nlate_index = 600", None,
+     "[ablation] late_index: late_index 600 is beyond the last loss index 510 of a 512-token prompt"),
 ])
 def test_a_bad_plan_stops_with_one_error_line_before_anything_is_written(tmp_path, model_dir, capsys, extra,
                                                                          models, message):

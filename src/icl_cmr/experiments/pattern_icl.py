@@ -469,7 +469,9 @@ def check_shots_fit(settings: PatternIclSettings, n_ctx: int) -> None:
 def _check_batch_memory(plans: Dict[str, pattern_eval.ScoringPlan], vocab_size: int, device: str) -> None:
     """Refuse a forward batch whose logits cannot fit in memory (after tokenizing, before any forward pass)."""
     largest = max((batch.tokens.shape for plan in plans.values() for batch in plan.batches),
-                  key=lambda shape: shape[0] * shape[1])
+                  key=lambda shape: shape[0] * shape[1], default=None)
+    if largest is None:  # nothing to score
+        return
     memory_device = device if device.startswith("cuda") else "cpu"
     check_memory(largest[0] * largest[1] * vocab_size * LOGIT_BYTES, memory_device,
                  f"scoring a batch of {largest[0]} prompts of {largest[1]} tokens (`batch_size` {largest[0]})",
