@@ -14,8 +14,10 @@ import pytest
 
 import est_cmr_crp
 import plot_crp
+import run_pipeline
 import train_induction
 from icl_cmr.cli.args import run_cli
+from icl_cmr.experiments import pipeline
 from icl_cmr.files import folders
 from icl_cmr.files.writing import atomic_write
 
@@ -61,6 +63,27 @@ def test_a_full_disk_as_a_grid_starts_leaves_no_empty_folder(tmp_path, capsys, f
     err = capsys.readouterr().err
     assert code == 2 and err.count("error: ") == 1 and "no space left on device" in err, err
     assert not (tmp_path / "grids").exists()
+
+
+@pytest.mark.slow  # runs the three steps of the pipeline on the bundled model (about 10 s)
+def test_a_pipeline_whose_disk_fills_leaves_no_empty_folder(tmp_path, capsys, monkeypatch):
+    if not pipeline.BUNDLED_MODEL.is_dir() or not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs the bundled model and /proc/self/fd (to fill the disk under one folder only)")
+    outputs = tmp_path / "outputs"
+    real_fsync = os.fsync
+
+    def full_under_outputs(fd):  # the held-out texts in the scratch folder are written; the outputs are not
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(outputs)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_under_outputs)
+    code = run_cli(run_pipeline.main, ["--n-eval", "4", "--no-progress", "--scores-dir", str(outputs / "scores"),
+                                       "--figs-dir", str(outputs / "figs"), "--ablation-dir", str(outputs / "ablation")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.rstrip("\n").rsplit("\n", 1)[-1].startswith("error: cannot write "), err
+    assert "no space left on device" in err
+    assert not outputs.exists()
 
 
 def test_a_folder_holding_earlier_files_is_kept_when_a_run_fails(tmp_path, capsys):
