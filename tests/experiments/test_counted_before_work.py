@@ -17,6 +17,8 @@ import pytest
 import ablation
 import paper_figures
 from icl_cmr.cli.args import run_cli
+from icl_cmr.experiments import ablation as ablation_experiment
+from icl_cmr.experiments import paper_figures as figures_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,9 +47,7 @@ def _documents(path: Path, lengths) -> Path:
 
 
 def test_data_of_one_document_is_refused_before_the_model_loads(tiny_model_dirs, tmp_path, capsys, monkeypatch):
-    import icl_cmr.experiments.ablation as experiment
-
-    monkeypatch.setattr(experiment, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(ablation_experiment, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     data = _documents(tmp_path / "one.jsonl", [80])
     line = _one_error_line(ablation.main, _ablation_argv(tiny_model_dirs["gpt2"], data, tmp_path / "out"), capsys)
     assert line == (f"error: --data {data} holds 1 document: the paired statistics compare the conditions over at "
@@ -58,10 +58,8 @@ def test_data_of_one_document_is_refused_before_the_model_loads(tiny_model_dirs,
 @pytest.mark.slow  # loads the tiny model's tokenizer and weights (about 1.4 s)
 def test_one_prompt_long_enough_is_refused_before_any_forward_pass_and_leaves_no_partial_folder(
         tiny_model_dirs, tmp_path, capsys, monkeypatch):
-    import icl_cmr.experiments.ablation as experiment
-
-    monkeypatch.setattr(experiment, "evaluate_batch", lambda *a, **k: pytest.fail("the model ran"))
-    monkeypatch.setattr(experiment, "mean_head_activations", lambda *a, **k: pytest.fail("the model ran"))
+    monkeypatch.setattr(ablation_experiment, "evaluate_batch", lambda *a, **k: pytest.fail("the model ran"))
+    monkeypatch.setattr(ablation_experiment, "mean_head_activations", lambda *a, **k: pytest.fail("the model ran"))
     data = _documents(tmp_path / "docs.jsonl", [80, 3, 2])  # two documents, but one reaches --seq-len tokens
     line = _one_error_line(ablation.main, _ablation_argv(tiny_model_dirs["gpt2"], data, tmp_path / "out"), capsys)
     assert line.startswith("error: only 1 document of the data reaches ")
@@ -98,9 +96,8 @@ def official(tmp_path):
 
 @pytest.fixture()
 def no_figure_drawn(monkeypatch):
-    import icl_cmr.experiments.paper_figures as experiment
-
-    monkeypatch.setattr(experiment, "FIGURES", tuple((name, _refuse_to_draw) for name, _ in experiment.FIGURES))
+    refusing = tuple((name, _refuse_to_draw) for name, _ in figures_experiment.FIGURES)
+    monkeypatch.setattr(figures_experiment, "FIGURES", refusing)
 
 
 def _refuse_to_draw(*args, **kwargs):

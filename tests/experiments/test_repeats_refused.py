@@ -11,6 +11,7 @@ import pytest
 
 import eval_induction
 from icl_cmr.cli.args import comma_list, positive_int, run_cli
+from icl_cmr.experiments import induction_eval as experiment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,8 +25,6 @@ def test_a_comma_list_refuses_a_repeated_value_naming_it_once():
 
 
 def test_the_same_model_file_twice_is_refused_before_any_model_loads(tmp_path, capsys, monkeypatch):
-    import icl_cmr.experiments.induction_eval as experiment
-
     monkeypatch.setattr(experiment, "load_induction_model", lambda *a, **k: pytest.fail("a model was loaded"))
     model = REPO / "saved_models" / "induction_task" / "absolute.pt"
     same = model.parent / "." / model.name

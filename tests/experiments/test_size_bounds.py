@@ -11,6 +11,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import ablation
@@ -24,6 +25,10 @@ import sweep
 import train_induction
 import train_toy_lm
 from icl_cmr.cli.args import run_cli
+from icl_cmr.cmr import grid
+from icl_cmr.experiments import human_recall as human_experiment
+from icl_cmr.experiments import induction_eval as eval_experiment
+from icl_cmr.experiments import pattern_icl as pattern_experiment
 from icl_cmr.devices import WORKERS_PER_CPU, check_worker_count, max_workers, usable_cpus
 from icl_cmr.errors import InputError
 from icl_cmr.experiments.cmr_grid import CmrGridSettings, check_cmr_grid, grid_memory
@@ -31,6 +36,7 @@ from icl_cmr.experiments.induction_train import InductionTrainSettings
 from icl_cmr.files import unpickling
 from icl_cmr.files.memory import memory_drivers
 from icl_cmr.fits.distance import select_lags
+from icl_cmr.toy_lm import training_run
 
 REPO = Path(__file__).resolve().parents[2]
 HUGE = str(10 ** 12)
@@ -119,8 +125,6 @@ def test_the_engine_refuses_more_workers_than_the_machine_runs_naming_the_parame
     (["--max_draws", str(10 ** 9)], "--max_draws"),
 ])
 def test_a_grid_too_large_for_memory_names_the_setting_that_makes_it_so(flags, named, tmp_path, capsys, monkeypatch):
-    import icl_cmr.cmr.grid as grid
-
     real_axes = grid.grid_axes
 
     def small_axes_only(n_beta=20, n_gamma=11):
@@ -179,9 +183,7 @@ def test_an_ablation_too_large_for_memory_is_refused_before_the_model_loads(flag
 @pytest.mark.parametrize("flag", ["--n-items", "--n-reference", "--n-random-sets", "--shots"])
 def test_pattern_prompts_too_many_for_memory_are_refused_before_they_are_made(flag, tiny_model_dirs, tmp_path,
                                                                               capsys, monkeypatch, no_weights):
-    import icl_cmr.experiments.pattern_icl as experiment
-
-    monkeypatch.setattr(experiment, "generate_prompts", lambda *a: pytest.fail("the prompts were generated"))
+    monkeypatch.setattr(pattern_experiment, "generate_prompts", lambda *a: pytest.fail("the prompts were generated"))
     argv = ["--model", str(tiny_model_dirs["gpt2"]), "--tasks", "repetition", "--out-dir", str(tmp_path / "out"),
             "--fig-dir", str(tmp_path / "figs"), "--heads", "L1H3", flag, HUGE]
     line = _refused(pattern_icl.main, argv, capsys)
@@ -223,9 +225,7 @@ def test_validation_sets_beyond_the_documented_cap_are_refused_while_parsing(tmp
     ("absolute", ["--max_log2", "40", "--skip_lag_crp"], "--max_log2"),
 ])
 def test_an_evaluation_too_large_for_memory_names_the_setting(model, flags, named, tmp_path, capsys, monkeypatch):
-    import icl_cmr.experiments.induction_eval as experiment
-
-    monkeypatch.setattr(experiment, "evaluate_model", lambda *a, **k: pytest.fail("an evaluation ran"))
+    monkeypatch.setattr(eval_experiment, "evaluate_model", lambda *a, **k: pytest.fail("an evaluation ran"))
     argv = ["--models", str(REPO / "saved_models" / "induction_task" / f"{model}.pt"), "--save_dir",
             str(tmp_path / "out"), "--fig_dir", str(tmp_path / "figs"), *flags]
     line = _refused(eval_induction.main, argv, capsys)
@@ -237,8 +237,6 @@ def test_an_evaluation_too_large_for_memory_names_the_setting(model, flags, name
 
 @pytest.mark.parametrize("flag", ["--n_ctx", "--vocab_size", "--batch_size"])
 def test_a_toy_model_too_large_to_train_is_refused_before_the_corpus_is_read(flag, tmp_path, capsys, monkeypatch):
-    from icl_cmr.toy_lm import training_run
-
     monkeypatch.setattr(training_run, "corpus_split", lambda *a: pytest.fail("the corpus was read first"))
     line = _refused(train_toy_lm.main, ["--save_dir", str(tmp_path / "model"), flag, HUGE], capsys)
     assert line.startswith(f"error: a training step ({flag} {HUGE}) needs about ")
@@ -249,9 +247,7 @@ def test_a_toy_model_too_large_to_train_is_refused_before_the_corpus_is_read(fla
 # ----------------------------------------------------------------------------- fit_human_recall.py, plot_crp.py
 
 def test_a_bootstrap_too_large_for_memory_is_refused_before_any_fit(tmp_path, capsys, monkeypatch):
-    import icl_cmr.experiments.human_recall as experiment
-
-    monkeypatch.setattr(experiment, "lag_crps_by_unit", lambda *a, **k: pytest.fail("the people were fitted"))
+    monkeypatch.setattr(human_experiment, "lag_crps_by_unit", lambda *a, **k: pytest.fail("the people were fitted"))
     argv = ["--models", "toy_lm", "--scores-dir", str(REPO / "saved_scores"), "--head-grid",
             str(REPO / "saved_crps" / "cmr_crp_avg_20_11.npy"), "--crp-grid",
             str(REPO / "saved_crps" / "cmr_cond_crp_avg_20_11.npy"), "--out-dir", str(tmp_path / "out"),
@@ -264,17 +260,15 @@ def test_a_bootstrap_too_large_for_memory_is_refused_before_any_fit(tmp_path, ca
 
 def test_plot_crp_bounds_its_lags_by_the_grid_and_says_the_range(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(plot_crp, "load_recall_data", lambda *a: pytest.fail("the people's data were read"))
-    grid = REPO / "saved_crps" / "cmr_crp_avg_20_11.npy"
+    grid_file = REPO / "saved_crps" / "cmr_crp_avg_20_11.npy"
     for lag in ("105", HUGE):
-        line = _refused(plot_crp.main, ["--crp-grid", str(grid), "--figs-dir", str(tmp_path / "figs"), "--max-lag",
+        line = _refused(plot_crp.main, ["--crp-grid", str(grid_file), "--figs-dir", str(tmp_path / "figs"), "--max-lag",
                                         lag], capsys)
-        assert line == (f"error: --max-lag ({lag}) is beyond the grid's lags -8..8 ({grid}); give at most 8")
+        assert line == (f"error: --max-lag ({lag}) is beyond the grid's lags -8..8 ({grid_file}); give at most 8")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_lags_out_of_range_are_said_as_ranges_not_one_by_one():
-    import numpy as np
-
     lags = np.arange(-8, 9)
     with pytest.raises(InputError) as caught:
         select_lags(np.zeros(lags.size), lags, np.arange(-105, 106))
