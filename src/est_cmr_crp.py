@@ -10,9 +10,13 @@ bit-identical files; each saved slice is verified first and a damaged one is rec
 warning. ``--restart`` discards the saved slices; ``--resume`` is accepted and changes nothing.
 A run with other parameters than the saved slices' is refused (add ``--restart``).
 
+``--recall_rule standard`` simulates the standard recall rule instead of [LI24]'s (recalled items excluded,
+recall ending by itself; ``icl_cmr.cmr.standard_rule``) and writes ``cmr_std_crp_*`` / ``cmr_std_cond_crp_*``.
+
 Example::
 
     python src/est_cmr_crp.py                      # the full default grid, 2 workers
+    python src/est_cmr_crp.py --quantity conditional --recall_rule standard
     python src/est_cmr_crp.py --n_beta 4 --n_gamma 3 --n_trials 100 --save_dir /tmp/crps
 """
 from __future__ import annotations
@@ -22,11 +26,11 @@ import logging
 import shutil
 from typing import Optional, Sequence
 
-from icl_cmr.cli.args import (OneLineErrorParser, int_range, positive_int, run_cli, seed_int, setup_logging,
-                              worker_count)
+from icl_cmr.cli.args import (OneLineErrorParser, float_range, int_range, positive_int, run_cli, seed_int,
+                              setup_logging, worker_count)
 from icl_cmr.cli.flags import flag_errors
 from icl_cmr.cmr.grid import GRID_QUANTITIES
-from icl_cmr.cmr.model import CRP_METHODS
+from icl_cmr.cmr.model import CRP_METHODS, LI24_MAX_DRAWS, RECALL_RULES
 from icl_cmr.config import FIT_LAGS
 from icl_cmr.errors import InputError
 from icl_cmr.experiments.cmr_grid import CmrGridSettings, check_cmr_grid, run_cmr_grid
@@ -52,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_trials", type=positive_int, default=DEFAULTS.n_trials,
                         help=f"simulated recalls per start position (default: {DEFAULTS.n_trials})")
     parser.add_argument("--max_draws", type=positive_int, default=DEFAULTS.max_draws,
-                        help=f"most item draws per recall (default: {DEFAULTS.max_draws}, the setting that "
-                             "reproduces the authors' saved grid; their script says 100)")
+                        help=f"most item draws per recall (default: {LI24_MAX_DRAWS}, the setting that "
+                             "reproduces the authors' saved grid; their script says 100; with --recall_rule standard "
+                             "n_items - 1, the longest possible recall: no cap)")
     parser.add_argument("--n_items", type=int_range(2), default=DEFAULTS.n_items,
                         help=f"studied items (default: {DEFAULTS.n_items})")
     parser.add_argument("--n_start", default=DEFAULTS.n_start,
@@ -72,11 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="crp: the paper's CRP, a normalised lag histogram (default); conditional: the "
                              "conditional lag-CRP of the same recalls, as psifr defines it for people "
                              "(fit_human_recall.py; written as cmr_cond_crp_*)")
+    parser.add_argument("--recall_rule", choices=RECALL_RULES, default=DEFAULTS.recall_rule,
+                        help="li24: [LI24]'s rule, repeats allowed, recall ends at the absorbing state or after "
+                             "--max_draws draws (default); standard: the start item and recalled items are excluded "
+                             "from later draws and recall ends by itself (written as cmr_std_*)")
+    parser.add_argument("--stop_probability", default=DEFAULTS.stop_probability,
+                        type=float_range(0.0, 1.0, high_open=True, description="a number in [0, 1)"),
+                        help="with --recall_rule standard: probability of ending recall before each draw "
+                             "(default: 0, the absorbing state alone ends it)")
     parser.add_argument("--method", choices=CRP_METHODS, default=None,
                         help="exact: exact CRP at beta_rec in {0, 1}, simulation elsewhere (default for crp); "
                              "simulate: simulation everywhere; authors: the authors' closed forms at "
                              "beta_rec in {0, 1}, gamma_ft = 0 (they do not match their model; comparison only); "
-                             "--quantity conditional is always simulated")
+                             "--quantity conditional and --recall_rule standard are always simulated")
     parser.add_argument("--restart", action="store_true",
                         help="discard the finished slices of an interrupted run and start over (default: resume it)")
     parser.add_argument("--resume", action="store_true",
@@ -99,17 +112,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = CmrGridSettings(n_beta=args.n_beta, n_gamma=args.n_gamma, n_trials=args.n_trials,
                                max_draws=args.max_draws, n_items=args.n_items, n_start=args.n_start,
                                max_lag=args.max_lag, seed=args.seed, quantity=args.quantity, method=args.method,
+                               recall_rule=args.recall_rule, stop_probability=args.stop_probability,
                                workers=args.workers)
     with flag_errors(parser):
         spec = check_cmr_grid(settings)
         save_dir = check_writable_dir(args.save_dir, "--save_dir")
-        mean_name, sem_name, meta_name = grid_file_names(args.n_beta, args.n_gamma, args.quantity)
+        names = (args.n_beta, args.n_gamma, args.quantity, args.recall_rule, args.stop_probability)
+        mean_name, sem_name, meta_name = grid_file_names(*names)
         check_output_files([save_dir / mean_name, save_dir / sem_name, save_dir / meta_name])
-        slice_dir = grid_partial_folder(save_dir, args.n_beta, args.n_gamma, args.quantity)
-        logger.info("CMR grid %s (%d points, %d slices), %d trials x %d starts, <= %d draws, method %s, "
+        slice_dir = grid_partial_folder(save_dir, *names)
+        logger.info("CMR grid %s (%d points, %d slices), %d trials x %d starts, <= %d draws, method %s, %s"
                     "seed %d, %d workers", "x".join(map(str, spec.shape)), spec.n_slices * len(spec.beta_rec),
-                    spec.n_slices, args.n_trials, args.n_start, args.max_draws, spec.method, spec.seed,
-                    args.workers)
+                    spec.n_slices, args.n_trials, args.n_start, spec.settings.max_draws, spec.method,
+                    "" if args.recall_rule == "li24" else f"{args.recall_rule} recall rule, ", spec.seed, args.workers)
         grid = run_cmr_grid(settings, slice_dir, restart=args.restart, progress=not args.no_progress)
 
     metadata = make_metadata("est_cmr_crp.py", spec.to_json(), seed=spec.seed,

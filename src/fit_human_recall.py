@@ -5,7 +5,10 @@ the conditional lag-CRP of CMR's own simulated recalls (``saved_crps/cmr_cond_cr
 made by ``est_cmr_crp.py --quantity conditional``); the heads of each model in ``--models`` are
 fitted, as in [LI24], to the paper's CRP of the same simulator (``--head-grid``, the shipped
 ``saved_crps/cmr_crp_avg_20_11.npy``). Same CMR distance, same grid search, same parameter axes
-(:mod:`icl_cmr.humans.fits`).
+(:mod:`icl_cmr.humans.fits`). ``--recall_rule standard`` fits both people and heads to the conditional grid of
+the standard recall rule (``saved_crps/cmr_std_cond_crp_avg_20_11.npy``: recalled items excluded, no draw cap;
+heads on the people's lags -5..-1, +1..+5) and names every output ``<dataset>_std_*`` (``peers_std_fits.csv``,
+...), so [LI24]'s-rule outputs below are never overwritten; the metadata records ``recall_rule``.
 
 Writes, in ``<out-dir>`` (default ``saved_scores/human/``), for ``--dataset peers``:
 
@@ -42,7 +45,8 @@ from icl_cmr.cli.args import (OneLineErrorParser, UniqueItems, non_negative_floa
                               run_cli, seed_int, setup_logging)
 from icl_cmr.cli.flags import flag_errors
 from icl_cmr.errors import InputError
-from icl_cmr.experiments.human_recall import (HumanRecallSettings, check_human_recall, dataset_name,
+from icl_cmr.cmr.model import RECALL_RULES
+from icl_cmr.experiments.human_recall import (HumanRecallSettings, check_human_recall, dataset_name, default_grids,
                                               human_recall_figures, run_human_recall)
 from icl_cmr.files.folders import check_writable_dir
 from icl_cmr.files.outputs import PendingWrites
@@ -75,11 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--by", choices=RECALL_UNITS, default=DEFAULTS.by,
                         help="one CRP per subject, per (subject, session), or all lists pooled (default: %(default)s; "
                              "statistics need --by subject)")
-    parser.add_argument("--crp-grid", "--crp_grid", type=Path, default=DEFAULTS.crp_grid,
-                        help="conditional lag-CRP grid people are fitted to (default: %(default)s; "
+    parser.add_argument("--recall_rule", "--recall-rule", choices=RECALL_RULES, default=DEFAULTS.recall_rule,
+                        help="CMR recall rule of the grids: li24 (the paper's: repeats allowed, 50-draw cap) or "
+                             "standard (recalled items excluded, recall ends by itself; people and heads both fitted "
+                             "to its conditional grid, heads on lags -5..-1, +1..+5; outputs named <dataset>_std_*) "
+                             "(default: %(default)s)")
+    parser.add_argument("--crp-grid", "--crp_grid", type=Path, default=None,
+                        help=f"conditional lag-CRP grid people are fitted to (default: {default_grids('li24')[0]}; "
+                             f"{default_grids('standard')[0]} with --recall_rule standard; "
                              "est_cmr_crp.py --quantity conditional)")
-    parser.add_argument("--head-grid", "--head_grid", type=Path, default=DEFAULTS.head_grid,
-                        help="the paper's CRP grid of the same simulator, heads are fitted to (default: %(default)s)")
+    parser.add_argument("--head-grid", "--head_grid", type=Path, default=None,
+                        help=f"grid of the same simulator heads are fitted to (default: the paper's CRP grid "
+                             f"{default_grids('li24')[1]}; the people's grid with --recall_rule standard)")
     parser.add_argument("--models", nargs="*", action=UniqueItems, default=list(DEFAULTS.models),
                         help="models whose heads are compared, found in the --scores-dir folders "
                              "(default: %(default)s; none: people only)")
@@ -112,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from(args: argparse.Namespace) -> HumanRecallSettings:
     """The run's settings from the parsed flags (no ``--scores-dir``: the default folder)."""
     return HumanRecallSettings(
-        dataset=args.dataset, by=args.by, crp_grid=args.crp_grid, near_best=args.near_best, head_grid=args.head_grid,
+        dataset=args.dataset, by=args.by, recall_rule=args.recall_rule, crp_grid=args.crp_grid,
+        near_best=args.near_best, head_grid=args.head_grid,
         models=args.models, scores_dirs=args.scores_dir or [DEFAULT_SCORES_DIR], training_models=args.training_models,
         n_top=args.n_top, threshold=args.threshold, n_bootstrap=args.n_bootstrap, seed=args.seed)
 

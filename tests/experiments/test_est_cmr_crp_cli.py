@@ -312,3 +312,39 @@ def test_ctrl_c_with_two_workers_prints_one_line_and_keeps_the_finished_slices(t
     resumed = subprocess.run([sys.executable, str(repo_root / "src" / "est_cmr_crp.py"), *flags], cwd=repo_root,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0 and "slices resumed" in resumed.stderr
+
+
+# ----------------------------------------------------------------------------- the standard recall rule (issue 24)
+
+def test_standard_rule_writes_its_own_files_and_records_its_rule(tmp_path, capsys):
+    flags = [flag for flag in SMALL_FLAGS]
+    flags[flags.index("--max_draws"):flags.index("--max_draws") + 2] = []  # the rule's default: n_items - 1
+    code, _, err = run_script(["--save_dir", str(tmp_path), "--quantity", "conditional", "--recall_rule", "standard",
+                               *flags], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmr_std_cond_crp_2_3.json", "cmr_std_cond_crp_avg_2_3.npy",
+                                                          "cmr_std_cond_crp_sem_2_3.npy"]
+    meta = json.loads((tmp_path / "cmr_std_cond_crp_2_3.json").read_text())
+    assert meta["parameters"]["recall_rule"] == "standard" and meta["parameters"]["max_draws"] == 29
+    assert meta["parameters"]["method"] == "simulate" and "standard recall rule" in meta["description"]
+    mean = np.load(tmp_path / "cmr_std_cond_crp_avg_2_3.npy")
+    assert mean.shape == (2, 3, 3, 17) and np.isnan(mean[..., 8]).all()
+
+
+def test_li24_rule_output_names_and_spec_are_unchanged(tmp_path, capsys):
+    code, _, err = run_script(["--save_dir", str(tmp_path), "--recall_rule", "li24", *SMALL_FLAGS], capsys)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "cmr_crp_2_3.json").read_text())
+    assert "recall_rule" not in meta["parameters"] and "stop_probability" not in meta["parameters"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--stop_probability", "0.1"], "error: --stop_probability applies to the standard recall rule only"),
+    (["--recall_rule", "standard", "--max_draws", "30", "--n_items", "30"],
+     "error: --max_draws (30) exceeds the longest possible recall under the standard rule"),
+    (["--recall_rule", "standard", "--method", "exact"], "error: the standard recall rule is always simulated"),
+    (["--recall_rule", "standard", "--stop_probability", "1"], "error: argument --stop_probability: must be"),
+])
+def test_standard_rule_flags_are_checked_before_work(tmp_path, capsys, flags, message):
+    line = _one_error_nothing_written(tmp_path, capsys, ["--n_beta", "2", "--n_gamma", "2", *flags])
+    assert line.startswith(message), line

@@ -17,6 +17,7 @@ from icl_cmr.experiments.human_recall import HumanRecallSettings, check_human_re
 from icl_cmr.figures.humans import page_of_units
 from icl_cmr.files.reading import load_pickle
 from icl_cmr.files.results import read_cmr_fit
+from icl_cmr.files.scores import read_head_scores
 
 GRID_FLAGS = ["--n_beta", "4", "--n_gamma", "3", "--n_trials", "40", "--n_items", "40", "--max_draws", "15",
               "--n_start", "5", "--seed", "3", "--workers", "1", "--no_progress"]
@@ -218,3 +219,93 @@ def test_a_page_of_units_spreads_over_the_ranks_of_the_distance():
     distance = np.array([0.5, np.nan, 0.1, 0.3, 0.2, 0.4])
     np.testing.assert_array_equal(page_of_units(distance, size=10), [2, 4, 3, 5, 0, 1])   # all, best first
     np.testing.assert_array_equal(page_of_units(distance, size=3), [2, 3, 1])      # ranks 0, 2.5 -> 2 (even), 5
+
+
+# ----------------------------------------------------------------------------- --recall_rule (issue 24)
+
+@pytest.fixture(scope="module")
+def standard_grid(tmp_path_factory):
+    """The conditional grid of the standard recall rule, same small simulation otherwise (no draw cap)."""
+    folder = tmp_path_factory.mktemp("std_grid")
+    flags = [flag for flag in GRID_FLAGS]
+    del flags[flags.index("--max_draws"):flags.index("--max_draws") + 2]
+    assert run_cli(est_cmr_crp.main, ["--save_dir", str(folder), *flags, "--quantity", "conditional",
+                                      "--recall_rule", "standard"]) == 0
+    return folder / "cmr_std_cond_crp_avg_4_3.npy"
+
+
+def hand_cmr_distance(head_crp, head_lags, grid_crp, grid_lags, fit_lags):
+    """DESIGN.md section 4 written out: CMR curve renormalised over the fitting lags, both shifted to minimum 0,
+    CMR scaled to the head's maximum, mean squared gap over the head's variance."""
+    a = np.array([head_crp[list(head_lags).index(lag)] for lag in fit_lags])
+    c = np.array([grid_crp[list(grid_lags).index(lag)] for lag in fit_lags])
+    c = c / c.sum()
+    a, c = a - a.min(), c - c.min()
+    return float(np.mean((c * a.max() / c.max() - a) ** 2) / np.var(a))
+
+
+@pytest.mark.slow
+def test_standard_rule_fits_people_and_heads_to_its_conditional_grid_under_its_own_names(standard_grid, grids,
+                                                                                          tmp_path, capsys):
+    code, _, err = run(fit_human_recall.main, ["--dataset", "morton2013", "--recall_rule", "standard",
+                                               "--crp-grid", str(standard_grid), "--head-grid", str(standard_grid),
+                                               "--out-dir", str(tmp_path / "out"), "--figs-dir", str(tmp_path / "figs"),
+                                               "--n-bootstrap", "300"], capsys)
+    assert code == 0, err
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [f"morton2013_std_{name}" for name in (
+        "fits.csv", "fits.pkl", "head_fits.csv", "metadata.json", "vs_heads.csv")]
+    assert sorted(p.name for p in (tmp_path / "figs" / "humans_vs_heads").iterdir()) == [
+        "morton2013_std_crp_fits.pdf", "morton2013_std_parameters.pdf"]
+    meta = json.loads((out / "morton2013_std_metadata.json").read_text())["parameters"]
+    assert meta["recall_rule"] == "standard"
+    assert meta["head_fit_lags"] == meta["people_fit_lags"] == [-5, -4, -3, -2, -1, 1, 2, 3, 4, 5]
+    # Each head's D is the distance to the standard grid at its fitted point, on the people's lags (no lag 0).
+    grid = np.load(standard_grid)
+    axes = json.loads(standard_grid.with_name("cmr_std_cond_crp_4_3.json").read_text())["parameters"]
+    heads = pd.read_csv(out / "morton2013_std_head_fits.csv")
+    scores = read_head_scores(heads["scores_file"].iloc[0])       # the file the run read (relative to the root)
+    for row in heads.head(3).itertuples():
+        layer, head = int(row.label[1:row.label.index("H")]), int(row.label[row.label.index("H") + 1:])   # "L1H3"
+        point = tuple(int(np.argmin(np.abs(np.asarray(axes[name]) - getattr(row, name))))
+                      for name in ("beta_enc", "beta_rec", "gamma_ft"))
+        expected = hand_cmr_distance(scores.crp[layer, head], scores.lags, grid[point], range(-8, 9),
+                                     [-5, -4, -3, -2, -1, 1, 2, 3, 4, 5])
+        assert row.cmr_distance == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("rule, people_grid", [("standard", "people"), ("li24", "standard")])
+def test_a_grid_made_under_the_other_rule_is_refused_before_any_work(grids, standard_grid, tmp_path, capsys, rule,
+                                                                     people_grid):
+    path = standard_grid if people_grid == "standard" else grids[people_grid]
+    code, _, err = run(fit_human_recall.main, ["--recall_rule", rule, "--crp-grid", str(path), "--models",
+                                               "--out-dir", str(tmp_path / "out"), "--figs-dir",
+                                               str(tmp_path / "figs")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--crp-grid" in err and "--recall_rule" in err and "recall rule" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "figs").exists()
+
+
+def test_each_rule_defaults_to_its_shipped_grids():
+    li24, standard = HumanRecallSettings(), HumanRecallSettings(recall_rule="standard")
+    assert (li24.crp_grid.name, li24.head_grid.name) == ("cmr_cond_crp_avg_20_11.npy", "cmr_crp_avg_20_11.npy")
+    assert standard.crp_grid.name == standard.head_grid.name == "cmr_std_cond_crp_avg_20_11.npy"
+    assert (li24.stem, standard.stem, HumanRecallSettings(recall_rule="standard", by="session").stem) == (
+        "peers", "peers_std", "peers_std_session")
+    args = fit_human_recall.build_parser().parse_args(["--recall_rule", "standard"])
+    assert fit_human_recall.settings_from(args) == standard
+
+
+def test_an_unknown_recall_rule_is_refused_by_name(tmp_path):
+    with pytest.raises(InputError) as err:
+        check_human_recall(HumanRecallSettings(recall_rule="cymr", crp_grid=tmp_path / "missing.npy"))
+    assert err.value.parameters == ("recall_rule",) and "li24, standard" in str(err.value)
+
+
+@pytest.mark.slow
+def test_shipped_standard_rule_people_fits_are_reproduced(repo_root, tmp_path, capsys):
+    code, _, err = run(fit_human_recall.main, ["--recall_rule", "standard", "--models", "--out-dir",
+                                               str(tmp_path / "out"), "--figs-dir", str(tmp_path / "figs")], capsys)
+    assert code == 0, err
+    shipped = repo_root / "saved_scores" / "human" / "peers_std_fits.csv"
+    assert (tmp_path / "out" / "peers_std_fits.csv").read_bytes() == shipped.read_bytes()

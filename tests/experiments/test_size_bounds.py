@@ -123,6 +123,7 @@ def test_the_engine_refuses_more_workers_than_the_machine_runs_naming_the_parame
     (["--n_items", HUGE], "--n_items"),
     (["--n_trials", HUGE, "--n_start", "2"], "--n_trials"),
     (["--max_draws", str(10 ** 9)], "--max_draws"),
+    (["--recall_rule", "standard", "--n_items", str(10 ** 9)], "--n_items"),   # its draw cap follows --n_items
 ])
 def test_a_grid_too_large_for_memory_names_the_setting_that_makes_it_so(flags, named, tmp_path, capsys, monkeypatch):
     real_axes = grid.grid_axes
@@ -138,11 +139,22 @@ def test_a_grid_too_large_for_memory_names_the_setting_that_makes_it_so(flags, n
     assert not (tmp_path / "C").exists()
 
 
-@pytest.mark.parametrize("n_beta, n_gamma, workers, quantity", [(20, 11, 1, "crp"), (1, 3, 2, "crp"), (2, 2, 3, "crp"),
-                                                              (3, 4, 2, "conditional")])
-def test_the_grid_estimate_from_the_settings_alone_is_the_one_of_the_built_grid(n_beta, n_gamma, workers, quantity):
-    settings = CmrGridSettings(n_beta=n_beta, n_gamma=n_gamma, workers=min(workers, max_workers()), quantity=quantity)
+@pytest.mark.parametrize("n_beta, n_gamma, workers, quantity, rule", [
+    (20, 11, 1, "crp", "li24"), (1, 3, 2, "crp", "li24"), (2, 2, 3, "crp", "li24"), (3, 4, 2, "conditional", "li24"),
+    (1, 3, 2, "crp", "standard"), (4, 3, 1, "conditional", "standard")])
+def test_the_grid_estimate_from_the_settings_alone_is_the_one_of_the_built_grid(n_beta, n_gamma, workers, quantity,
+                                                                                 rule):
+    settings = CmrGridSettings(n_beta=n_beta, n_gamma=n_gamma, workers=min(workers, max_workers()), quantity=quantity,
+                               recall_rule=rule)
     assert grid_memory(settings).total == settings.spec().memory_bytes(settings.workers)
+
+
+def test_a_standard_rule_grid_whose_draw_cap_follows_a_huge_list_names_the_list_length(tmp_path, capsys):
+    line = _refused(est_cmr_crp.main, ["--save_dir", str(tmp_path / "C"), "--recall_rule", "standard", "--n_items",
+                                       HUGE], capsys)
+    assert line == (f"error: --n_items is too large: {HUGE} (the standard rule draws up to --n_items - 1 items, at "
+                    "most 2147483647)")
+    assert not (tmp_path / "C").exists()
 
 
 # ----------------------------------------------------------------------------- compute_head_scores.py

@@ -60,5 +60,5 @@ def test_paper_defaults_need_a_512_token_context():
     with pytest.raises(InputError, match="beyond the last loss index 254"):
         config.validate(256, n_ctx=256)
     ICLScoreConfig(late_index=246, early_index=50).validate(256, n_ctx=256)
-    with pytest.raises(InputError, match="below --late-index"):
+    with pytest.raises(InputError, match="below `late_index`"):
         ICLScoreConfig(late_index=50, early_index=50).validate(256)

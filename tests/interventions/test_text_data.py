@@ -44,7 +44,7 @@ def test_without_bos_the_document_alone_must_reach_min_tokens():
 
 def test_paper_lengths_and_their_validation():
     assert (TextDataConfig().min_tokens, TextDataConfig().seq_len) == (512, 512)
-    with pytest.raises(InputError, match="--min-tokens 100 is below --seq-len 128"):
+    with pytest.raises(InputError, match="`min_tokens` 100 is below `seq_len` 128"):
         TextDataConfig(min_tokens=100, seq_len=128)
 
 

@@ -12,6 +12,7 @@ The rules (README "Layout", docs/conventions.md):
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
@@ -155,3 +156,32 @@ def test_the_engine_has_no_import_cycle():
 @pytest.mark.parametrize("path", scripts(), ids=lambda p: p.name)
 def test_every_script_is_short(path):
     assert len(path.read_text().splitlines()) < MAX_SCRIPT_LINES
+
+
+#: Engine strings that look like flags but are data, not messages: what a file records as the head source or the BOS
+#: rule, and a command the user is told to run (a script followed by its flags).
+FLAG_LIKE_DATA = ("--heads", "--bos", "--no-bos", "skipped (--no-copying)", "python src/", ".py --")
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")
+
+
+def flag_strings(path: Path) -> List[Tuple[int, str]]:
+    """``(line, text)`` of every string in ``path`` that names a command-line flag, docstrings and data left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    found = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                and FLAG.search(node.value) and not any(data in node.value for data in FLAG_LIKE_DATA)):
+            found.append((node.lineno, node.value))
+    return found
+
+
+@pytest.mark.parametrize("path", [p for p in sorted(ENGINE.rglob("*.py")) if p.relative_to(ENGINE).parts[0]
+                                  not in ("cli", "sweeps")], ids=lambda p: str(p.relative_to(ENGINE)))
+def test_engine_messages_name_parameters_not_flags(path):
+    """The engine speaks in parameter names (`late_index`); only cli/ (and sweeps/, which builds command lines)
+    knows the flags, so a notebook user never reads a flag they did not type."""
+    assert flag_strings(path) == [], f"{path.relative_to(SRC)} names flags: use backticked parameters"

@@ -13,10 +13,12 @@ How a simulated trial maps onto psifr's definition:
 * **the recall sequence** is the start item ``s0`` followed by the drawn items. ``s0`` plays the
   first recall: the paper's context starts as ``e_s0`` and its histogram takes the first lag from
   ``s0``, and a person's first recall likewise starts the first transition;
-* **repeats** (CMR's draws may return an item already in the sequence, ``s0`` included) are handled
-  as psifr handles people's repeats: a transition counts only when both its items are first
-  occurrences; a repeat is neither a "from" nor a "to" item and no transition bridges it (recalls
-  ``A B A C``: only ``A -> B`` counts);
+* **repeats** (under [LI24]'s recall rule CMR's draws may return an item already in the sequence, ``s0``
+  included) are handled as psifr handles people's repeats: a transition counts only when both its items are
+  first occurrences; a repeat is neither a "from" nor a "to" item and no transition bridges it (recalls
+  ``A B A C``: only ``A -> B`` counts). Under that rule most draws can be repeats and the curve rests on few
+  transitions per trial (:func:`recall_statistics`; docs/cmr_grid.md); under the standard recall rule
+  (:mod:`icl_cmr.cmr.standard_rule`) there are none and every draw is a counted transition;
 * **possible lags** of a counted transition from item ``i`` are ``j - i`` for every item ``j`` of
   the list (``0 <= j < n_items``) not yet in the sequence, the actual "to" item included;
 * **the absorbing stop** ends the sequence and is not a transition (psifr: the end of a recall
@@ -30,7 +32,7 @@ holding every start position): the simulation noise of the pooled ratio.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 
@@ -177,6 +179,47 @@ def crp_and_conditional_crp(beta_enc: float, beta_rec: float, gamma_ft: float, s
     return histogram, conditional, conditional_se
 
 
+def recall_statistics(draws: np.ndarray, start_positions: np.ndarray, n_items: int,
+                      max_draws: int) -> Dict[str, float]:
+    """How much of a simulation's recalls the conditional lag-CRP uses, and how often the draw cap ends them.
+
+    Parameters
+    ----------
+    draws : np.ndarray, shape [n_start, n_trials, max_draws], int
+        Drawn items, ``-1`` after a trial stopped (:func:`icl_cmr.cmr.model.simulate_recall`).
+    start_positions : np.ndarray, shape [n_start]
+    n_items : int
+    max_draws : int
+        The cap the draws were simulated with.
+
+    Returns
+    -------
+    dict
+        ``draws_per_trial``: mean item draws per trial; ``repeat_share``: share of all draws that repeat an item
+        already in the sequence (``s0`` included); ``counted_transitions_per_trial``: mean transitions per trial
+        between two first occurrences, the ones the conditional lag-CRP counts (psifr's rules, every lag);
+        ``capped_share``: share of trials that made all ``max_draws`` draws (ended by the cap, not by themselves).
+    """
+    draws = np.asarray(draws)
+    n_start, n_trials, n_draws = draws.shape
+    if n_draws != max_draws:
+        raise InputError(f"draws have {n_draws} draws per trial, but max_draws is {max_draws}",
+                         parameters=("max_draws",))
+    draw_major = np.ascontiguousarray(draws.reshape(n_start * n_trials, n_draws).T.astype(np.int64))
+    first = np.zeros(draw_major.shape, dtype=np.bool_)
+    kernels.CACHED.call(kernels.first_recall_mask, draw_major,
+                        np.repeat(np.asarray(start_positions, dtype=np.int64), n_trials), int(n_items), first)
+    valid = draw_major >= 0
+    # A counted transition ends at a first occurrence whose predecessor (s0 for the first draw) is one too.
+    counted = first[0].sum() + (first[1:] & first[:-1]).sum()
+    n_rows = n_start * n_trials
+    total_draws = valid.sum()
+    return {"draws_per_trial": float(total_draws / n_rows),
+            "repeat_share": float(1.0 - first.sum() / total_draws) if total_draws else float("nan"),
+            "counted_transitions_per_trial": float(counted / n_rows),
+            "capped_share": float(valid[-1].sum() / n_rows)}
+
+
 def conditional_cmr_crp(beta_enc: float, beta_rec: float, gamma_ft: float, settings: CMRSettings,
                         rng: np.random.Generator) -> np.ndarray:
     """Pooled conditional lag-CRP of simulated recalls at one point, with its standard error.
@@ -194,4 +237,4 @@ def conditional_cmr_crp(beta_enc: float, beta_rec: float, gamma_ft: float, setti
 
 
 __all__ = ["JACKKNIFE_GROUPS", "conditional_lag_counts", "pooled_conditional_crp", "crp_and_conditional_crp",
-           "conditional_cmr_crp"]
+           "recall_statistics", "conditional_cmr_crp"]

@@ -85,7 +85,8 @@ class GridSpec:
     beta_enc, beta_rec, gamma_ft : tuple of float
         Grid axes (see :func:`grid_axes`).
     settings : CMRSettings
-        Items, trials, draw limit, start positions, lags.
+        Items, trials, draw limit, start positions, lags, and the recall rule (``settings.recall_rule``:
+        [LI24]'s, the default, or the standard one, which has no exact form and so needs ``method="simulate"``).
     seed : int
         Base seed of the per-point generators.
     method : {"exact", "simulate", "authors"}
@@ -113,6 +114,9 @@ class GridSpec:
         if self.quantity == "conditional" and self.method != "simulate":
             raise InputError(f"the conditional lag-CRP is always simulated (it has no exact form): method must be "
                              f"'simulate', got {self.method!r}")
+        if self.settings.recall_rule != "li24" and self.method != "simulate":
+            raise InputError(f"the {self.settings.recall_rule} recall rule is always simulated (it has no exact form): "
+                             f"method must be 'simulate', got {self.method!r}", parameters=("method", "recall_rule"))
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         for name in ("beta_enc", "beta_rec", "gamma_ft"):
@@ -157,8 +161,9 @@ class GridSpec:
     def point_memory_bytes(self) -> int:
         """Estimated peak bytes of one grid point of this spec (:func:`icl_cmr.cmr.model.point_memory_bytes`)."""
         conditional = self.quantity == "conditional"
-        exact_only = self.method == "exact" and all(has_exact_crp(b) for b in self.beta_rec)
-        exact = not conditional and self.method == "exact" and any(has_exact_crp(b) for b in self.beta_rec)
+        rule = self.settings.recall_rule
+        exact_only = self.method == "exact" and all(has_exact_crp(b, rule) for b in self.beta_rec)
+        exact = not conditional and self.method == "exact" and any(has_exact_crp(b, rule) for b in self.beta_rec)
         return point_memory_bytes(self.settings, simulate=conditional or not exact_only, exact=exact,
                                   conditional=conditional)
 
@@ -182,6 +187,8 @@ class GridSpec:
             "n_start": int(s.n_start), "max_lag": int(s.max_lag), "seed": int(self.seed), "method": self.method,
             # Only when not the default, so the paper's grid keeps its recorded spec.
             **({"quantity": self.quantity} if self.quantity != "crp" else {}),
+            **({"recall_rule": s.recall_rule} if s.recall_rule != "li24" else {}),
+            **({"stop_probability": s.stop_probability} if s.stop_probability != 0.0 else {}),
         }
 
 
@@ -278,13 +285,19 @@ def ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def grid_description(quantity: str = "crp") -> str:
-    """What a grid file holds, for its metadata (:data:`GRID_QUANTITIES`)."""
+def grid_description(quantity: str = "crp", recall_rule: str = "li24") -> str:
+    """What a grid file holds, for its metadata (:data:`GRID_QUANTITIES`, :data:`icl_cmr.cmr.model.RECALL_RULES`)."""
     seeding = "per-point generators SeedSequence(seed, spawn_key=(C-order flat index,))"
+    if recall_rule == "standard":
+        rule = ("standard recall rule (s0 and recalled items excluded from later draws; recall ends at the absorbing "
+                "state, when nothing left has strength, or at stop_probability per draw); ")
+    else:
+        rule = "[LI24]'s recall rule (repeats allowed, at most max_draws draws); "
     if quantity == "conditional":
         return ("conditional lag-CRP (transitions made / possible, psifr's rules: repeats neither start nor end a "
                 "counted transition, s0 is the first recall) of the simulated recalls, pooled over all trials of "
                 "start positions s0 = 0..n_start-1; lag 0 is NaN (never possible); SEM = delete-one-group "
-                f"jackknife over {JACKKNIFE_GROUPS} groups of trials (trial index mod {JACKKNIFE_GROUPS}); " + seeding)
+                f"jackknife over {JACKKNIFE_GROUPS} groups of trials (trial index mod {JACKKNIFE_GROUPS}); "
+                + (rule if recall_rule != "li24" else "") + seeding)
     return ("mean and SEM over start positions s0 = 0..n_start-1 of the normalised CMR CRP; "
-            "SEM = std(ddof=1)/sqrt(n_start); " + seeding)
+            "SEM = std(ddof=1)/sqrt(n_start); " + (rule if recall_rule != "li24" else "") + seeding)

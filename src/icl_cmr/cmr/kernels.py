@@ -218,5 +218,129 @@ def conditional_lag_counts_kernel(draws, start_items, n_items, max_lag, actual, 
             previous_first = current_first
 
 
+@njit(cache=True, nogil=True)
+def standard_recall_kernel(start_items, assoc, inputs, retrieval, keep, drift, absorbing, item_uniforms,
+                           stop_uniforms, stop_probability, draws):
+    """Recall every trial under the standard rule (:mod:`icl_cmr.cmr.standard_rule`), one trial at a time.
+
+    A trial keeps its context ``t`` and its retrieval strengths ``F = M^T t`` as explicit vectors, with ``F`` set
+    to 0 on every item already in the sequence (``s0`` and the recalls). A draw takes the item whose running sum
+    of ``F`` (in index order) first exceeds ``u * sum(F)``: an exact draw from ``F`` renormalised over the items
+    not yet recalled plus the absorbing state. Zero-strength items are never taken; if rounding puts the target
+    at the total, the last item with strength is taken. The drift ``t <- (keep t + drift t_in(j)) / norm`` updates
+    ``F`` by the same linear step, ``F <- (keep F + drift M^T t_in(j)) / norm``, and ``norm`` comes from
+    ``t . t_in(j)``. The running total of ``F`` is summed in index order, the order of the draw's running sums.
+
+    Parameters
+    ----------
+    start_items : np.ndarray, shape [n_trials], int64
+        Start item ``s0`` of each trial (its first "recall").
+    assoc : np.ndarray, shape [size, size], float64
+        ``M`` (row ``s0`` is ``M^T e_s0``, the strengths of the start context).
+    inputs : np.ndarray, shape [size, size], float64
+        Row ``j`` is the unit input context ``t_in(j)`` (zero for an item that can never be drawn).
+    retrieval : np.ndarray, shape [size, size], float64
+        Row ``j`` is ``M^T t_in(j)``.
+    keep, drift : float
+        ``1 - beta_rec`` and ``beta_rec``.
+    absorbing : int
+        Index of the absorbing state (never excluded; drawing it ends the trial).
+    item_uniforms : np.ndarray, shape [max_draws, n_trials], float64
+        Uniforms in [0, 1) of the item draws.
+    stop_uniforms : np.ndarray, shape [max_draws, n_trials] (or any shape when ``stop_probability`` is 0)
+        Uniforms of the stop decisions, drawn before each item draw.
+    stop_probability : float
+        Probability of ending the recall before each draw.
+    draws : np.ndarray, shape [max_draws, n_trials], int
+        Filled with ``-1`` on entry; receives the drawn items in order.
+    """
+    n_draws, n_trials = draws.shape
+    size = assoc.shape[0]
+    context = np.empty(size)
+    strength = np.empty(size)
+    recalled = np.zeros(size, dtype=np.uint8)
+    for trial in range(n_trials):
+        start = start_items[trial]
+        for j in range(size):
+            context[j] = 0.0
+            strength[j] = assoc[start, j]
+            recalled[j] = 0
+        context[start] = 1.0
+        recalled[start] = 1
+        strength[start] = 0.0
+        total = 0.0  # sum of strength in index order, the order of the running sums below (so they reach it)
+        for j in range(size):
+            total += strength[j]
+        for m in range(n_draws):
+            if stop_probability > 0.0 and stop_uniforms[m, trial] < stop_probability:
+                break
+            if not total > 0.0:
+                break  # no support left: not even the absorbing state can be drawn
+            target = item_uniforms[m, trial] * total
+            running = 0.0
+            chosen = -1
+            last = -1
+            for j in range(size):
+                weight = strength[j]
+                if weight > 0.0:
+                    running += weight
+                    last = j
+                    if running > target:
+                        chosen = j
+                        break
+            if chosen < 0:
+                chosen = last
+            if chosen == absorbing:
+                break
+            draws[m, trial] = chosen
+            recalled[chosen] = 1
+            if drift > 0.0:
+                dot = 0.0
+                for j in range(size):
+                    dot += context[j] * inputs[chosen, j]
+                inverse_norm = 1.0 / math.sqrt(keep * keep + drift * drift + 2.0 * keep * drift * dot)
+                old_weight, new_weight = keep * inverse_norm, drift * inverse_norm
+                total = 0.0
+                for j in range(size):
+                    context[j] = old_weight * context[j] + new_weight * inputs[chosen, j]
+                    if recalled[j]:
+                        strength[j] = 0.0
+                    else:
+                        strength[j] = old_weight * strength[j] + new_weight * retrieval[chosen, j]
+                        total += strength[j]
+            else:
+                strength[chosen] = 0.0
+                total = 0.0
+                for j in range(size):
+                    total += strength[j]
+
+
+@njit(cache=True, nogil=True)
+def first_recall_mask(draws, start_items, n_items, first):
+    """Whether each draw is the first occurrence of its item in its trial's sequence (``s0`` counts as recalled).
+
+    Parameters
+    ----------
+    draws : np.ndarray, shape [max_draws, n_trials], int
+        Draw-major drawn items, ``-1`` after a trial stopped.
+    start_items : np.ndarray, shape [n_trials], int
+    n_items : int
+    first : np.ndarray, shape [max_draws, n_trials], bool
+        Zeroed on entry; set where a draw is an item's first occurrence (never where the trial has stopped).
+    """
+    n_draws, n_trials = draws.shape
+    recalled_in = np.full(n_items, -1, dtype=np.int64)
+    for trial in range(n_trials):
+        recalled_in[start_items[trial]] = trial
+        for m in range(n_draws):
+            item = draws[m, trial]
+            if item < 0:
+                break
+            if recalled_in[item] != trial:
+                first[m, trial] = True
+                recalled_in[item] = trial
+
+
 #: The kernels as Python code calls them: a damaged on-disk cache is recompiled with a warning.
-CACHED = CompiledKernels(__name__, overlap_dot, first_component_above, draw_step, conditional_lag_counts_kernel)
+CACHED = CompiledKernels(__name__, overlap_dot, first_component_above, draw_step, conditional_lag_counts_kernel,
+                         standard_recall_kernel, first_recall_mask)

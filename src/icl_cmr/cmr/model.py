@@ -15,6 +15,11 @@ model it describes. ``n`` items plus one absorbing state (index ``n``):
   item draws (the absorbing draw is neither counted nor a transition); mean over
   trials with at least one draw; normalised to sum 1 over the lags.
 
+That is [LI24]'s recall rule (``CMRSettings.recall_rule = "li24"``, the default). Under the standard rule
+(``"standard"``, :mod:`icl_cmr.cmr.standard_rule`) the start item and recalled items are excluded from later
+draws and the recall ends by itself (no cap is needed); the encoding, drift and choice rule are the same.
+The parameters are on [LI24]'s scale, not standard CMR's (:mod:`icl_cmr.cmr.scales`).
+
 Semantics fixed by the authors' code and confirmed against their saved grid
 (the agreement is reported in the README): the absorbing draw ends the trial
 and is not counted, lags beyond ``max_lag`` count in the divisor only.
@@ -49,6 +54,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from icl_cmr.cmr import kernels
+from icl_cmr.cmr.standard_rule import simulate_standard_draw_major
 from icl_cmr.config import CMR_CRP_LAGS, FIT_LAGS
 from icl_cmr.errors import InputError
 
@@ -57,6 +63,15 @@ DEFAULT_MAX_LAG = int(CMR_CRP_LAGS.max())
 
 #: Ways of obtaining a grid point's CRP (see :func:`cmr_crp`).
 CRP_METHODS = ("simulate", "exact", "authors")
+
+#: How a recall proceeds (:attr:`CMRSettings.recall_rule`). ``"li24"``: [LI24]'s rule, repeats allowed, recall
+#: ending at the absorbing state or after ``max_draws`` draws (DESIGN.md section 3). ``"standard"``: standard
+#: CMR's, the start item and recalled items excluded from later draws, recall ending at the absorbing state, when
+#: nothing left has strength, or at a stop probability (:mod:`icl_cmr.cmr.standard_rule`).
+RECALL_RULES = ("li24", "standard")
+
+#: [LI24]'s draw cap: 50 reproduces the authors' saved grid (DESIGN.md section 3).
+LI24_MAX_DRAWS = 50
 
 
 @dataclass(frozen=True)
@@ -70,21 +85,39 @@ class CMRSettings:
     n_trials : int
         Simulated recalls per start position. The issue's default: 1000 ([LI24]'s
         script default; their saved grid matches 500, DESIGN.md section 3).
-    max_draws : int
-        Most item draws per trial. 50 reproduces the authors' saved grid (DESIGN.md).
+    max_draws : int, optional
+        Most item draws per trial. Default (None): 50 under [LI24]'s rule, the value that reproduces the authors'
+        saved grid (DESIGN.md); ``n_items - 1`` under the standard rule, where a recall can never be longer (no cap).
+        Set to that default after construction.
     n_start : int
         Start positions ``s0 = 0 .. n_start - 1``. [LI24]: 20.
     max_lag : int
         CRP lags ``-max_lag .. max_lag``. [LI24]: 8.
+    recall_rule : {"li24", "standard"}
+        :data:`RECALL_RULES`. Default ``"li24"``, the paper's.
+    stop_probability : float
+        Standard rule only: probability of ending the recall before each draw, in [0, 1). Default 0 (the
+        absorbing state alone ends it).
     """
 
     n_items: int = 100
     n_trials: int = 1000
-    max_draws: int = 50
+    max_draws: Optional[int] = None
     n_start: int = 20
     max_lag: int = DEFAULT_MAX_LAG
+    recall_rule: str = "li24"
+    stop_probability: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.recall_rule not in RECALL_RULES:
+            raise InputError(f"`recall_rule` must be one of {', '.join(RECALL_RULES)}, got {self.recall_rule!r}",
+                             parameters=("recall_rule",))
+        cap_from_items = self.max_draws is None and self.recall_rule == "standard"
+        if self.max_draws is None:
+            valid_items = isinstance(self.n_items, (int, np.integer)) and self.n_items >= 2
+            # (an invalid n_items is refused below, by name)
+            default = LI24_MAX_DRAWS if self.recall_rule == "li24" else (self.n_items - 1 if valid_items else 1)
+            object.__setattr__(self, "max_draws", default)
         for name in ("n_items", "n_trials", "max_draws", "n_start", "max_lag"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -106,7 +139,23 @@ class CMRSettings:
             raise InputError(f"`n_start` must be at least 2 (the SEM is taken over start positions), "
                              f"got {self.n_start}", parameters=("n_start",))
         if self.max_draws > np.iinfo(np.int32).max:
+            if cap_from_items:  # the user set n_items, not the cap: name what they gave
+                raise InputError(f"`n_items` is too large: {self.n_items} (the standard rule draws up to `n_items` - 1 "
+                                 f"items, at most {np.iinfo(np.int32).max})", parameters=("n_items",))
             raise InputError(f"`max_draws` is too large: {self.max_draws}", parameters=("max_draws",))
+        stop = self.stop_probability
+        if isinstance(stop, bool) or not isinstance(stop, (int, float, np.floating)) or not 0.0 <= stop < 1.0:
+            raise InputError(f"`stop_probability` must be a number in [0, 1), got {stop!r}",
+                             parameters=("stop_probability",))
+        if stop > 0 and self.recall_rule == "li24":
+            raise InputError("`stop_probability` applies to the standard recall rule only ([LI24]'s rule stops at "
+                             "the absorbing state or the draw cap); set `recall_rule` to 'standard'",
+                             parameters=("stop_probability", "recall_rule"))
+        if self.recall_rule == "standard" and self.max_draws > self.n_items - 1:
+            raise InputError(f"`max_draws` ({self.max_draws}) exceeds the longest possible recall under the standard "
+                             f"rule: {self.n_items - 1} items can follow the start item (`n_items` - 1); leave "
+                             "`max_draws` unset for no cap", parameters=("max_draws", "n_items"))
+        object.__setattr__(self, "stop_probability", float(stop))
 
     @property
     def start_positions(self) -> np.ndarray:
@@ -280,6 +329,16 @@ def simulate_recall(beta_enc: float, beta_rec: float, gamma_ft: float, settings:
     return np.ascontiguousarray(draws.T).reshape(settings.n_start, settings.n_trials, settings.max_draws)
 
 
+@functools.lru_cache(maxsize=4)
+def _standard_rule_tables(beta_enc: float, gamma_ft: float, n_items: int) -> Tuple[np.ndarray, np.ndarray]:
+    # Cached like _component_tables: a grid slice simulates every beta_rec with the same tables.
+    assoc = encoding_matrix(beta_enc, n_items)
+    inputs = context_inputs(assoc, gamma_ft)
+    for table in (assoc, inputs):
+        table.setflags(write=False)
+    return assoc, inputs
+
+
 def _simulate_draw_major(beta_enc: float, beta_rec: float, gamma_ft: float, settings: CMRSettings,
                          rng: np.random.Generator) -> np.ndarray:
     """:func:`simulate_recall` with draws as rows: shape [max_draws, n_start * n_trials].
@@ -289,8 +348,13 @@ def _simulate_draw_major(beta_enc: float, beta_rec: float, gamma_ft: float, sett
     the compiled per-trial pass reads contiguous memory.
     The loop over draws, the random stream (two uniforms per held trial and draw) and
     the compaction of finished trials stay here; each draw's per-trial work is the
-    compiled :func:`icl_cmr.cmr.kernels.draw_step`.
+    compiled :func:`icl_cmr.cmr.kernels.draw_step`. Under the standard recall rule the whole simulation is
+    :func:`icl_cmr.cmr.standard_rule.simulate_standard_draw_major`.
     """
+    if settings.recall_rule == "standard":
+        assoc, inputs = _standard_rule_tables(float(beta_enc), float(gamma_ft), int(settings.n_items))
+        return simulate_standard_draw_major(assoc, inputs, settings.start_positions, settings.n_trials,
+                                            settings.max_draws, beta_rec, settings.stop_probability, rng)
     tables = _component_tables(float(beta_enc), float(gamma_ft), int(settings.n_items), int(settings.n_start))
     size, absorbing, n_comp = tables.size, settings.n_items, tables.n_components
     n_rows, n_draws = settings.n_start * settings.n_trials, settings.max_draws
@@ -346,7 +410,9 @@ def point_memory_bytes(settings: CMRSettings, simulate: bool = True, exact: bool
     ``S = n_items + 1`` states:
 
     * simulation: draws ``[D, R]`` (int16), per-trial components, coefficients and running weights
-      ``[R, D + 1]`` (int16 + 2 x float64), of which compacting finished trials copies up to 3/4;
+      ``[R, D + 1]`` (int16 + 2 x float64), of which compacting finished trials copies up to 3/4; under the
+      standard recall rule instead the draws and their uniforms ``[D, R]`` (float64, twice with a stop
+      probability) and four tables ``[S, S]``;
     * the CRP of the draws: lags and masks ``[D, R]``, per-trial histograms ``[R, L]`` (float64, 3x);
     * the conditional lag-CRP (``conditional``): an int64 copy of the draws, int32 then int64
       counts made and possible ``[R, L]`` and their sums over start positions;
@@ -372,13 +438,18 @@ def point_memory_bytes(settings: CMRSettings, simulate: bool = True, exact: bool
     components = size + int(settings.n_start)
     peak = 0
     if simulate:
-        state = trials * (draws + 1) * (2 + 8 + 8)
-        simulation = trials * draws * index_bytes + state * 7 // 4 + trials * 41
+        if settings.recall_rule == "standard":
+            uniforms = 2 if settings.stop_probability > 0 else 1
+            simulation = trials * draws * (index_bytes + 8 * uniforms) + trials * 8
+            tables = 4 * size * size * 8
+        else:
+            state = trials * (draws + 1) * (2 + 8 + 8)
+            simulation = trials * draws * index_bytes + state * 7 // 4 + trials * 41
+            tables = 9 * components * size * 8  # building the component tables
         histogram = trials * draws * (2 * index_bytes + 2) + trials * lags * (2 + 3 * 8)
-        peak = max(simulation, histogram) + 9 * components * size * 8  # + the component tables
+        peak = max(simulation, histogram) + tables
         if conditional:
-            peak = max(peak, trials * draws * (index_bytes + 8) + trials * lags * (4 + 4 + 8 + 8 + 8)
-                       + 9 * components * size * 8)
+            peak = max(peak, trials * draws * (index_bytes + 8) + trials * lags * (4 + 4 + 8 + 8 + 8) + tables)
     if exact:
         peak = max(peak, 3 * int(settings.n_start) * size * size * 8 + (draws + 1) * int(settings.n_start) * size * 8
                    + 4 * size * size * 8)
@@ -448,9 +519,11 @@ def _crp_from_draw_major(draws: np.ndarray, start_positions: np.ndarray, n_trial
 
 # ----------------------------------------------------------------------------- exact CRPs
 
-def has_exact_crp(beta_rec: float) -> bool:
-    """Whether :func:`exact_crp` applies: ``beta_rec`` in {0, 1} (any ``beta_enc``, ``gamma_ft``)."""
-    return beta_rec == 0.0 or beta_rec == 1.0
+def has_exact_crp(beta_rec: float, recall_rule: str = "li24") -> bool:
+    """Whether :func:`exact_crp` applies: [LI24]'s recall rule and ``beta_rec`` in {0, 1} (any ``beta_enc``,
+    ``gamma_ft``). Under the standard rule the draws are never a Markov chain on items (which items remain
+    depends on the whole recall), so there is no exact form."""
+    return recall_rule == "li24" and (beta_rec == 0.0 or beta_rec == 1.0)
 
 
 def _transition_matrices(beta_enc: float, beta_rec: float, gamma_ft: float,
@@ -497,6 +570,9 @@ def exact_crp(beta_enc: float, beta_rec: float, gamma_ft: float, settings: CMRSe
     np.ndarray, shape [n_start, 2 * max_lag + 1]
     """
     check_parameters(beta_enc, beta_rec, gamma_ft)
+    if settings.recall_rule != "li24":
+        raise InputError("exact CRPs exist only under [LI24]'s recall rule (repeats allowed), got recall_rule="
+                         f"{settings.recall_rule!r}", parameters=("recall_rule",))
     if not has_exact_crp(beta_rec):
         raise InputError(f"exact CRPs exist only for beta_rec in {{0, 1}}, got beta_rec={beta_rec!r}")
     start_dist, transition = _transition_matrices(beta_enc, beta_rec, gamma_ft, settings)
@@ -587,8 +663,9 @@ def cmr_crp(beta_enc: float, beta_rec: float, gamma_ft: float, settings: CMRSett
     rng : numpy.random.Generator, optional
         Needed whenever the point is simulated.
     method : {"exact", "simulate", "authors"}
-        ``"exact"``: :func:`exact_crp` where it applies (``beta_rec`` in {0, 1}),
-        simulation elsewhere. ``"simulate"``: simulation everywhere.
+        ``"exact"``: :func:`exact_crp` where it applies (``beta_rec`` in {0, 1} under [LI24]'s
+        recall rule), simulation elsewhere (everywhere under the standard rule).
+        ``"simulate"``: simulation everywhere.
         ``"authors"``: the authors' closed forms where they used them
         (``beta_rec`` in {0, 1} and ``gamma_ft = 0``), simulation elsewhere.
 
@@ -600,7 +677,10 @@ def cmr_crp(beta_enc: float, beta_rec: float, gamma_ft: float, settings: CMRSett
     if method not in CRP_METHODS:
         raise InputError(f"method must be one of {', '.join(CRP_METHODS)}, got {method!r}")
     check_parameters(beta_enc, beta_rec, gamma_ft)
-    if method == "exact" and has_exact_crp(beta_rec):
+    if method == "authors" and settings.recall_rule != "li24":
+        raise InputError("the authors' closed forms belong to [LI24]'s recall rule, got recall_rule="
+                         f"{settings.recall_rule!r}", parameters=("method", "recall_rule"))
+    if method == "exact" and has_exact_crp(beta_rec, settings.recall_rule):
         return exact_crp(beta_enc, beta_rec, gamma_ft, settings)
     if method == "authors" and has_exact_crp(beta_rec) and gamma_ft == 0.0:
         return authors_closed_form_crp(beta_enc, beta_rec, settings)

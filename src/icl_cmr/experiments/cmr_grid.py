@@ -60,14 +60,22 @@ class CmrGridSettings:
         ``beta_enc = 1/n_beta .. 1`` (``n_beta`` values), ``beta_rec = 0 .. 1`` (``n_beta + 1``). [LI24]: 20.
     n_gamma : int
         ``gamma_ft = 0 .. 1`` in ``n_gamma`` values, at least 2. [LI24]: 11.
-    n_trials, max_draws, n_items, n_start, max_lag : int
+    n_trials, n_items, n_start, max_lag : int
         The simulation (:class:`icl_cmr.cmr.model.CMRSettings`; DESIGN.md section 3).
+    max_draws : int, optional
+        Draw cap; default 50 under [LI24]'s rule, ``n_items - 1`` (no cap) under the standard rule.
     seed : int
         Base seed of the per-point generators.
     quantity : {"crp", "conditional"}
         The paper's CRP or the conditional lag-CRP of the same recalls (:data:`GRID_QUANTITIES`).
+    recall_rule : {"li24", "standard"}
+        [LI24]'s recall rule (repeats, draw cap; the default) or the standard one (recalled items excluded,
+        :mod:`icl_cmr.cmr.standard_rule`).
+    stop_probability : float
+        Standard rule only: probability of ending the recall before each draw (default 0).
     method : {"exact", "simulate", "authors"}, optional
-        Default: ``"exact"`` for the CRP, ``"simulate"`` for the conditional lag-CRP (it has no exact form).
+        Default: ``"exact"`` for the CRP under [LI24]'s rule; ``"simulate"`` for the conditional lag-CRP and under
+        the standard rule (they have no exact form).
     workers : int
         Worker processes; the results do not depend on it.
     """
@@ -75,20 +83,23 @@ class CmrGridSettings:
     n_beta: int = 20
     n_gamma: int = 11
     n_trials: int = _CMR_DEFAULTS.n_trials
-    max_draws: int = _CMR_DEFAULTS.max_draws
+    max_draws: Optional[int] = None
     n_items: int = _CMR_DEFAULTS.n_items
     n_start: int = _CMR_DEFAULTS.n_start
     max_lag: int = _CMR_DEFAULTS.max_lag
     seed: int = 0
     quantity: str = "crp"
     method: Optional[str] = None
+    recall_rule: str = _CMR_DEFAULTS.recall_rule
+    stop_probability: float = _CMR_DEFAULTS.stop_probability
     workers: int = field(default_factory=default_workers)
 
     def cmr_settings(self) -> CMRSettings:
         """The simulation settings (:class:`CMRSettings` refuses, naming the parameters, those that cannot
         give a valid grid: a start at the last item, lags the list cannot hold, ...)."""
         return CMRSettings(n_items=self.n_items, n_trials=self.n_trials, max_draws=self.max_draws,
-                           n_start=self.n_start, max_lag=self.max_lag)
+                           n_start=self.n_start, max_lag=self.max_lag, recall_rule=self.recall_rule,
+                           stop_probability=self.stop_probability)
 
     def spec(self) -> GridSpec:
         """The grid's :class:`GridSpec`: every setting that decides its numbers (validated)."""
@@ -100,7 +111,8 @@ class CmrGridSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise InputError(f"`{name}` must be an integer >= {low}, got {value!r}", parameters=(name,))
-        method = self.method or ("simulate" if self.quantity == "conditional" else "exact")
+        always_simulated = self.quantity == "conditional" or self.recall_rule != "li24"
+        method = self.method or ("simulate" if always_simulated else "exact")
         return GridSpec.from_resolution(self.n_beta, self.n_gamma, self.cmr_settings(), seed=self.seed, method=method,
                                         quantity=self.quantity)
 
@@ -137,7 +149,7 @@ class CmrGridRun:
                     resumed=bool(self.n_resumed), workers=workers, resumed_slices=self.n_resumed,
                     n_slices=self.spec.n_slices, shape=list(self.mean.shape),
                     axes=["beta_enc", "beta_rec", "gamma_ft", f"lag -{settings.max_lag}..{settings.max_lag}"],
-                    files=files, description=grid_description(self.spec.quantity))
+                    files=files, description=grid_description(self.spec.quantity, settings.recall_rule))
 
 
 #: The settings that size the grid's memory (:func:`grid_memory`), in the order messages name them.
@@ -197,17 +209,25 @@ def check_memory(settings: CmrGridSettings) -> None:
     memory, available = grid_memory(settings), free_memory("cpu")
     if available is None or memory.total <= available:
         return
-    defaults = CmrGridSettings(workers=1)
-    values = {name: int(getattr(settings, name)) for name in MEMORY_SETTINGS}
-    modest = {name: min(values[name], int(getattr(defaults, name))) for name in MEMORY_SETTINGS}
+    # An unset `max_draws` is not named and stays unset while the others are tried: its default is the
+    # rule's (the standard rule's cap follows `n_items`, which is then the setting to name).
+    s, defaults = (_draws_resolved(grid) for grid in (settings, CmrGridSettings(
+        workers=1, recall_rule=settings.recall_rule, quantity=settings.quantity)))
+    weighed = [name for name in MEMORY_SETTINGS if name != "max_draws" or settings.max_draws is not None]
+    values = {name: int(getattr(s, name)) for name in weighed}
+    modest = {name: min(values[name], int(getattr(defaults, name))) for name in weighed}
     drivers = memory_drivers(lambda changed: grid_memory(dataclasses.replace(settings, **changed)).total, values,
                              modest, available)
-    s = settings
     raise InputError(f"this grid needs about {human_bytes(memory.total)} of memory ({memory.busy_workers} worker(s) x "
                      f"{human_bytes(memory.point_bytes)} per grid point: {s.n_trials} trials x {s.n_start} start "
                      f"positions x {s.max_draws} draws of {s.n_items} items; {human_bytes(memory.grids_bytes)} for "
                      f"the {s.n_beta} x {s.n_beta + 1} x {s.n_gamma} grid of {memory.n_lags} lags), but "
                      f"{human_bytes(available)} is available; lower {named_list(drivers)}", parameters=drivers)
+
+
+def _draws_resolved(settings: CmrGridSettings) -> CmrGridSettings:
+    """``settings`` with the draw cap its recall rule gives when ``max_draws`` is unset (a number to weigh)."""
+    return dataclasses.replace(settings, max_draws=settings.cmr_settings().max_draws)
 
 
 def grid_run_folder(spec: GridSpec, partial_dir: "str | Path") -> RunFolder:

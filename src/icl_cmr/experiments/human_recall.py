@@ -38,12 +38,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 from matplotlib.figure import Figure
 
-from icl_cmr.config import CHECKPOINT_INDICES, CMR_LIKE_THRESHOLD, FIT_LAGS
+import numpy as np
+
+from icl_cmr.cmr.model import RECALL_RULES
+from icl_cmr.config import CHECKPOINT_INDICES, CMR_LIKE_THRESHOLD, DEFAULT_GRID_PATH, FIT_LAGS, HUMAN_FIT_LAGS
 from icl_cmr.errors import InputError
 from icl_cmr.files.memory import check_memory
 from icl_cmr.figures.humans import parameters_figure, training_reference_figure, unit_fits_figure
-from icl_cmr.files.grids import DEFAULT_CONDITIONAL_GRID_PATH, read_cmr_grid, read_conditional_grid
-from icl_cmr.config import DEFAULT_GRID_PATH
+from icl_cmr.files.grids import conditional_grid_path, grid_recall_rule, read_cmr_grid, read_conditional_grid
 from icl_cmr.files.outputs import REPO_ROOT, portable_path
 from icl_cmr.files.scores import DEFAULT_SCORES_DIR, find_score_file, load_checkpoint_series, read_head_scores
 from icl_cmr.fits.distance import CmrFit, CmrGrid, fit_heads
@@ -53,7 +55,6 @@ from icl_cmr.heads.results import HeadScores, checkpoint_step
 from icl_cmr.humans.fits import (COMPARED_QUANTITIES, NEAR_BEST_TOLERANCE, GroupComparisonConfig, TopSetsOverTraining,
                                  fit_people, head_table, near_best_ranges, people_table, people_vs_heads_table,
                                  same_simulation_problem, top_sets_over_training)
-from icl_cmr.config import HUMAN_FIT_LAGS
 from icl_cmr.humans.recall import (RECALL_UNITS, UnitLagCrps, lag_crps_by_unit, load_recall_data,
                                    resolve_dataset)
 from icl_cmr.stats import bootstrap_memory_bytes
@@ -62,6 +63,23 @@ logger = logging.getLogger(__name__)
 
 #: The command line's name of psifr's PEERS study (psifr calls it ``peers_notask``).
 _DATASET_ALIASES = {"peers_notask": "peers"}
+
+#: What the output names of a recall rule carry after the dataset (none for [LI24]'s rule: the shipped names).
+RULE_STEMS = {"li24": "", "standard": "_std"}
+
+
+def default_grids(recall_rule: str) -> Tuple[Path, Path]:
+    """The shipped grids of a recall rule: (people's grid, heads' grid).
+
+    Under [LI24]'s rule people are fitted to the conditional lag-CRP grid and heads, as in [LI24], to the paper's
+    lag-histogram grid of the same simulator. Under the standard rule both are fitted to the standard rule's
+    conditional grid: a head attends to every earlier token, so its attention at a lag is a choice among lags that
+    are all available, the quantity a conditional lag-CRP measures, and no lag-histogram grid of the standard rule
+    is shipped (docs/human_recall.md).
+    """
+    if recall_rule == "standard":
+        return conditional_grid_path("standard"), conditional_grid_path("standard")
+    return conditional_grid_path("li24"), DEFAULT_GRID_PATH
 
 
 def dataset_name(name: str) -> str:
@@ -102,12 +120,20 @@ class HumanRecallSettings:
     by : {"subject", "session", "all"}
         One CRP per subject, per (subject, session), or every list pooled; the statistics and the
         over-training reference need ``"subject"``.
-    crp_grid : Path
-        The conditional lag-CRP grid people are fitted to (``est_cmr_crp.py --quantity conditional``).
+    recall_rule : {"li24", "standard"}
+        The CMR recall rule of the grids (:data:`icl_cmr.cmr.model.RECALL_RULES`): ``"li24"`` (the paper's: repeats
+        allowed, 50-draw cap) or ``"standard"`` (recalled items excluded, recall ending by itself). It picks the
+        default grids (:func:`default_grids`), the heads' fitting lags (-5..+5 under ``"li24"``, as [LI24]; those of
+        people, -5..-1, +1..+5, under ``"standard"``, whose heads' grid is conditional) and the output names
+        (``peers_std_*`` under ``"standard"``); each grid's sidecar must record this rule.
+    crp_grid : Path or None
+        The conditional lag-CRP grid people are fitted to (``est_cmr_crp.py --quantity conditional``); None: the
+        rule's shipped grid.
     near_best : float
         Slack in D defining a fit's near-best grid points, whose parameter ranges the tables report.
-    head_grid : Path
-        The paper's CRP grid of the same simulator, heads are fitted to; read only when there are heads.
+    head_grid : Path or None
+        The grid heads are fitted to, of the same simulator (the paper's CRP grid under ``"li24"``, the conditional
+        grid under ``"standard"``); None: the rule's shipped grid. Read only when there are heads.
     models : tuple of str
         Models whose heads are compared (empty: people only).
     scores_dirs : tuple of Path
@@ -127,10 +153,11 @@ class HumanRecallSettings:
     # people: the recall data, its units and their fits
     dataset: str = "peers"
     by: str = "subject"
-    crp_grid: Path = DEFAULT_CONDITIONAL_GRID_PATH
+    recall_rule: str = "li24"
+    crp_grid: Optional[Path] = None
     near_best: float = NEAR_BEST_TOLERANCE
     # heads: which models, where their scores are, and the grid they are fitted to
-    head_grid: Path = DEFAULT_GRID_PATH
+    head_grid: Optional[Path] = None
     models: Tuple[str, ...] = ("toy_lm",)
     scores_dirs: Tuple[Path, ...] = (DEFAULT_SCORES_DIR,)
     training_models: Tuple[str, ...] = ()
@@ -143,8 +170,9 @@ class HumanRecallSettings:
     def __post_init__(self) -> None:
         # Normalised here so that a notebook's lists and strings give the same settings as the command line.
         object.__setattr__(self, "dataset", dataset_name(self.dataset))
-        object.__setattr__(self, "crp_grid", Path(self.crp_grid))
-        object.__setattr__(self, "head_grid", Path(self.head_grid))
+        people_grid, head_grid = default_grids(self.recall_rule if self.recall_rule in RECALL_RULES else "li24")
+        object.__setattr__(self, "crp_grid", Path(people_grid if self.crp_grid is None else self.crp_grid))
+        object.__setattr__(self, "head_grid", Path(head_grid if self.head_grid is None else self.head_grid))
         object.__setattr__(self, "models", _unique_names(self.models))
         object.__setattr__(self, "scores_dirs", tuple(Path(folder) for folder in _as_sequence(self.scores_dirs)))
         object.__setattr__(self, "training_models", _unique_names(self.training_models))
@@ -155,6 +183,9 @@ class HumanRecallSettings:
         resolve_dataset(self.dataset)
         if self.by not in RECALL_UNITS:
             raise InputError(f"`by` must be one of {', '.join(RECALL_UNITS)}, got {self.by!r}", parameters=("by",))
+        if self.recall_rule not in RECALL_RULES:
+            raise InputError(f"`recall_rule` must be one of {', '.join(RECALL_RULES)}, got {self.recall_rule!r}",
+                             parameters=("recall_rule",))
         for name, inclusive in (("threshold", False), ("near_best", True)):
             value = getattr(self, name)
             finite = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
@@ -182,8 +213,16 @@ class HumanRecallSettings:
 
     @property
     def stem(self) -> str:
-        """Start of every output name: ``peers`` for one unit per subject, ``peers_session`` / ``peers_all``."""
-        return self.dataset if self.by == "subject" else f"{self.dataset}_{self.by}"
+        """Start of every output name: ``peers`` for one unit per subject, ``peers_session`` / ``peers_all``;
+        ``peers_std`` (``peers_std_session``, ...) under the standard recall rule."""
+        stem = self.dataset + RULE_STEMS[self.recall_rule]
+        return stem if self.by == "subject" else f"{stem}_{self.by}"
+
+    @property
+    def head_fit_lags(self) -> np.ndarray:
+        """Lags of the heads' fits: [LI24]'s -5..+5 on the lag histogram; the people's on a conditional grid (whose
+        lag 0 is never possible)."""
+        return FIT_LAGS if self.recall_rule == "li24" else HUMAN_FIT_LAGS
 
 
 @dataclass
@@ -268,10 +307,11 @@ class HumanRecallResult:
         config = settings.comparison_config()
         return {
             "dataset": settings.dataset, "psifr_dataset": resolve_dataset(settings.dataset), "by": settings.by,
+            "recall_rule": settings.recall_rule,
             "threshold": settings.threshold, "people_grid": stored_path(settings.crp_grid),
             "people_grid_settings": inputs.people_grid.simulation, "people_fit_lags": self.people_fit.lags.tolist(),
             "head_grid": stored_path(settings.head_grid) if inputs.head_grid is not None else None,
-            "head_fit_lags": FIT_LAGS.tolist(),
+            "head_fit_lags": settings.head_fit_lags.tolist(),
             "models": {model: stored_path(scores.path) for model, scores in inputs.scores.items()},
             "training_models": {model: [stored_path(scores.path) for scores in series]
                                 for model, series in inputs.training.items()},
@@ -327,9 +367,13 @@ def check_human_recall(settings: HumanRecallSettings) -> HumanRecallInputs:
     """
     settings.check()
     people_grid = read_conditional_grid(settings.crp_grid)
+    check_grid_rule(settings.crp_grid, settings.recall_rule, "crp_grid")
     head_grid: Optional[CmrGrid] = None
     if settings.models or settings.training_models:
-        head_grid = read_cmr_grid(settings.head_grid, parameter="head_grid")
+        # [LI24] fit heads to the lag histogram; under the standard rule heads share the people's conditional grid.
+        read_head_grid = read_cmr_grid if settings.recall_rule == "li24" else read_conditional_grid
+        head_grid = read_head_grid(settings.head_grid, parameter="head_grid")
+        check_grid_rule(settings.head_grid, settings.recall_rule, "head_grid")
         problem = same_simulation_problem(people_grid, head_grid)
         if problem is not None:
             raise InputError(f"`head_grid` {settings.head_grid} and `crp_grid` {settings.crp_grid} are not grids of "
@@ -354,6 +398,15 @@ def check_human_recall(settings: HumanRecallSettings) -> HumanRecallInputs:
     return HumanRecallInputs(settings, people_grid, head_grid, scores, training)
 
 
+def check_grid_rule(path: Path, recall_rule: str, parameter: str) -> None:
+    """Raise :class:`InputError` naming ``parameter`` unless the grid at ``path`` was made under ``recall_rule``
+    (its sidecar's record, :func:`icl_cmr.files.grids.grid_recall_rule`)."""
+    made_with = grid_recall_rule(path)
+    if made_with != recall_rule:
+        raise InputError(f"`{parameter}` {path} was made under the {made_with} recall rule, but `recall_rule` is "
+                         f"{recall_rule}", parameters=(parameter, "recall_rule"))
+
+
 def fit_people_units(settings: HumanRecallSettings, crps: UnitLagCrps,
                      grid: CmrGrid) -> Tuple[CmrFit, pd.DataFrame]:
     """Fit every unit's conditional lag-CRP to the conditional grid (CMR distance, grid search).
@@ -371,8 +424,9 @@ def fit_people_units(settings: HumanRecallSettings, crps: UnitLagCrps,
 
 
 def fit_model_heads(settings: HumanRecallSettings, model: str, scores: HeadScores, grid: CmrGrid) -> pd.DataFrame:
-    """Every head of one model fitted as in [LI24] (lags -5..+5), with its near-best ranges and score file."""
-    fit = fit_heads(scores.crp, grid, attn_lags=scores.lags)
+    """Every head of one model fitted as in [LI24] (lags -5..+5; under the standard rule the people's lags), with
+    its near-best ranges and score file."""
+    fit = fit_heads(scores.crp, grid, attn_lags=scores.lags, fit_lags=settings.head_fit_lags)
     near = near_best_ranges(scores.crp.reshape(-1, scores.lags.size), scores.lags, grid, fit.lags,
                             settings.near_best)
     return head_table(model, scores, fit, settings.threshold, near).assign(scores_file=stored_path(scores.path))
@@ -412,7 +466,8 @@ def run_human_recall(settings: HumanRecallSettings, inputs: Optional[HumanRecall
     over_training = None
     if inputs.training:
         over_training = top_sets_over_training(inputs.training, inputs.head_grid, settings.n_top,
-                                               steps=[checkpoint_step(k) for k in CHECKPOINT_INDICES])
+                                               steps=[checkpoint_step(k) for k in CHECKPOINT_INDICES],
+                                               fit_lags=settings.head_fit_lags)
     return HumanRecallResult(settings, inputs, crps, people_fit, people, heads, comparison, over_training,
                              wall_seconds=time.perf_counter() - started)
 
@@ -423,10 +478,12 @@ def human_recall_figures(result: HumanRecallResult) -> Dict[str, Figure]:
     settings = result.settings
     figures = {}
     if settings.by != "all":
-        figures[f"{settings.stem}_parameters.pdf"] = parameters_figure(result.people, result.heads,
-                                                                        settings.threshold, settings.dataset)
-    figures[f"{settings.stem}_crp_fits.pdf"] = unit_fits_figure(result.crps, result.people_fit, result.people)
+        figures[f"{settings.stem}_parameters.pdf"] = parameters_figure(
+            result.people, result.heads, settings.threshold, settings.dataset, settings.recall_rule)
+    figures[f"{settings.stem}_crp_fits.pdf"] = unit_fits_figure(result.crps, result.people_fit, result.people,
+                                                                recall_rule=settings.recall_rule)
     if result.over_training is not None:
         figures[f"{settings.stem}_fig7_human_reference.pdf"] = training_reference_figure(
-            result.over_training, result.cmr_like_people, settings.dataset, list(result.inputs.training))
+            result.over_training, result.cmr_like_people, settings.dataset, list(result.inputs.training),
+            settings.recall_rule)
     return figures

@@ -381,7 +381,9 @@ def figure_7c_g(src: PaperSources, models, out: PaperFigures) -> str:
     out.files["fig7g_top_heads_vs_human.pdf"] = selection_figures(human_selections, title=human_title)[
         "selection_vs_human.pdf"]
     lines += ["", f"`fig7g_top_heads_vs_human.pdf`: fitted (beta_enc, beta_rec) of the top-20 sets of {human_source}, "
-                  "beside human CMR fits (DESIGN.md section 5)."]
+                  "beside the human CMR fits as published (standard CMR's B_enc, B_rec on [LI24]'s axes, DESIGN.md "
+                  "section 5) and, in a second panel, against the same fits converted to [LI24]'s scale "
+                  "(beta_enc exact; beta_rec as the range over t.t_in in [0, 1]; docs/cmr_grid.md, Scales)."]
     return "\n".join(lines)
 
 

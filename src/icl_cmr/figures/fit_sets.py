@@ -15,6 +15,7 @@ from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from tqdm.auto import tqdm
 
+from icl_cmr.cmr.literature import literature_ranges
 from icl_cmr.figures import fits as plotting
 from icl_cmr.fits.analyses import QUANTITIES, finite_quantities, mean_sem, record_matrix
 from icl_cmr.fits.distance import CmrFit, CmrGrid, select_lags
@@ -222,7 +223,7 @@ def selection_figures(selections: Mapping[str, Mapping[str, dict]], title: str,
     bars = {kinds[k]: {name: mean_sem(m[..., keep]) for name, m in sel.items()} for k, sel in final.items()}
     out[f"selection_final{suffix}.pdf"] = plotting.plot_selection_bars(bars, labels, title=title)
     out[f"selection_vs_human{suffix}.pdf"] = plotting.plot_selection_vs_human(
-        smallest_set_points(selections), HUMAN_FITS, title=title)
+        smallest_set_points(selections), HUMAN_FITS, title=title, converted=literature_ranges())
     return out
 
 
@@ -255,5 +256,6 @@ def selection_bar_figures(per_model: Mapping[str, Mapping[str, Mapping[str, dict
         if "cmr" in sel:
             points.update(smallest_set_points({"cmr": sel["cmr"]}, prefix=f"{model} "))
     if points:
-        out[f"selection_vs_human{suffix}.pdf"] = plotting.plot_selection_vs_human(points, HUMAN_FITS)
+        out[f"selection_vs_human{suffix}.pdf"] = plotting.plot_selection_vs_human(points, HUMAN_FITS,
+                                                                                   converted=literature_ranges())
     return out

@@ -438,7 +438,8 @@ def plot_selection_over_training(steps: np.ndarray, series: Mapping[str, Mapping
 
 
 def plot_selection_vs_human(points: Mapping[str, np.ndarray], human: Mapping[str, Tuple[float, float]],
-                            title: str = "") -> Figure:
+                            title: str = "",
+                            converted: Optional[Mapping[str, Tuple[float, float, float]]] = None) -> Figure:
     """Fitted (beta_enc, beta_rec) of selected heads beside human CMR fits ([LI24] Fig 7).
 
     Parameters
@@ -446,31 +447,53 @@ def plot_selection_vs_human(points: Mapping[str, np.ndarray], human: Mapping[str
     points : mapping of set name -> ndarray, shape [n, 2]
         (beta_enc, beta_rec) of each selected head; each set's mean is drawn as a diamond.
     human : mapping of study -> (beta_enc, beta_rec)
+        The human fits as published (standard CMR's B_enc, B_rec), drawn as [LI24] draw them.
+    title : str
+    converted : mapping of study -> (beta_enc, beta_rec_low, beta_rec_high), optional
+        The same fits on [LI24]'s scale (:func:`icl_cmr.cmr.literature.literature_ranges`): when given, a second
+        panel draws the heads against them, beta_enc exact and beta_rec as the range a standard retrieval rate spans
+        over the overlap ``t . t_in`` in [0, 1] (a bar; a star at ``t . t_in = 0``), and the first panel is titled
+        as published. None: the published panel alone.
     """
-    fig, ax = plt.subplots(figsize=(4.4, 3.4))
-    rng = np.random.default_rng(0)  # jitter only, so heads on the same grid point stay visible
+    panels = [("as published ([LI24] Fig 7): standard CMR's\n"
+               r"($B_{\rm enc}$, $B_{\rm rec}$) drawn on [LI24]'s axes", human, None)]
+    if converted is not None:
+        panels.append((r"converted to [LI24]'s scale: $\beta_{\rm enc} = 1 - \sqrt{1 - B_{\rm enc}^2}$;" "\n"
+                       r"bar: $\beta_{\rm rec}$ of $B_{\rm rec}$ over $t \cdot t_{\rm in} \in [0, 1]$, star at 0",
+                       {study: values[:2] for study, values in converted.items()}, converted))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1.4, 3.5), squeeze=False, sharey=True)
     colors = [matplotlib.colormaps["tab10"](i % 10) for i in range(len(points))]
-    for color, name in zip(colors, points):
-        xy = np.asarray(points[name], dtype=float)
-        xy = xy[np.isfinite(xy).all(axis=1)]
-        jitter = rng.uniform(-0.01, 0.01, size=xy.shape)
-        ax.scatter(xy[:, 0] + jitter[:, 0], xy[:, 1] + jitter[:, 1], s=9, alpha=0.45, color=color, label=name)
-        if len(xy):
-            ax.scatter([xy[:, 0].mean()], [xy[:, 1].mean()], s=60, marker="D", color=color, edgecolor="k", lw=0.6,
-                       zorder=6)
-    ax.scatter([], [], s=60, marker="D", color="w", edgecolor="k", lw=0.6, label="set mean")
-    for study, (be, br) in human.items():
-        ax.scatter([be], [br], marker="*", s=70, color="tab:red", edgecolor="k", lw=0.4, zorder=5)
-        ax.annotate(study, (be, br), fontsize=5, xytext=(3, 3), textcoords="offset points")
-    ax.scatter([], [], marker="*", s=70, color="tab:red", edgecolor="k", lw=0.4, label="human fits")
-    ax.set_xlim(0, 1.05)
-    ax.set_ylim(-0.02, 1.05)
-    ax.set_xlabel(_PARAM_LABELS[0], fontsize=_SMALL + 1)
-    ax.set_ylabel(_PARAM_LABELS[1], fontsize=_SMALL + 1)
-    ax.legend(fontsize=6, frameon=False, bbox_to_anchor=(1.01, 0.5), loc="center left")
-    _style(ax)
-    if title:
-        ax.set_title(title, fontsize=8)
+    for ax, (panel_title, stars, ranges) in zip(axes[0], panels):
+        rng = np.random.default_rng(0)  # jitter only, so heads on the same grid point stay visible
+        for color, name in zip(colors, points):
+            xy = np.asarray(points[name], dtype=float)
+            xy = xy[np.isfinite(xy).all(axis=1)]
+            jitter = rng.uniform(-0.01, 0.01, size=xy.shape)
+            ax.scatter(xy[:, 0] + jitter[:, 0], xy[:, 1] + jitter[:, 1], s=9, alpha=0.45, color=color, label=name)
+            if len(xy):
+                ax.scatter([xy[:, 0].mean()], [xy[:, 1].mean()], s=60, marker="D", color=color, edgecolor="k",
+                           lw=0.6, zorder=6)
+        for study, (be, br) in stars.items():
+            if ranges is not None:
+                _, low, high = ranges[study]
+                ax.plot([be, be], [low, high], color="tab:red", lw=1.2, zorder=4)
+            ax.scatter([be], [br], marker="*", s=70, color="tab:red", edgecolor="k", lw=0.4, zorder=5)
+            ax.annotate(study, (be, br), fontsize=5, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlim(0, 1.05)
+        ax.set_ylim(-0.02, 1.05)
+        ax.set_xlabel(_PARAM_LABELS[0], fontsize=_SMALL + 1)
+        if len(panels) > 1:
+            ax.set_title(panel_title, fontsize=6)
+        _style(ax)
+    axes[0, 0].set_ylabel(_PARAM_LABELS[1], fontsize=_SMALL + 1)
+    last = axes[0, -1]
+    last.scatter([], [], s=60, marker="D", color="w", edgecolor="k", lw=0.6, label="set mean")
+    last.scatter([], [], marker="*", s=70, color="tab:red", edgecolor="k", lw=0.4, label="human fits")
+    last.legend(fontsize=6, frameon=False, bbox_to_anchor=(1.01, 0.5), loc="center left")
+    if title and len(panels) > 1:
+        fig.suptitle(title, fontsize=8)
+    elif title:
+        axes[0, 0].set_title(title, fontsize=8)
     fig.tight_layout()
     return fig
 

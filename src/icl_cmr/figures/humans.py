@@ -34,7 +34,7 @@ _PEOPLE_COLOR = "k"
 # ----------------------------------------------------------------------------- figures of results
 
 def parameters_figure(people: pd.DataFrame, heads: Optional[pd.DataFrame], threshold: float,
-                      dataset: str) -> Figure:
+                      dataset: str, recall_rule: str = "li24") -> Figure:
     """Each compared quantity of the CMR-like people and of each model's CMR-like heads.
 
     Parameters
@@ -47,16 +47,21 @@ def parameters_figure(people: pd.DataFrame, heads: Optional[pd.DataFrame], thres
         The CMR-like threshold on D (drawn on the D panel and named in the title).
     dataset : str
         The people's study, for labels.
+    recall_rule : {"li24", "standard"}
+        The CMR recall rule of the grids, for the title: under ``"standard"`` heads are fitted to the same
+        conditional grid as people.
     """
     like = people[people["cmr_like"]]
     groups = {f"{dataset} people": {q: like[q].to_numpy() for q in COMPARED_QUANTITIES}}
     if heads is not None:
         for model, group in heads[heads["cmr_like"]].groupby("model", sort=False):
             groups[model] = {q: group[q].to_numpy() for q in COMPARED_QUANTITIES}
-    return plot_parameter_distributions(
-        groups, list(COMPARED_QUANTITIES), threshold,
-        title=f"CMR fits with D < {threshold:g}: {dataset} people (conditional lag-CRP) and each model's "
-              "heads (the paper's lag-histogram CRP)")
+    title = (f"CMR fits with D < {threshold:g}: {dataset} people (conditional lag-CRP) and each model's "
+             "heads (the paper's lag-histogram CRP)")
+    if recall_rule != "li24":
+        title = (f"CMR fits with D < {threshold:g}, {recall_rule} recall rule (no repeats, no draw cap): "
+                 f"{dataset} people and each model's heads, both on CMR's conditional lag-CRP")
+    return plot_parameter_distributions(groups, list(COMPARED_QUANTITIES), threshold, title=title)
 
 
 def page_of_units(distance: np.ndarray, size: int = PAGE_SIZE) -> np.ndarray:
@@ -79,7 +84,8 @@ def page_of_units(distance: np.ndarray, size: int = PAGE_SIZE) -> np.ndarray:
     return order[np.unique(np.round(np.linspace(0, order.size - 1, size)).astype(int))]
 
 
-def unit_fits_figure(crps: UnitLagCrps, fit: CmrFit, people: pd.DataFrame, size: int = PAGE_SIZE) -> Figure:
+def unit_fits_figure(crps: UnitLagCrps, fit: CmrFit, people: pd.DataFrame, size: int = PAGE_SIZE,
+                     recall_rule: str = "li24") -> Figure:
     """One page of units (:func:`page_of_units`) with their conditional lag-CRPs and CMR fits.
 
     Parameters
@@ -93,6 +99,8 @@ def unit_fits_figure(crps: UnitLagCrps, fit: CmrFit, people: pd.DataFrame, size:
         fitting lags.
     size : int
         Units on the page.
+    recall_rule : {"li24", "standard"}
+        The CMR recall rule of the grid, named in the title unless it is [LI24]'s.
     """
     page = page_of_units(fit.distance, size)
     fitted_cols = [f"fitted_crp_lag{lag:+d}" for lag in fit.lags]
@@ -100,11 +108,12 @@ def unit_fits_figure(crps: UnitLagCrps, fit: CmrFit, people: pd.DataFrame, size:
     return plot_unit_fits(
         crps.labels[page], fit.lags, people[observed_cols].to_numpy()[page], people[fitted_cols].to_numpy()[page],
         fit.distance[page], fit.params[page],
-        title=f"{crps.dataset}, by {crps.by}: {len(page)} of {len(people)} units, spread over the ranks of D")
+        title=f"{crps.dataset}, by {crps.by}: {len(page)} of {len(people)} units, spread over the ranks of D"
+              + ("" if recall_rule == "li24" else f" ({recall_rule} recall rule)"))
 
 
 def training_reference_figure(top_sets: TopSetsOverTraining, like_people: pd.DataFrame, dataset: str,
-                              models: Sequence[str]) -> Figure:
+                              models: Sequence[str], recall_rule: str = "li24") -> Figure:
     """[LI24] Fig 7d-g with the people's median and interquartile band (people with D < threshold).
 
     Parameters
@@ -117,6 +126,8 @@ def training_reference_figure(top_sets: TopSetsOverTraining, like_people: pd.Dat
         The people's study, for labels.
     models : sequence of str
         The models whose heads the sets hold, for the title.
+    recall_rule : {"li24", "standard"}
+        The CMR recall rule of the grids, named in the title unless it is [LI24]'s.
     """
     quantities = list(top_sets.quantities)
     human = like_people[quantities].to_numpy(dtype=float)
@@ -126,7 +137,8 @@ def training_reference_figure(top_sets: TopSetsOverTraining, like_people: pd.Dat
     return plot_training_with_human_band(
         top_sets.steps, series, quantities, median, iqr, f"{dataset}: median, IQR (n={len(like_people)})",
         top_sets.final_points, like_people[["beta_enc", "beta_rec"]].to_numpy(),
-        title=f"top-N CMR-like heads of {', '.join(models)} over training; people of {dataset} with D < threshold")
+        title=f"top-N CMR-like heads of {', '.join(models)} over training; people of {dataset} with D < threshold"
+              + ("" if recall_rule == "li24" else f"; {recall_rule} recall rule"))
 
 
 # ----------------------------------------------------------------------------- plots of arrays

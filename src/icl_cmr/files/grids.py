@@ -2,7 +2,9 @@
 
 ``est_cmr_crp.py`` writes ``cmr_crp_{avg,sem}_<n_beta>_<n_gamma>.npy`` (the authors' names) and a JSON
 sidecar ``cmr_crp_<n_beta>_<n_gamma>.json`` holding the axes and simulation settings; the conditional
-lag-CRP grid is ``cmr_cond_crp_*`` (:data:`icl_cmr.cmr.grid.GRID_QUANTITIES`). The readers return a
+lag-CRP grid is ``cmr_cond_crp_*`` (:data:`icl_cmr.cmr.grid.GRID_QUANTITIES`). Grids made under the standard recall
+rule (:mod:`icl_cmr.cmr.standard_rule`) are ``cmr_std_crp_*`` and ``cmr_std_cond_crp_*`` (``cmr_std_stop<p>_*``
+with a stop probability p); their sidecar records ``recall_rule`` (:func:`grid_recall_rule`). The readers return a
 :class:`icl_cmr.fits.distance.CmrGrid` with its axes, lags and simulation settings, checked.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from icl_cmr.cmr.grid import GRID_QUANTITIES
+from icl_cmr.cmr.model import RECALL_RULES
 from icl_cmr.config import (BETA_ENC_GRID, BETA_REC_GRID, CMR_CRP_LAGS, CMR_GRID_MEAN_FILENAME, DEFAULT_GRID_PATH,
                             FIT_LAGS, GAMMA_FT_GRID, HUMAN_FIT_LAGS)
 from icl_cmr.errors import FileContentError, InputError
@@ -27,12 +30,19 @@ logger = logging.getLogger(__name__)
 PARTIAL_SUFFIX = ".partial"
 
 
-def grid_file_names(n_beta: int, n_gamma: int, quantity: str = "crp") -> Tuple[str, str, str]:
+def grid_file_names(n_beta: int, n_gamma: int, quantity: str = "crp", recall_rule: str = "li24",
+                    stop_probability: float = 0.0) -> Tuple[str, str, str]:
     """Names of the mean, SEM and metadata files (the authors' ``cmr_crp_avg_20_11.npy`` pattern;
-    ``cmr_cond_crp_avg_20_11.npy`` ... for the conditional lag-CRP, :data:`GRID_QUANTITIES`)."""
+    ``cmr_cond_crp_avg_20_11.npy`` ... for the conditional lag-CRP, :data:`GRID_QUANTITIES`; under the standard
+    recall rule ``cmr_std_crp_avg_20_11.npy`` and ``cmr_std_cond_crp_avg_20_11.npy``, with ``_stop<p>`` after
+    ``std`` when recall also stops with probability p per draw)."""
     if quantity not in GRID_QUANTITIES:
         raise InputError(f"quantity must be one of {', '.join(GRID_QUANTITIES)}, got {quantity!r}")
-    stem = "cmr_crp" if quantity == "crp" else "cmr_cond_crp"
+    if recall_rule not in RECALL_RULES:
+        raise InputError(f"recall_rule must be one of {', '.join(RECALL_RULES)}, got {recall_rule!r}",
+                         parameters=("recall_rule",))
+    rule = "" if recall_rule == "li24" else "std_" + (f"stop{stop_probability:g}_" if stop_probability else "")
+    stem = f"cmr_{rule}crp" if quantity == "crp" else f"cmr_{rule}cond_crp"
     return (f"{stem}_avg_{n_beta}_{n_gamma}.npy", f"{stem}_sem_{n_beta}_{n_gamma}.npy",
             f"{stem}_{n_beta}_{n_gamma}.json")
 
@@ -237,6 +247,32 @@ def grid_axes_and_lags(path: Path, shape: Tuple[int, ...], needed: np.ndarray = 
 
 DEFAULT_CONDITIONAL_GRID_PATH = Path("saved_crps") / grid_file_names(20, 11, "conditional")[0]
 
+#: The shipped conditional lag-CRP grid of the standard recall rule (``est_cmr_crp.py --quantity conditional
+#: --recall_rule standard``).
+DEFAULT_STANDARD_CONDITIONAL_GRID_PATH = Path("saved_crps") / grid_file_names(20, 11, "conditional", "standard")[0]
+
+
+def conditional_grid_path(recall_rule: str = "li24") -> Path:
+    """The shipped conditional lag-CRP grid of a recall rule (:data:`icl_cmr.cmr.model.RECALL_RULES`)."""
+    return Path("saved_crps") / grid_file_names(20, 11, "conditional", recall_rule)[0]
+
+
+def grid_recall_rule(path: "str | Path") -> str:
+    """The recall rule a grid was made with, from its JSON sidecar: its ``recall_rule`` (top level or under
+    ``parameters``), ``"li24"`` when the sidecar names none (every grid made before the standard rule existed,
+    and the authors' files, which have no sidecar)."""
+    for sidecar in grid_sidecar_candidates(Path(path)):
+        if sidecar.is_file():
+            meta = load_json(sidecar)
+            for container in (meta, meta.get("parameters") if isinstance(meta, dict) else None):
+                if isinstance(container, dict) and "recall_rule" in container:
+                    rule = container["recall_rule"]
+                    if rule not in RECALL_RULES:
+                        raise FileContentError(sidecar, f"says recall_rule {rule!r}; expected one of "
+                                                        f"{', '.join(RECALL_RULES)}")
+                    return rule
+    return "li24"
+
 
 #: Simulation settings two grids must share to be "the same simulator" (their JSON sidecars).
 SIMULATION_KEYS = SIMULATION_SETTINGS
@@ -302,7 +338,9 @@ def grid_simulation_settings(path: "str | Path") -> Optional[Dict[str, object]]:
     return None
 
 
-def grid_partial_folder(save_dir: "str | Path", n_beta: int, n_gamma: int, quantity: str = "crp") -> Path:
-    """The hidden folder of an unfinished grid run's slices: ``<save_dir>/.cmr_crp_<n_beta>_<n_gamma>.partial``."""
-    meta_name = grid_file_names(n_beta, n_gamma, quantity)[2]
+def grid_partial_folder(save_dir: "str | Path", n_beta: int, n_gamma: int, quantity: str = "crp",
+                        recall_rule: str = "li24", stop_probability: float = 0.0) -> Path:
+    """The hidden folder of an unfinished grid run's slices: ``<save_dir>/.cmr_crp_<n_beta>_<n_gamma>.partial``
+    (the metadata file's stem, :func:`grid_file_names`)."""
+    meta_name = grid_file_names(n_beta, n_gamma, quantity, recall_rule, stop_probability)[2]
     return Path(save_dir) / f".{meta_name[:-len('.json')]}{PARTIAL_SUFFIX}"

@@ -15,19 +15,13 @@ from typing import Dict, Mapping, Tuple
 
 import numpy as np
 
+from icl_cmr.cmr.literature import literature_points
 from icl_cmr.errors import InputError
 
-#: Human CMR fits (beta_enc, beta_rec) shown beside the heads' fits in [LI24] Fig 7;
-#: values as listed in DESIGN.md section 5 (from the paper's figure).
-HUMAN_FITS: Dict[str, Tuple[float, float]] = {
-    "Sederberg 2008": (0.627, 0.627),
-    "Lohnas 2015": (0.481, 0.329),
-    "Jang & Huber 2008": (0.182, 0.754),
-    "Loess 1967": (0.635, 0.937),
-    "Murdock 1962": (0.745, 0.36),
-    "Murdock 1970": (0.621, 0.179),
-    "Kahana 2002": (0.79, 0.59),
-}
+#: Human CMR fits (beta_enc, beta_rec) shown beside the heads' fits in [LI24] Fig 7, as the paper draws them:
+#: standard CMR's rates (normalised context update), NOT on the scale of [LI24]'s model. Sources, scales and the
+#: values on [LI24]'s scale: :mod:`icl_cmr.cmr.literature` (``literature_points("li24")``, ``literature_ranges()``).
+HUMAN_FITS: Dict[str, Tuple[float, float]] = literature_points("published", decimals=3)
 
 #: Top-N sizes of [LI24] Fig 7c-f.
 DEFAULT_TOP_N = (20, 50, 100, 200)

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from icl_cmr.config import HUMAN_FIT_LAGS
+from icl_cmr.cmr.scales import li24_encoding_rate
+from icl_cmr.config import FIT_LAGS, HUMAN_FIT_LAGS
 from icl_cmr.errors import InputError
 from icl_cmr.fits.distance import (PARAMETER_NAMES, SIMULATION_SETTINGS, CmrFit, CmrGrid, check_conditional_grid,
                                    cmr_distance, cmr_fit_patterns, fit_heads, select_lags)
@@ -318,10 +319,140 @@ def people_vs_heads_table(people: pd.DataFrame, heads: pd.DataFrame, threshold: 
     return pd.DataFrame(rows)
 
 
+# ----------------------------------------------------------------------------- methods (issue 24)
+
+#: The ways people are put on [LI24]'s scale beside the heads, in table order: the grid fit under [LI24]'s recall
+#: rule, the grid fit under the standard rule (heads fitted to the same grid), and standard CMR fitted by likelihood
+#: (:mod:`icl_cmr.humans.likelihood_fits`) with B_enc converted to [LI24]'s beta_enc (heads: [LI24]'s grid fits).
+METHODS = ("grid_li24", "grid_standard", "likelihood")
+
+#: Pairs of per-person parameters compared across methods: (quantity of the first method, of the second). A
+#: likelihood fit has no grid quantities: its B_enc (ranks unchanged by the conversion), B_rec and Lfc stand for
+#: beta_enc, beta_rec and gamma_ft.
+LIKELIHOOD_STAND_INS = {"beta_enc": "B_enc", "beta_rec": "B_rec", "gamma_ft": "Lfc"}
+
+
+def likelihood_vs_heads_table(likelihood: pd.DataFrame, heads: pd.DataFrame, threshold: float,
+                              config: GroupComparisonConfig = GroupComparisonConfig()) -> pd.DataFrame:
+    """People fitted by likelihood (standard CMR) against each model's CMR-like heads, on [LI24]'s beta_enc.
+
+    Each person's ``B_enc`` is converted exactly (:func:`icl_cmr.cmr.scales.li24_encoding_rate`: the same encoding
+    gradient); only beta_enc is compared, because a retrieval rate has no constant conversion
+    (:mod:`icl_cmr.cmr.scales`) and Lfc none at all. Every fitted person counts (a likelihood fit has no CMR
+    distance); heads are those with ``cmr_distance < threshold``, with their grid beta_enc.
+
+    Parameters
+    ----------
+    likelihood : pandas.DataFrame
+        :func:`icl_cmr.humans.likelihood_fits.fit_row` rows (column ``B_enc``), one per person.
+    heads : pandas.DataFrame
+        :func:`head_table` rows of one or more models (columns ``model``, ``cmr_distance``, ``beta_enc``).
+    threshold : float
+    config : GroupComparisonConfig
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``model``, ``quantity`` (``"beta_enc"``), ``threshold``, then :func:`compare_groups`'s keys.
+    """
+    if "B_enc" not in likelihood or not {"model", "cmr_distance", "beta_enc"} <= set(heads.columns):
+        raise InputError("`likelihood` needs column B_enc and `heads` columns model, cmr_distance, beta_enc",
+                         parameters=("likelihood", "heads"))
+    b_enc = likelihood["B_enc"].to_numpy(dtype=float)
+    people = li24_encoding_rate(b_enc[np.isfinite(b_enc)])
+    rows = []
+    for model, group in heads.groupby("model", sort=False):
+        like_heads = group[group["cmr_distance"] < threshold]
+        rows.append({"model": model, "quantity": "beta_enc", "threshold": threshold,
+                     **compare_groups(people, like_heads["beta_enc"].to_numpy(), config)})
+    return pd.DataFrame(rows)
+
+
+def method_people_table(fits: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per person with the parameters under every method, side by side.
+
+    Parameters
+    ----------
+    fits : mapping method -> pandas.DataFrame
+        As :func:`method_correlations`: :func:`people_table` rows for a grid method (``subject``, ``cmr_distance``,
+        the three parameters), likelihood rows (``subject``, ``B_enc``, ``B_rec``, ``Lfc``) for ``"likelihood"``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``subject``, then for each grid method ``<quantity>_<method>`` (``cmr_distance`` and the three parameters),
+        and for ``"likelihood"`` ``B_enc``, ``B_rec``, ``Lfc`` and ``beta_enc_likelihood`` (B_enc on [LI24]'s scale,
+        :func:`icl_cmr.cmr.scales.li24_encoding_rate`); people in any table, ordered by subject.
+    """
+    table = None
+    for method in [m for m in METHODS if m in fits] + [m for m in fits if m not in METHODS]:
+        if method == "likelihood":
+            part = fits[method][["subject", "B_enc", "B_rec", "Lfc"]].copy()
+            b_enc = part["B_enc"].to_numpy(dtype=float)
+            converted = np.full(b_enc.shape, np.nan)
+            finite = np.isfinite(b_enc)
+            converted[finite] = li24_encoding_rate(b_enc[finite])
+            part["beta_enc_likelihood"] = converted
+        else:
+            columns = ("cmr_distance",) + PARAMETER_NAMES
+            part = fits[method][["subject", *columns]].rename(columns={c: f"{c}_{method}" for c in columns})
+        table = part if table is None else table.merge(part, on="subject", how="outer")
+    return table.sort_values("subject", kind="stable").reset_index(drop=True)
+
+
+def _median_on_li24_scale(column: str, method: str, median: float) -> float:
+    """A median on [LI24]'s scale: a grid's as it is, a likelihood B_enc converted, NaN for B_rec and Lfc."""
+    if method != "likelihood":
+        return median
+    return float(li24_encoding_rate(median)) if column == "B_enc" and np.isfinite(median) else float("nan")
+
+
+def method_correlations(fits: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Each person's parameters under two methods: Spearman's rank correlation across people and the medians.
+
+    Parameters
+    ----------
+    fits : mapping method -> pandas.DataFrame
+        Per-person tables with column ``subject``: :func:`people_table` rows for a grid method, likelihood rows
+        (``B_enc``, ``B_rec``, ``Lfc``) for ``"likelihood"``. Every pair of methods present is compared.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per pair and grid quantity (beta_enc, beta_rec, gamma_ft; a likelihood fit's stand-ins,
+        :data:`LIKELIHOOD_STAND_INS`): ``method_a``, ``method_b``, ``quantity``, ``column_a``, ``column_b``, ``n``
+        (people in both, finite), ``spearman_rho``, ``spearman_p`` (scipy.stats.spearmanr), ``median_a``,
+        ``median_b`` (each on its method's own scale), ``median_a_li24``, ``median_b_li24`` (on [LI24]'s scale: a
+        likelihood B_enc converted exactly, NaN for the stand-ins without an exact conversion, a grid's own value).
+    """
+    from scipy import stats  # heavy to import and needed only here (compare_groups does the same)
+
+    methods = [m for m in METHODS if m in fits] + [m for m in fits if m not in METHODS]
+    rows = []
+    for i, first in enumerate(methods):
+        for second in methods[i + 1:]:
+            for quantity in PARAMETER_NAMES:
+                column_a = LIKELIHOOD_STAND_INS[quantity] if first == "likelihood" else quantity
+                column_b = LIKELIHOOD_STAND_INS[quantity] if second == "likelihood" else quantity
+                both = fits[first][["subject", column_a]].merge(fits[second][["subject", column_b]], on="subject",
+                                                                suffixes=("_a", "_b"))
+                a = both[column_a if column_a != column_b else f"{column_a}_a"].to_numpy(dtype=float)
+                b = both[column_b if column_a != column_b else f"{column_b}_b"].to_numpy(dtype=float)
+                keep = np.isfinite(a) & np.isfinite(b)
+                rho, p_value = stats.spearmanr(a[keep], b[keep]) if keep.sum() > 2 else (np.nan, np.nan)
+                medians = [float(np.median(x[keep])) if keep.any() else float("nan") for x in (a, b)]
+                rows.append({"method_a": first, "method_b": second, "quantity": quantity, "column_a": column_a,
+                             "column_b": column_b, "n": int(keep.sum()), "spearman_rho": float(rho),
+                             "spearman_p": float(p_value), "median_a": medians[0], "median_b": medians[1],
+                             "median_a_li24": _median_on_li24_scale(column_a, first, medians[0]),
+                             "median_b_li24": _median_on_li24_scale(column_b, second, medians[1])})
+    return pd.DataFrame(rows)
+
+
 # ----------------------------------------------------------------------------- heads over training
 
-def top_cmr_like_over_training(series: Mapping[str, Sequence[HeadScores]], grid: CmrGrid,
-                               n_top: int) -> tuple[HeadSelection, np.ndarray, np.ndarray]:
+def top_cmr_like_over_training(series: Mapping[str, Sequence[HeadScores]], grid: CmrGrid, n_top: int,
+                               fit_lags: np.ndarray = FIT_LAGS) -> tuple[HeadSelection, np.ndarray, np.ndarray]:
     """The ``n_top`` heads with the lowest D at the last checkpoint (pooled over models), followed back.
 
     [LI24] Fig 7: heads picked at the final checkpoint, their fits at every checkpoint.
@@ -331,8 +462,10 @@ def top_cmr_like_over_training(series: Mapping[str, Sequence[HeadScores]], grid:
     series : mapping model -> sequence of HeadScores
         Each model's scores at the same T checkpoints, oldest first.
     grid : CmrGrid
-        The (lag-histogram) grid heads are fitted to.
+        The grid heads are fitted to (the lag histogram under [LI24]'s recall rule).
     n_top : int
+    fit_lags : ndarray of int, shape [K]
+        Lags of the fits ([LI24]'s -5..+5; :data:`~icl_cmr.config.HUMAN_FIT_LAGS` on a conditional grid).
 
     Returns
     -------
@@ -347,7 +480,7 @@ def top_cmr_like_over_training(series: Mapping[str, Sequence[HeadScores]], grid:
         raise InputError(f"the models of `series` have different numbers of checkpoints: {sorted(lengths)}",
                          parameters=("series",))
     # One vectorised fit per model over all its checkpoints and heads.
-    fits = {model: fit_heads(np.stack([s.crp for s in scores]), grid, attn_lags=scores[0].lags)
+    fits = {model: fit_heads(np.stack([s.crp for s in scores]), grid, attn_lags=scores[0].lags, fit_lags=fit_lags)
             for model, scores in series.items()}
     selection = select_top_heads({m: f.distance[-1] for m, f in fits.items()}, n_top, largest=False,
                                  criterion="lowest cmr_distance at the last checkpoint")
@@ -386,7 +519,7 @@ class TopSetsOverTraining:
 
 
 def top_sets_over_training(series: Mapping[str, Sequence[HeadScores]], grid: CmrGrid, n_top: Sequence[int],
-                           steps: Sequence[int]) -> TopSetsOverTraining:
+                           steps: Sequence[int], fit_lags: np.ndarray = FIT_LAGS) -> TopSetsOverTraining:
     """Mean D and parameters of the top-N CMR-like heads at every checkpoint, for each N ([LI24] Fig 7d-g).
 
     Parameters
@@ -399,6 +532,8 @@ def top_sets_over_training(series: Mapping[str, Sequence[HeadScores]], grid: Cmr
         Set sizes; repeats are dropped and sets are kept in increasing size.
     steps : sequence of int, length T
         Training step of each checkpoint.
+    fit_lags : ndarray of int, shape [K]
+        Lags of the heads' fits (:func:`top_cmr_like_over_training`).
 
     Returns
     -------
@@ -411,7 +546,7 @@ def top_sets_over_training(series: Mapping[str, Sequence[HeadScores]], grid: Cmr
     quantities = tuple(COMPARED_QUANTITIES)
     mean_of, sem_of, final_points, selections = {}, {}, {}, {}
     for n in sorted(set(n_top)):
-        selection, distance, params = top_cmr_like_over_training(series, grid, n)
+        selection, distance, params = top_cmr_like_over_training(series, grid, n, fit_lags)
         if len(selection) < n:
             logger.warning("only %d heads with a finite CMR distance for top %d", len(selection), n)
         values = np.concatenate([distance[..., None], params], axis=-1)         # [n, T, Q]

@@ -57,6 +57,7 @@ from typing import Dict, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from icl_cmr.cmr.scales import li24_encoding_rate, standard_encoding_rate
 from icl_cmr.errors import InputError
 
 #: Floor of an item's support before the softmax (cymr's ``amin``).
@@ -184,18 +185,21 @@ def li24_beta_enc(B_enc: "float | np.ndarray") -> "float | np.ndarray":
     Standard CMR's context keeps ``sqrt(1 - B_enc^2)`` of itself per studied item (module docstring), [LI24]'s
     ``1 - beta_enc`` (DESIGN.md sections 3 and 5), so the two give the same gradient at this value.
 
+    The conversion's one home is :func:`icl_cmr.cmr.scales.li24_encoding_rate` (derived and tested there); this
+    name stays for the likelihood's callers.
+
     Examples
     --------
     >>> round(float(li24_beta_enc(0.8)), 6)
     0.4
     """
-    return 1.0 - np.sqrt(1.0 - np.square(B_enc))
+    return li24_encoding_rate(B_enc)
 
 
 def standard_b_enc(beta_enc: "float | np.ndarray") -> "float | np.ndarray":
     """Standard CMR's ``B_enc`` of [LI24]'s ``beta_enc``: ``sqrt(1 - (1 - beta_enc)^2)`` (inverse of
-    :func:`li24_beta_enc`)."""
-    return np.sqrt(1.0 - np.square(1.0 - np.asarray(beta_enc, dtype=float)))
+    :func:`li24_beta_enc`; :func:`icl_cmr.cmr.scales.standard_encoding_rate`)."""
+    return standard_encoding_rate(beta_enc)
 
 
 def study_contexts(B_enc: np.ndarray, n_items: int) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from icl_cmr.cmr.scales import li24_retrieval_rate
 from icl_cmr.errors import InputError
 from icl_cmr.humans.likelihood import (CHOICE_PARAMETERS, STOP_PARAMETERS, CmrParameters, RecallLists,
                                        choice_log_likelihood, li24_beta_enc, stop_log_likelihood)
@@ -43,15 +44,15 @@ def li24_beta_rec(B_rec: "float | np.ndarray") -> "float | np.ndarray":
     """[LI24]'s ``beta_rec`` giving the same mix of old context and input as standard CMR's ``B_rec`` when the
     input is orthogonal to context: ``(1 - beta) / beta = sqrt(1 - B^2) / B``, so ``beta = B / (B + sqrt(1 - B^2))``.
     Only for orthogonal input (retrieved contexts overlap the current one), so medians, not people, are
-    converted with it.
+    converted with it. It is :func:`icl_cmr.cmr.scales.li24_retrieval_rate` at overlap 0, the low end of the range
+    a standard ``B_rec`` spans (:func:`icl_cmr.cmr.scales.li24_retrieval_rate_range`).
 
     Examples
     --------
     >>> round(float(li24_beta_rec(math.sqrt(0.5))), 6)
     0.5
     """
-    B_rec = np.asarray(B_rec, dtype=float)
-    return B_rec / (B_rec + np.sqrt(1.0 - B_rec ** 2))
+    return li24_retrieval_rate(B_rec, 0.0)
 
 
 @dataclass(frozen=True)

@@ -329,7 +329,8 @@ def ablation_hooks(model, heads: Sequence[Head], method: str, means=None) -> Hoo
     list of (str, callable)
     """
     if method not in ABLATION_METHODS:
-        raise InputError(f"--method {method!r} is not supported; accepted: {', '.join(ABLATION_METHODS)}")
+        raise InputError(f"`method` {method!r} is not supported; accepted: {', '.join(ABLATION_METHODS)}",
+                         parameters=("method",))
     if method == "mean":
         if means is None:
             raise InputError("mean ablation needs mean activations (mean_head_activations)")

@@ -62,16 +62,17 @@ class ICLScoreConfig:
             ``seq_len > n_ctx``.
         """
         if seq_len < 3:
-            raise InputError(f"--seq-len must be at least 3 tokens, got {seq_len}")
+            raise InputError(f"`seq_len` must be at least 3 tokens, got {seq_len}", parameters=("seq_len",))
         if n_ctx is not None and seq_len > n_ctx:
-            raise InputError(f"--seq-len {seq_len} exceeds the model's context of {n_ctx} tokens; "
-                             f"use --seq-len <= {n_ctx} and a --late-index below it (the paper's 500/50 needs "
-                             "a context of at least 512)")
+            raise InputError(f"`seq_len` {seq_len} exceeds the model's context of {n_ctx} tokens; "
+                             f"use `seq_len` <= {n_ctx} and a `late_index` below it (the paper's 500/50 needs "
+                             "a context of at least 512)", parameters=("seq_len", "late_index"))
         if not 0 <= self.early_index < self.late_index:
-            raise InputError(f"--early-index {self.early_index} must be >= 0 and below --late-index {self.late_index}")
+            raise InputError(f"`early_index` {self.early_index} must be >= 0 and below `late_index` {self.late_index}",
+                             parameters=("early_index", "late_index"))
         if self.late_index > seq_len - 2:
-            raise InputError(f"--late-index {self.late_index} is beyond the last loss index {seq_len - 2} of a "
-                             f"{seq_len}-token prompt (loss i predicts token i + 1)")
+            raise InputError(f"`late_index` {self.late_index} is beyond the last loss index {seq_len - 2} of a "
+                             f"{seq_len}-token prompt (loss i predicts token i + 1)", parameters=("late_index",))
         return self
 
 
@@ -116,7 +117,7 @@ def token_losses(model, tokens, hooks: HookList = (), batch_size: int = 8) -> np
     import torch
 
     if batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+        raise InputError(f"`batch_size` must be >= 1, got {batch_size}", parameters=("batch_size",))
     tokens = torch.as_tensor(np.asarray(tokens) if not torch.is_tensor(tokens) else tokens, dtype=torch.long)
     if tokens.ndim != 2 or tokens.shape[1] < 2:
         raise InputError(f"tokens must be [n_prompts, seq_len >= 2], got shape {tuple(tokens.shape)}")

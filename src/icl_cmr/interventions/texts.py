@@ -47,10 +47,10 @@ class TextDataConfig:
 
     def __post_init__(self):
         if self.seq_len < 2:
-            raise InputError(f"--seq-len must be at least 2, got {self.seq_len}")
+            raise InputError(f"`seq_len` must be at least 2, got {self.seq_len}", parameters=("seq_len",))
         if self.min_tokens < self.seq_len:
-            raise InputError(f"--min-tokens {self.min_tokens} is below --seq-len {self.seq_len}; every kept document "
-                             "must reach the prompt length")
+            raise InputError(f"`min_tokens` {self.min_tokens} is below `seq_len` {self.seq_len}; every kept "
+                             "document must reach the prompt length", parameters=("min_tokens", "seq_len"))
 
 
 def check_c4_reachable() -> None:

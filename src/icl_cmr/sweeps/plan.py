@@ -533,8 +533,8 @@ def _check_icl_indices(reader: _Reader, ablation: Mapping[str, Any]) -> None:
         config.validate(ablation.get("seq_len", TextDataConfig().seq_len))
     except InputError as err:
         message = str(err)
-        for key in keys:  # the plan's keys, not the script's flags
-            message = message.replace(ABLATION_SETTINGS[key][0], key)
+        for key in err.parameters:  # the engine's parameters are the plan's keys: named plainly, as elsewhere
+            message = message.replace(f"`{key}`", key)
         raise reader.fail(f"[ablation] {', '.join(key for key in keys if key in ablation)}", message) from None
 
 
