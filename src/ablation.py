@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from icl_cmr.cli.args import (OneLineErrorParser, device_arg, fraction, given_options, int_range, non_negative_int,
-                              positive_int, refuse_options, run_cli, seed_int, setup_logging)
+                              paired_count, positive_int, refuse_options, run_cli, seed_int, setup_logging)
 from icl_cmr.cli.flags import flag_errors
 from icl_cmr.errors import InputError
 from icl_cmr.experiments.ablation import (AblationSettings, check_ablation, discard_partial, run_ablation,
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, default=None,
                         help="local .txt file (one document), .jsonl file (one document per line, field 'text') "
                              "or a folder of them; default: stream C4 English validation ([LI24])")
-    parser.add_argument("--n-eval", type=positive_int, default=config.n_eval,
+    parser.add_argument("--n-eval", type=paired_count, default=config.n_eval,
                         help="evaluation prompts ([LI24] script: 1000; their GPT-2 file: 5000)")
     parser.add_argument("--batch-size", type=positive_int, default=config.batch_size, help="prompts per forward pass")
     # >= 3: the ICL score needs 0 <= early < late <= seq_len - 2 (ICLScoreConfig.validate)

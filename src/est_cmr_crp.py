@@ -27,7 +27,8 @@ import logging
 import shutil
 from typing import Optional, Sequence
 
-from icl_cmr.cli.args import OneLineErrorParser, float_range, int_range, positive_int, run_cli, seed_int, setup_logging
+from icl_cmr.cli.args import (OneLineErrorParser, float_range, int_range, positive_int, run_cli, seed_int,
+                              setup_logging, worker_count)
 from icl_cmr.cli.flags import flag_errors
 from icl_cmr.cmr.grid import GRID_QUANTITIES
 from icl_cmr.cmr.model import CRP_METHODS, LI24_MAX_DRAWS, RECALL_RULES
@@ -72,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "the fitting scripts read any grid with max_lag >= 5 and fit on lags -5..+5, where the "
                              "CRP does not depend on max_lag")
     parser.add_argument("--seed", type=seed_int, default=DEFAULTS.seed, help="base random seed (default: 0)")
-    parser.add_argument("--workers", type=positive_int, default=DEFAULTS.workers,
-                        help="worker processes; results do not depend on it (default: min(2, CPUs))")
+    parser.add_argument("--workers", type=worker_count, default=DEFAULTS.workers,
+                        help="worker processes, at most 4 per CPU; results do not depend on it (default: min(2, CPUs))")
     parser.add_argument("--quantity", choices=GRID_QUANTITIES, default=DEFAULTS.quantity,
                         help="crp: the paper's CRP, a normalised lag histogram (default); conditional: the "
                              "conditional lag-CRP of the same recalls, as psifr defines it for people "

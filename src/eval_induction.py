@@ -74,13 +74,14 @@ from typing import Optional, Sequence
 import matplotlib
 
 from icl_cmr.cli.args import (OneLineErrorParser, comma_list, device_arg, int_range, non_negative_float,
-                              non_negative_int, positive_float, positive_int, run_cli, seed_int, setup_logging)
+                              positive_float, positive_int, run_cli, seed_int, setup_logging, worker_count)
 from icl_cmr.cli.flags import flag_errors
-from icl_cmr.experiments.induction_eval import (InductionEvalSettings, check_induction_eval, eval_outputs,
-                                                run_induction_eval)
+from icl_cmr.experiments.induction_eval import (MAX_LOG2_LENGTH, InductionEvalSettings, check_induction_eval,
+                                                eval_outputs, run_induction_eval)
 from icl_cmr.files.folders import check_writable_dir
 from icl_cmr.files.outputs import PendingWrites, log_written
 from icl_cmr.synthetic.models import INDUCTION_DTYPES
+from icl_cmr.synthetic.task import MAX_VALIDATION_SEQUENCES
 
 logger = logging.getLogger("eval_induction")
 
@@ -95,12 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="results folder (default saved_models/induction_task)")
     parser.add_argument("--fig_dir", type=Path, default=DEFAULTS.fig_dir,
                         help="figure folder (default figs/induction_task)")
-    # k >= 2: a sequence needs at least 3 tokens (trigger, value, trigger)
-    parser.add_argument("--min_log2", type=int_range(2), help="shortest length 2^k (default 6)")
-    parser.add_argument("--max_log2", type=int_range(2), help="longest length 2^k (default 20)")
-    parser.add_argument("--n_sequences", type=positive_int,
+    # 2 <= k <= 62: a sequence needs 3 tokens (trigger, value, trigger); positions are int64
+    parser.add_argument("--min_log2", type=int_range(2, MAX_LOG2_LENGTH), help="shortest length 2^k (default 6)")
+    parser.add_argument("--max_log2", type=int_range(2, MAX_LOG2_LENGTH), help="longest length 2^k (default 20)")
+    parser.add_argument("--n_sequences", type=int_range(1, MAX_VALIDATION_SEQUENCES),
                         help="sequences per length up to --full_max_log2, and the cap beyond (default 256)")
-    parser.add_argument("--full_max_log2", type=non_negative_int,
+    parser.add_argument("--full_max_log2", type=int_range(0, MAX_LOG2_LENGTH),
                         help="lengths up to 2^k get all --n_sequences (default 14, the issue's minimum)")
     parser.add_argument("--long_cpu_seconds", type=non_negative_float,
                         help="time budget per model and length beyond --full_max_log2 (CPU time on the CPU, "
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip_lag_crp", action="store_true",
                         help="skip the looking-inside analyses (with --skip_accuracy: only rebuild the combined "
                              "table and figures; no model file needed)")
-    parser.add_argument("--threads", type=positive_int, default=DEFAULTS.threads,
+    parser.add_argument("--threads", type=worker_count, default=DEFAULTS.threads,
                         help="torch CPU threads (default 1)")
     parser.add_argument("--title", default=None, help="title of accuracy_vs_length.pdf")
     parser.add_argument("--png_dir", type=Path, default=None, help="also save PNG copies of the figures here")

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 from icl_cmr.cli.args import (OneLineErrorParser, UniqueItems, device_arg, float_range, given_options,
-                              ignored_options, positive_int, refuse_options, run_cli, seed_int, setup_logging)
+                              ignored_options, positive_int, refuse_options, run_cli, seed_int, setup_logging,
+                              worker_count)
 from icl_cmr.cli.flags import flag_errors
 from icl_cmr.experiments.pattern_icl import (ABLATE_CHOICES, KNOCKOUT_KIND_CHOICES, METHOD_CHOICES,
                                              REFERENCE_CHOICES, PatternIclSettings, check_choices,
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start every prompt with a BOS token (--bos) or not (--no-bos); default: the tokenizer's "
                              "own BOS token when it defines one, none otherwise")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
-    parser.add_argument("--threads", type=positive_int, default=DEFAULTS.threads,
+    parser.add_argument("--threads", type=worker_count, default=DEFAULTS.threads,
                         help="torch CPU threads (default 1: on a busy 2-core machine 1 scored 4x faster than 2)")
     parser.add_argument("--device", type=device_arg, default=None,
                         help="cpu, cuda, cuda:N or mps (default: cuda when available)")

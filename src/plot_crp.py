@@ -22,9 +22,12 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from icl_cmr.cli.args import OneLineErrorParser, positive_int, run_cli, setup_logging
 from icl_cmr.cli.flags import flag_errors
 from icl_cmr.figures.fit_sets import reference_crp_figure
+from icl_cmr.errors import InputError
 from icl_cmr.files.folders import check_writable_dir
 from icl_cmr.files.grids import read_cmr_grid
 from icl_cmr.config import DEFAULT_GRID_PATH
@@ -56,6 +59,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out_dir = check_writable_dir(args.figs_dir / "plot_crp", "--figs-dir")
     with flag_errors(parser):
         grid = read_cmr_grid(args.crp_grid, args.crp_sem)
+        grid_max_lag = int(np.max(np.abs(grid.lags)))
+        if args.max_lag > grid_max_lag:  # before the people's lag-CRP is computed out to max_lag
+            raise InputError(f"`max_lag` ({args.max_lag}) is beyond the grid's lags -{grid_max_lag}..{grid_max_lag} "
+                             f"({grid.source}); give at most {grid_max_lag}", parameters=("max_lag",))
         human = conditional_lag_crp(load_recall_data(args.dataset), max_lag=args.max_lag, dataset=args.dataset)
         figure, _ = reference_crp_figure(grid, human, args.max_lag)
     pending = PendingWrites()

@@ -34,7 +34,8 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-from icl_cmr.cli.args import OneLineErrorParser, device_arg, fraction, positive_int, run_cli, setup_logging
+from icl_cmr.cli.args import (OneLineErrorParser, device_arg, fraction, paired_count, positive_int, run_cli,
+                              setup_logging)
 from icl_cmr.cli.flags import flag_errors
 from icl_cmr.config import CMR_LIKE_THRESHOLD
 from icl_cmr.errors import InputError
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ICL text: a .txt file (one document), a .jsonl file (one document per line, field "
                              "'text') or a folder of them (default: held-out stdlib files for the bundled model, C4 "
                              "English validation otherwise)")
-    parser.add_argument("--n-eval", type=positive_int, default=DEFAULTS.n_eval,
+    parser.add_argument("--n-eval", type=paired_count, default=DEFAULTS.n_eval,
                         help="prompts for the ablation (default: %(default)s, the paper's)")
     parser.add_argument("--fraction", type=fraction, default=DEFAULTS.fraction,
                         help="share of heads ablated, lowest CMR distance first (default: %(default)s, the paper's)")

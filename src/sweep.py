@@ -32,11 +32,11 @@ import signal
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from icl_cmr.cli.args import OneLineErrorParser, non_negative_int, positive_int, run_cli, setup_logging
+from icl_cmr.cli.args import OneLineErrorParser, non_negative_int, positive_int, run_cli, setup_logging, worker_count
 from icl_cmr.errors import InputError
 from icl_cmr.sweeps.jobs import build_jobs, stale_reason
 from icl_cmr.sweeps.manifest import build_manifest, count_states, manifest_path, read_manifest, status_table, sweep_lock
-from icl_cmr.sweeps.plan import CPU_GROUP, find_plan, load_plan, override_slurm
+from icl_cmr.sweeps.plan import CPU_GROUP, check_output_folders, find_plan, load_plan, override_slurm
 from icl_cmr.sweeps.scheduler import LocalBackend, run_sweep
 from icl_cmr.sweeps.slurm_backend import SlurmBackend
 from icl_cmr.sweeps.submitit_backend import (SIGNAL_DELAY_S, SIGNAL_MARGIN_S, SubmititBackend, minimum_time_min,
@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, default="local",
                         help="local: job processes here; slurm: sbatch through submitit; submitit-local: the SLURM "
                              "code path with submitit's local executor, to check a plan here (default: %(default)s)")
-    parser.add_argument("--jobs", type=positive_int, default=None,
-                        help="jobs at once on this machine (local and submitit-local; default 1)")
+    parser.add_argument("--jobs", type=worker_count, default=None,
+                        help="jobs at once on this machine, at most 4 per CPU (local and submitit-local; default 1)")
     parser.add_argument("--dry-run", action="store_true",
                         help="list the jobs, whether each would run or is up to date, and (slurm) the resources it "
                              "would request; run nothing")
@@ -170,6 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jobs = build_jobs(plan)
     if args.backend == "slurm":
         check_time_limits(args, plan, jobs, plan_file)
+    check_output_folders(plan)  # a dry run refuses what the real run would
     if args.dry_run:
         print(dry_run_table(plan, jobs, args.backend, read_manifest(manifest_file)))
         return 0

@@ -64,7 +64,7 @@ from typing import Optional, Sequence
 import matplotlib
 
 from icl_cmr.cli.args import (OneLineErrorParser, comma_list, device_arg, int_range, non_negative_int, positive_float,
-                              positive_int, probability, run_cli, seed_int, setup_logging)
+                              positive_int, probability, run_cli, seed_int, setup_logging, worker_count)
 from icl_cmr.cli.flags import flag_errors
 from icl_cmr.errors import InputError
 from icl_cmr.experiments.induction_train import (InductionTrainSettings, check_induction_training, is_run_name,
@@ -73,6 +73,7 @@ from icl_cmr.files.folders import check_writable_dir
 from icl_cmr.files.outputs import PendingWrites, log_written
 from icl_cmr.synthetic.mamba import InductionMambaConfig
 from icl_cmr.synthetic.models import ARCHITECTURES, INDUCTION_DTYPES
+from icl_cmr.synthetic.task import MAX_VALIDATION_SEQUENCES
 from icl_cmr.synthetic.transformer import POSITION_ENCODINGS, TinyTransformerConfig
 
 logger = logging.getLogger("train_induction")
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the weights every N steps in ENC_snapshots/ENC_stepSSSSSS.pt (default 0: none)")
     parser.add_argument("--eval_every", type=positive_int, default=DEFAULTS.eval_every,
                         help=f"validate and checkpoint every N steps (default {DEFAULTS.eval_every})")
-    parser.add_argument("--n_val", type=positive_int, default=DEFAULTS.n_val,
+    parser.add_argument("--n_val", type=int_range(1, MAX_VALIDATION_SEQUENCES), default=DEFAULTS.n_val,
                         help=f"validation sequences at the training length (default {DEFAULTS.n_val})")
     parser.add_argument("--target_accuracy", type=probability, default=DEFAULTS.target_accuracy,
                         help=f"stop at this validation accuracy (default {DEFAULTS.target_accuracy})")
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=INDUCTION_DTYPES, default=DEFAULTS.dtype,
                         help="compute dtype of the forward pass (bfloat16: autocast, float32 weights; default float32)")
-    parser.add_argument("--threads", type=positive_int, default=DEFAULTS.threads,
+    parser.add_argument("--threads", type=worker_count, default=DEFAULTS.threads,
                         help="torch CPU threads; results are reproducible for a fixed count (default 1)")
     parser.add_argument("--no_figure", action="store_true", help="skip the training-curve PDF")
     parser.add_argument("--no_progress", action="store_true", help="hide the tqdm bar")

@@ -31,18 +31,20 @@ import matplotlib
 import numpy as np
 import torch
 
-from icl_cmr.cli.args import OneLineErrorParser, int_range, positive_int, probability, run_cli, seed_int, setup_logging
+from icl_cmr.cli.args import (OneLineErrorParser, int_range, positive_int, probability, run_cli, seed_int,
+                              setup_logging, worker_count)
 from icl_cmr.cli.flags import flag_errors
 from icl_cmr.figures.toy_lm import plot_training_run
-from icl_cmr.files.folders import check_writable_dir
+from icl_cmr.files.memory import check_dataclass_memory
+from icl_cmr.files.folders import check_writable_dir, make_folders
 from icl_cmr.files.outputs import PendingWrites, portable_path
 from icl_cmr.files.reading import load_json
 from icl_cmr.files.writing import make_metadata, save_figure, save_json, save_text
 from icl_cmr.toy_lm.config import ToyLMConfig, config_from_saved
 from icl_cmr.toy_lm.corpus import held_out_texts
 from icl_cmr.toy_lm.evaluation import describe_evaluation, evaluate_model_dir
-from icl_cmr.toy_lm.training_run import (ToyLMTrainingSettings, prepare_training_corpus, train_on_corpus,
-                                         training_summary)
+from icl_cmr.toy_lm.training_run import (MEMORY_SETTINGS, ToyLMTrainingSettings, prepare_training_corpus,
+                                         train_on_corpus, training_memory_bytes, training_summary)
 
 logger = logging.getLogger("train_toy_lm")
 
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_dir", type=Path, default=DEFAULT_SAVE_DIR,
                         help="output folder (default saved_models/toy_lm)")
     parser.add_argument("--seed", type=seed_int, default=DEFAULTS.seed, help="random seed (default 0)")
-    parser.add_argument("--threads", type=positive_int, default=DEFAULTS.threads,
+    parser.add_argument("--threads", type=worker_count, default=DEFAULTS.threads,
                         help="torch CPU threads; part of what makes a run reproducible (default 1, as the "
                              "shipped model; on a busy machine one thread also ran 2-4x faster than two)")
     parser.add_argument("--max_steps", type=positive_int, default=DEFAULTS.max_steps,
@@ -163,6 +165,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     with flag_errors(parser):
         config = settings.config()
+        check_dataclass_memory(training_memory_bytes, config, MEMORY_SETTINGS, ToyLMConfig(), "cpu",
+                               "a training step ({values})")
         check_writable_dir(save_dir.parent, "--save_dir")
         if args.snapshot_dir is not None:
             check_writable_dir(args.snapshot_dir, "--snapshot_dir")  # before the corpus and tokenizer work
@@ -184,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary = training_summary(settings, config, corpus, result, train_wall)
     summary["stdlib_dir"] = portable_path(corpus.stdlib_dir)  # no machine path in a shipped file
 
-    save_dir.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(save_dir.parent)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.tmp-", dir=save_dir.parent))
     try:
         result.model.save_pretrained(tmp_dir, safe_serialization=True)

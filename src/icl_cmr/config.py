@@ -33,6 +33,10 @@ CMR_LIKE_THRESHOLD: float = 0.5
 #: The stricter threshold of [LI24]'s supplementary figure. DESIGN.md section 4.
 CMR_LIKE_STRICT_THRESHOLD: float = 0.1
 
+#: Fewest pairs a paired comparison takes (the ablation's prompts, Fig 8): the paired t-test's standard
+#: deviation of the differences has n - 1 degrees of freedom (:func:`icl_cmr.stats.paired_comparison`).
+MIN_PAIRS: int = 2
+
 #: CMR grid axes. DESIGN.md section 3: beta_enc in {0.05, ..., 1.0} (20),
 #: beta_rec in {0, 0.05, ..., 1.0} (21), gamma_ft in {0, 0.1, ..., 1.0} (11).
 #: Rounded so that grid values print and compare exactly (0.15, not 0.15000000000000002).

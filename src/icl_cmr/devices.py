@@ -7,6 +7,7 @@ checks it while parsing, before any model loads); without the flag they run on
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import platform
 import re
@@ -65,6 +66,52 @@ def validate_device(name: str) -> str:
             raise InputError(f"{name!r} asked for, but Apple MPS is not available here; use cpu")
         return text
     raise InputError(f"unknown device {name!r}: expected {', '.join(DEVICE_NAMES[:-1])} or {DEVICE_NAMES[-1]}")
+
+
+#: Most worker processes or threads per usable CPU (:func:`max_workers`): past one per CPU they only
+#: share cores, and a few more cover waiting on the disk; 100,000 workers would start 100,000 processes.
+WORKERS_PER_CPU = 4
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the system has one, else the CPU count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity masks (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def max_workers() -> int:
+    """The most worker processes or threads a script starts here: :data:`WORKERS_PER_CPU` per usable CPU."""
+    return WORKERS_PER_CPU * usable_cpus()
+
+
+def check_worker_count(value: int, parameter: str) -> int:
+    """Refuse a worker (process or thread) count outside ``[1, max_workers()]``, naming ``parameter``.
+
+    Parameters
+    ----------
+    value : int
+        The count asked for.
+    parameter : str
+        Its setting's name (``"workers"``, ``"threads"``), backticked in the message.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    InputError
+        ``"`workers` (100000) is more than this machine can run: at most 8 (4 per usable CPU, 2 CPUs)"``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InputError(f"`{parameter}` must be a positive integer, got {value!r}", parameters=(parameter,))
+    if value > max_workers():
+        raise InputError(f"`{parameter}` ({value}) is more than this machine can run: at most {max_workers()} "
+                         f"({WORKERS_PER_CPU} per usable CPU, {usable_cpus()} CPU{'s' if usable_cpus() != 1 else ''})",
+                         parameters=(parameter,))
+    return int(value)
 
 
 def resolve_device(name: Optional[str] = None) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from icl_cmr.config import MIN_PAIRS
 from icl_cmr.errors import InputError
 
 
@@ -46,6 +47,36 @@ class PairedStatsConfig:
     confidence: float = 0.95
     bootstrap_method: str = "BCa"
     seed: int = 0
+
+
+#: Resamples :func:`paired_comparison` draws at once (``scipy.stats.bootstrap``'s ``batch``): bounds memory at large n.
+BOOTSTRAP_BATCH = 1000
+
+
+def bootstrap_memory_bytes(n_bootstrap: int, n_samples: int, batch: Optional[int] = BOOTSTRAP_BATCH) -> int:
+    """Estimated peak bytes of one ``scipy.stats.bootstrap`` interval over ``n_samples`` values, for refusing
+    a resample count that cannot fit before any work.
+
+    scipy keeps every resample's statistic (float64; with its sorted copy and the BCa temporaries, 4 x 8
+    bytes each), draws ``batch`` resamples at a time (all at once when None) as indices and values
+    ``[batch, n_samples]``, and BCa's jackknife holds ``[n_samples, n_samples - 1]``.
+
+    Parameters
+    ----------
+    n_bootstrap : int
+        Resamples.
+    n_samples : int
+        Values resampled (all samples together).
+    batch : int or None
+        Resamples drawn at once.
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    at_once = int(n_bootstrap) if batch is None else min(int(batch), int(n_bootstrap))
+    return 4 * 8 * int(n_bootstrap) + 2 * 8 * at_once * int(n_samples) + 8 * int(n_samples) ** 2
 
 
 def significance_stars(p_value: float) -> str:
@@ -101,7 +132,7 @@ def paired_comparison(a: np.ndarray, b: np.ndarray,
     Raises
     ------
     InputError
-        Different lengths, or fewer than 2 complete pairs.
+        Different lengths, or fewer than :data:`~icl_cmr.config.MIN_PAIRS` complete pairs.
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
@@ -109,8 +140,8 @@ def paired_comparison(a: np.ndarray, b: np.ndarray,
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
     n = int(a.size)
-    if n < 2:
-        raise InputError(f"a paired comparison needs at least 2 complete pairs, got {n}")
+    if n < MIN_PAIRS:
+        raise InputError(f"a paired comparison needs at least {MIN_PAIRS} complete pairs, got {n}")
     diff = a - b
     sd_diff = diff.std(ddof=1)
     t_result = stats.ttest_rel(a, b)
@@ -121,7 +152,7 @@ def paired_comparison(a: np.ndarray, b: np.ndarray,
         w, p_w = float("nan"), float("nan")
     if sd_diff > 0:
         ci = stats.bootstrap((diff,), np.mean, n_resamples=config.n_bootstrap, confidence_level=config.confidence,
-                             method=config.bootstrap_method, batch=1000,  # batches bound memory at large n
+                             method=config.bootstrap_method, batch=BOOTSTRAP_BATCH,
                              rng=np.random.default_rng(config.seed)).confidence_interval
         ci_low, ci_high = float(ci.low), float(ci.high)
     else:  # every difference equal: the interval collapses to that value

@@ -237,6 +237,12 @@ def _raiser(error: BaseException):
      "error: out of memory: Unable to allocate 2.00 GiB for an array with shape (268435456,) and data type int64; "
      "use smaller batches, lengths or models"),
     (MemoryError(), "error: out of memory; use smaller batches, lengths or models"),
+    # torch's failed allocations are RuntimeErrors (issue 25): the same line
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 800000000000 bytes."),
+     "error: out of memory: DefaultCPUAllocator: can't allocate memory: you tried to allocate 800000000000 bytes.; "
+     "use smaller batches, lengths or models"),
+    (type("OutOfMemoryError", (RuntimeError,), {})("CUDA error"),
+     "error: out of memory: CUDA error; use smaller batches, lengths or models"),
 ])
 def test_run_cli_turns_os_and_input_errors_into_one_line(error, line, capsys):
     code, out, err = _run(_raiser(error), capsys)
@@ -246,6 +252,8 @@ def test_run_cli_turns_os_and_input_errors_into_one_line(error, line, capsys):
 def test_run_cli_lets_bugs_raise():
     with pytest.raises(ZeroDivisionError):
         run_cli(_raiser(ZeroDivisionError("bug")), [])
+    with pytest.raises(RuntimeError, match="expected a tensor"):  # only an allocation failure is a user error
+        run_cli(_raiser(RuntimeError("expected a tensor")), [])
 
 
 def test_debug_variable_shows_the_traceback(monkeypatch):
@@ -328,7 +336,7 @@ def test_a_script_whose_disk_fills_ends_with_one_line_and_no_partial_file(tmp_pa
     monkeypatch.undo()
     assert code == 2 and out == ""
     assert err == f"error: cannot write {tmp_path / 'out' / 'summary.json'}: no space left on device (the disk is full)\n"
-    assert _leftovers(tmp_path / "out") == []
+    assert not (tmp_path / "out").exists()  # the folder the failed run made is gone too (issue 25, item 5)
 
 
 @pytest.fixture

@@ -272,9 +272,22 @@ def test_pattern_prompts_longer_than_the_context_are_refused_before_any_forward_
     for name in ("label_log_likelihoods", "reference_means"):
         monkeypatch.setattr(icl_cmr.interventions.pattern_eval, name, refuse)
     argv = _pattern_argv(tiny_model_dirs["gpt2"], tmp_path, "--heads", "L1H3", "--n-items", "2", "--seeds", "0",
-                         "--n-reference", "2", "--shots", "300")
+                         "--n-reference", "2", "--shots", "120")   # below the context of 256, but > 2 tokens each
     line = _refused(pattern_icl.main, argv, capsys)
-    assert "exceed the model's context of 256" in line and "(repetition, 300 shots)" in line
+    assert "exceed the model's context of 256" in line and "(repetition, 120 shots)" in line
+    assert _files(tmp_path) == []
+
+
+def test_more_demonstrations_than_the_context_has_tokens_are_refused_before_the_prompts_are_made(
+        tiny_model_dirs, tmp_path, capsys, monkeypatch):
+    import icl_cmr.experiments.pattern_icl
+
+    monkeypatch.setattr(icl_cmr.experiments.pattern_icl, "generate_prompts",
+                        lambda *a: pytest.fail("the prompts were generated before the shots were checked"))
+    argv = _pattern_argv(tiny_model_dirs["gpt2"], tmp_path, "--heads", "L1H3", "--shots", "300")
+    line = _refused(pattern_icl.main, argv, capsys)
+    assert line == ("error: --shots (300) cannot fit the model's context of 256 tokens: every demonstration takes "
+                    "at least one token, and the query one more")
     assert _files(tmp_path) == []
 
 

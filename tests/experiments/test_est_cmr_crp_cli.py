@@ -218,7 +218,7 @@ def test_a_grid_too_large_for_memory_is_refused_with_the_estimate(tmp_path, caps
     assert settings.max_draws * settings.n_start * settings.n_trials * 2 > 100 * 2 ** 30
     needed = GridSpec.from_resolution(2, 2, settings).memory_bytes(1)
     assert line.startswith(f"error: this grid needs about {human_bytes(needed)} of memory (1 worker(s) x ")
-    assert "lower --n_trials, --n_start, --max_draws or --workers" in line
+    assert line.endswith("lower --n_trials")  # the setting that drives the estimate, not every factor of it
 
 
 def test_start_positions_reaching_the_last_item_are_refused_instead_of_a_nan_grid(tmp_path, capsys):

@@ -365,8 +365,8 @@ def test_compute_head_scores_names_a_model_file_cut_in_half(capsys, tmp_path, da
 @pytest.mark.parametrize("name, weights_as_bin", [("model.safetensors", False), ("pytorch_model.bin", True)])
 def test_ablation_names_a_weight_file_cut_in_half(capsys, tmp_path, damaged_model, name, weights_as_bin):
     damaged = damaged_model(name, weights_as_bin)
-    data = tmp_path / "docs.txt"
-    data.write_text("word " * 100)
+    data = tmp_path / "docs.jsonl"  # two documents: the paired statistics need two prompts (checked first)
+    data.write_text(f'{{"text": "{"word " * 100}"}}\n' * 2)
     fails_in_one_line(capsys, ablation, ["--model_name", str(damaged.parent), "--heads", "L0H0", "--data", str(data),
                                          "--seq-len", "24", "--late-index", "20", "--early-index", "3", "--n-eval", "2",
                                          "--out-dir", str(tmp_path / "out" / "saved"), "--figs-dir",

@@ -54,6 +54,19 @@ def plan_text(tmp_path, model_dir, extra: str = "", models: str = None) -> Path:
     ("stages = [\"scores\", \"ablation\"]\n[ablation]\nmodels = [\"other\"]", None, "'other' is not a model of this plan"),
     ("[slurm.groups.gpu2]\ngpus = 2", None, "a new group needs mem_gb, cpus, time_min"),
     ("name = ", None, "invalid TOML"),
+    # issue 25: sizes beyond a job's memory, repeated list values, the same model twice
+    ("[scores]\nn_prompts = 1e17", None, "[scores] n_prompts: must be a positive integer, got '1e+17'"),
+    ("[scores]\nn_prompts = 100000000000000000", None, "[scores] n_prompts: a score job's prompts would need about "),
+    ("[scores]\nblock_len = 100000000\nbatch_size = 1000", None, "[scores] block_len: a score job's prompts would"),
+    ("stages = [\"scores\", \"ablation\"]\n[ablation]\nn_eval = 1", None, "[ablation] n_eval: must be an integer >= 2"),
+    ("stages = [\"scores\", \"ablation\"]\n[ablation]\nn_eval = 100000000000000", None,
+     "[ablation] n_eval: the ablation of 'm' would need about "),
+    ("stages = [\"scores\", \"ablation\"]\n[ablation]\nmodels = [\"m\", \"m\"]", None,
+     "[ablation] models: repeats m; give each value once"),
+    ("stages = [\"scores\", \"aggregate\"]\n[aggregate]\nn_top = [5, 10, 5]", None,
+     "[aggregate] n_top: repeats 5; give each value once"),
+    ("stages = [\"scores\", \"ablation\"]\n[ablation]\nlate_index = 600", None,
+     "[ablation] late_index: late_index 600 is beyond the last loss index 510 of a 512-token prompt"),
 ])
 def test_a_bad_plan_stops_with_one_error_line_before_anything_is_written(tmp_path, model_dir, capsys, extra,
                                                                          models, message):
@@ -66,9 +79,48 @@ def test_a_bad_plan_stops_with_one_error_line_before_anything_is_written(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_two_models_with_the_same_source_are_refused_as_work_done_twice(tmp_path, model_dir):
+    plan = plan_text(tmp_path, model_dir, models=f'[[models]]\nname = "a"\nsource = "{model_dir}"\n'
+                                                 f'[[models]]\nname = "b"\nsource = "{model_dir}/."\n')
+    with pytest.raises(InputError) as caught:
+        load_plan(plan)
+    assert str(caught.value) == (f"{plan}: [[models]] 'b' source: the same model as [[models]] 'a' ({model_dir}): "
+                                 "its scores would be computed twice; list it once")
+
+
+def test_two_models_with_the_same_checkpoint_folder_are_refused(tmp_path, model_dir):
+    steps = f'checkpoint_dirs = {{ 1000 = "{model_dir}" }}\n'
+    plan = plan_text(tmp_path, model_dir, models=f'[[models]]\nname = "a"\n{steps}[[models]]\nname = "b"\n{steps}')
+    with pytest.raises(InputError, match=r"\[\[models\]\] 'b' checkpoint_dirs: the same model at step 1000 as "
+                                         r"\[\[models\]\] 'a'"):
+        load_plan(plan)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("[scores]\nn_prompts = 100000000000000000", "[scores] n_prompts: a score job's prompts would need about "),
+    ("[paths]\nfigs_dir = \"{file}/figs\"",
+     "[paths] figs_dir: output folder {file}/figs cannot be made: {file} is a file"),
+])
+def test_a_dry_run_refuses_what_the_real_run_would(tmp_path, model_dir, capsys, extra, message):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    plan = tmp_path / "plan.toml"
+    paths = extra.format(file=blocker) if extra.startswith("[paths]") else "[paths]"
+    scores = "" if extra.startswith("[paths]") else extra
+    plan.write_text(f'name = "p"\n{scores}\n{paths}\nscores_dir = "{tmp_path / "out"}"\n'
+                    f'[[models]]\nname = "m"\nsource = "{model_dir}"\n')
+    assert run_cli(sweep.main, [str(plan), "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith(f"error: {plan}: {message.format(file=blocker)}"), err
+    assert not (tmp_path / "out").exists()
+
+
 def test_two_models_whose_score_files_would_collide_are_refused(tmp_path, model_dir):
+    other = tmp_path / "other_model"   # another model: the same source would be refused as work done twice
+    other.mkdir()
+    (other / "config.json").write_text("{}")
     plan = plan_text(tmp_path, model_dir, models=f'[[models]]\nname = "Tiny_A"\nsource = "{model_dir}"\n'
-                                                 f'[[models]]\nname = "tiny-a"\nsource = "{model_dir}"\n')
+                                                 f'[[models]]\nname = "tiny-a"\nsource = "{other}"\n')
     with pytest.raises(InputError, match="would share score files"):
         build_jobs(load_plan(plan))
 

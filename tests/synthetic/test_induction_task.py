@@ -686,8 +686,9 @@ def test_eval_refuses_a_longest_length_that_cannot_fit_before_evaluating(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     # The first length that cannot fit is named: 2^26, at 24 + 2 x 48 x 5 bytes per token 31.5 GiB (2^25: 15.8)
+    # one sequence of 2^26 tokens does not fit: the length is to lower, not the batch
     assert err[0] == ("error: rope at length 2^26 (batch 1) needs about 31.5 GiB of memory and cpu has 16.0 GiB free; "
-                      "use a smaller batch or length")
+                      "lower --max_log2")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 

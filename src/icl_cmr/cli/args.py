@@ -19,7 +19,9 @@ Argument types (each a callable for ``add_argument(type=...)``; all reject nan a
 ``probability``             number in [0, 1]
 ``fraction``                number in (0, 1] (a share of heads)
 ``float_range(lo, hi)``     number within bounds, open or closed
-``comma_list(item_type)``   ``"16,32,64"`` -> tuple of items
+``comma_list(item_type)``   ``"16,32,64"`` -> tuple of items, each once
+``worker_count``            integer in [1, 4 x usable CPUs] (worker processes, threads)
+``paired_count``            integer >= 2 (samples compared in pairs)
 ``str2bool``                ``true/false``, ``yes/no``, ``1/0``
 ``device_arg``              ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` that exists here
 ``plain_name``              a name used inside file names: no ``/``, ``\\``; not ``., ``..
@@ -38,8 +40,12 @@ import os
 import sys
 from typing import Any, Callable, NoReturn, Optional, Sequence, Tuple, Union
 
-from icl_cmr.devices import validate_device
+from tqdm import tqdm
+
+from icl_cmr.config import MIN_PAIRS
+from icl_cmr.devices import WORKERS_PER_CPU, max_workers, usable_cpus, validate_device
 from icl_cmr.errors import InputError
+from icl_cmr.files.folders import removing_new_folders_on_failure
 
 #: Exit status for bad input, as argparse uses for bad flags.
 EXIT_BAD_INPUT = 2
@@ -170,6 +176,11 @@ def _format_bound(value: Number) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _shown(value: Any) -> str:
+    """A list item as messages show it (``1.0`` as ``1``)."""
+    return _format_bound(value) if isinstance(value, (int, float)) else str(value)
+
+
 class NumberType:
     """argparse type: an ``int`` or a finite ``float`` within optional bounds.
 
@@ -258,11 +269,21 @@ positive_float = float_range(0.0, low_open=True, description="a finite number > 
 non_negative_float = float_range(0.0, description="a finite number >= 0")
 probability = float_range(0.0, 1.0)
 fraction = float_range(0.0, 1.0, low_open=True)
+#: Samples compared in pairs (the ablation's prompts): the paired statistics need two.
+paired_count = int_range(MIN_PAIRS, description=f"an integer >= {MIN_PAIRS} (the paired statistics need {MIN_PAIRS} "
+                                                 "prompts)")
 #: Former name of :data:`probability`, kept for callers that import it.
 unit_interval_float = probability
 
 
-def comma_list(item_type: Callable[[str], Any], *, increasing: bool = False) -> Callable[[str], Tuple[Any, ...]]:
+#: Worker processes or threads, from 1 to what this machine can run (:func:`icl_cmr.devices.max_workers`: 4 per
+#: usable CPU); 100,000 would start 100,000 of them.
+worker_count = int_range(1, max_workers(), description=f"an integer in [1, {max_workers()}] ({WORKERS_PER_CPU} per "
+                                                       f"usable CPU; this machine has {usable_cpus()})")
+
+
+def comma_list(item_type: Callable[[str], Any], *, increasing: bool = False,
+               unique: bool = True) -> Callable[[str], Tuple[Any, ...]]:
     """argparse type: ``"a,b,c"`` -> a tuple of ``item_type`` values (empty items ignored).
 
     Parameters
@@ -271,6 +292,9 @@ def comma_list(item_type: Callable[[str], Any], *, increasing: bool = False) -> 
         Type of each item, e.g. ``int_range(3)``.
     increasing : bool
         Require strictly increasing items.
+    unique : bool
+        Refuse a value given twice (the default: a repeat would be computed or counted twice), as
+        :class:`UniqueItems` does for space-separated lists.
 
     Returns
     -------
@@ -290,6 +314,10 @@ def comma_list(item_type: Callable[[str], Any], *, increasing: bool = False) -> 
                 raise argparse.ArgumentTypeError(f"item {part!r} of {text!r} {err}") from None
         if increasing and any(b <= a for a, b in zip(items, items[1:])):
             raise argparse.ArgumentTypeError(f"must be strictly increasing, got {text!r}")
+        repeated = [item for index, item in enumerate(items) if item in items[:index]]
+        if unique and repeated:
+            raise argparse.ArgumentTypeError(f"repeats {', '.join(dict.fromkeys(map(_shown, repeated)))} in "
+                                             f"{text!r}; give each value once")
         return tuple(items)
 
     parse.__name__ = "comma-separated list"
@@ -323,8 +351,7 @@ class UniqueItems(argparse.Action):
         values = list(values) if isinstance(values, (list, tuple)) else [values]
         repeated = [value for index, value in enumerate(values) if value in values[:index]]
         if repeated:
-            shown = ", ".join(dict.fromkeys(_format_bound(v) if isinstance(v, (int, float)) else str(v)
-                                            for v in repeated))
+            shown = ", ".join(dict.fromkeys(map(_shown, repeated)))
             raise argparse.ArgumentError(self, f"repeats {shown}; give each value once")
         setattr(namespace, self.dest, values)
 
@@ -404,6 +431,32 @@ def describe_os_error(err: OSError) -> str:
     return f"{where}: {reason}"
 
 
+#: How torch words a failed allocation (``DefaultCPUAllocator: can't allocate memory``, ``CUDA out of memory``).
+_OUT_OF_MEMORY_WORDS = ("can't allocate memory", "out of memory")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is torch's report of a failed allocation (a ``RuntimeError``, not a ``MemoryError``)."""
+    if any(cls.__name__ == "OutOfMemoryError" for cls in type(err).__mro__):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(words in text for words in _OUT_OF_MEMORY_WORDS)
+
+
+def close_progress_bars() -> None:
+    """Close every tqdm bar still open, erasing it, so that nothing is printed after the error line.
+
+    A bar the failing code left open would otherwise redraw itself when it is garbage-collected, at
+    the latest when the interpreter exits, after ``run_cli``'s one ``error:`` line.
+    """
+    for bar in list(getattr(tqdm, "_instances", ())):  # tqdm's registry of open bars (a WeakSet)
+        try:
+            bar.leave = False
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error being reported
+            pass
+
+
 def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]],
             argv: Optional[Sequence[str]] = None) -> int:
     """Run ``main(argv)``; turn user errors into one stderr line and exit code 2.
@@ -419,28 +472,34 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]],
     -------
     int
         0 on success, 2 on bad input or an OS error (missing file, permission denied,
-        disk full, ...) or when memory runs out (``MemoryError``: an allocation that a
-        size estimate let through), 130 on Ctrl-C, or whatever ``main`` returned.
+        disk full, ...) or when memory runs out (``MemoryError``, or torch's allocation failure: an
+        allocation that a size estimate let through), 130 on Ctrl-C, or whatever ``main`` returned.
+        Open progress bars are closed first and empty folders the failed run created are removed.
     """
     try:
-        code = main(argv)
+        with removing_new_folders_on_failure():  # a failed run leaves no empty output folder behind
+            code = main(argv)
     except USER_ERRORS as err:
         if os.environ.get("ICL_CMR_DEBUG"):
             raise
+        close_progress_bars()
         if isinstance(err, InputError):
             message = " ".join(str(err).split())
         else:
             message = describe_os_error(err)
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except MemoryError as err:
-        if os.environ.get("ICL_CMR_DEBUG"):
+    except (MemoryError, RuntimeError) as err:
+        # torch reports a failed allocation as a RuntimeError (OutOfMemoryError on CUDA): the same line
+        if os.environ.get("ICL_CMR_DEBUG") or not (isinstance(err, MemoryError) or is_out_of_memory(err)):
             raise
+        close_progress_bars()
         detail = " ".join(str(err).split())
         print(f"error: out of memory{': ' + detail if detail else ''}; use smaller batches, lengths or models",
               file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
+        close_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
     return 0 if code is None else int(code)

@@ -112,6 +112,7 @@ class CMRSettings:
         if self.recall_rule not in RECALL_RULES:
             raise InputError(f"`recall_rule` must be one of {', '.join(RECALL_RULES)}, got {self.recall_rule!r}",
                              parameters=("recall_rule",))
+        cap_from_items = self.max_draws is None and self.recall_rule == "standard"
         if self.max_draws is None:
             valid_items = isinstance(self.n_items, (int, np.integer)) and self.n_items >= 2
             # (an invalid n_items is refused below, by name)
@@ -138,6 +139,9 @@ class CMRSettings:
             raise InputError(f"`n_start` must be at least 2 (the SEM is taken over start positions), "
                              f"got {self.n_start}", parameters=("n_start",))
         if self.max_draws > np.iinfo(np.int32).max:
+            if cap_from_items:  # the user set n_items, not the cap: name what they gave
+                raise InputError(f"`n_items` is too large: {self.n_items} (the standard rule draws up to `n_items` - 1 "
+                                 f"items, at most {np.iinfo(np.int32).max})", parameters=("n_items",))
             raise InputError(f"`max_draws` is too large: {self.max_draws}", parameters=("max_draws",))
         stop = self.stop_probability
         if isinstance(stop, bool) or not isinstance(stop, (int, float, np.floating)) or not 0.0 <= stop < 1.0:

@@ -39,7 +39,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from icl_cmr.config import MIN_PAIRS
 from icl_cmr.errors import BadFileError, FileContentError, InputError
+from icl_cmr.files.memory import check_dataclass_memory, check_memory
 from icl_cmr.figures.ablation import plot_icl_score_bars, plot_loss_by_position
 from icl_cmr.files.checks import ArraySpec, check_array
 from icl_cmr.files.outputs import PendingWrites, portable_path
@@ -56,9 +58,9 @@ from icl_cmr.interventions.head_ablation import Head, format_heads, mean_head_ac
 from icl_cmr.interventions.icl_ablation import (ABLATED, ABLATED_RAND, ORIGINAL, AblationConfig, BatchSummary,
                                                 combine_batches, conditions, control_head_sets, evaluate_batch,
                                                 top_fraction_heads)
-from icl_cmr.interventions.icl_score import ICLScoreConfig
+from icl_cmr.interventions.icl_score import ABLATION_MEMORY_SETTINGS, ICLScoreConfig, ablation_memory_bytes
 from icl_cmr.interventions.texts import TextDataConfig, check_c4_reachable, iter_c4_texts, iter_prompts
-from icl_cmr.stats import PairedStatsConfig, comparison_table, format_table
+from icl_cmr.stats import PairedStatsConfig, bootstrap_memory_bytes, comparison_table, format_table
 
 logger = logging.getLogger(__name__)
 
@@ -311,6 +313,28 @@ def _check_partial_settings(plan: AblationPlan, folder: Path) -> None:
     batches.run.check_settings(requested)
 
 
+#: At least this many prompts: the statistics compare the conditions over prompts, in pairs.
+MIN_PROMPTS = MIN_PAIRS
+
+
+def check_ablation_memory(settings: AblationSettings, shape: ModelShape) -> None:
+    """Refuse an ablation that cannot fit in memory (:func:`~icl_cmr.interventions.icl_ablation.ablation_memory_bytes`
+    with the model's heads and vocabulary), naming the settings that drive the estimate."""
+    def estimate(changed: AblationSettings) -> int:
+        return (ablation_memory_bytes(vars(changed), shape.n_heads, shape.vocab_size)
+                + bootstrap_memory_bytes(changed.n_bootstrap, changed.n_eval))
+
+    check_dataclass_memory(estimate, settings, (*ABLATION_MEMORY_SETTINGS, "n_bootstrap"), AblationSettings(), "cpu",
+                           "holding the prompts, every condition's results and a batch's logits ({values})")
+
+
+def check_prompt_count(n_prompts: int, what: str) -> None:
+    """Refuse fewer than :data:`MIN_PROMPTS` prompts (``what``: where they come from), before any evaluation."""
+    if n_prompts < MIN_PROMPTS:
+        raise InputError(f"{what}: the paired statistics compare the conditions over at least {MIN_PROMPTS} prompts",
+                         parameters=("n_eval", "data", "seq_len", "min_tokens"))
+
+
 def check_ablation(settings: AblationSettings, out_dir: Optional["str | Path"] = None, restart: bool = False,
                    fit_file_pending: bool = False) -> AblationPlan:
     """Validate every setting and input that can be checked without the model's weights.
@@ -336,16 +360,22 @@ def check_ablation(settings: AblationSettings, out_dir: Optional["str | Path"] =
     """
     config, data_config, icl_config = settings.ablation_config(), settings.text_config(), settings.icl_config()
     icl_config.validate(data_config.seq_len)
+    check_prompt_count(settings.n_eval, f"`n_eval` is {settings.n_eval}")
     spec = resolve_model(settings.model)
     heads = choose_heads(settings, spec.name, fit_file_pending)
     if settings.data is not None:
-        if next(iter_local_texts(settings.data), None) is None:
+        n_documents = sum(1 for _ in islice(iter_local_texts(settings.data), MIN_PROMPTS))
+        if n_documents == 0:
             raise InputError(f"`data` {settings.data} holds no document", parameters=("data",))
+        if n_documents < MIN_PROMPTS:
+            raise InputError(f"`data` {settings.data} holds {n_documents} document: the paired statistics compare the "
+                             f"conditions over at least {MIN_PROMPTS} prompts, one per document", parameters=("data",))
     else:
         check_c4_reachable()  # offline: say so now, not after the model has loaded
-    # The model's shape from its config (no weights): context, heads and fit file checked before it loads.
+    # The model's shape from its config (no weights): context, heads, fit file and memory checked before it loads.
     shape = read_model_shape(spec)
     icl_config.validate(data_config.seq_len, shape.n_ctx)
+    check_ablation_memory(settings, shape)
     if heads is not None:
         heads.check_model(shape.n_layers, shape.n_heads, spec.name)
     plan = AblationPlan(settings, config, data_config, icl_config, spec, heads, shape)
@@ -555,6 +585,9 @@ def load_prompts(settings: AblationSettings, tokenizer, bos: Optional[int], data
     prompts = list(islice(iter_prompts(texts, tokenizer, bos, data_config), settings.n_eval))
     if not prompts:
         raise InputError(f"no document of the data reaches {data_config.min_tokens} tokens")
+    # before the partial results' folder is made and before any forward pass: a refusal leaves nothing behind
+    check_prompt_count(len(prompts), f"only {len(prompts)} document of the data reaches {data_config.min_tokens} "
+                                     "tokens")
     if len(prompts) < settings.n_eval:
         logger.warning("only %d documents reach %d tokens; evaluating %d prompts instead of n_eval %d",
                        len(prompts), data_config.min_tokens, len(prompts), settings.n_eval)
@@ -624,47 +657,51 @@ def run_ablation(plan: AblationPlan, out_dir: Optional["str | Path"] = None, res
     names = list(head_sets) + ([ABLATED_RAND] if random_sets else [])
     batches = BatchFolder(partial_folder(out_dir, spec.name), fingerprint, n_prompts, config.batch_size, names,
                           data_config.seq_len - 1)
-    done = batches.open(restart)
-    n_batches = batches.n_batches
-    if done:
-        logger.info("resuming: %d of %d batches already done in %s", len(done), n_batches, batches.folder)
-    compute_seconds = batches.run.recorded_seconds()
+    try:
+        done = batches.open(restart)
+        n_batches = batches.n_batches
+        if done:
+            logger.info("resuming: %d of %d batches already done in %s", len(done), n_batches, batches.folder)
+        compute_seconds = batches.run.recorded_seconds()
 
-    means = None
-    if config.method == "mean":
-        layers = sorted({layer for heads in head_sets.values() for layer, _ in heads})
-        saved_means = batches.load_means(layers)
-        if saved_means is None:
-            started = time.monotonic()
-            logger.info("mean hook_z over the %d evaluation prompts (layers %s)", n_prompts, layers)
-            stream = (torch.as_tensor(tokens[i:i + config.batch_size]).to(device)
-                      for i in range(0, n_prompts, config.batch_size))
-            means = mean_head_activations(model, stream, layers=layers)
-            batches.save_means(means)
-            compute_seconds += time.monotonic() - started
-            batches.run.record_seconds(compute_seconds)
-        else:
-            means = saved_means
-        means = {layer: torch.as_tensor(value) for layer, value in means.items()}
+        means = None
+        if config.method == "mean":
+            layers = sorted({layer for heads in head_sets.values() for layer, _ in heads})
+            saved_means = batches.load_means(layers)
+            if saved_means is None:
+                started = time.monotonic()
+                logger.info("mean hook_z over the %d evaluation prompts (layers %s)", n_prompts, layers)
+                stream = (torch.as_tensor(tokens[i:i + config.batch_size]).to(device)
+                          for i in range(0, n_prompts, config.batch_size))
+                means = mean_head_activations(model, stream, layers=layers)
+                batches.save_means(means)
+                compute_seconds += time.monotonic() - started
+                batches.run.record_seconds(compute_seconds)
+            else:
+                means = saved_means
+            means = {layer: torch.as_tensor(value) for layer, value in means.items()}
 
-    evaluated, n_new_batches = 0, 0
-    with tqdm(total=n_batches, initial=len(done), desc=f"ablation {spec.name}", unit="batch",
-              disable=not progress) as bar:
-        for index in (i for i in range(n_batches) if i not in done):
-            if stop_after is not None and evaluated >= stop_after:
-                logger.info("stopped after %d new prompts (stop_after); %d of %d batches done in %s; rerun the "
-                            "same command to continue", evaluated, len(done) + n_new_batches, n_batches,
-                            batches.folder)
-                return None
-            started = time.monotonic()
-            batch = tokens[index * config.batch_size:(index + 1) * config.batch_size]
-            summary = evaluate_batch(model, batch, head_sets, config.method, icl_config, config.batch_size, means)
-            batches.save_batch(index, summary)
-            compute_seconds += time.monotonic() - started
-            batches.run.record_seconds(compute_seconds)
-            evaluated += batch.shape[0]
-            n_new_batches += 1
-            bar.update(1)
+        evaluated, n_new_batches = 0, 0
+        with tqdm(total=n_batches, initial=len(done), desc=f"ablation {spec.name}", unit="batch",
+                  disable=not progress) as bar:
+            for index in (i for i in range(n_batches) if i not in done):
+                if stop_after is not None and evaluated >= stop_after:
+                    logger.info("stopped after %d new prompts (stop_after); %d of %d batches done in %s; rerun the "
+                                "same command to continue", evaluated, len(done) + n_new_batches, n_batches,
+                                batches.folder)
+                    return None
+                started = time.monotonic()
+                batch = tokens[index * config.batch_size:(index + 1) * config.batch_size]
+                summary = evaluate_batch(model, batch, head_sets, config.method, icl_config, config.batch_size, means)
+                batches.save_batch(index, summary)
+                compute_seconds += time.monotonic() - started
+                batches.run.record_seconds(compute_seconds)
+                evaluated += batch.shape[0]
+                n_new_batches += 1
+                bar.update(1)
+    except BaseException:
+        batches.run.discard_if_empty()  # failed before the first batch (a full disk): nothing to resume, no folder
+        raise
 
     combined = combine_batches(batches.load_batches())
     result = {
@@ -791,6 +828,10 @@ def saved_result_outputs(path: "str | Path", out_dir: "str | Path", figs_dir: "s
     if not path.is_file():
         raise InputError(f"`from_saved` {path} does not exist", parameters=("from_saved",))
     result = read_ablation_result(path)
+    n = len(result["original_icl_score"])
+    check_prompt_count(n, f"{path} holds {n} prompt")
+    check_memory(bootstrap_memory_bytes(n_bootstrap, n), "cpu",
+                 f"the bootstrap of `n_bootstrap` {n_bootstrap} resamples of {n} prompts", ("n_bootstrap",))
     stem = path.stem
     model = stem[len("ablation_experiment_"):] if stem.startswith("ablation_experiment_") else stem
     try:

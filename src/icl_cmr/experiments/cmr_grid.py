@@ -16,6 +16,7 @@ Examples
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -29,10 +30,12 @@ from tqdm.auto import tqdm
 from icl_cmr.cmr.grid import GRID_QUANTITIES, GridSpec, grid_description, iterate_slices, slice_problem
 from icl_cmr.cmr.model import CMRSettings
 from icl_cmr.config import FIT_LAGS, HUMAN_FIT_LAGS
+from icl_cmr.devices import check_worker_count
 from icl_cmr.errors import BadFileError, InputError
+from icl_cmr.files.memory import free_memory, memory_drivers, named_list
 from icl_cmr.files.reading import load_json, load_npy
 from icl_cmr.files.resume import REPLACE_REMEDY, RunFolder, refuse_other_settings
-from icl_cmr.files.unpickling import available_memory, human_bytes
+from icl_cmr.files.unpickling import human_bytes
 from icl_cmr.files.writing import save_npy
 from icl_cmr.fits.distance import CmrGrid, describe_grid_points, usable_grid_points
 
@@ -105,8 +108,11 @@ class CmrGridSettings:
         if self.quantity not in GRID_QUANTITIES:
             raise InputError(f"`quantity` must be one of {', '.join(GRID_QUANTITIES)}, got {self.quantity!r}",
                              parameters=("quantity",))
-        if self.workers < 1:
-            raise InputError(f"`workers` must be a positive integer, got {self.workers}", parameters=("workers",))
+        check_worker_count(self.workers, "workers")
+        for name, low in (("n_beta", 1), ("n_gamma", 2)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise InputError(f"`{name}` must be an integer >= {low}, got {value!r}", parameters=(name,))
         always_simulated = self.quantity == "conditional" or self.recall_rule != "li24"
         method = self.method or ("simulate" if always_simulated else "exact")
         return GridSpec.from_resolution(self.n_beta, self.n_gamma, self.cmr_settings(), seed=self.seed, method=method,
@@ -187,24 +193,83 @@ def unusable_points_problem(run: CmrGridRun) -> Optional[str]:
             f"(beta_enc, beta_rec, gamma_ft) = {describe_grid_points(grid, unusable)}")
 
 
-def check_memory(spec: GridSpec, workers: int) -> None:
-    """Refuse a grid whose largest arrays would not fit in the memory available now (one line with the estimate).
+
+#: The settings that size the grid's memory (:func:`grid_memory`), in the order messages name them.
+MEMORY_SETTINGS = ("n_beta", "n_gamma", "n_trials", "n_start", "max_draws", "n_items", "max_lag", "workers")
+
+
+@dataclass(frozen=True)
+class GridMemory:
+    """The parts of a grid run's estimated peak memory (:meth:`GridSpec.memory_bytes`), from the settings alone.
+
+    Attributes
+    ----------
+    busy_workers : int
+        Workers with a grid point at once (at most one per slice).
+    point_bytes : int
+        One grid point's arrays (:meth:`GridSpec.point_memory_bytes`).
+    grids_bytes : int
+        The finished slices held by the parent and, at the end, two more copies of the mean and SEM grids.
+    n_lags : int
+        Lags of each CRP.
+    """
+
+    busy_workers: int
+    point_bytes: int
+    grids_bytes: int
+    n_lags: int
+
+    @property
+    def total(self) -> int:
+        return self.busy_workers * self.point_bytes + self.grids_bytes
+
+
+def grid_memory(settings: CmrGridSettings) -> GridMemory:
+    """The run's estimated peak memory, as :meth:`GridSpec.memory_bytes`, without building the grid's axes.
+
+    ``n_beta`` = 10^9 would take minutes and 8 GB before any estimate. One grid point's arrays do not
+    depend on the grid's size, only on whether the grid has points with an exact CRP and points to
+    simulate, which a grid of at most 2 x 2 values has exactly when the full one has (``beta_rec`` =
+    0, 1/n_beta, ..., 1: all exact at n_beta = 1, both kinds from 2 on).
+    """
+    small = dataclasses.replace(settings, n_beta=min(settings.n_beta, 2), n_gamma=2, workers=1).spec()
+    n_slices, n_lags = settings.n_beta * settings.n_gamma, small.settings.n_lags
+    mean_and_sem = 2 * n_slices * (settings.n_beta + 1) * n_lags * np.dtype(np.float64).itemsize
+    return GridMemory(min(settings.workers, n_slices), small.point_memory_bytes(), 3 * mean_and_sem, n_lags)
+
+
+def check_memory(settings: CmrGridSettings) -> None:
+    """Refuse a grid whose arrays would not fit in the memory available now, in one line with the estimate and
+    the settings that drive it (:func:`~icl_cmr.files.memory.memory_drivers`): the grid's size, one grid
+    point's simulation, or the worker count.
 
     Raises
     ------
     InputError
         With the estimate, what it is made of, and the parameters that lower it.
     """
-    needed, available = spec.memory_bytes(workers), available_memory()
-    if available is None or needed <= available:
+    memory, available = grid_memory(settings), free_memory("cpu")
+    if available is None or memory.total <= available:
         return
-    busy = min(workers, spec.n_slices)
-    settings = spec.settings
-    raise InputError(f"this grid needs about {human_bytes(needed)} of memory ({busy} worker(s) x "
-                     f"{human_bytes(spec.point_memory_bytes())} per grid point: {settings.n_trials} trials x "
-                     f"{settings.n_start} start positions x {settings.max_draws} draws), but "
-                     f"{human_bytes(available)} is available; lower `n_trials`, `n_start`, `max_draws` or `workers`",
-                     parameters=("n_trials", "n_start", "max_draws", "workers"))
+    # An unset `max_draws` is not named and stays unset while the others are tried: its default is the
+    # rule's (the standard rule's cap follows `n_items`, which is then the setting to name).
+    s, defaults = (_draws_resolved(grid) for grid in (settings, CmrGridSettings(
+        workers=1, recall_rule=settings.recall_rule, quantity=settings.quantity)))
+    weighed = [name for name in MEMORY_SETTINGS if name != "max_draws" or settings.max_draws is not None]
+    values = {name: int(getattr(s, name)) for name in weighed}
+    modest = {name: min(values[name], int(getattr(defaults, name))) for name in weighed}
+    drivers = memory_drivers(lambda changed: grid_memory(dataclasses.replace(settings, **changed)).total, values,
+                             modest, available)
+    raise InputError(f"this grid needs about {human_bytes(memory.total)} of memory ({memory.busy_workers} worker(s) x "
+                     f"{human_bytes(memory.point_bytes)} per grid point: {s.n_trials} trials x {s.n_start} start "
+                     f"positions x {s.max_draws} draws of {s.n_items} items; {human_bytes(memory.grids_bytes)} for "
+                     f"the {s.n_beta} x {s.n_beta + 1} x {s.n_gamma} grid of {memory.n_lags} lags), but "
+                     f"{human_bytes(available)} is available; lower {named_list(drivers)}", parameters=drivers)
+
+
+def _draws_resolved(settings: CmrGridSettings) -> CmrGridSettings:
+    """``settings`` with the draw cap its recall rule gives when ``max_draws`` is unset (a number to weigh)."""
+    return dataclasses.replace(settings, max_draws=settings.cmr_settings().max_draws)
 
 
 def grid_run_folder(spec: GridSpec, partial_dir: "str | Path") -> RunFolder:
@@ -274,15 +339,19 @@ def run_grid(spec: GridSpec, slice_dir: "str | Path", workers: int = 1, restart:
         logger.info("resuming: %d of %d slices already done", n_resumed, spec.n_slices)
     session_start, before = time.perf_counter(), run.recorded_seconds()
 
-    with tqdm(total=spec.n_slices, initial=n_resumed, desc="CMR grid slices", unit="slice",
-              disable=not progress, smoothing=0.05) as bar:
-        for slice_id, result in iterate_slices(spec, pending, workers):
-            save_npy(slice_path(run.folder, slice_id), result)
-            run.record_seconds(before + time.perf_counter() - session_start)
-            done[slice_id] = result
-            bar.update(1)
-            if on_slice_done is not None:
-                on_slice_done(slice_id, len(done))
+    try:
+        with tqdm(total=spec.n_slices, initial=n_resumed, desc="CMR grid slices", unit="slice",
+                  disable=not progress, smoothing=0.05) as bar:
+            for slice_id, result in iterate_slices(spec, pending, workers):
+                save_npy(slice_path(run.folder, slice_id), result)
+                run.record_seconds(before + time.perf_counter() - session_start)
+                done[slice_id] = result
+                bar.update(1)
+                if on_slice_done is not None:
+                    on_slice_done(slice_id, len(done))
+    except BaseException:
+        run.discard_if_empty()   # failed (a full disk) before the first slice: nothing to resume, no folder left
+        raise
 
     run.record_seconds(before + time.perf_counter() - session_start)
     n_enc, n_rec, n_gamma = spec.shape
@@ -299,8 +368,10 @@ def check_cmr_grid(settings: CmrGridSettings, partial_dir: Optional["str | Path"
     -------
     GridSpec
     """
+    settings.cmr_settings()          # the simulation's own checks, named, before the estimate uses them
+    dataclasses.replace(settings, n_beta=1, n_gamma=2).spec()   # quantity, method, workers: cheap to check
+    check_memory(settings)           # before the axes are built (see grid_memory)
     spec = settings.spec()
-    check_memory(spec, settings.workers)
     if partial_dir is not None and not restart:
         grid_run_folder(spec, partial_dir).check_settings()
     return spec

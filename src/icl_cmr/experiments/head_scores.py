@@ -26,6 +26,7 @@ import numpy as np
 from icl_cmr.config import ATTN_CRP_LAGS
 from icl_cmr.devices import pin_cpu_kernels, resolve_device
 from icl_cmr.errors import InputError
+from icl_cmr.files.memory import check_dataclass_memory, memory_drivers
 from icl_cmr.files.outputs import portable_path
 from icl_cmr.files.reading import load_json
 from icl_cmr.files.score_format import assemble_score_dict
@@ -33,9 +34,9 @@ from icl_cmr.files.writing import make_metadata
 from icl_cmr.heads.copying import model_copying_scores
 from icl_cmr.heads.models import choose_bos, has_tokenizer, load_model, n_kv_heads, peak_gpu_memory_gib
 from icl_cmr.heads.registry import ModelShape, ModelSpec, read_model_shape, resolve_model
-from icl_cmr.heads.prompts import (FREQUENT_TOKEN_FILE, PromptConfig, TokenPool, bpe_merge_ranks, default_token_pool,
-                                   make_prompt_sets, parse_token_pool, pool_from_ids, prompt_offset, special_token_ids,
-                                   tokenizer_size)
+from icl_cmr.heads.prompts import (FREQUENT_TOKEN_FILE, PROMPT_MEMORY_SETTINGS, PromptConfig, TokenPool,
+                                   bpe_merge_ranks, default_token_pool, make_prompt_sets, parse_token_pool,
+                                   pool_from_ids, prompt_memory_bytes, prompt_offset, special_token_ids, tokenizer_size)
 from icl_cmr.heads.scores import stream_attention_scores
 
 logger = logging.getLogger(__name__)
@@ -160,12 +161,28 @@ def _pool_file(settings: HeadScoreSettings, spec: ModelSpec) -> Optional[Path]:
 
 
 def check_prompt_lengths(config: PromptConfig, offset: int, n_ctx: int, bos_known: bool = True) -> None:
-    """Both prompt sets fit the model's context (``offset``: 1 with a BOS token, else 0)."""
-    longest = offset + max(2 * config.block_len, config.prefix_copies * config.prefix_block_len)
+    """Both prompt sets fit the model's context (``offset``: 1 with a BOS token, else 0), or an error naming the
+    settings that make the longer set too long."""
+    repeat_len = offset + 2 * config.block_len
+    prefix_len = offset + config.prefix_copies * config.prefix_block_len
+    longest = max(repeat_len, prefix_len)
     if longest > n_ctx:
+        named = ["block_len"] if repeat_len > n_ctx else []
+        if prefix_len > n_ctx:
+            # The prefix set's length is a product: name the factor(s) whose default would make it fit.
+            values = {"prefix_block_len": config.prefix_block_len, "prefix_copies": config.prefix_copies}
+            modest = {name: min(values[name], getattr(_PROMPT_DEFAULTS, name)) for name in values}
+            named += memory_drivers(lambda v: offset + v["prefix_copies"] * v["prefix_block_len"], values, modest,
+                                    n_ctx)
+        listed = " / ".join(f"`{name}`" for name in named)
         raise InputError(f"prompts of {'' if bos_known else 'at least '}{longest} tokens exceed the model's context "
-                         f"of {n_ctx}; lower `block_len` / `prefix_block_len` / `prefix_copies`",
-                         parameters=("block_len", "prefix_block_len", "prefix_copies"))
+                         f"of {n_ctx}; lower {listed}", parameters=tuple(named))
+
+
+def check_head_score_memory(config: PromptConfig, n_heads: int, device: str = "cpu") -> None:
+    """Refuse prompts (and a batch's attention) that cannot fit in memory, naming the settings that drive it."""
+    check_dataclass_memory(lambda changed: prompt_memory_bytes(changed, n_heads), config, PROMPT_MEMORY_SETTINGS,
+                           _PROMPT_DEFAULTS, device, "drawing the prompts and scoring a batch ({values})")
 
 
 def _check_pool_ids(ids: np.ndarray, config: PromptConfig, vocab_size: Optional[int], source: str) -> None:
@@ -210,6 +227,7 @@ def check_head_scores(settings: HeadScoreSettings, spec: Optional[ModelSpec] = N
     shape = read_model_shape(spec)
     # The BOS token is known once the tokenizer loads; before, only bos=True makes it certain.
     check_prompt_lengths(prompts, int(settings.bos is True), shape.n_ctx, bos_known=settings.bos is not None)
+    check_head_score_memory(prompts, shape.n_heads)  # host memory: the prompts are drawn there
     if pool_ids is not None:
         _check_pool_ids(pool_ids, prompts, shape.vocab_size, str(pool_file))
     return HeadScorePlan(spec, shape, prompts, pool_file, pool_ids)

@@ -43,12 +43,14 @@ import numpy as np
 from icl_cmr.cmr.model import RECALL_RULES
 from icl_cmr.config import CHECKPOINT_INDICES, CMR_LIKE_THRESHOLD, DEFAULT_GRID_PATH, FIT_LAGS, HUMAN_FIT_LAGS
 from icl_cmr.errors import InputError
+from icl_cmr.files.memory import check_memory
 from icl_cmr.figures.humans import parameters_figure, training_reference_figure, unit_fits_figure
 from icl_cmr.files.grids import (conditional_grid_path, grid_recall_rule, read_cmr_grid, read_conditional_grid,
                                  stop_name)
 from icl_cmr.files.outputs import REPO_ROOT, portable_path
 from icl_cmr.files.scores import DEFAULT_SCORES_DIR, find_score_file, load_checkpoint_series, read_head_scores
 from icl_cmr.fits.distance import CmrFit, CmrGrid, describe_grid_points, fit_heads, usable_grid_points
+from icl_cmr.fits.analyses import check_top_sizes
 from icl_cmr.fits.layers import DEFAULT_TOP_N
 from icl_cmr.heads.results import HeadScores, checkpoint_step
 from icl_cmr.humans.fits import (COMPARED_QUANTITIES, NEAR_BEST_TOLERANCE, GroupComparisonConfig, TopSetsOverTraining,
@@ -56,6 +58,7 @@ from icl_cmr.humans.fits import (COMPARED_QUANTITIES, NEAR_BEST_TOLERANCE, Group
                                  same_simulation_problem, top_sets_over_training)
 from icl_cmr.humans.recall import (RECALL_UNITS, UnitLagCrps, lag_crps_by_unit, load_recall_data,
                                    resolve_dataset)
+from icl_cmr.stats import bootstrap_memory_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -416,6 +419,15 @@ def check_human_recall(settings: HumanRecallSettings) -> HumanRecallInputs:
     for model in settings.training_models:
         folder = Path(find_scores(settings.scores_dirs, model, CHECKPOINT_INDICES[-1])).parent.parent
         training[model] = load_checkpoint_series(folder, model, CHECKPOINT_INDICES)
+    if training:  # top-N sets pooled over the training models' heads: at most as many as there are
+        check_top_sizes(settings.n_top, {model: int(series[-1].matching_score.size) for model, series in
+                                         training.items()})
+    if scores and settings.by == "subject":
+        # The people-vs-heads bootstrap resamples every head's value at once (the people's come on top).
+        n_heads = sum(int(s.matching_score.size) for s in scores.values())
+        check_memory(bootstrap_memory_bytes(settings.n_bootstrap, n_heads, batch=None), "cpu",
+                     f"the bootstrap of `n_bootstrap` {settings.n_bootstrap} resamples of {n_heads} heads",
+                     ("n_bootstrap",))
     return HumanRecallInputs(settings, people_grid, head_grid, scores, training)
 
 

@@ -38,9 +38,10 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from icl_cmr.config import ATTN_CRP_LAGS
-from icl_cmr.devices import resolve_device
+from icl_cmr.devices import check_worker_count, resolve_device
 from icl_cmr.errors import InputError
-from icl_cmr.experiments.induction_train import DEFAULT_FIG_DIR, DEFAULT_SAVE_DIR, check_memory
+from icl_cmr.experiments.induction_train import DEFAULT_FIG_DIR, DEFAULT_SAVE_DIR
+from icl_cmr.files.memory import check_memory, free_memory
 from icl_cmr.figures.synthetic import (plot_accuracy_vs_distance, plot_accuracy_vs_length, plot_lag_crp_panels,
                                        plot_training_curves)
 from icl_cmr.files.induction_models import load_induction_model, model_files_in, model_name_of, name_order
@@ -65,6 +66,8 @@ ACCURACY_DEFAULTS = {"min_log2": 6, "max_log2": 20, "n_sequences": 256, "full_ma
 LAG_CRP_DEFAULTS = {"lag_prompts": 64}
 DISTANCE_DEFAULTS = {"inside_log2": (12, 16), "inside_sequences": 64}
 PART_DEFAULTS = {**ACCURACY_DEFAULTS, **LAG_CRP_DEFAULTS, **DISTANCE_DEFAULTS}
+#: Longest length 2^k of a table: token positions are int64 (2^62 is already far past any memory).
+MAX_LOG2_LENGTH = 62
 
 
 def _named(names) -> str:
@@ -161,6 +164,15 @@ class InductionEvalSettings:
                              parameters=(*names, "skip_lag_crp"))
         filled = dataclasses.replace(self, given_parts=self.given, **{
             name: value for name, value in PART_DEFAULTS.items() if getattr(self, name) is None})
+        check_worker_count(self.threads, "threads")
+        for name in ("min_log2", "max_log2", "full_max_log2"):
+            if not 0 <= getattr(filled, name) <= MAX_LOG2_LENGTH:
+                raise InputError(f"`{name}` must be in [0, {MAX_LOG2_LENGTH}] (lengths 2^k, int64 positions), got "
+                                 f"{getattr(filled, name)}", parameters=(name,))
+        if not 1 <= filled.n_sequences <= task.MAX_VALIDATION_SEQUENCES:
+            raise InputError(f"`n_sequences` must be in [1, {task.MAX_VALIDATION_SEQUENCES}] (every length up to "
+                             f"2^`full_max_log2` scores them all), got {filled.n_sequences}",
+                             parameters=("n_sequences",))
         if filled.min_log2 > filled.max_log2:
             raise InputError(f"`min_log2` ({filled.min_log2}) must be <= `max_log2` ({filled.max_log2})",
                              parameters=("min_log2", "max_log2"))
@@ -187,23 +199,65 @@ def check_analyses_apply(given: FrozenSet[str], skip_lag_crp: bool, architecture
                              parameters=tuple(given & names))
 
 
+#: Bytes per attention weight the lag statistics hold: the float32 patterns [layer, batch, head, query, key]
+#: and the numpy copy made of them, with room for a temporary (:func:`lag_statistics`).
+LAG_PATTERN_BYTES = 3 * 4
+#: Bytes per sequence of the distance analysis's result columns (five 8-byte values, listed then concatenated).
+DISTANCE_BYTES_PER_SEQUENCE = 2 * 5 * 8
+
+
+def _length_drivers(forward, batch_size: int, length: int, tokens_per_batch: int, length_parameter: str,
+                    free: int) -> List[str]:
+    """Which settings make a batch at ``length`` too large: ``tokens_per_batch`` when the default batch would fit,
+    the length's own setting (``max_log2``, ``inside_log2``) when even one sequence would not."""
+    drivers = []
+    default_batch = max(1, min(tokens_per_batch, InductionEvalSettings.tokens_per_batch) // length)
+    if batch_size > default_batch and forward(default_batch, length) <= free:
+        drivers.append("tokens_per_batch")
+    if not drivers or forward(1, length) > free:
+        drivers.append(length_parameter)
+    return drivers
+
+
 def check_evaluation_memory(settings: InductionEvalSettings, models: Dict[str, torch.nn.Module]) -> None:
-    """Refuse a length whose batch cannot fit in memory (of resolved settings).
+    """Refuse settings whose work cannot fit in memory (of resolved settings), naming the settings that drive it.
 
     Each length 2^k of the table runs batches of ``max(1, tokens_per_batch // 2^k)`` sequences;
-    Mamba's distance analysis those of 2^``inside_log2``.
+    Mamba's distance analysis those of 2^``inside_log2`` and keeps ``inside_sequences`` results; the
+    Transformers' lag statistics hold the attention of ``lag_prompts`` prompts at once.
     """
+    free = free_memory(settings.device)
+    if free is None:
+        return
     for name, model in models.items():
-        architecture = architecture_of(model)
-        log2_lengths = [] if settings.skip_accuracy else list(range(settings.min_log2, settings.max_log2 + 1))
+        architecture, config = architecture_of(model), model_config_dict(model)
+
+        def forward(batch_size: int, length: int) -> int:
+            return forward_memory_estimate(architecture, config, batch_size, length, training=False)
+
+        lengths = [] if settings.skip_accuracy else [(k, "max_log2") for k in range(settings.min_log2,
+                                                                                      settings.max_log2 + 1)]
         if architecture == "mamba" and not settings.skip_lag_crp:
-            log2_lengths += list(settings.inside_log2)
-        for log2_length in log2_lengths:
+            lengths += [(k, "inside_log2") for k in settings.inside_log2]
+        for log2_length, parameter in lengths:
             length = 2 ** log2_length
             batch_size = max(1, settings.tokens_per_batch // length)
-            needed = forward_memory_estimate(architecture, model_config_dict(model), batch_size, length,
-                                             training=False)
-            check_memory(needed, settings.device, f"{name} at length 2^{log2_length} (batch {batch_size})")
+            needed = forward(batch_size, length)
+            if needed > free:
+                check_memory(needed, settings.device, f"{name} at length 2^{log2_length} (batch {batch_size})",
+                             _length_drivers(forward, batch_size, length, settings.tokens_per_batch, parameter, free))
+        if settings.skip_lag_crp:
+            continue
+        if architecture == "transformer":
+            length = max(saved_train_length(model), 2 * model.config.vocab_size)
+            needed = (settings.lag_prompts * config["n_layers"] * config["n_heads"] * length ** 2 * LAG_PATTERN_BYTES
+                      + forward(settings.lag_prompts, length))
+            check_memory(needed, settings.device, f"{name}'s lag statistics on `lag_prompts` {settings.lag_prompts} "
+                                                  f"prompts of {length} tokens", ("lag_prompts",))
+        else:
+            check_memory(settings.inside_sequences * DISTANCE_BYTES_PER_SEQUENCE, settings.device,
+                         f"{name}'s distance analysis of `inside_sequences` {settings.inside_sequences}",
+                         ("inside_sequences",))
 
 
 @dataclass
@@ -255,6 +309,8 @@ def check_induction_eval(settings: InductionEvalSettings) -> EvalPlan:
     names: Dict[str, Path] = {}
     for path in paths:
         name = model_name_of(path)
+        if name in names and names[name].resolve() == path.resolve():
+            raise InputError(f"`models` repeats {path}; give each model once", parameters=("models",))
         if name in names:
             raise InputError(f"two models named {name!r} ({names[name]} and {path}); model names are file stems")
         names[name] = path

@@ -31,16 +31,15 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from icl_cmr.devices import resolve_device
+from icl_cmr.devices import check_worker_count, resolve_device
 from icl_cmr.errors import InputError
 from icl_cmr.figures.synthetic import plot_training_curves
-from icl_cmr.files import unpickling
 from icl_cmr.files.induction_models import (DamagedCheckpoint, checkpoint_contents, checkpoint_path,
                                             model_file_contents, model_path, read_checkpoint, save_torch, set_aside,
                                             snapshot_path)
@@ -49,6 +48,7 @@ from icl_cmr.files.induction_tables import (CURVE_COLUMNS, training_curve_csv, t
 from icl_cmr.files.outputs import REPO_ROOT, PendingWrites, portable_path
 from icl_cmr.files.resume import refuse_other_settings
 from icl_cmr.files.writing import make_metadata
+from icl_cmr.files.memory import check_memory, free_memory, memory_drivers
 from icl_cmr.synthetic import task
 from icl_cmr.synthetic.mamba import InductionMambaConfig
 from icl_cmr.synthetic.models import (ARCHITECTURES, INDUCTION_DTYPES, build_model, fastest_method,
@@ -164,6 +164,10 @@ class InductionTrainSettings:
         if self.name is not None and not is_run_name(self.name):
             raise InputError(f"`name` must be a file-name stem: letters, digits, '_', '-' or '.' (not ending in "
                              f"'_checkpoint' or '.pt'), got {self.name!r}", parameters=("name",))
+        check_worker_count(self.threads, "threads")
+        if not 1 <= self.n_val <= task.MAX_VALIDATION_SEQUENCES:
+            raise InputError(f"`n_val` must be in [1, {task.MAX_VALIDATION_SEQUENCES}] (each evaluation scores them "
+                             f"all), got {self.n_val}", parameters=("n_val",))
         if self.min_steps > self.max_steps:
             raise InputError(f"`min_steps` ({self.min_steps}) must be <= `max_steps` ({self.max_steps})",
                              parameters=("min_steps", "max_steps"))
@@ -226,55 +230,72 @@ class InductionTrainSettings:
 
 # ----------------------------------------------------------------------------- checks before any work
 
-def free_memory(device: str) -> Optional[int]:
-    """Bytes free on ``device`` now: Linux ``MemAvailable`` on the CPU, torch's count on CUDA; None if unknown."""
-    if device.startswith("cuda"):
-        return torch.cuda.mem_get_info(torch.device(device))[0]
-    if device == "cpu":
-        return unpickling.available_memory()
-    return None
+#: Bytes per parameter while training: float32 weights, their gradients and Adam's two moments.
+TRAINING_BYTES_PER_PARAMETER = 4 * 4
+#: The model settings whose size the memory check weighs, with modest values to name the ones that drive it.
+_MODEL_SIZE_SETTINGS = ("d_model", "n_layers", "n_heads", "d_mlp", "d_state", "expand", "d_conv")
 
 
-def check_memory(needed_bytes: int, device: str, what: str, parameters: Sequence[str] = ()) -> None:
-    """Refuse work that cannot fit in the memory free on ``device`` now (:func:`free_memory`).
+def parameter_count(architecture: str, config: dict) -> int:
+    """Parameters of the model ``config`` describes, counted on torch's meta device (nothing is allocated).
 
-    Parameters
-    ----------
-    needed_bytes : int
-        The memory the work needs (:func:`icl_cmr.synthetic.models.forward_memory_estimate`).
-    device : str
-        A validated device name; where its free memory is unknown nothing is checked.
-    what : str
-        The work, for the message (e.g. ``"training at `batch_size` 8 x `train_length` 256"``).
-    parameters : sequence of str
-        The parameters ``what`` names.
-
-    Raises
-    ------
-    InputError
-        ``needed_bytes`` exceeds the free memory.
+    Models of one and of two layers are built and the per-layer count extrapolated to ``n_layers``
+    (every layer has the same shape), so that ``n_layers`` = 10^8 costs no more than 2. A model too
+    large for torch to describe (a dimension past 2^63 elements) counts as 2^62.
     """
-    free = free_memory(device)
-    if free is not None and needed_bytes > free:
-        raise InputError(f"{what} needs about {needed_bytes / 2 ** 30:,.1f} GiB of memory and {device} has "
-                         f"{free / 2 ** 30:,.1f} GiB free; use a smaller batch or length", parameters=parameters)
+    try:
+        one, two = (_meta_parameter_count(architecture, {**config, "n_layers": layers}) for layers in (1, 2))
+    except (RuntimeError, ValueError, OverflowError, TypeError):
+        return 2 ** 62
+    return one + (int(config["n_layers"]) - 1) * (two - one)
+
+
+def _meta_parameter_count(architecture: str, config: dict) -> int:
+    """Parameters of ``build_model(architecture, config)`` built on the meta device."""
+    with torch.device("meta"):
+        model = build_model(architecture, config)
+    return int(sum(parameter.numel() for parameter in model.parameters()))
+
+
+def training_memory_bytes(settings: InductionTrainSettings) -> int:
+    """Estimated peak bytes of training (of resolved settings): the weights, gradients and Adam state, and the
+    larger of one training step and one validation batch at ``train_length``
+    (:func:`~icl_cmr.synthetic.models.forward_memory_estimate`; validation runs batches of at most
+    :data:`icl_cmr.synthetic.task.VALIDATION_BATCH_SIZE` sequences)."""
+    config, length = settings.model_config(), settings.train_length
+    weights = parameter_count(settings.architecture, config) * TRAINING_BYTES_PER_PARAMETER
+    step = forward_memory_estimate(settings.architecture, config, settings.batch_size, length, training=True)
+    batch = min(settings.n_val, task.VALIDATION_BATCH_SIZE)
+    validation = forward_memory_estimate(settings.architecture, config, batch, length, training=False)
+    return weights + max(step, validation)
 
 
 def check_training_memory(settings: InductionTrainSettings) -> None:
-    """Refuse a training step or validation batch that cannot fit in memory (of resolved settings).
+    """Refuse training that cannot fit in memory (of resolved settings; :func:`training_memory_bytes`), naming the
+    settings that drive the estimate: the batch and length, or the model's size."""
+    model_sizes = [name for name in _MODEL_SIZE_SETTINGS if getattr(settings, name) is not None]
+    values = {name: int(getattr(settings, name)) for name in ("batch_size", "train_length", *model_sizes)}
+    defaults = dataclasses.replace(InductionTrainSettings(architecture=settings.architecture), device="cpu").resolved()
+    modest = {name: min(values[name], int(getattr(defaults, name))) for name in values}
 
-    The largest length is ``train_length`` (the curriculum's stages are shorter); validation runs
-    :func:`icl_cmr.synthetic.task.evaluate_accuracy` batches of at most
-    :data:`icl_cmr.synthetic.task.VALIDATION_BATCH_SIZE` sequences.
-    """
+    def estimate(changed) -> int:
+        return training_memory_bytes(dataclasses.replace(settings, **changed))
+
+    free = free_memory(settings.device)
+    if free is None or estimate(values) <= free:
+        return
+    drivers = memory_drivers(estimate, values, modest, free)
     config, length = settings.model_config(), settings.train_length
-    needed = forward_memory_estimate(settings.architecture, config, settings.batch_size, length, training=True)
-    check_memory(needed, settings.device, f"training at `batch_size` {settings.batch_size} x `train_length` {length}",
-                 ("batch_size", "train_length"))
     batch = min(settings.n_val, task.VALIDATION_BATCH_SIZE)
-    needed = forward_memory_estimate(settings.architecture, config, batch, length, training=False)
-    check_memory(needed, settings.device, f"validation at {batch} sequences x `train_length` {length}",
-                 ("train_length",))
+    if (forward_memory_estimate(settings.architecture, config, batch, length, training=False)
+            > forward_memory_estimate(settings.architecture, config, settings.batch_size, length, training=True)):
+        what = f"validation at {batch} sequences x `train_length` {length}"
+    else:
+        what = f"training at `batch_size` {settings.batch_size} x `train_length` {length}"
+    sizes = [name for name in drivers if name in _MODEL_SIZE_SETTINGS]
+    if sizes:
+        what += f" with a model of {', '.join(f'`{name}` {values[name]}' for name in sizes)}"
+    check_memory(estimate(values), settings.device, what, drivers, mentioned=("batch_size", "train_length"))
 
 
 @dataclass
@@ -502,44 +523,48 @@ def run_induction_training(settings: "InductionTrainSettings | TrainingPlan", re
     losses, accuracies = [], []
     model.train()
     bar = tqdm(total=settings.max_steps, initial=step, disable=not progress, desc=f"train {name}")
-    while step < settings.max_steps and not stop:
-        length = stages[stage]
-        loss, accuracy = task.training_step(model, optimizer, rng, settings.batch_size, length, _TASK.vocab_size,
-                                            _TASK.trigger_token, compute_dtype)
-        if not math.isfinite(loss):
-            bar.close()
-            kept = f"; {plan.checkpoint} (step {curve[-1]['step']}) is kept" if curve else ""
-            raise InputError(f"training diverged: the loss is {loss} at step {step + 1} (length {length}, "
-                             f"`learning_rate` {settings.learning_rate:g}); nothing was written{kept}. Rerun with a "
-                             "smaller `learning_rate` and `restart`", parameters=("learning_rate", "restart"))
-        step += 1
-        if settings.snapshot_every and step % settings.snapshot_every == 0:
-            snapshot()
-        losses.append(loss)
-        accuracies.append(accuracy)
-        bar.update(1)
-        if step % settings.eval_every == 0 or step == settings.max_steps:
-            model.eval()
-            correct, _ = task.evaluate_accuracy(model, length, settings.n_val, settings.val_seed,
-                                                method=validation_method, vocab_size=_TASK.vocab_size,
-                                                trigger_token=_TASK.trigger_token, compute_dtype=compute_dtype)
-            model.train()
-            wall = wall_before + time.perf_counter() - start
-            curve.append({"step": step, "length": length, "train_loss": float(np.mean(losses)),
-                          "train_accuracy": float(np.mean(accuracies)),
-                          "val_accuracy": correct / settings.n_val, "wall_seconds": wall})
-            losses, accuracies = [], []
-            passed = curve[-1]["val_accuracy"] >= settings.target_accuracy
-            bar.set_postfix(L=length, loss=f"{curve[-1]['train_loss']:.3f}", val=f"{curve[-1]['val_accuracy']:.3f}")
-            logger.info("step %d: train loss %.4f, train acc %.3f, val acc at %d: %.4f (%.0f s)", step,
-                        curve[-1]["train_loss"], curve[-1]["train_accuracy"], length, curve[-1]["val_accuracy"], wall)
-            if passed and stage < len(stages) - 1:
-                stage += 1
-                logger.info("curriculum: length %d passed at step %d; now training at %d", length, step, stages[stage])
-            reached = passed and length == settings.train_length
-            stop = reached and step >= settings.min_steps
-            checkpoint(wall)
-    bar.close()
+    try:
+        while step < settings.max_steps and not stop:
+            length = stages[stage]
+            loss, accuracy = task.training_step(model, optimizer, rng, settings.batch_size, length, _TASK.vocab_size,
+                                                _TASK.trigger_token, compute_dtype)
+            if not math.isfinite(loss):
+                kept = f"; {plan.checkpoint} (step {curve[-1]['step']}) is kept" if curve else ""
+                raise InputError(f"training diverged: the loss is {loss} at step {step + 1} (length {length}, "
+                                 f"`learning_rate` {settings.learning_rate:g}); nothing was written{kept}. Rerun "
+                                 "with a smaller `learning_rate` and `restart`",
+                                 parameters=("learning_rate", "restart"))
+            step += 1
+            if settings.snapshot_every and step % settings.snapshot_every == 0:
+                snapshot()
+            losses.append(loss)
+            accuracies.append(accuracy)
+            bar.update(1)
+            if step % settings.eval_every == 0 or step == settings.max_steps:
+                model.eval()
+                correct, _ = task.evaluate_accuracy(model, length, settings.n_val, settings.val_seed,
+                                                    method=validation_method, vocab_size=_TASK.vocab_size,
+                                                    trigger_token=_TASK.trigger_token, compute_dtype=compute_dtype)
+                model.train()
+                wall = wall_before + time.perf_counter() - start
+                curve.append({"step": step, "length": length, "train_loss": float(np.mean(losses)),
+                              "train_accuracy": float(np.mean(accuracies)),
+                              "val_accuracy": correct / settings.n_val, "wall_seconds": wall})
+                losses, accuracies = [], []
+                passed = curve[-1]["val_accuracy"] >= settings.target_accuracy
+                row = curve[-1]
+                bar.set_postfix(L=length, loss=f"{row['train_loss']:.3f}", val=f"{row['val_accuracy']:.3f}")
+                logger.info("step %d: train loss %.4f, train acc %.3f, val acc at %d: %.4f (%.0f s)", step,
+                            row["train_loss"], row["train_accuracy"], length, row["val_accuracy"], wall)
+                if passed and stage < len(stages) - 1:
+                    stage += 1
+                    logger.info("curriculum: length %d passed at step %d; now training at %d", length, step,
+                                stages[stage])
+                reached = passed and length == settings.train_length
+                stop = reached and step >= settings.min_steps
+                checkpoint(wall)
+    finally:  # also when a write fails: no bar redrawn after the error line
+        bar.close()
     session = time.perf_counter() - start
     if not curve or curve[-1]["step"] != step:  # e.g. resumed a finished run
         checkpoint(wall_before + session)

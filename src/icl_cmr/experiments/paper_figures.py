@@ -24,7 +24,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from tqdm.auto import tqdm
 
-from icl_cmr.config import CHECKPOINT_INDICES, CMR_LIKE_STRICT_THRESHOLD, CMR_LIKE_THRESHOLD, FINAL_CHECKPOINT
+from icl_cmr.config import (CHECKPOINT_INDICES, CMR_LIKE_STRICT_THRESHOLD, CMR_LIKE_THRESHOLD, FINAL_CHECKPOINT,
+                            MIN_PAIRS)
 from icl_cmr.errors import InputError
 from icl_cmr.experiments.fits import CMR_SELECTION_FILE, fit_models, fit_over_training, load_saved_selections
 from icl_cmr.figures.ablation import plot_icl_score_bars
@@ -32,7 +33,8 @@ from icl_cmr.figures.fit_sets import (fit_summary_figures, over_training_figures
                                       selection_bar_figures, selection_figures, size_figures)
 from icl_cmr.figures.fits import LayerFitPages
 from icl_cmr.files.results import read_ablation_result
-from icl_cmr.files.scores import load_checkpoint_series, normalise_model_name, parse_score_file_name
+from icl_cmr.files.scores import (load_checkpoint_series, load_model_scores, normalise_model_name,
+                                  parse_score_file_name)
 from icl_cmr.fits.analyses import PYTHIA_MODELS, XTRA_MODELS, make_selections, mean_sem, record_matrix
 from icl_cmr.fits.distance import CmrFit, CmrGrid, fit_heads, select_lags
 from icl_cmr.fits.layers import DEFAULT_TOP_N, authors_sorted_position_mask, relative_layer_position, summarize_by_layer
@@ -385,16 +387,25 @@ def figure_7c_g(src: PaperSources, models, out: PaperFigures) -> str:
     return "\n".join(lines)
 
 
-def figure_8(src: PaperSources, models, out: PaperFigures) -> str:
+#: File name prefix of an ablation result (``ablation_experiment_<model>.pkl``).
+ABLATION_PREFIX = "ablation_experiment_"
+
+
+def ablation_file(src: PaperSources) -> Optional[Path]:
+    """The ablation result Fig 8 draws: GPT-2's when there is one, else the first; None when there is none."""
     folder = src.ablation_dir
-    prefix = "ablation_experiment_"
-    candidates = sorted(Path(folder).glob(f"{prefix}*.pkl")) if folder is not None and Path(folder).is_dir() else []
-    if not candidates:
-        raise Unavailable(f"no ablation_experiment_<model>.pkl in {folder}")
+    candidates = (sorted(Path(folder).glob(f"{ABLATION_PREFIX}*.pkl")) if folder is not None and Path(folder).is_dir()
+                  else [])
     gpt2 = normalise_model_name(GPT2)
-    preferred = [p for p in candidates if normalise_model_name(p.stem[len(prefix):]) == gpt2]
-    path = (preferred or candidates)[0]
-    model = path.stem[len("ablation_experiment_"):]
+    preferred = [p for p in candidates if normalise_model_name(p.stem[len(ABLATION_PREFIX):]) == gpt2]
+    return (preferred or candidates or [None])[0]
+
+
+def figure_8(src: PaperSources, models, out: PaperFigures) -> str:
+    path = ablation_file(src)
+    if path is None:
+        raise Unavailable(f"no ablation_experiment_<model>.pkl in {src.ablation_dir}")
+    model = path.stem[len(ABLATION_PREFIX):]
     result = read_ablation_result(path)
     samples = {"original": np.asarray(result["original_icl_score"], dtype=float),
                "ablated": np.asarray(result["ablated_icl_score"], dtype=float),
@@ -498,6 +509,34 @@ def summary_markdown(src: PaperSources, result: PaperFigures, command: str) -> s
 
 
 def check_sources(src: PaperSources) -> None:
-    """Refuse a source with no head-score file at all (one line naming the folder)."""
-    if not available_models(src.scores_dir):
+    """Read and check every input file the figures will use, before the first one is drawn.
+
+    Every head-score file (each checkpoint series whole, as Fig 7 reads it), the ablation result of Fig 8
+    (at least two prompts for its paired statistics) and the authors' saved top-head selection, through the
+    same validating readers as the figures. A damaged file thus stops the run in seconds, not after most
+    figure groups were drawn.
+
+    Raises
+    ------
+    InputError
+        No head-score file at all, or the first file that cannot be used (naming it).
+    """
+    models = available_models(src.scores_dir)
+    if not models:
         raise InputError(f"no head-score files (*all_scores_*.pkl) in {src.scores_dir} or its sub-folders")
+    series = _over_training_models(models)
+    for model in series:
+        load_checkpoint_series(src.scores_dir, model, CHECKPOINT_INDICES)
+    for model, checkpoints in models.items():
+        for checkpoint in checkpoints:
+            if model not in series or checkpoint not in CHECKPOINT_INDICES:
+                load_model_scores(src.scores_dir, model, checkpoint)
+    path = ablation_file(src)
+    if path is not None:
+        n = len(read_ablation_result(path)["original_icl_score"])
+        if n < MIN_PAIRS:
+            raise InputError(f"{path} holds {n} prompt{'s' if n != 1 else ''}: Fig 8's paired statistics need at "
+                             f"least {MIN_PAIRS}")
+    saved = None if src.ours or src.top_heads_dir is None else Path(src.top_heads_dir)
+    if saved is not None and (saved / CMR_SELECTION_FILE.format(tag="pythia")).is_file():
+        load_saved_selections(saved, "pythia")

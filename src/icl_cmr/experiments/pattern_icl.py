@@ -22,14 +22,15 @@ import logging
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import torch
 
-from icl_cmr.devices import resolve_device, validate_device
+from icl_cmr.devices import check_worker_count, resolve_device, validate_device
 from icl_cmr.errors import InputError
+from icl_cmr.files.memory import check_memory, check_settings_memory
 from icl_cmr.files.outputs import portable_path
 from icl_cmr.files.results import read_pattern_prompts
 from icl_cmr.files.scores import find_score_file, other_model_warning, read_head_scores
@@ -291,6 +292,7 @@ def _check_numbers(settings: PatternIclSettings) -> None:
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise InputError(f"`{name}` must be a positive integer, got {value!r}", parameters=(name,))
+    check_worker_count(settings.threads, "threads")
     for name in ("task_seed", "random_seed", "reference_seed"):
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
@@ -414,6 +416,68 @@ def check_settings(settings: PatternIclSettings) -> ModelSpec:
     return resolve_model(settings.model)
 
 
+#: Bytes of one demonstration (or query) of a prompt held in memory: its text and its share of the prompt's
+#: Python objects; a lower bound (measured: 60-200 per demonstration, by task).
+PROMPT_BYTES_PER_EXAMPLE = 48
+#: Bytes of one row of the per-prompt results table (``items.csv``: a dozen columns in pandas).
+ITEM_ROW_BYTES = 200
+#: Bytes per logit of one forward batch (float32 logits, their log-softmax and a gather), model memory apart.
+LOGIT_BYTES = 3 * 4
+#: The settings that size a run's memory before the model loads, in the order messages name them.
+MEMORY_SETTINGS = ("n_items", "shots", "n_reference", "n_random_sets")
+
+
+def pattern_memory_bytes(values: Mapping[str, int], n_tasks: int, n_seeds: int, n_selections: int,
+                         n_methods: int) -> int:
+    """Estimated bytes of the prompts, the reference prompts and the per-prompt results table (a lower bound).
+
+    Every task has ``n_items`` x ``n_seeds`` prompts of ``shots`` + 1 examples and ``n_reference`` reference
+    prompts; each prompt is scored intact and under every method, selection and random draw.
+    """
+    examples = values["shots"] + 1
+    prompts = n_tasks * (values["n_items"] * n_seeds + values["n_reference"]) * examples * PROMPT_BYTES_PER_EXAMPLE
+    conditions = 1 + n_methods * n_selections * (1 + values["n_random_sets"])
+    return prompts + n_tasks * values["n_items"] * n_seeds * conditions * ITEM_ROW_BYTES
+
+
+def check_pattern_memory(settings: PatternIclSettings) -> None:
+    """Refuse prompts and results that cannot fit in memory (:func:`pattern_memory_bytes`), naming what drives it;
+    before the prompts are generated and the random head sets drawn."""
+    generated = settings.prompts_file is None
+    values = {"n_items": settings.n_items if generated else 1, "shots": settings.shots if generated else 1,
+              "n_reference": settings.n_reference if "mean" in settings.method else 0,
+              "n_random_sets": settings.n_random_sets if "random" in settings.ablate else 0}
+    defaults = PatternIclSettings(model="")
+    modest = {name: min(values[name], int(getattr(defaults, name))) for name in MEMORY_SETTINGS}
+    n_selections = (1 if settings.heads else len(settings.percentage)) if settings.needs_heads else 0
+
+    def estimate(changed: Mapping[str, int]) -> int:
+        return pattern_memory_bytes(changed, len(settings.tasks), len(settings.seeds) if generated else 1,
+                                    n_selections, len(settings.method))
+
+    check_settings_memory(estimate, values, modest, "cpu", "holding the prompts and their results ({values})")
+
+
+def check_shots_fit(settings: PatternIclSettings, n_ctx: int) -> None:
+    """Refuse more demonstrations than the model's context can hold (each takes at least one token), before the
+    prompts are generated."""
+    if settings.prompts_file is None and settings.shots >= n_ctx:
+        raise InputError(f"`shots` ({settings.shots}) cannot fit the model's context of {n_ctx} tokens: every "
+                         "demonstration takes at least one token, and the query one more", parameters=("shots",))
+
+
+def _check_batch_memory(plans: Dict[str, pattern_eval.ScoringPlan], vocab_size: int, device: str) -> None:
+    """Refuse a forward batch whose logits cannot fit in memory (after tokenizing, before any forward pass)."""
+    largest = max((batch.tokens.shape for plan in plans.values() for batch in plan.batches),
+                  key=lambda shape: shape[0] * shape[1], default=None)
+    if largest is None:  # nothing to score
+        return
+    memory_device = device if device.startswith("cuda") else "cpu"
+    check_memory(largest[0] * largest[1] * vocab_size * LOGIT_BYTES, memory_device,
+                 f"scoring a batch of {largest[0]} prompts of {largest[1]} tokens (`batch_size` {largest[0]})",
+                 ("batch_size",))
+
+
 def check_pattern_icl(settings: PatternIclSettings) -> PatternIclPlan:
     """Validate every setting and input file that can be checked without the weights, and choose the heads.
 
@@ -431,8 +495,10 @@ def check_pattern_icl(settings: PatternIclSettings) -> PatternIclPlan:
         On the first problem, before the model loads; engine messages name the settings.
     """
     spec = check_settings(settings)
-    prompts, config = pattern_prompts(settings, settings.tasks)
+    check_pattern_memory(settings)
     shape = read_model_shape(spec)
+    check_shots_fit(settings, shape.n_ctx)
+    prompts, config = pattern_prompts(settings, settings.tasks)
     head_sets, scores_file = choose_head_sets(settings, spec, shape)
     return PatternIclPlan(spec, shape, tuple(settings.tasks), tuple(settings.ablate), tuple(settings.method),
                           prompts, config, head_sets, scores_file)
@@ -605,6 +671,7 @@ def run_pattern_icl(settings: PatternIclSettings, plan: Optional[PatternIclPlan]
             corpus_encoded[key] = pattern_eval.encode_prompts(model.tokenizer, references[name], bos)
     reference_lengths = {name: max(len(e.prompt_ids) for e in corpus_encoded[key]) for name, key in corpus_of.items()}
     _check_context(plans, reference_lengths, int(model.cfg.n_ctx), config.shots)  # before any forward pass
+    _check_batch_memory(plans, int(model.cfg.d_vocab), device)
     corpus_length: Dict[Tuple[str, ...], int] = {}
     for name, key in corpus_of.items():
         corpus_length[key] = max(corpus_length.get(key, 0), longest[name])

@@ -4,14 +4,17 @@ Permission bits do not tell whether a file can be created (root passes ``os.acce
 and on read-only mounts), so every check here creates and removes a hidden empty file in the
 nearest existing folder (:func:`check_writable_dir`), and leaves nothing behind.
 :func:`ensure_writable_dir` is the same check followed by creating the folder, for code that is
-about to write into it.
+about to write into it. Folders are created through :func:`make_folders`, which records them, so that
+a run that fails leaves no empty folder behind (:func:`removing_new_folders_on_failure`; ``run_cli`` runs
+every script inside it).
 """
 from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from icl_cmr.errors import InputError
 
@@ -50,9 +53,8 @@ def check_writable_dir(directory: "str | os.PathLike[str]", flag: str = "") -> P
     existing = _nearest_existing(path)
     if existing.exists() and not existing.is_dir():
         raise InputError(f"output folder {named} cannot be made: {existing} is a file", parameters=_named(flag))
-    reason = None if os.access(existing, os.W_OK | os.X_OK) else "permission denied"
-    if reason is None:
-        reason = _probe_write(existing)
+    # Probed, not os.access: it says no to a read-only file system without saying why ("permission denied").
+    reason = _probe_write(existing)
     if reason is not None:
         what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
         raise InputError(f"output folder {named} {what} ({reason})", parameters=_named(flag))
@@ -139,8 +141,82 @@ def ensure_writable_dir(directory: "str | os.PathLike[str]", flag: str = "") -> 
     """
     path = check_writable_dir(directory, flag)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_folders(path)
     except OSError as err:
         raise InputError(f"{flag + ' ' if flag else ''}cannot create output folder {path}: {err.strerror or err}",
                          parameters=_named(flag)) from None
     return path
+
+
+# ----------------------------------------------------------------------------- folders a failed run leaves
+
+#: The folders :func:`make_folders` created in each open :func:`removing_new_folders_on_failure` block.
+_scopes: List[List[Path]] = []
+
+
+def make_folders(directory: "str | os.PathLike[str]") -> List[Path]:
+    """``mkdir -p directory``; return the folders it created, parents first, and record them for the open
+    :func:`removing_new_folders_on_failure` blocks.
+
+    Raises
+    ------
+    OSError
+        As :meth:`pathlib.Path.mkdir`; the folders created before the failure stay recorded.
+    """
+    path = Path(directory)
+    missing = []
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    created = []
+    try:
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            created.append(folder)
+    finally:
+        for scope in _scopes:
+            scope.extend(created)
+    return created
+
+
+def record_new_folders(folders: "List[Path]") -> None:
+    """Record folders created elsewhere (:class:`~icl_cmr.files.outputs.PendingWrites`) as :func:`make_folders` does."""
+    for scope in _scopes:
+        scope.extend(Path(folder) for folder in folders)
+
+
+def remove_empty_folders(folders: "List[Path]") -> None:
+    """Remove those of ``folders`` that are empty, deepest first (a folder with files stays, quietly)."""
+    for folder in sorted(set(folders), key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty (it holds this run's resumable progress, or another process wrote there) or gone
+
+
+@contextmanager
+def removing_new_folders_on_failure() -> Iterator[List[Path]]:
+    """Run a block; if it raises (or is interrupted), remove the folders created inside it that are still empty.
+
+    A run that fails on a full disk would otherwise leave the output folders it made, empty. Folders
+    that hold files (a resumable run's saved progress) stay.
+
+    Yields
+    ------
+    list of Path
+        The folders created so far.
+    """
+    created: List[Path] = []
+    _scopes.append(created)
+    try:
+        yield created
+    except BaseException:
+        remove_empty_folders(created)
+        raise
+    finally:
+        # By identity: two scopes that created nothing hold equal (empty) lists.
+        del _scopes[next(i for i, scope in enumerate(_scopes) if scope is created)]

@@ -38,7 +38,7 @@ from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, Optio
 import numpy as np
 
 from icl_cmr.errors import InputError
-from icl_cmr.files.folders import check_writable_dir
+from icl_cmr.files.folders import check_writable_dir, record_new_folders
 from icl_cmr.files.reading import load_pickle, to_numpy
 from icl_cmr.files.writing import atomic_write, json_bytes, write_temporary
 
@@ -226,6 +226,7 @@ def _make_folders(folders: Iterable[Path]) -> List[Path]:
                 raise InputError(f"cannot create output folder {path}: {err.strerror or err}; nothing was "
                                  "written") from None
             created.append(path)
+    record_new_folders(created)  # a run that fails later removes them again when they are empty
     return created
 
 

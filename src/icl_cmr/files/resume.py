@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, TypeVar
 
 from icl_cmr.errors import BadFileError, FileContentError, InputError
+from icl_cmr.files.folders import make_folders
 from icl_cmr.files.reading import load_json
 from icl_cmr.files.writing import save_json
 
@@ -187,7 +188,7 @@ class RunFolder:
             logger.warning("discarding %d files in %s: their settings file is missing, so their settings are "
                            "unknown", len(self.piece_paths()), self.folder)
             self.discard()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_folders(self.folder)
         if saved is None:
             save_json(self.folder / self.settings_file, self.settings)
 
@@ -270,6 +271,12 @@ class RunFolder:
         save_json(self.folder / ELAPSED_FILE, {"wall_seconds": float(total)})
 
     # ------------------------------------------------------------------ the end
+
+    def discard_if_empty(self) -> None:
+        """Remove the folder when it holds no finished piece: a run that failed (a full disk) or was stopped
+        before finishing one leaves nothing behind, not a folder holding only its settings."""
+        if self.folder.is_dir() and not self.piece_paths():
+            self.discard()
 
     def discard(self, names: Iterable[str] = ()) -> None:
         """Remove the run's files (its pieces, settings and elapsed files, and ``names``) and the folder.

@@ -185,6 +185,24 @@ class CmrFit:
         }
 
 
+def lag_ranges(lags) -> str:
+    """Lags as runs of consecutive values, for messages: ``[-9, -8, 8, 9, 11]`` -> ``"lags -9..-8, 8..9 and 11 are"``.
+
+    A hundred out-of-range lags read as two ranges, not as a hundred numbers.
+    """
+    values = sorted({int(lag) for lag in lags})
+    runs = []
+    for lag in values:
+        if runs and lag == runs[-1][1] + 1:
+            runs[-1][1] = lag
+        else:
+            runs.append([lag, lag])
+    parts = [f"{low}" if low == high else f"{low}..{high}" for low, high in runs]
+    listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+    plural = len(values) > 1
+    return f"lag{'s' if plural else ''} {listed} {'are' if plural else 'is'}"
+
+
 def select_lags(values: np.ndarray, lags: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Entries of ``values`` (last axis labelled by ``lags``) at the lags ``wanted``.
 
@@ -210,7 +228,7 @@ def select_lags(values: np.ndarray, lags: np.ndarray, wanted: np.ndarray) -> np.
     position = {int(lag): i for i, lag in enumerate(lags)}
     missing = [int(lag) for lag in wanted if int(lag) not in position]
     if missing:
-        raise InputError(f"lags {missing} are not available; available lags: {lags.min()}..{lags.max()}")
+        raise InputError(f"{lag_ranges(missing)} not available; available lags: {lags.min()}..{lags.max()}")
     return values[..., [position[int(lag)] for lag in wanted]]
 
 

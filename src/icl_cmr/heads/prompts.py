@@ -325,6 +325,43 @@ def repeated_random_prompts(pool: np.ndarray, n_prompts: int, block_len: int, n_
     return np.concatenate(parts, axis=1)
 
 
+#: Bytes per prompt token while the prompts are drawn: the per-prompt int64 rows and the stacked array.
+PROMPT_BYTES_PER_TOKEN = 2 * 8
+#: Bytes per drawn prompt besides its tokens (a numpy array object in the list that is stacked).
+PROMPT_OVERHEAD_BYTES = 112
+#: Bytes per attention weight of one layer's forward pass on a batch: the pre-softmax scores, the pattern and
+#: the lag sums' temporaries, float32 (:func:`icl_cmr.heads.scores.stream_attention_scores`).
+ATTENTION_BYTES = 3 * 4
+#: The settings that size the prompts' memory (:func:`prompt_memory_bytes`), in the order messages name them.
+PROMPT_MEMORY_SETTINGS = ("n_prompts", "block_len", "batch_size", "prefix_n_prompts", "prefix_block_len",
+                          "prefix_copies")
+
+
+def prompt_memory_bytes(config: PromptConfig, n_heads: int = 1) -> int:
+    """Estimated peak bytes of both prompt sets and of one batch's attention, for refusing before any work.
+
+    A lower bound: the weights and the model's other activations come on top (``n_heads=1`` when the
+    model is not known, as a sweep plan's check).
+
+    Parameters
+    ----------
+    config : PromptConfig
+    n_heads : int
+        Query heads per layer.
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    offset = int(config.prepend_bos)
+    sets = ((config.n_prompts, offset + 2 * config.block_len),
+            (config.prefix_n_prompts, offset + config.prefix_copies * config.prefix_block_len))
+    prompts = sum(n * (length * PROMPT_BYTES_PER_TOKEN + PROMPT_OVERHEAD_BYTES) for n, length in sets)
+    batch = max(min(config.batch_size, n) * n_heads * length ** 2 * ATTENTION_BYTES for n, length in sets)
+    return prompts + batch
+
+
 def make_prompt_sets(pool: TokenPool, bos_id: Optional[int], config: PromptConfig) -> Tuple[np.ndarray, np.ndarray]:
     """The repeat set and the prefix-matching set for ``config`` (deterministic in ``config.seed``).
 

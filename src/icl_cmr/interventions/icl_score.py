@@ -167,3 +167,49 @@ def condition_losses(model, tokens, conditions: Mapping[str, HookList], batch_si
     """
     # one pass per condition: a condition changes the hooks, so the forward passes cannot be shared
     return {name: token_losses(model, tokens, hooks, batch_size) for name, hooks in conditions.items()}
+
+
+# ----------------------------------------------------------------------------- memory of an ablation
+
+#: Bytes per prompt token while the prompts are read: the token rows listed, then stacked (int64).
+PROMPT_BYTES_PER_TOKEN = 2 * 8
+#: Bytes per prompt and condition of the results: each batch's ICL scores, combined, and in the result (float64).
+RESULT_BYTES_PER_PROMPT = 3 * 8
+#: Bytes per loss position, batch and condition: the loss sum and sum of squares (float64) of every batch,
+#: kept until the batches are combined.
+LOSS_BYTES_PER_POSITION = 2 * 8
+#: Bytes per logit and per attention weight of one batch's forward pass (float32, with the log-softmax and the
+#: pattern beside the scores): the model's own memory comes on top, so the estimate is a lower bound.
+LOGIT_BYTES = 3 * 4
+ATTENTION_BYTES = 2 * 4
+#: The settings that size an ablation's memory (:func:`ablation_memory_bytes`), in the order messages name them.
+ABLATION_MEMORY_SETTINGS = ("n_eval", "seq_len", "batch_size", "n_random_sets")
+
+
+def ablation_memory_bytes(values: Mapping[str, int], n_heads: int = 1, vocab_size: Optional[int] = None) -> int:
+    """Estimated peak bytes of an ablation's evaluation (a lower bound: the weights and other activations come on
+    top; the statistics' bootstrap is :func:`icl_cmr.stats.bootstrap_memory_bytes`).
+
+    The prompts, every condition's per-prompt results and per-batch loss sums (the intact model, the ablated
+    heads, each random set and their mean), and one batch's logits and attention
+    (:mod:`icl_cmr.interventions.icl_ablation`).
+
+    Parameters
+    ----------
+    values : mapping
+        :data:`ABLATION_MEMORY_SETTINGS` -> value.
+    n_heads, vocab_size : int
+        The model's heads per layer and vocabulary (its config; 1 and None when unknown, as in a sweep plan).
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    n, seq, batch_size = values["n_eval"], values["seq_len"], values["batch_size"]
+    conditions = 3 + values["n_random_sets"]
+    prompts = n * seq * PROMPT_BYTES_PER_TOKEN
+    results = conditions * (n * RESULT_BYTES_PER_PROMPT + -(-n // batch_size) * (seq - 1) * LOSS_BYTES_PER_POSITION)
+    batch = min(batch_size, n)
+    forward = batch * seq * ((vocab_size or 0) * LOGIT_BYTES + n_heads * seq * ATTENTION_BYTES)
+    return prompts + results + forward

@@ -43,10 +43,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from icl_cmr.cli.args import float_range, fraction, int_range, non_negative_int, positive_float, positive_int, seed_int
+from icl_cmr.cli.args import (float_range, fraction, int_range, non_negative_int, paired_count, positive_float,
+                              positive_int, seed_int)
 from icl_cmr.errors import InputError
+from icl_cmr.files.folders import check_writable_dir
+from icl_cmr.files.memory import memory_drivers
 from icl_cmr.files.reading import read_text
+from icl_cmr.heads.prompts import PROMPT_MEMORY_SETTINGS, PromptConfig, prompt_memory_bytes
 from icl_cmr.heads.registry import resolve_model
+from icl_cmr.interventions.icl_score import ABLATION_MEMORY_SETTINGS, ICLScoreConfig, ablation_memory_bytes
+from icl_cmr.interventions.texts import TextDataConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -256,11 +262,20 @@ def _number(kind: Callable[[str], Any]) -> Callable[[Any], Any]:
     return parse
 
 
+def _once_each(values: Tuple[Any, ...]) -> Tuple[Any, ...]:
+    """``values`` unless one repeats: a repeated set size or model would be computed or counted twice."""
+    repeated = [value for index, value in enumerate(values) if value in values[:index]]
+    if repeated:
+        raise argparse.ArgumentTypeError(f"repeats {', '.join(map(str, dict.fromkeys(repeated)))}; give each value "
+                                         "once")
+    return values
+
+
 def _int_list(kind: Callable[[str], Any]) -> Callable[[Any], Tuple[int, ...]]:
     def parse(value: Any) -> Tuple[int, ...]:
         if not isinstance(value, list) or not value:
             raise argparse.ArgumentTypeError(f"must be a non-empty list, got {value!r}")
-        return tuple(_number(kind)(item) for item in value)
+        return _once_each(tuple(_number(kind)(item) for item in value))
     return parse
 
 
@@ -268,6 +283,10 @@ def _str_list(value: Any) -> Tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise argparse.ArgumentTypeError(f"must be a list of strings, got {value!r}")
     return tuple(value)
+
+
+def _name_list(value: Any) -> Tuple[str, ...]:
+    return _once_each(_str_list(value))
 
 
 #: Plan key -> (script flag, type). Booleans map to ``--flag`` / ``--no-flag`` (see :func:`setting_argv`).
@@ -293,9 +312,9 @@ FIT_SETTINGS = {
     "checkpoints": (None, _choice("all", "final")),
 }
 ABLATION_SETTINGS = {
-    "models": (None, _str_list),
+    "models": (None, _name_list),
     "data": ("--data", _existing_path),
-    "n_eval": ("--n-eval", _number(positive_int)),
+    "n_eval": ("--n-eval", _number(paired_count)),
     "fraction": ("--fraction", _number(fraction)),
     "method": ("--method", _choice("value", "output", "mean")),
     "n_random_sets": ("--n-random-sets", _number(positive_int)),
@@ -454,8 +473,89 @@ def _read_model(reader: _Reader, entry: Any, number: int, scores_default: Mappin
                     indices[step] = spec.checkpoint_index
         except InputError as err:
             raise reader.fail(where, str(err)) from None
+    merged = {**scores_default, **scores}
+    _check_scores_memory(reader, merged, where if set(scores) else "[scores]", group, groups[group])
     return ModelEntry(name=name, source=source, steps=steps, checkpoint_dirs=dirs, checkpoint_indices=indices,
-                      group=group, scores={**scores_default, **scores})
+                      group=group, scores=merged)
+
+
+#: Bytes in the GB of a resource group's ``mem_gb``.
+GIB = 2 ** 30
+#: The smallest value of each setting that sizes a job's memory: a setting whose smallest value alone would
+#: fit is named as the one to lower (:func:`icl_cmr.files.memory.memory_drivers`).
+_SMALLEST = {"n_prompts": 1, "block_len": 2, "batch_size": 1, "prefix_n_prompts": 1, "prefix_block_len": 2,
+             "prefix_copies": 2, "n_eval": 2, "seq_len": 3, "n_random_sets": 0}
+
+
+def _refuse_over_memory(reader: _Reader, estimate: Callable[[Mapping[str, int]], int], values: Dict[str, int],
+                        where: str, job: str, group_name: str, group: ResourceGroup) -> None:
+    """The same memory estimate the job's script checks before work, against the memory a job of ``group`` has."""
+    limit = group.mem_gb * GIB
+    needed = estimate(values)
+    if needed <= limit:
+        return
+    drivers = memory_drivers(estimate, values, {key: min(values[key], _SMALLEST[key]) for key in values}, limit)
+    raise reader.fail(f"{where} {', '.join(drivers)}",
+                      f"{job} would need about {needed / GIB:,.1f} GiB of memory, more than the {group.mem_gb} GB a "
+                      f"job of group {group_name!r} has (mem_gb); lower {'it' if len(drivers) == 1 else 'them'}")
+
+
+def _check_scores_memory(reader: _Reader, scores: Mapping[str, Any], where: str, group_name: str,
+                         group: ResourceGroup) -> None:
+    """A score job's prompts within its group's memory (``compute_head_scores.py``'s estimate for a one-head
+    model: a lower bound, as the plan does not load the model's config)."""
+    config = PromptConfig(prepend_bos=scores.get("bos", True) is not False,
+                          **{key: scores[key] for key in PROMPT_MEMORY_SETTINGS if key in scores})
+    values = {key: int(getattr(config, key)) for key in PROMPT_MEMORY_SETTINGS}
+    _refuse_over_memory(reader, lambda changed: prompt_memory_bytes(replace(config, **changed)), values, where,
+                        "a score job's prompts", group_name, group)
+
+
+def _check_ablation_memory(reader: _Reader, ablation: Mapping[str, Any], models: Tuple[ModelEntry, ...],
+                           groups: Mapping[str, ResourceGroup]) -> None:
+    """Each ablation job's prompts and results within its group's memory (``ablation.py``'s estimate without
+    the model's size and the statistics, with the smallest value of each setting the plan leaves unset: a
+    lower bound)."""
+    values = {key: int(ablation.get(key, _SMALLEST[key])) for key in ABLATION_MEMORY_SETTINGS}
+    for entry in models:
+        _refuse_over_memory(reader, ablation_memory_bytes, values, "[ablation]", f"the ablation of {entry.name!r}",
+                            entry.group, groups[entry.group])
+
+
+def _check_icl_indices(reader: _Reader, ablation: Mapping[str, Any]) -> None:
+    """The ICL score's loss indices within the prompt (``ablation.py`` checks the same after parsing)."""
+    defaults, keys = ICLScoreConfig(), ("late_index", "early_index", "seq_len")
+    if not any(key in ablation for key in keys):
+        return
+    config = ICLScoreConfig(late_index=ablation.get("late_index", defaults.late_index),
+                            early_index=ablation.get("early_index", defaults.early_index))
+    try:
+        config.validate(ablation.get("seq_len", TextDataConfig().seq_len))
+    except InputError as err:
+        message = str(err)
+        for key in err.parameters:  # the engine's parameters are the plan's keys: named plainly, as elsewhere
+            message = message.replace(f"`{key}`", key)
+        raise reader.fail(f"[ablation] {', '.join(key for key in keys if key in ablation)}", message) from None
+
+
+def _check_repeated_sources(reader: _Reader, models: Tuple[ModelEntry, ...]) -> None:
+    """Refuse two models that would score the same model at the same step: the same work done twice, filed twice."""
+    seen: Dict[Tuple[str, Optional[int]], str] = {}
+    for entry in models:
+        for step in entry.steps:
+            folder = entry.checkpoint_dirs.get(step) if step is not None else None
+            if folder is not None:
+                key = (str(Path(folder).expanduser().resolve()), None)
+            elif entry.source is not None:
+                key = (resolve_model(entry.source).source, step)
+            else:
+                continue
+            if key in seen and seen[key] != entry.name:
+                at = "" if step is None else f" at step {step}"
+                raise reader.fail(f"[[models]] {entry.name!r} {'checkpoint_dirs' if folder is not None else 'source'}",
+                                  f"the same model{at} as [[models]] {seen[key]!r} ({key[0]}): its scores would be "
+                                  "computed twice; list it once")
+            seen.setdefault(key, entry.name)
 
 
 def _read_groups(reader: _Reader, slurm: Mapping[str, Any]) -> Dict[str, ResourceGroup]:
@@ -522,6 +622,7 @@ def parse_plan(data: Mapping[str, Any], path: str) -> Plan:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise reader.fail("[[models]]", f"model {repeated[0]!r} appears twice")
+    _check_repeated_sources(reader, models)
     ablation_models: Tuple[str, ...] = ()
     if "ablation" in stages:
         ablation_models = tuple(ablation.pop("models", names))
@@ -532,11 +633,31 @@ def parse_plan(data: Mapping[str, Any], path: str) -> Plan:
             if entry.source is None:
                 raise reader.fail("[ablation] models", f"{model!r} has no source: ablation.py runs the final model; "
                                                        "give the model's source folder or name")
+        _check_ablation_memory(reader, ablation, tuple(m for m in models if m.name in ablation_models), groups)
+        _check_icl_indices(reader, ablation)
     return Plan(name=name, path=path, stages=tuple(s for s in STAGES if s in stages), models=models, scores=scores,
                 fit={k: v for k, v in fit.items() if k != "checkpoints"}, fit_checkpoints=fit.get("checkpoints", "all"),
                 ablation={k: v for k, v in ablation.items() if k != "models"}, ablation_models=ablation_models,
                 aggregate=aggregate, paths=paths, slurm=slurm, groups=groups,
                 description=str(data.get("description", "")))
+
+
+def check_output_folders(plan: Plan) -> None:
+    """Check, creating nothing, that the sweep's folder and every output root of ``[paths]`` can be written.
+
+    ``sweep.py`` runs it before a dry run lists the jobs as before a real run starts them, so both refuse
+    the same plans.
+
+    Raises
+    ------
+    InputError
+        Naming the plan file, the key and the folder.
+    """
+    for key, folder in (("scores_dir", plan.sweep_dir), *((key, Path(plan.paths[key])) for key in PATH_SETTINGS)):
+        try:
+            check_writable_dir(Path(folder).expanduser())
+        except InputError as err:
+            raise InputError(f"{plan.path}: [paths] {key}: {err}") from None
 
 
 def load_plan(path: "str | Path") -> Plan:

@@ -53,6 +53,11 @@ TRIGGER_TOKEN = VOCAB_SIZE - 1
 #: Sequences per forward pass of :func:`evaluate_accuracy` (training's validation): a batch that fits any
 #: machine at the training length.
 VALIDATION_BATCH_SIZE = 64
+#: Most validation sequences one evaluation scores (training's ``n_val``, ``eval_induction.py``'s
+#: ``n_sequences``). They are drawn and scored a batch at a time, so no memory grows with the count, only
+#: time: 2^20 already takes an hour or more per evaluation on a CPU at the training length, and a count
+#: of 10^12 would run for years without a word.
+MAX_VALIDATION_SEQUENCES = 2 ** 20
 
 
 @dataclass(frozen=True)

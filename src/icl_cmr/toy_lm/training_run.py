@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from icl_cmr.devices import check_worker_count
 from icl_cmr.errors import InputError
 from icl_cmr.toy_lm.config import ToyLMConfig
 from icl_cmr.toy_lm.corpus import corpus_fingerprint, corpus_split, read_texts, stdlib_dir
@@ -38,6 +39,33 @@ _DEFAULTS = ToyLMConfig()
 #: ``icl_late_index`` when none is given: this far before the end of the context (250 of 256, the
 #: shipped model's; DESIGN.md section 5 uses 500 vs 50 in a longer context).
 ICL_LATE_MARGIN = 6
+
+
+#: Bytes per parameter while training: float32 weights, their gradients and AdamW's two moments.
+TRAINING_BYTES_PER_PARAMETER = 4 * 4
+#: Bytes per logit of a training step (float32 logits, their softmax and its gradient).
+LOGIT_BYTES = 3 * 4
+#: Bytes per attention weight per layer (scores, pattern and their gradients, float32).
+ATTENTION_BYTES = 4 * 4
+#: Bytes per unit of width (d_model + d_mlp) per position and layer, forward and backward (float32).
+WIDTH_BYTES = 8 * 4
+#: The settings whose size the memory estimate weighs, in the order messages name them.
+MEMORY_SETTINGS = ("n_ctx", "vocab_size", "batch_size")
+
+
+def training_memory_bytes(config: ToyLMConfig) -> int:
+    """Estimated peak bytes of a training step (a lower bound, for refusing before any work).
+
+    The parameters with their gradients and AdamW state, and one batch's logits, attention and MLP
+    activations (:class:`~icl_cmr.toy_lm.config.ToyLMConfig`: ``batch_size`` rows of ``n_ctx`` tokens).
+    """
+    d, layers = config.d_model, config.n_layer
+    parameters = (config.vocab_size + config.n_ctx) * d + layers * (4 * d * d + 2 * d * config.d_mlp)
+    positions = config.batch_size * config.n_ctx
+    activations = positions * (config.vocab_size * LOGIT_BYTES
+                               + layers * (config.n_head * config.n_ctx * ATTENTION_BYTES
+                                           + (d + config.d_mlp) * WIDTH_BYTES))
+    return parameters * TRAINING_BYTES_PER_PARAMETER + activations
 
 
 @dataclass(frozen=True)
@@ -94,6 +122,7 @@ class ToyLMTrainingSettings:
             Naming ``icl_late_index`` and ``n_ctx`` when the late position is not after the early
             one (50) or past ``n_ctx - 2``; :class:`ToyLMConfig` names the parameters of its own checks.
         """
+        check_worker_count(self.threads, "threads")
         late = self.icl_late_index if self.icl_late_index is not None else self.n_ctx - ICL_LATE_MARGIN
         early = _DEFAULTS.icl_early_index
         if not early < late <= self.n_ctx - 2:
