@@ -8,7 +8,8 @@ positions, the layout of [LI24]'s files) and ``cmr_crp_<n_beta>_<n_gamma>.json``
 command resumes an interrupted run (the default, as for every long job of this project) and gives
 bit-identical files; each saved slice is verified first and a damaged one is recomputed with a
 warning. ``--restart`` discards the saved slices; ``--resume`` is accepted and changes nothing.
-A run with other parameters than the saved slices' is refused (add ``--restart``).
+A run with other parameters than the saved slices', or than a finished grid's of the same name (its sidecar), is
+refused (add ``--restart`` to discard the slices or replace the grid).
 
 ``--recall_rule standard`` simulates the standard recall rule instead of [LI24]'s (recalled items excluded,
 recall ending by itself; ``icl_cmr.cmr.standard_rule``) and writes ``cmr_std_crp_*`` / ``cmr_std_cond_crp_*``.
@@ -33,7 +34,8 @@ from icl_cmr.cmr.grid import GRID_QUANTITIES
 from icl_cmr.cmr.model import CRP_METHODS, LI24_MAX_DRAWS, RECALL_RULES
 from icl_cmr.config import FIT_LAGS
 from icl_cmr.errors import InputError
-from icl_cmr.experiments.cmr_grid import CmrGridSettings, check_cmr_grid, run_cmr_grid
+from icl_cmr.experiments.cmr_grid import (CmrGridSettings, check_cmr_grid, check_finished_grid, run_cmr_grid,
+                                          unusable_points_problem)
 from icl_cmr.files.grids import grid_file_names, grid_partial_folder
 from icl_cmr.files.outputs import PendingWrites, check_output_files
 from icl_cmr.files.folders import check_writable_dir
@@ -91,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "beta_rec in {0, 1}, gamma_ft = 0 (they do not match their model; comparison only); "
                              "--quantity conditional and --recall_rule standard are always simulated")
     parser.add_argument("--restart", action="store_true",
-                        help="discard the finished slices of an interrupted run and start over (default: resume it)")
+                        help="discard the finished slices of an interrupted run and start over (default: resume it); also "
+                             "replaces a finished grid of the same name made with other settings (refused without it)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run (the default; accepted for compatibility)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
@@ -120,12 +123,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         names = (args.n_beta, args.n_gamma, args.quantity, args.recall_rule, args.stop_probability)
         mean_name, sem_name, meta_name = grid_file_names(*names)
         check_output_files([save_dir / mean_name, save_dir / sem_name, save_dir / meta_name])
+        check_finished_grid(spec, save_dir / meta_name, restart=args.restart)  # never replaced silently
         slice_dir = grid_partial_folder(save_dir, *names)
         logger.info("CMR grid %s (%d points, %d slices), %d trials x %d starts, <= %d draws, method %s, %s"
                     "seed %d, %d workers", "x".join(map(str, spec.shape)), spec.n_slices * len(spec.beta_rec),
                     spec.n_slices, args.n_trials, args.n_start, spec.settings.max_draws, spec.method,
                     "" if args.recall_rule == "li24" else f"{args.recall_rule} recall rule, ", spec.seed, args.workers)
         grid = run_cmr_grid(settings, slice_dir, restart=args.restart, progress=not args.no_progress)
+        try:
+            nan_warning = unusable_points_problem(grid)
+        except InputError:
+            shutil.rmtree(slice_dir, ignore_errors=True)   # resuming would give the same unusable grid
+            raise
+    if nan_warning is not None:
+        logger.warning("%s", nan_warning)
 
     metadata = make_metadata("est_cmr_crp.py", spec.to_json(), seed=spec.seed,
                              **grid.metadata_fields(args.workers, files={"mean": mean_name, "sem": sem_name}))

@@ -134,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     settings = settings_from(args)
-    with flag_errors(parser, scores_dirs="--scores-dir"):
+    with flag_errors(parser, scores_dirs="--scores-dir", scores_dir="--scores-dir"):
         inputs = check_human_recall(settings)   # every input read and checked, then the output folders
         out_dir = check_writable_dir(args.out_dir, "--out-dir")
         figs_dir = check_writable_dir(args.figs_dir / "humans_vs_heads", "--figs-dir")
@@ -149,11 +149,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Everything is computed and rendered before the first file is written; then all files or none.
     pending = PendingWrites()
     pending.figures(figs_dir, figures)
-    pending.pickle(out_dir / f"{settings.stem}_fits.pkl", result.fit_record(metadata))
+    pending.pickle(out_dir / f"{result.stem}_fits.pkl", result.fit_record(metadata))
     for name, table in result.tables().items():
         pending.text(out_dir / name, table.to_csv(index=False))
     written = [path.name for path in pending.paths if path.parent == out_dir]
-    pending.json(out_dir / f"{settings.stem}_metadata.json", {**metadata, "files": written, "figures": sorted(figures)})
+    pending.json(out_dir / f"{result.stem}_metadata.json", {**metadata, "files": written, "figures": sorted(figures)})
     pending.commit()
     if result.comparison is not None:
         for model, rows in result.comparison.groupby("model", sort=False):
@@ -161,7 +161,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f"{r.quantity} people {r.median_people:.3g} vs heads {r.median_heads:.3g} (n={r.n_heads}), "
                 f"diff {r.median_difference:+.3g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}], p={r.p_value:.2g}"
                 for r in rows.itertuples()))
-    logger.info("wrote %s in %s and %d figures in %s", ", ".join(written), out_dir, len(figures), figs_dir)
+    logger.info("wrote %s in %s and %d figure%s in %s", ", ".join(written + [f"{result.stem}_metadata.json"]), out_dir,
+                len(figures), "" if len(figures) == 1 else "s", figs_dir)
     return 0
 
 

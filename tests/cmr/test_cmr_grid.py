@@ -6,7 +6,7 @@ import pytest
 
 from icl_cmr.cmr.model import CMRSettings, cmr_crp, mean_and_sem_over_starts
 from icl_cmr.cmr.grid import GridSpec, compute_point, grid_axes
-from icl_cmr.experiments.cmr_grid import run_grid
+from icl_cmr.experiments.cmr_grid import CmrGridRun, run_grid, unusable_points_problem
 from icl_cmr.files.grids import grid_file_names, load_cmr_grid
 from icl_cmr.config import BETA_ENC_GRID, BETA_REC_GRID, CMR_GRID_MEAN_FILENAME, CMR_GRID_SEM_FILENAME, GAMMA_FT_GRID
 from icl_cmr.errors import InputError
@@ -202,3 +202,35 @@ def test_shipped_grid_points_are_reproduced_bit_for_bit(repo_root, point):
     recomputed_mean, recomputed_sem = mean_and_sem_over_starts(compute_point(GridSpec.from_resolution(), *point))
     np.testing.assert_array_equal(recomputed_mean, mean[point])
     np.testing.assert_array_equal(recomputed_sem, sem[point])
+
+
+# ----------------------------------------------------------------------------- grid points no fit can use
+
+def _run_of(mean, spec):
+    return CmrGridRun(mean=mean, sem=np.zeros_like(mean), spec=spec, n_resumed=0, wall_seconds=1.0,
+                      session_seconds=1.0)
+
+
+def test_a_grid_with_some_nan_points_gets_a_warning_naming_them():
+    spec = small_spec(settings=CMRSettings(n_items=30, n_trials=40, n_start=3, recall_rule="standard",
+                                           stop_probability=0.5), method="simulate")
+    mean = np.full(spec.shape + (17,), 1 / 17)
+    mean[..., 8:] += np.linspace(0, 0.01, 9)          # a slope: not flat
+    mean[0, 1, 2] = np.nan                            # beta_enc 0.5, beta_rec 0.5, gamma_ft 1
+    mean[1, 0, 0, 5] = np.nan                         # one fitting lag (-3) suffices
+    warning = unusable_points_problem(_run_of(mean, spec))
+    assert warning.startswith("2 of 18 grid points are NaN or flat on the fitting lags -5..5")
+    assert "stopping with probability 0.5" in warning and warning.endswith("= (0.5, 0.5, 1), (1, 0, 0)")
+    mean[:] = 1 / 17
+    mean[..., 8:] += np.linspace(0, 0.01, 9)
+    assert unusable_points_problem(_run_of(mean, spec)) is None
+
+
+def test_a_grid_where_every_point_is_nan_is_refused_naming_trials_and_stop_probability():
+    spec = small_spec(settings=CMRSettings(n_items=30, n_trials=40, n_start=3, recall_rule="standard",
+                                           stop_probability=0.99), method="simulate")
+    with pytest.raises(InputError) as err:
+        unusable_points_problem(_run_of(np.full(spec.shape + (17,), np.nan), spec))
+    assert str(err.value).startswith("every one of the 18 grid points is NaN or flat on the fitting lags -5..5")
+    assert str(err.value).endswith("it was not written: raise `n_trials` or lower `stop_probability`")
+    assert err.value.parameters == ("n_trials", "stop_probability")

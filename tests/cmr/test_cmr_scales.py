@@ -138,6 +138,33 @@ def test_out_of_range_rates_name_the_parameter(function, name):
         function(1.2)
 
 
+@pytest.mark.parametrize("rate", [1e-10, 1e-6, 1e-3, 0.01])
+def test_tiny_encoding_rates_keep_their_digits(rate):
+    # 1 - sqrt(1 - B^2) = B^2 / 2 + B^4 / 8 + B^6 / 16 + ... (the binomial series, written out here)
+    series = rate ** 2 / 2 + rate ** 4 / 8 + rate ** 6 / 16 + 5 * rate ** 8 / 128
+    assert li24_encoding_rate(rate) == pytest.approx(series, rel=1e-12)
+    assert li24_encoding_rate(np.array([rate, 0.5]))[0] == pytest.approx(series, rel=1e-12)
+
+
+@pytest.mark.parametrize("function, name", [(standard_encoding_rate, "beta_enc"), (li24_encoding_rate,
+                                                                                    "standard_beta_enc")])
+@pytest.mark.parametrize("value", ["0.5", True, np.bool_(False), 0.5 + 0j, np.array(["0.1", "0.2"]), None,
+                                   [[0.1], [0.2, 0.3]]])
+def test_values_that_are_not_real_numbers_are_refused_naming_the_parameter(function, name, value):
+    with pytest.raises(InputError) as err:
+        function(value)
+    assert err.value.parameters == (name,) and str(err.value).startswith(f"`{name}` must be a")
+
+
+def test_an_array_with_out_of_range_values_names_the_first_and_counts_them():
+    rates = np.full((100, 50), 0.5)
+    rates[3, 7], rates[60, 2] = 1.5, -0.1
+    with pytest.raises(InputError) as err:
+        li24_encoding_rate(rates)
+    assert str(err.value) == ("`standard_beta_enc` must lie in [0, 1]: element [3, 7] is 1.5 (2 of 5000 values out "
+                              "of range)")
+
+
 # ----------------------------------------------------------------------------- the literature table
 
 def test_published_points_are_li24s_constants_and_human_fits_keeps_them():
@@ -164,3 +191,16 @@ def test_every_literature_fit_names_its_source_model_and_what_was_checked():
         assert "rule:" in row["checked"] and "value:" in row["checked"]
     with pytest.raises(InputError, match="scale"):
         literature_points("other")
+
+
+@pytest.mark.parametrize("kwargs, parameters, message", [
+    (dict(scale="li24", retrieval_overlap=2.0), ("retrieval_overlap",), "`retrieval_overlap` must lie in [0, 1]"),
+    (dict(scale="published", retrieval_overlap=0.5), ("retrieval_overlap", "scale"), "applies to `scale` li24 only"),
+    (dict(decimals=-1), ("decimals",), "`decimals` must be an integer >= 0, got -1"),
+    (dict(decimals=2.5), ("decimals",), "`decimals` must be an integer >= 0"),
+    (dict(scale="cymr"), ("scale",), "`scale` must be one of"),
+])
+def test_literature_points_refuse_bad_arguments_by_name(kwargs, parameters, message):
+    with pytest.raises(InputError) as err:
+        literature_points(**kwargs)
+    assert err.value.parameters == parameters and message in str(err.value)

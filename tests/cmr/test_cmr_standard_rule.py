@@ -17,7 +17,8 @@ from icl_cmr.cmr.conditional import (conditional_lag_counts, crp_and_conditional
 from icl_cmr.cmr.grid import GridSpec, compute_point
 from icl_cmr.cmr.model import CMRSettings, cmr_crp, crp_from_draws, exact_crp, point_memory_bytes, simulate_recall
 from icl_cmr.errors import InputError
-from icl_cmr.files.grids import conditional_grid_path, grid_file_names, grid_partial_folder, grid_recall_rule
+from icl_cmr.files.grids import (conditional_grid_path, grid_file_names, grid_partial_folder, grid_recall_rule,
+                                 stop_name)
 
 MAX_LAG = 8
 
@@ -291,6 +292,20 @@ def test_file_names_and_recorded_rule_of_standard_grids(tmp_path, repo_root):
     assert grid_recall_rule(repo_root / "saved_crps" / "cmr_cond_crp_avg_20_11.npy") == "li24"
     (tmp_path / "cmr_std_cond_crp_2_2.json").write_text('{"parameters": {"recall_rule": "standard"}}')
     assert grid_recall_rule(tmp_path / "cmr_std_cond_crp_avg_2_2.npy") == "standard"
+
+
+@pytest.mark.parametrize("first, second", [(0.12345671, 0.12345679), (0.99999999, 1 - 1e-9), (0.1, 0.1000001)])
+def test_different_stop_probabilities_never_share_a_file_name(first, second):
+    names = [grid_file_names(2, 2, "conditional", "standard", p) for p in (first, second)]
+    assert set(names[0]).isdisjoint(names[1])
+    assert [grid_partial_folder("d", 2, 2, "crp", "standard", p).name for p in (first, second)] == [
+        f".cmr_std_stop{first!r}_crp_2_2.partial", f".cmr_std_stop{second!r}_crp_2_2.partial"]
+
+
+def test_a_stop_probability_is_spelled_exactly_in_file_names():
+    assert grid_file_names(2, 2, "crp", "standard", 0.99999999)[0] == "cmr_std_stop0.99999999_crp_avg_2_2.npy"
+    assert grid_file_names(2, 2, "crp", "standard", 0.12345671)[0] == "cmr_std_stop0.12345671_crp_avg_2_2.npy"
+    assert float(stop_name(0.12345679)[len("stop"):]) == 0.12345679   # reads back as the same number
 
 
 @pytest.mark.slow

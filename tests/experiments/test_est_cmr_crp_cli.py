@@ -16,6 +16,7 @@ import est_cmr_crp
 from icl_cmr.cli.args import run_cli
 from icl_cmr.cmr.model import CMRSettings
 from icl_cmr.cmr.grid import GridSpec
+from icl_cmr.errors import InputError
 from icl_cmr.experiments.cmr_grid import run_grid
 
 SMALL_FLAGS = ["--n_beta", "2", "--n_gamma", "3", "--n_trials", "30", "--n_items", "30", "--max_draws", "12",
@@ -120,6 +121,30 @@ def test_other_settings_than_the_saved_slices_are_refused_in_one_line(tmp_path, 
     code, out, err = run_script(["--save_dir", str(tmp_path), *other], capsys)
     assert code == 2 and err.strip().splitlines()[-1].startswith("error:") and "pass --restart to discard" in err
     assert "Traceback" not in err and not (tmp_path / "cmr_crp_avg_2_3.npy").exists()
+
+
+def _grid_files(folder):
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_a_finished_grid_made_with_other_settings_is_refused_before_work_and_kept(tmp_path, capsys):
+    code, _, err = run_script(["--save_dir", str(tmp_path), *SMALL_FLAGS], capsys)
+    assert code == 0, err
+    finished = _grid_files(tmp_path)
+    code, out, err = run_script(["--save_dir", str(tmp_path), *SMALL_FLAGS, "--max_draws", "13"], capsys)
+    assert code == 2 and out == "" and err.strip().splitlines() == [
+        f"error: the finished grid in {tmp_path / 'cmr_crp_2_3.json'} came from other settings (max_draws: 12 there, "
+        "13 now); rerun with those settings, or pass --restart to replace it"]
+    assert _grid_files(tmp_path) == finished   # nothing replaced, no partial folder made
+
+
+@pytest.mark.slow
+def test_restart_replaces_a_finished_grid_made_with_other_settings(tmp_path, capsys):
+    code, _, err = run_script(["--save_dir", str(tmp_path), *SMALL_FLAGS], capsys)
+    assert code == 0, err
+    code, _, err = run_script(["--save_dir", str(tmp_path), *SMALL_FLAGS, "--max_draws", "13", "--restart"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "cmr_crp_2_3.json").read_text())["parameters"]["max_draws"] == 13
 
 
 def test_resume_and_restart_together_are_refused(tmp_path, capsys):
@@ -348,3 +373,30 @@ def test_li24_rule_output_names_and_spec_are_unchanged(tmp_path, capsys):
 def test_standard_rule_flags_are_checked_before_work(tmp_path, capsys, flags, message):
     line = _one_error_nothing_written(tmp_path, capsys, ["--n_beta", "2", "--n_gamma", "2", *flags])
     assert line.startswith(message), line
+
+
+def test_a_grid_of_nan_points_only_is_refused_and_nothing_is_left(tmp_path, capsys):
+    code, out, err = run_script(["--save_dir", str(tmp_path), "--recall_rule", "standard", "--stop_probability", "0.99",
+                                 "--n_beta", "2", "--n_gamma", "2", "--n_trials", "20", "--n_items", "30", "--n_start",
+                                 "3", "--workers", "1", "--no_progress"], capsys)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1] == (
+        "error: every one of the 12 grid points is NaN or flat on the fitting lags -5..5 (at some start position, none "
+        "of its 20 recalls made a transition on those lags, recall stopping with probability 0.99 before each draw), "
+        "so no fit could use this grid; it was not written: raise --n_trials or lower --stop_probability")
+    assert list(tmp_path.iterdir()) == []   # no grid files, no partial folder
+
+
+@pytest.mark.parametrize("flags", [["--recall_rule", "standard"], ["--quantity", "conditional"]])
+def test_a_method_other_than_simulation_is_refused_naming_the_method_flag(tmp_path, capsys, flags):
+    line = _one_error_nothing_written(tmp_path, capsys, ["--n_beta", "2", "--n_gamma", "2", "--method", "exact", *flags])
+    assert line.endswith("(it has no exact form): --method must be 'simulate', got 'exact'"), line
+
+
+def test_the_engine_names_the_method_parameter_when_it_cannot_be_exact():
+    with pytest.raises(InputError) as err:
+        GridSpec.from_resolution(2, 2, CMRSettings(recall_rule="standard"), method="exact")
+    assert "`method` must be 'simulate'" in str(err.value) and err.value.parameters == ("method", "recall_rule")
+    with pytest.raises(InputError) as err:
+        GridSpec.from_resolution(2, 2, CMRSettings(), method="exact", quantity="conditional")
+    assert "`method` must be 'simulate'" in str(err.value) and err.value.parameters == ("method", "quantity")

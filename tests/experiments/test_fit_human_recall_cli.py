@@ -15,6 +15,7 @@ from icl_cmr.cli.args import run_cli
 from icl_cmr.errors import InputError
 from icl_cmr.experiments.human_recall import HumanRecallSettings, check_human_recall, run_human_recall
 from icl_cmr.figures.humans import page_of_units
+from icl_cmr.files.outputs import REPO_ROOT
 from icl_cmr.files.reading import load_pickle
 from icl_cmr.files.results import read_cmr_fit
 from icl_cmr.files.scores import read_head_scores
@@ -309,3 +310,160 @@ def test_shipped_standard_rule_people_fits_are_reproduced(repo_root, tmp_path, c
     assert code == 0, err
     shipped = repo_root / "saved_scores" / "human" / "peers_std_fits.csv"
     assert (tmp_path / "out" / "peers_std_fits.csv").read_bytes() == shipped.read_bytes()
+
+
+# ----------------------------------------------------------------------------- a stop probability (issue 24 review)
+
+@pytest.fixture(scope="module")
+def stop_grid(standard_grid, tmp_path_factory):
+    """The standard grid's files as a grid of stop probability 0.1 would be named and recorded (its numbers are not
+    what p = 0.1 gives: only the names and the sidecar matter here)."""
+    folder = tmp_path_factory.mktemp("stop_grid")
+    for kind in ("avg", "sem"):
+        (folder / f"cmr_std_stop0.1_cond_crp_{kind}_4_3.npy").write_bytes(
+            standard_grid.with_name(f"cmr_std_cond_crp_{kind}_4_3.npy").read_bytes())
+    meta = json.loads(standard_grid.with_name("cmr_std_cond_crp_4_3.json").read_text())
+    meta["parameters"]["stop_probability"] = 0.1
+    (folder / "cmr_std_stop0.1_cond_crp_4_3.json").write_text(json.dumps(meta))
+    return folder / "cmr_std_stop0.1_cond_crp_avg_4_3.npy"
+
+
+def test_grids_of_different_stop_probabilities_are_refused_as_different_simulators(stop_grid, standard_grid, tmp_path,
+                                                                                   capsys):
+    settings = HumanRecallSettings(recall_rule="standard", crp_grid=stop_grid, head_grid=standard_grid)
+    with pytest.raises(InputError) as err:
+        check_human_recall(settings)
+    assert "not grids of the same simulator: they were simulated with different stop_probability 0.1 vs 0.0" in str(
+        err.value)
+    assert err.value.parameters == ("head_grid", "crp_grid")
+    code, _, text = run(fit_human_recall.main, ["--recall_rule", "standard", "--crp-grid", str(stop_grid),
+                                                "--head-grid", str(standard_grid), "--out-dir", str(tmp_path / "out"),
+                                                "--figs-dir", str(tmp_path / "figs")], capsys)
+    assert code == 2 and len(text.strip().splitlines()) == 1 and text.startswith(f"error: --head-grid {standard_grid}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stop_probability_goes_into_the_output_names():
+    standard = HumanRecallSettings(recall_rule="standard")
+    assert standard.output_stem(0.1) == "peers_std_stop0.1" and standard.output_stem(0.0) == standard.stem
+    assert HumanRecallSettings(recall_rule="standard", by="session").output_stem(0.25) == "peers_std_stop0.25_session"
+
+
+@pytest.mark.slow
+def test_a_grid_with_a_stop_probability_writes_its_own_names_and_records_it(stop_grid, tmp_path, capsys):
+    code, _, err = run(fit_human_recall.main, ["--dataset", "morton2013", "--recall_rule", "standard", "--models",
+                                               "--crp-grid", str(stop_grid), "--out-dir", str(tmp_path / "out"),
+                                               "--figs-dir", str(tmp_path / "figs")], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "morton2013_std_stop0.1_fits.csv", "morton2013_std_stop0.1_fits.pkl", "morton2013_std_stop0.1_metadata.json"]
+    meta = json.loads((tmp_path / "out" / "morton2013_std_stop0.1_metadata.json").read_text())["parameters"]
+    assert meta["people_grid_settings"]["stop_probability"] == 0.1
+
+
+def _grid_with_nan_points(grids, folder, share):
+    """The small conditional grid's axes with a hand-made curve at every point (0.5 / (1 + |lag|), NaN at lag 0) and
+    the first ``share`` of its points NaN."""
+    (folder / "cmr_cond_crp_4_3.json").write_bytes((grids["folder"] / "cmr_cond_crp_4_3.json").read_bytes())
+    lags = np.arange(-8, 9)
+    curve = np.where(lags == 0, np.nan, 0.5 / (1 + np.abs(lags)))
+    mean = np.broadcast_to(curve, (4, 5, 3, 17)).copy()
+    flat = mean.reshape(-1, 17)
+    flat[:int(share * len(flat))] = np.nan
+    np.save(folder / "cmr_cond_crp_avg_4_3.npy", mean)
+    return folder / "cmr_cond_crp_avg_4_3.npy"
+
+
+def test_a_grid_mostly_of_nan_points_is_refused_naming_the_flag(grids, tmp_path, capsys):
+    path = _grid_with_nan_points(grids, tmp_path, share=0.6)   # 36 of 60 points
+    with pytest.raises(InputError) as err:
+        check_human_recall(HumanRecallSettings(crp_grid=path, models=()))
+    assert str(err.value).startswith(f"36 of 60 points of `crp_grid` {path} are NaN or flat on the fitting lags -5..5 except 0 "
+                                     "((beta_enc, beta_rec, gamma_ft) = (0.25, 0, 0), (0.25, 0, 0.5), (0.25, 0, 1), ...)")
+    assert err.value.parameters == ("crp_grid",) and "60% of its grid" in str(err.value)
+    code, _, text = run(fit_human_recall.main, ["--crp-grid", str(path), "--models", "--out-dir",
+                                                str(tmp_path / "out"), "--figs-dir", str(tmp_path / "figs")], capsys)
+    assert code == 2 and text.startswith(f"error: 36 of 60 points of --crp-grid {path}") and not (tmp_path / "out").exists()
+
+
+def test_a_grid_with_half_its_points_nan_is_still_used(grids, tmp_path):
+    path = _grid_with_nan_points(grids, tmp_path, share=0.5)   # 30 of 60 points: the fits skip them, with a warning
+    assert check_human_recall(HumanRecallSettings(crp_grid=path, models=())).people_grid.source == str(path)
+
+
+@pytest.mark.slow
+def test_the_success_line_lists_every_file_written_and_counts_figures_in_words(grids, tmp_path, capsys):
+    code, _, err = run(fit_human_recall.main, fit_flags(grids, tmp_path, "--dataset", "morton2013", "--by", "all",
+                                                        "--models"), capsys)
+    assert code == 0, err
+    (line,) = [line for line in err.splitlines() if line.startswith("INFO: wrote ")]
+    assert line == (f"INFO: wrote morton2013_all_fits.pkl, morton2013_all_fits.csv, morton2013_all_metadata.json in "
+                    f"{tmp_path / 'out'} and 1 figure in {tmp_path / 'figs' / 'humans_vs_heads'}")
+
+
+# ----------------------------------------------------------------------------- messages name the rule's grid and flag
+
+def _one_error(argv, tmp_path, capsys):
+    code, out, err = run(fit_human_recall.main, [*argv, "--out-dir", str(tmp_path / "out"), "--figs-dir",
+                                                 str(tmp_path / "figs")], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1 and not (tmp_path / "out").exists(), err
+    return lines[0]
+
+
+STANDARD_HINT = ("`python src/est_cmr_crp.py --quantity conditional --recall_rule standard` "
+                 "(cmr_std_cond_crp_avg_*.npy)")
+
+
+def test_a_missing_grid_under_the_standard_rule_says_how_to_make_that_rules_grid(tmp_path, capsys):
+    line = _one_error(["--recall_rule", "standard", "--crp-grid", str(tmp_path / "none.npy")], tmp_path, capsys)
+    assert line == (f"error: conditional CMR grid {tmp_path / 'none.npy'} (--crp-grid) does not exist: make it with "
+                    f"{STANDARD_HINT}, or pass --crp-grid PATH")
+
+
+def test_a_lag_histogram_as_the_standard_rules_people_grid_names_the_flag_and_the_rules_grid(grids, tmp_path, capsys):
+    line = _one_error(["--recall_rule", "standard", "--crp-grid", str(grids["heads"])], tmp_path, capsys)
+    assert line == (f"error: --crp-grid {grids['heads']} holds the paper's CRP (a lag histogram: lag 0 is defined), "
+                    f"not the conditional lag-CRP fitted here; make that with {STANDARD_HINT}")
+
+
+def test_a_conditional_grid_as_the_li24_head_grid_is_named_as_such(grids, tmp_path, capsys):
+    line = _one_error(["--crp-grid", str(grids["people"]), "--head-grid", str(grids["people"])], tmp_path, capsys)
+    assert line.startswith(f"error: --head-grid {grids['people']} holds the conditional lag-CRP (lag 0 undefined), "
+                           "not the paper's CRP (a lag histogram, cmr_crp_avg_*.npy")
+
+
+@pytest.mark.parametrize("rule, other", [("li24", "standard"), ("standard", "li24")])
+def test_a_grid_of_the_other_rule_suggests_that_rule(grids, standard_grid, tmp_path, capsys, rule, other):
+    path = standard_grid if other == "standard" else grids["people"]
+    line = _one_error(["--recall_rule", rule, "--crp-grid", str(path), "--models"], tmp_path, capsys)
+    assert line == (f"error: --crp-grid {path} was made under the {other} recall rule, but --recall_rule is {rule}: "
+                    f"pass --recall_rule {other} to fit with this grid, or a grid of the {rule} rule")
+
+
+def test_only_a_people_grid_under_the_standard_rule_suggests_passing_the_head_grid_too(standard_grid, tmp_path, capsys):
+    line = _one_error(["--recall_rule", "standard", "--crp-grid", str(standard_grid)], tmp_path, capsys)
+    assert line.startswith(f"error: --head-grid saved_crps/cmr_std_cond_crp_avg_20_11.npy and --crp-grid {standard_grid} "
+                           "are not grids of the same simulator")
+    assert line.endswith("; --head-grid is the shipped grid: pass --head-grid too, the heads' grid of the same "
+                         "simulation as --crp-grid (the same conditional grid)")
+
+
+# ----------------------------------------------------------------------------- default paths from another folder
+
+def test_default_grids_missing_from_another_working_folder_show_where_they_were_looked_for(tmp_path, capsys,
+                                                                                             monkeypatch, repo_root):
+    monkeypatch.chdir(tmp_path)
+    line = _one_error([], tmp_path, capsys)
+    assert line.startswith("error: conditional CMR grid saved_crps/cmr_cond_crp_avg_20_11.npy (--crp-grid) does not "
+                           f"exist (looked for at {tmp_path / 'saved_crps' / 'cmr_cond_crp_avg_20_11.npy'}; the "
+                           f"default paths are relative to the repository root, {repo_root.resolve()}): make it with")
+
+
+def test_the_default_scores_folder_missing_from_another_working_folder_names_the_flag_and_the_place(
+        grids, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = _one_error(["--crp-grid", str(grids["people"]), "--head-grid", str(grids["heads"])], tmp_path, capsys)
+    assert line == (f"error: scores folder saved_scores does not exist (looked for at {tmp_path / 'saved_scores'}; "
+                    f"the default paths are relative to the repository root, {REPO_ROOT}) "
+                    "(pass --scores-dir)")

@@ -3,7 +3,9 @@ correlations across people, the comparison run on the shipped tables, and the he
 literature values."""
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
 import matplotlib
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 
 from icl_cmr.cmr.literature import LITERATURE_FITS, literature_ranges
 from icl_cmr.errors import InputError
-from icl_cmr.experiments.human_methods import MethodComparisonSettings, run_method_comparison
+from icl_cmr.experiments.human_methods import MethodComparisonSettings, check_tables_agree, run_method_comparison
 from icl_cmr.figures.fits import plot_selection_vs_human
 from icl_cmr.fits.layers import HUMAN_FITS
 from icl_cmr.humans.fits import (GroupComparisonConfig, likelihood_vs_heads_table, method_correlations,
@@ -133,3 +135,79 @@ def test_heads_are_drawn_against_the_converted_literature_values_beside_the_publ
     # The heads are the same points in both panels.
     for ax in (published, converted):
         assert any(np.allclose(np.sort(c.get_offsets()[:, 0]), [0.6, 0.7], atol=0.011) for c in ax.collections)
+
+
+# ----------------------------------------------------------------------------- settings and tables checked first
+
+@pytest.mark.parametrize("field, value", [("threshold", 0.0), ("threshold", float("nan")), ("threshold", True),
+                                          ("n_bootstrap", 0), ("n_bootstrap", 2.5), ("n_bootstrap", True),
+                                          ("seed", -1), ("seed", 2 ** 32), ("dataset", "murdock")])
+def test_bad_settings_are_refused_by_name_before_any_table_is_read(field, value, tmp_path):
+    with pytest.raises(InputError) as err:
+        run_method_comparison(MethodComparisonSettings(human_dir=tmp_path, **{field: value}))   # no tables there
+    assert err.value.parameters == (field,) and f"`{field}`" in str(err.value)
+
+
+@pytest.fixture
+def morton_tables(repo_root, tmp_path):
+    """The shipped Morton 2013 tables (and the grid runs' metadata), copied to be spoiled one at a time."""
+    for path in (repo_root / "saved_scores" / "human").glob("morton2013_*"):
+        if not path.name.startswith("morton2013_methods"):
+            shutil.copy(path, tmp_path / path.name)
+    return tmp_path
+
+
+def _spoil(folder, name, change):
+    change(pd.read_csv(folder / name)).to_csv(folder / name, index=False)
+
+
+def _refusal(folder):
+    with pytest.raises(InputError) as err:
+        run_method_comparison(MethodComparisonSettings(dataset="morton2013", human_dir=folder))
+    assert err.value.parameters == ("human_dir",)
+    return str(err.value)
+
+
+def test_a_table_without_a_column_the_comparison_reads_is_refused(morton_tables):
+    _spoil(morton_tables, "morton2013_likelihood_fits.csv", lambda t: t.drop(columns="B_enc"))
+    assert _refusal(morton_tables) == (f"`human_dir`: {morton_tables / 'morton2013_likelihood_fits.csv'} (likelihood "
+                                       "people) has no column B_enc")
+
+
+def test_a_value_out_of_range_is_refused_naming_its_column_and_row(morton_tables):
+    _spoil(morton_tables, "morton2013_std_fits.csv", lambda t: t.assign(beta_enc=t["beta_enc"].where(t.index != 2, 1.5)))
+    assert _refusal(morton_tables) == (f"`human_dir`: {morton_tables / 'morton2013_std_fits.csv'} column beta_enc row "
+                                       "3 holds 1.5; expected a number in [0, 1] (or empty)")
+
+
+def test_standard_tables_recorded_under_the_other_rule_are_refused(morton_tables):
+    meta_path = morton_tables / "morton2013_std_metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["parameters"]["recall_rule"] = "li24"
+    meta_path.write_text(json.dumps(meta))
+    assert _refusal(morton_tables) == (f"`human_dir`: {meta_path} says its tables were made under the li24 recall "
+                                       "rule, but method grid_standard reads them as the standard rule's")
+
+
+def test_heads_tables_of_different_models_are_refused_naming_the_models(morton_tables):
+    _spoil(morton_tables, "morton2013_std_head_fits.csv", lambda t: t[t["model"] != "qwen-7b"])
+    assert _refusal(morton_tables).startswith("`human_dir`: the heads tables cover different models (only in "
+                                              "grid_li24: qwen-7b), so")
+
+
+def test_a_people_table_covering_fewer_people_gets_a_warning(caplog):
+    grid = pd.DataFrame({"subject": [1, 2, 3], "model": "m"})
+    tables = {"grid_li24_people": grid, "grid_standard_people": grid, "likelihood_people": grid.iloc[:2],
+              "grid_li24_heads": grid, "grid_standard_heads": grid}
+    check_tables_agree(MethodComparisonSettings(dataset="morton2013", human_dir="/nonexistent"), tables)
+    (warning,) = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warning.startswith("likelihood covers 2 of the 3 people of the three methods' tables")
+
+
+def test_a_missing_table_under_a_relative_folder_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as err:
+        run_method_comparison(MethodComparisonSettings(dataset="peers"))   # the default saved_scores/human
+    assert str(err.value).startswith("`human_dir` has no peers_fits.csv (grid li24 people) (looked for at "
+                                     f"{tmp_path / 'saved_scores' / 'human' / 'peers_fits.csv'}; the default paths are "
+                                     "relative to the repository root")

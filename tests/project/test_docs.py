@@ -43,3 +43,17 @@ def test_every_doc_page_is_linked_from_the_readme():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     pages = sorted(path.relative_to(REPO).as_posix() for path in (REPO / "docs").glob("*.md"))
     assert [page for page in pages if f"]({page})" not in readme] == []
+
+
+def test_every_doc_page_the_code_cites_exists_with_its_section():
+    """A docstring or message citing ``docs/<page>.md`` (and ``#section``) points at a page and heading that exist."""
+    cited = set()
+    for path in sorted((REPO / "src").rglob("*.py")):
+        cited.update(re.findall(r"docs/([A-Za-z0-9_-]+\.md)(#[a-z0-9-]+)?", path.read_text(encoding="utf-8")))
+    assert cited
+    missing = [page for page, _ in cited if not (REPO / "docs" / page).is_file()]
+    assert missing == []
+    for page, anchor in cited:
+        headings = re.findall(r"^#+ (.+)$", (REPO / "docs" / page).read_text(encoding="utf-8"), flags=re.M)
+        anchors = {"#" + re.sub(r"[^a-z0-9 -]", "", heading.lower()).replace(" ", "-") for heading in headings}
+        assert not anchor or anchor in anchors, f"docs/{page}{anchor}"

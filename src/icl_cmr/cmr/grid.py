@@ -112,11 +112,11 @@ class GridSpec:
         if self.quantity not in GRID_QUANTITIES:
             raise InputError(f"quantity must be one of {', '.join(GRID_QUANTITIES)}, got {self.quantity!r}")
         if self.quantity == "conditional" and self.method != "simulate":
-            raise InputError(f"the conditional lag-CRP is always simulated (it has no exact form): method must be "
-                             f"'simulate', got {self.method!r}")
+            raise InputError(f"the conditional lag-CRP is always simulated (it has no exact form): `method` must be "
+                             f"'simulate', got {self.method!r}", parameters=("method", "quantity"))
         if self.settings.recall_rule != "li24" and self.method != "simulate":
             raise InputError(f"the {self.settings.recall_rule} recall rule is always simulated (it has no exact form): "
-                             f"method must be 'simulate', got {self.method!r}", parameters=("method", "recall_rule"))
+                             f"`method` must be 'simulate', got {self.method!r}", parameters=("method", "recall_rule"))
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         for name in ("beta_enc", "beta_rec", "gamma_ft"):

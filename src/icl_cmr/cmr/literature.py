@@ -7,9 +7,9 @@ published numbers sit on standard CMR's scale (:mod:`icl_cmr.cmr.scales`). Drawn
 as the paper does, an encoding rate ``B_enc`` of 0.79 reads as [LI24]'s 0.79 although the same gradient is
 [LI24]'s 0.387.
 
-What was checked, and how (issue 24; docs/cmr_scales.md): for each source, the context update of the code that
-implements its model. For TCM-A (Sederberg et al. 2008) only the family's definition (Howard & Kahana 2002's
-TCM) could be read; for CMR (Polyn et al. 2009) the update of ``cymr`` (Morton & Polyn 2016's implementation,
+What was checked, and how (issue 24; docs/cmr_grid.md#scales-li24s-parameters-are-not-standard-cmrs): for each
+source, the context update of the code that implements its model. For TCM-A (Sederberg et al. 2008) only the
+family's definition (Howard & Kahana 2002's TCM) could be read; for CMR (Polyn et al. 2009) the update of ``cymr`` (Morton & Polyn 2016's implementation,
 ``operations.pyx``: ``calc_rho``); for CMR2 (Lohnas et al. 2015) the Python port of the paper's MATLAB code
 (``pyCMR2.advance_context``); for Zhang et al. (2023) the CMR code their group released, "modified from"
 pyCMR2 (``advance_context``, the same normalised step). The numbers themselves are [LI24]'s; none could be
@@ -22,10 +22,11 @@ of a retrieval rate exists).
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Tuple
 
-from icl_cmr.cmr.scales import li24_encoding_rate, li24_retrieval_rate, li24_retrieval_rate_range
+from icl_cmr.cmr.scales import checked_rate, li24_encoding_rate, li24_retrieval_rate, li24_retrieval_rate_range
 from icl_cmr.errors import InputError
 
 #: Scales a literature value can be returned on.
@@ -138,13 +139,28 @@ def literature_points(scale: str = "published", retrieval_overlap: float = 0.0,
         The overlap ``c = t . t_in`` for ``beta_rec`` on [LI24]'s scale, in [0, 1]. Default 0: the lower end of
         :func:`literature_ranges` (exact throughout a recall at ``gamma_ft = 0`` under the standard recall rule).
     decimals : int, optional
-        Round the values.
+        Round the values to this many decimals (>= 0).
 
     Returns
     -------
     dict of str -> (float, float)
+
+    Raises
+    ------
+    InputError
+        An unknown ``scale``; ``retrieval_overlap`` outside [0, 1], or not 0 with ``scale="published"`` (which
+        converts nothing); ``decimals`` not an integer >= 0.
     """
-    points = {fit.label: fit.on_scale(scale, retrieval_overlap) for fit in LITERATURE_FITS}
+    if scale not in SCALES:
+        raise InputError(f"`scale` must be one of {', '.join(SCALES)}, got {scale!r}", parameters=("scale",))
+    overlap = float(checked_rate("retrieval_overlap", retrieval_overlap))
+    if scale == "published" and overlap != 0:
+        raise InputError(f"`retrieval_overlap` ({retrieval_overlap!r}) converts beta_rec to [LI24]'s scale: it applies "
+                         "to `scale` li24 only", parameters=("retrieval_overlap", "scale"))
+    if decimals is not None and (isinstance(decimals, bool) or not isinstance(decimals, numbers.Integral)
+                                 or decimals < 0):
+        raise InputError(f"`decimals` must be an integer >= 0, got {decimals!r}", parameters=("decimals",))
+    points = {fit.label: fit.on_scale(scale, overlap) for fit in LITERATURE_FITS}
     if decimals is not None:
         points = {label: (round(a, decimals), round(b, decimals)) for label, (a, b) in points.items()}
     return points

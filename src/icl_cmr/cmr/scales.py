@@ -1,4 +1,5 @@
-"""[LI24]'s CMR parameters on standard CMR's scale, and back (issue 24; docs/cmr_scales.md).
+"""[LI24]'s CMR parameters on standard CMR's scale, and back (issue 24; the section "Scales" of docs/cmr_grid.md,
+``docs/cmr_grid.md#scales-li24s-parameters-are-not-standard-cmrs``).
 
 [LI24]'s CMR (DESIGN.md section 3, :mod:`icl_cmr.cmr.model`) and standard CMR (Howard & Kahana 2002's TCM;
 Polyn, Norman & Kahana 2009; Lohnas, Polyn & Kahana 2015; Morton & Polyn 2016's ``cymr``) name their drift rates
@@ -65,11 +66,43 @@ from icl_cmr.errors import InputError
 ArrayLike = Union[float, np.ndarray]
 
 
-def _checked(name: str, value: ArrayLike) -> np.ndarray:
-    array = np.asarray(value, dtype=float)
-    if not np.all(np.isfinite(array)) or np.any(array < 0) or np.any(array > 1):
-        raise InputError(f"`{name}` must lie in [0, 1], got {value!r}", parameters=(name,))
+def checked_rate(name: str, value: ArrayLike) -> np.ndarray:
+    """``value`` as a float array, refused unless every element is a real number in [0, 1].
+
+    Parameters
+    ----------
+    name : str
+        The caller's parameter, named in the message.
+    value : float or array-like, any shape
+        Integers and floats; strings, booleans, complex numbers and objects are refused (a ``True`` would read as 1).
+
+    Returns
+    -------
+    np.ndarray, same shape, float
+
+    Raises
+    ------
+    InputError
+        Naming ``name``; for an array, the first element out of range (its index and value) and how many are.
+    """
+    try:
+        raw = np.asarray(value)
+    except (TypeError, ValueError):   # ragged lists
+        raise InputError(f"`{name}` must be a number or an array of numbers in [0, 1], got {value!r}",
+                         parameters=(name,)) from None
+    if raw.dtype.kind not in "iuf":
+        raise InputError(f"`{name}` must be a real number or an array of them in [0, 1], got "
+                         f"{value!r:.80} (dtype {raw.dtype})", parameters=(name,))
+    array = raw.astype(float)
+    bad = ~(np.isfinite(array) & (array >= 0) & (array <= 1))
+    if bad.any():
+        if array.ndim == 0:
+            raise InputError(f"`{name}` must lie in [0, 1], got {value!r}", parameters=(name,))
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"`{name}` must lie in [0, 1]: element {list(first)} is {float(array[first])!r} ({int(bad.sum())} "
+                         f"of {array.size} values out of range)", parameters=(name,))
     return array
+
 
 
 def _result(array: np.ndarray) -> ArrayLike:
@@ -89,8 +122,13 @@ def standard_encoding_rate(beta_enc: ArrayLike) -> ArrayLike:
     float or np.ndarray, same shape
         ``sqrt(1 - (1 - beta_enc)^2)``.
     """
-    beta = _checked("beta_enc", beta_enc)
+    beta = checked_rate("beta_enc", beta_enc)
     return _result(np.sqrt(beta * (2.0 - beta)))
+
+
+#: Below this ``B_enc``, :func:`li24_encoding_rate` uses the form without cancellation (``1 - sqrt(1 - B^2)`` keeps
+#: about 16 + log10(B^2 / 2) digits: 10 at 1e-3).
+SMALL_RATE = 1e-3
 
 
 def li24_encoding_rate(standard_beta_enc: ArrayLike) -> ArrayLike:
@@ -104,10 +142,14 @@ def li24_encoding_rate(standard_beta_enc: ArrayLike) -> ArrayLike:
     Returns
     -------
     float or np.ndarray, same shape
-        ``1 - sqrt(1 - B_enc^2)``.
+        ``1 - sqrt(1 - B_enc^2)``; below ``B_enc`` = :data:`SMALL_RATE` as ``B_enc^2 / (1 + sqrt(1 - B_enc^2))``, the
+        same number without the cancellation that makes the first form lose digits there (all of them below about
+        1e-8, where it gives 0 instead of about ``B_enc^2 / 2``).
     """
-    rate = _checked("standard_beta_enc", standard_beta_enc)
-    return _result(1.0 - np.sqrt(1.0 - rate * rate))
+    rate = checked_rate("standard_beta_enc", standard_beta_enc)
+    root = np.sqrt(1.0 - rate * rate)
+    # The direct form above SMALL_RATE (at least 10 correct digits there) keeps every shipped table bit for bit.
+    return _result(np.where(rate < SMALL_RATE, rate * rate / (1.0 + root), 1.0 - root))
 
 
 def context_scaling(standard_beta: ArrayLike, overlap: ArrayLike) -> ArrayLike:
@@ -125,8 +167,8 @@ def context_scaling(standard_beta: ArrayLike, overlap: ArrayLike) -> ArrayLike:
     float or np.ndarray
         ``rho``, with ``|rho t + B t_in| = 1``.
     """
-    rate = _checked("standard_beta", standard_beta)
-    dot = _checked("overlap", overlap)
+    rate = checked_rate("standard_beta", standard_beta)
+    dot = checked_rate("overlap", overlap)
     return _result(np.sqrt(1.0 + rate * rate * (dot * dot - 1.0)) - rate * dot)
 
 
@@ -145,8 +187,8 @@ def standard_retrieval_rate(beta_rec: ArrayLike, overlap: ArrayLike) -> ArrayLik
     float or np.ndarray
         ``beta_rec / sqrt(1 - 2 beta_rec (1 - beta_rec) (1 - c))``.
     """
-    beta = _checked("beta_rec", beta_rec)
-    dot = _checked("overlap", overlap)
+    beta = checked_rate("beta_rec", beta_rec)
+    dot = checked_rate("overlap", overlap)
     return _result(beta / np.sqrt(1.0 - 2.0 * beta * (1.0 - beta) * (1.0 - dot)))
 
 
@@ -165,7 +207,7 @@ def li24_retrieval_rate(standard_beta_rec: ArrayLike, overlap: ArrayLike) -> Arr
     float or np.ndarray
         ``B_rec / (B_rec + rho(B_rec, c))``.
     """
-    rate = _checked("standard_beta_rec", standard_beta_rec)
+    rate = checked_rate("standard_beta_rec", standard_beta_rec)
     rho = np.asarray(context_scaling(rate, overlap))
     with np.errstate(invalid="ignore", divide="ignore"):
         # B = 0 gives 0 / (0 + 1); B + rho > 0 otherwise (rho >= 0, B > 0).
@@ -189,5 +231,5 @@ def li24_retrieval_rate_range(standard_beta_rec: ArrayLike) -> Tuple[ArrayLike, 
     return li24_retrieval_rate(standard_beta_rec, 0.0), li24_retrieval_rate(standard_beta_rec, 1.0)
 
 
-__all__ = ["standard_encoding_rate", "li24_encoding_rate", "context_scaling", "standard_retrieval_rate",
+__all__ = ["checked_rate", "standard_encoding_rate", "li24_encoding_rate", "context_scaling", "standard_retrieval_rate",
            "li24_retrieval_rate", "li24_retrieval_rate_range"]

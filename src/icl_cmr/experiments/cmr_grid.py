@@ -29,13 +29,15 @@ from tqdm.auto import tqdm
 
 from icl_cmr.cmr.grid import GRID_QUANTITIES, GridSpec, grid_description, iterate_slices, slice_problem
 from icl_cmr.cmr.model import CMRSettings
+from icl_cmr.config import FIT_LAGS, HUMAN_FIT_LAGS
 from icl_cmr.devices import check_worker_count
-from icl_cmr.errors import InputError
+from icl_cmr.errors import BadFileError, InputError
 from icl_cmr.files.memory import free_memory, memory_drivers, named_list
-from icl_cmr.files.reading import load_npy
-from icl_cmr.files.resume import RunFolder
+from icl_cmr.files.reading import load_json, load_npy
+from icl_cmr.files.resume import REPLACE_REMEDY, RunFolder, refuse_other_settings
 from icl_cmr.files.unpickling import human_bytes
 from icl_cmr.files.writing import save_npy
+from icl_cmr.fits.distance import CmrGrid, describe_grid_points, usable_grid_points
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +152,46 @@ class CmrGridRun:
                     n_slices=self.spec.n_slices, shape=list(self.mean.shape),
                     axes=["beta_enc", "beta_rec", "gamma_ft", f"lag -{settings.max_lag}..{settings.max_lag}"],
                     files=files, description=grid_description(self.spec.quantity, settings.recall_rule))
+
+
+def unusable_points_problem(run: CmrGridRun) -> Optional[str]:
+    """Why some points of a finished grid cannot be fitted, or None when every point can.
+
+    A point is unusable when its curve is NaN or flat on the lags the fits read (-5..+5 for the CRP; -5..-1, +1..+5
+    for the conditional lag-CRP, :func:`icl_cmr.fits.distance.usable_grid_points`): a start position of the paper's
+    CRP without any transition, or no transition at those lags at all, which too few trials or a high stop
+    probability give.
+
+    Returns
+    -------
+    str or None
+        A warning naming the count and the first points.
+
+    Raises
+    ------
+    InputError
+        When no point can be fitted: such a grid is not written (naming ``n_trials`` and ``stop_probability``).
+    """
+    spec, settings = run.spec, run.spec.settings
+    fit_lags = HUMAN_FIT_LAGS if spec.quantity == "conditional" else FIT_LAGS
+    grid = CmrGrid(mean=run.mean, beta_enc=spec.beta_enc, beta_rec=spec.beta_rec, gamma_ft=spec.gamma_ft,
+                   lags=np.arange(-settings.max_lag, settings.max_lag + 1))
+    unusable = ~usable_grid_points(grid, fit_lags)
+    if not unusable.any():
+        return None
+    why = (("none of the recalls" if spec.quantity == "conditional" else "at some start position, none of its "
+            f"{settings.n_trials} recalls") + " made a transition on those lags" +
+           (f", recall stopping with probability {settings.stop_probability!r} before each draw"
+            if settings.stop_probability else ""))
+    where = f"NaN or flat on the fitting lags {fit_lags[0]}..{fit_lags[-1]}{'' if 0 in fit_lags else ' except 0'} ({why})"
+    if unusable.all():
+        raise InputError(f"every one of the {unusable.size} grid points is {where}, so no fit could use this grid; "
+                         f"it was not written: raise `n_trials`" + (" or lower `stop_probability`"
+                                                                   if settings.stop_probability else ""),
+                         parameters=("n_trials", "stop_probability"))
+    return (f"{int(unusable.sum())} of {unusable.size} grid points are {where}; fits skip them: "
+            f"(beta_enc, beta_rec, gamma_ft) = {describe_grid_points(grid, unusable)}")
+
 
 
 #: The settings that size the grid's memory (:func:`grid_memory`), in the order messages name them.
@@ -333,6 +375,34 @@ def check_cmr_grid(settings: CmrGridSettings, partial_dir: Optional["str | Path"
     if partial_dir is not None and not restart:
         grid_run_folder(spec, partial_dir).check_settings()
     return spec
+
+
+def check_finished_grid(spec: GridSpec, sidecar: "str | Path", restart: bool = False) -> None:
+    """Refuse to replace a finished grid made with other settings (read-only; before any work).
+
+    The finished grid's JSON sidecar (``cmr_crp_<n_beta>_<n_gamma>.json``, written by ``est_cmr_crp.py``) records
+    the spec that made it under ``parameters``; a run with another spec would write its files under the same names.
+    The same spec (the grid is recomputed bit for bit), no sidecar, or ``restart`` let the run go on.
+
+    Raises
+    ------
+    InputError
+        ``the finished grid in <sidecar> came from other settings (max_draws: 19 there, 50 now); rerun with those
+        settings, or pass `restart` to replace it``; also when the sidecar is damaged or records no settings.
+    """
+    sidecar = Path(sidecar)
+    if restart or not sidecar.is_file():
+        return
+    try:
+        recorded = load_json(sidecar)
+    except BadFileError as err:
+        raise InputError(f"the finished grid's sidecar {sidecar} cannot be read ({err.problem}); pass `restart` to "
+                         "replace the grid", parameters=("restart",)) from None
+    saved = recorded.get("parameters") if isinstance(recorded, dict) else None
+    if not isinstance(saved, dict):
+        raise InputError(f"the finished grid's sidecar {sidecar} records no settings, so they cannot be compared "
+                         "with this run's; pass `restart` to replace the grid", parameters=("restart",))
+    refuse_other_settings(saved, spec.to_json(), sidecar, "the finished grid", remedy=REPLACE_REMEDY)
 
 
 def run_cmr_grid(settings: CmrGridSettings, partial_dir: "str | Path", restart: bool = False,

@@ -28,25 +28,50 @@ Examples
 from __future__ import annotations
 
 import io
+import logging
+import math
+import numbers
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Mapping, Optional, Tuple
 
+import numpy as np
 import pandas as pd
 
 from icl_cmr.config import CMR_LIKE_THRESHOLD
 from icl_cmr.errors import InputError
 from icl_cmr.experiments.human_recall import RULE_STEMS, dataset_name, stored_path
-from icl_cmr.files.outputs import PendingWrites
-from icl_cmr.files.reading import read_text
+from icl_cmr.files.outputs import PendingWrites, searched_at
+from icl_cmr.files.reading import load_json, read_text
 from icl_cmr.files.score_format import plain_metadata
 from icl_cmr.files.scores import DEFAULT_SCORES_DIR
 from icl_cmr.files.writing import make_metadata
 from icl_cmr.humans.fits import (METHODS, GroupComparisonConfig, likelihood_vs_heads_table, method_correlations,
                                  method_people_table, people_vs_heads_table)
+from icl_cmr.humans.recall import resolve_dataset
+
+logger = logging.getLogger(__name__)
 
 PRODUCER = "icl_cmr.experiments.human_methods"
+
+#: Largest seed (numpy's generators take seeds in [0, 2^32 - 1], as every ``--seed`` of the project).
+MAX_SEED = 2 ** 32 - 1
+
+#: Columns each table must have, and the range of the values in them (NaN allowed: a unit or head not fitted).
+_GRID_COLUMNS = {"cmr_distance": (0.0, math.inf), "beta_enc": (0.0, 1.0), "beta_rec": (0.0, 1.0),
+                 "gamma_ft": (0.0, 1.0)}
+TABLE_COLUMNS: Dict[str, Dict[str, Tuple[float, float]]] = {
+    "grid_li24_people": {"subject": (-math.inf, math.inf), **_GRID_COLUMNS},
+    "grid_li24_heads": {"model": (), **_GRID_COLUMNS},
+    "grid_standard_people": {"subject": (-math.inf, math.inf), **_GRID_COLUMNS},
+    "grid_standard_heads": {"model": (), **_GRID_COLUMNS},
+    "likelihood_people": {"subject": (-math.inf, math.inf), "B_enc": (0.0, 1.0), "B_rec": (0.0, 1.0),
+                          "Lfc": (0.0, math.inf)},
+}
+
+#: The recall rule a grid method's tables must have been made under (their metadata's ``recall_rule``).
+METHOD_RULES = {"grid_li24": "li24", "grid_standard": "standard"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +101,20 @@ class MethodComparisonSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", dataset_name(self.dataset))
         object.__setattr__(self, "human_dir", Path(self.human_dir))
+
+    def check(self) -> None:
+        """Raise :class:`InputError`, naming the parameter, unless every value is one the comparison accepts."""
+        resolve_dataset(self.dataset)
+        threshold = self.threshold
+        if (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold)
+                or threshold <= 0):
+            raise InputError(f"`threshold` must be a finite number > 0, got {threshold!r}", parameters=("threshold",))
+        for name, low, high in (("n_bootstrap", 1, None), ("seed", 0, MAX_SEED)):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
+                    or (high is not None and value > high)):
+                span = f">= {low}" if high is None else f"in [{low}, {high}]"
+                raise InputError(f"`{name}` must be an integer {span}, got {value!r}", parameters=(name,))
 
     def table_paths(self) -> Dict[str, Path]:
         """``{role: path}`` of the tables a comparison reads."""
@@ -117,12 +156,76 @@ def read_table(path: Path, role: str) -> pd.DataFrame:
         maker = ("fit_human_recall.py --recall_rule standard" if role.startswith("grid_standard") else
                  "fit_human_recall.py" if role.startswith("grid_li24") else
                  "icl_cmr.experiments.human_likelihood (docs/human_recall.md)")
-        raise InputError(f"`human_dir` has no {path.name} ({role.replace('_', ' ')}): make it with {maker}",
+        raise InputError(f"`human_dir` has no {path.name} ({role.replace('_', ' ')}){searched_at(path)}: make it "
+                         f"with {maker}",
                          parameters=("human_dir",))
     try:
         return pd.read_csv(io.StringIO(read_text(path)))
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise InputError(f"`human_dir`: {path} is not a readable CSV table: {err}", parameters=("human_dir",)) from None
+
+
+def check_table(table: pd.DataFrame, path: Path, role: str) -> None:
+    """Raise :class:`InputError` naming ``human_dir`` unless ``table`` has the columns of :data:`TABLE_COLUMNS`
+    ``[role]`` with numbers in their ranges (NaN allowed) and at least one row."""
+    columns = TABLE_COLUMNS[role]
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise InputError(f"`human_dir`: {path} ({role.replace('_', ' ')}) has no column {', '.join(missing)}",
+                         parameters=("human_dir",))
+    if table.empty:
+        raise InputError(f"`human_dir`: {path} ({role.replace('_', ' ')}) has no rows", parameters=("human_dir",))
+    for column, span in columns.items():
+        if not span:   # names
+            continue
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
+        not_number = table[column].notna().to_numpy() & np.isnan(values)
+        outside = ~np.isnan(values) & ((values < span[0]) | (values > span[1]))
+        if not_number.any() or outside.any():
+            row = int(np.flatnonzero(not_number | outside)[0])
+            raise InputError(f"`human_dir`: {path} column {column} row {row + 1} holds {table[column].tolist()[row]!r}; "
+                             f"expected a number in [{span[0]:g}, {span[1]:g}] (or empty)", parameters=("human_dir",))
+
+
+def recorded_rule(metadata_path: Path) -> Optional[str]:
+    """The ``recall_rule`` a ``fit_human_recall.py`` run's metadata records: ``"li24"`` when it records none (runs
+    before the standard rule existed), None when there is no metadata file."""
+    if not metadata_path.is_file():
+        return None
+    meta = load_json(metadata_path)
+    parameters = meta.get("parameters") if isinstance(meta, dict) else None
+    return parameters.get("recall_rule", "li24") if isinstance(parameters, dict) else None
+
+
+def check_tables_agree(settings: MethodComparisonSettings, tables: Mapping[str, pd.DataFrame]) -> None:
+    """Refuse a grid method's tables made under the other recall rule (their metadata's record) and heads tables of
+    different models; warn when the people's tables cover different people.
+
+    Raises
+    ------
+    InputError
+        Naming ``human_dir``.
+    """
+    for method, rule in METHOD_RULES.items():
+        meta_path = settings.human_dir / f"{settings.dataset}{RULE_STEMS[rule]}_metadata.json"
+        made_with = recorded_rule(meta_path)
+        if made_with not in (None, rule):
+            raise InputError(f"`human_dir`: {meta_path} says its tables were made under the {made_with} recall rule, "
+                             f"but method {method} reads them as the {rule} rule's", parameters=("human_dir",))
+    models = {method: set(tables[f"{method}_heads"]["model"].astype(str)) for method in METHOD_RULES}
+    if models["grid_li24"] != models["grid_standard"]:
+        only = {method: sorted(found - models[other]) for (method, found), other in
+                zip(models.items(), reversed(list(models)))}
+        raise InputError("`human_dir`: the heads tables cover different models ("
+                         + "; ".join(f"only in {method}: {', '.join(names)}" for method, names in only.items() if names)
+                         + "), so the methods would compare people with different heads; rerun fit_human_recall.py "
+                         "with the same models under both rules", parameters=("human_dir",))
+    people = {method: set(tables[f"{method}_people"]["subject"]) for method in METHODS}
+    everyone = set.union(*people.values())
+    for method, found in people.items():
+        if found != everyone:
+            logger.warning("%s covers %d of the %d people of the three methods' tables: the comparisons and "
+                           "correlations of %s use fewer people", method, len(found & everyone), len(everyone), method)
 
 
 def run_method_comparison(settings: MethodComparisonSettings) -> MethodComparison:
@@ -131,10 +234,17 @@ def run_method_comparison(settings: MethodComparisonSettings) -> MethodCompariso
     Raises
     ------
     InputError
-        A table is missing or unreadable (naming the run that makes it).
+        A bad setting (naming it); a table missing or unreadable (naming the run that makes it), without the columns
+        the comparison reads or with values out of range; grid tables made under the other rule, or heads tables of
+        different models (:func:`check_tables_agree`).
     """
+    settings.check()
     started = time.perf_counter()
-    tables = {role: read_table(path, role) for role, path in settings.table_paths().items()}
+    paths = settings.table_paths()
+    tables = {role: read_table(path, role) for role, path in paths.items()}
+    for role, table in tables.items():
+        check_table(table, paths[role], role)
+    check_tables_agree(settings, tables)
     config = GroupComparisonConfig(n_bootstrap=settings.n_bootstrap, seed=settings.seed)
     parts = []
     for method in ("grid_li24", "grid_standard"):

@@ -45,10 +45,11 @@ from icl_cmr.config import CHECKPOINT_INDICES, CMR_LIKE_THRESHOLD, DEFAULT_GRID_
 from icl_cmr.errors import InputError
 from icl_cmr.files.memory import check_memory
 from icl_cmr.figures.humans import parameters_figure, training_reference_figure, unit_fits_figure
-from icl_cmr.files.grids import conditional_grid_path, grid_recall_rule, read_cmr_grid, read_conditional_grid
+from icl_cmr.files.grids import (conditional_grid_path, grid_recall_rule, read_cmr_grid, read_conditional_grid,
+                                 stop_name)
 from icl_cmr.files.outputs import REPO_ROOT, portable_path
 from icl_cmr.files.scores import DEFAULT_SCORES_DIR, find_score_file, load_checkpoint_series, read_head_scores
-from icl_cmr.fits.distance import CmrFit, CmrGrid, fit_heads
+from icl_cmr.fits.distance import CmrFit, CmrGrid, describe_grid_points, fit_heads, usable_grid_points
 from icl_cmr.fits.analyses import check_top_sizes
 from icl_cmr.fits.layers import DEFAULT_TOP_N
 from icl_cmr.heads.results import HeadScores, checkpoint_step
@@ -63,6 +64,10 @@ logger = logging.getLogger(__name__)
 
 #: The command line's name of psifr's PEERS study (psifr calls it ``peers_notask``).
 _DATASET_ALIASES = {"peers_notask": "peers"}
+
+#: Largest share of a grid's points that may be NaN or flat on the fitting lags: a grid search missing more than half
+#: of its points no longer spans the parameter space, and its fits would only look like answers.
+MAX_UNUSABLE_SHARE = 0.5
 
 #: What the output names of a recall rule carry after the dataset (none for [LI24]'s rule: the shipped names).
 RULE_STEMS = {"li24": "", "standard": "_std"}
@@ -214,8 +219,16 @@ class HumanRecallSettings:
     @property
     def stem(self) -> str:
         """Start of every output name: ``peers`` for one unit per subject, ``peers_session`` / ``peers_all``;
-        ``peers_std`` (``peers_std_session``, ...) under the standard recall rule."""
-        stem = self.dataset + RULE_STEMS[self.recall_rule]
+        ``peers_std`` (``peers_std_session``, ...) under the standard recall rule (with grids of stop probability 0;
+        :meth:`output_stem`)."""
+        return self.output_stem()
+
+    def output_stem(self, stop_probability: float = 0.0) -> str:
+        """Start of every output name for grids simulated with ``stop_probability``: :attr:`stem`, with the grids'
+        ``stop<p>`` after the rule when p is not 0 (``peers_std_stop0.1``, as the grid's own name,
+        :func:`icl_cmr.files.grids.stop_name`), so their outputs never replace those of stop probability 0."""
+        stem = self.dataset + RULE_STEMS[self.recall_rule] + (f"_{stop_name(stop_probability)}"
+                                                               if stop_probability else "")
         return stem if self.by == "subject" else f"{stem}_{self.by}"
 
     @property
@@ -248,6 +261,12 @@ class HumanRecallInputs:
     head_grid: Optional[CmrGrid]
     scores: Dict[str, HeadScores]
     training: Dict[str, List[HeadScores]]
+
+    @property
+    def stop_probability(self) -> float:
+        """The grids' stop probability (standard rule; the heads' grid, when read, has the same): 0 unless the
+        people's grid records another (:data:`icl_cmr.fits.distance.OPTIONAL_SIMULATION_SETTINGS`)."""
+        return float((self.people_grid.simulation or {}).get("stop_probability", 0.0))
 
 
 @dataclass
@@ -287,13 +306,18 @@ class HumanRecallResult:
     wall_seconds: float = field(default=0.0)
 
     @property
+    def stem(self) -> str:
+        """Start of every output name (:meth:`HumanRecallSettings.output_stem` of the grids' stop probability)."""
+        return self.settings.output_stem(self.inputs.stop_probability)
+
+    @property
     def cmr_like_people(self) -> pd.DataFrame:
         """The rows of :attr:`people` with D below the threshold."""
         return self.people[self.people["cmr_like"]]
 
     def tables(self) -> Dict[str, pd.DataFrame]:
         """``{file name: table}`` of the CSV outputs, in the order they are listed in the metadata."""
-        stem = self.settings.stem
+        stem = self.stem
         tables = {f"{stem}_fits.csv": self.people}
         if self.heads is not None:
             tables[f"{stem}_head_fits.csv"] = self.heads
@@ -347,9 +371,10 @@ def find_scores(scores_dirs: Sequence[Path], model: str, checkpoint: Optional[in
         try:
             return find_score_file(folder, model, checkpoint)
         except InputError as err:
-            problems.append(str(err))
-    raise InputError(problems[0] if len(problems) == 1 else
-                     f"no head-score file for model {model!r} in {', '.join(map(str, scores_dirs))}")
+            problems.append(err)
+    if len(problems) == 1:
+        raise InputError(str(problems[0]), parameters=problems[0].parameters)
+    raise InputError(f"no head-score file for model {model!r} in {', '.join(map(str, scores_dirs))}")
 
 
 def check_human_recall(settings: HumanRecallSettings) -> HumanRecallInputs:
@@ -366,18 +391,26 @@ def check_human_recall(settings: HumanRecallSettings) -> HumanRecallInputs:
         same simulator.
     """
     settings.check()
-    people_grid = read_conditional_grid(settings.crp_grid)
+    people_grid = read_conditional_grid(settings.crp_grid, recall_rule=settings.recall_rule)
     check_grid_rule(settings.crp_grid, settings.recall_rule, "crp_grid")
+    check_grid_points(people_grid, HUMAN_FIT_LAGS, "crp_grid")
     head_grid: Optional[CmrGrid] = None
     if settings.models or settings.training_models:
         # [LI24] fit heads to the lag histogram; under the standard rule heads share the people's conditional grid.
-        read_head_grid = read_cmr_grid if settings.recall_rule == "li24" else read_conditional_grid
-        head_grid = read_head_grid(settings.head_grid, parameter="head_grid")
+        head_grid = (read_cmr_grid(settings.head_grid, parameter="head_grid") if settings.recall_rule == "li24" else
+                     read_conditional_grid(settings.head_grid, parameter="head_grid", recall_rule=settings.recall_rule))
         check_grid_rule(settings.head_grid, settings.recall_rule, "head_grid")
+        check_grid_points(head_grid, settings.head_fit_lags, "head_grid")
         problem = same_simulation_problem(people_grid, head_grid)
         if problem is not None:
+            shipped = default_grids(settings.recall_rule)
+            same = ("the same conditional grid" if settings.recall_rule == "standard" else
+                    "its lag-histogram grid, cmr_crp_avg_*.npy")
+            hint = (f"; `head_grid` is the shipped grid: pass `head_grid` too, the heads' grid of the same simulation "
+                    f"as `crp_grid` ({same})" if settings.head_grid == shipped[1] and settings.crp_grid != shipped[0]
+                    else "")
             raise InputError(f"`head_grid` {settings.head_grid} and `crp_grid` {settings.crp_grid} are not grids of "
-                             f"the same simulator: {problem}", parameters=("head_grid", "crp_grid"))
+                             f"the same simulator: {problem}{hint}", parameters=("head_grid", "crp_grid"))
         if None in (people_grid.simulation, head_grid.simulation):
             logger.warning("cannot check that %s and %s come from the same simulation settings (no sidecar "
                            "metadata); their axes agree", settings.crp_grid, settings.head_grid)
@@ -404,7 +437,30 @@ def check_grid_rule(path: Path, recall_rule: str, parameter: str) -> None:
     made_with = grid_recall_rule(path)
     if made_with != recall_rule:
         raise InputError(f"`{parameter}` {path} was made under the {made_with} recall rule, but `recall_rule` is "
-                         f"{recall_rule}", parameters=(parameter, "recall_rule"))
+                         f"{recall_rule}: pass `recall_rule` {made_with} to fit with this grid, or a grid of the "
+                         f"{recall_rule} rule", parameters=(parameter, "recall_rule"))
+
+
+def check_grid_points(grid: CmrGrid, fit_lags: np.ndarray, parameter: str) -> None:
+    """Refuse a grid of which more than :data:`MAX_UNUSABLE_SHARE` of the points are NaN or flat on ``fit_lags``
+    (:func:`icl_cmr.fits.distance.usable_grid_points`), naming ``parameter``. Fewer are left to the fits, which skip
+    them with a warning (:func:`icl_cmr.fits.distance.fit_heads`).
+
+    Raises
+    ------
+    InputError
+        With the count, the first such points and why they are NaN.
+    """
+    unusable = ~usable_grid_points(grid, fit_lags)
+    share = unusable.mean()
+    if share <= MAX_UNUSABLE_SHARE:
+        return
+    problem = (f"{int(unusable.sum())} of {unusable.size} points of `{parameter}` {grid.source} are NaN or flat on the "
+               f"fitting lags {fit_lags[0]}..{fit_lags[-1]}{'' if 0 in fit_lags else ' except 0'} ((beta_enc, beta_rec, gamma_ft) = "
+               f"{describe_grid_points(grid, unusable)}): no simulated recall made a transition there")
+    raise InputError(f"{problem}; a grid search without {share:.0%} of its grid cannot be trusted: remake the "
+                     "grid with more trials or a lower stop probability (est_cmr_crp.py --n_trials, "
+                     "--stop_probability)", parameters=(parameter,))
 
 
 def fit_people_units(settings: HumanRecallSettings, crps: UnitLagCrps,
@@ -475,15 +531,15 @@ def run_human_recall(settings: HumanRecallSettings, inputs: Optional[HumanRecall
 def human_recall_figures(result: HumanRecallResult) -> Dict[str, Figure]:
     """The run's figures, ``{file name: Figure}``: the parameter distributions (not with ``by="all"``: one
     unit), a page of units with their fits, and the over-training reference when there are training models."""
-    settings = result.settings
+    settings, stem = result.settings, result.stem
     figures = {}
     if settings.by != "all":
-        figures[f"{settings.stem}_parameters.pdf"] = parameters_figure(
+        figures[f"{stem}_parameters.pdf"] = parameters_figure(
             result.people, result.heads, settings.threshold, settings.dataset, settings.recall_rule)
-    figures[f"{settings.stem}_crp_fits.pdf"] = unit_fits_figure(result.crps, result.people_fit, result.people,
+    figures[f"{stem}_crp_fits.pdf"] = unit_fits_figure(result.crps, result.people_fit, result.people,
                                                                 recall_rule=settings.recall_rule)
     if result.over_training is not None:
-        figures[f"{settings.stem}_fig7_human_reference.pdf"] = training_reference_figure(
+        figures[f"{stem}_fig7_human_reference.pdf"] = training_reference_figure(
             result.over_training, result.cmr_like_people, settings.dataset, list(result.inputs.training),
             settings.recall_rule)
     return figures

@@ -21,13 +21,27 @@ from icl_cmr.config import (BETA_ENC_GRID, BETA_REC_GRID, CMR_CRP_LAGS, CMR_GRID
                             FIT_LAGS, GAMMA_FT_GRID, HUMAN_FIT_LAGS)
 from icl_cmr.errors import FileContentError, InputError
 from icl_cmr.files.checks import ArraySpec, check_array
+from icl_cmr.files.outputs import searched_at
 from icl_cmr.files.reading import load_json, load_npy
-from icl_cmr.fits.distance import SIMULATION_SETTINGS, CmrGrid, check_conditional_grid
+from icl_cmr.fits.distance import (OPTIONAL_SIMULATION_SETTINGS, SIMULATION_SETTINGS, CmrGrid, check_conditional_grid,
+                                   conditional_grid_hint)
 
 logger = logging.getLogger(__name__)
 
 #: Suffix of the hidden folder holding an unfinished grid run's slices.
 PARTIAL_SUFFIX = ".partial"
+
+
+def stop_name(stop_probability: float) -> str:
+    """``stop<p>``: a stop probability as output names spell it, exactly (``repr`` of the float: the shortest text
+    that reads back as the same number, where ``%g`` would round 0.12345671 and 0.12345679 to one name).
+
+    Examples
+    --------
+    >>> stop_name(0.1), stop_name(0.99999999)
+    ('stop0.1', 'stop0.99999999')
+    """
+    return f"stop{float(stop_probability)!r}"
 
 
 def grid_file_names(n_beta: int, n_gamma: int, quantity: str = "crp", recall_rule: str = "li24",
@@ -41,7 +55,7 @@ def grid_file_names(n_beta: int, n_gamma: int, quantity: str = "crp", recall_rul
     if recall_rule not in RECALL_RULES:
         raise InputError(f"recall_rule must be one of {', '.join(RECALL_RULES)}, got {recall_rule!r}",
                          parameters=("recall_rule",))
-    rule = "" if recall_rule == "li24" else "std_" + (f"stop{stop_probability:g}_" if stop_probability else "")
+    rule = "" if recall_rule == "li24" else "std_" + (stop_name(stop_probability) + "_" if stop_probability else "")
     stem = f"cmr_{rule}crp" if quantity == "crp" else f"cmr_{rule}cond_crp"
     return (f"{stem}_avg_{n_beta}_{n_gamma}.npy", f"{stem}_sem_{n_beta}_{n_gamma}.npy",
             f"{stem}_{n_beta}_{n_gamma}.json")
@@ -208,12 +222,13 @@ def read_cmr_grid(path: "str | Path | None" = None, sem_path: "str | Path | None
     """
     path = Path(path) if path is not None else DEFAULT_GRID_PATH
     if not path.is_file():
-        raise InputError(f"CMR grid {path} does not exist: run est_cmr_crp.py to make it, or pass `{parameter}` PATH "
+        raise InputError(f"CMR grid {path} does not exist{searched_at(path)}: run est_cmr_crp.py to make it, or pass `{parameter}` PATH "
                          f"(a [20, 21, 11, 17] .npy; the authors' is {CMR_GRID_MEAN_FILENAME})",
                          parameters=(parameter,))
     if sem_path is None:
         candidate = path.with_name(path.name.replace("avg", "sem")) if "avg" in path.name else None
         sem_path = candidate if candidate is not None and candidate.is_file() else None
+    refuse_conditional_grid(path, parameter)
     mean, sem = load_cmr_grid(path, sem_path)
     axes, lags = grid_axes_and_lags(path, mean.shape)
     if axes is None:
@@ -226,6 +241,26 @@ def read_cmr_grid(path: "str | Path | None" = None, sem_path: "str | Path | None
         axes = (BETA_ENC_GRID, BETA_REC_GRID, GAMMA_FT_GRID)
     return CmrGrid(mean=mean, beta_enc=axes[0], beta_rec=axes[1], gamma_ft=axes[2], lags=lags, sem=sem,
                    source=str(path), simulation=grid_simulation_settings(path))
+
+
+def refuse_conditional_grid(path: Path, parameter: str) -> None:
+    """Raise :class:`InputError` naming ``parameter`` when ``path`` holds a conditional lag-CRP grid (its sidecar says
+    ``quantity: conditional``, or its middle lag is NaN everywhere), where the paper's CRP is needed."""
+    quantity = None
+    for sidecar in grid_sidecar_candidates(path):
+        if sidecar.is_file():
+            meta = load_json(sidecar)
+            parameters = meta.get("parameters", meta) if isinstance(meta, dict) else None
+            quantity = parameters.get("quantity") if isinstance(parameters, dict) else None
+            break
+    if quantity is None:
+        mean = load_npy(path)
+        conditional = mean.ndim == 4 and mean.shape[3] % 2 == 1 and np.isnan(mean[..., mean.shape[3] // 2]).all()
+        quantity = "conditional" if conditional and mean.size else None
+    if quantity == "conditional":
+        raise InputError(f"`{parameter}` {path} holds the conditional lag-CRP (lag 0 undefined), not the paper's CRP "
+                         "(a lag histogram, cmr_crp_avg_*.npy, made by `python src/est_cmr_crp.py` without "
+                         "--quantity conditional) that this fit needs", parameters=(parameter,))
 
 
 def grid_axes_and_lags(path: Path, shape: Tuple[int, ...], needed: np.ndarray = FIT_LAGS
@@ -279,7 +314,7 @@ SIMULATION_KEYS = SIMULATION_SETTINGS
 
 
 def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Path | None" = None,
-                          parameter: str = "crp_grid") -> CmrGrid:
+                          parameter: str = "crp_grid", recall_rule: str = "li24") -> CmrGrid:
     """Read a conditional lag-CRP grid (``cmr_cond_crp_avg_*.npy``), its standard errors and axes.
 
     Parameters
@@ -291,7 +326,10 @@ def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Pat
     sem_path : path, optional
         Its standard errors; default the ``sem`` file beside it when present.
     parameter : str
-        The caller's parameter that gave ``path``, named in the message when the file is missing.
+        The caller's parameter that gave ``path``, named in the messages.
+    recall_rule : str
+        The rule whose grid the caller wants: the messages say how to make that one
+        (:func:`icl_cmr.fits.distance.conditional_grid_hint`).
 
     Returns
     -------
@@ -306,9 +344,8 @@ def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Pat
     """
     path = Path(path) if path is not None else DEFAULT_CONDITIONAL_GRID_PATH
     if not path.is_file():
-        raise InputError(f"conditional CMR grid {path} does not exist: make it with "
-                         f"`python src/est_cmr_crp.py --quantity conditional`, or pass `{parameter}` PATH",
-                         parameters=(parameter,))
+        raise InputError(f"conditional CMR grid {path} (`{parameter}`) does not exist{searched_at(path)}: make it with "
+                         f"{conditional_grid_hint(recall_rule)}, or pass `{parameter}` PATH", parameters=(parameter,))
     mean = load_npy(path)
     if mean.ndim != 4:
         raise InputError(f"{path} has shape {mean.shape}, expected [n_beta_enc, n_beta_rec, n_gamma_ft, n_lags] "
@@ -323,18 +360,23 @@ def read_conditional_grid(path: "str | Path | None" = None, sem_path: "str | Pat
                          f"{' or '.join(str(p) for p in grid_sidecar_candidates(path))})")
     grid = CmrGrid(mean=mean, beta_enc=axes[0], beta_rec=axes[1], gamma_ft=axes[2], lags=lags, sem=sem,
                    source=str(path), simulation=grid_simulation_settings(path))
-    check_conditional_grid(grid)
+    check_conditional_grid(grid, parameter=parameter, recall_rule=recall_rule)
     return grid
 
 
 def grid_simulation_settings(path: "str | Path") -> Optional[Dict[str, object]]:
-    """Simulation settings of a grid from its JSON sidecar (:data:`SIMULATION_KEYS`), None if it has none."""
+    """Simulation settings of a grid from its JSON sidecar (:data:`SIMULATION_KEYS`), None if it has none; with
+    the settings of :data:`~icl_cmr.fits.distance.OPTIONAL_SIMULATION_SETTINGS` (``stop_probability``) that are not
+    at their default, as the sidecar records them."""
     for sidecar in grid_sidecar_candidates(Path(path)):
         if sidecar.is_file():
             meta = load_json(sidecar)
             parameters = meta.get("parameters", meta) if isinstance(meta, dict) else {}
             if isinstance(parameters, dict) and all(key in parameters for key in SIMULATION_KEYS):
-                return {key: parameters[key] for key in SIMULATION_KEYS}
+                settings = {key: parameters[key] for key in SIMULATION_KEYS}
+                settings.update({key: parameters[key] for key, default in OPTIONAL_SIMULATION_SETTINGS.items()
+                                 if parameters.get(key, default) != default})
+                return settings
     return None
 
 

@@ -373,6 +373,24 @@ class HoldWrittenLines(logging.Filter):
 
 # ----------------------------------------------------------------------------- portable metadata
 
+def searched_at(path: "str | os.PathLike[str]") -> str:
+    """What a message about a missing input adds after its path: for a relative path, the absolute path it was looked
+    for at, and, when the working directory is not the repository root (whose folders the defaults name), that root;
+    nothing for an absolute path.
+
+    Examples
+    --------
+    >>> searched_at("/data/grid.npy")
+    ''
+    """
+    path = Path(path)
+    if path.is_absolute():
+        return ""
+    elsewhere = ("" if Path.cwd().resolve() == REPO_ROOT else
+                 f"; the default paths are relative to the repository root, {REPO_ROOT}")
+    return f" (looked for at {Path.cwd() / path}{elsewhere})"
+
+
 def portable_path(path: "str | os.PathLike[str] | None", root: "str | os.PathLike[str] | None" = None) -> Optional[str]:
     """A path as stored in metadata: no machine-specific prefix.
 

@@ -51,8 +51,16 @@ def differing_settings(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     return sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
 
 
+#: The way out of a refusal, for a saved unfinished run (resume it or discard it).
+RESUME_REMEDY = "rerun with those settings to resume, or pass `restart` to discard it"
+
+#: The way out of a refusal, for a finished output another run would replace.
+REPLACE_REMEDY = "rerun with those settings, or pass `restart` to replace it"
+
+
 def refuse_other_settings(saved: Mapping[str, Any], requested: Mapping[str, Any], where: "str | Path",
-                          what: str = "the unfinished run", only_requested: bool = False) -> None:
+                          what: str = "the unfinished run", only_requested: bool = False,
+                          remedy: str = RESUME_REMEDY) -> None:
     """Raise when a saved run's settings differ from the requested ones: the one refusal of every resumable run.
 
     Parameters
@@ -66,6 +74,8 @@ def refuse_other_settings(saved: Mapping[str, Any], requested: Mapping[str, Any]
     only_requested : bool
         Compare only the keys of ``requested`` that ``saved`` has (a check made before every
         setting is known).
+    remedy : str
+        The end of the message: :data:`RESUME_REMEDY` (default) or :data:`REPLACE_REMEDY` for a finished output.
 
     Raises
     ------
@@ -81,8 +91,7 @@ def refuse_other_settings(saved: Mapping[str, Any], requested: Mapping[str, Any]
     if keys:
         changes = "; ".join(f"{key}: {saved.get(key, 'absent')} there, {requested.get(key, 'absent')} now"
                             for key in keys)
-        raise InputError(f"{what} in {where} came from other settings ({changes}); rerun with those settings "
-                         "to resume, or pass `restart` to discard it", parameters=("restart",))
+        raise InputError(f"{what} in {where} came from other settings ({changes}); {remedy}", parameters=("restart",))
 
 
 class RunFolder:

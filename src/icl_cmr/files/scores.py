@@ -22,6 +22,7 @@ import numpy as np
 from icl_cmr.config import ATTN_CRP_LAGS, CHECKPOINT_INDICES, FINAL_CHECKPOINT
 from icl_cmr.errors import FileContentError, InputError
 from icl_cmr.files.checks import ArraySpec, check_arrays, recorded_model
+from icl_cmr.files.outputs import searched_at
 from icl_cmr.files.reading import load_pickle
 from icl_cmr.files.score_format import head_labels
 from icl_cmr.heads.results import HeadScores
@@ -127,7 +128,8 @@ def find_score_file(scores_dir: "str | Path", model: str, checkpoint: Optional[i
     """
     root = Path(scores_dir)
     if not root.is_dir():
-        raise InputError(f"scores folder {root} does not exist (pass `scores_dir`)", parameters=("scores_dir",))
+        raise InputError(f"scores folder {root} does not exist{searched_at(root)} (pass `scores_dir`)",
+                         parameters=("scores_dir",))
     wanted = normalise_model_name(model)
     folders = [root] + sorted(p for p in root.iterdir() if p.is_dir())
     matches = {}

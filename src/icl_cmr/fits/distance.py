@@ -42,6 +42,10 @@ PARAMETER_NAMES = ("beta_enc", "beta_rec", "gamma_ft")
 #: when these agree (:attr:`CmrGrid.simulation`).
 SIMULATION_SETTINGS = ("n_items", "n_trials", "max_draws", "n_start", "max_lag", "seed")
 
+#: Simulation settings a sidecar records only when they differ from their default (the default here): a grid
+#: without the key was made with the default (every grid made before the setting existed).
+OPTIONAL_SIMULATION_SETTINGS = {"stop_probability": 0.0}
+
 
 @dataclass(frozen=True)
 class CmrGrid:
@@ -245,6 +249,41 @@ def cmr_fit_patterns(grid: CmrGrid, fit_lags: np.ndarray = FIT_LAGS) -> np.ndarr
         return cut / cut.sum(axis=-1, keepdims=True)
 
 
+def usable_grid_points(grid: CmrGrid, fit_lags: np.ndarray = FIT_LAGS) -> np.ndarray:
+    """Which grid points a fit can choose: a CRP finite and not flat on ``fit_lags`` once renormalised there.
+
+    A point is NaN where the simulation counted no transition at those lags (the paper's CRP is normalised per start
+    position, so one start without a transition makes the mean NaN; too few trials, or a high stop probability under
+    the standard rule); a flat pattern has no scale (section 4's max c~ = 0).
+
+    Parameters
+    ----------
+    grid : CmrGrid
+    fit_lags : ndarray of int, shape [K]
+
+    Returns
+    -------
+    ndarray of bool, shape [A, B, C]
+    """
+    cmr = cmr_fit_patterns(grid, fit_lags)
+    spread = cmr.max(axis=-1) - cmr.min(axis=-1)
+    return np.isfinite(spread) & (spread > 0)
+
+
+def describe_grid_points(grid: CmrGrid, mask: np.ndarray, n_shown: int = 3) -> str:
+    """The first ``n_shown`` points of ``mask`` [A, B, C] as ``(beta_enc, beta_rec, gamma_ft)`` values, for messages.
+
+    Examples
+    --------
+    >>> grid = CmrGrid(mean=np.full((1, 2, 1, 17), 1 / 17), beta_enc=[0.5], beta_rec=[0, 1], gamma_ft=[0])
+    >>> describe_grid_points(grid, np.array([[[True], [True]]]), n_shown=1)
+    '(0.5, 0, 0), ...'
+    """
+    points = np.argwhere(mask)
+    shown = [f"({grid.beta_enc[i]:g}, {grid.beta_rec[j]:g}, {grid.gamma_ft[k]:g})" for i, j, k in points[:n_shown]]
+    return ", ".join(shown) + (", ..." if len(points) > n_shown else "")
+
+
 def cmr_distance(attn: np.ndarray, cmr: np.ndarray) -> tuple:
     """CMR distance and scale between every head and every CMR pattern (direct formula).
 
@@ -433,19 +472,35 @@ def check_fitted(fit: CmrFit, source: str, index: tuple = ()) -> int:
     return fitted
 
 
-def check_conditional_grid(grid: CmrGrid, fit_lags: np.ndarray = HUMAN_FIT_LAGS) -> None:
+def conditional_grid_hint(recall_rule: str = "li24") -> str:
+    """How to make the conditional grid of a recall rule, and the names it gets, for messages.
+
+    Examples
+    --------
+    >>> conditional_grid_hint("standard")
+    '`python src/est_cmr_crp.py --quantity conditional --recall_rule standard` (cmr_std_cond_crp_avg_*.npy)'
+    """
+    if recall_rule == "li24":
+        return "`python src/est_cmr_crp.py --quantity conditional` (cmr_cond_crp_avg_*.npy)"
+    return f"`python src/est_cmr_crp.py --quantity conditional --recall_rule {recall_rule}` (cmr_std_cond_crp_avg_*.npy)"
+
+
+def check_conditional_grid(grid: CmrGrid, fit_lags: np.ndarray = HUMAN_FIT_LAGS, parameter: str | None = None,
+                           recall_rule: str = "li24") -> None:
     """Raise :class:`InputError` unless ``grid`` holds conditional lag-CRPs on the fitting lags.
 
     ``fit_lags`` are the lags a person's fit reads (:data:`icl_cmr.config.HUMAN_FIT_LAGS`).
     A conditional lag-CRP is a probability per lag (values in [0, 1]) and lag 0 is never possible
     (NaN). A grid whose lag 0 is finite is the paper's lag histogram (``est_cmr_crp.py`` without
-    ``--quantity conditional``), a different quantity.
+    ``--quantity conditional``), a different quantity. ``parameter`` (the caller's, named in messages) and
+    ``recall_rule`` (the rule whose grid to make, :func:`conditional_grid_hint`) only shape the messages.
     """
     lags = np.asarray(grid.lags)
+    where = f"`{parameter}` {grid.source}" if parameter else (grid.source or "the grid")
     if 0 in lags and np.isfinite(grid.mean[..., int(np.flatnonzero(lags == 0)[0])]).any():
-        raise InputError(f"{grid.source or 'the grid'} holds the paper's CRP (a lag histogram: lag 0 is defined), not "
-                         "the conditional lag-CRP people are fitted to; make that with "
-                         "`python src/est_cmr_crp.py --quantity conditional` (cmr_cond_crp_avg_*.npy)")
+        raise InputError(f"{where} holds the paper's CRP (a lag histogram: lag 0 is defined), not the conditional "
+                         f"lag-CRP fitted here; make that with {conditional_grid_hint(recall_rule)}",
+                         parameters=(parameter,) if parameter else ())
     missing = [int(lag) for lag in fit_lags if lag not in lags]
     if missing:
         raise InputError(f"{grid.source or 'the grid'} has no lags {missing}; a conditional grid needs lags "

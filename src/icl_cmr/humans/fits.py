@@ -32,7 +32,7 @@ import pandas as pd
 from icl_cmr.cmr.scales import li24_encoding_rate
 from icl_cmr.config import FIT_LAGS, HUMAN_FIT_LAGS
 from icl_cmr.errors import InputError
-from icl_cmr.fits.distance import (PARAMETER_NAMES, SIMULATION_SETTINGS, CmrFit, CmrGrid, check_conditional_grid,
+from icl_cmr.fits.distance import (OPTIONAL_SIMULATION_SETTINGS, PARAMETER_NAMES, SIMULATION_SETTINGS, CmrFit, CmrGrid, check_conditional_grid,
                                    cmr_distance, cmr_fit_patterns, fit_heads, select_lags)
 from icl_cmr.fits.layers import HeadSelection, gather_selected, select_top_heads
 from icl_cmr.heads.results import HeadScores
@@ -80,9 +80,13 @@ def same_simulation_problem(people_grid: CmrGrid, head_grid: CmrGrid) -> str | N
         a, b = getattr(people_grid, name), getattr(head_grid, name)
         if a.shape != b.shape or not np.allclose(a, b):
             return f"their {name} axes differ ({a.size} vs {b.size} values)"
-    settings = [people_grid.simulation, head_grid.simulation]
-    if None not in settings and settings[0] != settings[1]:
-        differing = [k for k in SIMULATION_SETTINGS if settings[0][k] != settings[1][k]]
+    people, heads = people_grid.simulation, head_grid.simulation
+    if people is None or heads is None:
+        return None
+    defaults = {**{key: None for key in SIMULATION_SETTINGS}, **OPTIONAL_SIMULATION_SETTINGS}
+    differing = [f"{key} {people.get(key, default)} vs {heads.get(key, default)}" for key, default in defaults.items()
+                 if people.get(key, default) != heads.get(key, default)]
+    if differing:
         return f"they were simulated with different {', '.join(differing)}"
     return None
 
