@@ -313,7 +313,9 @@ def test_the_memory_estimate_bounds_the_measured_peak_of_a_grid_point(settings, 
 
 @pytest.mark.slow
 def test_ctrl_c_with_two_workers_prints_one_line_and_keeps_the_finished_slices(tmp_path, repo_root):
-    flags = ["--save_dir", str(tmp_path), "--n_beta", "4", "--n_gamma", "3", "--n_trials", "2000", "--n_items", "60",
+    # 8000 trials: each of the 12 slices takes seconds even on idle cores, so the interrupt lands while most remain
+    # (with 2000 a loaded CI machine saw the whole grid finish, 6.1 s, before the signal arrived)
+    flags = ["--save_dir", str(tmp_path), "--n_beta", "4", "--n_gamma", "3", "--n_trials", "8000", "--n_items", "60",
              "--n_start", "5", "--workers", "2", "--no_progress"]
     slice_dir = tmp_path / ".cmr_crp_4_3.partial"
     # A terminal sends Ctrl-C (SIGINT) to the whole foreground process group: parent and workers.
@@ -323,6 +325,7 @@ def test_ctrl_c_with_two_workers_prints_one_line_and_keeps_the_finished_slices(t
         deadline = time.monotonic() + 120
         while not list(slice_dir.glob("slice_*.npy")) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert process.poll() is None, "the grid finished before it could be interrupted: make it longer"
         os.killpg(process.pid, signal.SIGINT)
         out, err = process.communicate(timeout=60)
     finally:
