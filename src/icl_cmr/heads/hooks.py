@@ -22,12 +22,22 @@ on the module after the forward, so memory grows by one pattern per layer.
    transformers' ``AttentionInterface``, its attention is routed through
    :func:`hooked_eager_attention`, which fires the bridge's own hooks inside the
    computation, and the probe runs again; the logits must equal the original model's;
-4. otherwise the model is refused with one :class:`~icl_cmr.errors.InputError` line.
+4. otherwise the model is refused with one :class:`~icl_cmr.errors.InputError` line;
+5. the bridge is then checked against the model it wraps: on the same probe tokens, the
+   Hugging Face model's own forward pass (its own modules put back for one pass, the same
+   weights, eager attention) must give the bridge's logits and the last layer's
+   ``hook_pattern`` within the dtype's tolerance. An adapter that drops a config option
+   (GPT-2's ``scale_attn_weights=False``: TransformerLens 4.3 still divides by sqrt(d_head))
+   is refused in one line naming the model type, the differences and, where known, the
+   option. A bridge whose forward pass fails on the probe is refused the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -47,6 +57,35 @@ HOOK_TEMPLATES = {
     "z": "blocks.{layer}.attn.hook_z",
     "attn_out": "blocks.{layer}.attn.hook_out",
 }
+
+
+def describe_exception(err: BaseException) -> str:
+    """``Type: first line of the message`` (or ``Type`` alone), for one-line refusals."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+#: Packages whose exceptions, raised while a model loads or runs its probe, mean that the library cannot
+#: handle this model (an adapter's AssertionError or RuntimeError), not a bug of ours or of a caller.
+_LIBRARY_PACKAGES = frozenset({"transformer_lens", "transformers", "torch", "safetensors", "tokenizers",
+                               "huggingface_hub", "accelerate"})
+
+
+def raised_by_libraries(err: BaseException) -> bool:
+    """Whether ``err`` was raised inside TransformerLens, transformers, torch, ... (its innermost Python frame)."""
+    trace, module = err.__traceback__, ""
+    while trace is not None:
+        module = trace.tb_frame.f_globals.get("__name__", "")
+        trace = trace.tb_next
+    return module.split(".")[0] in _LIBRARY_PACKAGES
+
+
+def transformer_lens_version() -> str:
+    """The installed TransformerLens version, named in refusals: adapters change between releases."""
+    try:
+        return version("transformer-lens")
+    except PackageNotFoundError:
+        return "(version unknown)"
 
 
 def hook_name(layer: int, kind: str) -> str:
@@ -204,8 +243,14 @@ def _probe_tokens(model) -> torch.Tensor:
 
 
 def _run(model, tokens: torch.Tensor, hooks) -> torch.Tensor:
-    with torch.inference_mode():
-        return model.run_with_hooks(tokens, fwd_hooks=hooks, return_type="logits")
+    try:
+        with torch.inference_mode():
+            return model.run_with_hooks(tokens, fwd_hooks=hooks, return_type="logits")
+    except Exception as err:  # an adapter that loads a configuration it cannot run (RuntimeError, AssertionError, ...)
+        if isinstance(err, (InputError, MemoryError)) or not raised_by_libraries(err):
+            raise
+        raise InputError(f"{describe_model(model)} is not supported by TransformerLens {transformer_lens_version()}: "
+                         f"its forward pass fails on a probe of {PROBE_TOKENS} tokens ({describe_exception(err)})") from err
 
 
 def _capture(model, tokens: torch.Tensor, kinds: Sequence[str]) -> Tuple[torch.Tensor, Dict[str, list]]:
@@ -293,6 +338,242 @@ def architecture_name(model) -> str:
     return type(hf_model).__name__ if hf_model is not None else type(model).__name__
 
 
+def describe_model(model) -> str:
+    """``model_type (architecture)`` of a bridged model, e.g. ``gpt2 (GPT2LMHeadModel)``, for messages."""
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    model_type = getattr(config, "model_type", None)
+    return f"{model_type} ({architecture_name(model)})" if model_type else architecture_name(model)
+
+
+# ----------------------------------------------------------------------------- the bridge against Hugging Face
+
+#: Largest logit difference accepted between the bridge and the wrapped Hugging Face model on the
+#: probe, relative to the largest |logit|: float32 kernel rounding (measured <= 4e-7 on the 15
+#: architectures of tests/test_architectures.py), half precision (bfloat16: 8-bit mantissa; OPT's
+#: rerouted attention, scored in float32, measured 4e-3).
+_FIDELITY_LOGIT_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+
+#: Largest attention-probability difference accepted (absolute; measured <= 3e-6 in float32, <= 4e-3,
+#: one bfloat16 step, in bfloat16).
+_FIDELITY_PATTERN_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+#: Config attributes a TransformerLens 4 adapter reads nowhere, per ``model_type``, with the value its
+#: own code assumes; named in a refusal when the config says otherwise (measured with TransformerLens
+#: 4.3, tests/test_bridge_fidelity.py). GPT-2's bridge always divides q.k by sqrt(d_head).
+KNOWN_IGNORED_CONFIG = {"gpt2": {"scale_attn_weights": True}}
+
+_ORIGINAL = "_original_component"
+
+
+@contextlib.contextmanager
+def hugging_face_modules(hf_model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The bridge's wrapped Hugging Face model with its own modules back in place, for one forward pass.
+
+    TransformerLens 4 replaces each mapped submodule of the Hugging Face model (embeddings, the list
+    of blocks, attention, MLP, norms, unembedding) by a bridge component that keeps the original as
+    its ``_original_component``, so calling the Hugging Face model runs the bridge's code. Inside
+    this context every bridge component (and every list of bridged blocks) is swapped back for the
+    module it wraps: the same objects and weights, nothing copied; on exit the bridge is put back.
+
+    Parameters
+    ----------
+    hf_model : torch.nn.Module
+        ``bridge.original_model``.
+
+    Yields
+    ------
+    torch.nn.Module
+        ``hf_model`` itself, whose forward now runs Hugging Face's code only.
+    """
+    swaps: List[Tuple[torch.nn.Module, str, torch.nn.Module]] = []
+    visited = set()
+
+    def unwrap(child: torch.nn.Module) -> torch.nn.Module:
+        while _ORIGINAL in child._modules and child._modules[_ORIGINAL] is not None:
+            child = child._modules[_ORIGINAL]
+        return child
+
+    def restore(module: torch.nn.Module) -> None:
+        if id(module) in visited:
+            return
+        visited.add(id(module))
+        for name, child in list(module._modules.items()):
+            if child is None:
+                continue
+            original = unwrap(child)
+            if isinstance(child, torch.nn.ModuleList) and any(unwrap(item) is not item for item in child):
+                original = torch.nn.ModuleList([unwrap(item) for item in child])
+            if original is not child:
+                swaps.append((module, name, child))
+                module._modules[name] = original
+            restore(original)
+
+    try:
+        restore(hf_model)
+        yield hf_model
+    finally:
+        for module, name, child in reversed(swaps):
+            module._modules[name] = child
+
+
+def _hugging_face_forward(model, tokens: torch.Tensor, layer: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The wrapped Hugging Face model's own logits on ``tokens`` and its attention probabilities at ``layer``.
+
+    Eager attention (the only kind that returns probabilities) for this pass, whatever the model
+    runs otherwise (e.g. :data:`HOOKED_ATTENTION_NAME`). Returns ``(logits [batch, pos, vocab],
+    pattern [batch, head, query, key] or None when the layer's module returns none)``.
+    """
+    hf_model = model.original_model
+    attention = getattr(model.blocks[layer].attn, "original_component", None)
+    batch, n_pos = tokens.shape
+    found: Dict[str, torch.Tensor] = {}
+
+    def record(module, inputs, output):  # noqa: ARG001 - torch forward-hook signature
+        for item in output[1:] if isinstance(output, tuple) else ():
+            if isinstance(item, torch.Tensor) and item.ndim == 4 and item.shape[0] == batch \
+                    and tuple(item.shape[2:]) == (n_pos, n_pos):
+                found.setdefault("pattern", item.detach().clone())
+                return
+
+    implementation = getattr(hf_model.config, "_attn_implementation", None)
+    handle = attention.register_forward_hook(record) if attention is not None else None
+    try:
+        with torch.inference_mode(), hugging_face_modules(hf_model):
+            switch = implementation not in (None, "eager") and hf_model._can_set_attn_implementation()
+            if switch:
+                hf_model.set_attn_implementation("eager")
+            try:
+                output = hf_model(tokens, output_attentions=True, use_cache=False)
+            finally:
+                if switch:
+                    hf_model.set_attn_implementation(implementation)
+    finally:
+        if handle is not None:
+            handle.remove()
+    logits = output.logits if hasattr(output, "logits") else output[0]
+    return logits, found.get("pattern")
+
+
+def _ignored_config(model) -> str:
+    """``"; the config sets X=v, which TransformerLens ignores (it assumes w)"`` for known cases, else ``""``."""
+    config = model.original_model.config
+    ignored = KNOWN_IGNORED_CONFIG.get(getattr(config, "model_type", None), {})
+    found = [f"{name}={getattr(config, name)!r}" for name, assumed in ignored.items()
+             if hasattr(config, name) and getattr(config, name) != assumed]
+    if not found:
+        return ""
+    assumed = ", ".join(f"{value!r}" for name, value in ignored.items() if getattr(config, name) != value)
+    return f"; the config sets {', '.join(found)}, which TransformerLens ignores (it assumes {assumed})"
+
+
+@dataclass(frozen=True)
+class BridgeAgreement:
+    """How closely a bridge reproduces the Hugging Face model it wraps on one input (:func:`compare_with_hugging_face`).
+
+    Attributes
+    ----------
+    logit_gap : float
+        Largest |bridge - Hugging Face| logit.
+    largest_logit : float
+        Largest |logit| of the Hugging Face model (at least 1): the logit tolerance is relative to it.
+    pattern_gap : float or None
+        Largest |bridge ``hook_pattern`` - Hugging Face attention probability| at ``layer``; None when
+        the Hugging Face attention module returns no probabilities.
+    layer : int
+        The layer whose pattern is compared (the last: a per-layer rule such as GPT-2's
+        ``scale_attn_by_inverse_layer_idx`` leaves layer 0 alone).
+    dtype : torch.dtype
+        The weights' precision, which sets the tolerances.
+    """
+
+    logit_gap: float
+    largest_logit: float
+    pattern_gap: Optional[float]
+    layer: int
+    dtype: torch.dtype
+
+    @property
+    def logit_tolerance(self) -> float:
+        """Largest accepted logit gap relative to :attr:`largest_logit`."""
+        return _FIDELITY_LOGIT_TOLERANCE.get(self.dtype, 5e-2)
+
+    @property
+    def pattern_tolerance(self) -> float:
+        """Largest accepted attention-probability gap."""
+        return _FIDELITY_PATTERN_TOLERANCE.get(self.dtype, 2e-2)
+
+    @property
+    def agrees(self) -> bool:
+        """Whether both gaps are within the dtype's tolerances."""
+        return self.logit_gap <= self.logit_tolerance * self.largest_logit and (
+            self.pattern_gap is None or self.pattern_gap <= self.pattern_tolerance)
+
+    def describe(self) -> str:
+        """What differs and the tolerance, for a refusal."""
+        pattern = "" if self.pattern_gap is None else \
+            f" and layer {self.layer}'s attention pattern by {self.pattern_gap:.2g}"
+        return (f"its logits differ from the Hugging Face model's own by {self.logit_gap:.3g} "
+                f"({self.logit_gap / self.largest_logit:.2%} of the largest){pattern} "
+                f"({str(self.dtype).replace('torch.', '')} tolerance: {self.logit_tolerance:.2%} and "
+                f"{self.pattern_tolerance:g})")
+
+
+def compare_with_hugging_face(model, tokens: Optional[torch.Tensor] = None) -> BridgeAgreement:
+    """Run the bridge and the Hugging Face model it wraps on the same tokens and measure how far apart they are.
+
+    Parameters
+    ----------
+    model : transformer_lens.model_bridge.TransformerBridge
+        Loaded with ``boot_transformers`` (``model.original_model`` is the wrapped model).
+    tokens : Tensor, shape [batch, pos], optional
+        Default: the probe's :data:`PROBE_TOKENS` random tokens.
+
+    Returns
+    -------
+    BridgeAgreement
+
+    Raises
+    ------
+    InputError
+        The bridge's forward pass fails.
+    Exception
+        Whatever the Hugging Face forward pass raises.
+    """
+    tokens = _probe_tokens(model) if tokens is None else tokens
+    layer = int(model.cfg.n_layers) - 1
+    captured: Dict[str, torch.Tensor] = {}
+
+    def record(pattern, hook):  # noqa: ARG001
+        captured["pattern"] = pattern.detach().clone()
+
+    logits = _run(model, tokens, [(hook_name(layer, "pattern"), record)])
+    reference, reference_pattern = _hugging_face_forward(model, tokens, layer)
+    pattern = captured.get("pattern")
+    pattern_gap = None
+    if reference_pattern is not None and pattern is not None and pattern.shape == reference_pattern.shape:
+        pattern_gap = (pattern.float() - reference_pattern.float()).abs().max().item()
+    return BridgeAgreement(logit_gap=(logits.float() - reference.float()).abs().max().item(),
+                           largest_logit=max(1.0, reference.float().abs().max().item()),
+                           pattern_gap=pattern_gap, layer=layer, dtype=next(model.parameters()).dtype)
+
+
+def _fidelity_problem(model, tokens: torch.Tensor) -> Optional[str]:
+    """Why the bridge cannot be trusted to compute what the Hugging Face model it wraps computes, or None."""
+    try:
+        agreement = compare_with_hugging_face(model, tokens)
+    except Exception as err:  # the reference itself cannot run: nothing to compare against
+        if isinstance(err, (InputError, MemoryError)) or not raised_by_libraries(err):
+            raise
+        return (f"the wrapped Hugging Face model's own forward pass fails on a probe of {PROBE_TOKENS} tokens "
+                f"({describe_exception(err)}), so TransformerLens's cannot be checked against it")
+    if agreement.agrees:
+        logger.debug("%s: TransformerLens agrees with the Hugging Face forward pass (logits %.2g, layer %d "
+                     "pattern %s)", describe_model(model), agreement.logit_gap, agreement.layer,
+                     agreement.pattern_gap)
+        return None
+    return f"on a probe of {PROBE_TOKENS} tokens {agreement.describe()}{_ignored_config(model)}"
+
+
 def prepare_attention_hooks(model, require: Sequence[str] = ("attn_scores", "pattern")) -> None:
     """Make the attention hooks of a TransformerLens 4 model trustworthy, or refuse the model.
 
@@ -310,7 +591,9 @@ def prepare_attention_hooks(model, require: Sequence[str] = ("attn_scores", "pat
     ------
     InputError
         One line naming the architecture and what is wrong, when a required hook
-        cannot be made to hold what its name says.
+        cannot be made to hold what its name says, when the bridge's forward pass fails,
+        or when its logits or last layer's pattern differ from the wrapped Hugging Face
+        model's own beyond the dtype's tolerance (:func:`hugging_face_modules`).
     """
     unknown = sorted(set(require) - set(CHECKABLE_HOOKS))
     if unknown:
@@ -346,3 +629,8 @@ def prepare_attention_hooks(model, require: Sequence[str] = ("attn_scores", "pat
             problem = _edit_problem(model, tokens, kind)
             if problem is not None:
                 raise InputError(f"{architecture_name(model)} is not supported: {problem}; ablations would do nothing")
+    if getattr(model, "original_model", None) is not None:
+        problem = _fidelity_problem(model, tokens)
+        if problem is not None:
+            raise InputError(f"{describe_model(model)} is not supported by TransformerLens "
+                             f"{transformer_lens_version()}: {problem}; its scores and losses would be wrong")

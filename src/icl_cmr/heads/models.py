@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from icl_cmr.errors import InputError
-from icl_cmr.heads.hooks import prepare_attention_hooks
-from icl_cmr.heads.registry import ModelSpec, cached_snapshot, hub_reachable, hub_unreachable_error
+from icl_cmr.heads.hooks import (describe_exception, prepare_attention_hooks, raised_by_libraries,
+                                transformer_lens_version)
+from icl_cmr.heads.registry import (ModelSpec, cached_snapshot, check_model_files, hub_reachable,
+                                   hub_unreachable_error)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32",
     InputError
         Hub unreachable and the model not cached; CUDA asked for but absent; an
         architecture whose required hooks cannot hold what their names say.
+    CorruptFileError
+        A config, tokenizer or weight file of the folder cut short or damaged (named, in one line).
     """
     import torch
     from transformer_lens.model_bridge import TransformerBridge
@@ -82,15 +86,32 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32",
             kwargs["checkpoint_value"] = spec.checkpoint_step
         if spec.trust_remote_code:
             kwargs["trust_remote_code"] = True
+    if spec.is_local or source != spec.source:
+        check_model_files(source)  # a file cut short is named here, before transformers fails inside it
     logger.info("loading %s (%s, %s)", source, device, dtype)
     try:
         model = TransformerBridge.boot_transformers(source, device=device, dtype=torch_dtype, **kwargs)
     except OSError as err:
-        raise InputError(f"cannot load {spec.source}: {str(err).splitlines()[0]}") from None
+        raise InputError(f"cannot load {spec.source}: {(str(err).splitlines() or [type(err).__name__])[0]}") from None
+    except Exception as err:  # an adapter that cannot map this configuration (AssertionError, RuntimeError, ...)
+        if isinstance(err, (InputError, MemoryError)) or not raised_by_libraries(err):
+            raise
+        raise InputError(f"{spec.source} ({model_type_of(source)}) cannot be loaded by TransformerLens "
+                         f"{transformer_lens_version()}: {describe_exception(err)}") from err
     model.eval()
 
     prepare_attention_hooks(model, require=require_hooks)
     return model
+
+
+def model_type_of(source: str) -> str:
+    """The ``model_type`` of a model's config (``gpt2``, ``llama``, ...), for messages; ``"?"`` when unreadable."""
+    from transformers import AutoConfig  # heavy (seconds to import): only an error message needs it
+
+    try:
+        return str(AutoConfig.from_pretrained(source).model_type)
+    except Exception:  # only a message depends on it
+        return "?"
 
 
 def n_kv_heads(model) -> int:

@@ -7,15 +7,18 @@ before its weights load (:func:`icl_cmr.heads.models.load_model`). Nothing here 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 from urllib.parse import urlparse
 
-from icl_cmr.errors import InputError
+from icl_cmr.errors import CorruptFileError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +276,9 @@ def read_model_shape(spec: ModelSpec) -> ModelShape:
     InputError
         Hub unreachable and the model not cached (the same line as :func:`load_model`), or a
         config that cannot be read or names no layer or head count.
+    CorruptFileError
+        A config, tokenizer or weight file of a local (or cached) folder cut short or damaged
+        (:func:`check_model_files`), so a script stops before any work or output.
     """
     from transformers import AutoConfig
 
@@ -287,9 +293,124 @@ def read_model_shape(spec: ModelSpec) -> ModelShape:
             kwargs["revision"] = f"step{spec.checkpoint_step}"
         if spec.trust_remote_code:
             kwargs["trust_remote_code"] = True
+    if spec.is_local or Path(source).is_dir():
+        check_model_files(source)
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
     except Exception as err:  # OSError, ValueError, KeyError, huggingface_hub's strict-dataclass errors, ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"cannot read the configuration of {spec.source}: {first}") from None
     return model_shape_from_config(config, spec.source)
+
+
+# ----------------------------------------------------------------------------- damaged model files
+
+#: JSON files of a saved model folder that transformers reads (config, tokenizer, generation settings).
+MODEL_JSON_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                    "special_tokens_map.json", "added_tokens.json", "vocab.json", "chat_template.json")
+
+#: What to do about a damaged model file (an interrupted save or copy, a partial download).
+_DAMAGED_ADVICE = "save or download the model again"
+
+
+def _damaged(path: Path, detail: str) -> CorruptFileError:
+    return CorruptFileError(path, f"damaged or incomplete ({detail}); {_DAMAGED_ADVICE}")
+
+
+def _check_json(path: Path) -> None:
+    try:
+        json.loads(path.read_bytes())
+    except (UnicodeDecodeError, ValueError) as err:
+        raise _damaged(path, f"not valid JSON: {' '.join(str(err).split())}") from None
+
+
+def _check_safetensors(path: Path) -> None:
+    """The safetensors layout: an 8-byte header length, a JSON header, then exactly the tensors it declares.
+
+    Reads the header only (no tensor bytes), so a 16 GB shard costs as little as a small one.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as stream:
+        prefix = stream.read(8)
+        if len(prefix) < 8:
+            raise _damaged(path, f"{size} bytes, shorter than the 8-byte header length")
+        header_len = struct.unpack("<Q", prefix)[0]
+        if header_len > size - 8:
+            raise _damaged(path, f"its header declares {header_len:,} bytes of metadata, the file holds {size:,} bytes")
+        try:
+            header = json.loads(stream.read(header_len))
+        except (UnicodeDecodeError, ValueError):
+            raise _damaged(path, "its header is not valid JSON") from None
+    try:
+        data_end = max((int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"),
+                       default=0)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        raise _damaged(path, "its header does not list tensor offsets") from None
+    expected = 8 + header_len + data_end
+    if size != expected:
+        raise _damaged(path, f"its header declares {expected:,} bytes, the file holds {size:,}")
+
+
+#: The first bytes of a PyTorch file saved before torch 1.6 (a pickled magic number, not a zip archive).
+_LEGACY_TORCH_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
+
+
+def _check_torch_zip(path: Path) -> None:
+    """A ``pytorch_model.bin`` (zip archive since torch 1.6): its directory is present and its records fit."""
+    with open(path, "rb") as stream:
+        start = stream.read(len(_LEGACY_TORCH_MAGIC))
+    if start == _LEGACY_TORCH_MAGIC:
+        return  # the pre-1.6 format has no directory to check; torch.load reports its own damage
+    try:
+        with zipfile.ZipFile(path) as archive:
+            directory_start = archive.start_dir
+            overrun = [info.filename for info in archive.infolist()
+                       if info.header_offset + info.compress_size > directory_start]
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise _damaged(path, f"not a complete PyTorch archive: {err}") from None
+    if overrun:
+        raise _damaged(path, f"the archive's record {overrun[0]} runs past its data")
+
+
+def _check_weight_index(path: Path) -> None:
+    """A sharded checkpoint's ``*.index.json``: valid, and every shard it names is present."""
+    _check_json(path)
+    weight_map = json.loads(path.read_bytes()).get("weight_map", {})
+    shards = sorted(set(weight_map.values())) if isinstance(weight_map, dict) else []
+    missing = [shard for shard in shards if not (path.parent / str(shard)).is_file()]
+    if missing:
+        raise _damaged(path, f"{len(missing)} of its {len(shards)} shards missing, e.g. {missing[0]}")
+
+
+def check_model_files(folder: "str | os.PathLike[str]") -> None:
+    """Refuse a saved model folder whose files are cut short or damaged, naming the file, in one line.
+
+    Checks what can be checked without loading anything: the JSON files transformers reads
+    (:data:`MODEL_JSON_FILES`, sharded checkpoints' ``*.index.json`` and their shards' presence),
+    every ``*.safetensors`` file (its header, and that the file holds exactly the bytes the header
+    declares), and every ``*.bin`` checkpoint (its zip directory, and that each record fits). Bytes
+    changed in place without changing the length are not detected (no checksums are stored).
+
+    Parameters
+    ----------
+    folder : path-like
+        A folder written by ``save_pretrained`` (or a hub snapshot in the local cache).
+
+    Raises
+    ------
+    CorruptFileError
+        ``<file>: damaged or incomplete (<what is wrong>); save or download the model again``.
+    """
+    folder = Path(folder)
+    for path in sorted(folder.iterdir()):
+        if not path.is_file():
+            continue
+        name = path.name
+        if name.endswith(".index.json"):
+            _check_weight_index(path)
+        elif name in MODEL_JSON_FILES:
+            _check_json(path)
+        elif name.endswith(".safetensors"):
+            _check_safetensors(path)
+        elif name.endswith(".bin") and name.startswith("pytorch_model"):
+            _check_torch_zip(path)

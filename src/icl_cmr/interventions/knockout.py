@@ -21,7 +21,7 @@ are never queries of a blocked edge, though they can be keys of one.
 The edit is made on ``hook_attn_scores`` ([batch, head, query, key], pre-softmax, already
 scaled; TransformerLens 4 masks the future with the dtype's minimum, not -inf): blocked
 entries are set to that same minimum, so their softmax weight is exactly 0 and the rest of
-the row renormalises. ``tests/test_attention_knockout.py`` checks, on TransformerLens 4,
+the row renormalises. ``tests/interventions/test_attention_knockout.py`` checks, on TransformerLens 4,
 that this edit zeroes those entries of ``hook_pattern`` and changes the logits.
 """
 from __future__ import annotations

@@ -13,6 +13,7 @@ from typing import Dict, Sequence
 import numpy as np
 import torch
 
+from icl_cmr.heads.registry import check_model_files
 from icl_cmr.toy_lm.config import ToyLMConfig
 from icl_cmr.toy_lm.scoring import (held_out_windows, icl_score, induction_matching_score_hf,
                                     induction_matching_score_tl, per_token_loss, repeated_random_prompts)
@@ -48,12 +49,18 @@ def evaluate_model_dir(model_dir: "str | Path", config: ToyLMConfig, seed: int, 
         JSON-ready: both score tables ``[n_layer][n_head]`` and their largest difference, the best
         head (TransformerLens), the mean held-out loss and the ICL score's mean, SEM and share of
         negative windows, the losses at both positions. Stored as ``evaluation`` in ``training_log.json``.
+
+    Raises
+    ------
+    CorruptFileError
+        A model, config or tokenizer file of ``model_dir`` cut short or damaged (named, before loading).
     """
     # Heavy optional libraries (seconds to import): only reading a saved model back needs them.
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.model_bridge import TransformerBridge
 
     model_dir = Path(model_dir)
+    check_model_files(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager")
     windows = held_out_windows(tokenizer, held_texts, config.n_ctx)
