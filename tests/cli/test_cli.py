@@ -402,6 +402,7 @@ SCRIPT_ARGS = {
     "est_cmr_crp": lambda out: ["--save_dir", str(out)],
     "eval_induction": lambda out: ["--save_dir", str(out), "--fig_dir", str(out)],
     "fit_attn_score": lambda out: ["--figs-dir", str(out), "--fits-dir", str(out)],
+    "induction_growth": lambda out: ["--snapshots", str(out / "snapshots"), "--save_dir", str(out), "--fig_dir", str(out)],
     "fit_human_recall": lambda out: ["--out-dir", str(out), "--figs-dir", str(out)],
     "paper_figures": lambda out: ["--out-dir", str(out), "--cache-dir", str(out / "cache")],
     "pattern_icl": lambda out: ["--model", "gpt2-small", "--out-dir", str(out), "--fig-dir", str(out)],

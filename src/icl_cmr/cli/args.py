@@ -95,6 +95,7 @@ SCRIPT_DOCS = {
     "pattern_icl.py": "docs/pattern_icl.md",
     "train_induction.py": "docs/induction_task.md",
     "eval_induction.py": "docs/induction_task.md",
+    "induction_growth.py": "docs/induction_task.md",
     "train_toy_lm.py": "docs/toy_lm.md",
     "sweep.py": "docs/sweep.md",
 }

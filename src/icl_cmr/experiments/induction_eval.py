@@ -327,7 +327,7 @@ def check_induction_eval(settings: InductionEvalSettings) -> EvalPlan:
 
 # ----------------------------------------------------------------------------- the evaluations
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter (Linux: write 5 to /proc/self/clear_refs); False where impossible."""
     try:
         with open("/proc/self/clear_refs", "w") as handle:
@@ -337,7 +337,7 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_gb() -> float:
+def peak_rss_gb() -> float:
     """Peak resident memory (GiB): since the last reset (Linux VmHWM), else since the process started."""
     try:
         with open("/proc/self/status") as handle:
@@ -385,7 +385,7 @@ def evaluate_model(model: torch.nn.Module, name: str, settings: InductionEvalSet
         batch_size = max(1, settings.tokens_per_batch // length)
         full = log2_length <= settings.full_max_log2
         correct, n_done, seconds, cpu_seconds = 0, 0, [], []
-        _reset_peak_rss()
+        reset_peak_rss()
         if not on_cpu:
             torch.cuda.reset_peak_memory_stats(settings.device)
         started = clock()
@@ -410,7 +410,7 @@ def evaluate_model(model: torch.nn.Module, name: str, settings: InductionEvalSet
                      "n_sequences": n_done, "correct": correct, "accuracy": correct / n_done,
                      "wilson_low": low, "wilson_high": high, "method": method,
                      "batch_size": batch_size, "seconds_per_sequence": per_sequence,
-                     "cpu_seconds_per_sequence": cpu_per_sequence, "peak_rss_gb": _peak_rss_gb(),
+                     "cpu_seconds_per_sequence": cpu_per_sequence, "peak_rss_gb": peak_rss_gb(),
                      "device": settings.device, "dtype": settings.dtype, "peak_gpu_gb": peak_gpu})
         logger.info("%s 2^%d: %d/%d correct (%.1f%%, 95%% CI %.1f-%.1f), %.3g s wall / %.3g s CPU per sequence, "
                     "peak RSS %.2f GB%s", name, log2_length, correct, n_done, 100 * correct / n_done, 100 * low,

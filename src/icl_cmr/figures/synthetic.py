@@ -1,9 +1,10 @@
 """Figures of [GD23]'s synthetic induction-heads task (DESIGN.md section 7): results in, Figure out.
 
 Accuracy against length beside [GD23]'s Table 11 rows (:func:`plot_accuracy_vs_length`), training
-curves (:func:`plot_training_curves`), attention by lag of one layer's heads (:func:`plot_lag_crp_panels`)
-and recall against distance (:func:`plot_accuracy_vs_distance`). Each takes what
-:mod:`icl_cmr.experiments.induction_train` / :mod:`icl_cmr.experiments.induction_eval` compute; the caller
+curves (:func:`plot_training_curves`), attention by lag of one layer's heads (:func:`plot_lag_crp_panels`),
+recall against distance (:func:`plot_accuracy_vs_distance`) and accuracy against training step, one line per
+length (:func:`plot_accuracy_vs_step`). Each takes what :mod:`icl_cmr.experiments.induction_train` /
+:mod:`icl_cmr.experiments.induction_eval` / :mod:`icl_cmr.experiments.induction_growth` compute; the caller
 saves and closes the figure.
 """
 from __future__ import annotations
@@ -147,7 +148,8 @@ def plot_lag_crp_panels(stats: "Dict[str, dict]", encoding: str, layer: int = 1)
     return fig
 
 
-def plot_accuracy_vs_distance(scores: "Dict[int, Dict[str, np.ndarray]]", name: str, n_bins: int = 6) -> Figure:
+def plot_accuracy_vs_distance(scores: "Dict[int, Dict[str, np.ndarray]]", name: str, n_bins: int = 6,
+                              n_columns: Optional[int] = None) -> Figure:
     """Probability of the value against recall distance, one panel per sequence length.
 
     Parameters
@@ -158,13 +160,19 @@ def plot_accuracy_vs_distance(scores: "Dict[int, Dict[str, np.ndarray]]", name: 
         The model's name, for the title.
     n_bins : int
         Equal-width bins of log2 distance for the binned accuracy (Wilson 95% intervals).
+    n_columns : int, optional
+        Panels per row (default: all in one row).
 
     Returns
     -------
     matplotlib.figure.Figure
     """
-    fig, axes = plt.subplots(1, len(scores), figsize=(4.6 * len(scores), 3.6), squeeze=False)
-    for ax, (length, res) in zip(axes[0], scores.items()):
+    n_columns = min(n_columns or len(scores), len(scores))
+    n_rows = -(-len(scores) // n_columns)
+    fig, axes = plt.subplots(n_rows, n_columns, figsize=(4.6 * n_columns, 3.6 * n_rows), squeeze=False)
+    for ax in axes.flat[len(scores):]:     # a last row not filled
+        ax.set_visible(False)
+    for ax, (length, res) in zip(axes.flat, scores.items()):
         distance = np.asarray(res["distance"], dtype=float)
         correct = np.asarray(res["correct"], dtype=bool)
         p_value = np.asarray(res["p_value"], dtype=float)
@@ -194,5 +202,57 @@ def plot_accuracy_vs_distance(scores: "Dict[int, Dict[str, np.ndarray]]", name: 
         ax.set_title(f"length {length} (2^{int(np.log2(length))}), {len(distance)} sequences", fontsize=8)
         ax.legend(fontsize=6, loc="lower left")
     fig.suptitle(f"{name}: recall against distance", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_step(curves: "Dict[int, Dict[str, np.ndarray]]", name: str = "",
+                          log_steps: Optional[bool] = None, title: Optional[str] = None) -> Figure:
+    """Accuracy against training step, one line per evaluation length, with Wilson 95% bands.
+
+    Parameters
+    ----------
+    curves : dict
+        ``{length: {"step": [n], "accuracy": [n], "low": [n], "high": [n], "n_sequences": [n]}}``
+        (fractions; one entry per snapshot), drawn in increasing length.
+    name : str
+        The run's name, for the title.
+    log_steps : bool, optional
+        Logarithmic step axis (default: when every step is positive and they span a factor of 16 or more).
+    title : str, optional
+        Figure title (default names the run).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(len(curves), 1)))
+    all_steps = []
+    for colour, length in zip(colours, sorted(curves)):
+        res = curves[length]
+        order = np.argsort(np.asarray(res["step"], dtype=float))
+        steps = np.asarray(res["step"], dtype=float)[order]
+        acc, low, high = (100 * np.asarray(res[key], dtype=float)[order] for key in ("accuracy", "low", "high"))
+        counts = np.asarray(res["n_sequences"], dtype=int)
+        n_text = f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
+        ax.plot(steps, acc, marker="o", ms=3.5, lw=1.3, color=colour,
+                label=f"2^{int(round(np.log2(length)))} (n = {n_text})")
+        ax.fill_between(steps, low, high, color=colour, alpha=0.15, lw=0)
+        all_steps.extend(steps)
+    all_steps = np.asarray(all_steps)
+    if log_steps is None:
+        log_steps = all_steps.size > 0 and all_steps.min() > 0 and all_steps.max() >= 16 * all_steps.min()
+    if log_steps:
+        ax.set_xscale("log", base=2)
+    n_values = VOCAB_SIZE - 1   # chance: a uniform guess among the non-trigger ids
+    ax.axhline(100 / n_values, color="grey", lw=0.6, ls="-.")
+    ax.text(0.99, 100 / n_values + 1.5, f"chance 1/{n_values}", ha="right", fontsize=7, color="grey",
+            transform=ax.get_yaxis_transform())
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("accuracy at last position (%)")
+    ax.legend(title="length", fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title or f"{name}: length generalization over training (Wilson 95% bands)".lstrip(": "), fontsize=9)
     fig.tight_layout()
     return fig

@@ -168,6 +168,37 @@ def load_induction_model(path: "str | Path", device: str = "cpu", dtype: str = "
     return model.to(device=device, dtype=getattr(torch, dtype))
 
 
+def model_file_metadata(path: "str | Path") -> Dict[str, Any]:
+    """The ``metadata`` dict of a model file (weights-only unpickling; {} when it records none).
+
+    Raises
+    ------
+    CorruptFileError, UnsafeFileError
+        From :func:`icl_cmr.files.reading.load_torch`.
+    """
+    saved = load_torch(path)
+    metadata = saved.get("metadata") if isinstance(saved, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def model_file_step(path: "str | Path") -> int:
+    """The training steps behind a model file: a snapshot's metadata ``step``, else a final ``NAME.pt``'s ``steps``.
+
+    Raises
+    ------
+    FileContentError
+        The file records neither (the message names the file).
+    CorruptFileError, UnsafeFileError
+        From :func:`icl_cmr.files.reading.load_torch`.
+    """
+    metadata = model_file_metadata(path)
+    step = metadata.get("step", metadata.get("steps"))
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise FileContentError(Path(path), "records no training step (metadata 'step' of a snapshot, or 'steps' of "
+                                           "a final model file written by train_induction.py)")
+    return step
+
+
 # ----------------------------------------------------------------------------- training checkpoints
 
 def checkpoint_contents(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rng: np.random.Generator,

@@ -7,6 +7,9 @@
   column, no ``device``/``dtype``) are read as CPU float32 runs.
 * ``NAME_training_curve.csv`` (columns :data:`CURVE_COLUMNS`, one row per evaluation during training)
   beside ``NAME_training.json``.
+* ``growth_NAME.csv`` (columns :data:`GROWTH_COLUMNS`, one row per snapshot and length: accuracy against
+  training step, ``induction_growth.py``) with a JSON sidecar ``growth_NAME.json``; its finished pieces are
+  kept in ``growth_NAME_pieces/`` (:mod:`icl_cmr.experiments.induction_growth`).
 """
 from __future__ import annotations
 
@@ -96,6 +99,54 @@ def file_sha256(path: "str | Path") -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- accuracy against training step
+
+#: Columns of a growth table (accuracy of a run's snapshots against training step), in order.
+GROWTH_COLUMNS = ("run", "step", "snapshot", "model_sha256", "length", "log2_length", "n_sequences", "correct",
+                  "accuracy", "wilson_low", "wilson_high", "cpu_seconds", "cpu_seconds_per_sequence", "wall_seconds",
+                  "peak_rss_gb", "batch_size", "method", "device", "dtype")
+#: Stem prefix of a growth table.
+GROWTH_PREFIX = "growth_"
+#: Integer columns of a growth table (the others but text ones are floats).
+_GROWTH_INTEGERS = ("step", "length", "log2_length", "n_sequences", "correct", "batch_size")
+_GROWTH_TEXT = ("run", "snapshot", "model_sha256", "method", "device", "dtype")
+
+
+def growth_table_path(save_dir: "str | Path", name: str) -> Path:
+    """``save_dir/growth_NAME.csv`` (its sidecar: the same with ``.json``)."""
+    return Path(save_dir) / f"{GROWTH_PREFIX}{name}.csv"
+
+
+def growth_pieces_folder(save_dir: "str | Path", name: str) -> Path:
+    """``save_dir/growth_NAME_pieces/``: the finished (snapshot, length) pieces of a growth table."""
+    return Path(save_dir) / f"{GROWTH_PREFIX}{name}_pieces"
+
+
+def growth_csv(rows: Sequence[Mapping[str, object]]) -> str:
+    """The text of a growth table: a header of :data:`GROWTH_COLUMNS`, floats to 6 significant digits."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=GROWTH_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row[k]) for k in GROWTH_COLUMNS})
+    return buffer.getvalue()
+
+
+def read_growth_table(path: "str | Path") -> List[dict]:
+    """Rows of a growth table, integers and floats as numbers.
+
+    Raises
+    ------
+    InputError
+        A table whose columns are not :data:`GROWTH_COLUMNS`.
+    """
+    rows = list(csv.DictReader(io.StringIO(read_text(path), newline="")))
+    if rows and tuple(rows[0]) != GROWTH_COLUMNS:
+        raise InputError(f"{path} does not have the columns {GROWTH_COLUMNS}")
+    return [{k: (v if k in _GROWTH_TEXT else int(v) if k in _GROWTH_INTEGERS else float(v)) for k, v in row.items()}
+            for row in rows]
 
 
 # ----------------------------------------------------------------------------- training curves
