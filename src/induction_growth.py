@@ -43,13 +43,14 @@ from typing import Optional, Sequence
 import matplotlib
 
 from icl_cmr.cli.args import (OneLineErrorParser, comma_list, device_arg, int_range, positive_int, run_cli, seed_int,
-                              setup_logging)
+                              setup_logging, worker_count)
 from icl_cmr.cli.flags import flag_errors
 from icl_cmr.experiments.induction_growth import (InductionGrowthSettings, check_induction_growth, growth_outputs,
                                                   run_induction_growth)
 from icl_cmr.files.folders import check_writable_dir
 from icl_cmr.files.outputs import PendingWrites, log_written
 from icl_cmr.synthetic.models import INDUCTION_DTYPES
+from icl_cmr.synthetic.task import MAX_VALIDATION_SEQUENCES
 
 logger = logging.getLogger("induction_growth")
 
@@ -64,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="names the outputs growth_NAME.* (default: the run the snapshots record)")
     parser.add_argument("--log2_lengths", type=comma_list(int_range(2, 30), increasing=True),
                         default=DEFAULTS.log2_lengths, help="lengths 2^k, comma-separated (default 8,12,14,16,18,20)")
-    parser.add_argument("--n_sequences", type=positive_int, default=DEFAULTS.n_sequences,
+    parser.add_argument("--n_sequences", type=int_range(1, MAX_VALIDATION_SEQUENCES), default=DEFAULTS.n_sequences,
                         help=f"sequences per length below 2^--long_from_log2 (default {DEFAULTS.n_sequences})")
-    parser.add_argument("--long_sequences", type=positive_int, default=DEFAULTS.long_sequences,
+    parser.add_argument("--long_sequences", type=int_range(1, MAX_VALIDATION_SEQUENCES), default=DEFAULTS.long_sequences,
                         help=f"sequences per length from 2^--long_from_log2 on (default {DEFAULTS.long_sequences})")
     parser.add_argument("--long_from_log2", type=int_range(2), default=DEFAULTS.long_from_log2,
                         help=f"first k that gets --long_sequences (default {DEFAULTS.long_from_log2})")
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=INDUCTION_DTYPES, default=DEFAULTS.dtype,
                         help="weights (default float32; Mamba's scan always runs in float32)")
-    parser.add_argument("--threads", type=positive_int, default=DEFAULTS.threads, help="torch CPU threads (default 1)")
+    parser.add_argument("--threads", type=worker_count, default=DEFAULTS.threads, help="torch CPU threads (default 1)")
     parser.add_argument("--save_dir", type=Path, default=DEFAULTS.save_dir,
                         help="table and pieces folder (default saved_models/induction_task)")
     parser.add_argument("--fig_dir", type=Path, default=DEFAULTS.fig_dir,
