@@ -313,14 +313,15 @@ def test_the_memory_estimate_bounds_the_measured_peak_of_a_grid_point(settings, 
 
 @pytest.mark.slow
 def test_ctrl_c_with_two_workers_prints_one_line_and_keeps_the_finished_slices(tmp_path, repo_root):
-    # 8000 trials: each of the 12 slices takes seconds even on idle cores, so the interrupt lands while most remain
-    # (with 2000 a loaded CI machine saw the whole grid finish, 6.1 s, before the signal arrived)
-    flags = ["--save_dir", str(tmp_path), "--n_beta", "4", "--n_gamma", "3", "--n_trials", "8000", "--n_items", "60",
+    flags = ["--save_dir", str(tmp_path), "--n_beta", "4", "--n_gamma", "3", "--n_trials", "2000", "--n_items", "60",
              "--n_start", "5", "--workers", "2", "--no_progress"]
     slice_dir = tmp_path / ".cmr_crp_4_3.partial"
     # A terminal sends Ctrl-C (SIGINT) to the whole foreground process group: parent and workers.
+    # A suite started in the background by a shell (`... &`) inherits SIGINT as ignored, and so would the script;
+    # a terminal's foreground process has the default, which the child gets back here.
     process = subprocess.Popen([sys.executable, str(repo_root / "src" / "est_cmr_crp.py"), *flags], cwd=repo_root,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not list(slice_dir.glob("slice_*.npy")) and process.poll() is None and time.monotonic() < deadline:
