@@ -634,7 +634,10 @@ def test_a_cancelled_pending_task_fails_as_cancelled_and_the_sweep_ends(accounti
     found = records(tmp_path, name)
     assert found["scores/tiny-gpt2"]["state"] == "done"
     assert found["scores/tiny-llama"]["state"] == "failed"
-    assert found["scores/tiny-llama"]["error"].startswith("cancelled by SLURM before it started")
+    # "before it started" when the task has left the queue; "(CANCELLED)" when squeue still lists the ended task at the
+    # driver's poll (slurmctld keeps it for MinJobAge; seen once in CI without accounting): both say what happened
+    assert found["scores/tiny-llama"]["error"].startswith(("cancelled by SLURM before it started",
+                                                           "cancelled by SLURM (CANCELLED)"))
     warnings = [line for line in log.splitlines() if "sacct" in line or "Bypassing" in line]
     assert len(warnings) == (0 if accounting else 1), warnings      # once, not on every poll
     print(f"MEASURED cancel ({'with' if accounting else 'without'} accounting): scancel {pending} (PENDING); "
