@@ -21,6 +21,8 @@ message starts with the file's path:
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from typing import Optional, Sequence
 
@@ -70,3 +72,31 @@ class UnsafeFileError(BadFileError):
 
 class FileContentError(BadFileError):
     """Decodes, but its keys, types, shapes or values are not what the reader needs."""
+
+
+def check_integer_setting(value, name: str, low: int, high: Optional[int] = None) -> None:
+    """Refuse ``value`` unless it is an integer (not a bool) in ``[low, high]`` (no upper bound when ``high`` is None).
+
+    Raises
+    ------
+    InputError
+        ``"`seed` must be an integer >= 0, got -1"`` (or ``in [low, high]``), naming ``name``.
+    """
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
+            or (high is not None and value > high)):
+        span = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise InputError(f"`{name}` must be an integer {span}, got {value!r}", parameters=(name,))
+
+
+def check_non_negative_real_setting(value, name: str, zero_allowed: bool) -> None:
+    """Refuse ``value`` unless it is a finite real number (not a bool) > 0, or >= 0 when ``zero_allowed``.
+
+    Raises
+    ------
+    InputError
+        ``"`threshold` must be a finite number > 0, got nan"``, naming ``name``.
+    """
+    finite = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not finite or value < 0 or (value == 0 and not zero_allowed):
+        raise InputError(f"`{name}` must be a finite number {'>=' if zero_allowed else '>'} 0, got {value!r}",
+                         parameters=(name,))

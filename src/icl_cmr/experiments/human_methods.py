@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import numbers
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from icl_cmr.config import CMR_LIKE_THRESHOLD
-from icl_cmr.errors import InputError
+from icl_cmr.errors import InputError, check_integer_setting, check_non_negative_real_setting
 from icl_cmr.experiments.human_recall import RULE_STEMS, dataset_name, stored_path
 from icl_cmr.files.outputs import PendingWrites, searched_at
 from icl_cmr.files.reading import load_json, read_text
@@ -105,16 +104,9 @@ class MethodComparisonSettings:
     def check(self) -> None:
         """Raise :class:`InputError`, naming the parameter, unless every value is one the comparison accepts."""
         resolve_dataset(self.dataset)
-        threshold = self.threshold
-        if (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold)
-                or threshold <= 0):
-            raise InputError(f"`threshold` must be a finite number > 0, got {threshold!r}", parameters=("threshold",))
+        check_non_negative_real_setting(self.threshold, "threshold", zero_allowed=False)
         for name, low, high in (("n_bootstrap", 1, None), ("seed", 0, MAX_SEED)):
-            value = getattr(self, name)
-            if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
-                    or (high is not None and value > high)):
-                span = f">= {low}" if high is None else f"in [{low}, {high}]"
-                raise InputError(f"`{name}` must be an integer {span}, got {value!r}", parameters=(name,))
+            check_integer_setting(getattr(self, name), name, low, high)
 
     def table_paths(self) -> Dict[str, Path]:
         """``{role: path}`` of the tables a comparison reads."""

@@ -27,7 +27,6 @@ Examples
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 import os
 import time
@@ -42,7 +41,7 @@ import numpy as np
 
 from icl_cmr.cmr.model import RECALL_RULES
 from icl_cmr.config import CHECKPOINT_INDICES, CMR_LIKE_THRESHOLD, DEFAULT_GRID_PATH, FIT_LAGS, HUMAN_FIT_LAGS
-from icl_cmr.errors import InputError
+from icl_cmr.errors import InputError, check_integer_setting, check_non_negative_real_setting
 from icl_cmr.files.memory import check_memory
 from icl_cmr.figures.humans import parameters_figure, training_reference_figure, unit_fits_figure
 from icl_cmr.files.grids import (conditional_grid_path, grid_recall_rule, read_cmr_grid, read_conditional_grid,
@@ -192,15 +191,9 @@ class HumanRecallSettings:
             raise InputError(f"`recall_rule` must be one of {', '.join(RECALL_RULES)}, got {self.recall_rule!r}",
                              parameters=("recall_rule",))
         for name, inclusive in (("threshold", False), ("near_best", True)):
-            value = getattr(self, name)
-            finite = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-            if not finite or value < 0 or (value == 0 and not inclusive):
-                raise InputError(f"`{name}` must be a finite number {'>=' if inclusive else '>'} 0, got {value!r}",
-                                 parameters=(name,))
+            check_non_negative_real_setting(getattr(self, name), name, zero_allowed=inclusive)
         for name, low in (("n_bootstrap", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise InputError(f"`{name}` must be an integer >= {low}, got {value!r}", parameters=(name,))
+            check_integer_setting(getattr(self, name), name, low)
         if not self.n_top or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1
                                  for n in self.n_top):
             raise InputError(f"`n_top` must be one or more positive integers, got {list(self.n_top)}",
