@@ -71,7 +71,7 @@ from icl_cmr.experiments.induction_train import (InductionTrainSettings, check_i
                                                  run_induction_training, training_outputs)
 from icl_cmr.files.folders import check_writable_dir
 from icl_cmr.files.outputs import PendingWrites, log_written
-from icl_cmr.synthetic.mamba import InductionMambaConfig
+from icl_cmr.synthetic.mamba import MAMBA_INITIALIZATIONS, MAMBA_NORMS, InductionMambaConfig
 from icl_cmr.synthetic.models import ARCHITECTURES, INDUCTION_DTYPES
 from icl_cmr.synthetic.task import MAX_VALIDATION_SEQUENCES
 from icl_cmr.synthetic.transformer import POSITION_ENCODINGS, TinyTransformerConfig
@@ -148,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"Mamba only: d_inner = expand x d_model (default {mamba_defaults.expand})")
     parser.add_argument("--d_conv", type=positive_int, default=None,
                         help=f"Mamba only: convolution width (default {mamba_defaults.d_conv})")
+    parser.add_argument("--norm", choices=MAMBA_NORMS, default=None,
+                        help=f"Mamba only: block and final norm (default {mamba_defaults.norm}; layernorm: "
+                             f"mamba_ssm's first release, [GD23] section 3.4)")
+    parser.add_argument("--initialization", choices=MAMBA_INITIALIZATIONS, default=None,
+                        help=f"Mamba only: how fresh weights are drawn (default {mamba_defaults.initialization}; "
+                             f"mamba_ssm: its first release's)")
     parser.add_argument("--device", type=device_arg, default=None,
                         help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=INDUCTION_DTYPES, default=DEFAULTS.dtype,
@@ -169,7 +175,8 @@ def settings_from(args: argparse.Namespace) -> InductionTrainSettings:
         max_steps=args.max_steps, min_steps=args.min_steps, name=args.name, snapshot_every=args.snapshot_every,
         eval_every=args.eval_every, n_val=args.n_val, target_accuracy=args.target_accuracy, d_model=args.d_model,
         n_layers=args.n_layers, n_heads=args.n_heads, d_mlp=args.d_mlp, d_state=args.d_state, expand=args.expand,
-        d_conv=args.d_conv, device=args.device, dtype=args.dtype, threads=args.threads)
+        d_conv=args.d_conv, norm=args.norm, initialization=args.initialization, device=args.device, dtype=args.dtype,
+        threads=args.threads)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

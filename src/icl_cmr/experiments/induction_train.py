@@ -67,10 +67,11 @@ DEFAULT_FIG_DIR = REPO_ROOT / "figs" / "induction_task"
 #: so), and where things go (snapshots included: they do not change the training).
 RESUMABLE_CHANGES = ("max_steps", "min_steps", "threads", "device", "name", "save_dir", "fig_dir", "snapshot_every")
 #: Values of settings that checkpoints written before the setting existed were trained with.
-LEGACY_SETTINGS = {"architecture": "transformer", "dtype": "float32"}
+LEGACY_SETTINGS = {"architecture": "transformer", "dtype": "float32", "norm": "rmsnorm",
+                   "initialization": "transformers"}
 #: Model settings of one architecture only (None: that architecture's default).
 TRANSFORMER_ONLY = ("position_encoding", "n_heads", "d_mlp")
-MAMBA_ONLY = ("d_state", "expand", "d_conv")
+MAMBA_ONLY = ("d_state", "expand", "d_conv", "norm", "initialization")
 #: A run name: a file-name stem, not that of a checkpoint or a model file.
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -94,6 +95,9 @@ class InductionTrainSettings:
         absolute positions, 8 heads, MLP 256).
     d_state, expand, d_conv : int, optional
         Mamba only (:class:`~icl_cmr.synthetic.mamba.InductionMambaConfig`; None: its default, 16, 2, 4).
+    norm, initialization : str, optional
+        Mamba only: ``"rmsnorm"`` or ``"layernorm"``, ``"transformers"`` or ``"mamba_ssm"`` (None: the
+        shipped models' RMSNorm and ``transformers``' initialisation; the others are ``mamba_ssm``'s first release).
     d_model, n_layers : int
         Both architectures (64 and 2, DESIGN.md section 7).
     save_dir, fig_dir : Path
@@ -142,6 +146,8 @@ class InductionTrainSettings:
     d_state: Optional[int] = None
     expand: Optional[int] = None
     d_conv: Optional[int] = None
+    norm: Optional[str] = None
+    initialization: Optional[str] = None
     device: Optional[str] = None
     dtype: str = "float32"
     threads: int = 1
@@ -190,7 +196,9 @@ class InductionTrainSettings:
                 n_heads=self.n_heads or _TRANSFORMER.n_heads, d_mlp=self.d_mlp or _TRANSFORMER.d_mlp)
         else:
             filled = dataclasses.replace(self, curriculum=curriculum, d_state=self.d_state or _MAMBA.d_state,
-                                         expand=self.expand or _MAMBA.expand, d_conv=self.d_conv or _MAMBA.d_conv)
+                                         expand=self.expand or _MAMBA.expand, d_conv=self.d_conv or _MAMBA.d_conv,
+                                         norm=self.norm or _MAMBA.norm,
+                                         initialization=self.initialization or _MAMBA.initialization)
         filled.model_config()   # a model that cannot be built is refused here, naming its setting
         return dataclasses.replace(filled, device=resolve_device(self.device))
 
@@ -208,7 +216,8 @@ class InductionTrainSettings:
         """The model config dict of the run (what the checkpoint and ``NAME.pt`` store); of resolved settings."""
         if self.architecture == "mamba":
             return InductionMambaConfig(vocab_size=_TASK.vocab_size, d_model=self.d_model, n_layers=self.n_layers,
-                                        d_state=self.d_state, expand=self.expand, d_conv=self.d_conv).to_dict()
+                                        d_state=self.d_state, expand=self.expand, d_conv=self.d_conv,
+                                        norm=self.norm, initialization=self.initialization).to_dict()
         return TinyTransformerConfig(
             vocab_size=_TASK.vocab_size, n_layers=self.n_layers, n_heads=self.n_heads, d_model=self.d_model,
             d_mlp=self.d_mlp, position_encoding=self.position_encoding, n_trained_positions=self.train_length,
@@ -324,12 +333,18 @@ def _changed_view(saved: dict, settings: InductionTrainSettings) -> Tuple[dict, 
     """The checkpoint's settings and this run's, as :func:`refuse_other_settings` compares them.
 
     Every setting of this run except :data:`RESUMABLE_CHANGES`, and the model config; a setting the
-    checkpoint predates counts with its :data:`LEGACY_SETTINGS` value.
+    checkpoint predates counts with its :data:`LEGACY_SETTINGS` value, and so does a field its model
+    config predates.
     """
     stored = saved["parameters"] if isinstance(saved["parameters"], dict) else {}
     requested = {key: value for key, value in settings.parameters().items() if key not in RESUMABLE_CHANGES}
     there = {key: stored.get(key, LEGACY_SETTINGS.get(key)) for key in requested}
-    return {"model_config": saved["model_config"], **there}, {"model_config": settings.model_config(), **requested}
+    model_config = settings.model_config()
+    saved_config = saved["model_config"]
+    if isinstance(saved_config, dict):
+        saved_config = {**saved_config, **{key: LEGACY_SETTINGS[key] for key in model_config
+                                           if key in LEGACY_SETTINGS and key not in saved_config}}
+    return {"model_config": saved_config, **there}, {"model_config": model_config, **requested}
 
 
 def check_induction_training(settings: InductionTrainSettings, restart: bool = False) -> TrainingPlan:

@@ -14,14 +14,25 @@ chunk, so memory does not grow with length; the scan itself is
 parallel scan elsewhere). Run with one chunk it is also the training forward, with
 gradients. Tests check it against ``MambaForCausalLM.forward`` (the library's own
 PyTorch path) on the same weights: logits and every parameter's gradient to 1e-5.
+
+Two options reproduce ``mamba_ssm``'s first release (``MambaLMHeadModel``, commit 33dc96c,
+2023-12-04), which [GD23] section 3.4 describes ("we choose LayerNorm"):
+``norm="layernorm"`` puts ``torch.nn.LayerNorm`` (weight and bias) where ``MambaForCausalLM``
+has its RMSNorm, in every block and before the head (66,688 parameters at the defaults), and
+``initialization="mamba_ssm"`` draws the weights as that release does (:func:`init_like_mamba_ssm`).
+A LayerNorm model's state dict has the norms' biases, so it loads into an :class:`InductionMamba`
+built from the same config, not into a plain ``MambaForCausalLM``.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Tuple
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import MambaConfig, MambaForCausalLM
 
 from icl_cmr.errors import InputError
@@ -32,6 +43,16 @@ from icl_cmr.synthetic.scan import SCAN_METHODS, selective_scan
 #: about batch x chunk x (2 x 128 + 64 + 36) floats per layer (the torch scan adds its own
 #: batch x 256 x 128 x 16 blocks, icl_cmr.synthetic.scan.TORCH_SCAN_CHUNK). Our choice.
 DEFAULT_CHUNK = 2 ** 14
+#: Block and final norms: ``transformers``' RMSNorm (the shipped models), or LayerNorm as in
+#: ``mamba_ssm``'s first release and [GD23] section 3.4.
+MAMBA_NORMS = ("rmsnorm", "layernorm")
+#: Weight initialisations: ``transformers``' ``MambaPreTrainedModel._init_weights`` (the shipped
+#: models), or ``mamba_ssm``'s first release (:func:`init_like_mamba_ssm`).
+MAMBA_INITIALIZATIONS = ("transformers", "mamba_ssm")
+#: ``mamba_ssm``'s ``_init_weights`` defaults: the embedding's standard deviation, and one residual
+#: branch per block (``out_proj`` rescaled by 1 / sqrt(1 x n_layers)).
+MAMBA_SSM_EMBEDDING_STD = 0.02
+MAMBA_SSM_RESIDUALS_PER_LAYER = 1
 
 
 @dataclass(frozen=True)
@@ -46,11 +67,20 @@ class InductionMambaConfig:
     expand: int = 2
     #: Width of the causal depthwise convolution: Mamba's default.
     d_conv: int = 4
+    #: One of :data:`MAMBA_NORMS` (the shipped models: RMSNorm).
+    norm: str = "rmsnorm"
+    #: One of :data:`MAMBA_INITIALIZATIONS` (the shipped models: ``transformers``'). Only a fresh model
+    #: depends on it; it is kept in the config to say how a trained one began.
+    initialization: str = "transformers"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "d_state", "expand", "d_conv"):
             if getattr(self, name) < 1:
                 raise InputError(f"`{name}` must be >= 1, got {getattr(self, name)}", parameters=(name,))
+        for name, choices in (("norm", MAMBA_NORMS), ("initialization", MAMBA_INITIALIZATIONS)):
+            if getattr(self, name) not in choices:
+                raise InputError(f"`{name}` must be one of {choices}, got {getattr(self, name)!r}",
+                                 parameters=(name,))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,7 +89,8 @@ class InductionMambaConfig:
         """The ``transformers.MambaConfig`` (library defaults for everything not listed here)."""
         return MambaConfig(vocab_size=self.vocab_size, hidden_size=self.d_model, num_hidden_layers=self.n_layers,
                            state_size=self.d_state, expand=self.expand, conv_kernel=self.d_conv,
-                           pad_token_id=0, bos_token_id=0, eos_token_id=0, use_cache=False)
+                           pad_token_id=0, bos_token_id=0, eos_token_id=0, use_cache=False,
+                           induction_norm=self.norm, induction_initialization=self.initialization)
 
 
 class InductionMamba(MambaForCausalLM):
@@ -67,8 +98,21 @@ class InductionMamba(MambaForCausalLM):
 
     @classmethod
     def from_config(cls, config: InductionMambaConfig) -> "InductionMamba":
-        """A freshly initialised model (``transformers``' Mamba initialisation, seeded by torch's RNG)."""
-        return cls(config.to_hf())
+        """A freshly initialised model (``config.initialization``, seeded by torch's RNG)."""
+        model = cls(config.to_hf())
+        if config.norm == "layernorm":
+            model._use_layer_norm()
+        if config.initialization == "mamba_ssm":
+            init_like_mamba_ssm(model)
+        return model
+
+    def _use_layer_norm(self) -> None:
+        """Every block's norm and the final norm become ``nn.LayerNorm`` (weight 1, bias 0)."""
+        d_model, eps = self.config.hidden_size, self.config.layer_norm_epsilon
+        device, dtype = self.backbone.norm_f.weight.device, self.backbone.norm_f.weight.dtype
+        for block in self.backbone.layers:
+            block.norm = nn.LayerNorm(d_model, eps=eps, device=device, dtype=dtype)
+        self.backbone.norm_f = nn.LayerNorm(d_model, eps=eps, device=device, dtype=dtype)
 
     @property
     def induction_config(self) -> InductionMambaConfig:
@@ -76,7 +120,9 @@ class InductionMamba(MambaForCausalLM):
         config = self.config
         return InductionMambaConfig(vocab_size=config.vocab_size, d_model=config.hidden_size,
                                     n_layers=config.num_hidden_layers, d_state=config.state_size,
-                                    expand=config.expand, d_conv=config.conv_kernel)
+                                    expand=config.expand, d_conv=config.conv_kernel,
+                                    norm=getattr(config, "induction_norm", "rmsnorm"),
+                                    initialization=getattr(config, "induction_initialization", "transformers"))
 
     # ------------------------------------------------------------------ one chunk through one layer
 
@@ -180,6 +226,38 @@ class InductionMamba(MambaForCausalLM):
             hidden, states = self.forward_chunk(tokens[:, start:start + chunk_size], states, method)
         last = self.backbone.norm_f(hidden[:, -1])
         return self.lm_head(last.to(self.lm_head.weight.dtype))
+
+
+@torch.no_grad()
+def init_like_mamba_ssm(model: InductionMamba) -> None:
+    """Redraw ``model``'s weights as ``mamba_ssm``'s first release draws a ``MambaLMHeadModel``'s.
+
+    That release (``mamba_ssm/modules/mamba_simple.py``, ``models/mixer_seq_simple.py``):
+    ``in_proj``, ``conv1d`` (weight and bias) and ``x_proj`` keep PyTorch's default
+    initialisation (uniform in +-1/sqrt(fan_in)); ``out_proj`` too, divided by sqrt(n_layers);
+    the embedding, shared with the head, is N(0, 0.02^2); norms are weight 1 (bias 0). ``dt_proj``,
+    ``A_log`` and ``D`` are drawn as ``transformers`` draws them, which is the same recipe
+    (uniform dt in [1e-3, 1e-1] through the inverse softplus, A = 1..N, D = 1), so they are redrawn
+    with it. ``transformers`` instead draws ``in_proj``, ``x_proj`` and the embedding from
+    N(0, 0.1^2), sets the conv bias to 0 and does not rescale ``out_proj``.
+    """
+    n_layers = len(model.backbone.layers)
+    for block in model.backbone.layers:
+        mixer = block.mixer
+        for linear in (mixer.in_proj, mixer.x_proj, mixer.out_proj, mixer.conv1d):
+            linear.reset_parameters()
+        mixer.out_proj.weight /= math.sqrt(MAMBA_SSM_RESIDUALS_PER_LAYER * n_layers)
+        mixer.init_mamba_weights()
+        _reset_norm(block.norm)
+    _reset_norm(model.backbone.norm_f)
+    nn.init.normal_(model.backbone.embeddings.weight, std=MAMBA_SSM_EMBEDDING_STD)
+
+
+def _reset_norm(norm: nn.Module) -> None:
+    """Weight 1 and, for LayerNorm, bias 0 (``MambaRMSNorm`` has no ``reset_parameters``)."""
+    nn.init.ones_(norm.weight)
+    if getattr(norm, "bias", None) is not None:
+        nn.init.zeros_(norm.bias)
 
 
 def build_mamba(config: Optional[InductionMambaConfig] = None) -> InductionMamba:
