@@ -14,7 +14,7 @@ from icl_cmr.experiments.induction_growth import (InductionGrowthSettings, check
                                                   run_induction_growth)
 from icl_cmr.figures.synthetic import plot_accuracy_vs_step
 from icl_cmr.files.induction_models import load_induction_model
-from icl_cmr.files.induction_tables import GROWTH_COLUMNS, read_growth_table
+from icl_cmr.files.induction_tables import GROWTH_COLUMNS, MEMORY_COLUMNS, read_growth_table
 
 matplotlib.use("Agg")
 
@@ -70,6 +70,9 @@ def test_growth_table_has_one_row_per_snapshot_and_length(snapshots, tmp_path):
     assert {k: len(v["correct"]) for k, v in meta["final_by_length"].items()} == {"16": 8, "32": 8, "64": 4}
     assert (tmp_path / "growth_mamba.pdf").is_file() and (tmp_path / "growth_distance_mamba.pdf").is_file()
     assert len(list((tmp_path / "growth_mamba_pieces").glob("piece_*.json"))) == 6
+    memory = (tmp_path / "growth_memory_mamba.csv").read_text().splitlines()   # a Mamba run: its memory table
+    assert memory[0] == ",".join(MEMORY_COLUMNS)
+    assert all(line.split(",")[:2] in (["mamba", "3"], ["mamba", "6"]) for line in memory[1:])
 
 
 def test_growth_counts_equal_eval_induction_on_the_same_validation_sets(snapshots, tmp_path):

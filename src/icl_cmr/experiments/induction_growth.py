@@ -14,7 +14,12 @@ are drawn. Wilson 95% intervals from :func:`icl_cmr.stats.wilson_interval`.
   of every length, the saved pieces' settings) and returns a :class:`GrowthPlan`.
 * :func:`run_induction_growth` evaluates piece by piece, one piece per (snapshot, length), cheapest lengths
   first, and returns a :class:`GrowthResult` (the tidy table, :data:`~icl_cmr.files.induction_tables.GROWTH_COLUMNS`).
-* :func:`growth_outputs` queues the table, its JSON sidecar and the two figures.
+* :func:`memory_rows` measures, for a Mamba run, how long each snapshot's memory lasts
+  (:mod:`icl_cmr.synthetic.mamba_memory`: the step sizes of the channels that write the value, on
+  :data:`MEMORY_SEQUENCES` validation sequences of length 2^:data:`MEMORY_LOG2_LENGTH`; seconds per snapshot,
+  recomputed on every run).
+* :func:`growth_outputs` queues the table, its JSON sidecar and the two figures (and, for Mamba, the memory
+  table and its figure).
 
 Resuming. Every finished piece is written atomically to ``save_dir/growth_NAME_pieces/`` (a
 :class:`~icl_cmr.files.resume.RunFolder`), named by the SHA-256 of its model file, its length and its
@@ -49,16 +54,18 @@ from icl_cmr.devices import resolve_device
 from icl_cmr.errors import InputError
 from icl_cmr.experiments.induction_eval import peak_rss_gb, reset_peak_rss
 from icl_cmr.experiments.induction_train import DEFAULT_FIG_DIR, DEFAULT_SAVE_DIR, check_memory
-from icl_cmr.figures.synthetic import plot_accuracy_vs_distance, plot_accuracy_vs_step
+from icl_cmr.figures.synthetic import plot_accuracy_vs_distance, plot_accuracy_vs_step, plot_memory_horizon_vs_step
 from icl_cmr.files.induction_models import (CHECKPOINT_SUFFIX, load_induction_model, model_file_metadata,
                                             model_file_step, model_name_of)
-from icl_cmr.files.induction_tables import file_sha256, growth_csv, growth_pieces_folder, growth_table_path
+from icl_cmr.files.induction_tables import (file_sha256, growth_csv, growth_memory_path, growth_pieces_folder,
+                                            growth_table_path, memory_csv)
 from icl_cmr.files.outputs import PendingWrites, portable_path
 from icl_cmr.files.reading import load_json
 from icl_cmr.files.resume import RunFolder
 from icl_cmr.files.writing import make_metadata, save_json
 from icl_cmr.stats import wilson_interval
 from icl_cmr.synthetic import task
+from icl_cmr.synthetic.mamba_memory import DEFAULT_MIN_SELECTIVITY, channel_memory
 from icl_cmr.synthetic.models import (INDUCTION_DTYPES, architecture_of, fastest_method, forward_memory_estimate,
                                       model_config_dict)
 
@@ -68,6 +75,11 @@ logger = logging.getLogger(__name__)
 PRODUCER = "induction_growth.py"
 #: The per-sequence answers a piece keeps (:func:`icl_cmr.synthetic.task.score_by_distance`).
 SEQUENCE_KEYS = ("distance", "correct", "p_value", "predicted", "target")
+#: The memory measurement's sequences: this many of the fixed validation set at length 2^MEMORY_LOG2_LENGTH
+#: (65,000 filler positions; a few seconds per snapshot on one CPU thread). Our choice: long enough for the
+#: rare large steps that set the horizon to be counted, short enough to run in one chunk.
+MEMORY_SEQUENCES = 16
+MEMORY_LOG2_LENGTH = 12
 _PIECE_NAME = re.compile(r"piece_([0-9a-f]{64})_log2_(\d+)_n(\d+)\.json")
 
 
@@ -331,6 +343,8 @@ class GrowthResult:
         The table: one row per (snapshot, length), by step then length.
     final : dict
         ``{length: {key: array [n_sequences]}}`` (:data:`SEQUENCE_KEYS`) of the last snapshot.
+    memory : list of dict, optional
+        :func:`memory_rows` of a Mamba run (empty when no channel is selective enough); None for Transformers.
     n_resumed : int
         Pieces found saved.
     session_seconds, recorded_seconds : float
@@ -343,6 +357,7 @@ class GrowthResult:
     n_resumed: int
     session_seconds: float
     recorded_seconds: float = field(default=0.0)
+    memory: Optional[List[dict]] = None
 
 
 def run_induction_growth(plan: GrowthPlan, restart: bool = False,
@@ -398,7 +413,34 @@ def run_induction_growth(plan: GrowthPlan, restart: bool = False,
     last = plan.snapshots[-1]
     final = {2 ** k: {key: np.asarray(done[index][key]) for key in SEQUENCE_KEYS}
              for index, (snapshot, k) in enumerate(wanted) if snapshot is last}
-    return GrowthResult(plan, rows, final, n_resumed, session, run.recorded_seconds())
+    return GrowthResult(plan, rows, final, n_resumed, session, run.recorded_seconds(), memory_rows(plan))
+
+
+def memory_rows(plan: GrowthPlan) -> Optional[List[dict]]:
+    """Every Mamba snapshot's memory channels (:data:`~icl_cmr.files.induction_tables.MEMORY_COLUMNS`), by step.
+
+    None when no snapshot is a Mamba (a Transformer's memory is attention, not a decaying state).
+    """
+    if not any(architecture_of(snapshot.model) == "mamba" for snapshot in plan.snapshots):
+        return None
+    length = 2 ** MEMORY_LOG2_LENGTH
+    tokens, _, first = task.validation_set(length, MEMORY_SEQUENCES, plan.settings.val_seed)
+    rows = []
+    for snapshot in plan.snapshots:
+        if architecture_of(snapshot.model) != "mamba":
+            continue
+        memory = channel_memory(snapshot.model, torch.from_numpy(tokens), first)
+        channels = memory.memory_channels()
+        rows += [{"run": plan.name, "step": snapshot.step, "model_sha256": snapshot.sha256, "length": length,
+                  "n_sequences": MEMORY_SEQUENCES, **channel} for channel in channels]
+        if not channels:
+            logger.info("%s step %d: no memory channel (none steps %g times more at the value than on fillers)",
+                        plan.name, snapshot.step, DEFAULT_MIN_SELECTIVITY)
+        else:
+            logger.info("%s step %d: %d memory channels, the longest horizon %.3g tokens (layer %d channel %d)",
+                        plan.name, snapshot.step, len(channels), channels[0]["horizon"], channels[0]["layer"],
+                        channels[0]["channel"])
+    return rows
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -417,7 +459,8 @@ def curves_by_length(rows: List[dict]) -> Dict[int, Dict[str, np.ndarray]]:
 def growth_outputs(result: GrowthResult, pending: PendingWrites, train_length: int = 256) -> List[Path]:
     """Queue ``growth_NAME.csv`` + ``.json`` and the figures ``growth_NAME.pdf`` (accuracy against step) and
     ``growth_distance_NAME.pdf`` (the last snapshot's recall against distance at lengths above ``train_length``,
-    or at every length when none is above). Returns the paths queued."""
+    or at every length when none is above); for a Mamba run also ``growth_memory_NAME.csv`` and, when it has
+    rows, ``growth_memory_NAME.pdf`` (memory horizon against step). Returns the paths queued."""
     plan, settings = result.plan, result.plan.settings
     table = growth_table_path(settings.save_dir, plan.name)
     last = plan.snapshots[-1]
@@ -438,5 +481,14 @@ def growth_outputs(result: GrowthResult, pending: PendingWrites, train_length: i
     shown = {k: v for k, v in result.final.items() if k > train_length} or result.final
     pending.figure(figures / f"growth_distance_{plan.name}.pdf",
                    plot_accuracy_vs_distance(shown, f"{plan.name} at step {last.step}", n_columns=3))
-    return [table, table.with_suffix(".json"), figures / f"growth_{plan.name}.pdf",
-            figures / f"growth_distance_{plan.name}.pdf"]
+    written = [table, table.with_suffix(".json"), figures / f"growth_{plan.name}.pdf",
+               figures / f"growth_distance_{plan.name}.pdf"]
+    if result.memory is not None:
+        memory_table = growth_memory_path(settings.save_dir, plan.name)
+        pending.text(memory_table, memory_csv(result.memory))
+        written.append(memory_table)
+    if result.memory:
+        pending.figure(figures / f"growth_memory_{plan.name}.pdf",
+                       plot_memory_horizon_vs_step(result.memory, [2 ** k for k in settings.log2_lengths], plan.name))
+        written.append(figures / f"growth_memory_{plan.name}.pdf")
+    return written

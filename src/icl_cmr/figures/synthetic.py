@@ -9,7 +9,7 @@ saves and closes the figure.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -254,5 +254,46 @@ def plot_accuracy_vs_step(curves: "Dict[int, Dict[str, np.ndarray]]", name: str 
     ax.set_ylabel("accuracy at last position (%)")
     ax.legend(title="length", fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title or f"{name}: length generalization over training (Wilson 95% bands)".lstrip(": "), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_memory_horizon_vs_step(rows: "List[dict]", lengths: "List[int]", name: str = "") -> Figure:
+    """How long a Mamba's memory lasts against training step (:mod:`icl_cmr.synthetic.mamba_memory`).
+
+    Parameters
+    ----------
+    rows : list of dict
+        One per (snapshot, memory channel): ``step``, ``layer``, ``channel``, ``horizon``, ``median_horizon``
+        (tokens).
+    lengths : list of int
+        Evaluation lengths, drawn as horizontal lines to compare with.
+    name : str
+        The run's name, for the title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Every memory channel's horizon (dots), the longest at each step (line), and the longest horizon the
+        median filler step would give (dashed): what the rare large steps on fillers cost.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    steps = np.array(sorted({int(row["step"]) for row in rows}))
+    ax.scatter([row["step"] for row in rows], [row["horizon"] for row in rows], s=9, color="0.6", zorder=2,
+               label="each memory channel (mean step on fillers)")
+    longest = [max(row["horizon"] for row in rows if row["step"] == step) for step in steps]
+    longest_median = [max(row["median_horizon"] for row in rows if row["step"] == step) for step in steps]
+    ax.plot(steps, longest, marker="o", ms=4, lw=1.5, color="C0", zorder=3, label="the longest")
+    ax.plot(steps, longest_median, marker="s", ms=3, lw=1.0, ls="--", color="C1", zorder=3,
+            label="the longest from the median step (no rare large steps)")
+    for length in lengths:
+        ax.axhline(length, color="grey", lw=0.5, ls=":")
+        ax.text(1.0, length, f" 2^{int(round(np.log2(length)))}", fontsize=7, color="grey", va="center",
+                transform=ax.get_yaxis_transform())
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("memory horizon (tokens): 1 / (step x |A|)")
+    ax.set_title(f"{name}: how long the state keeps the value" if name else "how long the state keeps the value")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     fig.tight_layout()
     return fig

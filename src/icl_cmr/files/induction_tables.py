@@ -9,7 +9,9 @@
   beside ``NAME_training.json``.
 * ``growth_NAME.csv`` (columns :data:`GROWTH_COLUMNS`, one row per snapshot and length: accuracy against
   training step, ``induction_growth.py``) with a JSON sidecar ``growth_NAME.json``; its finished pieces are
-  kept in ``growth_NAME_pieces/`` (:mod:`icl_cmr.experiments.induction_growth`).
+  kept in ``growth_NAME_pieces/`` (:mod:`icl_cmr.experiments.induction_growth`). For a Mamba run,
+  ``growth_memory_NAME.csv`` (columns :data:`MEMORY_COLUMNS`, one row per snapshot and memory channel:
+  :mod:`icl_cmr.synthetic.mamba_memory`).
 """
 from __future__ import annotations
 
@@ -126,12 +128,34 @@ def growth_pieces_folder(save_dir: "str | Path", name: str) -> Path:
 
 def growth_csv(rows: Sequence[Mapping[str, object]]) -> str:
     """The text of a growth table: a header of :data:`GROWTH_COLUMNS`, floats to 6 significant digits."""
+    return _columns_csv(rows, GROWTH_COLUMNS)
+
+
+def _columns_csv(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> str:
+    """CSV text with a header of ``columns``, each row's values in that order, floats to 6 significant digits."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=GROWTH_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _cell(row[k]) for k in GROWTH_COLUMNS})
+        writer.writerow({k: _cell(row[k]) for k in columns})
     return buffer.getvalue()
+
+
+#: Columns of a memory table (a Mamba run's memory channels per snapshot,
+#: :meth:`icl_cmr.synthetic.mamba_memory.ChannelMemory.memory_channels`), in order.
+MEMORY_COLUMNS = ("run", "step", "model_sha256", "length", "n_sequences", "layer", "channel", "selectivity",
+                  "target_step", "filler_step_mean", "filler_step_median", "slowest_rate", "decay_per_token",
+                  "horizon", "median_horizon")
+
+
+def growth_memory_path(save_dir: "str | Path", name: str) -> Path:
+    """``save_dir/growth_memory_NAME.csv``: the memory channels of a Mamba run's snapshots."""
+    return Path(save_dir) / f"{GROWTH_PREFIX}memory_{name}.csv"
+
+
+def memory_csv(rows: Sequence[Mapping[str, object]]) -> str:
+    """The text of a memory table: a header of :data:`MEMORY_COLUMNS`, floats to 6 significant digits."""
+    return _columns_csv(rows, MEMORY_COLUMNS)
 
 
 def read_growth_table(path: "str | Path") -> List[dict]:

@@ -144,6 +144,27 @@ class InductionMamba(MambaForCausalLM):
         out : Tensor, shape [B, T, d_model]
         conv_state, ssm_state : the states after position s + T - 1
         """
+        x, gate, delta, B, C, new_conv_state = self._ssm_inputs(mixer, hidden, conv_state)
+        A = -torch.exp(mixer.A_log.float())
+        y, new_ssm_state = selective_scan(x, delta, A, B, C, ssm_state, method=method)
+        y = y + x.float() * mixer.D.float()
+        y = y * F.silu(gate.float())
+        return mixer.out_proj(y.to(hidden.dtype)), new_conv_state, new_ssm_state
+
+    @staticmethod
+    def _ssm_inputs(mixer, hidden: torch.Tensor, conv_state: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """The scan's inputs on positions [s, s + T) given the conv inputs before s.
+
+        Returns
+        -------
+        x, gate : Tensor, shape [B, T, d_inner]
+            The convolved branch (the scan's input) and the gate branch.
+        delta : Tensor, shape [B, T, d_inner], float32
+            The step sizes softplus(dt_proj(...)): how much each channel writes and forgets at each position.
+        B, C : Tensor, shape [B, T, d_state]
+        conv_state : Tensor, shape [B, d_inner, d_conv - 1]
+            The conv inputs after position s + T - 1.
+        """
         d_inner = mixer.intermediate_size
         x, gate = mixer.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)          # [B, d_inner, T] each
         padded = torch.cat([conv_state.to(x.dtype), x], dim=-1)
@@ -153,11 +174,7 @@ class InductionMamba(MambaForCausalLM):
         time_step, B, C = torch.split(mixer.x_proj(x), [mixer.time_step_rank, mixer.ssm_state_size,
                                                          mixer.ssm_state_size], dim=-1)
         delta = F.softplus(F.linear(time_step, mixer.dt_proj.weight).float() + mixer.dt_proj.bias.float())
-        A = -torch.exp(mixer.A_log.float())
-        y, new_ssm_state = selective_scan(x, delta, A, B, C, ssm_state, method=method)
-        y = y + x.float() * mixer.D.float()
-        y = y * F.silu(gate.transpose(1, 2).float())
-        return mixer.out_proj(y.to(hidden.dtype)), new_conv_state, new_ssm_state
+        return x, gate.transpose(1, 2), delta, B, C, new_conv_state
 
     def initial_states(self, batch: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """Zero conv and SSM states of every layer, on the model's device."""
@@ -187,15 +204,41 @@ class InductionMamba(MambaForCausalLM):
         hidden : Tensor, shape [B, T, d_model] (before the final norm)
         states : list of (conv_state, ssm_state)
         """
+        hidden, new_states, _ = self._layers_chunk(tokens, states, method)
+        return hidden, new_states
+
+    def _layers_chunk(self, tokens: torch.Tensor, states: List[Tuple[torch.Tensor, torch.Tensor]], method: str,
+                      keep_step_sizes: bool = False) -> Tuple[torch.Tensor, list, List[torch.Tensor]]:
+        """:meth:`forward_chunk`, and each layer's step sizes [B, T, d_inner] when ``keep_step_sizes``."""
         hidden = self.backbone.embeddings(tokens)
-        new_states = []
+        new_states, step_sizes = [], []
         for block, (conv_state, ssm_state) in zip(self.backbone.layers, states):
             residual = hidden.float() if block.residual_in_fp32 else hidden
             normed = block.norm(hidden.to(block.norm.weight.dtype))
+            if keep_step_sizes:
+                step_sizes.append(self._ssm_inputs(block.mixer, normed, conv_state)[2])
             out, conv_state, ssm_state = self._mixer_chunk(block.mixer, normed, conv_state, ssm_state, method)
             hidden = residual + out
             new_states.append((conv_state, ssm_state))
-        return hidden, new_states
+        return hidden, new_states, step_sizes
+
+    @torch.no_grad()
+    def step_sizes(self, tokens: torch.Tensor, method: str = "auto") -> List[torch.Tensor]:
+        """Every layer's step sizes delta at every position (one chunk: for analysis at moderate lengths).
+
+        Parameters
+        ----------
+        tokens : LongTensor, shape [B, L]
+
+        Returns
+        -------
+        list of Tensor, one per layer, shape [B, L, d_inner] (float32)
+            Channel c at position t multiplies state n by exp(delta[t, c] * A[c, n]) and adds
+            delta[t, c] * B[t, n] * x[t, c]: a large delta writes, a small one keeps.
+        """
+        if method not in SCAN_METHODS:
+            raise InputError(f"method must be one of {SCAN_METHODS}, got {method!r}")
+        return self._layers_chunk(tokens, self.initial_states(tokens.shape[0]), method, keep_step_sizes=True)[2]
 
     def last_logits(self, tokens: torch.Tensor, method: str = "auto",
                     chunk_size: Optional[int] = None) -> torch.Tensor:
