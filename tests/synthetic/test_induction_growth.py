@@ -14,7 +14,7 @@ from icl_cmr.experiments.induction_growth import (InductionGrowthSettings, check
                                                   run_induction_growth)
 from icl_cmr.figures.synthetic import plot_accuracy_vs_step
 from icl_cmr.files.induction_models import load_induction_model
-from icl_cmr.files.induction_tables import GROWTH_COLUMNS, MEMORY_COLUMNS, read_growth_table
+from icl_cmr.files.induction_tables import GROWTH_COLUMNS, MEMORY_COLUMNS, RECALL_COLUMNS, read_growth_table
 
 matplotlib.use("Agg")
 
@@ -73,6 +73,9 @@ def test_growth_table_has_one_row_per_snapshot_and_length(snapshots, tmp_path):
     memory = (tmp_path / "growth_memory_mamba.csv").read_text().splitlines()   # a Mamba run: its memory table
     assert memory[0] == ",".join(MEMORY_COLUMNS)
     assert all(line.split(",")[:2] in (["mamba", "3"], ["mamba", "6"]) for line in memory[1:])
+    recall = (tmp_path / "growth_recall_mamba.csv").read_text().splitlines()   # one fit per snapshot
+    assert recall[0] == ",".join(RECALL_COLUMNS) and [line.split(",")[1] for line in recall[1:]] == ["3", "6"]
+    assert all(line.split(",")[3] == "20" for line in recall[1:])                # 8 + 8 + 4 sequences each
 
 
 def test_growth_counts_equal_eval_induction_on_the_same_validation_sets(snapshots, tmp_path):

@@ -18,6 +18,8 @@ are drawn. Wilson 95% intervals from :func:`icl_cmr.stats.wilson_interval`.
   (:mod:`icl_cmr.synthetic.mamba_memory`: the step sizes of the channels that write the value, on
   :data:`MEMORY_SEQUENCES` validation sequences of length 2^:data:`MEMORY_LOG2_LENGTH`; seconds per snapshot,
   recomputed on every run).
+* :func:`recall_rows` fits each snapshot's accuracy against recall distance, pooled over its lengths
+  (:mod:`icl_cmr.synthetic.recall_distance`): the distances recalled at 50% and 99%.
 * :func:`growth_outputs` queues the table, its JSON sidecar and the two figures (and, for Mamba, the memory
   table and its figure).
 
@@ -58,7 +60,7 @@ from icl_cmr.figures.synthetic import plot_accuracy_vs_distance, plot_accuracy_v
 from icl_cmr.files.induction_models import (CHECKPOINT_SUFFIX, load_induction_model, model_file_metadata,
                                             model_file_step, model_name_of)
 from icl_cmr.files.induction_tables import (file_sha256, growth_csv, growth_memory_path, growth_pieces_folder,
-                                            growth_table_path, memory_csv)
+                                            growth_recall_path, growth_table_path, memory_csv, recall_csv)
 from icl_cmr.files.outputs import PendingWrites, portable_path
 from icl_cmr.files.reading import load_json
 from icl_cmr.files.resume import RunFolder
@@ -66,6 +68,7 @@ from icl_cmr.files.writing import make_metadata, save_json
 from icl_cmr.stats import wilson_interval
 from icl_cmr.synthetic import task
 from icl_cmr.synthetic.mamba_memory import DEFAULT_MIN_SELECTIVITY, channel_memory
+from icl_cmr.synthetic.recall_distance import fit_recall_distance
 from icl_cmr.synthetic.models import (INDUCTION_DTYPES, architecture_of, fastest_method, forward_memory_estimate,
                                       model_config_dict)
 
@@ -345,6 +348,8 @@ class GrowthResult:
         ``{length: {key: array [n_sequences]}}`` (:data:`SEQUENCE_KEYS`) of the last snapshot.
     memory : list of dict, optional
         :func:`memory_rows` of a Mamba run (empty when no channel is selective enough); None for Transformers.
+    recall : list of dict
+        :func:`recall_rows`.
     n_resumed : int
         Pieces found saved.
     session_seconds, recorded_seconds : float
@@ -358,6 +363,7 @@ class GrowthResult:
     session_seconds: float
     recorded_seconds: float = field(default=0.0)
     memory: Optional[List[dict]] = None
+    recall: List[dict] = field(default_factory=list)
 
 
 def run_induction_growth(plan: GrowthPlan, restart: bool = False,
@@ -413,7 +419,27 @@ def run_induction_growth(plan: GrowthPlan, restart: bool = False,
     last = plan.snapshots[-1]
     final = {2 ** k: {key: np.asarray(done[index][key]) for key in SEQUENCE_KEYS}
              for index, (snapshot, k) in enumerate(wanted) if snapshot is last}
-    return GrowthResult(plan, rows, final, n_resumed, session, run.recorded_seconds(), memory_rows(plan))
+    pieces = [(snapshot, done[index]) for index, (snapshot, _) in enumerate(wanted)]
+    return GrowthResult(plan, rows, final, n_resumed, session, run.recorded_seconds(), memory_rows(plan),
+                        recall_rows(plan.name, pieces))
+
+
+def recall_rows(name: str, pieces: List[Tuple[Snapshot, Dict[str, Any]]]) -> List[dict]:
+    """Each snapshot's recall-distance fit over the sequences of all its pieces
+    (:data:`~icl_cmr.files.induction_tables.RECALL_COLUMNS`), by step."""
+    by_step: Dict[int, Tuple[Snapshot, List[Dict[str, Any]]]] = {}
+    for snapshot, piece in pieces:
+        by_step.setdefault(snapshot.step, (snapshot, []))[1].append(piece)
+    rows = []
+    for step in sorted(by_step):
+        snapshot, mine = by_step[step]
+        fit = fit_recall_distance(np.concatenate([piece["distance"] for piece in mine]),
+                                  np.concatenate([piece["correct"] for piece in mine]), 1 / task.N_VALUES)
+        rows.append({"run": name, "step": step, "model_sha256": snapshot.sha256, "n_sequences": fit.n_sequences,
+                     "n_correct": fit.n_correct, "midpoint_log2": fit.midpoint_log2, "slope": fit.slope,
+                     "log2_distance_50": fit.log2_distance_at(0.5), "log2_distance_99": fit.log2_distance_at(0.99),
+                     "max_log2_distance": fit.max_log2_distance})
+    return rows
 
 
 def memory_rows(plan: GrowthPlan) -> Optional[List[dict]]:
@@ -483,12 +509,16 @@ def growth_outputs(result: GrowthResult, pending: PendingWrites, train_length: i
                    plot_accuracy_vs_distance(shown, f"{plan.name} at step {last.step}", n_columns=3))
     written = [table, table.with_suffix(".json"), figures / f"growth_{plan.name}.pdf",
                figures / f"growth_distance_{plan.name}.pdf"]
+    recall_table = growth_recall_path(settings.save_dir, plan.name)
+    pending.text(recall_table, recall_csv(result.recall))
+    written.append(recall_table)
     if result.memory is not None:
         memory_table = growth_memory_path(settings.save_dir, plan.name)
         pending.text(memory_table, memory_csv(result.memory))
         written.append(memory_table)
     if result.memory:
         pending.figure(figures / f"growth_memory_{plan.name}.pdf",
-                       plot_memory_horizon_vs_step(result.memory, [2 ** k for k in settings.log2_lengths], plan.name))
+                       plot_memory_horizon_vs_step(result.memory, [2 ** k for k in settings.log2_lengths], plan.name,
+                                                   recall=result.recall))
         written.append(figures / f"growth_memory_{plan.name}.pdf")
     return written

@@ -258,7 +258,8 @@ def plot_accuracy_vs_step(curves: "Dict[int, Dict[str, np.ndarray]]", name: str 
     return fig
 
 
-def plot_memory_horizon_vs_step(rows: "List[dict]", lengths: "List[int]", name: str = "") -> Figure:
+def plot_memory_horizon_vs_step(rows: "List[dict]", lengths: "List[int]", name: str = "",
+                                recall: "Optional[List[dict]]" = None) -> Figure:
     """How long a Mamba's memory lasts against training step (:mod:`icl_cmr.synthetic.mamba_memory`).
 
     Parameters
@@ -270,6 +271,9 @@ def plot_memory_horizon_vs_step(rows: "List[dict]", lengths: "List[int]", name: 
         Evaluation lengths, drawn as horizontal lines to compare with.
     name : str
         The run's name, for the title.
+    recall : list of dict, optional
+        One per snapshot: ``step``, ``log2_distance_50``, ``log2_distance_99``
+        (:mod:`icl_cmr.synthetic.recall_distance`), drawn as the distances the model recalls at 50% and 99%.
 
     Returns
     -------
@@ -286,14 +290,19 @@ def plot_memory_horizon_vs_step(rows: "List[dict]", lengths: "List[int]", name: 
     ax.plot(steps, longest, marker="o", ms=4, lw=1.5, color="C0", zorder=3, label="the longest")
     ax.plot(steps, longest_median, marker="s", ms=3, lw=1.0, ls="--", color="C1", zorder=3,
             label="the longest from the median step (no rare large steps)")
+    for key, accuracy, colour in (("log2_distance_50", 50, "C2"), ("log2_distance_99", 99, "C3")):
+        if recall:
+            ax.plot([row["step"] for row in recall], [2.0 ** row[key] for row in recall], marker="^", ms=4,
+                    lw=1.2, color=colour, zorder=3, label=f"distance recalled at {accuracy}% (fit)")
     for length in lengths:
         ax.axhline(length, color="grey", lw=0.5, ls=":")
         ax.text(1.0, length, f" 2^{int(round(np.log2(length)))}", fontsize=7, color="grey", va="center",
                 transform=ax.get_yaxis_transform())
     ax.set_yscale("log", base=2)
     ax.set_xlabel("training step")
-    ax.set_ylabel("memory horizon (tokens): 1 / (step x |A|)")
-    ax.set_title(f"{name}: how long the state keeps the value" if name else "how long the state keeps the value")
+    ax.set_ylabel("tokens")
+    what = "how long the state keeps the value: 1 / (mean step on fillers x slowest |A|)"
+    ax.set_title(f"{name}: {what}" if name else what, fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     fig.tight_layout()
     return fig

@@ -11,7 +11,8 @@
   training step, ``induction_growth.py``) with a JSON sidecar ``growth_NAME.json``; its finished pieces are
   kept in ``growth_NAME_pieces/`` (:mod:`icl_cmr.experiments.induction_growth`). For a Mamba run,
   ``growth_memory_NAME.csv`` (columns :data:`MEMORY_COLUMNS`, one row per snapshot and memory channel:
-  :mod:`icl_cmr.synthetic.mamba_memory`).
+  :mod:`icl_cmr.synthetic.mamba_memory`); for every run ``growth_recall_NAME.csv`` (columns
+  :data:`RECALL_COLUMNS`, one row per snapshot: :mod:`icl_cmr.synthetic.recall_distance`).
 """
 from __future__ import annotations
 
@@ -151,6 +152,22 @@ MEMORY_COLUMNS = ("run", "step", "model_sha256", "length", "n_sequences", "layer
 def growth_memory_path(save_dir: "str | Path", name: str) -> Path:
     """``save_dir/growth_memory_NAME.csv``: the memory channels of a Mamba run's snapshots."""
     return Path(save_dir) / f"{GROWTH_PREFIX}memory_{name}.csv"
+
+
+#: Columns of a recall-distance table (one row per snapshot: the fit of
+#: :func:`icl_cmr.synthetic.recall_distance.fit_recall_distance` to every sequence it scored), in order.
+RECALL_COLUMNS = ("run", "step", "model_sha256", "n_sequences", "n_correct", "midpoint_log2", "slope",
+                  "log2_distance_50", "log2_distance_99", "max_log2_distance")
+
+
+def growth_recall_path(save_dir: "str | Path", name: str) -> Path:
+    """``save_dir/growth_recall_NAME.csv``: how far back each snapshot of a run recalls."""
+    return Path(save_dir) / f"{GROWTH_PREFIX}recall_{name}.csv"
+
+
+def recall_csv(rows: Sequence[Mapping[str, object]]) -> str:
+    """The text of a recall-distance table: a header of :data:`RECALL_COLUMNS`, floats to 6 significant digits."""
+    return _columns_csv(rows, RECALL_COLUMNS)
 
 
 def memory_csv(rows: Sequence[Mapping[str, object]]) -> str:

@@ -50,6 +50,8 @@ GD23_REFERENCE_ROWS: Dict[str, Dict[int, float]] = {
 VOCAB_SIZE = 16
 #: The reserved trigger id. Our choice (the last id); any id works.
 TRIGGER_TOKEN = VOCAB_SIZE - 1
+#: The values a query can have (every id but the trigger): chance accuracy is 1 / N_VALUES.
+N_VALUES = VOCAB_SIZE - 1
 #: Sequences per forward pass of :func:`evaluate_accuracy` (training's validation): a batch that fits any
 #: machine at the training length.
 VALIDATION_BATCH_SIZE = 64
