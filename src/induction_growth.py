@@ -13,9 +13,10 @@ cpu_seconds_per_sequence, wall_seconds, peak_rss_gb, batch_size, method, device,
 (settings, each snapshot's SHA-256, the last snapshot's per-sequence answers and recall distances by length),
 and in ``--fig_dir`` ``growth_NAME.pdf`` (accuracy against training step, one line per length, Wilson bands,
 chance) and ``growth_distance_NAME.pdf`` (the last snapshot's recall against distance at each length above 256).
-For a Mamba run also ``growth_memory_NAME.csv`` and ``growth_memory_NAME.pdf``: how long each snapshot's memory
-lasts, from the step sizes of the channels that write the value (16 validation sequences of 2^12; docs,
-"Why it stops"). All are written together at the end.
+``growth_recall_NAME.csv`` fits each snapshot's accuracy against the distance from the first trigger (pooled over
+its lengths): the distances it recalls at 50% and 99%. For a Mamba run also ``growth_memory_NAME.csv`` and
+``growth_memory_NAME.pdf``: how long each snapshot's state keeps the value, from the step sizes of the channels
+that write it (16 validation sequences of 2^12). All are written together at the end.
 
 Resuming: each finished (snapshot, length) is kept in ``--save_dir/growth_NAME_pieces/`` at once, named by its
 model file's SHA-256, length and count. Rerunning the same command after an interruption computes only what is

@@ -20,8 +20,8 @@ are drawn. Wilson 95% intervals from :func:`icl_cmr.stats.wilson_interval`.
   recomputed on every run).
 * :func:`recall_rows` fits each snapshot's accuracy against recall distance, pooled over its lengths
   (:mod:`icl_cmr.synthetic.recall_distance`): the distances recalled at 50% and 99%.
-* :func:`growth_outputs` queues the table, its JSON sidecar and the two figures (and, for Mamba, the memory
-  table and its figure).
+* :func:`growth_outputs` queues the table, its JSON sidecar, the two figures and the recall table (and, for
+  Mamba, the memory table and its figure).
 
 Resuming. Every finished piece is written atomically to ``save_dir/growth_NAME_pieces/`` (a
 :class:`~icl_cmr.files.resume.RunFolder`), named by the SHA-256 of its model file, its length and its
@@ -485,8 +485,9 @@ def curves_by_length(rows: List[dict]) -> Dict[int, Dict[str, np.ndarray]]:
 def growth_outputs(result: GrowthResult, pending: PendingWrites, train_length: int = 256) -> List[Path]:
     """Queue ``growth_NAME.csv`` + ``.json`` and the figures ``growth_NAME.pdf`` (accuracy against step) and
     ``growth_distance_NAME.pdf`` (the last snapshot's recall against distance at lengths above ``train_length``,
-    or at every length when none is above); for a Mamba run also ``growth_memory_NAME.csv`` and, when it has
-    rows, ``growth_memory_NAME.pdf`` (memory horizon against step). Returns the paths queued."""
+    or at every length when none is above), ``growth_recall_NAME.csv`` (:func:`recall_rows`); for a Mamba run
+    also ``growth_memory_NAME.csv`` and, when it has rows, ``growth_memory_NAME.pdf`` (memory horizon and
+    recall distances against step). Returns the paths queued."""
     plan, settings = result.plan, result.plan.settings
     table = growth_table_path(settings.save_dir, plan.name)
     last = plan.snapshots[-1]

@@ -25,10 +25,9 @@ built from the same config, not into a plain ``MambaForCausalLM``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Tuple
-
-import math
 
 import torch
 import torch.nn.functional as F
