@@ -281,7 +281,7 @@ def plot_memory_horizon_vs_step(rows: "List[dict]", lengths: "List[int]", name: 
         Every memory channel's horizon (dots), the longest at each step (line), and the longest horizon the
         median filler step would give (dashed): what the rare large steps on fillers cost.
     """
-    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    fig, ax = plt.subplots(figsize=(7.5, 5.0))
     steps = np.array(sorted({int(row["step"]) for row in rows}))
     ax.scatter([row["step"] for row in rows], [row["horizon"] for row in rows], s=9, color="0.6", zorder=2,
                label="each memory channel (mean step on fillers)")
@@ -301,8 +301,8 @@ def plot_memory_horizon_vs_step(rows: "List[dict]", lengths: "List[int]", name: 
     ax.set_yscale("log", base=2)
     ax.set_xlabel("training step")
     ax.set_ylabel("tokens")
-    what = "how long the state keeps the value: 1 / (mean step on fillers x slowest |A|)"
+    what = "how far back it recalls, and how long each channel keeps the value"
     ax.set_title(f"{name}: {what}" if name else what, fontsize=9)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
