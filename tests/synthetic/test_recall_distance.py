@@ -38,3 +38,13 @@ def test_bad_inputs_name_their_parameter():
     fit = fit_recall_distance(np.array([4, 8, 16]), np.array([True, True, False]), CHANCE)
     with pytest.raises(InputError, match="`accuracy`"):
         fit.log2_distance_at(CHANCE / 2)
+
+
+def test_no_decline_with_distance_gives_no_distance():
+    """Accuracy that does not fall with distance (here: wrong at short distances only) has no 50% distance."""
+    distances = np.array([4, 5, 6, 8] * 8 + [40, 50, 60, 64] * 8)
+    correct = np.array([False] * 32 + [True] * 32)
+    fit = fit_recall_distance(distances, correct, CHANCE)
+    assert np.isnan(fit.log2_distance_at(0.5)) and np.isnan(fit.log2_distance_at(0.99))
+    flat = fit_recall_distance(distances, np.arange(64) % 2 == 0, CHANCE)        # half right at every distance
+    assert np.isnan(flat.log2_distance_at(0.99)) and flat.accuracy_at(3.0) == pytest.approx(0.5, abs=0.05)

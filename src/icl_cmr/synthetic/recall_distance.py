@@ -23,6 +23,10 @@ from icl_cmr.errors import InputError
 #: and slope 1 per doubling. Our choice; the likelihood is smooth, so the start only needs to be in range.
 START_MIDPOINT_LOG2 = 12.0
 START_SLOPE = 1.0
+#: Below this slope (per doubling of the distance) the fitted accuracy changes by less than 1% of its range over
+#: a doubling: the data show no decline with distance (e.g. a model failing at short lengths only), so the
+#: distances at an accuracy are not defined and are reported as NaN. Our choice.
+MIN_SLOPE = 0.01
 
 
 @dataclass(frozen=True)
@@ -36,8 +40,8 @@ class RecallDistanceFit:
     chance : float
         The floor (1/15 for the task's 15 values).
     n_sequences, n_correct : int
-    max_log2_distance : float
-        The longest distance scored: the fit is an extrapolation beyond it.
+    min_log2_distance, max_log2_distance : float
+        The shortest and longest distances scored: the fit is an extrapolation beyond them.
     """
 
     midpoint_log2: float
@@ -45,13 +49,23 @@ class RecallDistanceFit:
     chance: float
     n_sequences: int
     n_correct: int
+    min_log2_distance: float
     max_log2_distance: float
 
+    def accuracy_at(self, log2_distance: float) -> float:
+        """The fitted accuracy at a log2 distance."""
+        return self.chance + (1 - self.chance) / (1 + float(np.exp(np.clip(
+            self.slope * (log2_distance - self.midpoint_log2), -50, 50))))
+
     def log2_distance_at(self, accuracy: float) -> float:
-        """The log2 distance where the fitted accuracy equals ``accuracy`` (in (chance, 1))."""
+        """The log2 distance where the fitted accuracy falls to ``accuracy`` (in (chance, 1)); NaN when the fit
+        shows no decline with distance (slope below :data:`MIN_SLOPE`) or is already below ``accuracy`` at the
+        shortest distance scored (the model fails at every distance, so there is no distance it recalls to)."""
         if not self.chance < accuracy < 1:
             raise InputError(f"`accuracy` must lie between chance ({self.chance:.3g}) and 1, got {accuracy}",
                              parameters=("accuracy",))
+        if self.slope < MIN_SLOPE or self.accuracy_at(self.min_log2_distance) < accuracy:
+            return float("nan")
         above_chance = (accuracy - self.chance) / (1 - self.chance)
         return self.midpoint_log2 + float(np.log((1 - above_chance) / above_chance)) / self.slope
 
@@ -92,4 +106,4 @@ def fit_recall_distance(distances: np.ndarray, correct: np.ndarray, chance: floa
     fit = optimize.minimize(negative_log_likelihood, [START_MIDPOINT_LOG2, np.log(START_SLOPE)], method="Nelder-Mead",
                             options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000})
     return RecallDistanceFit(float(fit.x[0]), float(np.exp(fit.x[1])), float(chance), int(distances.size),
-                             int(correct.sum()), float(log2_distance.max()))
+                             int(correct.sum()), float(log2_distance.min()), float(log2_distance.max()))
