@@ -126,7 +126,7 @@ class InductionMamba(MambaForCausalLM):
     # ------------------------------------------------------------------ one chunk through one layer
 
     def _mixer_chunk(self, mixer, hidden: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,
-                     method: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     method: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``MambaMixer`` on positions [s, s + T) given the state before s.
 
         Parameters
@@ -142,13 +142,15 @@ class InductionMamba(MambaForCausalLM):
         -------
         out : Tensor, shape [B, T, d_model]
         conv_state, ssm_state : the states after position s + T - 1
+        delta : Tensor, shape [B, T, d_inner], float32
+            The step sizes the scan used (:meth:`step_sizes`).
         """
         x, gate, delta, B, C, new_conv_state = self._ssm_inputs(mixer, hidden, conv_state)
         A = -torch.exp(mixer.A_log.float())
         y, new_ssm_state = selective_scan(x, delta, A, B, C, ssm_state, method=method)
         y = y + x.float() * mixer.D.float()
         y = y * F.silu(gate.float())
-        return mixer.out_proj(y.to(hidden.dtype)), new_conv_state, new_ssm_state
+        return mixer.out_proj(y.to(hidden.dtype)), new_conv_state, new_ssm_state, delta
 
     @staticmethod
     def _ssm_inputs(mixer, hidden: torch.Tensor, conv_state: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -214,9 +216,9 @@ class InductionMamba(MambaForCausalLM):
         for block, (conv_state, ssm_state) in zip(self.backbone.layers, states):
             residual = hidden.float() if block.residual_in_fp32 else hidden
             normed = block.norm(hidden.to(block.norm.weight.dtype))
+            out, conv_state, ssm_state, delta = self._mixer_chunk(block.mixer, normed, conv_state, ssm_state, method)
             if keep_step_sizes:
-                step_sizes.append(self._ssm_inputs(block.mixer, normed, conv_state)[2])
-            out, conv_state, ssm_state = self._mixer_chunk(block.mixer, normed, conv_state, ssm_state, method)
+                step_sizes.append(delta)
             hidden = residual + out
             new_states.append((conv_state, ssm_state))
         return hidden, new_states, step_sizes
