@@ -11,8 +11,9 @@ import torch
 from icl_cmr.synthetic import task
 from icl_cmr.errors import InputError
 from icl_cmr.files.induction_models import load_induction_model
-from icl_cmr.synthetic.mamba import InductionMamba, InductionMambaConfig, build_mamba
+from icl_cmr.synthetic.mamba import InductionMamba, build_mamba
 from icl_cmr.synthetic.scan import selective_scan
+from mamba_models import library_copy, perturbed_mamba
 
 
 # ----------------------------------------------------------------------------- the scan
@@ -81,29 +82,6 @@ def test_scan_refuses_bad_method_and_shapes():
 
 # ----------------------------------------------------------------------------- the model vs the library
 
-def _perturbed_mamba(seed=0, **config):
-    """A Mamba whose A, D and step sizes are away from their initial values (a generic test point)."""
-    torch.manual_seed(seed)
-    model = build_mamba(InductionMambaConfig(**config))
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for block in model.backbone.layers:
-            mixer = block.mixer
-            mixer.A_log.add_(0.3 * torch.randn(mixer.A_log.shape, generator=gen))
-            mixer.D.add_(0.3 * torch.randn(mixer.D.shape, generator=gen))
-            mixer.dt_proj.bias.add_(torch.randn(mixer.dt_proj.bias.shape, generator=gen))
-            block.norm.weight.add_(0.2 * torch.randn(block.norm.weight.shape, generator=gen))
-    return model
-
-
-def _library_copy(model):
-    from transformers import MambaForCausalLM
-
-    reference = MambaForCausalLM(model.config)
-    reference.load_state_dict(model.state_dict())
-    return reference
-
-
 def test_default_model_is_a_two_layer_mamba_of_66k_parameters():
     model = build_mamba()
     assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
@@ -115,10 +93,12 @@ def test_default_model_is_a_two_layer_mamba_of_66k_parameters():
     assert sum(p.numel() for p in model.parameters()) == 16 * 64 + 2 * per_layer + 64 == 66_496
 
 
+@pytest.mark.parametrize("config", [{}, {"norm": "layernorm", "initialization": "mamba_ssm"}],
+                         ids=["shipped", "mamba_ssm_release"])
 @pytest.mark.parametrize("method", ["numba", "torch"])
-def test_last_logits_and_gradients_equal_the_library_forward(method):
-    model = _perturbed_mamba().train()
-    reference = _library_copy(model).train()
+def test_last_logits_and_gradients_equal_the_library_forward(method, config):
+    model = perturbed_mamba(**config).train()
+    reference = library_copy(model).train()
     tokens = torch.from_numpy(task.sample_induction_batch(np.random.default_rng(3), 3, 40)[0])
     weights = torch.randn(3, 16, generator=torch.Generator().manual_seed(4))
     ours = model.last_logits(tokens, method=method)
@@ -134,8 +114,8 @@ def test_last_logits_and_gradients_equal_the_library_forward(method):
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 64])
 def test_chunked_inference_equals_the_full_forward(chunk_size):
-    model = _perturbed_mamba(seed=5).eval()
-    reference = _library_copy(model).eval()
+    model = perturbed_mamba(seed=5).eval()
+    reference = library_copy(model).eval()
     tokens = torch.from_numpy(task.sample_induction_batch(np.random.default_rng(6), 2, 64)[0])
     with torch.no_grad():
         full = reference(tokens).logits[:, -1]
@@ -146,7 +126,7 @@ def test_chunked_inference_equals_the_full_forward(chunk_size):
 def test_saved_state_loads_into_a_plain_library_model(tmp_path):
     from transformers import MambaConfig, MambaForCausalLM
 
-    model = _perturbed_mamba(seed=7, d_model=32)
+    model = perturbed_mamba(seed=7, d_model=32)
     torch.save({"architecture": "mamba", "model": model.state_dict(),
                 "model_config": model.induction_config.to_dict()}, tmp_path / "m.pt")
     loaded = load_induction_model(tmp_path / "m.pt")
